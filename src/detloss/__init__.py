@@ -1,0 +1,23 @@
+"""detloss: loss functions for object detection and classification, built on PyTorch.
+
+The public API (contract: ``shared/API.md``) is re-exported here; nothing is defined in this file.
+"""
+
+from . import nn
+from .boxes import box_area, box_convert
+from .iou import bbox_iou, box_iou
+from .losses import iou_loss, sigmoid_focal_loss, smooth_l1_loss, smooth_labels
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "bbox_iou",
+    "box_area",
+    "box_convert",
+    "box_iou",
+    "iou_loss",
+    "nn",
+    "sigmoid_focal_loss",
+    "smooth_l1_loss",
+    "smooth_labels",
+]

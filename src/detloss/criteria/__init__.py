@@ -1,0 +1,1 @@
+"""Detector criteria: one file per detector, each reproducing its original implementation."""

@@ -1,0 +1,261 @@
+"""Elementwise losses: IoU-family box loss, sigmoid focal loss, smooth L1 with sigma, label smoothing.
+
+Every loss takes the same keyword-only ``reduction``, ``weight`` and ``avg_factor`` and hands them to
+one helper, :func:`weight_reduce`. Binary and softmax cross-entropy are PyTorch's own
+(``F.binary_cross_entropy_with_logits``, ``F.cross_entropy``): detloss builds on them.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .boxes import BoxFormat, check_finite, check_tensor
+from .iou import IoUKind, check_eps, check_kind, iou_xyxy, prepare_pair
+
+Reduction = Literal["none", "mean", "sum"]
+REDUCTIONS: tuple[str, ...] = ("none", "mean", "sum")
+
+
+def weight_reduce(
+    loss: Tensor,
+    weight: Tensor | None = None,
+    reduction: Reduction = "mean",
+    avg_factor: float | Tensor | None = None,
+) -> Tensor:
+    """Apply an elementwise ``weight``, then reduce.
+
+    - ``"none"``: the weighted loss, same shape as ``loss``.
+    - ``"sum"``: its sum.
+    - ``"mean"``: its mean, or its sum divided by ``avg_factor`` when given (e.g. the number of
+      positives); ``avg_factor`` is clamped at float32's machine epsilon so 0 positives give 0.
+      The mean of an empty loss is ``0 * loss.sum()`` (0, still attached to the graph).
+
+    ``weight`` must broadcast to ``loss``'s shape without enlarging it (a ``(N, 1)`` weight against a
+    ``(N,)`` loss would silently produce ``(N, N)``). ``avg_factor`` only makes sense with ``"mean"``.
+    """
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    if weight is not None:
+        check_tensor("weight", weight)
+        try:
+            shape = torch.broadcast_shapes(loss.shape, weight.shape)
+        except RuntimeError:
+            shape = None
+        if shape != loss.shape:
+            raise ValueError(
+                f"weight of shape {tuple(weight.shape)} must broadcast to the loss shape "
+                f"{tuple(loss.shape)}"
+            )
+        loss = loss * weight
+    if avg_factor is not None and reduction != "mean":
+        raise ValueError(f"avg_factor is only valid with reduction='mean', got {reduction!r}")
+    if reduction == "none":
+        return loss
+    if reduction == "sum":
+        return loss.sum()
+    if avg_factor is not None:
+        tiny = torch.finfo(torch.float32).eps
+        if isinstance(avg_factor, Tensor):
+            return loss.sum() / avg_factor.clamp(min=tiny)
+        return loss.sum() / max(float(avg_factor), tiny)
+    return loss.mean() if loss.numel() else 0.0 * loss.sum()
+
+
+def iou_loss(
+    pred: Tensor,
+    target: Tensor,
+    kind: IoUKind = "giou",
+    fmt: BoxFormat = "xyxy",
+    eps: float = 1e-7,
+    *,
+    reduction: Reduction = "mean",
+    weight: Tensor | None = None,
+    avg_factor: float | Tensor | None = None,
+    validate: bool = True,
+) -> Tensor:
+    """IoU-family box regression loss: ``1 − bbox_iou(pred, target, kind)``.
+
+    Args:
+        pred: ``(..., 4)`` predicted boxes.
+        target: ``(..., 4)`` target boxes, broadcastable against ``pred``.
+        kind: ``"iou" | "giou" | "diou" | "ciou" | "eiou" | "siou"``; formulas in
+            :func:`detloss.iou.iou_xyxy`.
+        fmt: ``"xyxy" | "xywh" | "cxcywh"``.
+        eps: added to every denominator.
+        reduction, weight, avg_factor: see :func:`weight_reduce`.
+        validate: check the inputs (shape, dtype, finiteness).
+
+    Returns:
+        Scalar, or ``(...)`` with ``reduction="none"``; float32 for half-precision inputs.
+    """
+    check_kind(kind)
+    check_eps(eps)
+    p, t = prepare_pair(pred, target, fmt, validate)
+    try:
+        torch.broadcast_shapes(p.shape, t.shape)
+    except RuntimeError:
+        raise ValueError(
+            f"pred {tuple(pred.shape)} and target {tuple(target.shape)} do not broadcast"
+        ) from None
+    return weight_reduce(1.0 - iou_xyxy(p, t, kind, eps), weight, reduction, avg_factor)
+
+
+def sigmoid_focal_loss(
+    logits: Tensor,
+    targets: Tensor,
+    alpha: float = 0.25,
+    gamma: float = 2.0,
+    *,
+    pos_weight: Tensor | None = None,
+    reduction: Reduction = "mean",
+    weight: Tensor | None = None,
+    avg_factor: float | Tensor | None = None,
+    validate: bool = True,
+) -> Tensor:
+    """Sigmoid focal loss (Lin et al. 2017) in the form of YOLOv5's ``FocalLoss`` wrapper.
+
+    With p = sigmoid(x), t the (possibly soft) target::
+
+        loss = BCEWithLogits(x, t) · α_t · (1 − p_t)^γ
+        p_t  = t·p + (1 − t)·(1 − p)
+        α_t  = t·α + (1 − t)·(1 − α)      (α < 0 disables it: α_t = 1)
+
+    The cross-entropy is PyTorch's stable ``binary_cross_entropy_with_logits``
+    (``max(x, 0) − x·t + log(1 + exp(−|x|))``, with ``pos_weight``). γ = 0 and α < 0 give plain BCE.
+
+    Args:
+        logits: ``(*)`` raw scores.
+        targets: ``(*)`` same shape, values in [0, 1] (soft targets allowed).
+        alpha: positive-class weight in [0, 1], or < 0 to disable.
+        gamma: focusing exponent ≥ 0.
+        pos_weight: broadcastable ``(C,)`` weight of the positive term of the BCE.
+        reduction, weight, avg_factor: see :func:`weight_reduce`.
+        validate: check ``targets`` lie in [0, 1] (which also rejects NaN).
+
+    Returns:
+        Scalar, or ``(*)`` with ``reduction="none"``. float16/bfloat16 logits are computed in
+        float32: ``1 − p_t`` underflows in half precision and ``exp`` overflows.
+    """
+    check_tensor("logits", logits)
+    check_tensor("targets", targets)
+    if not logits.is_floating_point():
+        raise TypeError(f"logits must have a floating dtype, got {logits.dtype}")
+    if targets.shape != logits.shape:
+        raise ValueError(
+            f"targets must have the shape of logits {tuple(logits.shape)}, got {tuple(targets.shape)}"
+        )
+    if gamma < 0:
+        raise ValueError(f"gamma must be >= 0, got {gamma}")
+    if alpha > 1:
+        raise ValueError(f"alpha must be <= 1 (or < 0 to disable), got {alpha}")
+    x = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+    t = targets.to(x.dtype)
+    if validate:
+        check_finite("logits", x)
+        inside = (t >= 0) & (t <= 1)
+        if t.numel() and not bool(inside.all()):
+            bad = tuple((~inside).nonzero()[0].tolist())
+            raise ValueError(f"targets must lie in [0, 1], got {t[bad].item()} at index {bad}")
+
+    loss = F.binary_cross_entropy_with_logits(x, t, reduction="none", pos_weight=pos_weight)
+    if gamma != 0:
+        p = torch.sigmoid(x)
+        one_minus_pt = p + t - 2.0 * p * t  # 1 − p_t
+        # clamped away from 0 so that γ < 1 keeps a finite gradient where p_t saturates at 1
+        loss = loss * one_minus_pt.clamp(min=torch.finfo(x.dtype).tiny) ** gamma
+    if alpha >= 0:
+        loss = loss * (t * alpha + (1.0 - t) * (1.0 - alpha))
+    return weight_reduce(loss, weight, reduction, avg_factor)
+
+
+def smooth_l1_loss(
+    pred: Tensor,
+    target: Tensor,
+    sigma: float = 1.0,
+    inside_weight: float | Tensor = 1.0,
+    outside_weight: float | Tensor = 1.0,
+    *,
+    reduction: Reduction = "mean",
+    weight: Tensor | None = None,
+    avg_factor: float | Tensor | None = None,
+) -> Tensor:
+    """Smooth L1 with ``sigma`` and inside/outside weights (Fast R-CNN; the SSD seed's form)::
+
+        d    = inside_weight · (pred − target)
+        loss = outside_weight · (0.5·(σ·d)²      if |d| < 1/σ²
+                                 |d| − 0.5/σ²    otherwise)
+
+    This is ``F.smooth_l1_loss`` with ``beta = 1/σ²`` applied to ``d``; σ = 1 is the usual
+    smooth L1, large σ tends to L1.
+
+    Args:
+        pred, target: ``(*)`` tensors of the same shape (e.g. encoded box offsets ``(P, 4)``).
+        sigma: > 0.
+        inside_weight, outside_weight: numbers or tensors broadcastable to ``pred``.
+        reduction, weight, avg_factor: see :func:`weight_reduce`.
+    """
+    check_tensor("pred", pred)
+    check_tensor("target", target)
+    if pred.shape != target.shape:
+        raise ValueError(
+            f"target must have the shape of pred {tuple(pred.shape)}, got {tuple(target.shape)}"
+        )
+    if not sigma > 0:
+        raise ValueError(f"sigma must be > 0, got {sigma}")
+    if not (isinstance(inside_weight, (int, float)) and inside_weight == 1):
+        pred, target = inside_weight * pred, inside_weight * target
+    loss = F.smooth_l1_loss(pred, target, reduction="none", beta=1.0 / sigma**2)
+    if not (isinstance(outside_weight, (int, float)) and outside_weight == 1):
+        loss = outside_weight * loss
+    return weight_reduce(loss, weight, reduction, avg_factor)
+
+
+def smooth_labels(targets: Tensor, eps: float, num_classes: int | None = None) -> Tensor:
+    """Label smoothing: ``onehot·(1 − eps) + eps/K``.
+
+    Args:
+        targets: integer class ids ``(*)`` (``num_classes`` required) or one-hot / soft
+            targets ``(*, K)`` of a floating dtype.
+        eps: smoothing in [0, 1].
+        num_classes: K for class ids; for one-hot input it must equal the last dimension if given.
+
+    Returns:
+        ``(*, K)`` floating tensor (float32 for class ids).
+
+    Example (seed 004):
+        >>> smooth_labels(torch.tensor([1]), 0.1, num_classes=3)
+        tensor([[0.0333, 0.9333, 0.0333]])
+    """
+    check_tensor("targets", targets)
+    if not 0 <= eps <= 1:
+        raise ValueError(f"eps must lie in [0, 1], got {eps}")
+    if targets.is_floating_point():
+        if targets.dim() == 0:
+            raise ValueError("one-hot targets must have shape (*, K), got a scalar")
+        k = targets.shape[-1]
+        if num_classes is not None and num_classes != k:
+            raise ValueError(f"num_classes={num_classes} but targets have {k} classes (last dim)")
+        onehot = targets
+    else:
+        if num_classes is None:
+            raise ValueError("num_classes is required when targets are class ids")
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        check_class_ids("targets", targets, num_classes)
+        k = num_classes
+        onehot = F.one_hot(targets.long(), k).to(torch.get_default_dtype())
+    return onehot * (1.0 - eps) + eps / k
+
+
+def check_class_ids(name: str, ids: Tensor, num_classes: int) -> None:
+    """Raise ``ValueError`` with the first index whose class id is outside [0, num_classes)."""
+    bad = (ids < 0) | (ids >= num_classes)
+    if ids.numel() and bool(bad.any()):
+        idx = tuple(bad.nonzero()[0].tolist())
+        raise ValueError(
+            f"{name} holds class id {ids[idx].item()} at index {idx}, outside [0, {num_classes})"
+        )
