@@ -6,6 +6,7 @@ The public API (contract: ``shared/API.md``) is re-exported here; nothing is def
 from . import nn
 from .boxes import box_area, box_convert
 from .iou import bbox_iou, box_iou
+from .kernels import compile_enabled, set_compile
 from .losses import iou_loss, sigmoid_focal_loss, smooth_l1_loss, smooth_labels
 
 __version__ = "0.1.0"
@@ -15,8 +16,10 @@ __all__ = [
     "box_area",
     "box_convert",
     "box_iou",
+    "compile_enabled",
     "iou_loss",
     "nn",
+    "set_compile",
     "sigmoid_focal_loss",
     "smooth_l1_loss",
     "smooth_labels",

@@ -2,7 +2,8 @@
 
 Every variant is the IoU minus a penalty built from the same four quantities — intersection,
 union, enclosing box and centre offset — which :func:`iou_xyxy` computes once and then branches on
-``kind``. :func:`bbox_iou` applies it elementwise (broadcasting), :func:`box_iou` pairwise.
+``kind`` (a fused kernel with a hand-derived backward, :mod:`detloss.kernels`). :func:`bbox_iou`
+applies it elementwise (broadcasting), :func:`box_iou` pairwise.
 
 Numerics: every denominator carries ``eps`` so that zero-area, identical, concentric and far-apart
 boxes give finite values and finite gradients; widths and heights are clamped at 0, so an inverted
@@ -18,76 +19,20 @@ import torch
 from torch import Tensor
 
 from .boxes import BoxFormat, _convert, check_boxes, check_format
+from .kernels import IOU_KINDS, fused_iou
 
 IoUKind = Literal["iou", "giou", "diou", "ciou", "eiou", "siou"]
-IOU_KINDS: tuple[str, ...] = ("iou", "giou", "diou", "ciou", "eiou", "siou")
-
-_FOUR_OVER_PI2 = 4.0 / math.pi**2
-_SIOU_THETA = 4.0  # shape-cost exponent of the SIoU paper
 
 
 def iou_xyxy(boxes1: Tensor, boxes2: Tensor, kind: str = "iou", eps: float = 1e-7) -> Tensor:
     """Unchecked core: the ``kind`` IoU of broadcastable xyxy boxes ``(..., 4)`` → ``(...)``.
 
     The library's criteria call this after validating their inputs once; users call
-    :func:`bbox_iou`. Formulas (box 1 = prediction, box 2 = target, C = enclosing box):
-
-    - iou  = I / (U + eps)
-    - giou = iou − (|C| − U) / (|C| + eps)
-    - diou = iou − ρ² / (c² + eps), ρ the centre distance, c the diagonal of C
-    - ciou = diou − α·v, v = 4/π²·(atan(w₂/h₂) − atan(w₁/h₁))², α = v / (v − iou + 1 + eps),
-      α held constant in the gradient (CIoU paper; torchvision and YOLOv5 do the same, mmdet
-      additionally gates α by iou > 0.5 — not done here)
-    - eiou = diou − (w₁ − w₂)² / (C_w² + eps) − (h₁ − h₂)² / (C_h² + eps)
-    - siou = iou − (Δ + Ω) / 2, Δ = Σ_{x,y} (1 − exp(−(2 − Λ)·(d_t / C_t)²)) with the angle cost
-      Λ = sin(2α) = 2·|dx·dy| / (dx² + dy²) (the paper's 1 − 2·sin²(arcsin(sin α) − π/4),
-      written without arcsin so its gradient stays finite), Ω = Σ_{w,h} (1 − exp(−ω_t))^4,
-      ω_w = |w₁ − w₂| / max(w₁, w₂).
+    :func:`bbox_iou`. It runs the fused kernel of :mod:`detloss.kernels`: the formulas are in
+    :func:`detloss.kernels.iou_forward` (iou, giou, diou, ciou with α constant in the gradient,
+    eiou, siou without arcsin); the backward is hand-derived and keeps only the two box tensors.
     """
-    x1, y1, x2, y2 = boxes1.unbind(-1)
-    u1, v1, u2, v2 = boxes2.unbind(-1)
-    w1, h1 = (x2 - x1).clamp(min=0), (y2 - y1).clamp(min=0)
-    w2, h2 = (u2 - u1).clamp(min=0), (v2 - v1).clamp(min=0)
-
-    inter = (torch.minimum(x2, u2) - torch.maximum(x1, u1)).clamp(min=0) * (
-        torch.minimum(y2, v2) - torch.maximum(y1, v1)
-    ).clamp(min=0)
-    union = w1 * h1 + w2 * h2 - inter
-    iou = inter / (union + eps)
-    if kind == "iou":
-        return iou
-
-    cw = torch.maximum(x2, u2) - torch.minimum(x1, u1)  # enclosing box width
-    ch = torch.maximum(y2, v2) - torch.minimum(y1, v1)
-    if kind == "giou":
-        enclose = cw * ch
-        return iou - (enclose - union) / (enclose + eps)
-
-    dx = 0.5 * ((u1 + u2) - (x1 + x2))  # centre offset, target minus prediction
-    dy = 0.5 * ((v1 + v2) - (y1 + y2))
-    rho2 = dx * dx + dy * dy
-    if kind == "siou":
-        angle = 2.0 * (dx * dy).abs() / (rho2 + eps)
-        gamma = 2.0 - angle
-        distance = 2.0 - torch.exp(-gamma * (dx / (cw + eps)) ** 2) - torch.exp(
-            -gamma * (dy / (ch + eps)) ** 2
-        )
-        omega_w = (w1 - w2).abs() / (torch.maximum(w1, w2) + eps)
-        omega_h = (h1 - h2).abs() / (torch.maximum(h1, h2) + eps)
-        shape = (1.0 - torch.exp(-omega_w)) ** _SIOU_THETA + (1.0 - torch.exp(-omega_h)) ** _SIOU_THETA
-        return iou - 0.5 * (distance + shape)
-
-    diou = iou - rho2 / (cw * cw + ch * ch + eps)
-    if kind == "diou":
-        return diou
-    if kind == "ciou":
-        v = _FOUR_OVER_PI2 * (torch.atan(w2 / (h2 + eps)) - torch.atan(w1 / (h1 + eps))) ** 2
-        with torch.no_grad():
-            alpha = v / (v - iou + (1.0 + eps))
-        return diou - alpha * v
-    if kind == "eiou":
-        return diou - (w1 - w2) ** 2 / (cw * cw + eps) - (h1 - h2) ** 2 / (ch * ch + eps)
-    raise ValueError(f"kind must be one of {IOU_KINDS}, got {kind!r}")
+    return fused_iou(boxes1, boxes2, kind, eps)
 
 
 def check_kind(kind: str) -> None:

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .boxes import BoxFormat, check_finite, check_tensor
-from .iou import IoUKind, check_eps, check_kind, iou_xyxy, prepare_pair
+from .iou import IoUKind, check_eps, check_kind, prepare_pair
+from .kernels import fused_focal, fused_iou
 
 Reduction = Literal["none", "mean", "sum"]
 REDUCTIONS: tuple[str, ...] = ("none", "mean", "sum")
@@ -101,7 +102,7 @@ def iou_loss(
         raise ValueError(
             f"pred {tuple(pred.shape)} and target {tuple(target.shape)} do not broadcast"
         ) from None
-    return weight_reduce(1.0 - iou_xyxy(p, t, kind, eps), weight, reduction, avg_factor)
+    return weight_reduce(fused_iou(p, t, kind, eps, loss=True), weight, reduction, avg_factor)
 
 
 def sigmoid_focal_loss(
@@ -161,14 +162,10 @@ def sigmoid_focal_loss(
             bad = tuple((~inside).nonzero()[0].tolist())
             raise ValueError(f"targets must lie in [0, 1], got {t[bad].item()} at index {bad}")
 
-    loss = F.binary_cross_entropy_with_logits(x, t, reduction="none", pos_weight=pos_weight)
-    if gamma != 0:
-        p = torch.sigmoid(x)
-        one_minus_pt = p + t - 2.0 * p * t  # 1 − p_t
-        # clamped away from 0 so that γ < 1 keeps a finite gradient where p_t saturates at 1
-        loss = loss * one_minus_pt.clamp(min=torch.finfo(x.dtype).tiny) ** gamma
-    if alpha >= 0:
-        loss = loss * (t * alpha + (1.0 - t) * (1.0 - alpha))
+    # One fused pass forward and one backward (detloss.kernels); the BCE inside is written exactly as
+    # F.binary_cross_entropy_with_logits computes it, and the tests hold it to that function.
+    pw = None if pos_weight is None else pos_weight.to(x.dtype)
+    loss = fused_focal(x, t, pw, float(alpha), float(gamma))
     return weight_reduce(loss, weight, reduction, avg_factor)
 
 

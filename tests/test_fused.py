@@ -1,0 +1,316 @@
+"""The fused kernels against the plain formulas, written here as the reference.
+
+``plain_iou`` is the IoU family exactly as it stood in ``iou.py`` before the fused kernel (the plain
+eager formula; autograd derives its gradient) and ``plain_focal`` is the focal loss on PyTorch's own
+``F.binary_cross_entropy_with_logits``. The fused backward is hand-derived, so autograd of these
+references is an independent check of every term.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import detloss
+from detloss import kernels
+from detloss.iou import iou_xyxy
+from detloss.kernels import IOU_KINDS, focal_backward, focal_forward, fused_focal, fused_iou
+
+K = 4.0 / math.pi**2
+
+
+def plain_iou(boxes1, boxes2, kind="iou", eps=1e-7):
+    x1, y1, x2, y2 = boxes1.unbind(-1)
+    u1, v1, u2, v2 = boxes2.unbind(-1)
+    w1, h1 = (x2 - x1).clamp(min=0), (y2 - y1).clamp(min=0)
+    w2, h2 = (u2 - u1).clamp(min=0), (v2 - v1).clamp(min=0)
+    inter = (torch.minimum(x2, u2) - torch.maximum(x1, u1)).clamp(min=0) * (
+        torch.minimum(y2, v2) - torch.maximum(y1, v1)
+    ).clamp(min=0)
+    union = w1 * h1 + w2 * h2 - inter
+    iou = inter / (union + eps)
+    if kind == "iou":
+        return iou
+    cw = torch.maximum(x2, u2) - torch.minimum(x1, u1)
+    ch = torch.maximum(y2, v2) - torch.minimum(y1, v1)
+    if kind == "giou":
+        enclose = cw * ch
+        return iou - (enclose - union) / (enclose + eps)
+    dx = 0.5 * ((u1 + u2) - (x1 + x2))
+    dy = 0.5 * ((v1 + v2) - (y1 + y2))
+    rho2 = dx * dx + dy * dy
+    if kind == "siou":
+        angle = 2.0 * (dx * dy).abs() / (rho2 + eps)
+        gamma = 2.0 - angle
+        distance = 2.0 - torch.exp(-gamma * (dx / (cw + eps)) ** 2)
+        distance = distance - torch.exp(-gamma * (dy / (ch + eps)) ** 2)
+        omega_w = (w1 - w2).abs() / (torch.maximum(w1, w2) + eps)
+        omega_h = (h1 - h2).abs() / (torch.maximum(h1, h2) + eps)
+        shape = (1.0 - torch.exp(-omega_w)) ** 4.0 + (1.0 - torch.exp(-omega_h)) ** 4.0
+        return iou - 0.5 * (distance + shape)
+    diou = iou - rho2 / (cw * cw + ch * ch + eps)
+    if kind == "diou":
+        return diou
+    if kind == "ciou":
+        v = K * (torch.atan(w2 / (h2 + eps)) - torch.atan(w1 / (h1 + eps))) ** 2
+        with torch.no_grad():
+            alpha = v / (v - iou + (1.0 + eps))
+        return diou - alpha * v
+    return diou - (w1 - w2) ** 2 / (cw * cw + eps) - (h1 - h2) ** 2 / (ch * ch + eps)
+
+
+def plain_focal(x, t, pos_weight=None, alpha=0.25, gamma=2.0):
+    loss = F.binary_cross_entropy_with_logits(x, t, reduction="none", pos_weight=pos_weight)
+    if gamma != 0:
+        p = torch.sigmoid(x)
+        loss = loss * (p + t - 2.0 * p * t).clamp(min=torch.finfo(x.dtype).tiny) ** gamma
+    if alpha >= 0:
+        loss = loss * (t * alpha + (1.0 - t) * (1.0 - alpha))
+    return loss
+
+
+def random_boxes(n, gen, dtype=torch.float64, scale=10.0):
+    xy = torch.rand(n, 2, generator=gen, dtype=dtype) * scale
+    wh = torch.rand(n, 2, generator=gen, dtype=dtype) * scale / 2 + 0.1
+    return torch.cat([xy, xy + wh], -1)
+
+
+def degenerate_pairs(dtype=torch.float64):
+    """Pairs where kinks sit exactly on the inputs: ties, zero widths, inverted, concentric, far apart."""
+    a = [
+        [0.0, 0.0, 2.0, 2.0], [0.0, 0.0, 2.0, 2.0],  # identical (every min/max ties)
+        [0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0],  # two points at the same place
+        [1.0, 1.0, 1.0, 3.0], [0.0, 0.0, 2.0, 2.0],  # zero-width prediction
+        [0.0, 0.0, 4.0, 4.0], [1.0, 1.0, 3.0, 3.0],  # concentric
+        [0.0, 0.0, 1.0, 1.0], [1e4, 1e4, 1e4 + 1, 1e4 + 2],  # far apart
+        [0.0, 0.0, 1e-4, 2e-4], [5e-5, 0.0, 2e-4, 1e-4],  # tiny scale
+        [3.0, 3.0, 1.0, 1.0], [0.0, 0.0, 2.0, 2.0],  # inverted prediction (empty)
+        [0.0, 0.0, 2.0, 1.0], [2.0, 0.0, 4.0, 1.0],  # touching edges
+        [0.0, 0.0, 2.0, 2.0], [1.0, 0.0, 3.0, 2.0],  # shifted along x only (dy = 0)
+        [0.0, 0.0, 2.0, 2.0], [0.0, 0.0, 4.0, 1.0],  # shared corner, different shapes
+    ]
+    t = torch.tensor(a, dtype=dtype)
+    return t[0::2].clone(), t[1::2].clone()
+
+
+def grads_of(fn, b1, b2, seed_grad):
+    b1 = b1.clone().requires_grad_(True)
+    b2 = b2.clone().requires_grad_(True)
+    out = fn(b1, b2)
+    out.backward(seed_grad)
+    return out.detach(), b1.grad, b2.grad
+
+
+@pytest.mark.parametrize("kind", IOU_KINDS)
+def test_fused_iou_matches_plain_random_float64(kind):
+    gen = torch.Generator().manual_seed(0)
+    b1, b2 = random_boxes(300, gen), random_boxes(300, gen)
+    g = torch.randn(300, generator=gen, dtype=torch.float64)
+    v0, g10, g20 = grads_of(lambda a, b: plain_iou(a, b, kind), b1, b2, g)
+    v1, g11, g21 = grads_of(lambda a, b: fused_iou(a, b, kind), b1, b2, g)
+    torch.testing.assert_close(v1, v0, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(g11, g10, rtol=1e-9, atol=1e-10)
+    torch.testing.assert_close(g21, g20, rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("kind", IOU_KINDS)
+def test_fused_iou_matches_plain_on_degenerate_boxes(kind):
+    b1, b2 = degenerate_pairs()
+    g = torch.linspace(-1.0, 2.0, b1.shape[0], dtype=torch.float64)
+    v0, g10, g20 = grads_of(lambda a, b: plain_iou(a, b, kind), b1, b2, g)
+    v1, g11, g21 = grads_of(lambda a, b: fused_iou(a, b, kind), b1, b2, g)
+    for t in (v1, g11, g21):
+        assert torch.isfinite(t).all()
+    torch.testing.assert_close(v1, v0, rtol=1e-12, atol=1e-12)
+    # same conventions at the kinks as autograd: clamp passes at 0, min/max split ties
+    torch.testing.assert_close(g11, g10, rtol=1e-7, atol=1e-9)
+    torch.testing.assert_close(g21, g20, rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.parametrize("kind", IOU_KINDS)
+def test_fused_iou_gradcheck(kind):
+    gen = torch.Generator().manual_seed(1)
+    b1 = random_boxes(6, gen).requires_grad_(True)
+    b2 = random_boxes(6, gen).requires_grad_(True)
+    if kind == "ciou":  # α is a constant of the gradient: check against autograd, not finite differences
+        return
+    assert torch.autograd.gradcheck(lambda a, b: fused_iou(a, b, kind), (b1, b2))
+
+
+@pytest.mark.parametrize("kind", IOU_KINDS)
+def test_fused_iou_broadcasting_and_loss_flag(kind):
+    gen = torch.Generator().manual_seed(2)
+    b1, b2 = random_boxes(5, gen)[:, None], random_boxes(7, gen)[None]
+    ones = torch.ones(5, 7, dtype=b1.dtype)
+    v0, g10, g20 = grads_of(lambda a, b: 1.0 - plain_iou(a, b, kind), b1, b2, ones)
+    v1, g11, g21 = grads_of(lambda a, b: fused_iou(a, b, kind, loss=True), b1, b2, ones)
+    assert v1.shape == (5, 7) and g11.shape == (5, 1, 4) and g21.shape == (1, 7, 4)
+    torch.testing.assert_close(v1, v0, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(g11, g10, rtol=1e-9, atol=1e-10)
+    torch.testing.assert_close(g21, g20, rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("kind", IOU_KINDS)
+def test_iou_xyxy_dispatches_to_fused_float32(kind):
+    gen = torch.Generator().manual_seed(3)
+    b1, b2 = random_boxes(1000, gen, torch.float32), random_boxes(1000, gen, torch.float32)
+    b1.requires_grad_(True)
+    out = iou_xyxy(b1, b2, kind, 1e-7)
+    assert out.grad_fn is not None and "Fused" in type(out.grad_fn).__name__
+    torch.testing.assert_close(out, plain_iou(b1, b2, kind), rtol=0, atol=1e-6)
+
+
+def test_fused_iou_saves_only_the_inputs():
+    b1 = torch.rand(100, 4, dtype=torch.float64, requires_grad=True)
+    b2 = torch.rand(100, 4, dtype=torch.float64)
+    out = fused_iou(b1, b2, "siou")
+    assert [t.data_ptr() for t in out.grad_fn.saved_tensors] == [b1.data_ptr(), b2.data_ptr()]
+
+
+def test_fused_iou_rejects_unknown_kind():
+    with pytest.raises(ValueError, match="kind"):
+        fused_iou(torch.zeros(4), torch.zeros(4), "dice")
+
+
+def test_iou_loss_float16_and_zero_area_finite():
+    pred = torch.tensor([[0.0, 0.0, 0.0, 0.0], [1.0, 1.0, 3.0, 3.0]], dtype=torch.float16, requires_grad=True)
+    target = torch.tensor([[0.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 3.0]], dtype=torch.float16)
+    for kind in IOU_KINDS:
+        loss = detloss.iou_loss(pred, target, kind)
+        (grad,) = torch.autograd.grad(loss, pred)
+        assert torch.isfinite(loss) and torch.isfinite(grad).all(), kind
+
+
+# ---------------------------------------------------------------------------------------------- focal
+
+FOCAL_CASES = [
+    dict(alpha=0.25, gamma=2.0),
+    dict(alpha=-1.0, gamma=1.5),
+    dict(alpha=0.75, gamma=0.0),
+    dict(alpha=0.25, gamma=0.5),
+]
+
+
+def focal_inputs(gen, shape=(40, 5), dtype=torch.float64):
+    x = torch.randn(*shape, generator=gen, dtype=dtype) * 4
+    x[0, :] = torch.tensor([1e4, -1e4, 0.0, 30.0, -30.0], dtype=dtype)  # saturated and exact logits
+    t = torch.rand(*shape, generator=gen, dtype=dtype)  # soft targets
+    t[1::3] = (t[1::3] > 0.5).to(dtype)  # hard targets too
+    return x, t
+
+
+@pytest.mark.parametrize("case", FOCAL_CASES)
+@pytest.mark.parametrize("with_pw", [False, True])
+def test_fused_focal_matches_reference(case, with_pw):
+    gen = torch.Generator().manual_seed(4)
+    x, t = focal_inputs(gen)
+    pw = torch.rand(5, generator=gen, dtype=torch.float64) * 3 if with_pw else None
+    g = torch.randn(x.shape, generator=gen, dtype=torch.float64)
+    leaves0 = [x.clone().requires_grad_(), t.clone().requires_grad_()]
+    leaves1 = [x.clone().requires_grad_(), t.clone().requires_grad_()]
+    ref = plain_focal(leaves0[0], leaves0[1], pw, **case)
+    out = fused_focal(leaves1[0], leaves1[1], pw, case["alpha"], case["gamma"])
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    ref.backward(g)
+    out.backward(g)
+    for a, b in zip(leaves1, leaves0, strict=True):
+        assert torch.isfinite(a.grad).all()
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-9, atol=1e-10)
+
+
+def test_fused_focal_gradcheck():
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(4, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    t = torch.rand(4, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    pw = torch.rand(3, generator=gen, dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda a, b: fused_focal(a, b, pw, 0.25, 2.0), (x, t))
+    with pytest.raises(ValueError, match="pos_weight"):
+        fused_focal(x, t, pw.requires_grad_(), 0.25, 2.0)
+
+
+def test_focal_float32_is_bitwise_pytorch_bce_when_gamma_zero_alpha_off():
+    gen = torch.Generator().manual_seed(6)
+    x, t = focal_inputs(gen, (64, 5), torch.float32)
+    pw = torch.rand(5, generator=gen) * 2
+    out = detloss.sigmoid_focal_loss(x, t, alpha=-1, gamma=0, pos_weight=pw, reduction="none")
+    assert torch.equal(out, F.binary_cross_entropy_with_logits(x, t, pos_weight=pw, reduction="none"))
+
+
+def test_focal_float16_extreme_logits_finite():
+    x = torch.tensor([[1e4, -1e4, 0.0, 10.0]], dtype=torch.float16, requires_grad=True)
+    t = torch.tensor([[0.0, 1.0, 1.0, 1.0]], dtype=torch.float16)
+    loss = detloss.sigmoid_focal_loss(x, t, gamma=1.5)
+    loss.backward()
+    assert loss.dtype == torch.float32 and torch.isfinite(loss) and torch.isfinite(x.grad).all()
+
+
+def test_focal_backward_function_is_unreduced():
+    x, t = torch.zeros(2, 3, dtype=torch.float64), torch.ones(2, 3, dtype=torch.float64)
+    gx, gt = focal_backward(x, t, None, torch.ones(2, 3, dtype=torch.float64), 0.25, 2.0)
+    assert gx.shape == gt.shape == (2, 3)
+    # at x = 0, t = 1: ℓ = log 2, q = ½, dℓ/dx = −½, dq/dx = −¼, loss = α·ℓ·q²
+    expected = 0.25 * (-0.5 * 0.25 + math.log(2) * 2 * 0.5 * -0.25)
+    torch.testing.assert_close(gx, torch.full((2, 3), expected, dtype=torch.float64))
+    value = torch.full((2, 3), 0.25 * math.log(2) * 0.25, dtype=torch.float64)
+    torch.testing.assert_close(focal_forward(x, t, None, 0.25, 2.0), value)
+
+
+# ------------------------------------------------------------------------------------------- compile
+
+
+def test_compile_failure_falls_back_to_eager(monkeypatch):
+    """A broken compiler: the result is the eager one, with one warning, and eager from then on."""
+
+    def broken(fn, **kwargs):
+        def call(*args):
+            raise RuntimeError("no C++ compiler")
+
+        return call
+
+    monkeypatch.setattr(torch, "compile", broken)
+    monkeypatch.setattr(kernels, "_compiled", {})
+    monkeypatch.setattr(kernels, "_failed", set())
+    monkeypatch.setattr(kernels, "_compile_enabled", True)
+    b1 = torch.rand(10, 4, dtype=torch.float64, requires_grad=True)
+    b2 = b1.detach() + 0.1
+    with pytest.warns(RuntimeWarning, match="torch.compile"):
+        out = fused_iou(b1, b2, "giou")
+    torch.testing.assert_close(out, plain_iou(b1, b2, "giou"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no second warning: the failure is remembered
+        fused_iou(b1, b2, "giou")
+    assert "iou_forward_giou" in kernels._failed
+
+
+def test_set_compile_switch(monkeypatch):
+    monkeypatch.setattr(kernels, "_compile_enabled", False)
+    assert not detloss.compile_enabled()
+    detloss.set_compile(True)
+    assert detloss.compile_enabled()
+    detloss.set_compile(False)
+    assert not detloss.compile_enabled()
+
+
+def _has_compiler():
+    import shutil
+
+    return shutil.which("g++") is not None or shutil.which("c++") is not None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _has_compiler(), reason="no C++ compiler for inductor")
+def test_compiled_path_matches_eager(monkeypatch):
+    monkeypatch.setattr(kernels, "_compile_enabled", True)
+    gen = torch.Generator().manual_seed(7)
+    b1, b2 = random_boxes(257, gen, torch.float32), random_boxes(257, gen, torch.float32)
+    v0, g10, _ = grads_of(lambda a, b: plain_iou(a, b, "ciou"), b1, b2, torch.ones(257))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        v1, g11, _ = grads_of(lambda a, b: fused_iou(a, b, "ciou"), b1, b2, torch.ones(257))
+    assert "iou_forward_ciou" in kernels._compiled and not kernels._failed
+    torch.testing.assert_close(v1, v0, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(g11, g10, rtol=1e-4, atol=1e-5)
