@@ -250,7 +250,7 @@ def test_focal_float16_extreme_logits_finite():
 
 def test_focal_backward_function_is_unreduced():
     x, t = torch.zeros(2, 3, dtype=torch.float64), torch.ones(2, 3, dtype=torch.float64)
-    gx, gt = focal_backward(x, t, None, torch.ones(2, 3, dtype=torch.float64), 0.25, 2.0)
+    gx, gt = focal_backward(x, t, None, torch.ones(2, 3, dtype=torch.float64), 0.25, 2.0, True)
     assert gx.shape == gt.shape == (2, 3)
     # at x = 0, t = 1: ℓ = log 2, q = ½, dℓ/dx = −½, dq/dx = −¼, loss = α·ℓ·q²
     expected = 0.25 * (-0.5 * 0.25 + math.log(2) * 2 * 0.5 * -0.25)
@@ -314,3 +314,46 @@ def test_compiled_path_matches_eager(monkeypatch):
     assert "iou_forward_ciou" in kernels._compiled and not kernels._failed
     torch.testing.assert_close(v1, v0, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(g11, g10, rtol=1e-4, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------ fused reductions
+
+
+@pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
+@pytest.mark.parametrize("kind", ["giou", "ciou"])
+def test_iou_loss_reductions_match_plain(kind, reduction):
+    gen = torch.Generator().manual_seed(8)
+    b1, b2 = random_boxes(50, gen), random_boxes(50, gen)
+    w = torch.rand(50, generator=gen, dtype=torch.float64)
+    ref = 1.0 - plain_iou(b1, b2, kind)
+    cases = [
+        (dict(), {"none": ref, "sum": ref.sum(), "mean": ref.mean()}[reduction]),
+        (dict(weight=w), {"none": ref * w, "sum": (ref * w).sum(), "mean": (ref * w).mean()}[reduction]),
+    ]
+    if reduction == "mean":
+        cases.append((dict(avg_factor=7.0), ref.sum() / 7.0))
+    for kwargs, expected in cases:
+        out = detloss.iou_loss(b1, b2, kind, reduction=reduction, **kwargs)
+        torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    empty = torch.zeros(0, 4, dtype=torch.float64, requires_grad=True)
+    out = detloss.iou_loss(empty, empty, kind, reduction=reduction)
+    assert out.numel() == 0 if reduction == "none" else out.item() == 0.0
+    with pytest.raises(ValueError, match="avg_factor"):
+        detloss.iou_loss(b1, b2, kind, reduction="sum", avg_factor=2.0)
+
+
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_fused_reduced_gradients_match_plain(reduction):
+    gen = torch.Generator().manual_seed(9)
+    b1, b2 = random_boxes(40, gen), random_boxes(40, gen)
+    red = torch.sum if reduction == "sum" else torch.mean
+    _, g0, _ = grads_of(lambda a, b: red(1.0 - plain_iou(a, b, "diou")), b1, b2, None)
+    _, g1, _ = grads_of(lambda a, b: detloss.iou_loss(a, b, "diou", reduction=reduction), b1, b2, None)
+    torch.testing.assert_close(g1, g0, rtol=1e-10, atol=1e-12)
+    x, t = focal_inputs(gen)
+    x0, x1 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    red(plain_focal(x0, t)).backward()
+    out = detloss.sigmoid_focal_loss(x1, t, reduction=reduction)
+    out.backward()
+    torch.testing.assert_close(out, red(plain_focal(x, t)), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(x1.grad, x0.grad, rtol=1e-10, atol=1e-12)

@@ -7,6 +7,8 @@ one helper, :func:`weight_reduce`. Binary and softmax cross-entropy are PyTorch'
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -66,6 +68,27 @@ def weight_reduce(
     return loss.mean() if loss.numel() else 0.0 * loss.sum()
 
 
+def _fused_reduce(
+    kernel: Callable[[bool], Tensor],
+    count: int,
+    weight: Tensor | None,
+    reduction: Reduction,
+    avg_factor: float | Tensor | None,
+) -> Tensor:
+    """Reduce a fused loss of ``count`` elements; ``kernel(reduce)`` returns it elementwise or summed.
+
+    Unweighted sums and means use the kernel's own sum (one pass less over memory forward and
+    backward; the mean is that sum over ``count``, or over ``avg_factor``); everything else goes
+    through :func:`weight_reduce` on the elementwise loss.
+    """
+    if weight is not None or reduction == "none" or (reduction == "sum" and avg_factor is not None):
+        return weight_reduce(kernel(False), weight, reduction, avg_factor)
+    total = kernel(True)
+    if reduction == "sum" or count == 0:  # the mean of nothing is 0, still attached to the graph
+        return total
+    return weight_reduce(total, None, "mean", count if avg_factor is None else avg_factor)
+
+
 def iou_loss(
     pred: Tensor,
     target: Tensor,
@@ -97,12 +120,15 @@ def iou_loss(
     check_eps(eps)
     p, t = prepare_pair(pred, target, fmt, validate)
     try:
-        torch.broadcast_shapes(p.shape, t.shape)
+        shape = torch.broadcast_shapes(p.shape, t.shape)
     except RuntimeError:
         raise ValueError(
             f"pred {tuple(pred.shape)} and target {tuple(target.shape)} do not broadcast"
         ) from None
-    return weight_reduce(fused_iou(p, t, kind, eps, loss=True), weight, reduction, avg_factor)
+    count = math.prod(shape[:-1])
+    return _fused_reduce(
+        lambda reduce: fused_iou(p, t, kind, eps, True, reduce), count, weight, reduction, avg_factor
+    )
 
 
 def sigmoid_focal_loss(
@@ -165,8 +191,13 @@ def sigmoid_focal_loss(
     # One fused pass forward and one backward (detloss.kernels); the BCE inside is written exactly as
     # F.binary_cross_entropy_with_logits computes it, and the tests hold it to that function.
     pw = None if pos_weight is None else pos_weight.to(x.dtype)
-    loss = fused_focal(x, t, pw, float(alpha), float(gamma))
-    return weight_reduce(loss, weight, reduction, avg_factor)
+    return _fused_reduce(
+        lambda reduce: fused_focal(x, t, pw, float(alpha), float(gamma), reduce),
+        x.numel(),
+        weight,
+        reduction,
+        avg_factor,
+    )
 
 
 def smooth_l1_loss(
