@@ -58,7 +58,7 @@ def plain_iou(boxes1, boxes2, kind="iou", eps=1e-7):
     if kind == "ciou":
         v = K * (torch.atan(w2 / (h2 + eps)) - torch.atan(w1 / (h1 + eps))) ** 2
         with torch.no_grad():
-            alpha = v / (v - iou + (1.0 + eps))
+            alpha = v / ((1.0 - iou) + v + eps)
         return diou - alpha * v
     return diou - (w1 - w2) ** 2 / (cw * cw + eps) - (h1 - h2) ** 2 / (ch * ch + eps)
 

@@ -99,8 +99,9 @@ def iou_forward(b1: Tensor, b2: Tensor, kind: str, eps: float, loss: bool, reduc
     - giou = iou − (|C| − U) / (|C| + eps)
     - diou = iou − ρ² / (c² + eps), ρ the centre distance, c the diagonal of C
     - ciou = diou − α·v, v = 4/π²·(atan(w₂/(h₂ + eps)) − atan(w₁/(h₁ + eps)))²,
-      α = v / (v − iou + (1 + eps)) held constant in the gradient (CIoU paper; torchvision and
-      YOLOv5 do the same, mmdet additionally gates α by iou > 0.5 — not done here)
+      α = v / ((1 − iou) + v + eps) held constant in the gradient (CIoU paper; torchvision and
+      YOLOv5 do the same, mmdet additionally gates α by iou > 0.5 — not done here). (1 − iou)
+      comes first: 1 + eps rounds to 1 in float32 for eps < 6e-8, which gave 0/0 on identical boxes
     - eiou = diou − (w₁ − w₂)² / (C_w² + eps) − (h₁ − h₂)² / (C_h² + eps)
     - siou = iou − (Δ + Ω) / 2, Δ = Σ_{x,y} (1 − exp(−(2 − Λ)·(d_t / (C_t + eps))²)) with the angle
       cost Λ = sin(2α) = 2·|dx·dy| / (dx² + dy² + eps) (the paper's 1 − 2·sin²(arcsin(sin α) − π/4),
@@ -139,7 +140,7 @@ def iou_forward(b1: Tensor, b2: Tensor, kind: str, eps: float, loss: bool, reduc
                 penalty = rho2 / (cw * cw + ch * ch + eps)
                 if kind == "ciou":
                     v = FOUR_OVER_PI2 * (torch.atan(w2 / (h2 + eps)) - torch.atan(w1 / (h1 + eps))) ** 2
-                    alpha = v / (v - val + (1.0 + eps))
+                    alpha = v / ((1.0 - val) + v + eps)
                     penalty = penalty + alpha * v
                 elif kind == "eiou":
                     penalty = penalty + (w1 - w2) ** 2 / (cw * cw + eps) + (h1 - h2) ** 2 / (ch * ch + eps)
@@ -230,7 +231,7 @@ def iou_backward(
             h1e, h2e = h1 + eps, h2 + eps
             diff = torch.atan(w2 / h2e) - torch.atan(w1 / h1e)
             v = FOUR_OVER_PI2 * diff * diff
-            alpha = v / (v - iou + (1.0 + eps))
+            alpha = v / ((1.0 - iou) + v + eps)
             g_diff = -g * alpha * (2.0 * FOUR_OVER_PI2) * diff
             # d atan(w/(h+eps)) = ((h+eps)·dw − w·dh) / ((h+eps)² + w²)
             r1, r2 = g_diff / (h1e * h1e + w1 * w1), g_diff / (h2e * h2e + w2 * w2)

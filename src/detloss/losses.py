@@ -81,7 +81,8 @@ def _fused_reduce(
     backward; the mean is that sum over ``count``, or over ``avg_factor``); everything else goes
     through :func:`weight_reduce` on the elementwise loss.
     """
-    if weight is not None or reduction == "none" or (reduction == "sum" and avg_factor is not None):
+    fusable = weight is None and (reduction == "mean" or (reduction == "sum" and avg_factor is None))
+    if not fusable:  # weight_reduce also rejects unknown reductions
         return weight_reduce(kernel(False), weight, reduction, avg_factor)
     total = kernel(True)
     if reduction == "sum" or count == 0:  # the mean of nothing is 0, still attached to the graph
