@@ -38,6 +38,54 @@ def tour(args: argparse.Namespace) -> int:
     return 0
 
 
+def _int_list(text: str) -> list[int]:
+    return [int(float(v)) for v in text.split(",") if v]
+
+
+def bench(args: argparse.Namespace) -> int:
+    """Time detloss against torchvision.ops, naive eager formulas and the bandwidth floor."""
+    from . import bench as b  # lazy: the benchmark is not needed by the other commands
+
+    b.default_cases()
+    kinds = args.kinds.split(",") if args.kinds else None
+    cases = None
+    if kinds is not None:
+        alias = {"focal": "sigmoid_focal_loss", **{k: f"iou_loss[{k}]" for k in b.ALL_KINDS}}
+        cases = [alias.get(k, k) for k in kinds]
+        unknown = [c for c in cases if c not in b.CASES]
+        if unknown:
+            print(f"unknown case(s) {unknown}; known: {', '.join(b.ALL_KINDS)}, focal, {', '.join(b.CASES)}")
+            return 2
+    env = b.environment()
+    print(f"detloss bench — {env['date']}, torch {env['torch']}, torchvision {env['torchvision']}")
+    print(f"CPU {env['cpu']} ({env['cores']} cores), {args.threads} threads, float32, fwd+bwd medians\n")
+    rows = b.run(
+        cases,
+        args.sizes,
+        repeats=args.repeats,
+        min_time=args.min_time,
+        threads=args.threads,
+        compile=args.compile,
+        memory=args.memory,
+    )
+    print(b.table(rows))
+    print(
+        "\nours = the compiled path when measured (else eager); ratios peer/ours > 1 mean detloss is faster;"
+        "\nfloor = a + b over the inputs' bytes; mem = peak extra RSS of one step in a fresh process;"
+        "\nwarm-up = first call of ours+compile (compilation, or inductor's disk cache)."
+    )
+    if args.json:
+        b.to_json(rows, args.json)
+        print(f"wrote {args.json}")
+    if args.plot:
+        try:
+            b.plot(rows, args.plot)
+            print(f"wrote {args.plot}")
+        except ImportError:
+            print("--plot needs matplotlib (pip install matplotlib)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="detloss", description=__doc__)
     sub = parser.add_subparsers(dest="command")
@@ -45,6 +93,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pred", type=float, nargs=4, default=[0.0, 0.0, 4.0, 2.0], metavar="X")
     p.add_argument("--target", type=float, nargs=4, default=[1.0, 1.0, 3.0, 5.0], metavar="X")
     p.set_defaults(func=tour)
+
+    p = sub.add_parser("bench", help="time detloss against torchvision.ops and naive formulas")
+    p.add_argument("--sizes", type=_int_list, default=None, help="comma-separated N, e.g. 1e4,1e5")
+    p.add_argument("--kinds", default=None, help="comma-separated: iou,giou,diou,ciou,eiou,siou,focal")
+    p.add_argument("--repeats", type=int, default=7, help="minimum timed runs per median (default 7)")
+    p.add_argument("--min-time", type=float, default=0.2, help="minimum seconds per median")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--no-compile", dest="compile", action="store_false", help="skip the torch.compile path")
+    p.add_argument("--memory", choices=("largest", "all", "none"), default="largest")
+    p.add_argument("--json", metavar="PATH", help="write the table as JSON")
+    p.add_argument("--plot", metavar="PATH", help="draw time vs N (needs matplotlib)")
+    p.set_defaults(func=bench)
     return parser
 
 
