@@ -357,3 +357,35 @@ def test_fused_reduced_gradients_match_plain(reduction):
     out.backward()
     torch.testing.assert_close(out, red(plain_focal(x, t)), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(x1.grad, x0.grad, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("reduce", [False, True])
+def test_eager_blocks_match_whole(monkeypatch, reduce):
+    """Eager kernels run in row blocks above EAGER_BLOCK rows: same values and gradients."""
+    monkeypatch.setattr(kernels, "EAGER_BLOCK", 7)
+    gen = torch.Generator().manual_seed(10)
+    b1, b2 = random_boxes(60, gen).reshape(3, 20, 4), random_boxes(60, gen).reshape(3, 20, 4)
+    seed = torch.tensor(1.5, dtype=b1.dtype) if reduce else torch.randn(3, 20, generator=gen, dtype=b1.dtype)
+    for kind in ("giou", "siou"):
+        def plain(a, b, kind=kind):
+            loss = 1.0 - plain_iou(a, b, kind)
+            return loss.sum() if reduce else loss
+
+        v0, g10, g20 = grads_of(plain, b1, b2, seed)
+        v1, g11, g21 = grads_of(lambda a, b, kind=kind: fused_iou(a, b, kind, 1e-7, True, reduce), b1, b2, seed)
+        torch.testing.assert_close(v1, v0, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(g11, g10, rtol=1e-9, atol=1e-10)
+        torch.testing.assert_close(g21, g20, rtol=1e-9, atol=1e-10)
+    x, t = focal_inputs(gen, (40, 5))
+    pw = torch.rand(5, generator=gen, dtype=torch.float64) + 0.5
+    x0, x1 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    t0, t1 = t.clone().requires_grad_(), t.clone().requires_grad_()
+    ref = plain_focal(x0, t0, pw)
+    out = fused_focal(x1, t1, pw, 0.25, 2.0, reduce)
+    ref = ref.sum() if reduce else ref
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    g = seed if reduce else torch.randn(40, 5, generator=gen, dtype=torch.float64)
+    ref.backward(g)
+    out.backward(g)
+    torch.testing.assert_close(x1.grad, x0.grad, rtol=1e-9, atol=1e-10)
+    torch.testing.assert_close(t1.grad, t0.grad, rtol=1e-9, atol=1e-10)

@@ -13,7 +13,8 @@ Every case times ``loss = f(inputs); torch.autograd.grad(loss, pred)`` with ``to
   write), the memory-bandwidth floor.
 
 Peak extra memory of one forward+backward is measured per implementation in a fresh subprocess
-(growth of the peak resident set, ``ru_maxrss``, after a warm-up on a tiny input).
+(growth of the peak resident set over the resident set before the step, after a warm-up on a tiny
+input; large blocks are mmap-allocated there so that freed pages cannot hide a later allocation).
 
 Cases live in :data:`CASES` (:func:`register_case`), so later benchmarks (criteria against naive loop
 ports) add themselves without touching the runner. This module prints nothing; the CLI does.
@@ -308,16 +309,30 @@ def run(
 
 
 def measure_memory(case: str, n: int, impl: str, threads: int = 2, seed: int = 0) -> float | None:
-    """Peak extra memory (MB) of one forward+backward, in a fresh Python process."""
+    """Peak extra memory (MB) of one forward+backward, in a fresh Python process (``None`` on failure)."""
     args = json.dumps([case, n, impl, threads, seed])
     cmd = [sys.executable, "-m", "detloss.bench", "--memory-worker", args]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([p for p in sys.path if p] + [env.get("PYTHONPATH", "")])
+    # glibc serves blocks >= 16 KiB by mmap and unmaps them on free, so the resident set follows the
+    # live tensors instead of keeping freed heap pages that a later allocation would reuse unseen
+    env["MALLOC_MMAP_THRESHOLD_"] = "16384"
     try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, check=True)
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env, check=True)
         return float(out.stdout.strip().splitlines()[-1])
     except (subprocess.SubprocessError, ValueError, IndexError):
         return None
+
+
+def _status_kib(field_name: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field_name + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
 
 
 def _memory_worker(case_name: str, n: int, impl: str, threads: int, seed: int) -> float:
@@ -330,12 +345,18 @@ def _memory_worker(case_name: str, n: int, impl: str, threads: int, seed: int) -
     _set_compile(impl)
     # warm-up on a tiny input: imports, lazy initialisation, compilation (dynamic shapes: reused)
     _grad_step(step, case.make_inputs(64, torch.Generator().manual_seed(seed)))()
-    x = case.make_inputs(n, torch.Generator().manual_seed(seed))
-    fn = _grad_step(step, x)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    fn()
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return (after - before) / 1024.0
+    fn = _grad_step(step, case.make_inputs(n, torch.Generator().manual_seed(seed)))
+    before = _status_kib("VmRSS")
+    try:  # reset the peak-RSS mark (VmHWM) to the current RSS (Linux >= 4.0)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        fn()
+        peak = _status_kib("VmHWM")
+    except OSError:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB; a lower bound
+        fn()
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return max(0, peak - before) / 1024.0
 
 
 # ----------------------------------------------------------------------------------------- report
