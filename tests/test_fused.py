@@ -372,7 +372,10 @@ def test_eager_blocks_match_whole(monkeypatch, reduce):
             return loss.sum() if reduce else loss
 
         v0, g10, g20 = grads_of(plain, b1, b2, seed)
-        v1, g11, g21 = grads_of(lambda a, b, kind=kind: fused_iou(a, b, kind, 1e-7, True, reduce), b1, b2, seed)
+        def fused(a, b, kind=kind):
+            return fused_iou(a, b, kind, 1e-7, True, reduce)
+
+        v1, g11, g21 = grads_of(fused, b1, b2, seed)
         torch.testing.assert_close(v1, v0, rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(g11, g10, rtol=1e-9, atol=1e-10)
         torch.testing.assert_close(g21, g20, rtol=1e-9, atol=1e-10)
