@@ -26,7 +26,6 @@ import warnings
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
@@ -400,6 +399,17 @@ def fused_iou(
 # --------------------------------------------------------------------------------------------------
 
 
+def _sigmoid_terms(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(log σ(x), σ(x), σ(−x))`` from one ``exp``: e = exp(−|x|) ∈ (0, 1] never overflows, and
+    σ(−x) is exact where 1 − σ(x) would round to 0. ``log σ(x) = min(x, 0) − log1p(e)`` is how PyTorch
+    computes ``logsigmoid``."""
+    e = torch.exp(-x.abs())
+    r = 1.0 / (1.0 + e)
+    er = e * r
+    pos = x >= 0
+    return torch.clamp(x, max=0) - torch.log1p(e), torch.where(pos, r, er), torch.where(pos, er, r)
+
+
 def focal_forward(
     x: Tensor, t: Tensor, pw: Tensor | None, alpha: float, gamma: float, reduce: bool = False
 ) -> Tensor:
@@ -408,12 +418,11 @@ def focal_forward(
     The cross-entropy is written as PyTorch's ``binary_cross_entropy_with_logits`` computes it,
     ``(1 − t)·x − (1 + (pw − 1)·t)·log σ(x)``, so that it fuses with the focal factors into one pass.
     """
-    ls = F.logsigmoid(x)
+    ls, p, _ = _sigmoid_terms(x)
     if pw is not None:
         ls = ls * ((pw - 1) * t + 1)
     loss = (1 - t) * x - ls
     if gamma != 0:
-        p = torch.sigmoid(x)
         # 1 − p_t, clamped away from 0 so that γ < 1 keeps a finite gradient where p_t → 1
         loss = loss * (p + t - 2.0 * p * t).clamp(min=torch.finfo(x.dtype).tiny) ** gamma
     if alpha >= 0:
@@ -421,23 +430,23 @@ def focal_forward(
     return loss.sum() if reduce else loss
 
 
-def focal_backward(
-    x: Tensor, t: Tensor, pw: Tensor | None, grad: Tensor, alpha: float, gamma: float, need_t: bool
-) -> tuple[Tensor, Tensor | None]:
-    """Hand-derived gradient of :func:`focal_forward` w.r.t. ``x`` and ``t`` (``grad`` may be a scalar).
+def focal_value_and_grad(
+    x: Tensor, t: Tensor, pw: Tensor | None, alpha: float, gamma: float, reduce: bool, need_t: bool
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """:func:`focal_forward` and its hand-derived elementwise derivatives d loss/dx, d loss/dt.
 
     With ℓ the BCE, lw = 1 + (pw − 1)·t, m = q^γ (q = max(1 − p_t, tiny)) and a = α_t, loss = ℓ·m·a:
     dℓ/dx = (1 − t) − lw·σ(−x),  dℓ/dt = −x − (pw − 1)·log σ(x),
     dq/dx = (1 − 2t)·p·(1 − p),  dq/dt = 1 − 2p,  da/dt = 2α − 1.
-    ``pos_weight`` gets no gradient, as in PyTorch's BCE; ``t`` only if ``need_t``.
+    ``pos_weight`` gets no gradient, as in PyTorch's BCE; d/dt only if ``need_t`` (else ``None``).
+    The loss is summed if ``reduce``; the derivatives are always elementwise.
     """
-    ls = F.logsigmoid(x)
-    p, pm = torch.sigmoid(x), torch.sigmoid(-x)  # σ(−x) is exact where 1 − σ(x) rounds to 0
+    ls, p, pm = _sigmoid_terms(x)
     lw = 1.0 if pw is None else (pw - 1) * t + 1
     bce = (1 - t) * x - ls * lw
     dl_dx = (1 - t) - lw * pm
-    dl_dt = -x if pw is None else -x - (pw - 1) * ls
-    m = 1.0
+    dl_dt = (-x if pw is None else -x - (pw - 1) * ls) if need_t else None
+    loss = bce
     if gamma != 0:
         tiny = torch.finfo(x.dtype).tiny
         q = p + t - 2.0 * p * t
@@ -445,12 +454,16 @@ def focal_backward(
         m = qc**gamma
         dm_dq = torch.where(q >= tiny, gamma * m / qc, 0.0)  # clamp passes the gradient at q >= tiny
         dl_dx = dl_dx * m + bce * dm_dq * (1.0 - 2.0 * t) * p * pm
-        dl_dt = dl_dt * m + bce * dm_dq * (1.0 - 2.0 * p)
-    if alpha < 0:
-        return grad * dl_dx, grad * dl_dt if need_t else None
-    a = t * alpha + (1.0 - t) * (1.0 - alpha)
-    gt = grad * (a * dl_dt + bce * m * (2.0 * alpha - 1.0)) if need_t else None
-    return grad * a * dl_dx, gt
+        if need_t:
+            dl_dt = dl_dt * m + bce * dm_dq * (1.0 - 2.0 * p)
+        loss = bce * m
+    if alpha >= 0:
+        a = t * alpha + (1.0 - t) * (1.0 - alpha)
+        if need_t:
+            dl_dt = a * dl_dt + loss * (2.0 * alpha - 1.0)
+        dl_dx = a * dl_dx
+        loss = loss * a
+    return (loss.sum() if reduce else loss), dl_dx, dl_dt
 
 
 def _focal_rows(x: Tensor, t: Tensor, pw: Tensor | None) -> int | None:
@@ -479,47 +492,58 @@ def _focal_forward_blocked(
     return out.view(x.shape)
 
 
-def _focal_backward_blocked(
-    x: Tensor, t: Tensor, pw: Tensor | None, grad: Tensor, alpha: float, gamma: float, need_t: bool
-) -> tuple[Tensor, Tensor | None]:
-    """:func:`focal_backward` over blocks of rows."""
+def _focal_value_and_grad_blocked(
+    x: Tensor, t: Tensor, pw: Tensor | None, alpha: float, gamma: float, reduce: bool, need_t: bool
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """:func:`focal_value_and_grad` over blocks of rows."""
     rows = _focal_rows(x, t, pw)
-    if rows is None or (grad.dim() != 0 and grad.shape != x.shape):
-        return focal_backward(x, t, pw, grad, alpha, gamma, need_t)
+    if rows is None:
+        return focal_value_and_grad(x, t, pw, alpha, gamma, reduce, need_t)
     c = x.shape[-1]
     fx, ft = x.reshape(-1, c), t.reshape(-1, c)
-    fg = grad if grad.dim() == 0 else grad.reshape(-1, c)
-    gx = torch.empty_like(fx)
-    gt = torch.empty_like(ft) if need_t else None
+    loss = 0.0 if reduce else torch.empty_like(fx)
+    dx = torch.empty_like(fx)
+    dt = torch.empty_like(ft) if need_t else None
     for i in range(0, fx.shape[0], rows):
         s = slice(i, i + rows)
-        px, pt = focal_backward(fx[s], ft[s], pw, fg if fg.dim() == 0 else fg[s], alpha, gamma, need_t)
-        gx[s] = px
-        if gt is not None:
-            gt[s] = pt
-    return gx.view(x.shape), (None if gt is None else gt.view(t.shape))
+        bl, bx, bt = focal_value_and_grad(fx[s], ft[s], pw, alpha, gamma, reduce, need_t)
+        if reduce:
+            loss = loss + bl
+        else:
+            loss[s] = bl
+        dx[s] = bx
+        if dt is not None:
+            dt[s] = bt
+    dt = None if dt is None else dt.view(t.shape)
+    return (loss if reduce else loss.view(x.shape)), dx.view(x.shape), dt
 
 
 class _FusedFocal(torch.autograd.Function):
+    """Forward: the loss and, when a gradient is needed, its elementwise derivatives in the same pass
+    (saved: one tensor of the logits' size, which the backward would allocate anyway); backward: a
+    multiply. Recomputing in the backward instead costs a second exp and log per element."""
+
     @staticmethod
     def forward(
         ctx, x: Tensor, t: Tensor, pw: Tensor | None, alpha: float, gamma: float, reduce: bool
     ) -> Tensor:
-        ctx.save_for_backward(x, t, pw)
-        ctx.args = (alpha, gamma)
-        args = (x.detach(), t.detach(), pw, alpha, gamma, reduce)
-        return _run("focal_forward", focal_forward, _focal_forward_blocked, *args)
+        need_x, need_t = ctx.needs_input_grad[:2]
+        x, t = x.detach(), t.detach()
+        if not (need_x or need_t):
+            args = (x, t, pw, alpha, gamma, reduce)
+            return _run("focal_forward", focal_forward, _focal_forward_blocked, *args)
+        args = (x, t, pw, alpha, gamma, reduce, need_t)
+        fns = (focal_value_and_grad, _focal_value_and_grad_blocked)
+        loss, dx, dt = _run("focal_value_and_grad", *fns, *args)
+        ctx.save_for_backward(dx if need_x else None, dt)
+        return loss
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor):
-        x, t, pw = ctx.saved_tensors
-        alpha, gamma = ctx.args
-        need_t = ctx.needs_input_grad[1]
-        args = (x, t, pw, grad, alpha, gamma, need_t)
-        gx, gt = _run("focal_backward", focal_backward, _focal_backward_blocked, *args)
-        gx = gx.sum_to_size(x.shape) if ctx.needs_input_grad[0] else None
-        gt = None if gt is None else gt.sum_to_size(t.shape)
+        dx, dt = ctx.saved_tensors
+        gx = None if dx is None else grad * dx
+        gt = None if dt is None else grad * dt
         return gx, gt, None, None, None, None
 
 
@@ -527,7 +551,7 @@ def fused_focal(
     x: Tensor, t: Tensor, pw: Tensor | None, alpha: float, gamma: float, reduce: bool = False
 ) -> Tensor:
     """Unchecked fused sigmoid focal loss of ``x``, ``t`` of one shape → that shape (or its sum if
-    ``reduce``); only ``x``, ``t``, ``pw`` are kept for the backward."""
+    ``reduce``); the backward keeps only the elementwise derivative (see :class:`_FusedFocal`)."""
     if pw is not None and pw.requires_grad:
         raise ValueError("pos_weight cannot require grad (as in F.binary_cross_entropy_with_logits)")
     return _FusedFocal.apply(x, t, pw, alpha, gamma, reduce)
