@@ -367,6 +367,7 @@ def test_fused_reduced_gradients_match_plain(reduction):
 def test_eager_blocks_match_whole(monkeypatch, reduce):
     """Eager kernels run in row blocks above EAGER_BLOCK rows: same values and gradients."""
     monkeypatch.setattr(kernels, "EAGER_BLOCK", 7)
+    monkeypatch.setattr(kernels, "FOCAL_BLOCK", 7)
     gen = torch.Generator().manual_seed(10)
     b1, b2 = random_boxes(60, gen).reshape(3, 20, 4), random_boxes(60, gen).reshape(3, 20, 4)
     seed = torch.tensor(1.5, dtype=b1.dtype) if reduce else torch.randn(3, 20, generator=gen, dtype=b1.dtype)
