@@ -255,6 +255,7 @@ def run(
     compile: bool = True,
     memory: str = "largest",
     seed: int = 0,
+    progress: Callable[[Row], None] | None = None,
 ) -> list[Row]:
     """Time every implementation of every case; return one :class:`Row` per (case, size).
 
@@ -265,6 +266,7 @@ def run(
         threads: ``torch.set_num_threads``.
         compile: also time ``ours+compile``.
         memory: ``"largest"`` (peak memory at each case's largest size), ``"all"`` or ``"none"``.
+        progress: called with each finished row.
     """
     default_cases()
     torch.set_num_threads(threads)
@@ -300,6 +302,8 @@ def run(
                         if row.times_ms.get(impl) is not None:
                             row.memory_mb[impl] = measure_memory(name, n, impl, threads, seed)
                 rows.append(row)
+                if progress is not None:
+                    progress(row)
     finally:
         kernels.set_compile(False)
     return rows

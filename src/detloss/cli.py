@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 
 import torch
@@ -67,6 +68,7 @@ def bench(args: argparse.Namespace) -> int:
         threads=args.threads,
         compile=args.compile,
         memory=args.memory,
+        progress=lambda r: print(f"  done {r.case} {r.size}", file=sys.stderr, flush=True),
     )
     print(b.table(rows))
     print(
