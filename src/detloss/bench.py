@@ -117,8 +117,10 @@ def naive_iou_loss(boxes1: Tensor, boxes2: Tensor, kind: str, eps: float = 1e-7)
         dx, dy = x_g - x_p, y_g - y_p
         sin2a = 2 * (dx * dy).abs() / (dx**2 + dy**2 + eps)
         gamma = 2 - sin2a
-        dist = 2 - torch.exp(-gamma * (dx / (xc2 - xc1 + eps)) ** 2) - torch.exp(
-            -gamma * (dy / (yc2 - yc1 + eps)) ** 2
+        dist = (
+            2
+            - torch.exp(-gamma * (dx / (xc2 - xc1 + eps)) ** 2)
+            - torch.exp(-gamma * (dy / (yc2 - yc1 + eps)) ** 2)
         )
         ow = (w1 - w2).abs() / (torch.max(w1, w2) + eps)
         oh = (h1 - h2).abs() / (torch.max(h1, h2) + eps)
@@ -210,26 +212,37 @@ def default_cases() -> None:
 # ----------------------------------------------------------------------------------------- timing
 
 
-def _grad_step(step: Step, x: Inputs) -> Callable[[], None]:
+def _grad_step(step: Step, x: Inputs, compiled: bool = False) -> Callable[[], None]:
     pred = x["pred"]
 
     def run() -> None:
+        kernels.set_compile(compiled)  # implementations are interleaved: each sets its own path
         torch.autograd.grad(step(x), pred)  # no accumulation into .grad: every peer pays the same
 
     return run
 
 
-def _median_ms(fn: Callable[[], object], repeats: int, min_time: float) -> float:
-    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < repeats or (time.perf_counter() - start < min_time and len(times) < 100):
-        times.append(timer.timeit(1).median)
-    return 1e3 * statistics.median(times)
+def _interleaved_medians(
+    fns: dict[str, Callable[[], object]], repeats: int, min_time: float
+) -> dict[str, float]:
+    """Median milliseconds per call of each function, measured in interleaved rounds.
 
-
-def _set_compile(impl: str) -> None:
-    kernels.set_compile(impl == "ours+compile")
+    Every round times each function once (a block of calls lasting ~5 ms, so that timer overhead
+    does not count for fast ones), so a burst of load from other processes on a shared machine
+    hits every implementation alike instead of one of them.
+    """
+    threads = torch.get_num_threads()
+    timers = {
+        k: benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads) for k, fn in fns.items()
+    }
+    number = {k: max(1, int(0.005 / max(t.timeit(1).median, 1e-7))) for k, t in timers.items()}
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    start, rounds = time.perf_counter(), 0
+    while rounds < repeats or (time.perf_counter() - start < min_time and rounds < 100):
+        for k, t in timers.items():
+            times[k].append(t.timeit(number[k]).median)
+        rounds += 1
+    return {k: 1e3 * statistics.median(v) for k, v in times.items()}
 
 
 def _impl_step(case: Case, impl: str) -> Step | None:
@@ -262,7 +275,8 @@ def run(
     Args:
         cases: registry names (default all); see :data:`CASES`.
         sizes: N values replacing each case's defaults (capped at 1e5 for the (N, 80) focal case).
-        repeats: minimum timed runs per measurement (median reported); ``min_time`` seconds at least.
+        repeats: minimum rounds (each times every implementation once, interleaved; medians
+            reported); rounds continue until ``min_time`` seconds have passed (at most 100).
         threads: ``torch.set_num_threads``.
         compile: also time ``ours+compile``.
         memory: ``"largest"`` (peak memory at each case's largest size), ``"all"`` or ``"none"``.
@@ -272,6 +286,7 @@ def run(
     torch.set_num_threads(threads)
     names = list(CASES) if cases is None else list(cases)
     rows: list[Row] = []
+    was_compiled = kernels.compile_enabled()
     impl_names = ["ours", *(["ours+compile"] if compile else []), "naive", "torchvision"]
     try:
         for name in names:
@@ -283,20 +298,20 @@ def run(
                 gen = torch.Generator().manual_seed(seed)
                 x = case.make_inputs(n, gen)
                 row = Row(name, case.label(n), n, {})
+                fns: dict[str, Callable[[], object]] = {}
                 for impl in impl_names:
                     step = _impl_step(case, impl)
                     if step is None:
                         row.times_ms[impl] = None
                         continue
-                    _set_compile(impl)
-                    fn = _grad_step(step, x)
+                    fns[impl] = fn = _grad_step(step, x, impl == "ours+compile")
                     t0 = time.perf_counter()
                     fn()  # warm-up (compiles on first use)
                     if impl == "ours+compile":
                         row.warmup_s = time.perf_counter() - t0
-                    row.times_ms[impl] = _median_ms(fn, repeats, min_time)
                 a, b = torch.rand(case.floor_shape(n)), torch.rand(case.floor_shape(n))
-                row.times_ms["floor"] = _median_ms(lambda a=a, b=b: a + b, repeats, min_time)
+                fns["floor"] = lambda a=a, b=b: a + b
+                row.times_ms.update(_interleaved_medians(fns, repeats, min_time))
                 if memory == "all" or (memory == "largest" and n == max(case_sizes)):
                     for impl in impl_names:
                         if row.times_ms.get(impl) is not None:
@@ -305,7 +320,7 @@ def run(
                 if progress is not None:
                     progress(row)
     finally:
-        kernels.set_compile(False)
+        kernels.set_compile(was_compiled)
     return rows
 
 
@@ -346,10 +361,10 @@ def _memory_worker(case_name: str, n: int, impl: str, threads: int, seed: int) -
     step = _impl_step(case, impl)
     if step is None:
         raise ValueError(f"{impl} is not available for {case_name}")
-    _set_compile(impl)
     # warm-up on a tiny input: imports, lazy initialisation, compilation (dynamic shapes: reused)
-    _grad_step(step, case.make_inputs(64, torch.Generator().manual_seed(seed)))()
-    fn = _grad_step(step, case.make_inputs(n, torch.Generator().manual_seed(seed)))
+    compiled = impl == "ours+compile"
+    _grad_step(step, case.make_inputs(64, torch.Generator().manual_seed(seed)), compiled)()
+    fn = _grad_step(step, case.make_inputs(n, torch.Generator().manual_seed(seed)), compiled)
     before = _status_kib("VmRSS")
     try:  # reset the peak-RSS mark (VmHWM) to the current RSS (Linux >= 4.0)
         with open("/proc/self/clear_refs", "w") as f:
