@@ -473,7 +473,8 @@ def plot(rows: Sequence[Row], path: str) -> None:
         for impl in IMPLS:
             pts = [(r.n, r.times_ms[impl]) for r in sub if r.times_ms.get(impl) is not None]
             if pts:
-                ax.plot(*zip(*pts, strict=True), marker="o", label=impl, ls="--" if impl == "floor" else "-")
+                style = {"ls": "--" if impl == "floor" else "-", "color": f"C{IMPLS.index(impl)}"}
+                ax.plot(*zip(*pts, strict=True), marker="o", label=impl, **style)
         ax.set(xscale="log", yscale="log", title=name, xlabel="N", ylabel="ms (fwd+bwd)")
         ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(names) :]:
