@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="time detloss against torchvision.ops and naive formulas")
     p.add_argument("--sizes", type=_int_list, default=None, help="comma-separated N, e.g. 1e4,1e5")
     p.add_argument("--kinds", default=None, help="comma-separated: iou,giou,diou,ciou,eiou,siou,focal")
-    p.add_argument("--repeats", type=int, default=7, help="minimum timed runs per median (default 7)")
+    p.add_argument("--repeats", type=int, default=7, help="minimum timing rounds (default 7)")
     p.add_argument("--min-time", type=float, default=0.2, help="minimum seconds per median")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-compile", dest="compile", action="store_false", help="skip the torch.compile path")
