@@ -13,8 +13,8 @@ Every case times ``loss = f(inputs); torch.autograd.grad(loss, pred)`` with ``to
   write), the memory-bandwidth floor.
 
 Peak extra memory of one forward+backward is measured per implementation in a fresh subprocess
-(growth of the peak resident set over the resident set before the step, after a warm-up on a tiny
-input; large blocks are mmap-allocated there so that freed pages cannot hide a later allocation).
+(growth of the peak resident set over the resident set before the step, after one warm-up step;
+large blocks are mmap-allocated there so that freed pages cannot hide a later allocation).
 
 Cases live in :data:`CASES` (:func:`register_case`), so later benchmarks (criteria against naive loop
 ports) add themselves without touching the runner. This module prints nothing; the CLI does.
@@ -361,10 +361,8 @@ def _memory_worker(case_name: str, n: int, impl: str, threads: int, seed: int) -
     step = _impl_step(case, impl)
     if step is None:
         raise ValueError(f"{impl} is not available for {case_name}")
-    # warm-up on a tiny input: imports, lazy initialisation, compilation (dynamic shapes: reused)
-    compiled = impl == "ours+compile"
-    _grad_step(step, case.make_inputs(64, torch.Generator().manual_seed(seed)), compiled)()
-    fn = _grad_step(step, case.make_inputs(n, torch.Generator().manual_seed(seed)), compiled)
+    fn = _grad_step(step, case.make_inputs(n, torch.Generator().manual_seed(seed)), impl == "ours+compile")
+    fn()  # warm-up at full size: imports, compilation, and the first-call allocations of a new shape
     before = _status_kib("VmRSS")
     try:  # reset the peak-RSS mark (VmHWM) to the current RSS (Linux >= 4.0)
         with open("/proc/self/clear_refs", "w") as f:
