@@ -13,6 +13,10 @@ plain tensor functions, so the same source runs
   (cached on disk by inductor afterwards). If compilation is unavailable or fails, the eager
   function is used and a warning is emitted once.
 
+There is one implementation of each formula: :func:`iou_forward` and :func:`focal_forward` are the
+documented formulas, and the hand-derived derivatives sit next to them. The plain autograd
+references they are tested against live in the tests (``tests/test_fused.py``), not in the package.
+
 Gradient conventions follow PyTorch's autograd of the plain formula exactly, so that fused and plain
 gradients agree even at the kinks: ``clamp(min=0)`` passes the gradient where its input is ≥ 0,
 ``minimum``/``maximum`` split it in halves on ties, ``abs`` uses ``sign`` (0 at 0).

@@ -1,8 +1,10 @@
 """Elementwise losses: IoU-family box loss, sigmoid focal loss, smooth L1 with sigma, label smoothing.
 
 Every loss takes the same keyword-only ``reduction``, ``weight`` and ``avg_factor`` and hands them to
-one helper, :func:`weight_reduce`. Binary and softmax cross-entropy are PyTorch's own
-(``F.binary_cross_entropy_with_logits``, ``F.cross_entropy``): detloss builds on them.
+one helper, :func:`weight_reduce` (unweighted sums and means of the fused losses are summed inside
+their kernels, :func:`_fused_reduce`). Binary and softmax cross-entropy are PyTorch's own
+(``F.binary_cross_entropy_with_logits``, ``F.cross_entropy``): detloss builds on them; only the
+focal loss evaluates the same BCE formula inside its fused kernel.
 """
 
 from __future__ import annotations
@@ -152,8 +154,10 @@ def sigmoid_focal_loss(
         p_t  = t·p + (1 − t)·(1 − p)
         α_t  = t·α + (1 − t)·(1 − α)      (α < 0 disables it: α_t = 1)
 
-    The cross-entropy is PyTorch's stable ``binary_cross_entropy_with_logits``
-    (``max(x, 0) − x·t + log(1 + exp(−|x|))``, with ``pos_weight``). γ = 0 and α < 0 give plain BCE.
+    The cross-entropy is PyTorch's stable ``binary_cross_entropy_with_logits`` formula,
+    ``(1 − t)·x − (1 + (pw − 1)·t)·log σ(x)``, evaluated inside the fused kernel
+    (:mod:`detloss.kernels`: loss and derivative in one pass, the backward a multiply) and tested
+    against ``F.binary_cross_entropy_with_logits``. γ = 0 and α < 0 give plain BCE.
 
     Args:
         logits: ``(*)`` raw scores.
