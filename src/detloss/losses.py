@@ -7,6 +7,7 @@ one helper, :func:`weight_reduce`. Binary and softmax cross-entropy are PyTorch'
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -31,7 +32,8 @@ def weight_reduce(
     - ``"none"``: the weighted loss, same shape as ``loss``.
     - ``"sum"``: its sum.
     - ``"mean"``: its mean, or its sum divided by ``avg_factor`` when given (e.g. the number of
-      positives); ``avg_factor`` is clamped at float32's machine epsilon so 0 positives give 0.
+      positives); ``avg_factor`` (a finite number >= 0, or a one-element tensor) is clamped at
+      float32's machine epsilon so 0 positives give 0.
       The mean of an empty loss is ``0 * loss.sum()`` (0, still attached to the graph).
 
     ``weight`` must broadcast to ``loss``'s shape without enlarging it (a ``(N, 1)`` weight against a
@@ -51,8 +53,15 @@ def weight_reduce(
                 f"{tuple(loss.shape)}"
             )
         loss = loss * weight
-    if avg_factor is not None and reduction != "mean":
-        raise ValueError(f"avg_factor is only valid with reduction='mean', got {reduction!r}")
+    if avg_factor is not None:
+        if reduction != "mean":
+            raise ValueError(f"avg_factor is only valid with reduction='mean', got {reduction!r}")
+        # a tensor's value is not inspected (that would sync with the device); its shape is
+        if isinstance(avg_factor, Tensor):
+            if avg_factor.numel() != 1:
+                raise ValueError(f"avg_factor must be a scalar, got shape {tuple(avg_factor.shape)}")
+        elif not (math.isfinite(avg_factor) and avg_factor >= 0):
+            raise ValueError(f"avg_factor must be a finite number >= 0, got {avg_factor!r}")
     if reduction == "none":
         return loss
     if reduction == "sum":
@@ -60,7 +69,7 @@ def weight_reduce(
     if avg_factor is not None:
         tiny = torch.finfo(torch.float32).eps
         if isinstance(avg_factor, Tensor):
-            return loss.sum() / avg_factor.clamp(min=tiny)
+            return loss.sum() / avg_factor.reshape(()).clamp(min=tiny)
         return loss.sum() / max(float(avg_factor), tiny)
     return loss.mean() if loss.numel() else 0.0 * loss.sum()
 
