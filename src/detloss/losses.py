@@ -157,10 +157,21 @@ def sigmoid_focal_loss(
         raise ValueError(
             f"targets must have the shape of logits {tuple(logits.shape)}, got {tuple(targets.shape)}"
         )
-    if gamma < 0:
-        raise ValueError(f"gamma must be >= 0, got {gamma}")
-    if alpha > 1:
+    if not (math.isfinite(gamma) and gamma >= 0):
+        raise ValueError(f"gamma must be a finite number >= 0, got {gamma}")
+    if not (math.isfinite(alpha) and alpha <= 1):
         raise ValueError(f"alpha must be <= 1 (or < 0 to disable), got {alpha}")
+    if pos_weight is not None:
+        check_tensor("pos_weight", pos_weight)
+        try:
+            shape = torch.broadcast_shapes(logits.shape, pos_weight.shape)
+        except RuntimeError:
+            shape = None
+        if shape != logits.shape:
+            raise ValueError(
+                f"pos_weight of shape {tuple(pos_weight.shape)} must broadcast to logits "
+                f"{tuple(logits.shape)}"
+            )
     x = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
     t = targets.to(x.dtype)
     if validate:
