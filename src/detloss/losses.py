@@ -15,10 +15,22 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .boxes import BoxFormat, check_finite, check_tensor
-from .iou import IoUKind, check_eps, check_kind, iou_xyxy, prepare_pair
+from .iou import IoUKind, check_eps, check_kind, compute_dtype, iou_xyxy, prepare_pair
 
 Reduction = Literal["none", "mean", "sum"]
 REDUCTIONS: tuple[str, ...] = ("none", "mean", "sum")
+
+
+def check_broadcast_to(name: str, t: Tensor, shape: torch.Size, into: str) -> None:
+    """Raise unless ``t`` broadcasts to ``shape`` without enlarging it (a ``(N, 1)`` weight against a
+    ``(N,)`` loss would silently produce ``(N, N)``)."""
+    check_tensor(name, t)
+    try:
+        ok = torch.broadcast_shapes(shape, t.shape) == shape
+    except RuntimeError:
+        ok = False
+    if not ok:
+        raise ValueError(f"{name} of shape {tuple(t.shape)} must broadcast to {into} {tuple(shape)}")
 
 
 def weight_reduce(
@@ -42,16 +54,7 @@ def weight_reduce(
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     if weight is not None:
-        check_tensor("weight", weight)
-        try:
-            shape = torch.broadcast_shapes(loss.shape, weight.shape)
-        except RuntimeError:
-            shape = None
-        if shape != loss.shape:
-            raise ValueError(
-                f"weight of shape {tuple(weight.shape)} must broadcast to the loss shape "
-                f"{tuple(loss.shape)}"
-            )
+        check_broadcast_to("weight", weight, loss.shape, "the loss shape")
         loss = loss * weight
     if avg_factor is not None:
         if reduction != "mean":
@@ -162,16 +165,7 @@ def sigmoid_focal_loss(
     if not (math.isfinite(alpha) and alpha <= 1):
         raise ValueError(f"alpha must be <= 1 (or < 0 to disable), got {alpha}")
     if pos_weight is not None:
-        check_tensor("pos_weight", pos_weight)
-        try:
-            shape = torch.broadcast_shapes(logits.shape, pos_weight.shape)
-        except RuntimeError:
-            shape = None
-        if shape != logits.shape:
-            raise ValueError(
-                f"pos_weight of shape {tuple(pos_weight.shape)} must broadcast to logits "
-                f"{tuple(logits.shape)}"
-            )
+        check_broadcast_to("pos_weight", pos_weight, logits.shape, "logits")
     x = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
     t = targets.to(x.dtype)
     if validate:
@@ -202,6 +196,7 @@ def smooth_l1_loss(
     reduction: Reduction = "mean",
     weight: Tensor | None = None,
     avg_factor: float | Tensor | None = None,
+    validate: bool = True,
 ) -> Tensor:
     """Smooth L1 with ``sigma`` and inside/outside weights (Fast R-CNN; the SSD seed's form)::
 
@@ -217,15 +212,30 @@ def smooth_l1_loss(
         sigma: > 0.
         inside_weight, outside_weight: numbers or tensors broadcastable to ``pred``.
         reduction, weight, avg_factor: see :func:`weight_reduce`.
+        validate: check ``pred`` and ``target`` are finite (one reduction each).
+
+    Returns:
+        Scalar, or ``(*)`` with ``reduction="none"``; float16/bfloat16 are computed in float32 (the
+        squared term overflows float16 above |d| ≈ 256).
     """
-    check_tensor("pred", pred)
-    check_tensor("target", target)
+    for name, t in (("pred", pred), ("target", target)):
+        check_tensor(name, t)
+        if not t.is_floating_point():
+            raise TypeError(f"{name} must have a floating dtype, got {t.dtype}")
     if pred.shape != target.shape:
         raise ValueError(
             f"target must have the shape of pred {tuple(pred.shape)}, got {tuple(target.shape)}"
         )
     if not sigma > 0:
         raise ValueError(f"sigma must be > 0, got {sigma}")
+    for name, w in (("inside_weight", inside_weight), ("outside_weight", outside_weight)):
+        if isinstance(w, Tensor):
+            check_broadcast_to(name, w, pred.shape, "pred")
+    dtype = torch.promote_types(compute_dtype(pred), compute_dtype(target))
+    pred, target = pred.to(dtype), target.to(dtype)
+    if validate:
+        check_finite("pred", pred)
+        check_finite("target", target)
     if not (isinstance(inside_weight, (int, float)) and inside_weight == 1):
         pred, target = inside_weight * pred, inside_weight * target
     loss = F.smooth_l1_loss(pred, target, reduction="none", beta=1.0 / sigma**2)
