@@ -263,12 +263,15 @@ def smooth_labels(targets: Tensor, eps: float, num_classes: int | None = None) -
     check_tensor("targets", targets)
     if not 0 <= eps <= 1:
         raise ValueError(f"eps must lie in [0, 1], got {eps}")
+    if targets.dtype == torch.bool or targets.is_complex():
+        raise TypeError(f"targets must be integer class ids or floating one-hot, got {targets.dtype}")
     if targets.is_floating_point():
-        if targets.dim() == 0:
-            raise ValueError("one-hot targets must have shape (*, K), got a scalar")
+        if targets.dim() == 0 or targets.shape[-1] == 0:
+            raise ValueError(f"one-hot targets must have shape (*, K), K >= 1, got {tuple(targets.shape)}")
         k = targets.shape[-1]
         if num_classes is not None and num_classes != k:
             raise ValueError(f"num_classes={num_classes} but targets have {k} classes (last dim)")
+        check_finite("targets", targets)
         onehot = targets
     else:
         if num_classes is None:
