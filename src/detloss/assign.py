@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .boxes import check_boxes
+from .boxes import check_boxes, check_finite
 from .losses import check_class_ids
 
 
@@ -58,13 +58,22 @@ def pad_targets(
     """
     if isinstance(targets, Mapping) or not isinstance(targets, Sequence):
         raise TypeError(f"targets must be a list of dicts, got {type(targets).__name__}")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int):
+        raise TypeError(f"num_classes must be an int, got {type(num_classes).__name__}")
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    if not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating dtype, got {dtype}")
     boxes, labels = [], []
     for i, t in enumerate(targets):
         if not isinstance(t, Mapping) or "boxes" not in t or "labels" not in t:
             raise TypeError(f"targets[{i}] must be a dict with 'boxes' and 'labels'")
-        b = check_boxes(f"targets[{i}]['boxes']", t["boxes"], finite=validate)
+        b = check_boxes(f"targets[{i}]['boxes']", t["boxes"], finite=False)
         lab = t["labels"]
-        if not isinstance(lab, Tensor) or lab.is_floating_point() or lab.is_complex():
+        integer = isinstance(lab, Tensor) and not (
+            lab.is_floating_point() or lab.is_complex() or lab.dtype == torch.bool
+        )
+        if not integer:
             raise TypeError(f"targets[{i}]['labels'] must be an integer tensor")
         if b.dim() != 2 or lab.shape != b.shape[:1]:
             raise ValueError(
@@ -72,6 +81,8 @@ def pad_targets(
                 f"{tuple(b.shape)} and {tuple(lab.shape)}"
             )
         if validate:
+            # checked in the output dtype: 1e30 is finite in float32 but inf in float16
+            check_finite(f"targets[{i}]['boxes'] (as {dtype})", b.to(dtype))
             check_class_ids(f"targets[{i}]['labels']", lab, num_classes)
             bad = (b[:, 2] <= b[:, 0]) | (b[:, 3] <= b[:, 1])
             if bool(bad.any()):
