@@ -57,8 +57,10 @@ def iou_xyxy(boxes1: Tensor, boxes2: Tensor, kind: str = "iou", eps: float = 1e-
     if kind == "iou":
         return iou
 
-    cw = torch.maximum(x2, u2) - torch.minimum(x1, u1)  # enclosing box width
-    ch = torch.maximum(y2, v2) - torch.minimum(y1, v1)
+    # enclosing box; clamped because two inverted boxes (x2 < x1) can give a negative width
+    # that cancels eps in a denominator (GIoU inf, SIoU 0/0)
+    cw = (torch.maximum(x2, u2) - torch.minimum(x1, u1)).clamp(min=0)
+    ch = (torch.maximum(y2, v2) - torch.minimum(y1, v1)).clamp(min=0)
     if kind == "giou":
         enclose = cw * ch
         return iou - (enclose - union) / (enclose + eps)
