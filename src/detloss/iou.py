@@ -85,7 +85,9 @@ def iou_xyxy(boxes1: Tensor, boxes2: Tensor, kind: str = "iou", eps: float = 1e-
     if kind == "ciou":
         v = _FOUR_OVER_PI2 * (torch.atan(w2 / (h2 + eps)) - torch.atan(w1 / (h1 + eps))) ** 2
         with torch.no_grad():
-            alpha = v / (v - iou + (1.0 + eps))
+            # the denominator is >= eps in exact arithmetic; in float32 1 + eps rounds to 1 for
+            # eps < 6e-8, so identical boxes gave 0/0 without the clamp (a no-op otherwise)
+            alpha = v / (v - iou + (1.0 + eps)).clamp(min=eps)
         return diou - alpha * v
     if kind == "eiou":
         return diou - (w1 - w2) ** 2 / (cw * cw + eps) - (h1 - h2) ** 2 / (ch * ch + eps)
