@@ -27,8 +27,6 @@ def pytest_terminal_summary(terminalreporter) -> None:
     tr.write_line(f"{'function':<22}{'tried':>8}{'ok':>8}{'ValueError':>12}{'TypeError':>11}")
     for name in sorted(n for n in TALLY if not n.endswith(" why")):
         c = TALLY[name]
-        tr.write_line(
-            f"{name:<22}{sum(c.values()):>8}{c['ok']:>8}{c['ValueError']:>12}{c['TypeError']:>11}"
-        )
+        tr.write_line(f"{name:<22}{sum(c.values()):>8}{c['ok']:>8}{c['ValueError']:>12}{c['TypeError']:>11}")
     for name in sorted(n for n in TALLY if n.endswith(" why")):
         tr.write_line(f"{name}: {TALLY[name].most_common(6)}")

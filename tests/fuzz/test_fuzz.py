@@ -44,8 +44,12 @@ BAD_FMTS = ("XYXY", "yolo", "")
 KINDS = ("iou", "giou", "diou", "ciou", "eiou", "siou")
 REDUCTIONS = ("none", "mean", "sum")
 KIND_RANGE = {
-    "iou": (0.0, 1.0), "giou": (-1.0, 1.0), "diou": (-1.0, 1.0),
-    "ciou": (-1.5, 1.0), "eiou": (-3.0, 1.0), "siou": (-2.0, 1.0),
+    "iou": (0.0, 1.0),
+    "giou": (-1.0, 1.0),
+    "diou": (-1.0, 1.0),
+    "ciou": (-1.5, 1.0),
+    "eiou": (-3.0, 1.0),
+    "siou": (-2.0, 1.0),
 }
 NOT_A_TENSOR = (None, [0.0, 0.0, 1.0, 1.0], 3.0, "boxes")
 
@@ -117,7 +121,7 @@ def related_shape(draw, shape: tuple[int, ...]) -> tuple[int, ...]:
     if choice == 0 or not shape:
         return draw(shapes())
     if choice == 1:
-        return shape[draw(st.integers(0, len(shape) - 1)):]
+        return shape[draw(st.integers(0, len(shape) - 1)) :]
     if choice == 2:
         return tuple(1 if draw(st.booleans()) else s for s in shape[:-1]) + shape[-1:]
     return shape
@@ -307,8 +311,9 @@ def test_bbox_iou(tally, pair, kind, fmt, eps, validate):
         expected = pair_problems(b1, b2, kind, fmt, eps)
     else:  # validate=False skips only the NaN/Inf scan (NaN in, NaN out); the rest is still checked
         expected = pair_problems(without_nonfinite(b1), without_nonfinite(b2), kind, fmt, eps)
-    out = run(tally, "bbox_iou", expected,
-              lambda: detloss.bbox_iou(b1, b2, kind, fmt, eps, validate=validate))
+    out = run(
+        tally, "bbox_iou", expected, lambda: detloss.bbox_iou(b1, b2, kind, fmt, eps, validate=validate)
+    )
     if out is None:
         return
     assert out.shape == torch.broadcast_shapes(b1.shape, b2.shape)[:-1]
@@ -397,7 +402,7 @@ def weights(draw, shape):
         return None
     ws = tuple(shape)
     if c == 3:
-        ws = ws[draw(st.integers(0, len(ws))):]
+        ws = ws[draw(st.integers(0, len(ws))) :]
     if c == 4:
         ws = ws + (2,)
     return torch.rand(ws, generator=torch.Generator().manual_seed(draw(st.integers(0, 99))))
@@ -447,11 +452,15 @@ def focal_inputs(draw):
 
 
 @FUZZ
-@given(inputs=focal_inputs(),
-       alpha=mostly((0.25, -1.0, 0.0, 1.0), (1.5, math.nan)),
-       gamma=mostly((2.0, 1.5, 0.0, 0.5), (-1.0, math.nan, math.inf)),
-       pos_weight=mostly((None, None, "fit"), ("bad",)),
-       red=reduce_args(), validate=st.booleans(), data=st.data())
+@given(
+    inputs=focal_inputs(),
+    alpha=mostly((0.25, -1.0, 0.0, 1.0), (1.5, math.nan)),
+    gamma=mostly((2.0, 1.5, 0.0, 0.5), (-1.0, math.nan, math.inf)),
+    pos_weight=mostly((None, None, "fit"), ("bad",)),
+    red=reduce_args(),
+    validate=st.booleans(),
+    data=st.data(),
+)
 def test_sigmoid_focal_loss(tally, inputs, alpha, gamma, pos_weight, red, validate, data):
     logits, targets = inputs
     reduction, avg = red
@@ -464,8 +473,9 @@ def test_sigmoid_focal_loss(tally, inputs, alpha, gamma, pos_weight, red, valida
         pos_weight = None if pos_weight is None else torch.ones(3)
     elif logits.shape != targets.shape:
         expected.add(ValueError)
-    elif validate and not (bool(torch.isfinite(logits).all())
-                           and bool(((targets >= 0) & (targets <= 1)).all())):
+    elif validate and not (
+        bool(torch.isfinite(logits).all()) and bool(((targets >= 0) & (targets <= 1)).all())
+    ):
         expected.add(ValueError)  # NaN logits, NaN targets, targets outside [0, 1]
     if legal_logits and pos_weight is not None:
         c = logits.shape[-1] if logits.dim() else 1
@@ -476,8 +486,12 @@ def test_sigmoid_focal_loss(tally, inputs, alpha, gamma, pos_weight, red, valida
     avg = make_avg(avg)
     expected |= reduce_problems(reduction, avg, weight, logits.shape if legal_logits else (3,))
     kw = dict(pos_weight=pos_weight, reduction=reduction, weight=weight, avg_factor=avg, validate=validate)
-    out = run(tally, "sigmoid_focal_loss", expected,
-              lambda: detloss.sigmoid_focal_loss(logits, targets, alpha, gamma, **kw))
+    out = run(
+        tally,
+        "sigmoid_focal_loss",
+        expected,
+        lambda: detloss.sigmoid_focal_loss(logits, targets, alpha, gamma, **kw),
+    )
     if out is None or not bool(torch.isfinite(logits).all()) or not validate:
         return
     assert out.dtype == compute(logits, *(() if weight is None else (weight,)))
@@ -490,16 +504,20 @@ def test_sigmoid_focal_loss(tally, inputs, alpha, gamma, pos_weight, red, valida
     mod = (p + t - 2 * p * t).clamp(min=torch.finfo(F32).tiny) ** gamma if gamma else 1.0
     a = t * alpha + (1 - t) * (1 - alpha) if alpha >= 0 else 1.0
     ref = manual_reduce(ce * mod * a, weight, reduction, avg)
-    torch.testing.assert_close(out.double(), ref, rtol=2e-5, atol=2e-5 * max(1.0, float(ref.abs().max())
-                                                                                  if ref.numel() else 1.0))
+    torch.testing.assert_close(
+        out.double(), ref, rtol=2e-5, atol=2e-5 * max(1.0, float(ref.abs().max()) if ref.numel() else 1.0)
+    )
 
 
 @FUZZ
-@given(pred=tensors(last=None, modes=("grid", "wide", "special")), data=st.data(),
-       sigma=mostly((1.0, 3.0, 0.5, math.inf), (0.0, -1.0, math.nan)),
-       inside=mostly((1.0, 2.0, "fit"), ("bad",)),
-       outside=mostly((1.0, 0.5, "fit"), ("bad",)),
-       red=reduce_args())
+@given(
+    pred=tensors(last=None, modes=("grid", "wide", "special")),
+    data=st.data(),
+    sigma=mostly((1.0, 3.0, 0.5, math.inf), (0.0, -1.0, math.nan)),
+    inside=mostly((1.0, 2.0, "fit"), ("bad",)),
+    outside=mostly((1.0, 0.5, "fit"), ("bad",)),
+    red=reduce_args(),
+)
 def test_smooth_l1_loss(tally, pred, data, sigma, inside, outside, red):
     reduction, avg = red
     shape = tuple(pred.shape) if isinstance(pred, Tensor) else (2,)
@@ -531,8 +549,12 @@ def test_smooth_l1_loss(tally, pred, data, sigma, inside, outside, red):
     avg = make_avg(avg)
     expected |= reduce_problems(reduction, avg, weight, shape)
     kw = dict(reduction=reduction, weight=weight, avg_factor=avg)
-    out = run(tally, "smooth_l1_loss", expected,
-              lambda: detloss.smooth_l1_loss(pred, target, sigma, inside, outside, **kw))
+    out = run(
+        tally,
+        "smooth_l1_loss",
+        expected,
+        lambda: detloss.smooth_l1_loss(pred, target, sigma, inside, outside, **kw),
+    )
     if out is None:
         return
     assert out.dtype == compute(pred, target, *(() if weight is None else (weight,)))
@@ -551,8 +573,9 @@ def label_inputs(draw):
     if draw(st.booleans()):  # class ids
         k = draw(mostly((3, 1, 2, 5), (0, -1)))
         shape = draw(shapes(None))[:-1] if draw(st.booleans()) else ()
-        ids = torch.randint(-1, max(k, 1) + 1, shape,
-                            generator=torch.Generator().manual_seed(draw(st.integers(0, 99))))
+        ids = torch.randint(
+            -1, max(k, 1) + 1, shape, generator=torch.Generator().manual_seed(draw(st.integers(0, 99)))
+        )
         dtype = draw(st.sampled_from((torch.int64, torch.int64, torch.int32, torch.uint8, torch.bool)))
         if dtype != torch.int64:
             ids = ids.clamp(min=0).to(dtype)
@@ -587,8 +610,9 @@ def test_smooth_labels(tally, inputs, eps):
     kk = onehot.shape[-1]
     assert out.shape == onehot.shape
     assert_finite("smooth_labels", out)
-    torch.testing.assert_close(out.double(), onehot.double() * (1 - eps) + eps / kk,
-                               rtol=0, atol=out_tol(out.dtype))
+    torch.testing.assert_close(
+        out.double(), onehot.double() * (1 - eps) + eps / kk, rtol=0, atol=out_tol(out.dtype)
+    )
 
 
 # ----------------------------------------------------------------------------- nn twins
@@ -597,29 +621,46 @@ def test_smooth_labels(tally, inputs, eps):
 def test_nn_iou_loss(tally, pair, kind, fmt, eps, reduction):
     """The Module must behave exactly like the functional: same value or same exception type."""
     pred, target = pair
-    _twin(tally, "nn.IoULoss",
-          lambda: dnn.IoULoss(kind, fmt, eps, reduction)(pred, target),
-          lambda: detloss.iou_loss(pred, target, kind, fmt, eps, reduction=reduction))
+    _twin(
+        tally,
+        "nn.IoULoss",
+        lambda: dnn.IoULoss(kind, fmt, eps, reduction)(pred, target),
+        lambda: detloss.iou_loss(pred, target, kind, fmt, eps, reduction=reduction),
+    )
 
 
 @FUZZ
-@given(inputs=focal_inputs(), alpha=mostly((0.25, -1.0), (1.5,)),
-       gamma=mostly((2.0, 0.0), (-1.0,)), reduction=REDUCTION)
+@given(
+    inputs=focal_inputs(),
+    alpha=mostly((0.25, -1.0), (1.5,)),
+    gamma=mostly((2.0, 0.0), (-1.0,)),
+    reduction=REDUCTION,
+)
 def test_nn_sigmoid_focal_loss(tally, inputs, alpha, gamma, reduction):
     logits, targets = inputs
-    _twin(tally, "nn.SigmoidFocalLoss",
-          lambda: dnn.SigmoidFocalLoss(alpha, gamma, reduction)(logits, targets),
-          lambda: detloss.sigmoid_focal_loss(logits, targets, alpha, gamma, reduction=reduction))
+    _twin(
+        tally,
+        "nn.SigmoidFocalLoss",
+        lambda: dnn.SigmoidFocalLoss(alpha, gamma, reduction)(logits, targets),
+        lambda: detloss.sigmoid_focal_loss(logits, targets, alpha, gamma, reduction=reduction),
+    )
 
 
 @FUZZ
-@given(pred=tensors(last=None, modes=("grid", "special")), sigma=mostly((1.0, 2.0), (0.0,)),
-       reduction=REDUCTION, same=mostly((True,), (False,)))
+@given(
+    pred=tensors(last=None, modes=("grid", "special")),
+    sigma=mostly((1.0, 2.0), (0.0,)),
+    reduction=REDUCTION,
+    same=mostly((True,), (False,)),
+)
 def test_nn_smooth_l1_loss(tally, pred, sigma, reduction, same):
     target = pred * 0.5 if same and isinstance(pred, Tensor) else torch.zeros(3)
-    _twin(tally, "nn.SmoothL1Loss",
-          lambda: dnn.SmoothL1Loss(sigma, reduction=reduction)(pred, target),
-          lambda: detloss.smooth_l1_loss(pred, target, sigma, reduction=reduction))
+    _twin(
+        tally,
+        "nn.SmoothL1Loss",
+        lambda: dnn.SmoothL1Loss(sigma, reduction=reduction)(pred, target),
+        lambda: detloss.smooth_l1_loss(pred, target, sigma, reduction=reduction),
+    )
 
 
 def _twin(tally, name, module_call, functional_call):
@@ -642,13 +683,22 @@ def target_lists(draw):
         if rare(draw, 24):
             out.append(draw(st.sampled_from(([], None, {"boxes": torch.zeros(0, 4)}))))
             continue
-        boxes = draw(tensors(shape=mostly(((0, 4), (1, 4), (3, 4)), ((2, 5), (4,))),
-                             modes=("boxes",) * 8 + ("special", "grid"), allow_other=False))
+        boxes = draw(
+            tensors(
+                shape=mostly(((0, 4), (1, 4), (3, 4)), ((2, 5), (4,))),
+                modes=("boxes",) * 8 + ("special", "grid"),
+                allow_other=False,
+            )
+        )
         n = boxes.shape[0] if boxes.dim() == 2 else 0
         ldtype = draw(mostly((torch.int64, torch.int32), (F32, torch.bool)))
         lshape = (n + 1,) if rare(draw, 19) else (n,)
-        labels = torch.randint(-1 if rare(draw, 19) else 0, 4, lshape,
-                               generator=torch.Generator().manual_seed(draw(st.integers(0, 99)))).to(ldtype)
+        labels = torch.randint(
+            -1 if rare(draw, 19) else 0,
+            4,
+            lshape,
+            generator=torch.Generator().manual_seed(draw(st.integers(0, 99))),
+        ).to(ldtype)
         out.append({"boxes": boxes, "labels": labels})
     return out
 
@@ -682,8 +732,11 @@ def pad_problems(targets, num_classes, dtype) -> set[type]:
 
 
 @FUZZ
-@given(targets=target_lists(), num_classes=mostly((4,), (2, 0, -1, 4.0)),
-       dtype=mostly((F32, F64, F16), (torch.int64,)))
+@given(
+    targets=target_lists(),
+    num_classes=mostly((4,), (2, 0, -1, 4.0)),
+    dtype=mostly((F32, F64, F16), (torch.int64,)),
+)
 def test_pad_targets(tally, targets, num_classes, dtype):
     expected = pad_problems(targets, num_classes, dtype)
     out = run(tally, "pad_targets", expected, lambda: pad_targets(targets, num_classes, dtype=dtype))
