@@ -35,7 +35,7 @@ def iou_xyxy(boxes1: Tensor, boxes2: Tensor, kind: str = "iou", eps: float = 1e-
     - iou  = I / (U + eps)
     - giou = iou − (|C| − U) / (|C| + eps)
     - diou = iou − ρ² / (c² + eps), ρ the centre distance, c the diagonal of C
-    - ciou = diou − α·v, v = 4/π²·(atan(w₂/h₂) − atan(w₁/h₁))², α = v / (v − iou + 1 + eps),
+    - ciou = diou − α·v, v = 4/π²·(atan(w₂/h₂) − atan(w₁/h₁))², α = v / ((1 − iou) + v + eps),
       α held constant in the gradient (CIoU paper; torchvision and YOLOv5 do the same, mmdet
       additionally gates α by iou > 0.5 — not done here)
     - eiou = diou − (w₁ − w₂)² / (C_w² + eps) − (h₁ − h₂)² / (C_h² + eps)
@@ -83,7 +83,8 @@ def iou_xyxy(boxes1: Tensor, boxes2: Tensor, kind: str = "iou", eps: float = 1e-
     if kind == "ciou":
         v = _FOUR_OVER_PI2 * (torch.atan(w2 / (h2 + eps)) - torch.atan(w1 / (h1 + eps))) ** 2
         with torch.no_grad():
-            alpha = v / (v - iou + (1.0 + eps))
+            # (1 − iou) first: 1 + eps rounds to 1 in float32 for eps < 6e-8, and 0/0 on identical boxes
+            alpha = v / ((1.0 - iou) + v + eps)
         return diou - alpha * v
     if kind == "eiou":
         return diou - (w1 - w2) ** 2 / (cw * cw + eps) - (h1 - h2) ** 2 / (ch * ch + eps)
