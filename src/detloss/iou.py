@@ -107,11 +107,12 @@ def compute_dtype(t: Tensor) -> torch.dtype:
 
 
 def prepare_pair(
-    boxes1: Tensor, boxes2: Tensor, fmt: str, validate: bool = True
+    boxes1: Tensor, boxes2: Tensor, fmt: str, validate: bool = True,
+    names: tuple[str, str] = ("boxes1", "boxes2"),
 ) -> tuple[Tensor, Tensor]:
-    """Validate two box tensors, upcast half precision, convert to xyxy."""
-    check_boxes("boxes1", boxes1, finite=validate)
-    check_boxes("boxes2", boxes2, finite=validate)
+    """Validate two box tensors (errors use ``names``), upcast half precision, convert to xyxy."""
+    check_boxes(names[0], boxes1, finite=validate)
+    check_boxes(names[1], boxes2, finite=validate)
     check_format("fmt", fmt)
     dtype = torch.promote_types(compute_dtype(boxes1), compute_dtype(boxes2))
     return _convert(boxes1.to(dtype), fmt, "xyxy"), _convert(boxes2.to(dtype), fmt, "xyxy")

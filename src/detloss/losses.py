@@ -94,7 +94,7 @@ def iou_loss(
     """
     check_kind(kind)
     check_eps(eps)
-    p, t = prepare_pair(pred, target, fmt, validate)
+    p, t = prepare_pair(pred, target, fmt, validate, names=("pred", "target"))
     try:
         torch.broadcast_shapes(p.shape, t.shape)
     except RuntimeError:
