@@ -178,7 +178,8 @@ def box_iou(
         torch.Size([0, 1])
     """
     for name, b in (("boxes1", boxes1), ("boxes2", boxes2)):
-        check_boxes(name, b, finite=False)
-        if b.dim() != 2:
+        if check_boxes(name, b, finite=False).dim() != 2:
             raise ValueError(f"{name} must have shape (N, 4), got {tuple(b.shape)}")
-    return bbox_iou(boxes1[:, None, :], boxes2[None, :, :], kind, fmt, eps, validate=validate)
+        if validate:  # here, so a bad value's index is reported in the caller's (N, 4) layout
+            check_boxes(name, b)
+    return bbox_iou(boxes1[:, None, :], boxes2[None, :, :], kind, fmt, eps, validate=False)
