@@ -62,7 +62,7 @@ def iou_pair(b1: list[float], b2: list[float], kind: str) -> float:
 
 def iou_rows(b1: torch.Tensor, b2: torch.Tensor, kind: str) -> torch.Tensor:
     """Row-by-row :func:`iou_pair` of two ``(N, 4)`` tensors → ``(N,)`` float64."""
-    vals = [iou_pair(p, q, kind) for p, q in zip(b1.double().tolist(), b2.double().tolist())]
+    vals = [iou_pair(p, q, kind) for p, q in zip(b1.double().tolist(), b2.double().tolist(), strict=True)]
     return torch.tensor(vals, dtype=torch.float64)
 
 

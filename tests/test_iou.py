@@ -21,7 +21,8 @@ def _siou_hand(iou, dx, dy, cw, ch, w1, h1, w2, h2):
     sigma = math.hypot(dx, dy)
     lam = 1 - 2 * math.sin(math.asin(abs(dy) / sigma) - PI / 4) ** 2
     delta = (1 - math.exp(-(2 - lam) * (dx / cw) ** 2)) + (1 - math.exp(-(2 - lam) * (dy / ch) ** 2))
-    omega = (1 - math.exp(-abs(w1 - w2) / max(w1, w2))) ** 4 + (1 - math.exp(-abs(h1 - h2) / max(h1, h2))) ** 4
+    omega_w, omega_h = abs(w1 - w2) / max(w1, w2), abs(h1 - h2) / max(h1, h2)
+    omega = (1 - math.exp(-omega_w)) ** 4 + (1 - math.exp(-omega_h)) ** 4
     return iou - (delta + omega) / 2
 
 
@@ -92,7 +93,8 @@ def test_hand_values_other_formats():
 def test_siou_angle_cost_equals_sin_2alpha():
     # The identity our arcsin-free form relies on: 1 - 2 sin^2(arcsin(s) - pi/4) = sin(2 arcsin(s)).
     for s in (0.0, 0.1, 0.5, 2**-0.5, 0.9, 1.0):
-        assert 1 - 2 * math.sin(math.asin(s) - PI / 4) ** 2 == pytest.approx(math.sin(2 * math.asin(s)), abs=1e-15)
+        lam = 1 - 2 * math.sin(math.asin(s) - PI / 4) ** 2
+        assert lam == pytest.approx(math.sin(2 * math.asin(s)), abs=1e-15)
 
 
 # --------------------------------------------------------------------------- naive reference
@@ -117,7 +119,8 @@ def _pairs(rows, dtype=torch.float64):
 @given(rows=box_rows)
 def test_matches_naive_reference_float64(kind, rows):
     b1, b2 = _pairs(rows)
-    torch.testing.assert_close(bbox_iou(b1, b2, kind, eps=1e-15), iou_rows(b1, b2, kind), rtol=1e-6, atol=1e-12)
+    ref = iou_rows(b1, b2, kind)
+    torch.testing.assert_close(bbox_iou(b1, b2, kind, eps=1e-15), ref, rtol=1e-6, atol=1e-12)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -182,7 +185,8 @@ def test_scale_and_translation_invariance(b1, b2, s, dx, dy):
         # boxes of size >= 1 scaled by >= 1e-2: areas >= 1e-4, so eps = 1e-15 is negligible
         torch.testing.assert_close(bbox_iou(t1 * s, t2 * s, kind, eps=1e-15), base, rtol=1e-9, atol=1e-9)
         # shifts up to 1e3 on coordinates ~50 lose ~5 bits of the float64 mantissa
-        torch.testing.assert_close(bbox_iou(t1 + shift, t2 + shift, kind, eps=1e-15), base, rtol=1e-9, atol=1e-9)
+        moved = bbox_iou(t1 + shift, t2 + shift, kind, eps=1e-15)
+        torch.testing.assert_close(moved, base, rtol=1e-9, atol=1e-9)
 
 
 @given(b=box)
@@ -265,7 +269,7 @@ def test_ciou_gradient_holds_alpha_constant():
     b1, b2 = _generic_pairs(20)
     ours = torch.autograd.grad(bbox_iou(b1, b2, "ciou", eps=1e-15).sum(), (b1, b2))
     ref = torch.autograd.grad(ciou_frozen_alpha(b1, b2).sum(), (b1, b2))
-    for g, r in zip(ours, ref):
+    for g, r in zip(ours, ref, strict=True):
         torch.testing.assert_close(g, r, rtol=1e-6, atol=1e-12)
     # and the value itself matches the full (alpha included) naive reference
     torch.testing.assert_close(
@@ -273,7 +277,7 @@ def test_ciou_gradient_holds_alpha_constant():
     )
     # the loss gradient is the negated similarity gradient
     lg = torch.autograd.grad(iou_loss(b1, b2, "ciou", eps=1e-15, reduction="sum"), (b1, b2))
-    for g, r in zip(lg, ref):
+    for g, r in zip(lg, ref, strict=True):
         torch.testing.assert_close(g, -r, rtol=1e-6, atol=1e-12)
 
 
@@ -306,10 +310,10 @@ def test_degenerate_boxes_finite_values_and_gradients(kind, dtype):
     b2 = torch.tensor([q for _, q in DEGENERATE.values()], dtype=dtype, requires_grad=True)
     for fn in (lambda p, q: bbox_iou(p, q, kind), lambda p, q: iou_loss(p, q, kind, reduction="none")):
         out = fn(b1, b2)
-        assert torch.isfinite(out).all(), dict(zip(DEGENERATE, out.tolist()))
+        assert torch.isfinite(out).all(), dict(zip(DEGENERATE, out.tolist(), strict=True))
         g1, g2 = torch.autograd.grad(out.sum(), (b1, b2))
         bad = ~(torch.isfinite(g1).all(1) & torch.isfinite(g2).all(1))
-        assert not bad.any(), [name for name, b in zip(DEGENERATE, bad.tolist()) if b]
+        assert not bad.any(), [name for name, b in zip(DEGENERATE, bad.tolist(), strict=True) if b]
     # the pairwise form over every combination, both directions
     out = box_iou(b1, b2, kind)
     g1, g2 = torch.autograd.grad(out.sum(), (b1, b2))

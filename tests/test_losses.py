@@ -14,7 +14,6 @@ from naive import random_boxes
 from detloss import iou_loss, sigmoid_focal_loss, smooth_l1_loss, smooth_labels
 from detloss.losses import weight_reduce
 
-
 # --------------------------------------------------------------------------- seed 004 worked example
 LOGITS_004 = [[0.7, 1.2, 0.3], [0.4, 0.2, 0.9], [0.6, 0.3, 0.4]]
 LABELS_004 = [1, 2, 0]
@@ -106,8 +105,8 @@ def test_focal_hard_targets_match_paper(alpha, gamma):
     x = torch.randn(6, 5, dtype=torch.float64) * 4
     t = (torch.rand(6, 5) > 0.6).double()
     out = sigmoid_focal_loss(x, t, alpha, gamma, reduction="none")
-    ref = torch.tensor([[_focal_hard(a, int(b), alpha, gamma) for a, b in zip(r, s)]
-                        for r, s in zip(x.tolist(), t.tolist())], dtype=torch.float64)
+    ref = torch.tensor([[_focal_hard(a, int(b), alpha, gamma) for a, b in zip(r, s, strict=True)]
+                        for r, s in zip(x.tolist(), t.tolist(), strict=True)], dtype=torch.float64)
     torch.testing.assert_close(out, ref, rtol=1e-9, atol=1e-12)
     assert sigmoid_focal_loss(x, t, alpha, gamma).item() == pytest.approx(ref.mean().item(), rel=1e-9)
 
@@ -145,9 +144,13 @@ def test_focal_pos_weight_per_class():
     x = torch.randn(4, 3, dtype=torch.float64)
     t = (torch.rand(4, 3) > 0.5).double()
     pw = [1.0, 3.0, 0.2]
-    out = sigmoid_focal_loss(x, t, 0.25, 1.5, pos_weight=torch.tensor(pw, dtype=torch.float64), reduction="none")
-    ref = torch.tensor([[_focal_soft(a, b, 0.25, 1.5, pw[j]) for j, (a, b) in enumerate(zip(r, s))]
-                        for r, s in zip(x.tolist(), t.tolist())], dtype=torch.float64)
+    pwt = torch.tensor(pw, dtype=torch.float64)
+    out = sigmoid_focal_loss(x, t, 0.25, 1.5, pos_weight=pwt, reduction="none")
+    ref = torch.tensor(
+        [[_focal_soft(a, b, 0.25, 1.5, pw[j]) for j, (a, b) in enumerate(zip(r, s, strict=True))]
+         for r, s in zip(x.tolist(), t.tolist(), strict=True)],
+        dtype=torch.float64,
+    )
     torch.testing.assert_close(out, ref, rtol=1e-9, atol=1e-12)
 
 
@@ -184,7 +187,9 @@ def test_focal_gradcheck():
     pw = torch.tensor([1.0, 2.0, 0.5], dtype=torch.float64)
     for alpha, gamma in ((0.25, 2.0), (0.25, 1.5), (-1.0, 0.5), (0.7, 0.0)):
         assert torch.autograd.gradcheck(
-            lambda a, b: sigmoid_focal_loss(a, b, alpha, gamma, pos_weight=pw, reduction="none"), (x, t)
+            lambda a, b, al=alpha, ga=gamma: sigmoid_focal_loss(a, b, al, ga, pos_weight=pw,
+                                                                reduction="none"),
+            (x, t),
         )
 
 
@@ -225,15 +230,15 @@ def test_smooth_l1_matches_seed_003(sigma):
     out = smooth_l1_loss(p, t, sigma, inside, outside, reduction="none")
     flat_o = outside.expand(10, 4)
     ref = torch.tensor(
-        [[_smooth_l1_seed003(v, w, sigma, i, o) for v, w, i, o in zip(a, b, c, d)]
-         for a, b, c, d in zip(p.tolist(), t.tolist(), inside.tolist(), flat_o.tolist())],
+        [[_smooth_l1_seed003(v, w, sigma, i, o) for v, w, i, o in zip(a, b, c, d, strict=True)]
+         for a, b, c, d in zip(p.tolist(), t.tolist(), inside.tolist(), flat_o.tolist(), strict=True)],
         dtype=torch.float64,
     )
     torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
     # scalar weights
     out = smooth_l1_loss(p, t, sigma, 0.5, 2.0, reduction="none")
-    ref = torch.tensor([[_smooth_l1_seed003(a, b, sigma, 0.5, 2.0) for a, b in zip(r, s)]
-                        for r, s in zip(p.tolist(), t.tolist())], dtype=torch.float64)
+    ref = torch.tensor([[_smooth_l1_seed003(a, b, sigma, 0.5, 2.0) for a, b in zip(r, s, strict=True)]
+                        for r, s in zip(p.tolist(), t.tolist(), strict=True)], dtype=torch.float64)
     torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
     # sigma = 1 with unit weights is PyTorch's smooth L1 with beta = 1
     if sigma == 1.0:
