@@ -6,7 +6,7 @@ union, enclosing box and centre offset — which :func:`iou_xyxy` computes once 
 
 Numerics: every denominator carries ``eps`` so that zero-area, identical, concentric and far-apart
 boxes give finite values and finite gradients; widths and heights are clamped at 0, so an inverted
-xyxy box (x2 < x1) behaves as an empty box.
+xyxy box (x2 < x1) behaves as an empty box, and the enclosing box spans all corners.
 """
 
 from __future__ import annotations
@@ -57,8 +57,14 @@ def iou_xyxy(boxes1: Tensor, boxes2: Tensor, kind: str = "iou", eps: float = 1e-
     if kind == "iou":
         return iou
 
-    cw = torch.maximum(x2, u2) - torch.minimum(x1, u1)  # enclosing box width
-    ch = torch.maximum(y2, v2) - torch.minimum(y1, v1)
+    # Enclosing box = hull of all corners, so it stays >= 0 and contains both centres even for an
+    # inverted box (x2 < x1); for proper boxes this is max(x2, u2) - min(x1, u1).
+    cw = torch.maximum(torch.maximum(x1, x2), torch.maximum(u1, u2)) - torch.minimum(
+        torch.minimum(x1, x2), torch.minimum(u1, u2)
+    )
+    ch = torch.maximum(torch.maximum(y1, y2), torch.maximum(v1, v2)) - torch.minimum(
+        torch.minimum(y1, y2), torch.minimum(v1, v2)
+    )
     if kind == "giou":
         enclose = cw * ch
         return iou - (enclose - union) / (enclose + eps)
