@@ -167,12 +167,13 @@ def test_symmetry_and_ranges(b1, b2):
         ab, ba = bbox_iou(t1, t2, kind).item(), bbox_iou(t2, t1, kind).item()
         assert ab == pytest.approx(ba, rel=1e-12, abs=1e-12), kind
         vals[kind] = ab
+    tol = 1e-12  # nested boxes: |C| - U is 0 up to rounding, which may have either sign
     assert 0 <= vals["iou"] <= 1
-    assert -1 <= vals["giou"] <= vals["iou"]
-    assert -1 <= vals["diou"] <= vals["iou"]
-    assert -1.5 <= vals["ciou"] <= vals["diou"] + 1e-15
-    assert -3 < vals["eiou"] <= vals["diou"] + 1e-15
-    assert -2 < vals["siou"] <= vals["iou"]
+    assert -1 <= vals["giou"] <= vals["iou"] + tol
+    assert -1 <= vals["diou"] <= vals["iou"] + tol
+    assert -1.5 <= vals["ciou"] <= vals["diou"] + tol
+    assert -3 < vals["eiou"] <= vals["diou"] + tol
+    assert -2 < vals["siou"] <= vals["iou"] + tol
     assert all(v <= 1 for v in vals.values())
 
 
@@ -300,6 +301,8 @@ DEGENERATE = {
     "huge_scale": ([0.0, 0.0, 1e4, 2e4], [5e3, 5e3, 1.5e4, 1e4]),
     "inverted": ([2.0, 2.0, 0.0, 0.0], [0.0, 0.0, 2.0, 2.0]),
     "inverted_both": ([2.0, 3.0, 0.0, 1.0], [3.0, 3.0, 1.0, 0.0]),
+    # regression: the enclosing width max(x2, u2) - min(x1, u1) was negative here, GIoU came out 1.48
+    "inverted_enclosure": ([0.0, 0.0, -6e-8, 0.0], [0.0, 0.0, -1.0, 1.0]),
 }
 
 
@@ -408,3 +411,25 @@ def test_identical_boxes_small_eps_float32(kind, eps):
     torch.testing.assert_close(out, torch.ones(2), rtol=0, atol=1e-6)
     (g,) = torch.autograd.grad(out.sum(), b)
     assert torch.isfinite(g).all()
+
+
+any_xyxy = st.lists(
+    st.tuples(*[st.one_of(st.floats(-1e4, 1e4), st.sampled_from([0.0, 1.0, 1e-4])) for _ in range(8)]),
+    min_size=1,
+    max_size=8,
+)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@given(rows=any_xyxy)
+def test_arbitrary_xyxy_finite_values_and_gradients(dtype, rows):
+    # any finite corners, inverted and zero-size boxes included, in [-1e4, 1e4]
+    t = torch.tensor(rows, dtype=dtype)
+    b1, b2 = t[:, :4].clone().requires_grad_(), t[:, 4:].clone().requires_grad_()
+    lower = {"iou": 0.0, "giou": -1.0, "diou": -1.0, "ciou": -1.5, "eiou": -3.0, "siou": -2.0}
+    for kind in KINDS:
+        out = bbox_iou(b1, b2, kind)
+        assert torch.isfinite(out).all(), kind
+        assert (out <= 1 + 1e-6).all() and (out >= lower[kind] - 1e-6).all(), (kind, out)
+        g1, g2 = torch.autograd.grad(out.sum(), (b1, b2))
+        assert torch.isfinite(g1).all() and torch.isfinite(g2).all(), kind
