@@ -269,7 +269,21 @@ def test_smooth_l1_gradcheck_away_from_kink():
     )
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_smooth_l1_half_precision(dtype):
+    p, t = torch.randn(8, 4).to(dtype), torch.randn(8, 4).to(dtype)
+    out = smooth_l1_loss(p, t, sigma=3.0, reduction="none")
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, smooth_l1_loss(p.float(), t.float(), sigma=3.0, reduction="none"))
+
+
 def test_smooth_l1_errors():
+    p = torch.zeros(4)
+    # an (N, 1) weight against an (N,) loss would silently give (N, N)
+    for name in ("inside_weight", "outside_weight"):
+        for bad in (torch.ones(4, 1), torch.ones(3)):
+            with pytest.raises(ValueError, match=name):
+                smooth_l1_loss(p, p, **{name: bad})
     with pytest.raises(ValueError, match="target"):
         smooth_l1_loss(torch.zeros(3, 4), torch.zeros(4, 3))
     for sigma in (0.0, -1.0, float("nan")):
