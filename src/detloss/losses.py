@@ -21,18 +21,6 @@ Reduction = Literal["none", "mean", "sum"]
 REDUCTIONS: tuple[str, ...] = ("none", "mean", "sum")
 
 
-def check_broadcast_to(name: str, t: Tensor, shape: torch.Size, into: str) -> None:
-    """Raise unless ``t`` broadcasts to ``shape`` without enlarging it (a ``(N, 1)`` weight against a
-    ``(N,)`` loss would silently produce ``(N, N)``)."""
-    check_tensor(name, t)
-    try:
-        ok = torch.broadcast_shapes(shape, t.shape) == shape
-    except RuntimeError:
-        ok = False
-    if not ok:
-        raise ValueError(f"{name} of shape {tuple(t.shape)} must broadcast to {into} {tuple(shape)}")
-
-
 def weight_reduce(
     loss: Tensor,
     weight: Tensor | None = None,
@@ -54,7 +42,8 @@ def weight_reduce(
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     if weight is not None:
-        check_broadcast_to("weight", weight, loss.shape, "the loss shape")
+        check_tensor("weight", weight)
+        _check_broadcasts_to("weight", weight, loss.shape, "the loss shape")
         loss = loss * weight
     if avg_factor is not None:
         if reduction != "mean":
@@ -75,6 +64,16 @@ def weight_reduce(
             return loss.sum() / avg_factor.reshape(()).clamp(min=tiny)
         return loss.sum() / max(float(avg_factor), tiny)
     return loss.mean() if loss.numel() else 0.0 * loss.sum()
+
+
+def _check_broadcasts_to(name: str, t: Tensor, shape: torch.Size, what: str) -> None:
+    """Raise ``ValueError`` unless ``t`` broadcasts to ``shape`` without enlarging it."""
+    try:
+        out = torch.broadcast_shapes(shape, t.shape)
+    except RuntimeError:
+        out = None
+    if out != shape:
+        raise ValueError(f"{name} of shape {tuple(t.shape)} must broadcast to {what} {tuple(shape)}")
 
 
 def iou_loss(
@@ -106,7 +105,7 @@ def iou_loss(
     """
     check_kind(kind)
     check_eps(eps)
-    p, t = prepare_pair(pred, target, fmt, validate)
+    p, t = prepare_pair(pred, target, fmt, validate, names=("pred", "target"))
     try:
         torch.broadcast_shapes(p.shape, t.shape)
     except RuntimeError:
@@ -165,7 +164,8 @@ def sigmoid_focal_loss(
     if not (math.isfinite(alpha) and alpha <= 1):
         raise ValueError(f"alpha must be <= 1 (or < 0 to disable), got {alpha}")
     if pos_weight is not None:
-        check_broadcast_to("pos_weight", pos_weight, logits.shape, "logits")
+        check_tensor("pos_weight", pos_weight)
+        _check_broadcasts_to("pos_weight", pos_weight, logits.shape, "logits")
     x = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
     t = targets.to(x.dtype)
     if validate:
@@ -210,12 +210,12 @@ def smooth_l1_loss(
     Args:
         pred, target: ``(*)`` tensors of the same shape (e.g. encoded box offsets ``(P, 4)``).
         sigma: > 0.
-        inside_weight, outside_weight: numbers or tensors broadcastable to ``pred``.
+        inside_weight, outside_weight: numbers or tensors broadcastable to ``pred``'s shape.
         reduction, weight, avg_factor: see :func:`weight_reduce`.
         validate: check ``pred`` and ``target`` are finite (one reduction each).
 
     Returns:
-        Scalar, or ``(*)`` with ``reduction="none"``; float16/bfloat16 are computed in float32 (the
+        Scalar, or ``(*)`` with ``reduction="none"``; float32 for half-precision inputs (the
         squared term overflows float16 above |d| ≈ 256).
     """
     for name, t in (("pred", pred), ("target", target)):
@@ -230,7 +230,8 @@ def smooth_l1_loss(
         raise ValueError(f"sigma must be > 0, got {sigma}")
     for name, w in (("inside_weight", inside_weight), ("outside_weight", outside_weight)):
         if isinstance(w, Tensor):
-            check_broadcast_to(name, w, pred.shape, "pred")
+            _check_broadcasts_to(name, w, pred.shape, "the shape of pred")
+    # half precision computed in float32, like the other losses; mixed dtypes promoted
     dtype = torch.promote_types(compute_dtype(pred), compute_dtype(target))
     pred, target = pred.to(dtype), target.to(dtype)
     if validate:
