@@ -267,8 +267,10 @@ def smooth_labels(targets: Tensor, eps: float, num_classes: int | None = None) -
     if targets.dtype == torch.bool or targets.is_complex():
         raise TypeError(f"targets must be integer class ids or floating one-hot, got {targets.dtype}")
     if targets.is_floating_point():
-        if targets.dim() == 0 or targets.shape[-1] == 0:
-            raise ValueError(f"one-hot targets must have shape (*, K), K >= 1, got {tuple(targets.shape)}")
+        if targets.dim() == 0:
+            raise ValueError("one-hot targets must have shape (*, K), got a scalar")
+        if targets.shape[-1] == 0:
+            raise ValueError(f"one-hot targets need K >= 1 classes, got shape {tuple(targets.shape)}")
         k = targets.shape[-1]
         if num_classes is not None and num_classes != k:
             raise ValueError(f"num_classes={num_classes} but targets have {k} classes (last dim)")
