@@ -80,19 +80,10 @@ def pad_targets(
                 f"targets[{i}]: boxes must be (n, 4) and labels (n,), got "
                 f"{tuple(b.shape)} and {tuple(lab.shape)}"
             )
-        if validate:
-            # checked in the output dtype: 1e30 is finite in float32 but inf in float16
-            check_finite(f"targets[{i}]['boxes'] (as {dtype})", b.to(dtype))
-            check_class_ids(f"targets[{i}]['labels']", lab, num_classes)
-            bad = (b[:, 2] <= b[:, 0]) | (b[:, 3] <= b[:, 1])
-            if bool(bad.any()):
-                j = int(bad.nonzero()[0, 0])
-                raise ValueError(
-                    f"targets[{i}]['boxes'][{j}] = {b[j].tolist()} has zero or negative width or "
-                    "height (xyxy boxes need x2 > x1 and y2 > y1)"
-                )
         boxes.append(b)
         labels.append(lab)
+    if validate:
+        _check_values(boxes, labels, num_classes, dtype)
 
     batch = len(boxes)
     m = max((b.shape[0] for b in boxes), default=0)
@@ -106,3 +97,26 @@ def pad_targets(
         out_boxes[mask] = torch.cat(boxes).to(out_boxes)
         out_labels[mask] = torch.cat(labels).to(out_labels)
     return PaddedTargets(out_boxes, out_labels, mask)
+
+
+def _check_values(boxes: list[Tensor], labels: list[Tensor], num_classes: int, dtype: torch.dtype) -> None:
+    """Finite boxes (in ``dtype``: 1e30 is finite in float32 but inf in float16), x2 > x1, y2 > y1
+    and class ids in range: one pass and one host sync over the whole batch; only on failure are
+    the images checked one by one, to name the first bad image and box."""
+    if not any(b.shape[0] for b in boxes):
+        return
+    b, lab = torch.cat([x.to(dtype) for x in boxes]), torch.cat(labels)
+    ok = torch.isfinite(b).all(1) & (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
+    if bool((ok & (lab >= 0) & (lab < num_classes)).all()):
+        return
+    for i, (b, lab) in enumerate(zip(boxes, labels, strict=True)):
+        b = b.to(dtype)  # a width that rounds to 0 in float16 is a zero width
+        check_finite(f"targets[{i}]['boxes'] (as {dtype})", b)
+        check_class_ids(f"targets[{i}]['labels']", lab, num_classes)
+        bad = (b[:, 2] <= b[:, 0]) | (b[:, 3] <= b[:, 1])
+        if bool(bad.any()):
+            j = int(bad.nonzero()[0, 0])
+            raise ValueError(
+                f"targets[{i}]['boxes'][{j}] = {b[j].tolist()} has zero or negative width or "
+                "height (xyxy boxes need x2 > x1 and y2 > y1)"
+            )

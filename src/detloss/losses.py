@@ -170,9 +170,11 @@ def sigmoid_focal_loss(
     t = targets.to(x.dtype)
     if validate:
         check_finite("logits", x)
-        inside = (t >= 0) & (t <= 1)
-        if t.numel() and not bool(inside.all()):
-            bad = tuple((~inside).nonzero()[0].tolist())
+        # one min/max pass and one sync on the happy path (a NaN propagates into lo and hi and
+        # fails the comparison); the index is only searched on failure
+        lo, hi = torch.aminmax(t.flatten()) if t.numel() else (0.0, 1.0)
+        if not bool((lo >= 0) & (hi <= 1)):
+            bad = tuple((~((t >= 0) & (t <= 1))).nonzero()[0].tolist())
             raise ValueError(f"targets must lie in [0, 1], got {t[bad].item()} at index {bad}")
 
     loss = F.binary_cross_entropy_with_logits(x, t, reduction="none", pos_weight=pos_weight)
