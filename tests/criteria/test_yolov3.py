@@ -98,11 +98,15 @@ def _ref_giou(b1, b2):
     b2 = torch.cat([torch.minimum(b2[..., :2], b2[..., 2:]), torch.maximum(b2[..., :2], b2[..., 2:])], -1)
     a1 = (b1[..., 2] - b1[..., 0]) * (b1[..., 3] - b1[..., 1])
     a2 = (b2[..., 2] - b2[..., 0]) * (b2[..., 3] - b2[..., 1])
-    inter = torch.clamp(torch.minimum(b1[..., 2:], b2[..., 2:]) - torch.maximum(b1[..., :2], b2[..., :2]), min=0)
+    inter = torch.clamp(
+        torch.minimum(b1[..., 2:], b2[..., 2:]) - torch.maximum(b1[..., :2], b2[..., :2]), min=0
+    )
     inter = inter[..., 0] * inter[..., 1]
     union = a1 + a2 - inter
     iou = inter / (union + 1e-6)
-    enc = torch.clamp(torch.maximum(b1[..., 2:], b2[..., 2:]) - torch.minimum(b1[..., :2], b2[..., :2]), min=0)
+    enc = torch.clamp(
+        torch.maximum(b1[..., 2:], b2[..., 2:]) - torch.minimum(b1[..., :2], b2[..., :2]), min=0
+    )
     enc = enc[..., 0] * enc[..., 1]
     return iou - (enc - union) / (enc + 1e-6)
 
@@ -159,7 +163,9 @@ def random_targets(gen, b, size, n_max, num_classes, dup=True):
     out = []
     for i in range(b):
         n = int(torch.randint(0, n_max + 1, (1,), generator=gen)) if i else n_max
-        wh = torch.exp(torch.empty(n, 2, dtype=torch.float64).uniform_(math.log(2), math.log(size), generator=gen))
+        wh = torch.exp(
+            torch.empty(n, 2, dtype=torch.float64).uniform_(math.log(2), math.log(size), generator=gen)
+        )
         c = torch.rand(n, 2, generator=gen, dtype=torch.float64) * size
         boxes = torch.cat([c - wh / 2, c + wh / 2], -1).clamp(0, size)
         labels = torch.randint(0, num_classes, (n,), generator=gen)
@@ -232,8 +238,7 @@ def test_gains_and_focal_option():
 
 
 def _build(boxes, size=416, **kw):
-    pt = pad_targets([_t(boxes, [0] * (len(boxes) // 4 if isinstance(boxes[0], float | int) else len(boxes)))], 1,
-                     dtype=torch.float64)
+    pt = pad_targets([_t(boxes, [0] * len(boxes))], 1, dtype=torch.float64)
     grids = [(size // s, size // s) for s in (8, 16, 32)]
     return build_yolov3_targets(pt.boxes, pt.mask, torch.as_tensor(COCO), (8, 16, 32), grids, **kw)
 
@@ -329,7 +334,9 @@ def test_gradients_only_into_named_channels():
     crit = YOLOv3Loss(c)
     crit(preds, targets).total.backward()
     pt = pad_targets(targets, c, dtype=torch.float64)
-    asg = build_yolov3_targets(pt.boxes, pt.mask, torch.as_tensor(COCO), (8, 16, 32), [(16, 16), (8, 8), (4, 4)])
+    asg = build_yolov3_targets(
+        pt.boxes, pt.mask, torch.as_tensor(COCO), (8, 16, 32), [(16, 16), (8, 8), (4, 4)]
+    )
     for s, p in enumerate(preds):
         g = p.grad.view(2, 3, 5 + c, *p.shape[2:]).permute(0, 1, 3, 4, 2)
         resp = asg.responsible[s]
@@ -353,7 +360,9 @@ def test_ignored_cell_gets_no_objectness_gradient():
 
 def test_gradcheck_tiny():
     gen = torch.Generator().manual_seed(5)
-    preds = [torch.randn(2, 3 * 7, g, g, generator=gen, dtype=torch.float64).requires_grad_() for g in (4, 2, 1)]
+    preds = [
+        torch.randn(2, 3 * 7, g, g, generator=gen, dtype=torch.float64).requires_grad_() for g in (4, 2, 1)
+    ]
     targets = [_t([[3.0, 4.0, 20.0, 30.0], [1.0, 1.0, 6.0, 4.0]], [0, 1]), _t([[10.0, 2.0, 31.0, 12.0]], [1])]
     crit = YOLOv3Loss(2)
     assert torch.autograd.gradcheck(lambda *p: crit(list(p), targets).total, preds, fast_mode=True)
