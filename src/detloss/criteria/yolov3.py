@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from ..assign import best_iou_with, build_yolov3_targets, gather_at_cells, pad_targets
 from ..boxes import _convert
-from ..codecs import decode_yolo
+from ..codecs import decode_yolo, decode_yolo_grid
 from ..iou import IoUKind, check_eps, check_kind, compute_dtype, iou_xyxy
 from ..losses import sigmoid_focal_loss, smooth_labels
 from .common import LossResult, split_yolo_heads
@@ -151,19 +151,23 @@ class YOLOv3Loss(nn.Module):
         zero = views[0].new_zeros(())
         box, obj, cls = zero, zero, zero
         for s, v in enumerate(views):  # v: (B, A, H, W, 5 + C)
-            pred = _convert(decode_yolo(v, anchors[s], self.strides[s]), "cxcywh", "xyxy")
-            cell = asg.cell[:, :, s]
+            cell = asg.cell[:, :, s]  # (B, M, 2)
             win = asg.winner[:, :, s].to(dtype)  # (B, M, A)
-
-            iou = iou_xyxy(gather_at_cells(pred, cell), tg.boxes[:, :, None], self.iou_kind, self.iou_eps)
+            # decoded with gradient only where a box is held: a sparse gather, not the whole head
+            raw = gather_at_cells(v, cell)  # (B, M, A, 5 + C)
+            pred = decode_yolo(raw, cell[:, :, None].to(dtype), anchors[s], self.strides[s])
+            pred = _convert(pred, "cxcywh", "xyxy")
+            iou = iou_xyxy(pred, tg.boxes[:, :, None], self.iou_kind, self.iou_eps)
             box = box + (win * box_scale * (1.0 - iou)).sum()
 
-            logits = gather_at_cells(v[..., 5:], cell)  # (B, M, A, C)
+            logits = raw[..., 5:]
             bce = F.binary_cross_entropy_with_logits(logits, cls_target.expand_as(logits), reduction="none")
             cls = cls + (win * bce.sum(-1)).sum()
 
             resp = asg.responsible[s]  # (B, A, H, W)
-            best = best_iou_with(pred.flatten(1, 3), tg.boxes, asg.held[:, :, s], fill=0.0)
+            with torch.no_grad():  # the background mask is a constant of the loss
+                dense = _convert(decode_yolo_grid(v, anchors[s], self.strides[s]), "cxcywh", "xyxy")
+                best = best_iou_with(dense.flatten(1, 3), tg.boxes, asg.held[:, :, s], fill=0.0)
             background = ~resp & (best.view_as(resp) < self.iou_loss_thresh)
             t = resp.to(dtype)
             conf = sigmoid_focal_loss(

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from ..assign import best_iou_with, build_yolov4_targets, gather_at_cells, pad_targets
 from ..boxes import _convert
-from ..codecs import decode_yolo
+from ..codecs import decode_yolo, decode_yolo_grid
 from ..iou import IoUKind, check_eps, check_kind, compute_dtype, iou_xyxy
 from ..losses import sigmoid_focal_loss
 from .common import LossResult, split_yolo_heads
@@ -159,21 +159,22 @@ class YOLOv4Loss(nn.Module):
         zero = views[0].new_zeros(())
         box, obj, cls, num_pos = zero, zero, zero, zero
         for s, v in enumerate(views):  # v: (B, A, H, W, 5 + C)
-            pred = _convert(
-                decode_yolo(v, anchors[list(self.anchor_masks[s])], self.strides[s]), "cxcywh", "xyxy"
-            )
-            cell = asg.cell[:, :, s]
+            cell = asg.cell[:, :, s]  # (B, M, 2)
             win = asg.winner[:, :, s].to(dtype)  # (B, M, A)
-
-            iou = iou_xyxy(gather_at_cells(pred, cell) * unit, target, self.iou_kind, self.iou_eps)
+            scale_anchors = anchors[list(self.anchor_masks[s])]  # (A, 2)
+            # decoded with gradient only where a box is held: a sparse gather, not the whole head
+            raw = gather_at_cells(v, cell)  # (B, M, A, 5 + C)
+            pred = decode_yolo(raw, cell[:, :, None].to(dtype), scale_anchors, self.strides[s])
+            iou = iou_xyxy(_convert(pred, "cxcywh", "xyxy") * unit, target, self.iou_kind, self.iou_eps)
             box = box + (win * box_scale * (1.0 - iou)).sum()
 
-            logits = gather_at_cells(v[..., 5:], cell)  # (B, M, A, C)
-            bce = F.binary_cross_entropy_with_logits(logits, cls_target[:, :, s], reduction="none")
+            bce = F.binary_cross_entropy_with_logits(raw[..., 5:], cls_target[:, :, s], reduction="none")
             cls = cls + (win * bce.sum(-1)).sum()
 
             resp = asg.responsible[s]  # (B, A, H, W)
-            best = best_iou_with(pred.flatten(1, 3), asg.boxes, asg.held[:, :, s], fill=-1.0)
+            with torch.no_grad():  # the ignore mask is a constant of the loss
+                dense = _convert(decode_yolo_grid(v, scale_anchors, self.strides[s]), "cxcywh", "xyxy")
+                best = best_iou_with(dense.flatten(1, 3), asg.boxes, asg.held[:, :, s], fill=-1.0)
             ignore = best.view_as(resp) < self.ignore_thresh  # an image without boxes: all True
             t = resp.to(dtype)
             conf = sigmoid_focal_loss(
