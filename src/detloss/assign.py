@@ -154,20 +154,21 @@ def resolve_collisions(slot: Tensor, assigned: Tensor, num_slots: int) -> tuple[
     return last.gather(1, target).masked_fill(~assigned, -1), last[:, :num_slots] >= 0
 
 
-def gather_at_cells(grid: Tensor, cell: Tensor) -> Tensor:
-    """Values of a per-cell tensor at each box's cell, for every anchor.
+def gather_at_cells(head: Tensor, cell: Tensor) -> Tensor:
+    """Values of a head at each box's cell, for every anchor.
 
     Args:
-        grid: ``(B, A, H, W, K)`` (e.g. a head view or decoded boxes).
+        head: ``(B, A, K, H, W)``, the memory order of a raw ``(B, A·K, H, W)`` head output (indexing it
+            in this order keeps the backward pass free of layout copies).
         cell: ``(B, M, 2)`` int64 ``(gx, gy)``.
 
     Returns:
         ``(B, M, A, K)``; gradients flow back to the gathered cells only.
     """
-    b, a = grid.shape[:2]
-    bi = torch.arange(b, device=grid.device).view(b, 1, 1)
-    ai = torch.arange(a, device=grid.device).view(1, 1, a)
-    return grid[bi, ai, cell[..., 1:2], cell[..., 0:1]]
+    b, a = head.shape[:2]
+    bi = torch.arange(b, device=head.device).view(b, 1, 1)
+    ai = torch.arange(a, device=head.device).view(1, 1, a)
+    return head[bi, ai, :, cell[..., 1:2], cell[..., 0:1]]
 
 
 def best_iou_with(pred: Tensor, boxes: Tensor, keep: Tensor, fill: float, eps: float = 0.0) -> Tensor:

@@ -154,7 +154,8 @@ class YOLOv3Loss(nn.Module):
             cell = asg.cell[:, :, s]  # (B, M, 2)
             win = asg.winner[:, :, s].to(dtype)  # (B, M, A)
             # decoded with gradient only where a box is held: a sparse gather, not the whole head
-            raw = gather_at_cells(v, cell)  # (B, M, A, 5 + C)
+            head = v.permute(0, 1, 4, 2, 3)  # (B, A, 5 + C, H, W), the memory order of preds[s]
+            raw = gather_at_cells(head, cell)  # (B, M, A, 5 + C)
             pred = decode_yolo(raw, cell[:, :, None].to(dtype), anchors[s], self.strides[s])
             pred = _convert(pred, "cxcywh", "xyxy")
             iou = iou_xyxy(pred, tg.boxes[:, :, None], self.iou_kind, self.iou_eps)
@@ -171,7 +172,7 @@ class YOLOv3Loss(nn.Module):
             background = ~resp & (best.view_as(resp) < self.iou_loss_thresh)
             t = resp.to(dtype)
             conf = sigmoid_focal_loss(
-                v[..., 4], t, self.obj_alpha, self.obj_gamma, reduction="none", validate=False
+                head[:, :, 4], t, self.obj_alpha, self.obj_gamma, reduction="none", validate=False
             )
             obj = obj + (conf * (t + background.to(dtype))).sum()
 
