@@ -154,21 +154,49 @@ def resolve_collisions(slot: Tensor, assigned: Tensor, num_slots: int) -> tuple[
     return last.gather(1, target).masked_fill(~assigned, -1), last[:, :num_slots] >= 0
 
 
-def gather_at_cells(head: Tensor, cell: Tensor) -> Tensor:
-    """Values of a head at each box's cell, for every anchor.
+class _HeadAtCells(torch.autograd.Function):
+    """Objectness plane and per-box rows of one head; the backward pass fills a single gradient buffer
+    (two separate indexing ops would each allocate and zero a head-sized gradient, then add them)."""
+
+    @staticmethod
+    def forward(ctx, head: Tensor, obj_channel: int, flat_index: Tensor) -> tuple[Tensor, Tensor]:
+        ctx.shape, ctx.obj_channel = head.shape, obj_channel
+        ctx.save_for_backward(flat_index)
+        # a flat take: advanced indexing with a slice between the indices copies the whole head
+        return head[:, :, obj_channel], head.reshape(-1)[flat_index]
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_obj: Tensor | None, g_rows: Tensor | None) -> tuple[Tensor | None, None, None]:
+        (flat_index,) = ctx.saved_tensors
+        ref = g_obj if g_obj is not None else g_rows
+        grad = ref.new_zeros(ctx.shape)
+        if g_obj is not None:
+            grad[:, :, ctx.obj_channel] = g_obj
+        if g_rows is not None:  # summed where boxes share a cell
+            grad.view(-1).index_add_(0, flat_index.flatten(), g_rows.flatten())
+        return grad, None, None
+
+
+def gather_at_cells(head: Tensor, cell: Tensor, obj_channel: int = 4) -> tuple[Tensor, Tensor]:
+    """The objectness plane of a head and its values at each box's cell, for every anchor.
 
     Args:
-        head: ``(B, A, K, H, W)``, the memory order of a raw ``(B, A·K, H, W)`` head output (indexing it
-            in this order keeps the backward pass free of layout copies).
+        head: ``(B, A, K, H, W)``, the memory order of a raw ``(B, A·K, H, W)`` head output.
         cell: ``(B, M, 2)`` int64 ``(gx, gy)``.
+        obj_channel: the channel returned as a plane.
 
     Returns:
-        ``(B, M, A, K)``; gradients flow back to the gathered cells only.
+        ``(B, A, H, W)`` channel ``obj_channel`` and ``(B, M, A, K)`` rows; gradients flow back to the
+        plane and to the gathered cells only (summed where boxes share a cell).
     """
-    b, a = head.shape[:2]
-    bi = torch.arange(b, device=head.device).view(b, 1, 1)
-    ai = torch.arange(a, device=head.device).view(1, 1, a)
-    return head[bi, ai, :, cell[..., 1:2], cell[..., 0:1]]
+    b, a, k, h, w = head.shape
+    dev = head.device
+    bi = torch.arange(b, device=dev).view(b, 1, 1)
+    ai = torch.arange(a, device=dev).view(1, 1, a)
+    base = (bi * a + ai) * (k * h * w) + cell[..., 1:2] * w + cell[..., 0:1]  # (B, M, A)
+    flat_index = base[..., None] + torch.arange(k, device=dev) * (h * w)  # (B, M, A, K)
+    return _HeadAtCells.apply(head, obj_channel, flat_index)
 
 
 def best_iou_with(pred: Tensor, boxes: Tensor, keep: Tensor, fill: float, eps: float = 0.0) -> Tensor:

@@ -193,8 +193,9 @@ def test_hand_single_box():
     # All logits 0: the responsible prediction is (0, 0, 32, 32); inter 28·32 = 896, union = enclose
     # = 1152, so GIoU = 896 / (1152 + 1e-6); scale = 2 − 32·32 / 64² = 1.75.
     # Class target (0.005, 0.995); BCE(0, t) = log 2 per channel. Every other prediction overlaps the
-    # box by IoU ≤ 0.25 (worked out per cell in the module docstring of this case), so it is background:
-    # 12 slots × |t − 0.5|² · log 2.
+    # box by IoU ≤ 0.25, so it is background:
+    # 12 slots × |t − 0.5|² · log 2. (Largest other IoU: the 64² anchor at cell (0, 0), 1024/4096;
+    # at cell (1, 0) the 32² anchor overlaps 4·32 = 128 of a 1920 union, the 64² one 640 of 4480.)
     out = one_scale()(_zeros(1, 2, [2]), [_t([4, 0, 36, 32], [1])])
     box = 1.75 * (1 - 896 / (1152 + 1e-6))
     assert out.components["box"].item() == pytest.approx(box, rel=1e-12)
@@ -244,14 +245,15 @@ def _build(boxes, size=416, **kw):
 
 
 def test_builder_anchor_cell_and_threshold():
-    # A 116×90 box centred at (200, 100): on stride 32 it is exactly anchor 6 → IoU ≈ 1; it also sits
-    # at cell (6, 3). The 156×198 anchor gives 10440 / 30888 = 0.338 > 0.3 → also responsible;
-    # 373×326: 10440 / 121598 < 0.3.
+    # A 116×90 box centred at (200, 100). Stride 32, grid units: box x [4.4375, 8.0625],
+    # y [1.71875, 4.53125], cell (6, 3), anchors centred at (6.5, 3.5). 116×90 (3.625×2.8125): inter
+    # 3.375·2.4375 = 8.227, union 2·10.195 − 8.227 → IoU 0.676 > 0.3; 156×198 covers the box: IoU =
+    # 10.195 / 30.164 = 0.338 > 0.3; 373×326: 10.195 / 118.75 < 0.3.
     asg = _build([[142.0, 55.0, 258.0, 145.0]])
     assert asg.assigned[0, 0, 2].tolist() == [True, True, False]
     assert asg.cell[0, 0, 2].tolist() == [6, 3]
-    # stride 16, anchors 30×61, 62×45, 59×119 (in cells: box 7.25×5.625): IoU of 62×45 = 2790/10440
-    # = 0.267 < 0.3, 59×119: 59·90/(10440+7021−5310)=0.437 > 0.3
+    # stride 16, cell (12, 6): 30×61 and 62×45 lie inside the box: 1830/10440 = 0.175 and 2790/10440
+    # = 0.267 < 0.3; 59×119 spans the box's height: 59·90 / (10440 + 7021 − 5310) = 0.437 > 0.3
     assert asg.assigned[0, 0, 1].tolist() == [False, False, True]
     assert asg.cell[0, 0, 1].tolist() == [12, 6]
     assert not asg.assigned[0, 0, 0].any()
@@ -401,3 +403,37 @@ def test_bad_input():
         YOLOv3Loss(0)
     with pytest.raises(ValueError, match="iou_loss_thresh"):
         YOLOv3Loss(2, iou_loss_thresh=1.5)
+
+
+def test_gradients_match_loop_port():
+    # TensorFlow differentiates the same graph: the gradients agree as well as the values
+    gen = torch.Generator().manual_seed(21)
+    c = 4
+    preds = [
+        torch.randn(2, 3 * (5 + c), g, g, generator=gen, dtype=torch.float64).requires_grad_()
+        for g in (16, 8, 4)
+    ]
+    targets = random_targets(gen, 2, 128, 10, c)
+    ours = torch.autograd.grad(YOLOv3Loss(c)(preds, targets).total, preds)
+    ref = torch.autograd.grad(sum(ref_loss(preds, targets, c)), preds)
+    for g1, g2 in zip(ours, ref, strict=True):
+        torch.testing.assert_close(g1, g2, rtol=1e-9, atol=1e-12)
+
+
+def test_gather_at_cells_gradcheck_with_shared_cells():
+    from detloss.assign import gather_at_cells
+
+    gen = torch.Generator().manual_seed(2)
+    head = torch.randn(2, 3, 6, 4, 5, generator=gen, dtype=torch.float64, requires_grad=True)
+    cell = torch.tensor([[[1, 2], [1, 2], [4, 3]], [[0, 0], [2, 1], [0, 0]]])  # repeated cells
+    obj, rows = gather_at_cells(head, cell)
+    torch.testing.assert_close(obj, head[:, :, 4])
+    for b in range(2):
+        for m in range(3):
+            for a in range(3):
+                gx, gy = cell[b, m].tolist()
+                assert torch.equal(rows[b, m, a], head[b, a, :, gy, gx])
+    w1, w2 = torch.randn(obj.shape, dtype=torch.float64), torch.randn(rows.shape, dtype=torch.float64)
+    assert torch.autograd.gradcheck(
+        lambda h: tuple(t * w for t, w in zip(gather_at_cells(h, cell), (w1, w2), strict=True)), (head,)
+    )

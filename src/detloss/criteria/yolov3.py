@@ -155,7 +155,7 @@ class YOLOv3Loss(nn.Module):
             win = asg.winner[:, :, s].to(dtype)  # (B, M, A)
             # decoded with gradient only where a box is held: a sparse gather, not the whole head
             head = v.permute(0, 1, 4, 2, 3)  # (B, A, 5 + C, H, W), the memory order of preds[s]
-            raw = gather_at_cells(head, cell)  # (B, M, A, 5 + C)
+            obj_logit, raw = gather_at_cells(head, cell)  # (B, A, H, W), (B, M, A, 5 + C)
             pred = decode_yolo(raw, cell[:, :, None].to(dtype), anchors[s], self.strides[s])
             pred = _convert(pred, "cxcywh", "xyxy")
             iou = iou_xyxy(pred, tg.boxes[:, :, None], self.iou_kind, self.iou_eps)
@@ -172,7 +172,7 @@ class YOLOv3Loss(nn.Module):
             background = ~resp & (best.view_as(resp) < self.iou_loss_thresh)
             t = resp.to(dtype)
             conf = sigmoid_focal_loss(
-                head[:, :, 4], t, self.obj_alpha, self.obj_gamma, reduction="none", validate=False
+                obj_logit, t, self.obj_alpha, self.obj_gamma, reduction="none", validate=False
             )
             obj = obj + (conf * (t + background.to(dtype))).sum()
 

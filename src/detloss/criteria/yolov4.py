@@ -164,7 +164,7 @@ class YOLOv4Loss(nn.Module):
             scale_anchors = anchors[list(self.anchor_masks[s])]  # (A, 2)
             # decoded with gradient only where a box is held: a sparse gather, not the whole head
             head = v.permute(0, 1, 4, 2, 3)  # (B, A, 5 + C, H, W), the memory order of preds[s]
-            raw = gather_at_cells(head, cell)  # (B, M, A, 5 + C)
+            obj_logit, raw = gather_at_cells(head, cell)  # (B, A, H, W), (B, M, A, 5 + C)
             pred = decode_yolo(raw, cell[:, :, None].to(dtype), scale_anchors, self.strides[s])
             iou = iou_xyxy(_convert(pred, "cxcywh", "xyxy") * unit, target, self.iou_kind, self.iou_eps)
             box = box + (win * box_scale * (1.0 - iou)).sum()
@@ -179,7 +179,7 @@ class YOLOv4Loss(nn.Module):
             ignore = best.view_as(resp) < self.ignore_thresh  # an image without boxes: all True
             t = resp.to(dtype)
             conf = sigmoid_focal_loss(
-                head[:, :, 4], t, self.obj_alpha, self.obj_gamma, reduction="none", validate=False
+                obj_logit, t, self.obj_alpha, self.obj_gamma, reduction="none", validate=False
             )
             obj = obj + (conf * (t + (1.0 - t) * ignore.to(dtype))).sum()
             num_pos = num_pos + t.sum().clamp(min=1.0)
