@@ -48,8 +48,8 @@ class YOLOv4Loss(nn.Module):
 
     CIoU is computed in coordinates proportional to the original's normalised ones (x / W_in,
     y / H_in, times max(W_in, H_in)), so non-square inputs get the original's distance and aspect
-    terms; the eps placement of ``iou_xyxy`` differs from nets/ious.py only by ~eps/area (≤ 1e-9
-    relative for boxes of a pixel or more), and α is held constant in the gradient (the original
+    terms; the eps placement of ``iou_xyxy`` differs from nets/ious.py only by ~1e-7 / (union in pixels²)
+    relative (≤ 1e-9 once the union exceeds 100 px²), and α is held constant in the gradient (the original
     differentiates through α; the values agree).
 
     Args:
