@@ -37,6 +37,18 @@ def _anchor_table(anchors: Sequence, num_scales: int) -> tuple[tuple[tuple[float
     )
 
 
+def _positive_ints(name: str, values: Sequence) -> tuple[int, ...]:
+    """Integral positive numbers (int, numpy int, 8.0) → ints; anything else is a ``ValueError``."""
+    try:
+        out = tuple(int(v) for v in values)
+        ok = len(out) > 0 and all(o == v and o >= 1 for o, v in zip(out, values, strict=True))
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"{name} must be positive integers, got {values!r}")
+    return out
+
+
 def _check_unit(name: str, value: float) -> None:
     if not 0 <= value <= 1:
         raise ValueError(f"{name} must lie in [0, 1], got {value}")
@@ -98,10 +110,8 @@ class YOLOv3Loss(nn.Module):
         validate: bool = True,
     ) -> None:
         super().__init__()
-        if not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-        if not strides or any(not isinstance(s, int) or s < 1 for s in strides):
-            raise ValueError(f"strides must be positive ints, got {strides!r}")
+        (num_classes,) = _positive_ints("num_classes", (num_classes,))
+        strides = _positive_ints("strides", strides)
         for name, v in (
             ("anchor_iou_thresh", anchor_iou_thresh),
             ("iou_loss_thresh", iou_loss_thresh),
@@ -115,7 +125,7 @@ class YOLOv3Loss(nn.Module):
         if obj_gamma < 0 or obj_alpha > 1:
             raise ValueError(f"need obj_gamma >= 0 and obj_alpha <= 1, got {obj_gamma}, {obj_alpha}")
         self.num_classes = num_classes
-        self.strides = tuple(strides)
+        self.strides = strides
         self.anchors = _anchor_table(anchors, len(self.strides))
         self.anchor_iou_thresh = anchor_iou_thresh
         self.iou_loss_thresh = iou_loss_thresh
