@@ -48,6 +48,7 @@ def main() -> None:
         t_step = tb.Timer(stmt="step()", globals={"step": step}).blocked_autorange(min_run_time=3.0)
         t_fwd = tb.Timer(stmt="fwd()", globals={"fwd": fwd}).blocked_autorange(min_run_time=2.0)
         print(f"{name:<20}{t_step.median * 1e3:>22.1f}{t_fwd.median * 1e3:>18.1f}")
+    print("peers: tensorflow-yolov3, yolov4-tiny-tf2 (TensorFlow) — skipped, TensorFlow is not installed")
 
 
 if __name__ == "__main__":

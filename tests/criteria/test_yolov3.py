@@ -439,3 +439,14 @@ def test_gather_at_cells_gradcheck_with_shared_cells():
         (head,),
         fast_mode=True,
     )
+
+
+def test_builder_fallback_tie_takes_the_first():
+    # One scale, stride 8, anchors 20×10 and 10×20 (and a huge one). A 6×6 box centred on a cell centre
+    # overlaps both by 6·6 = 36 of a union 200 + 36 − 36 = 200 → IoU 0.18 each (< 0.3): a tie, which the
+    # original's argmax resolves to the first anchor.
+    pt = pad_targets([_t([[81.0, 41.0, 87.0, 47.0]], [0])], 1, dtype=torch.float64)  # centre (84, 44)
+    anchors = torch.tensor([[[20.0, 10.0], [10.0, 20.0], [400.0, 400.0]]], dtype=torch.float64)
+    asg = build_yolov3_targets(pt.boxes, pt.mask, anchors, (8,), [(52, 52)])
+    assert asg.assigned[0, 0, 0].tolist() == [True, False, False]
+    assert asg.cell[0, 0, 0].tolist() == [10, 5]

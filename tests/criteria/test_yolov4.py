@@ -431,3 +431,11 @@ def test_gradients_match_loop_port_except_ciou_alpha():
     ref = torch.autograd.grad(ref_loss(preds, targets, c, alpha_grad=False), preds)
     for g1, g2 in zip(ours, ref, strict=True):
         torch.testing.assert_close(g1, g2, rtol=1e-7, atol=1e-12)
+
+
+def test_builder_best_anchor_tie_takes_the_first():
+    # 14×14 box vs anchors 20×10 and 10×20: inter 140, union 196 + 200 − 140 = 256 for both → tie → 0
+    pt = pad_targets([_t([[10.0, 10.0, 24.0, 24.0]], [0])], 1, dtype=torch.float64)
+    anchors = torch.tensor([[20.0, 10.0], [10.0, 20.0], [50.0, 50.0]], dtype=torch.float64)
+    asg = build_yolov4_targets(pt.boxes, pt.mask, anchors, [[0, 1, 2]], [(2, 2)], (64, 64))
+    assert asg.assigned[0, 0, 0].tolist() == [True, False, False]
