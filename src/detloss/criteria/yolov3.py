@@ -12,7 +12,7 @@ from ..assign import best_iou_with, build_yolov3_targets, gather_at_cells, pad_t
 from ..boxes import _convert
 from ..codecs import decode_yolo, decode_yolo_grid
 from ..iou import IoUKind, check_eps, check_kind, compute_dtype, iou_xyxy
-from ..losses import sigmoid_focal_loss, smooth_labels
+from ..losses import sigmoid_focal_loss, smooth_labels, weight_reduce
 from .common import LossResult, split_yolo_heads
 
 #: The standard COCO anchors (input pixels), three per scale for strides 8, 16, 32.
@@ -169,11 +169,11 @@ class YOLOv3Loss(nn.Module):
             pred = decode_yolo(raw, cell[:, :, None].to(dtype), anchors[s], self.strides[s])
             pred = _convert(pred, "cxcywh", "xyxy")
             iou = iou_xyxy(pred, tg.boxes[:, :, None], self.iou_kind, self.iou_eps)
-            box = box + (win * box_scale * (1.0 - iou)).sum()
+            box = box + weight_reduce(1.0 - iou, win * box_scale, "sum")
 
             logits = raw[..., 5:]
             bce = F.binary_cross_entropy_with_logits(logits, cls_target.expand_as(logits), reduction="none")
-            cls = cls + (win * bce.sum(-1)).sum()
+            cls = cls + weight_reduce(bce.sum(-1), win, "sum")
 
             resp = asg.responsible[s]  # (B, A, H, W)
             with torch.no_grad():  # the background mask is a constant of the loss
@@ -184,7 +184,7 @@ class YOLOv3Loss(nn.Module):
             conf = sigmoid_focal_loss(
                 obj_logit, t, self.obj_alpha, self.obj_gamma, reduction="none", validate=False
             )
-            obj = obj + (conf * (t + background.to(dtype))).sum()
+            obj = obj + weight_reduce(conf, t + background.to(dtype), "sum")
 
         parts = {"box": box, "obj": obj, "cls": cls}
         parts = {k: self.gains[k] * p / max(batch, 1) for k, p in parts.items()}

@@ -13,7 +13,7 @@ from ..assign import best_iou_with, build_yolov4_targets, gather_at_cells, pad_t
 from ..boxes import _convert
 from ..codecs import decode_yolo, decode_yolo_grid
 from ..iou import IoUKind, check_eps, check_kind, compute_dtype, iou_xyxy
-from ..losses import sigmoid_focal_loss
+from ..losses import sigmoid_focal_loss, weight_reduce
 from .common import LossResult, split_yolo_heads
 from .yolov3 import _positive_ints
 
@@ -165,10 +165,10 @@ class YOLOv4Loss(nn.Module):
             obj_logit, raw = gather_at_cells(head, cell)  # (B, A, H, W), (B, M, A, 5 + C)
             pred = decode_yolo(raw, cell[:, :, None].to(dtype), scale_anchors, self.strides[s])
             iou = iou_xyxy(_convert(pred, "cxcywh", "xyxy") * unit, target, self.iou_kind, self.iou_eps)
-            box = box + (win * box_scale * (1.0 - iou)).sum()
+            box = box + weight_reduce(1.0 - iou, win * box_scale, "sum")
 
             bce = F.binary_cross_entropy_with_logits(raw[..., 5:], cls_target[:, :, s], reduction="none")
-            cls = cls + (win * bce.sum(-1)).sum()
+            cls = cls + weight_reduce(bce.sum(-1), win, "sum")
 
             resp = asg.responsible[s]  # (B, A, H, W)
             with torch.no_grad():  # the ignore mask is a constant of the loss
@@ -179,7 +179,7 @@ class YOLOv4Loss(nn.Module):
             conf = sigmoid_focal_loss(
                 obj_logit, t, self.obj_alpha, self.obj_gamma, reduction="none", validate=False
             )
-            obj = obj + (conf * (t + (1.0 - t) * ignore.to(dtype))).sum()
+            obj = obj + weight_reduce(conf, t + (1.0 - t) * ignore.to(dtype), "sum")
             num_pos = num_pos + t.sum().clamp(min=1.0)
 
         norm = num_pos if self.normalize else max(batch, 1)
