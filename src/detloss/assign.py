@@ -279,7 +279,7 @@ def hard_negative_mask(
         num_pos = positive.sum(1, dtype=torch.float64)
         k = torch.minimum((num_pos * neg_pos_ratio).floor().long(), negative.sum(1))
         score = bg_prob.masked_fill(~negative, float("inf"))
-        order = score.argsort(1, stable=True)
+        order = score.argsort(dim=1, stable=True)
         ranks = torch.arange(order.shape[1], device=order.device).expand_as(order)
         rank = torch.empty_like(order).scatter_(1, order, ranks)
         return negative & (rank < k[:, None])
