@@ -129,7 +129,7 @@ def random_targets(gen, bs, size, nc, max_boxes=7):
     for i in range(bs):
         n = 0 if i == 1 else int(torch.randint(1, max_boxes + 1, (1,), generator=gen))
         cxy = torch.rand(n, 2, generator=gen, dtype=D) * size
-        wh = torch.exp(torch.rand(n, 2, generator=gen, dtype=D) * math.log(size / 2)) + 1.0
+        wh = torch.exp(torch.rand(n, 2, generator=gen, dtype=D) * math.log(size)) + 1.0
         if n >= 2:  # a near-duplicate box: collides on cells and anchors
             cxy[1], wh[1] = cxy[0] + 0.1, wh[0] * 1.05
         boxes = torch.cat((cxy - wh / 2, cxy + wh / 2), 1)
