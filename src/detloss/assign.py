@@ -246,14 +246,16 @@ def match_priors(
         iou = iou_xyxy(targets.boxes[:, :, None, :], priors[None, None], "iou", 0.0).nan_to_num(0.0)
         iou = iou.masked_fill(~targets.mask[..., None], -1.0)  # (B, M, P); padding never wins
 
-        best_iou, best_box = iou.amax(1), iou.argmax(1)  # (B, P), argmax: first on ties
+        # torch.max(dim) returns the first index on ties (documented), and over a short middle dim
+        # it is several times faster than argmax
+        best_iou, best_box = iou.max(1)  # (B, P)
         low = match_threshold if ignore_threshold is None else ignore_threshold
         unmatched = torch.where(best_iou >= low, IGNORED, NEGATIVE)
         matched = torch.where(best_iou >= match_threshold, best_box, unmatched)
 
-        best_prior = iou.argmax(2, keepdim=True)  # (B, M, 1)
+        best_prior = iou.argmax(2, keepdim=True)  # (B, M, 1), first on ties
         forced = torch.zeros_like(iou, dtype=torch.bool).scatter_(2, best_prior, targets.mask[..., None])
-        forced_box = torch.where(forced, iou, 0.0).argmax(1)  # (B, P) highest IoU among forcers
+        forced_box = torch.where(forced, iou, 0.0).max(1).indices  # (B, P) highest IoU of the forcers
         return torch.where(forced.any(1), forced_box, matched)
 
 

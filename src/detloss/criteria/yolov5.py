@@ -163,19 +163,21 @@ class YOLOv5Loss(nn.Module):
 
     def forward(self, preds: Sequence[Tensor], targets: Sequence[Mapping[str, Tensor]]) -> LossResult:
         num_anchors = [self.anchors.shape[1]] * len(self.strides)
-        heads = split_yolo_heads(preds, num_anchors, self.num_classes, self.strides, len(targets))
-        dtype = compute_dtype(heads[0])  # fp16/bf16 heads: the loss is computed in float32
-        padded = pad_targets(targets, self.num_classes, dtype=dtype, device=heads[0].device)
-        zero = heads[0].new_zeros((), dtype=dtype)
+        split_yolo_heads(preds, num_anchors, self.num_classes, self.strides, len(targets))  # checks
+        dtype = compute_dtype(preds[0])  # fp16/bf16 heads: the loss is computed in float32
+        padded = pad_targets(targets, self.num_classes, dtype=dtype, device=preds[0].device)
+        zero = preds[0].new_zeros((), dtype=dtype)
         lbox, lobj, lcls = zero, zero, zero
-        for i, head in enumerate(heads):
-            head = head.to(dtype)  # (B, A, H, W, 5 + C)
-            bsz, _, h, w, _ = head.shape
-            anchors = self.anchors[i].to(dtype=dtype, device=head.device)
+        for i, p in enumerate(preds):
+            bsz, _, h, w = p.shape
+            # (B, A, 5 + C, H, W), not the channels-last permute: the backward of a permuted view
+            # of the whole head costs a strided copy of every logit
+            head = p.to(dtype).view(bsz, num_anchors[i], 5 + self.num_classes, h, w)
+            anchors = self.anchors[i].to(dtype=dtype, device=p.device)
             mt = build_yolov5_targets(padded, anchors, self.strides[i], (h, w), self.anchor_t)
-            tobj = torch.zeros(head.shape[:4], dtype=dtype, device=head.device)
+            tobj = torch.zeros((bsz, num_anchors[i], h, w), dtype=dtype, device=p.device)
             if mt.batch.numel():
-                ps = head[mt.batch, mt.anchor, mt.gj, mt.gi]  # (n, 5 + C)
+                ps = head[mt.batch, mt.anchor, :, mt.gj, mt.gi]  # (n, 5 + C)
                 pbox = decode_yolov5(ps[:, :4], mt.anchors)  # cxcywh, grid units, own cell
                 ciou = iou_xyxy(
                     _convert(pbox, "cxcywh", "xyxy"), _convert(mt.box, "cxcywh", "xyxy"), "ciou", _CIOU_EPS
@@ -190,7 +192,7 @@ class YOLOv5Loss(nn.Module):
                     t = torch.full_like(ps[:, 5:], self.cn)
                     t.scatter_(1, mt.labels[:, None], self.cp)
                     lcls = lcls + self._bce(ps[:, 5:], t, self.cls_pw)
-            lobj = lobj + self._bce(head[..., 4], tobj, self.obj_pw) * self.balance[i]
+            lobj = lobj + self._bce(head[:, :, 4], tobj, self.obj_pw) * self.balance[i]
         parts = {
             "box": lbox * self.gains["box"],
             "obj": lobj * self.gains["obj"],
