@@ -271,7 +271,8 @@ def hard_negative_mask(
 
     Args:
         bg_prob: ``(B, P)`` predicted background probability (no gradient needed).
-        positive, negative: ``(B, P)`` bool.
+        positive: ``(B, P)`` bool, the priors counted as positives for k.
+        negative: ``(B, P)`` bool, the candidates.
         neg_pos_ratio: ≥ 0.
 
     Returns:

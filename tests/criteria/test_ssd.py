@@ -85,7 +85,7 @@ def ref_match(boxes, priors_xyxy, thr, ignore):
 
 
 def ref_loss(loc, conf, targets, priors, thr=0.5, ratio=3, sigma=1.0, ignore=None, var=(0.1, 0.1, 0.2, 0.2),
-             normalize="mean"):
+             normalize="mean", count_ignored_as_positive=False):
     pri = priors.tolist()
     pri_xyxy = [[cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2] for cx, cy, w, h in pri]
     ce_sum, n_kept, sl1_sum, n_pos = 0.0, 0, 0.0, 0
@@ -95,7 +95,8 @@ def ref_loss(loc, conf, targets, priors, thr=0.5, ratio=3, sigma=1.0, ignore=Non
         pos = [q for q, j in enumerate(matched) if j >= 0]
         neg = [q for q, j in enumerate(matched) if j == -1]
         bg = torch.softmax(conf[i].detach(), -1)[:, 0].tolist()
-        k = min(int(ratio * len(pos)), len(neg))
+        counted = len(pos) + (matched.count(-2) if count_ignored_as_positive else 0)
+        k = min(int(ratio * counted), len(neg))
         kept_neg = sorted(neg, key=lambda q: (bg[q], q))[:k]
         for q in pos + kept_neg:
             c = labels[matched[q]] + 1 if matched[q] >= 0 else 0
@@ -141,6 +142,7 @@ def random_targets(gen, bs, nc, max_boxes=6):
         (1, {"ignore_threshold": 0.3}),
         (2, {"match_threshold": 0.4, "neg_pos_ratio": 2.5, "sigma": 2.0}),
         (3, {"normalize": "positives"}),
+        (4, {"ignore_threshold": 0.2, "count_ignored_as_positive": True}),
     ],
 )
 def test_matches_loop_port_of_original(seed, kwargs):

@@ -46,6 +46,9 @@ class SSDLoss(nn.Module):
             lies in ``[ignore_threshold, match_threshold)`` are neither positive nor negative.
         normalize: ``"mean"`` (the original: each term averaged over its own count, conf × (ratio + 1))
             or ``"positives"`` (both summed and divided by max(#positives, 1), no ratio factor).
+        count_ignored_as_positive: SSD.TensorFlow's train_ssd.py counts positives with
+            ``count_nonzero(cls_targets)``, which includes ignored priors (label −1), when sizing
+            the hard negatives; True reproduces that (it only matters with an ignore band).
 
     Call:
         preds: ``(loc (B, P, 4), conf (B, P, C + 1))``, loc offsets in (cx, cy, w, h) order.
@@ -65,6 +68,7 @@ class SSDLoss(nn.Module):
         sigma: float = 1.0,
         ignore_threshold: float | None = None,
         normalize: Normalize = "mean",
+        count_ignored_as_positive: bool = False,
     ) -> None:
         super().__init__()
         if not isinstance(num_classes, int) or num_classes < 1:
@@ -97,6 +101,7 @@ class SSDLoss(nn.Module):
         self.variances = variances
         self.match_threshold, self.ignore_threshold = float(match_threshold), ignore_threshold
         self.neg_pos_ratio, self.sigma, self.normalize = neg_pos_ratio, float(sigma), normalize
+        self.count_ignored_as_positive = bool(count_ignored_as_positive)
 
     def _check_preds(self, preds: Sequence[Tensor], batch: int) -> tuple[Tensor, Tensor]:
         if isinstance(preds, Tensor) or not isinstance(preds, Sequence) or len(preds) != 2:
@@ -141,7 +146,8 @@ class SSDLoss(nn.Module):
 
         # 3. hard negatives by the predicted background probability
         bg_prob = conf.detach().softmax(-1)[..., 0]
-        kept = positive | hard_negative_mask(bg_prob, positive, negative, self.neg_pos_ratio)
+        counted = matched != NEGATIVE if self.count_ignored_as_positive else positive
+        kept = positive | hard_negative_mask(bg_prob, counted, negative, self.neg_pos_ratio)
 
         ce = F.cross_entropy(conf.reshape(-1, conf.shape[-1]), cls_t.reshape(-1), reduction="none")
         ce = ce.view(bsz, num_priors)
