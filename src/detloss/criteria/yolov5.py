@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..assign import build_yolov5_targets, pad_targets
+from ..assign import YOLOv5Matches, build_yolov5_targets, pad_targets
 from ..boxes import _convert
 from ..codecs import decode_yolov5
 from ..iou import compute_dtype, iou_xyxy
@@ -66,6 +66,25 @@ def yolov5_scaled_gains(
         "cls": cls * num_classes / 80.0 * layers,
         "obj": obj * (imgsz / 640.0) ** 2 * layers,
     }
+
+
+def _gather_logits(p: Tensor, num_anchors: int, mt: YOLOv5Matches) -> tuple[Tensor, Tensor]:
+    """The objectness logits ``(B, A, H, W)`` and the matched rows ``(n, 5 + C)`` of one raw head
+    ``(B, A·(5+C), H, W)`` (channel ``a·(5+C) + k``), taken by ONE gather from the flat head.
+
+    Why one gather: the backward of this loss is mostly autograd zero-filling a gradient the size of
+    every logit; a slice plus an advanced index (or the channels-last permute of ``Detect``) would
+    build two such tensors (or a strided copy) per scale.
+    """
+    bsz, _, h, w = p.shape
+    k, hw = p.shape[1] // num_anchors, h * w
+    obj_planes = torch.arange(bsz * num_anchors, device=p.device) * k + 4  # plane of channel 4
+    obj_idx = (obj_planes[:, None] * hw + torch.arange(hw, device=p.device)).reshape(-1)
+    rows = (mt.batch * num_anchors + mt.anchor) * k * hw + mt.gj * w + mt.gi  # channel 0 of each match
+    match_idx = (rows[:, None] + torch.arange(k, device=p.device) * hw).reshape(-1)
+    values = p.reshape(-1)[torch.cat((obj_idx, match_idx))]
+    n_obj = obj_idx.shape[0]
+    return values[:n_obj].view(bsz, num_anchors, h, w), values[n_obj:].view(-1, k)
 
 
 class YOLOv5Loss(nn.Module):
@@ -170,14 +189,11 @@ class YOLOv5Loss(nn.Module):
         lbox, lobj, lcls = zero, zero, zero
         for i, p in enumerate(preds):
             bsz, _, h, w = p.shape
-            # (B, A, 5 + C, H, W), not the channels-last permute: the backward of a permuted view
-            # of the whole head costs a strided copy of every logit
-            head = p.to(dtype).view(bsz, num_anchors[i], 5 + self.num_classes, h, w)
             anchors = self.anchors[i].to(dtype=dtype, device=p.device)
             mt = build_yolov5_targets(padded, anchors, self.strides[i], (h, w), self.anchor_t)
-            tobj = torch.zeros((bsz, num_anchors[i], h, w), dtype=dtype, device=p.device)
+            obj_logits, ps = _gather_logits(p.to(dtype), num_anchors[i], mt)  # (B,A,H,W), (n, 5+C)
+            tobj = torch.zeros_like(obj_logits)
             if mt.batch.numel():
-                ps = head[mt.batch, mt.anchor, :, mt.gj, mt.gi]  # (n, 5 + C)
                 pbox = decode_yolov5(ps[:, :4], mt.anchors)  # cxcywh, grid units, own cell
                 ciou = iou_xyxy(
                     _convert(pbox, "cxcywh", "xyxy"), _convert(mt.box, "cxcywh", "xyxy"), "ciou", _CIOU_EPS
@@ -192,7 +208,7 @@ class YOLOv5Loss(nn.Module):
                     t = torch.full_like(ps[:, 5:], self.cn)
                     t.scatter_(1, mt.labels[:, None], self.cp)
                     lcls = lcls + self._bce(ps[:, 5:], t, self.cls_pw)
-            lobj = lobj + self._bce(head[:, :, 4], tobj, self.obj_pw) * self.balance[i]
+            lobj = lobj + self._bce(obj_logits, tobj, self.obj_pw) * self.balance[i]
         parts = {
             "box": lbox * self.gains["box"],
             "obj": lobj * self.gains["obj"],
