@@ -1,13 +1,14 @@
 """Time one forward + backward of YOLOv5Loss and SSDLoss at their standard sizes (2 threads, median).
 
 YOLOv5: B = 16, 640×640, 80 classes, 20 boxes per image. SSD300: 8732 priors, B = 32, 21 classes
-(20 + background), 8 boxes per image. Run: ``PYTHONPATH=src python benchmarks/time_yolov5_ssd.py``.
+(20 + background), 8 boxes per image. Run: ``PYTHONPATH=src python benchmarks/time_yolov5_ssd.py [threads]``.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+import sys
 
 import torch
 from torch.utils import benchmark
@@ -44,7 +45,7 @@ def random_targets(bs: int, n: int, size: float, nc: int, gen: torch.Generator) 
 
 
 def main() -> None:
-    torch.set_num_threads(2)
+    torch.set_num_threads(int(sys.argv[1]) if len(sys.argv) > 1 else 2)
     gen = torch.Generator().manual_seed(0)
 
     nc, bs = 80, 16
@@ -66,6 +67,7 @@ def main() -> None:
     def step_ssd() -> None:
         crit_ssd((loc, conf), tg_ssd).total.backward()
 
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"{'case':<40}{'median ms':>12}")
     for name, fn in (("YOLOv5 B=16 640x640 C=80 20 boxes/img", step5),
                      ("SSD300 8732 priors B=32 C=21 8 boxes/img", step_ssd)):

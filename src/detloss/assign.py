@@ -206,7 +206,7 @@ def build_yolov5_targets(
 # ---------------------------------------------------------------------------------------------
 
 #: ``match_priors`` codes for priors without a box.
-NEGATIVE, IGNORED = -1, -2
+PRIOR_NEGATIVE, PRIOR_IGNORED = -1, -2
 
 
 def match_priors(
@@ -235,12 +235,12 @@ def match_priors(
         ignore_threshold: ``None`` or in [0, match_threshold].
 
     Returns:
-        ``(B, P)`` int64: the matched box index (≥ 0), ``NEGATIVE`` (−1) or ``IGNORED`` (−2).
+        ``(B, P)`` int64: the matched box index (≥ 0), ``PRIOR_NEGATIVE`` (−1) or ``PRIOR_IGNORED`` (−2).
     """
     bsz, m = targets.mask.shape
     num_priors = priors.shape[0]
     if m == 0:
-        return torch.full((bsz, num_priors), NEGATIVE, dtype=torch.int64, device=priors.device)
+        return torch.full((bsz, num_priors), PRIOR_NEGATIVE, dtype=torch.int64, device=priors.device)
     with torch.no_grad():
         # eps = 0: inter/union exactly, with 0/0 (both areas 0) → 0 as in the original
         iou = iou_xyxy(targets.boxes[:, :, None, :], priors[None, None], "iou", 0.0).nan_to_num(0.0)
@@ -250,7 +250,7 @@ def match_priors(
         # it is several times faster than argmax
         best_iou, best_box = iou.max(1)  # (B, P)
         low = match_threshold if ignore_threshold is None else ignore_threshold
-        unmatched = torch.where(best_iou >= low, IGNORED, NEGATIVE)
+        unmatched = torch.where(best_iou >= low, PRIOR_IGNORED, PRIOR_NEGATIVE)
         matched = torch.where(best_iou >= match_threshold, best_box, unmatched)
 
         best_prior = iou.argmax(2, keepdim=True)  # (B, M, 1), first on ties

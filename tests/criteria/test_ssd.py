@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from detloss.assign import IGNORED, NEGATIVE, hard_negative_mask, match_priors, pad_targets
+from detloss.assign import PRIOR_IGNORED, PRIOR_NEGATIVE, hard_negative_mask, match_priors, pad_targets
 from detloss.boxes import _convert
 from detloss.criteria import SSDLoss, l2_weight_decay
 
@@ -192,21 +192,21 @@ def test_threshold_and_first_on_ties():
     # box = prior 0 = prior 4: IoU 1 with both (positive by threshold); prior 1: I = 2, U = 6 → 1/3;
     # prior 2: 4/16 = 0.25; prior 3: 0
     m = match_priors(_targets([0, 0, 2, 2]), PRI, 0.5)
-    assert m.tolist() == [[0, NEGATIVE, NEGATIVE, NEGATIVE, 0]]
+    assert m.tolist() == [[0, PRIOR_NEGATIVE, PRIOR_NEGATIVE, PRIOR_NEGATIVE, 0]]
     # threshold inclusive: prior 1 has IoU exactly 1/3 with this box
     m = match_priors(_targets([0, 0, 2, 2]), PRI, 1 / 3)
     assert m[0, 1].item() == 0
     # two identical boxes: every prior takes the first (first on ties); forced: both force prior 0,
     # equal IoU → the first box
     m = match_priors(_targets([0, 0, 2, 2], [0, 0, 2, 2]), PRI, 0.5)
-    assert m.tolist() == [[0, NEGATIVE, NEGATIVE, NEGATIVE, 0]]
+    assert m.tolist() == [[0, PRIOR_NEGATIVE, PRIOR_NEGATIVE, PRIOR_NEGATIVE, 0]]
 
 
 def test_forced_best_prior_below_threshold():
     # box (1, 1, 3, 3): IoU with prior 0: 1/7, prior 1: I = 2 (x 1..3, y 1..2), U = 6 → 1/3,
     # prior 2: 4/16 = 1/4 → best prior 1, forced although 1/3 < 0.5
     m = match_priors(_targets([1, 1, 3, 3]), PRI, 0.5)
-    assert m.tolist() == [[NEGATIVE, 0, NEGATIVE, NEGATIVE, NEGATIVE]]
+    assert m.tolist() == [[PRIOR_NEGATIVE, 0, PRIOR_NEGATIVE, PRIOR_NEGATIVE, PRIOR_NEGATIVE]]
 
 
 def test_forced_collision_highest_iou_wins():
@@ -214,7 +214,7 @@ def test_forced_collision_highest_iou_wins():
     # box 1 (1, 0, 3.5, 2.5): IoU prior 1 = 4/6.25 = 0.64 (best, prior 2: 6.25/16 ≈ 0.39)
     # both force prior 1: box 0 has the higher IoU there and wins; box 1 is matched nowhere else
     m = match_priors(_targets([0.9, 0, 3, 2], [1, 0, 3.5, 2.5]), PRI, 0.7)
-    assert m.tolist() == [[NEGATIVE, 0, NEGATIVE, NEGATIVE, NEGATIVE]]
+    assert m.tolist() == [[PRIOR_NEGATIVE, 0, PRIOR_NEGATIVE, PRIOR_NEGATIVE, PRIOR_NEGATIVE]]
     # reversed box order: still the box with the higher IoU (now index 1)
     m = match_priors(_targets([1, 0, 3.5, 2.5], [0.9, 0, 3, 2]), PRI, 0.7)
     assert m[0, 1].item() == 1
@@ -231,21 +231,22 @@ def test_forced_overrides_threshold_match_of_other_box():
 def test_box_overlapping_nothing_forces_prior_zero():
     # all IoUs 0: argmax (first on ties) picks prior 0, as tf.argmax does in the original
     m = match_priors(_targets([50, 50, 60, 60]), PRI, 0.5)
-    assert m.tolist() == [[0, NEGATIVE, NEGATIVE, NEGATIVE, NEGATIVE]]
+    assert m.tolist() == [[0, PRIOR_NEGATIVE, PRIOR_NEGATIVE, PRIOR_NEGATIVE, PRIOR_NEGATIVE]]
 
 
 def test_ignore_band():
     # box (0, 0, 2, 2): prior 1 IoU 1/3, prior 2 IoU 1/4, prior 3: 0
     m = match_priors(_targets([0, 0, 2, 2]), PRI, 0.5, ignore_threshold=0.3)
-    assert m.tolist() == [[0, IGNORED, NEGATIVE, NEGATIVE, 0]]
+    assert m.tolist() == [[0, PRIOR_IGNORED, PRIOR_NEGATIVE, PRIOR_NEGATIVE, 0]]
     m = match_priors(_targets([0, 0, 2, 2]), PRI, 0.5, ignore_threshold=0.25)  # inclusive lower end
-    assert m.tolist() == [[0, IGNORED, IGNORED, NEGATIVE, 0]]
+    assert m.tolist() == [[0, PRIOR_IGNORED, PRIOR_IGNORED, PRIOR_NEGATIVE, 0]]
     # an image without boxes has only negatives, even with ignore_threshold 0
     empty = pad_targets([{"boxes": torch.zeros(0, 4, dtype=D), "labels": torch.zeros(0, dtype=torch.long)},
                          {"boxes": torch.tensor([[0, 0, 2, 2.0]], dtype=D), "labels": torch.tensor([1])}],
                         10, dtype=D)
     m = match_priors(empty, PRI, 0.5, ignore_threshold=0.0)
-    assert m[0].tolist() == [NEGATIVE] * 5 and m[1].tolist() == [0, IGNORED, IGNORED, IGNORED, 0]
+    assert m[0].tolist() == [PRIOR_NEGATIVE] * 5
+    assert m[1].tolist() == [0, PRIOR_IGNORED, PRIOR_IGNORED, PRIOR_IGNORED, 0]
 
 
 def test_hard_negative_counts_and_order():

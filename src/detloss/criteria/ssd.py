@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..assign import NEGATIVE, hard_negative_mask, match_priors, pad_targets
+from ..assign import PRIOR_NEGATIVE, hard_negative_mask, match_priors, pad_targets
 from ..boxes import _convert, check_boxes, check_tensor
 from ..codecs import SSD_VARIANCES, encode_ssd
 from ..iou import compute_dtype
@@ -125,11 +125,11 @@ class SSDLoss(nn.Module):
         priors = self.priors.to(dtype=dtype, device=loc.device)
         padded = pad_targets(targets, self.num_classes, dtype=dtype, device=loc.device)
 
-        # 1. match: (B, P) box index, NEGATIVE or IGNORED
+        # 1. match: (B, P) box index, PRIOR_NEGATIVE or PRIOR_IGNORED
         matched = match_priors(
             padded, self.priors_xyxy.to(priors), self.match_threshold, self.ignore_threshold
         )
-        positive, negative = matched >= 0, matched == NEGATIVE
+        positive, negative = matched >= 0, matched == PRIOR_NEGATIVE
 
         # 2. targets: class l + 1 on positives, 0 elsewhere; offsets on positives, 0 elsewhere
         bsz, num_priors = matched.shape
@@ -146,7 +146,7 @@ class SSDLoss(nn.Module):
 
         # 3. hard negatives by the predicted background probability
         bg_prob = conf.detach().softmax(-1)[..., 0]
-        counted = matched != NEGATIVE if self.count_ignored_as_positive else positive
+        counted = matched != PRIOR_NEGATIVE if self.count_ignored_as_positive else positive
         kept = positive | hard_negative_mask(bg_prob, counted, negative, self.neg_pos_ratio)
 
         ce = F.cross_entropy(conf.reshape(-1, conf.shape[-1]), cls_t.reshape(-1), reduction="none")
