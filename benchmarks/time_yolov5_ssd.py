@@ -39,8 +39,12 @@ def random_targets(bs: int, n: int, size: float, nc: int, gen: torch.Generator) 
     for _ in range(bs):
         c = torch.rand(n, 2, generator=gen) * size
         wh = (torch.rand(n, 2, generator=gen) * 0.4 + 0.02) * size
-        out.append({"boxes": torch.cat((c - wh / 2, c + wh / 2), 1),
-                    "labels": torch.randint(0, nc, (n,), generator=gen)})
+        out.append(
+            {
+                "boxes": torch.cat((c - wh / 2, c + wh / 2), 1),
+                "labels": torch.randint(0, nc, (n,), generator=gen),
+            }
+        )
     return out
 
 
@@ -50,8 +54,9 @@ def main() -> None:
 
     nc, bs = 80, 16
     crit5 = YOLOv5Loss(nc)
-    preds5 = [torch.randn(bs, 3 * (5 + nc), 640 // s, 640 // s, generator=gen).requires_grad_()
-              for s in (8, 16, 32)]
+    preds5 = [
+        torch.randn(bs, 3 * (5 + nc), 640 // s, 640 // s, generator=gen).requires_grad_() for s in (8, 16, 32)
+    ]
     tg5 = random_targets(bs, 20, 640.0, nc, gen)
 
     def step5() -> None:
@@ -69,8 +74,10 @@ def main() -> None:
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"{'case':<40}{'median ms':>12}")
-    for name, fn in (("YOLOv5 B=16 640x640 C=80 20 boxes/img", step5),
-                     ("SSD300 8732 priors B=32 C=21 8 boxes/img", step_ssd)):
+    for name, fn in (
+        ("YOLOv5 B=16 640x640 C=80 20 boxes/img", step5),
+        ("SSD300 8732 priors B=32 C=21 8 boxes/img", step_ssd),
+    ):
         fn()  # warm-up
         t = benchmark.Timer("fn()", globals={"fn": fn}, num_threads=2).blocked_autorange(min_run_time=3)
         print(f"{name:<40}{t.median * 1e3:>12.1f}")

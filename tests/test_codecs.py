@@ -37,8 +37,10 @@ def test_encode_ssd_hand_values():
 
 
 @settings(max_examples=50, deadline=None)
-@given(st.lists(st.floats(0.01, 10.0), min_size=8, max_size=8),
-       st.lists(st.floats(0.05, 1.0), min_size=4, max_size=4))
+@given(
+    st.lists(st.floats(0.01, 10.0), min_size=8, max_size=8),
+    st.lists(st.floats(0.05, 1.0), min_size=4, max_size=4),
+)
 def test_ssd_round_trip(vals, var):
     box = torch.tensor(vals[:4], dtype=D)
     prior = torch.tensor(vals[4:], dtype=D)

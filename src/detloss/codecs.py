@@ -16,9 +16,7 @@ from torch import Tensor
 # ---------------------------------------------------------------------------------------------
 
 
-def decode_yolov5(
-    raw: Tensor, anchors: Tensor, grid: Tensor | None = None, stride: float = 1.0
-) -> Tensor:
+def decode_yolov5(raw: Tensor, anchors: Tensor, grid: Tensor | None = None, stride: float = 1.0) -> Tensor:
     """Decode YOLOv5 box logits into centre-size boxes.
 
     Args:
@@ -50,9 +48,7 @@ def decode_yolov5(
 SSD_VARIANCES: tuple[float, float, float, float] = (0.1, 0.1, 0.2, 0.2)
 
 
-def encode_ssd(
-    boxes: Tensor, priors: Tensor, variances: Sequence[float] = SSD_VARIANCES
-) -> Tensor:
+def encode_ssd(boxes: Tensor, priors: Tensor, variances: Sequence[float] = SSD_VARIANCES) -> Tensor:
     """Encode cxcywh boxes as SSD regression targets relative to cxcywh priors.
 
     Args:
@@ -74,13 +70,11 @@ def encode_ssd(
     return torch.cat((c, wh), dim=-1)
 
 
-def decode_ssd(
-    offsets: Tensor, priors: Tensor, variances: Sequence[float] = SSD_VARIANCES
-) -> Tensor:
+def decode_ssd(offsets: Tensor, priors: Tensor, variances: Sequence[float] = SSD_VARIANCES) -> Tensor:
     """Inverse of :func:`encode_ssd`: offsets ``(..., 4)`` (cx, cy, w, h) → cxcywh boxes ``(..., 4)``::
 
-        g_c  = p_c + t_c · v_c · p_wh
-        g_wh = p_wh · exp(t_wh · v_wh)
+    g_c  = p_c + t_c · v_c · p_wh
+    g_wh = p_wh · exp(t_wh · v_wh)
     """
     v = offsets.new_tensor(variances)
     c = priors[..., :2] + offsets[..., :2] * v[:2] * priors[..., 2:]

@@ -35,8 +35,14 @@ def ssd_priors(feature_maps, steps, min_sizes, max_sizes, aspect_ratios, image_s
 
 
 def ssd300_priors():
-    return ssd_priors([38, 19, 10, 5, 3, 1], [8, 16, 32, 64, 100, 300], [30, 60, 111, 162, 213, 264],
-                      [60, 111, 162, 213, 264, 315], [[2], [2, 3], [2, 3], [2, 3], [2], [2]], 300)
+    return ssd_priors(
+        [38, 19, 10, 5, 3, 1],
+        [8, 16, 32, 64, 100, 300],
+        [30, 60, 111, 162, 213, 264],
+        [60, 111, 162, 213, 264, 315],
+        [[2], [2, 3], [2, 3], [2, 3], [2], [2]],
+        300,
+    )
 
 
 def small_priors():
@@ -84,8 +90,19 @@ def ref_match(boxes, priors_xyxy, thr, ignore):
     return matched
 
 
-def ref_loss(loc, conf, targets, priors, thr=0.5, ratio=3, sigma=1.0, ignore=None, var=(0.1, 0.1, 0.2, 0.2),
-             normalize="mean", count_ignored_as_positive=False):
+def ref_loss(
+    loc,
+    conf,
+    targets,
+    priors,
+    thr=0.5,
+    ratio=3,
+    sigma=1.0,
+    ignore=None,
+    var=(0.1, 0.1, 0.2, 0.2),
+    normalize="mean",
+    count_ignored_as_positive=False,
+):
     pri = priors.tolist()
     pri_xyxy = [[cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2] for cx, cy, w, h in pri]
     ce_sum, n_kept, sl1_sum, n_pos = 0.0, 0, 0.0, 0
@@ -106,8 +123,12 @@ def ref_loss(loc, conf, targets, priors, thr=0.5, ratio=3, sigma=1.0, ignore=Non
             x1, y1, x2, y2 = boxes[matched[q]]
             gcx, gcy, gw, gh = (x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1
             pcx, pcy, pw, ph = pri[q]
-            tgt = [(gcx - pcx) / pw / var[0], (gcy - pcy) / ph / var[1],
-                   math.log(gw / pw) / var[2], math.log(gh / ph) / var[3]]
+            tgt = [
+                (gcx - pcx) / pw / var[0],
+                (gcy - pcy) / ph / var[1],
+                math.log(gw / pw) / var[2],
+                math.log(gh / ph) / var[3],
+            ]
             for c in range(4):
                 d = loc[i, q, c] - tgt[c]
                 s2 = sigma * sigma
@@ -130,8 +151,12 @@ def random_targets(gen, bs, nc, max_boxes=6):
         wh = torch.rand(n, 2, generator=gen, dtype=D) * 0.6 + 0.02
         if n >= 3:  # two boxes with the same best prior: a forced collision
             c[2], wh[2] = c[0] + 0.01, wh[0] * 0.97
-        out.append({"boxes": torch.cat((c - wh / 2, c + wh / 2), 1),
-                    "labels": torch.randint(0, nc, (n,), generator=gen)})
+        out.append(
+            {
+                "boxes": torch.cat((c - wh / 2, c + wh / 2), 1),
+                "labels": torch.randint(0, nc, (n,), generator=gen),
+            }
+        )
     return out
 
 
@@ -241,18 +266,27 @@ def test_ignore_band():
     m = match_priors(_targets([0, 0, 2, 2]), PRI, 0.5, ignore_threshold=0.25)  # inclusive lower end
     assert m.tolist() == [[0, PRIOR_IGNORED, PRIOR_IGNORED, PRIOR_NEGATIVE, 0]]
     # an image without boxes has only negatives, even with ignore_threshold 0
-    empty = pad_targets([{"boxes": torch.zeros(0, 4, dtype=D), "labels": torch.zeros(0, dtype=torch.long)},
-                         {"boxes": torch.tensor([[0, 0, 2, 2.0]], dtype=D), "labels": torch.tensor([1])}],
-                        10, dtype=D)
+    empty = pad_targets(
+        [
+            {"boxes": torch.zeros(0, 4, dtype=D), "labels": torch.zeros(0, dtype=torch.long)},
+            {"boxes": torch.tensor([[0, 0, 2, 2.0]], dtype=D), "labels": torch.tensor([1])},
+        ],
+        10,
+        dtype=D,
+    )
     m = match_priors(empty, PRI, 0.5, ignore_threshold=0.0)
     assert m[0].tolist() == [PRIOR_NEGATIVE] * 5
     assert m[1].tolist() == [0, PRIOR_IGNORED, PRIOR_IGNORED, PRIOR_IGNORED, 0]
 
 
 def test_hard_negative_counts_and_order():
-    bg = torch.tensor([[0.9, 0.1, 0.5, 0.3, 0.2, 0.8, 0.05, 0.7],
-                       [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8],
-                       [0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5]])
+    bg = torch.tensor(
+        [
+            [0.9, 0.1, 0.5, 0.3, 0.2, 0.8, 0.05, 0.7],
+            [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8],
+            [0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5],
+        ]
+    )
     pos = torch.zeros(3, 8, dtype=torch.bool)
     pos[0, 6] = True  # one positive: keep 3 negatives — 0.1, 0.2, 0.3 (0.05 is the positive)
     pos[2, [0, 1]] = True  # two positives, 6 negatives: keep min(6, 6) = 6; row 1 has none → 0
@@ -337,8 +371,10 @@ def test_bad_inputs():
     crit = SSDLoss(3, priors)
     loc, conf = torch.zeros(2, len(priors), 4, dtype=D), torch.zeros(2, len(priors), 4, dtype=D)
     ok = {"boxes": torch.tensor([[0.1, 0.1, 0.3, 0.3]], dtype=D), "labels": torch.tensor([2])}
-    bad = {"boxes": torch.tensor([[0.1, 0.1, 0.3, 0.3], [0.5, 0.5, 0.5, 0.7]], dtype=D),
-           "labels": torch.tensor([0, 1])}
+    bad = {
+        "boxes": torch.tensor([[0.1, 0.1, 0.3, 0.3], [0.5, 0.5, 0.5, 0.7]], dtype=D),
+        "labels": torch.tensor([0, 1]),
+    }
     with pytest.raises(ValueError, match=r"targets\[1\]\['boxes'\]\[1\]"):
         crit((loc, conf), [ok, bad])
     with pytest.raises(ValueError, match=r"targets\[0\]\['labels'\]"):

@@ -69,8 +69,10 @@ def reference_loss(preds, targets, nc, anchors_px, strides, hyp, balance=None):
 
     def bce(x, y, pw):
         def none(a, b):
-            return F.binary_cross_entropy_with_logits(a, b, pos_weight=torch.tensor([pw], dtype=a.dtype),
-                                                      reduction="none")
+            return F.binary_cross_entropy_with_logits(
+                a, b, pos_weight=torch.tensor([pw], dtype=a.dtype), reduction="none"
+            )
+
         if hyp["fl_gamma"] > 0:
             return focal(none, x, y, hyp["fl_gamma"])
         return none(x, y).mean()
@@ -91,13 +93,27 @@ def reference_loss(preds, targets, nc, anchors_px, strides, hyp, balance=None):
                     if not max(rw, 1 / rw, rh, 1 / rh) < hyp["anchor_t"]:
                         continue
                     gxi, gyi = w - gx, h - gy
-                    cond = [True, gx % 1 < g and gx > 1, gy % 1 < g and gy > 1,
-                            gxi % 1 < g and gxi > 1, gyi % 1 < g and gyi > 1][o]
+                    cond = [
+                        True,
+                        gx % 1 < g and gx > 1,
+                        gy % 1 < g and gy > 1,
+                        gxi % 1 < g and gxi > 1,
+                        gyi % 1 < g and gyi > 1,
+                    ][o]
                     if not cond:
                         continue
                     ci, cj = int(gx - ox * g), int(gy - oy * g)  # int() truncates like .long()
-                    matches.append((b, a, min(max(cj, 0), h - 1), min(max(ci, 0), w - 1),
-                                    (gx - ci, gy - cj, gw, gh), (aw, ah), c))
+                    matches.append(
+                        (
+                            b,
+                            a,
+                            min(max(cj, 0), h - 1),
+                            min(max(ci, 0), w - 1),
+                            (gx - ci, gy - cj, gw, gh),
+                            (aw, ah),
+                            c,
+                        )
+                    )
         tobj = torch.zeros(pi.shape[:4], dtype=p.dtype)
         if matches:
             ps = torch.stack([pi[b, a, j, k] for b, a, j, k, *_ in matches])
@@ -120,8 +136,17 @@ def reference_loss(preds, targets, nc, anchors_px, strides, hyp, balance=None):
     return (lbox + lobj + lcls) * bs, (lbox, lobj, lcls)
 
 
-HYP = dict(box=0.05, obj=1.0, cls=0.5, cls_pw=1.0, obj_pw=1.0, anchor_t=4.0, fl_gamma=0.0,
-           label_smoothing=0.0, gr=1.0)
+HYP = dict(
+    box=0.05,
+    obj=1.0,
+    cls=0.5,
+    cls_pw=1.0,
+    obj_pw=1.0,
+    anchor_t=4.0,
+    fl_gamma=0.0,
+    label_smoothing=0.0,
+    gr=1.0,
+)
 
 
 def random_targets(gen, bs, size, nc, max_boxes=7):
@@ -139,8 +164,9 @@ def random_targets(gen, bs, size, nc, max_boxes=7):
 
 def random_preds(gen, bs, nc, size, strides=(8, 16, 32), na=3, requires_grad=True):
     return [
-        (torch.randn(bs, na * (5 + nc), size // s, size // s, generator=gen, dtype=D))
-        .requires_grad_(requires_grad)
+        (torch.randn(bs, na * (5 + nc), size // s, size // s, generator=gen, dtype=D)).requires_grad_(
+            requires_grad
+        )
         for s in strides
     ]
 
@@ -285,10 +311,16 @@ def test_ciou_matches_yolov5_bbox_iou_variants():
     (h + eps in the areas and atan): below 1e-5 relative on 1 − CIoU for boxes ≥ 0.25 cells."""
     gen = torch.Generator().manual_seed(0)
     n = 4000
-    p = torch.cat((torch.rand(n, 2, generator=gen, dtype=D) * 2 - 0.5,
-                   torch.rand(n, 2, generator=gen, dtype=D) * 8 + 0.25), 1)
-    t = torch.cat((torch.rand(n, 2, generator=gen, dtype=D),
-                   torch.rand(n, 2, generator=gen, dtype=D) * 8 + 0.25), 1)
+    p = torch.cat(
+        (
+            torch.rand(n, 2, generator=gen, dtype=D) * 2 - 0.5,
+            torch.rand(n, 2, generator=gen, dtype=D) * 8 + 0.25,
+        ),
+        1,
+    )
+    t = torch.cat(
+        (torch.rand(n, 2, generator=gen, dtype=D), torch.rand(n, 2, generator=gen, dtype=D) * 8 + 0.25), 1
+    )
     ours = 1 - iou_xyxy(_convert(p, "cxcywh", "xyxy"), _convert(t, "cxcywh", "xyxy"), "ciou", 1e-7)
     for v6 in (False, True):
         theirs = 1 - yolo_bbox_ciou(p, t, v6=v6)
@@ -300,9 +332,13 @@ def test_gradcheck_obj_and_cls():
     gen = torch.Generator().manual_seed(1)
     crit = YOLOv5Loss(3, anchors=[[(12.0, 10.0)]], strides=(8,), box=0.0, gr=0.0)
     pred = torch.randn(2, 8, 2, 2, generator=gen, dtype=D, requires_grad=True)
-    tg = [{"boxes": torch.tensor([[2.0, 3.0, 11.0, 12.0], [5.0, 5.0, 14.0, 15.0]], dtype=D),
-           "labels": torch.tensor([0, 2])}, {"boxes": torch.zeros(0, 4, dtype=D),
-                                            "labels": torch.zeros(0, dtype=torch.long)}]
+    tg = [
+        {
+            "boxes": torch.tensor([[2.0, 3.0, 11.0, 12.0], [5.0, 5.0, 14.0, 15.0]], dtype=D),
+            "labels": torch.tensor([0, 2]),
+        },
+        {"boxes": torch.zeros(0, 4, dtype=D), "labels": torch.zeros(0, dtype=torch.long)},
+    ]
     assert torch.autograd.gradcheck(lambda x: crit([x], tg).total, (pred,), fast_mode=True)
     crit.fl_gamma = 1.5
     assert torch.autograd.gradcheck(lambda x: crit([x], tg).total, (pred,), fast_mode=True)
@@ -325,8 +361,10 @@ def test_empty_images_and_empty_batch():
     out = crit(preds, [empty, empty])
     out.total.backward()
     assert out.components["box"].item() == 0 and out.components["cls"].item() == 0
-    expect = sum(b * F.softplus(p.view(2, 3, 9, *p.shape[2:])[:, :, 4]).mean()
-                 for b, p in zip((4.0, 1.0, 0.4), preds, strict=True))
+    expect = sum(
+        b * F.softplus(p.view(2, 3, 9, *p.shape[2:])[:, :, 4]).mean()
+        for b, p in zip((4.0, 1.0, 0.4), preds, strict=True)
+    )
     torch.testing.assert_close(out.components["obj"], expect.detach())
     assert all(torch.isfinite(p.grad).all() for p in preds)
     preds0 = random_preds(gen, 0, 4, 64)
@@ -349,8 +387,10 @@ def test_bad_inputs_name_image_and_box():
     crit = YOLOv5Loss(3)
     preds = random_preds(torch.Generator().manual_seed(0), 2, 3, 64, requires_grad=False)
     ok = {"boxes": torch.tensor([[1.0, 1.0, 9.0, 9.0]], dtype=D), "labels": torch.tensor([0])}
-    bad_box = {"boxes": torch.tensor([[1.0, 1.0, 9.0, 9.0], [5.0, 5.0, 4.0, 9.0]], dtype=D),
-               "labels": torch.tensor([0, 1])}
+    bad_box = {
+        "boxes": torch.tensor([[1.0, 1.0, 9.0, 9.0], [5.0, 5.0, 4.0, 9.0]], dtype=D),
+        "labels": torch.tensor([0, 1]),
+    }
     with pytest.raises(ValueError, match=r"targets\[1\]\['boxes'\]\[1\]"):
         crit(preds, [ok, bad_box])
     bad_label = {"boxes": ok["boxes"], "labels": torch.tensor([3])}
