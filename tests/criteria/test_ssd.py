@@ -406,3 +406,26 @@ def test_l2_weight_decay():
     net.conv1.bias.requires_grad_(False)  # frozen parameters are not regularised
     assert l2_weight_decay(net).item() == pytest.approx(44.0)
     assert l2_weight_decay(nn.ReLU()).item() == 0
+
+
+def test_reduce_across_ranks_single_process_group(tmp_path):
+    """With one rank the global counts equal the local ones: same loss as without the option."""
+    import torch.distributed as dist
+
+    gen = torch.Generator().manual_seed(9)
+    priors = small_priors()
+    tg = random_targets(gen, 3, 3)
+    loc = torch.randn(3, len(priors), 4, generator=gen, dtype=D)
+    conf = torch.randn(3, len(priors), 4, generator=gen, dtype=D)
+    expect = SSDLoss(3, priors)((loc, conf), tg).total
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0, world_size=1)
+    try:
+        for normalize in ("mean", "positives"):
+            crit = SSDLoss(3, priors, normalize=normalize, reduce_across_ranks=True)
+            ref = SSDLoss(3, priors, normalize=normalize)((loc, conf), tg).total
+            torch.testing.assert_close(crit((loc, conf), tg).total, ref)
+        torch.testing.assert_close(
+            SSDLoss(3, priors, reduce_across_ranks=True)((loc, conf), tg).total, expect
+        )
+    finally:
+        dist.destroy_process_group()

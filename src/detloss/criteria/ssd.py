@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from ..assign import PRIOR_NEGATIVE, hard_negative_mask, match_priors, pad_targets
 from ..boxes import _convert, check_boxes, check_tensor
 from ..codecs import SSD_VARIANCES, encode_ssd
+from ..distributed import global_count
 from ..iou import compute_dtype
 from ..losses import smooth_l1_loss, weight_reduce
 from .common import LossResult
@@ -49,6 +50,10 @@ class SSDLoss(nn.Module):
         count_ignored_as_positive: SSD.TensorFlow's train_ssd.py counts positives with
             ``count_nonzero(cls_targets)``, which includes ignored priors (label −1), when sizing
             the hard negatives; True reproduces that (it only matters with an ignore band).
+        reduce_across_ranks: under DistributedDataParallel, normalise by the batch counts
+            (#kept, #positives) averaged over the ranks (:func:`detloss.distributed.global_count`),
+            so DDP's gradient average equals the single-process gradient of the whole batch.
+            The hard-negative count k stays per image. No effect without a process group.
 
     Call:
         preds: ``(loc (B, P, 4), conf (B, P, C + 1))``, loc offsets in (cx, cy, w, h) order.
@@ -69,6 +74,7 @@ class SSDLoss(nn.Module):
         ignore_threshold: float | None = None,
         normalize: Normalize = "mean",
         count_ignored_as_positive: bool = False,
+        reduce_across_ranks: bool = False,
     ) -> None:
         super().__init__()
         if not isinstance(num_classes, int) or num_classes < 1:
@@ -102,6 +108,7 @@ class SSDLoss(nn.Module):
         self.match_threshold, self.ignore_threshold = float(match_threshold), ignore_threshold
         self.neg_pos_ratio, self.sigma, self.normalize = neg_pos_ratio, float(sigma), normalize
         self.count_ignored_as_positive = bool(count_ignored_as_positive)
+        self.reduce_across_ranks = bool(reduce_across_ranks)
 
     def _check_preds(self, preds: Sequence[Tensor], batch: int) -> tuple[Tensor, Tensor]:
         if isinstance(preds, Tensor) or not isinstance(preds, Sequence) or len(preds) != 2:
@@ -152,9 +159,10 @@ class SSDLoss(nn.Module):
         ce = F.cross_entropy(conf.reshape(-1, conf.shape[-1]), cls_t.reshape(-1), reduction="none")
         ce = ce.view(bsz, num_priors)
         sl1 = smooth_l1_loss(loc, loc_t, self.sigma, reduction="none").sum(-1)  # (B, P)
-        num_pos = positive.sum().to(dtype)
+        num_pos = global_count(positive.sum(), self.reduce_across_ranks).to(dtype)
         if self.normalize == "mean":
-            conf_loss = weight_reduce(ce, kept.to(dtype), avg_factor=kept.sum().to(dtype))
+            num_kept = global_count(kept.sum(), self.reduce_across_ranks).to(dtype)
+            conf_loss = weight_reduce(ce, kept.to(dtype), avg_factor=num_kept)
             conf_loss = conf_loss * (self.neg_pos_ratio + 1.0)
             loc_loss = weight_reduce(sl1, positive.to(dtype), avg_factor=num_pos)
         else:
