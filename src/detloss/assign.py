@@ -458,9 +458,8 @@ def build_yolov5_targets(
     batch = t // m
 
     cell = ((batch * num_anchors + anchor) * h + gj) * w + gi
-    seq = torch.arange(cell.shape[0], device=cell.device)
-    last = torch.full((bsz * num_anchors * h * w,), -1, dtype=seq.dtype, device=seq.device)
-    last = last.scatter_reduce(0, cell, seq, "amax")
+    every = torch.ones_like(cell, dtype=torch.bool)
+    owner, _ = resolve_collisions(cell[None], every[None], bsz * num_anchors * h * w)
     return YOLOv5Matches(
         batch=batch,
         anchor=anchor,
@@ -469,7 +468,7 @@ def build_yolov5_targets(
         box=torch.cat((centre - gij, gwh[t]), 1),
         labels=targets.labels.reshape(-1)[t],
         anchors=anchors[anchor],
-        winner=last[cell] == seq,
+        winner=owner[0] == torch.arange(cell.shape[0], device=cell.device),
     )
 
 
