@@ -18,21 +18,27 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-def global_count(count: Tensor, reduce_across_ranks: bool) -> Tensor:
-    """The normaliser for a local ``count``: ``(Σ_ranks count) / world_size``, or ``count`` itself.
+def global_count(count: Tensor, reduce_across_ranks: bool, at_least: float | None = None) -> Tensor:
+    """The normaliser for a local ``count``: ``max(Σ_ranks count, at_least) / world_size``.
 
     Args:
         count: scalar tensor (e.g. the number of positives in this rank's batch). Not modified.
         reduce_across_ranks: all-reduce when a process group is initialised; otherwise (or when
-            False) return ``count`` unchanged, so single-process behaviour is untouched.
+            False) return ``max(count, at_least)``, so single-process behaviour is untouched.
+        at_least: clamp the *global* sum before dividing by the world size, so that a criterion's
+            ``max(N, 1)`` stays exact: ``max(N, 1) / K`` on each of K ranks (clamping each rank's
+            share at 1 would give ``max(N / K, 1)``, different when 0 < N < K). ``None``: no clamp.
 
     Returns:
-        A floating scalar tensor, detached (normalisers carry no gradient). Clamp it at the point
-        of use, after the reduction, so an empty rank does not change the global count.
+        A floating scalar tensor, detached (normalisers carry no gradient).
     """
     count = count.detach().to(torch.get_default_dtype() if not count.is_floating_point() else count.dtype)
-    if not (reduce_across_ranks and is_distributed()):
-        return count
-    total = count.clone()
-    dist.all_reduce(total, op=dist.ReduceOp.SUM)
-    return total / dist.get_world_size()
+    if reduce_across_ranks and is_distributed():
+        count = count.clone()
+        dist.all_reduce(count, op=dist.ReduceOp.SUM)
+        world = dist.get_world_size()
+    else:
+        world = 1
+    if at_least is not None:
+        count = count.clamp(min=at_least)
+    return count / world if world > 1 else count
