@@ -54,6 +54,7 @@ class SSDLoss(nn.Module):
             (#kept, #positives) averaged over the ranks (:func:`detloss.distributed.global_count`),
             so DDP's gradient average equals the single-process gradient of the whole batch.
             The hard-negative count k stays per image. No effect without a process group.
+        validate: check targets (finite, positive size, class range) in :func:`detloss.assign.pad_targets`.
 
     Call:
         preds: ``(loc (B, P, 4), conf (B, P, C + 1))``, loc offsets in (cx, cy, w, h) order.
@@ -75,6 +76,7 @@ class SSDLoss(nn.Module):
         normalize: Normalize = "mean",
         count_ignored_as_positive: bool = False,
         reduce_across_ranks: bool = False,
+        validate: bool = True,
     ) -> None:
         super().__init__()
         if not isinstance(num_classes, int) or num_classes < 1:
@@ -109,6 +111,7 @@ class SSDLoss(nn.Module):
         self.neg_pos_ratio, self.sigma, self.normalize = neg_pos_ratio, float(sigma), normalize
         self.count_ignored_as_positive = bool(count_ignored_as_positive)
         self.reduce_across_ranks = bool(reduce_across_ranks)
+        self.validate = bool(validate)
 
     def _check_preds(self, preds: Sequence[Tensor], batch: int) -> tuple[Tensor, Tensor]:
         if isinstance(preds, Tensor) or not isinstance(preds, Sequence) or len(preds) != 2:
@@ -130,7 +133,9 @@ class SSDLoss(nn.Module):
         dtype = torch.promote_types(compute_dtype(loc), compute_dtype(conf))
         loc, conf = loc.to(dtype), conf.to(dtype)  # fp16/bf16: softmax and log in float32
         priors = self.priors.to(dtype=dtype, device=loc.device)
-        padded = pad_targets(targets, self.num_classes, dtype=dtype, device=loc.device)
+        padded = pad_targets(
+            targets, self.num_classes, dtype=dtype, device=loc.device, validate=self.validate
+        )
 
         # 1. match: (B, P) box index, PRIOR_NEGATIVE or PRIOR_IGNORED
         matched = match_priors(
@@ -158,15 +163,15 @@ class SSDLoss(nn.Module):
 
         ce = F.cross_entropy(conf.reshape(-1, conf.shape[-1]), cls_t.reshape(-1), reduction="none")
         ce = ce.view(bsz, num_priors)
-        sl1 = smooth_l1_loss(loc, loc_t, self.sigma, reduction="none").sum(-1)  # (B, P)
-        num_pos = global_count(positive.sum(), self.reduce_across_ranks).to(dtype)
+        sl1 = smooth_l1_loss(loc, loc_t, self.sigma, reduction="none", validate=False).sum(-1)  # (B, P)
         if self.normalize == "mean":
+            num_pos = global_count(positive.sum(), self.reduce_across_ranks).to(dtype)
             num_kept = global_count(kept.sum(), self.reduce_across_ranks).to(dtype)
             conf_loss = weight_reduce(ce, kept.to(dtype), avg_factor=num_kept)
             conf_loss = conf_loss * (self.neg_pos_ratio + 1.0)
             loc_loss = weight_reduce(sl1, positive.to(dtype), avg_factor=num_pos)
-        else:
-            n = num_pos.clamp(min=1)
+        else:  # max(#pos, 1) of the whole batch, also under DDP (at_least clamps the global sum)
+            n = global_count(positive.sum(), self.reduce_across_ranks, at_least=1.0).to(dtype)
             conf_loss = weight_reduce(ce, kept.to(dtype), avg_factor=n)
             loc_loss = weight_reduce(sl1, positive.to(dtype), avg_factor=n)
         return LossResult(conf_loss + loc_loss, {"loc": loc_loss, "conf": conf_loss})

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from ..assign import best_iou_with, build_yolov3_targets, gather_at_cells, pad_targets
 from ..boxes import _convert
 from ..codecs import decode_yolo, decode_yolo_grid
+from ..distributed import global_count
 from ..iou import IoUKind, check_eps, check_kind, compute_dtype, iou_xyxy
 from ..losses import sigmoid_focal_loss, smooth_labels, weight_reduce
 from .common import LossResult, split_yolo_heads
@@ -82,6 +83,10 @@ class YOLOv3Loss(nn.Module):
             (:func:`detloss.sigmoid_focal_loss`); the original is γ = 2 without α (α < 0).
         box_gain, obj_gain, cls_gain: multiply each term (option; default 1).
         validate: check targets (finite, positive size, class range, centre inside the input).
+        reduce_across_ranks: under DistributedDataParallel, average over the batch size summed over
+            the ranks (:func:`detloss.distributed.global_count`), so DDP's gradient average equals
+            the single-process gradient of the whole batch even when ranks hold unequal batches
+            (with equal batches the per-rank mean is already exact). No effect without a process group.
 
     Call: ``crit(preds, targets)`` with ``preds`` a list of ``(B, A·(5+C), H, W)`` raw head outputs and
     ``targets`` a list of B dicts ``{"boxes": (n, 4) xyxy pixels, "labels": (n,) int64}``; returns
@@ -108,6 +113,7 @@ class YOLOv3Loss(nn.Module):
         obj_gain: float = 1.0,
         cls_gain: float = 1.0,
         validate: bool = True,
+        reduce_across_ranks: bool = False,
     ) -> None:
         super().__init__()
         (num_classes,) = _positive_ints("num_classes", (num_classes,))
@@ -136,6 +142,7 @@ class YOLOv3Loss(nn.Module):
         self.obj_gamma, self.obj_alpha = obj_gamma, obj_alpha
         self.gains = {"box": box_gain, "obj": obj_gain, "cls": cls_gain}
         self.validate = validate
+        self.reduce_across_ranks = reduce_across_ranks
 
     def forward(self, preds: Sequence[Tensor], targets: Sequence[Mapping[str, Tensor]]) -> LossResult:
         s_count, a_count, c = len(self.strides), len(self.anchors[0]), self.num_classes
@@ -187,7 +194,10 @@ class YOLOv3Loss(nn.Module):
             obj = obj + weight_reduce(conf, t + background.to(dtype), "sum")
 
         parts = {"box": box, "obj": obj, "cls": cls}
-        parts = {k: self.gains[k] * p / max(batch, 1) for k, p in parts.items()}
+        norm = max(batch, 1)
+        if self.reduce_across_ranks:
+            norm = global_count(torch.tensor(float(batch), device=dev), True, at_least=1.0).to(dtype)
+        parts = {k: self.gains[k] * p / norm for k, p in parts.items()}
         return LossResult(parts["box"] + parts["obj"] + parts["cls"], parts)
 
     def extra_repr(self) -> str:

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from ..assign import best_iou_with, build_yolov4_targets, gather_at_cells, pad_targets
 from ..boxes import _convert
 from ..codecs import decode_yolo, decode_yolo_grid
+from ..distributed import global_count
 from ..iou import IoUKind, check_eps, check_kind, compute_dtype, iou_xyxy
 from ..losses import sigmoid_focal_loss, weight_reduce
 from .common import LossResult, split_yolo_heads
@@ -65,6 +66,11 @@ class YOLOv4Loss(nn.Module):
         obj_gamma, obj_alpha: focal weighting of the objectness (option; default off: γ = 0, α < 0).
         box_gain, obj_gain, cls_gain: multiply each term (option; default 1).
         validate: check targets (finite, positive size, class range, centre inside the input).
+        reduce_across_ranks: under DistributedDataParallel, N is computed from the counts summed over
+            the ranks, ``Σ_scales max(Σ_ranks #resp, 1) / K`` on each of K ranks (the batch size
+            likewise with ``normalize=False``; :func:`detloss.distributed.global_count`), so DDP's
+            gradient average equals the single-process gradient of the whole batch. No effect
+            without a process group.
     """
 
     def __init__(
@@ -87,6 +93,7 @@ class YOLOv4Loss(nn.Module):
         obj_gain: float = 1.0,
         cls_gain: float = 1.0,
         validate: bool = True,
+        reduce_across_ranks: bool = False,
     ) -> None:
         super().__init__()
         if preset not in PRESETS:
@@ -119,6 +126,7 @@ class YOLOv4Loss(nn.Module):
         self.obj_gamma, self.obj_alpha = obj_gamma, obj_alpha
         self.gains = {"box": box_gain, "obj": obj_gain, "cls": cls_gain}
         self.validate = validate
+        self.reduce_across_ranks = reduce_across_ranks
 
     def forward(self, preds: Sequence[Tensor], targets: Sequence[Mapping[str, Tensor]]) -> LossResult:
         c, a_count = self.num_classes, len(self.anchor_masks[0])
@@ -180,9 +188,14 @@ class YOLOv4Loss(nn.Module):
                 obj_logit, t, self.obj_alpha, self.obj_gamma, reduction="none", validate=False
             )
             obj = obj + weight_reduce(conf, t + (1.0 - t) * ignore.to(dtype), "sum")
-            num_pos = num_pos + t.sum().clamp(min=1.0)
+            if self.reduce_across_ranks:
+                num_pos = num_pos + global_count(t.sum(), True, at_least=1.0)
+            else:
+                num_pos = num_pos + t.sum().clamp(min=1.0)
 
         norm = num_pos if self.normalize else max(batch, 1)
+        if self.reduce_across_ranks and not self.normalize:
+            norm = global_count(torch.tensor(float(batch), device=dev), True, at_least=1.0).to(dtype)
         parts = {"box": box, "obj": obj, "cls": cls}
         parts = {k: self.gains[k] * p / norm for k, p in parts.items()}
         return LossResult(parts["box"] + parts["obj"] + parts["cls"], parts)

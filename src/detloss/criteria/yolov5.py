@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from ..assign import YOLOv5Matches, build_yolov5_targets, pad_targets
 from ..boxes import _convert
 from ..codecs import decode_yolov5
+from ..distributed import global_count
 from ..iou import compute_dtype, iou_xyxy
 from ..losses import sigmoid_focal_loss
 from .common import LossResult, split_yolo_heads
@@ -103,6 +104,13 @@ class YOLOv5Loss(nn.Module):
         gr: objectness IoU ratio (``model.gr``).
         balance: per-scale objectness weights; default (4.0, 1.0, 0.4) for 3 scales, else
             (4.0, 1.0, 0.25, 0.06, 0.02)[:nl] as the original.
+        validate: check targets (finite, positive size, class range) in :func:`detloss.assign.pad_targets`.
+        reduce_across_ranks: under DistributedDataParallel, the box and class means over matches
+            become sums over the rank's matches divided by the match count averaged over the ranks
+            (:func:`detloss.distributed.global_count`); the objectness mean over cells and the ``· B``
+            stay per rank. With equal per-rank batches, K ranks then give exactly 1/K of the
+            single-process gradient of the whole batch, which YOLOv5's train.py undoes by scaling
+            the loss by the world size. No effect without a process group.
 
     Call:
         preds: one ``(B, A*(5+C), H, W)`` raw head output per scale.
@@ -129,6 +137,8 @@ class YOLOv5Loss(nn.Module):
         label_smoothing: float = 0.0,
         gr: float = 1.0,
         balance: Sequence[float] | None = None,
+        validate: bool = True,
+        reduce_across_ranks: bool = False,
     ) -> None:
         super().__init__()
         if not isinstance(num_classes, int) or num_classes < 1:
@@ -168,23 +178,32 @@ class YOLOv5Loss(nn.Module):
         self.anchor_t, self.fl_gamma, self.gr = float(anchor_t), float(fl_gamma), float(gr)
         self.cp, self.cn = 1.0 - 0.5 * label_smoothing, 0.5 * label_smoothing
         self.balance = tuple(float(b) for b in balance)
+        self.validate, self.reduce_across_ranks = bool(validate), bool(reduce_across_ranks)
 
-    def _bce(self, logits: Tensor, target: Tensor, pos_weight: float) -> Tensor:
-        """Mean BCE-with-logits, or YOLOv5's FocalLoss wrapper around it when fl_gamma > 0."""
+    def _bce(
+        self, logits: Tensor, target: Tensor, pos_weight: float, avg_factor: Tensor | None = None
+    ) -> Tensor:
+        """Mean BCE-with-logits (or the sum over ``avg_factor``), or YOLOv5's FocalLoss wrapper
+        around it when fl_gamma > 0."""
         if logits.numel() == 0:  # empty batch: 0, still attached to the graph
             return logits.sum() * 0.0
         pw = logits.new_tensor([pos_weight])
         if self.fl_gamma > 0:
             return sigmoid_focal_loss(
-                logits, target, _FOCAL_ALPHA, self.fl_gamma, pos_weight=pw, validate=False
+                logits, target, _FOCAL_ALPHA, self.fl_gamma, pos_weight=pw, validate=False,
+                avg_factor=avg_factor,
             )
-        return F.binary_cross_entropy_with_logits(logits, target, pos_weight=pw)
+        reduction = "mean" if avg_factor is None else "sum"
+        loss = F.binary_cross_entropy_with_logits(logits, target, pos_weight=pw, reduction=reduction)
+        return loss if avg_factor is None else loss / avg_factor
 
     def forward(self, preds: Sequence[Tensor], targets: Sequence[Mapping[str, Tensor]]) -> LossResult:
         num_anchors = [self.anchors.shape[1]] * len(self.strides)
         split_yolo_heads(preds, num_anchors, self.num_classes, self.strides, len(targets))  # checks
         dtype = compute_dtype(preds[0])  # fp16/bf16 heads: the loss is computed in float32
-        padded = pad_targets(targets, self.num_classes, dtype=dtype, device=preds[0].device)
+        padded = pad_targets(
+            targets, self.num_classes, dtype=dtype, device=preds[0].device, validate=self.validate
+        )
         zero = preds[0].new_zeros((), dtype=dtype)
         lbox, lobj, lcls = zero, zero, zero
         for i, p in enumerate(preds):
@@ -193,12 +212,15 @@ class YOLOv5Loss(nn.Module):
             mt = build_yolov5_targets(padded, anchors, self.strides[i], (h, w), self.anchor_t)
             obj_logits, ps = _gather_logits(p.to(dtype), num_anchors[i], mt)  # (B,A,H,W), (n, 5+C)
             tobj = torch.zeros_like(obj_logits)
+            n_avg = None  # reduce_across_ranks: the match count averaged over the ranks (every rank
+            if self.reduce_across_ranks:  # joins the all-reduce, with or without matches)
+                n_avg = global_count(torch.tensor(float(mt.batch.numel()), device=p.device), True).to(dtype)
             if mt.batch.numel():
                 pbox = decode_yolov5(ps[:, :4], mt.anchors)  # cxcywh, grid units, own cell
                 ciou = iou_xyxy(
                     _convert(pbox, "cxcywh", "xyxy"), _convert(mt.box, "cxcywh", "xyxy"), "ciou", _CIOU_EPS
                 )
-                lbox = lbox + (1.0 - ciou).mean()
+                lbox = lbox + ((1.0 - ciou).mean() if n_avg is None else (1.0 - ciou).sum() / n_avg)
                 score = ciou.detach().clamp(min=0)
                 if self.gr < 1:
                     score = (1.0 - self.gr) + self.gr * score
@@ -207,7 +229,8 @@ class YOLOv5Loss(nn.Module):
                 if self.num_classes > 1:
                     t = torch.full_like(ps[:, 5:], self.cn)
                     t.scatter_(1, mt.labels[:, None], self.cp)
-                    lcls = lcls + self._bce(ps[:, 5:], t, self.cls_pw)
+                    n_cls = None if n_avg is None else n_avg * self.num_classes
+                    lcls = lcls + self._bce(ps[:, 5:], t, self.cls_pw, n_cls)
             lobj = lobj + self._bce(obj_logits, tobj, self.obj_pw) * self.balance[i]
         parts = {
             "box": lbox * self.gains["box"],
