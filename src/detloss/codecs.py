@@ -6,6 +6,7 @@ Each detector's codec lives in its own headed section; all are pure elementwise 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -14,6 +15,8 @@ from torch import Tensor
 # ---------------------------------------------------------------------------------------------------
 # YOLO (v3 / v4) decode
 # ---------------------------------------------------------------------------------------------------
+
+_MAX_LOG_SCALE = math.log(1e6)  # exp(t_wh) clamp: finite boxes for saturated head outputs
 
 
 def yolo_grid(height: int, width: int, *, dtype: torch.dtype, device: torch.device | str | None) -> Tensor:
@@ -27,8 +30,10 @@ def yolo_grid(height: int, width: int, *, dtype: torch.dtype, device: torch.devi
 def decode_yolo(raw: Tensor, offset: Tensor, anchors: Tensor, stride: float) -> Tensor:
     """Decode raw YOLO box offsets into centre/size boxes in input pixels.
 
-    ``xy = (σ(t_xy) + offset) · stride``, ``wh = exp(t_wh) · anchor`` (YOLOv3 ``decode``; YOLOv4's
-    ``yolo_head`` gives the same boxes divided by the input size).
+    ``xy = (σ(t_xy) + offset) · stride``, ``wh = exp(min(t_wh, ln 1e6)) · anchor`` (YOLOv3 ``decode``;
+    YOLOv4's ``yolo_head`` gives the same boxes divided by the input size). The clamp (a box a million
+    times its anchor; the originals have none) only acts on saturated outputs: exp(t) overflows
+    float32 at t ≈ 89, and a box of 1e19 px already makes the IoU's areas inf − inf = NaN.
 
     Args:
         raw: ``(..., K)`` head outputs with ``K ≥ 4``, channels (tx, ty, tw, th, …).
@@ -40,7 +45,7 @@ def decode_yolo(raw: Tensor, offset: Tensor, anchors: Tensor, stride: float) -> 
         ``(..., 4)`` boxes ``(cx, cy, w, h)`` in input pixels.
     """
     xy = (torch.sigmoid(raw[..., 0:2]) + offset) * stride
-    wh = torch.exp(raw[..., 2:4]) * anchors
+    wh = torch.exp(raw[..., 2:4].clamp(max=_MAX_LOG_SCALE)) * anchors
     return torch.cat((xy, wh), dim=-1)
 
 
