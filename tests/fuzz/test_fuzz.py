@@ -705,7 +705,7 @@ def pad_problems(targets, num_classes, dtype) -> set[type]:
     types, values = set(), set()
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or not dtype.is_floating_point:
         types.add(TypeError)
-    elif num_classes < 1:
+    if isinstance(num_classes, int) and num_classes < 1:
         values.add(ValueError)
     for t in targets:
         if not isinstance(t, dict) or "boxes" not in t or "labels" not in t:
