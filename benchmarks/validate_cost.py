@@ -15,6 +15,7 @@ import torch.utils.benchmark as tb
 
 import detloss
 from detloss.assign import pad_targets
+from detloss.criteria import SSDLoss, YOLOv3Loss, YOLOv5Loss
 
 
 def boxes(n: int, g: torch.Generator) -> torch.Tensor:
@@ -47,6 +48,25 @@ def cases():
     yield "smooth_l1_loss fwd+bwd", "279424x4", lambda v: detloss.smooth_l1_loss(d, e, validate=v).backward()
     targets = [{"boxes": boxes(20, g), "labels": torch.randint(0, 80, (20,), generator=g)} for _ in range(16)]
     yield "pad_targets", "B=16, 20 boxes", lambda v: pad_targets(targets, 80, validate=v)
+    # the criteria pass validate to pad_targets (and YOLOv3/v4 to their target builders)
+    tg8 = [
+        {"boxes": boxes(20, g) * 0.45, "labels": torch.randint(0, 80, (20,), generator=g)} for _ in range(8)
+    ]
+    heads = [torch.randn(8, 3 * 85, 320 // s, 320 // s, generator=g).requires_grad_() for s in (8, 16, 32)]
+    for name, cls in (("YOLOv3Loss", YOLOv3Loss), ("YOLOv5Loss", YOLOv5Loss)):
+        crits = {v: cls(80, validate=v) for v in (True, False)}
+        yield (
+            f"{name} fwd+bwd",
+            "B=8, 320², C=80",
+            lambda v, crits=crits: crits[v](heads, tg8).total.backward(),
+        )
+    xy = torch.rand(8732, 2, generator=g) * 300
+    priors = torch.cat((xy, torch.rand(8732, 2, generator=g) * 100 + 10), -1)
+    ssd = {v: SSDLoss(20, priors, validate=v) for v in (True, False)}
+    loc = torch.randn(8, 8732, 4, generator=g).requires_grad_()
+    conf = torch.randn(8, 8732, 21, generator=g).requires_grad_()
+    tg_ssd = [{"boxes": t["boxes"], "labels": t["labels"] % 20} for t in tg8]
+    yield "SSDLoss fwd+bwd", "B=8, 8732 priors", lambda v: ssd[v]((loc, conf), tg_ssd).total.backward()
 
 
 def measure(fn, repeats: int = 7) -> dict[bool, float]:

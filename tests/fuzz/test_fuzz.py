@@ -24,6 +24,7 @@ from torch import Tensor
 import detloss
 from detloss import nn as dnn
 from detloss.assign import pad_targets
+from detloss.criteria import SSDLoss, YOLOv3Loss, YOLOv4Loss, YOLOv5Loss
 
 # bounded for CI; DETLOSS_FUZZ_EXAMPLES=20000 for a long run (docs/reliability.md). Applied per test so
 # that the rest of the suite keeps hypothesis's defaults.
@@ -749,3 +750,106 @@ def test_pad_targets(tally, targets, num_classes, dtype):
         assert out.mask[i].tolist() == [True] * n + [False] * (m - n)
         torch.testing.assert_close(out.boxes[i, :n], t["boxes"].to(dtype))
         assert out.labels[i, :n].tolist() == t["labels"].tolist()
+
+
+# ----------------------------------------------------------------------------- the criteria
+CRIT_C, CRIT_SIZE = 3, 64
+CRIT_GRIDS = {"YOLOv3": (8, 4, 2), "YOLOv4": (2, 4), "YOLOv5": (8, 4, 2)}
+
+
+def _ssd_priors() -> Tensor:
+    c = (torch.arange(4.0) + 0.5) * 16
+    cy, cx = torch.meshgrid(c, c, indexing="ij")
+    centres = torch.stack((cx.flatten(), cy.flatten()), -1)
+    return torch.cat([torch.cat((centres, torch.full_like(centres, s)), -1) for s in (16.0, 32.0)])
+
+
+CRITERIA = {
+    "YOLOv3": lambda: YOLOv3Loss(CRIT_C),
+    "YOLOv4": lambda: YOLOv4Loss(CRIT_C),
+    "YOLOv5": lambda: YOLOv5Loss(CRIT_C),
+    "SSD": lambda: SSDLoss(CRIT_C, _ssd_priors()),
+}
+
+
+@st.composite
+def criterion_targets(draw, batch: int):
+    """Per image 0-4 boxes: mostly legal (tiny to whole-image, centres well inside the 64 px input);
+    rarely a NaN/Inf coordinate, an inverted or zero-width box, a centre far outside, a bad label."""
+    out = []
+    for _ in range(batch):
+        n = draw(st.sampled_from((0, 1, 2, 4)))
+        g = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+        size = draw(st.sampled_from((1e-3, 1.0, 8.0, 30.0)))
+        c = torch.rand(n, 2, generator=g) * 56 + 4  # centres in [4, 60]
+        wh = torch.rand(n, 2, generator=g) * size + 1e-3
+        boxes = torch.cat((c - wh / 2, c + wh / 2), -1)
+        labels = torch.randint(0, CRIT_C, (n,), generator=g)
+        if n and rare(draw, 4):
+            flaw = draw(
+                st.sampled_from(("nan", "inf", "inverted", "zero", "outside", "label", "float label"))
+            )
+            if flaw in ("nan", "inf"):
+                boxes[0, draw(st.integers(0, 3))] = math.nan if flaw == "nan" else math.inf
+            elif flaw == "inverted":
+                boxes[0] = boxes[0, [2, 1, 0, 3]]
+            elif flaw == "zero":
+                boxes[0, 3] = boxes[0, 1]
+            elif flaw == "outside":
+                boxes[0] += 200.0
+            elif flaw == "label":
+                labels[0] = CRIT_C
+            else:
+                labels = labels.float()
+        out.append({"boxes": boxes, "labels": labels})
+    return out
+
+
+def target_problems(name: str, targets: list[dict]) -> set[type]:
+    problems = pad_problems(targets, CRIT_C, F32)
+    for t in targets:  # YOLOv3/v4 train a box at the cell of its centre: it must lie in the input
+        c = (t["boxes"][:, :2] + t["boxes"][:, 2:]) / 2
+        if name in ("YOLOv3", "YOLOv4") and bool(((c < 0) | (c >= CRIT_SIZE)).any()):
+            problems.add(ValueError)
+    return problems
+
+
+@FUZZ
+@given(name=st.sampled_from(tuple(CRITERIA)), data=st.data())
+def test_criteria(tally, name, data):
+    """Random targets and head outputs (shapes, dtypes, saturated values) through every criterion:
+    a finite loss with finite gradients, or a ValueError/TypeError; never NaN from legal input."""
+    batch = data.draw(st.integers(0, 3))
+    targets = data.draw(criterion_targets(batch))
+    expected = target_problems(name, targets)
+    pbatch = batch + 1 if data.draw(st.sampled_from((False,) * 19 + (True,))) else batch
+    if pbatch != batch:
+        expected.add(ValueError)
+    dtype = data.draw(mostly((F32, F16, BF16, F64), (torch.int64,)))
+    if dtype == torch.int64:
+        expected.add(TypeError)
+    scale = data.draw(st.sampled_from((1.0, 1.0, 5.0, 1e4)))
+    g = torch.Generator().manual_seed(data.draw(st.integers(0, 2**31 - 1)))
+    if name == "SSD":
+        shapes = [(pbatch, 32, 4), (pbatch, 32, CRIT_C + 1)]
+    else:
+        shapes = [(pbatch, 3 * (5 + CRIT_C), s, s) for s in CRIT_GRIDS[name]]
+        if data.draw(st.sampled_from((False,) * 19 + (True,))):  # a head with the wrong channel count
+            shapes[0] = (pbatch, 7, *shapes[0][2:])
+            expected.add(ValueError)
+    preds = [(torch.randn(s, generator=g) * scale).to(dtype) for s in shapes]
+    for p in preds:
+        p.requires_grad_(p.is_floating_point())
+    call = (
+        (lambda: CRITERIA[name]()(tuple(preds), targets))
+        if name == "SSD"
+        else (lambda: CRITERIA[name]()(preds, targets))
+    )
+    out = run(tally, f"criteria.{name}Loss", expected, call)
+    if out is None:
+        return
+    assert out.total.dtype == (F64 if dtype == F64 else F32)
+    assert_finite(name, out.total)
+    out.total.backward()
+    for p in preds:
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
