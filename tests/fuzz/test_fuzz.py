@@ -16,6 +16,7 @@ import math
 import os
 from collections import Counter
 
+import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -814,8 +815,9 @@ def target_problems(name: str, targets: list[dict]) -> set[type]:
     return problems
 
 
+@pytest.mark.parametrize("name", tuple(CRITERIA))
 @FUZZ
-@given(name=st.sampled_from(tuple(CRITERIA)), data=st.data())
+@given(data=st.data())
 def test_criteria(tally, name, data):
     """Random targets and head outputs (shapes, dtypes, saturated values) through every criterion:
     a finite loss with finite gradients, or a ValueError/TypeError; never NaN from legal input."""
