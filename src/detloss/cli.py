@@ -45,7 +45,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pred", type=float, nargs=4, default=[0.0, 0.0, 4.0, 2.0], metavar="X")
     p.add_argument("--target", type=float, nargs=4, default=[1.0, 1.0, 3.0, 5.0], metavar="X")
     p.set_defaults(func=tour)
+    _add_lab_commands(sub)
     return parser
+
+
+def _lab(module: str):
+    """A handler that imports ``detloss.lab.<module>`` only when its command runs."""
+
+    def run(args: argparse.Namespace) -> int:
+        import importlib
+
+        return importlib.import_module(f"detloss.lab.{module}").main(args)
+
+    return run
+
+
+def _add_lab_commands(sub: argparse._SubParsersAction) -> None:
+    """The lab's commands (optional extra ``detloss[lab]``: matplotlib, tqdm, pycocotools)."""
+    p = sub.add_parser(
+        "simulate",
+        help="the DIoU paper's simulation experiment (Fig. 3(b), Fig. 4)",
+        description="Regress 343 anchor/target cases per point over a disc of radius 3 for T iterations "
+        "with each IoU-family loss; print the final-error table and write PNGs.",
+    )
+    p.add_argument("--points", type=int, default=2000, help="anchor points (the paper: 5000); default 2000")
+    p.add_argument("--step", choices=("autograd", "paper", "both"), default="autograd",
+                   help="autograd: the losses' true gradients; paper: the authors' hand-written directions")
+    p.add_argument("--losses", nargs="+", choices=IOU_KINDS, help="subset of losses (default: all)")
+    p.add_argument("--iterations", type=int, default=200, help="T (default 200)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-points", type=int, default=400, help="points per vectorised batch")
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    p.add_argument("--out", default="lab_out", help="output folder for PNGs (default lab_out)")
+    p.add_argument("--json", nargs="?", const="", default=None, metavar="PATH",
+                   help="write E(t) per loss as JSON (default path OUT/simulate.json)")
+    p.set_defaults(func=_lab("simulate"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
