@@ -81,6 +81,22 @@ def _add_lab_commands(sub: argparse._SubParsersAction) -> None:
                    help="write E(t) per loss as JSON (default path OUT/simulate.json)")
     p.set_defaults(func=_lab("simulate"))
 
+    p = sub.add_parser(
+        "plot",
+        help="landscapes: value and gradient of each IoU-family loss as a box slides and scales",
+        description="Heat maps of 1 - IoU-kind and of its gradient norm w.r.t. (x, y, w, h).",
+    )
+    p.add_argument("--losses", nargs="+", choices=IOU_KINDS, help="subset of kinds (default: all)")
+    p.add_argument("--target-size", type=float, nargs=2, default=[2.0, 1.0], metavar=("W", "H"))
+    p.add_argument("--pred-size", type=float, nargs=2, default=[1.0, 1.0], metavar=("W", "H"),
+                   help="size of the sliding box (default 1 1)")
+    p.add_argument("--scale-offset", type=float, nargs=2, default=[0.5, 0.25], metavar=("DX", "DY"),
+                   help="centre offset of the scaled box (default 0.5 0.25)")
+    p.add_argument("--range", type=float, default=3.0, help="offsets in [-R, R] (default 3)")
+    p.add_argument("--grid", type=int, default=161, help="grid points per axis (default 161)")
+    p.add_argument("--out", default="lab_out", help="output folder for PNGs (default lab_out)")
+    p.set_defaults(func=_lab("landscape"))
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
