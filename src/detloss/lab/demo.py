@@ -65,18 +65,24 @@ def _grid(h: int, w: int, like: Tensor) -> Tensor:
     return torch.stack([gx, gy], -1).to(like.dtype)
 
 
-def _yolo_decoder(codec_name: str) -> Callable[[list[Tensor], int], tuple[Tensor, Tensor]]:
-    """Decode YOLO heads with ``detloss.codecs.<codec_name>``; score = σ(obj)·σ(cls) per class."""
+def _yolo_decoder(
+    box_fn: Callable[[Any, Tensor, Tensor, Tensor, int], Tensor],
+) -> Callable[[list[Tensor], int], tuple[Tensor, Tensor]]:
+    """Decode YOLO heads into xyxy boxes and per-class scores σ(obj)·σ(cls).
+
+    ``box_fn(codecs, raw (B, A, H, W, 4), anchors (A, 1, 1, 2) pixels, grid (H, W, 2), stride)`` → cxcywh
+    pixels calls the criterion's own codec in ``detloss.codecs``.
+    """
 
     def decode(outputs: list[Tensor], size: int) -> tuple[Tensor, Tensor]:
-        codec = getattr(importlib.import_module("detloss.codecs"), codec_name)
+        codecs = importlib.import_module("detloss.codecs")
         boxes, scores = [], []
         for out, anchors, stride in zip(outputs, ANCHORS, STRIDES, strict=True):
             b, _, h, w = out.shape
             a = len(anchors)
             p = out.view(b, a, -1, h, w).permute(0, 1, 3, 4, 2)  # (B, A, H, W, 5 + C)
-            anc = out.new_tensor(anchors)[:, None, None, :] / stride  # grid units
-            box = codec(p[..., :4], anc, _grid(h, w, out), stride)  # cxcywh pixels
+            anc = out.new_tensor(anchors)[:, None, None, :]
+            box = box_fn(codecs, p[..., :4], anc, _grid(h, w, out), stride)
             boxes.append(_convert(box, "cxcywh", "xyxy").reshape(b, -1, 4))
             scores.append((p[..., 4:5].sigmoid() * p[..., 5:].sigmoid()).reshape(b, a * h * w, -1))
         return torch.cat(boxes, 1), torch.cat(scores, 1)
@@ -127,19 +133,25 @@ CRITERIA: dict[str, CriterionSpec] = {
         "YOLOv3Loss",
         lambda m, c, size: m.YOLOv3Loss(num_classes=c, anchors=ANCHORS, strides=STRIDES),
         _yolo_preds,
-        _yolo_decoder("decode_yolov3"),
+        _yolo_decoder(lambda codecs, raw, anc, grid, s: codecs.decode_yolo(raw, grid, anc, s)),
     ),
     "yolov4": CriterionSpec(
         "YOLOv4Loss",
-        lambda m, c, size: m.YOLOv4Loss(num_classes=c, anchors=ANCHORS, strides=STRIDES),
+        lambda m, c, size: m.YOLOv4Loss(
+            num_classes=c,
+            preset="yolov4",
+            anchors=ANCHORS,
+            anchor_masks=((0, 1, 2), (3, 4, 5), (6, 7, 8)),
+            strides=STRIDES,
+        ),
         _yolo_preds,
-        _yolo_decoder("decode_yolov3"),
+        _yolo_decoder(lambda codecs, raw, anc, grid, s: codecs.decode_yolo(raw, grid, anc, s)),
     ),
     "yolov5": CriterionSpec(
         "YOLOv5Loss",
         lambda m, c, size: m.YOLOv5Loss(num_classes=c, anchors=ANCHORS, strides=STRIDES),
         _yolo_preds,
-        _yolo_decoder("decode_yolov5"),
+        _yolo_decoder(lambda codecs, raw, anc, grid, s: codecs.decode_yolov5(raw, anc / s, grid, s)),
     ),
     "ssd": CriterionSpec(
         "SSDLoss",
