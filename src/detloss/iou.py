@@ -6,7 +6,7 @@ union, enclosing box and centre offset — which :func:`iou_xyxy` computes once 
 
 Numerics: every denominator carries ``eps`` so that zero-area, identical, concentric and far-apart
 boxes give finite values and finite gradients; widths and heights are clamped at 0, so an inverted
-xyxy box (x2 < x1) behaves as an empty box.
+xyxy box (x2 < x1) behaves as an empty box, and the enclosing box spans all corners.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def iou_xyxy(boxes1: Tensor, boxes2: Tensor, kind: str = "iou", eps: float = 1e-
     - iou  = I / (U + eps)
     - giou = iou − (|C| − U) / (|C| + eps)
     - diou = iou − ρ² / (c² + eps), ρ the centre distance, c the diagonal of C
-    - ciou = diou − α·v, v = 4/π²·(atan(w₂/h₂) − atan(w₁/h₁))², α = v / (v − iou + 1 + eps),
+    - ciou = diou − α·v, v = 4/π²·(atan(w₂/h₂) − atan(w₁/h₁))², α = v / ((1 − iou) + v + eps),
       α held constant in the gradient (CIoU paper; torchvision and YOLOv5 do the same, mmdet
       additionally gates α by iou > 0.5 — not done here)
     - eiou = diou − (w₁ − w₂)² / (C_w² + eps) − (h₁ − h₂)² / (C_h² + eps)
@@ -57,8 +57,14 @@ def iou_xyxy(boxes1: Tensor, boxes2: Tensor, kind: str = "iou", eps: float = 1e-
     if kind == "iou":
         return iou
 
-    cw = torch.maximum(x2, u2) - torch.minimum(x1, u1)  # enclosing box width
-    ch = torch.maximum(y2, v2) - torch.minimum(y1, v1)
+    # Enclosing box = hull of all corners, so it stays >= 0 and contains both centres even for an
+    # inverted box (x2 < x1); for proper boxes this is max(x2, u2) - min(x1, u1).
+    cw = torch.maximum(torch.maximum(x1, x2), torch.maximum(u1, u2)) - torch.minimum(
+        torch.minimum(x1, x2), torch.minimum(u1, u2)
+    )
+    ch = torch.maximum(torch.maximum(y1, y2), torch.maximum(v1, v2)) - torch.minimum(
+        torch.minimum(y1, y2), torch.minimum(v1, v2)
+    )
     if kind == "giou":
         enclose = cw * ch
         return iou - (enclose - union) / (enclose + eps)
@@ -83,7 +89,8 @@ def iou_xyxy(boxes1: Tensor, boxes2: Tensor, kind: str = "iou", eps: float = 1e-
     if kind == "ciou":
         v = _FOUR_OVER_PI2 * (torch.atan(w2 / (h2 + eps)) - torch.atan(w1 / (h1 + eps))) ** 2
         with torch.no_grad():
-            alpha = v / (v - iou + (1.0 + eps))
+            # (1 − iou) first: 1 + eps rounds to 1 in float32 for eps < 6e-8, and 0/0 on identical boxes
+            alpha = v / ((1.0 - iou) + v + eps)
         return diou - alpha * v
     if kind == "eiou":
         return diou - (w1 - w2) ** 2 / (cw * cw + eps) - (h1 - h2) ** 2 / (ch * ch + eps)
@@ -106,11 +113,12 @@ def compute_dtype(t: Tensor) -> torch.dtype:
 
 
 def prepare_pair(
-    boxes1: Tensor, boxes2: Tensor, fmt: str, validate: bool = True
+    boxes1: Tensor, boxes2: Tensor, fmt: str, validate: bool = True,
+    names: tuple[str, str] = ("boxes1", "boxes2"),
 ) -> tuple[Tensor, Tensor]:
-    """Validate two box tensors, upcast half precision, convert to xyxy."""
-    check_boxes("boxes1", boxes1, finite=validate)
-    check_boxes("boxes2", boxes2, finite=validate)
+    """Validate two box tensors (errors use ``names``), upcast half precision, convert to xyxy."""
+    check_boxes(names[0], boxes1, finite=validate)
+    check_boxes(names[1], boxes2, finite=validate)
     check_format("fmt", fmt)
     dtype = torch.promote_types(compute_dtype(boxes1), compute_dtype(boxes2))
     return _convert(boxes1.to(dtype), fmt, "xyxy"), _convert(boxes2.to(dtype), fmt, "xyxy")
@@ -176,7 +184,8 @@ def box_iou(
         torch.Size([0, 1])
     """
     for name, b in (("boxes1", boxes1), ("boxes2", boxes2)):
-        check_boxes(name, b, finite=False)
-        if b.dim() != 2:
+        if check_boxes(name, b, finite=False).dim() != 2:
             raise ValueError(f"{name} must have shape (N, 4), got {tuple(b.shape)}")
-    return bbox_iou(boxes1[:, None, :], boxes2[None, :, :], kind, fmt, eps, validate=validate)
+        if validate:  # here, so a bad value's index is reported in the caller's (N, 4) layout
+            check_boxes(name, b)
+    return bbox_iou(boxes1[:, None, :], boxes2[None, :, :], kind, fmt, eps, validate=False)

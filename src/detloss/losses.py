@@ -41,15 +41,7 @@ def weight_reduce(
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     if weight is not None:
         check_tensor("weight", weight)
-        try:
-            shape = torch.broadcast_shapes(loss.shape, weight.shape)
-        except RuntimeError:
-            shape = None
-        if shape != loss.shape:
-            raise ValueError(
-                f"weight of shape {tuple(weight.shape)} must broadcast to the loss shape "
-                f"{tuple(loss.shape)}"
-            )
+        _check_broadcasts_to("weight", weight, loss.shape, "the loss shape")
         loss = loss * weight
     if avg_factor is not None and reduction != "mean":
         raise ValueError(f"avg_factor is only valid with reduction='mean', got {reduction!r}")
@@ -63,6 +55,16 @@ def weight_reduce(
             return loss.sum() / avg_factor.clamp(min=tiny)
         return loss.sum() / max(float(avg_factor), tiny)
     return loss.mean() if loss.numel() else 0.0 * loss.sum()
+
+
+def _check_broadcasts_to(name: str, t: Tensor, shape: torch.Size, what: str) -> None:
+    """Raise ``ValueError`` unless ``t`` broadcasts to ``shape`` without enlarging it."""
+    try:
+        out = torch.broadcast_shapes(shape, t.shape)
+    except RuntimeError:
+        out = None
+    if out != shape:
+        raise ValueError(f"{name} of shape {tuple(t.shape)} must broadcast to {what} {tuple(shape)}")
 
 
 def iou_loss(
@@ -94,7 +96,7 @@ def iou_loss(
     """
     check_kind(kind)
     check_eps(eps)
-    p, t = prepare_pair(pred, target, fmt, validate)
+    p, t = prepare_pair(pred, target, fmt, validate, names=("pred", "target"))
     try:
         torch.broadcast_shapes(p.shape, t.shape)
     except RuntimeError:
@@ -195,8 +197,11 @@ def smooth_l1_loss(
     Args:
         pred, target: ``(*)`` tensors of the same shape (e.g. encoded box offsets ``(P, 4)``).
         sigma: > 0.
-        inside_weight, outside_weight: numbers or tensors broadcastable to ``pred``.
+        inside_weight, outside_weight: numbers or tensors broadcastable to ``pred``'s shape.
         reduction, weight, avg_factor: see :func:`weight_reduce`.
+
+    Returns:
+        Scalar, or ``(*)`` with ``reduction="none"``; float32 for half-precision inputs.
     """
     check_tensor("pred", pred)
     check_tensor("target", target)
@@ -206,6 +211,11 @@ def smooth_l1_loss(
         )
     if not sigma > 0:
         raise ValueError(f"sigma must be > 0, got {sigma}")
+    for name, w in (("inside_weight", inside_weight), ("outside_weight", outside_weight)):
+        if isinstance(w, Tensor):
+            _check_broadcasts_to(name, w, pred.shape, "the shape of pred")
+    if pred.dtype in (torch.float16, torch.bfloat16):  # computed in float32, like the other losses
+        pred, target = pred.float(), target.float()
     if not (isinstance(inside_weight, (int, float)) and inside_weight == 1):
         pred, target = inside_weight * pred, inside_weight * target
     loss = F.smooth_l1_loss(pred, target, reduction="none", beta=1.0 / sigma**2)
