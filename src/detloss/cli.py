@@ -55,6 +55,8 @@ def _lab(module: str):
     def run(args: argparse.Namespace) -> int:
         import importlib
 
+        if args.threads:
+            torch.set_num_threads(args.threads)
         return importlib.import_module(f"detloss.lab.{module}").main(args)
 
     return run
@@ -68,7 +70,7 @@ def _add_lab_commands(sub: argparse._SubParsersAction) -> None:
         description="Regress 343 anchor/target cases per point over a disc of radius 3 for T iterations "
         "with each IoU-family loss; print the final-error table and write PNGs.",
     )
-    p.add_argument("--points", type=int, default=2000, help="anchor points (the paper: 5000); default 2000")
+    p.add_argument("--points", type=int, default=1000, help="anchor points (the paper: 5000); default 1000")
     p.add_argument("--step", choices=("autograd", "paper", "both"), default="autograd",
                    help="autograd: the losses' true gradients; paper: the authors' hand-written directions")
     p.add_argument("--losses", nargs="+", choices=IOU_KINDS, help="subset of losses (default: all)")
@@ -79,6 +81,8 @@ def _add_lab_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="lab_out", help="output folder for PNGs (default lab_out)")
     p.add_argument("--json", nargs="?", const="", default=None, metavar="PATH",
                    help="write E(t) per loss as JSON (default path OUT/simulate.json)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch CPU threads (default: torch's choice; 1 is fastest on a busy machine)")
     p.set_defaults(func=_lab("simulate"))
 
     p = sub.add_parser(
@@ -95,6 +99,8 @@ def _add_lab_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--range", type=float, default=3.0, help="offsets in [-R, R] (default 3)")
     p.add_argument("--grid", type=int, default=161, help="grid points per axis (default 161)")
     p.add_argument("--out", default="lab_out", help="output folder for PNGs (default lab_out)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch CPU threads (default: torch's choice; 1 is fastest on a busy machine)")
     p.set_defaults(func=_lab("landscape"))
 
     p = sub.add_parser(
@@ -115,6 +121,8 @@ def _add_lab_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--list", action="store_true", help="list the criteria and whether this build has them")
     p.add_argument("--out", default="lab_out", help="output folder for PNGs and JSON (default lab_out)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch CPU threads (default: torch's choice; 1 is fastest on a busy machine)")
     p.set_defaults(func=_lab("demo"))
 
 
