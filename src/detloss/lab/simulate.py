@@ -27,6 +27,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -195,7 +196,7 @@ def paper_direction(kind: str, box: Tensor, target: Tensor) -> tuple[Tensor, Ten
 
 
 def _regress(
-    kind: str, step: str, box: Tensor, target: Tensor, etas: list[float], curve: Tensor, bar
+    kind: str, step: str, box: Tensor, target: Tensor, etas: list[float], curve: Tensor, bar: Any
 ) -> Tensor:
     """Run T updates on a batch of cases ``(n, 343, 4)``, adding E(t) to ``curve`` (T,); returns the boxes."""
     for t, eta in enumerate(etas):
@@ -227,10 +228,10 @@ def run(
     etas = step_sizes(iterations)
     plan = [(s, k) for s in steps for k in (kinds or IOU_KINDS) if s == "autograd" or k in PAPER_KINDS]
     batches = [slice(i, min(i + batch_points, points)) for i in range(0, points, batch_points)]
-    bar_kwargs = dict(total=len(plan) * len(batches) * iterations, unit="it", desc="simulate")
     from ._util import progress
 
-    bar = progress(**bar_kwargs, disable=not show_progress)
+    total = len(plan) * len(batches) * iterations
+    bar = progress(total=total, unit="it", desc="simulate", disable=not show_progress)
     results = {s: SimResult(s) for s in steps}
     with bar:
         for step, kind in plan:
@@ -250,8 +251,7 @@ def run(
 def format_table(e0: float, result: SimResult) -> str:
     """The final-error table: E(t) at the paper's read-out times, E(T)/E(0), seconds."""
     T = len(next(iter(result.curves.values())))
-    marks = [t for t in (1, 10, 20, 40, 80, 160, 180, T) if t <= T]
-    marks = sorted(set(marks))
+    marks = sorted({t for t in (1, 10, 20, 40, 80, 160, 180, T) if t <= T})
     head = (
         f"{'loss':6}"
         + "".join(f"{'E(' + str(t) + ')':>11}" for t in marks)
