@@ -213,7 +213,7 @@ def _regress(
 
 
 def run(
-    points: int = 500,
+    points: int = 1000,
     steps: tuple[str, ...] = ("autograd",),
     kinds: tuple[str, ...] | None = None,
     iterations: int = 200,
