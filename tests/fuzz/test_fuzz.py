@@ -617,15 +617,15 @@ def test_smooth_labels(tally, inputs, eps):
 
 # ----------------------------------------------------------------------------- nn twins
 @FUZZ
-@given(pair=box_pairs(), kind=KIND, fmt=FMT, eps=EPS, reduction=REDUCTION)
-def test_nn_iou_loss(tally, pair, kind, fmt, eps, reduction):
+@given(pair=box_pairs(), kind=KIND, fmt=FMT, eps=EPS, reduction=REDUCTION, v=st.booleans())
+def test_nn_iou_loss(tally, pair, kind, fmt, eps, reduction, v):
     """The Module must behave exactly like the functional: same value or same exception type."""
     pred, target = pair
     _twin(
         tally,
         "nn.IoULoss",
-        lambda: dnn.IoULoss(kind, fmt, eps, reduction)(pred, target),
-        lambda: detloss.iou_loss(pred, target, kind, fmt, eps, reduction=reduction),
+        lambda: dnn.IoULoss(kind, fmt, eps, reduction, validate=v)(pred, target),
+        lambda: detloss.iou_loss(pred, target, kind, fmt, eps, reduction=reduction, validate=v),
     )
 
 
@@ -635,14 +635,15 @@ def test_nn_iou_loss(tally, pair, kind, fmt, eps, reduction):
     alpha=mostly((0.25, -1.0), (1.5,)),
     gamma=mostly((2.0, 0.0), (-1.0,)),
     reduction=REDUCTION,
+    v=st.booleans(),
 )
-def test_nn_sigmoid_focal_loss(tally, inputs, alpha, gamma, reduction):
+def test_nn_sigmoid_focal_loss(tally, inputs, alpha, gamma, reduction, v):
     logits, targets = inputs
     _twin(
         tally,
         "nn.SigmoidFocalLoss",
-        lambda: dnn.SigmoidFocalLoss(alpha, gamma, reduction)(logits, targets),
-        lambda: detloss.sigmoid_focal_loss(logits, targets, alpha, gamma, reduction=reduction),
+        lambda: dnn.SigmoidFocalLoss(alpha, gamma, reduction, validate=v)(logits, targets),
+        lambda: detloss.sigmoid_focal_loss(logits, targets, alpha, gamma, reduction=reduction, validate=v),
     )
 
 
@@ -652,14 +653,15 @@ def test_nn_sigmoid_focal_loss(tally, inputs, alpha, gamma, reduction):
     sigma=mostly((1.0, 2.0), (0.0,)),
     reduction=REDUCTION,
     same=mostly((True,), (False,)),
+    v=st.booleans(),
 )
-def test_nn_smooth_l1_loss(tally, pred, sigma, reduction, same):
+def test_nn_smooth_l1_loss(tally, pred, sigma, reduction, same, v):
     target = pred * 0.5 if same and isinstance(pred, Tensor) else torch.zeros(3)
     _twin(
         tally,
         "nn.SmoothL1Loss",
-        lambda: dnn.SmoothL1Loss(sigma, reduction=reduction)(pred, target),
-        lambda: detloss.smooth_l1_loss(pred, target, sigma, reduction=reduction),
+        lambda: dnn.SmoothL1Loss(sigma, reduction=reduction, validate=v)(pred, target),
+        lambda: detloss.smooth_l1_loss(pred, target, sigma, reduction=reduction, validate=v),
     )
 
 
