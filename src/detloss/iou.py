@@ -102,9 +102,14 @@ def check_kind(kind: str) -> None:
         raise ValueError(f"kind must be one of {IOU_KINDS}, got {kind!r}")
 
 
+_MIN_EPS = torch.finfo(torch.float32).tiny  # a smaller eps is 0 in float32: 0/0 on zero-area boxes
+
+
 def check_eps(eps: float) -> None:
-    if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps > 0):
-        raise ValueError(f"eps must be a positive finite number, got {eps!r}")
+    if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps >= _MIN_EPS):
+        raise ValueError(
+            f"eps must be a finite number >= {_MIN_EPS:.3g} (float32's smallest normal), got {eps!r}"
+        )
 
 
 def compute_dtype(t: Tensor) -> torch.dtype:
