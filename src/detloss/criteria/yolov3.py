@@ -14,7 +14,7 @@ from ..codecs import decode_yolo, decode_yolo_grid
 from ..distributed import global_count
 from ..iou import IoUKind, check_eps, check_kind, compute_dtype, iou_xyxy
 from ..losses import sigmoid_focal_loss, smooth_labels, weight_reduce
-from .common import LossResult, split_yolo_heads
+from .common import LossResult, check_unit, positive_ints, split_yolo_heads
 
 #: The standard COCO anchors (input pixels), three per scale for strides 8, 16, 32.
 COCO_ANCHORS: tuple[tuple[tuple[int, int], ...], ...] = (
@@ -36,23 +36,6 @@ def _anchor_table(anchors: Sequence, num_scales: int) -> tuple[tuple[tuple[float
         tuple((float(w), float(h)) for w, h in flat[i * per : (i + 1) * per].tolist())
         for i in range(num_scales)
     )
-
-
-def _positive_ints(name: str, values: Sequence) -> tuple[int, ...]:
-    """Integral positive numbers (int, numpy int, 8.0) → ints; anything else is a ``ValueError``."""
-    try:
-        out = tuple(int(v) for v in values)
-        ok = len(out) > 0 and all(o == v and o >= 1 for o, v in zip(out, values, strict=True))
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise ValueError(f"{name} must be positive integers, got {values!r}")
-    return out
-
-
-def _check_unit(name: str, value: float) -> None:
-    if not 0 <= value <= 1:
-        raise ValueError(f"{name} must lie in [0, 1], got {value}")
 
 
 class YOLOv3Loss(nn.Module):
@@ -116,14 +99,14 @@ class YOLOv3Loss(nn.Module):
         reduce_across_ranks: bool = False,
     ) -> None:
         super().__init__()
-        (num_classes,) = _positive_ints("num_classes", (num_classes,))
-        strides = _positive_ints("strides", strides)
+        (num_classes,) = positive_ints("num_classes", (num_classes,))
+        strides = positive_ints("strides", strides)
         for name, v in (
             ("anchor_iou_thresh", anchor_iou_thresh),
             ("iou_loss_thresh", iou_loss_thresh),
             ("label_smoothing", label_smoothing),
         ):
-            _check_unit(name, v)
+            check_unit(name, v)
         if not isinstance(max_boxes_per_scale, int) or max_boxes_per_scale < 1:
             raise ValueError(f"max_boxes_per_scale must be a positive int, got {max_boxes_per_scale!r}")
         check_kind(iou_kind)

@@ -15,8 +15,7 @@ from ..codecs import decode_yolo, decode_yolo_grid
 from ..distributed import global_count
 from ..iou import IoUKind, check_eps, check_kind, compute_dtype, iou_xyxy
 from ..losses import sigmoid_focal_loss, weight_reduce
-from .common import LossResult, split_yolo_heads
-from .yolov3 import _positive_ints
+from .common import LossResult, positive_ints, split_yolo_heads
 
 #: name → (anchors in input pixels, anchor mask per scale, strides); scale order = preds order.
 PRESETS: dict[str, tuple[tuple[tuple[int, int], ...], tuple[tuple[int, ...], ...], tuple[int, ...]]] = {
@@ -98,13 +97,13 @@ class YOLOv4Loss(nn.Module):
         super().__init__()
         if preset not in PRESETS:
             raise ValueError(f"preset must be one of {tuple(PRESETS)}, got {preset!r}")
-        (num_classes,) = _positive_ints("num_classes", (num_classes,))
+        (num_classes,) = positive_ints("num_classes", (num_classes,))
         p_anchors, p_masks, p_strides = PRESETS[preset]
         flat = torch.as_tensor(p_anchors if anchors is None else anchors, dtype=torch.float64).reshape(-1, 2)
         if flat.shape[0] == 0 or not bool((flat > 0).all()):
             raise ValueError("anchors must be positive (w, h) pairs")
         masks = tuple(tuple(int(i) for i in m) for m in (p_masks if anchor_masks is None else anchor_masks))
-        strides = _positive_ints("strides", p_strides if strides is None else strides)
+        strides = positive_ints("strides", p_strides if strides is None else strides)
         if len(masks) != len(strides) or len({len(m) for m in masks}) != 1 or not masks[0]:
             raise ValueError("anchor_masks must give the same number of anchors for every scale in strides")
         for i, m in enumerate(masks):
