@@ -35,8 +35,12 @@ def plain_iou(boxes1, boxes2, kind="iou", eps=1e-7):
     iou = inter / (union + eps)
     if kind == "iou":
         return iou
-    cw = torch.maximum(x2, u2) - torch.minimum(x1, u1)
-    ch = torch.maximum(y2, v2) - torch.minimum(y1, v1)
+    cw = torch.maximum(torch.maximum(x1, x2), torch.maximum(u1, u2)) - torch.minimum(
+        torch.minimum(x1, x2), torch.minimum(u1, u2)
+    )
+    ch = torch.maximum(torch.maximum(y1, y2), torch.maximum(v1, v2)) - torch.minimum(
+        torch.minimum(y1, y2), torch.minimum(v1, v2)
+    )
     if kind == "giou":
         enclose = cw * ch
         return iou - (enclose - union) / (enclose + eps)

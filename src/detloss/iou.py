@@ -2,12 +2,11 @@
 
 Every variant is the IoU minus a penalty built from the same four quantities — intersection,
 union, enclosing box and centre offset — which :func:`iou_xyxy` computes once and then branches on
-``kind`` (a fused kernel with a hand-derived backward, :mod:`detloss.kernels`). :func:`bbox_iou`
-applies it elementwise (broadcasting), :func:`box_iou` pairwise.
+``kind``. :func:`bbox_iou` applies it elementwise (broadcasting), :func:`box_iou` pairwise.
 
 Numerics: every denominator carries ``eps`` so that zero-area, identical, concentric and far-apart
 boxes give finite values and finite gradients; widths and heights are clamped at 0, so an inverted
-xyxy box (x2 < x1) behaves as an empty box.
+xyxy box (x2 < x1) behaves as an empty box, and the enclosing box spans all corners.
 """
 
 from __future__ import annotations
@@ -22,6 +21,7 @@ from .boxes import BoxFormat, _convert, check_boxes, check_format
 from .kernels import IOU_KINDS, fused_iou
 
 IoUKind = Literal["iou", "giou", "diou", "ciou", "eiou", "siou"]
+
 
 
 def iou_xyxy(boxes1: Tensor, boxes2: Tensor, kind: str = "iou", eps: float = 1e-7) -> Tensor:
@@ -40,9 +40,14 @@ def check_kind(kind: str) -> None:
         raise ValueError(f"kind must be one of {IOU_KINDS}, got {kind!r}")
 
 
+_MIN_EPS = torch.finfo(torch.float32).tiny  # a smaller eps is 0 in float32: 0/0 on zero-area boxes
+
+
 def check_eps(eps: float) -> None:
-    if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps > 0):
-        raise ValueError(f"eps must be a positive finite number, got {eps!r}")
+    if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps >= _MIN_EPS):
+        raise ValueError(
+            f"eps must be a finite number >= {_MIN_EPS:.3g} (float32's smallest normal), got {eps!r}"
+        )
 
 
 def compute_dtype(t: Tensor) -> torch.dtype:
@@ -51,11 +56,12 @@ def compute_dtype(t: Tensor) -> torch.dtype:
 
 
 def prepare_pair(
-    boxes1: Tensor, boxes2: Tensor, fmt: str, validate: bool = True
+    boxes1: Tensor, boxes2: Tensor, fmt: str, validate: bool = True,
+    names: tuple[str, str] = ("boxes1", "boxes2"),
 ) -> tuple[Tensor, Tensor]:
-    """Validate two box tensors, upcast half precision, convert to xyxy."""
-    check_boxes("boxes1", boxes1, finite=validate)
-    check_boxes("boxes2", boxes2, finite=validate)
+    """Validate two box tensors (errors use ``names``), upcast half precision, convert to xyxy."""
+    check_boxes(names[0], boxes1, finite=validate)
+    check_boxes(names[1], boxes2, finite=validate)
     check_format("fmt", fmt)
     dtype = torch.promote_types(compute_dtype(boxes1), compute_dtype(boxes2))
     return _convert(boxes1.to(dtype), fmt, "xyxy"), _convert(boxes2.to(dtype), fmt, "xyxy")
@@ -121,7 +127,8 @@ def box_iou(
         torch.Size([0, 1])
     """
     for name, b in (("boxes1", boxes1), ("boxes2", boxes2)):
-        check_boxes(name, b, finite=False)
-        if b.dim() != 2:
+        if check_boxes(name, b, finite=False).dim() != 2:
             raise ValueError(f"{name} must have shape (N, 4), got {tuple(b.shape)}")
-    return bbox_iou(boxes1[:, None, :], boxes2[None, :, :], kind, fmt, eps, validate=validate)
+        if validate:  # here, so a bad value's index is reported in the caller's (N, 4) layout
+            check_boxes(name, b)
+    return bbox_iou(boxes1[:, None, :], boxes2[None, :, :], kind, fmt, eps, validate=False)

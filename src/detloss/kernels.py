@@ -141,8 +141,7 @@ def iou_forward(b1: Tensor, b2: Tensor, kind: str, eps: float, loss: bool, reduc
     union = w1 * h1 + w2 * h2 - inter
     val = inter / (union + eps)
     if kind != "iou":
-        cw = torch.maximum(x2, u2) - torch.minimum(x1, u1)  # enclosing box width
-        ch = torch.maximum(y2, v2) - torch.minimum(y1, v1)
+        cw, ch = _hull(x1, x2, u1, u2), _hull(y1, y2, v1, v2)  # enclosing box
         if kind == "giou":
             enclose = cw * ch
             val = val - (enclose - union) / (enclose + eps)
@@ -170,6 +169,14 @@ def iou_forward(b1: Tensor, b2: Tensor, kind: str, eps: float, loss: bool, reduc
                 val = val - penalty
     val = 1.0 - val if loss else val
     return val.sum() if reduce else val
+
+
+def _hull(a1: Tensor, a2: Tensor, b1: Tensor, b2: Tensor) -> Tensor:
+    """Extent of the enclosing box along one axis: the hull of all four corners, so it stays >= 0 and
+    contains both centres even for an inverted box (a2 < a1); max(a2, b2) − min(a1, b1) otherwise."""
+    return torch.maximum(torch.maximum(a1, a2), torch.maximum(b1, b2)) - torch.minimum(
+        torch.minimum(a1, a2), torch.minimum(b1, b2)
+    )
 
 
 def _pair_grads(g_inner: Tensor, g_outer: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
@@ -210,8 +217,7 @@ def iou_backward(
     g_cw = g_ch = g_dx = g_dy = None
     g_w1 = g_h1 = g_w2 = g_h2 = None
     if kind != "iou":
-        cw = torch.maximum(x2, u2) - torch.minimum(x1, u1)
-        ch = torch.maximum(y2, v2) - torch.minimum(y1, v1)
+        cw, ch = _hull(x1, x2, u1, u2), _hull(y1, y2, v1, v2)
     if kind == "giou":
         # − (E − U)/(E + eps):  d/dE = −(U + eps)/(E + eps)²,  d/dU = 1/(E + eps)
         ed = cw * ch + eps
@@ -320,12 +326,21 @@ def _axis_grads(
     """Scatter one axis's adjoints to the corners of box a (a1, a2) and box b (b1, b2).
 
     Intersection extent = min(a2, b2) − max(a1, b1) (adjoint ``g_i``), enclosing extent =
-    max(a2, b2) − min(a1, b1) (``g_c``), widths a2 − a1, b2 − b1 (``g_wa``, ``g_wb``), centre offset
-    ½((b1 + b2) − (a1 + a2)) (``g_d``).
+    :func:`_hull` (``g_c``), widths a2 − a1, b2 − b1 (``g_wa``, ``g_wb``), centre offset
+    ½((b1 + b2) − (a1 + a2)) (``g_d``). ``minimum``/``maximum`` split their adjoint on ties as
+    autograd does: ``_pair_grads(g_min, g_max, sign(y − x))`` → shares of x and y.
     """
-    g_c = torch.zeros_like(g_i) if g_c is None else g_c
-    ga2, gb2 = _pair_grads(g_i, g_c, torch.sign(b2 - a2))  # min/max of the far corners
-    ga1, gb1 = _pair_grads(-g_c, -g_i, torch.sign(b1 - a1))  # min/max of the near corners
+    zero = torch.zeros_like(g_i)
+    ga2, gb2 = _pair_grads(g_i, zero, torch.sign(b2 - a2))  # min(a2, b2)
+    ga1, gb1 = _pair_grads(zero, -g_i, torch.sign(b1 - a1))  # max(a1, b1)
+    if g_c is not None:
+        sa, sb = torch.sign(a2 - a1), torch.sign(b2 - b1)
+        hi_a, hi_b = _pair_grads(zero, g_c, torch.sign(torch.maximum(b1, b2) - torch.maximum(a1, a2)))
+        lo_a, lo_b = _pair_grads(-g_c, zero, torch.sign(torch.minimum(b1, b2) - torch.minimum(a1, a2)))
+        p, q = _pair_grads(lo_a, hi_a, sa)  # min(a1, a2) and max(a1, a2)
+        ga1, ga2 = ga1 + p, ga2 + q
+        p, q = _pair_grads(lo_b, hi_b, sb)
+        gb1, gb2 = gb1 + p, gb2 + q
     ga1, ga2 = ga1 - g_wa, ga2 + g_wa
     gb1, gb2 = gb1 - g_wb, gb2 + g_wb
     if g_d is not None:

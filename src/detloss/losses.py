@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .boxes import BoxFormat, check_finite, check_tensor
-from .iou import IoUKind, check_eps, check_kind, prepare_pair
+from .iou import IoUKind, check_eps, check_kind, compute_dtype, prepare_pair
 from .kernels import fused_focal, fused_iou
 
 Reduction = Literal["none", "mean", "sum"]
@@ -36,7 +36,8 @@ def weight_reduce(
     - ``"none"``: the weighted loss, same shape as ``loss``.
     - ``"sum"``: its sum.
     - ``"mean"``: its mean, or its sum divided by ``avg_factor`` when given (e.g. the number of
-      positives); ``avg_factor`` is clamped at float32's machine epsilon so 0 positives give 0.
+      positives); ``avg_factor`` (a finite number >= 0, or a one-element tensor) is clamped at
+      float32's machine epsilon so 0 positives give 0.
       The mean of an empty loss is ``0 * loss.sum()`` (0, still attached to the graph).
 
     ``weight`` must broadcast to ``loss``'s shape without enlarging it (a ``(N, 1)`` weight against a
@@ -46,18 +47,17 @@ def weight_reduce(
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     if weight is not None:
         check_tensor("weight", weight)
-        try:
-            shape = torch.broadcast_shapes(loss.shape, weight.shape)
-        except RuntimeError:
-            shape = None
-        if shape != loss.shape:
-            raise ValueError(
-                f"weight of shape {tuple(weight.shape)} must broadcast to the loss shape "
-                f"{tuple(loss.shape)}"
-            )
+        _check_broadcasts_to("weight", weight, loss.shape, "the loss shape")
         loss = loss * weight
-    if avg_factor is not None and reduction != "mean":
-        raise ValueError(f"avg_factor is only valid with reduction='mean', got {reduction!r}")
+    if avg_factor is not None:
+        if reduction != "mean":
+            raise ValueError(f"avg_factor is only valid with reduction='mean', got {reduction!r}")
+        # a tensor's value is not inspected (that would sync with the device); its shape is
+        if isinstance(avg_factor, Tensor):
+            if avg_factor.numel() != 1:
+                raise ValueError(f"avg_factor must be a scalar, got shape {tuple(avg_factor.shape)}")
+        elif not (math.isfinite(avg_factor) and avg_factor >= 0):
+            raise ValueError(f"avg_factor must be a finite number >= 0, got {avg_factor!r}")
     if reduction == "none":
         return loss
     if reduction == "sum":
@@ -65,7 +65,7 @@ def weight_reduce(
     if avg_factor is not None:
         tiny = torch.finfo(torch.float32).eps
         if isinstance(avg_factor, Tensor):
-            return loss.sum() / avg_factor.clamp(min=tiny)
+            return loss.sum() / avg_factor.reshape(()).clamp(min=tiny)
         return loss.sum() / max(float(avg_factor), tiny)
     return loss.mean() if loss.numel() else 0.0 * loss.sum()
 
@@ -84,12 +84,22 @@ def _fused_reduce(
     through :func:`weight_reduce` on the elementwise loss.
     """
     fusable = weight is None and (reduction == "mean" or (reduction == "sum" and avg_factor is None))
-    if not fusable:  # weight_reduce also rejects unknown reductions
+    if not fusable or count == 0:  # weight_reduce validates and handles the rest (and empty input)
         return weight_reduce(kernel(False), weight, reduction, avg_factor)
     total = kernel(True)
-    if reduction == "sum" or count == 0:  # the mean of nothing is 0, still attached to the graph
+    if reduction == "sum":
         return total
     return weight_reduce(total, None, "mean", count if avg_factor is None else avg_factor)
+
+
+def _check_broadcasts_to(name: str, t: Tensor, shape: torch.Size, what: str) -> None:
+    """Raise ``ValueError`` unless ``t`` broadcasts to ``shape`` without enlarging it."""
+    try:
+        out = torch.broadcast_shapes(shape, t.shape)
+    except RuntimeError:
+        out = None
+    if out != shape:
+        raise ValueError(f"{name} of shape {tuple(t.shape)} must broadcast to {what} {tuple(shape)}")
 
 
 def iou_loss(
@@ -121,7 +131,7 @@ def iou_loss(
     """
     check_kind(kind)
     check_eps(eps)
-    p, t = prepare_pair(pred, target, fmt, validate)
+    p, t = prepare_pair(pred, target, fmt, validate, names=("pred", "target"))
     try:
         shape = torch.broadcast_shapes(p.shape, t.shape)
     except RuntimeError:
@@ -180,17 +190,22 @@ def sigmoid_focal_loss(
         raise ValueError(
             f"targets must have the shape of logits {tuple(logits.shape)}, got {tuple(targets.shape)}"
         )
-    if gamma < 0:
-        raise ValueError(f"gamma must be >= 0, got {gamma}")
-    if alpha > 1:
+    if not (math.isfinite(gamma) and gamma >= 0):
+        raise ValueError(f"gamma must be a finite number >= 0, got {gamma}")
+    if not (math.isfinite(alpha) and alpha <= 1):
         raise ValueError(f"alpha must be <= 1 (or < 0 to disable), got {alpha}")
+    if pos_weight is not None:
+        check_tensor("pos_weight", pos_weight)
+        _check_broadcasts_to("pos_weight", pos_weight, logits.shape, "logits")
     x = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
     t = targets.to(x.dtype)
     if validate:
         check_finite("logits", x)
-        inside = (t >= 0) & (t <= 1)
-        if t.numel() and not bool(inside.all()):
-            bad = tuple((~inside).nonzero()[0].tolist())
+        # one min/max pass and one sync on the happy path (a NaN propagates into lo and hi and
+        # fails the comparison); the index is only searched on failure
+        lo, hi = torch.aminmax(t.flatten()) if t.numel() else (0.0, 1.0)
+        if not bool((lo >= 0) & (hi <= 1)):
+            bad = tuple((~((t >= 0) & (t <= 1))).nonzero()[0].tolist())
             raise ValueError(f"targets must lie in [0, 1], got {t[bad].item()} at index {bad}")
 
     # One fused pass forward and one backward (detloss.kernels); the BCE inside is written exactly as
@@ -215,6 +230,7 @@ def smooth_l1_loss(
     reduction: Reduction = "mean",
     weight: Tensor | None = None,
     avg_factor: float | Tensor | None = None,
+    validate: bool = True,
 ) -> Tensor:
     """Smooth L1 with ``sigma`` and inside/outside weights (Fast R-CNN; the SSD seed's form)::
 
@@ -228,17 +244,33 @@ def smooth_l1_loss(
     Args:
         pred, target: ``(*)`` tensors of the same shape (e.g. encoded box offsets ``(P, 4)``).
         sigma: > 0.
-        inside_weight, outside_weight: numbers or tensors broadcastable to ``pred``.
+        inside_weight, outside_weight: numbers or tensors broadcastable to ``pred``'s shape.
         reduction, weight, avg_factor: see :func:`weight_reduce`.
+        validate: check ``pred`` and ``target`` are finite (one reduction each).
+
+    Returns:
+        Scalar, or ``(*)`` with ``reduction="none"``; float32 for half-precision inputs (the
+        squared term overflows float16 above |d| ≈ 256).
     """
-    check_tensor("pred", pred)
-    check_tensor("target", target)
+    for name, t in (("pred", pred), ("target", target)):
+        check_tensor(name, t)
+        if not t.is_floating_point():
+            raise TypeError(f"{name} must have a floating dtype, got {t.dtype}")
     if pred.shape != target.shape:
         raise ValueError(
             f"target must have the shape of pred {tuple(pred.shape)}, got {tuple(target.shape)}"
         )
     if not sigma > 0:
         raise ValueError(f"sigma must be > 0, got {sigma}")
+    for name, w in (("inside_weight", inside_weight), ("outside_weight", outside_weight)):
+        if isinstance(w, Tensor):
+            _check_broadcasts_to(name, w, pred.shape, "the shape of pred")
+    # half precision computed in float32, like the other losses; mixed dtypes promoted
+    dtype = torch.promote_types(compute_dtype(pred), compute_dtype(target))
+    pred, target = pred.to(dtype), target.to(dtype)
+    if validate:
+        check_finite("pred", pred)
+        check_finite("target", target)
     if not (isinstance(inside_weight, (int, float)) and inside_weight == 1):
         pred, target = inside_weight * pred, inside_weight * target
     loss = F.smooth_l1_loss(pred, target, reduction="none", beta=1.0 / sigma**2)
@@ -266,12 +298,17 @@ def smooth_labels(targets: Tensor, eps: float, num_classes: int | None = None) -
     check_tensor("targets", targets)
     if not 0 <= eps <= 1:
         raise ValueError(f"eps must lie in [0, 1], got {eps}")
+    if targets.dtype == torch.bool or targets.is_complex():
+        raise TypeError(f"targets must be integer class ids or floating one-hot, got {targets.dtype}")
     if targets.is_floating_point():
         if targets.dim() == 0:
             raise ValueError("one-hot targets must have shape (*, K), got a scalar")
+        if targets.shape[-1] == 0:
+            raise ValueError(f"one-hot targets need K >= 1 classes, got shape {tuple(targets.shape)}")
         k = targets.shape[-1]
         if num_classes is not None and num_classes != k:
             raise ValueError(f"num_classes={num_classes} but targets have {k} classes (last dim)")
+        check_finite("targets", targets)
         onehot = targets
     else:
         if num_classes is None:

@@ -24,12 +24,15 @@ class IoULoss(nn.Module):
         fmt: BoxFormat = "xyxy",
         eps: float = 1e-7,
         reduction: Reduction = "mean",
+        *,
+        validate: bool = True,
     ) -> None:
         super().__init__()
         check_kind(kind)
         check_eps(eps)
         _check_reduction(reduction)
         self.kind, self.fmt, self.eps, self.reduction = kind, fmt, eps, reduction
+        self.validate = validate
 
     def forward(
         self,
@@ -40,7 +43,7 @@ class IoULoss(nn.Module):
     ) -> Tensor:
         return losses.iou_loss(
             pred, target, self.kind, self.fmt, self.eps,
-            reduction=self.reduction, weight=weight, avg_factor=avg_factor,
+            reduction=self.reduction, weight=weight, avg_factor=avg_factor, validate=self.validate,
         )
 
     def extra_repr(self) -> str:
@@ -58,10 +61,13 @@ class SigmoidFocalLoss(nn.Module):
         gamma: float = 2.0,
         reduction: Reduction = "mean",
         pos_weight: Tensor | None = None,
+        *,
+        validate: bool = True,
     ) -> None:
         super().__init__()
         _check_reduction(reduction)
         self.alpha, self.gamma, self.reduction = alpha, gamma, reduction
+        self.validate = validate
         self.register_buffer("pos_weight", pos_weight)
 
     def forward(
@@ -73,7 +79,7 @@ class SigmoidFocalLoss(nn.Module):
     ) -> Tensor:
         return losses.sigmoid_focal_loss(
             logits, targets, self.alpha, self.gamma, pos_weight=self.pos_weight,
-            reduction=self.reduction, weight=weight, avg_factor=avg_factor,
+            reduction=self.reduction, weight=weight, avg_factor=avg_factor, validate=self.validate,
         )
 
     def extra_repr(self) -> str:
@@ -89,6 +95,8 @@ class SmoothL1Loss(nn.Module):
         inside_weight: float = 1.0,
         outside_weight: float = 1.0,
         reduction: Reduction = "mean",
+        *,
+        validate: bool = True,
     ) -> None:
         super().__init__()
         _check_reduction(reduction)
@@ -96,6 +104,7 @@ class SmoothL1Loss(nn.Module):
             raise ValueError(f"sigma must be > 0, got {sigma}")
         self.sigma, self.reduction = sigma, reduction
         self.inside_weight, self.outside_weight = inside_weight, outside_weight
+        self.validate = validate
 
     def forward(
         self,
@@ -106,7 +115,7 @@ class SmoothL1Loss(nn.Module):
     ) -> Tensor:
         return losses.smooth_l1_loss(
             pred, target, self.sigma, self.inside_weight, self.outside_weight,
-            reduction=self.reduction, weight=weight, avg_factor=avg_factor,
+            reduction=self.reduction, weight=weight, avg_factor=avg_factor, validate=self.validate,
         )
 
     def extra_repr(self) -> str:

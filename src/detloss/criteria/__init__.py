@@ -1,1 +1,19 @@
 """Detector criteria: one file per detector, each reproducing its original implementation."""
+
+from .common import LossResult
+from .ssd import SSDLoss, l2_weight_decay
+from .yolov3 import YOLOv3Loss
+from .yolov4 import YOLOv4Loss
+from .yolov5 import YOLOV5_ANCHORS, YOLOV5_STRIDES, YOLOv5Loss, yolov5_scaled_gains
+
+__all__ = [
+    "YOLOV5_ANCHORS",
+    "YOLOV5_STRIDES",
+    "LossResult",
+    "SSDLoss",
+    "YOLOv3Loss",
+    "YOLOv4Loss",
+    "YOLOv5Loss",
+    "l2_weight_decay",
+    "yolov5_scaled_gains",
+]

@@ -73,3 +73,20 @@ def split_yolo_heads(
         b, _, h, w = p.shape
         views.append(p.view(b, a, k, h, w).permute(0, 1, 3, 4, 2))
     return views
+
+
+def positive_ints(name: str, values: Sequence) -> tuple[int, ...]:
+    """Integral positive numbers (int, numpy int, 8.0) → ints; anything else is a ``ValueError``."""
+    try:
+        out = tuple(int(v) for v in values)
+        ok = len(out) > 0 and all(o == v and o >= 1 for o, v in zip(out, values, strict=True))
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"{name} must be positive integers, got {values!r}")
+    return out
+
+
+def check_unit(name: str, value: float) -> None:
+    if not 0 <= value <= 1:
+        raise ValueError(f"{name} must lie in [0, 1], got {value}")

@@ -1,0 +1,127 @@
+"""Box codecs: raw network outputs <-> boxes (YOLO decode, SSD encode/decode).
+
+Each detector's codec lives in its own headed section; all are pure elementwise tensor functions
+(no validation: the criteria validate their inputs once and call these on the hot path).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+# ---------------------------------------------------------------------------------------------------
+# YOLO (v3 / v4) decode
+# ---------------------------------------------------------------------------------------------------
+
+_MAX_LOG_SCALE = math.log(1e6)  # exp(t_wh) clamp: finite boxes for saturated head outputs
+
+
+def yolo_grid(height: int, width: int, *, dtype: torch.dtype, device: torch.device | str | None) -> Tensor:
+    """Cell offsets of an ``H × W`` grid: ``(H, W, 2)`` with ``[..., 0] = x`` (column), ``[..., 1] = y``."""
+    ys = torch.arange(height, dtype=dtype, device=device)
+    xs = torch.arange(width, dtype=dtype, device=device)
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack((gx, gy), dim=-1)
+
+
+def decode_yolo(raw: Tensor, offset: Tensor, anchors: Tensor, stride: float) -> Tensor:
+    """Decode raw YOLO box offsets into centre/size boxes in input pixels.
+
+    ``xy = (σ(t_xy) + offset) · stride``, ``wh = exp(min(t_wh, ln 1e6)) · anchor`` (YOLOv3 ``decode``;
+    YOLOv4's ``yolo_head`` gives the same boxes divided by the input size). The clamp (a box a million
+    times its anchor; the originals have none) only acts on saturated outputs: exp(t) overflows
+    float32 at t ≈ 89, and a box of 1e19 px already makes the IoU's areas inf − inf = NaN.
+
+    Args:
+        raw: ``(..., K)`` head outputs with ``K ≥ 4``, channels (tx, ty, tw, th, …).
+        offset: the cell ``(gx, gy)`` of each prediction, broadcastable to ``raw[..., :2]``.
+        anchors: anchor (w, h) in input pixels, broadcastable to ``raw[..., :2]``.
+        stride: input pixels per cell.
+
+    Returns:
+        ``(..., 4)`` boxes ``(cx, cy, w, h)`` in input pixels.
+    """
+    xy = (torch.sigmoid(raw[..., 0:2]) + offset) * stride
+    wh = torch.exp(raw[..., 2:4].clamp(max=_MAX_LOG_SCALE)) * anchors
+    return torch.cat((xy, wh), dim=-1)
+
+
+def decode_yolo_grid(raw: Tensor, anchors: Tensor, stride: float) -> Tensor:
+    """:func:`decode_yolo` over a head ``(B, A, H, W, K)`` with ``(A, 2)`` anchors → ``(B, A, H, W, 4)``."""
+    _, a, h, w, _ = raw.shape
+    grid = yolo_grid(h, w, dtype=raw.dtype, device=raw.device)  # (H, W, 2)
+    return decode_yolo(raw, grid, anchors.to(raw).view(1, a, 1, 1, 2), stride)
+
+
+# ---------------------------------------------------------------------------------------------
+# YOLOv5 (ultralytics/yolov5 utils/loss.py ComputeLoss, models/yolo.py Detect)
+# ---------------------------------------------------------------------------------------------
+
+
+def decode_yolov5(raw: Tensor, anchors: Tensor, grid: Tensor | None = None, stride: float = 1.0) -> Tensor:
+    """Decode YOLOv5 box logits into centre-size boxes.
+
+    Args:
+        raw: ``(..., 4)`` logits (tx, ty, tw, th).
+        anchors: ``(..., 2)`` anchor (w, h) in grid units (pixels / stride), broadcastable.
+        grid: ``(..., 2)`` integer cell (x, y) to add to the centre; ``None`` keeps the centre
+            relative to its cell, which is how ``ComputeLoss`` compares it with the target.
+        stride: multiplies the result (1 keeps grid units; the stride gives input pixels).
+
+    Returns:
+        ``(..., 4)`` cxcywh::
+
+            xy = (2·σ(txy) − 0.5 + grid) · stride     (centre may leave its cell by up to 1.5)
+            wh = (2·σ(twh))² · anchor · stride        (at most 4 × the anchor)
+    """
+    s = raw.sigmoid()
+    xy = s[..., :2] * 2.0 - 0.5
+    if grid is not None:
+        xy = xy + grid
+    wh = (s[..., 2:4] * 2.0) ** 2 * anchors
+    out = torch.cat((xy, wh), dim=-1)
+    return out * stride if stride != 1.0 else out
+
+
+# ---------------------------------------------------------------------------------------------
+# SSD (SSD.TensorFlow utility/anchor_manipulator.py: encode_all_anchors / decode_all_anchors)
+# ---------------------------------------------------------------------------------------------
+
+SSD_VARIANCES: tuple[float, float, float, float] = (0.1, 0.1, 0.2, 0.2)
+
+
+def encode_ssd(boxes: Tensor, priors: Tensor, variances: Sequence[float] = SSD_VARIANCES) -> Tensor:
+    """Encode cxcywh boxes as SSD regression targets relative to cxcywh priors.
+
+    Args:
+        boxes: ``(..., 4)`` ground truth, cxcywh.
+        priors: ``(..., 4)`` priors (default boxes), cxcywh, broadcastable against ``boxes``.
+        variances: the prior scaling ``(v_cx, v_cy, v_w, v_h)``.
+
+    Returns:
+        ``(..., 4)`` offsets in (cx, cy, w, h) order::
+
+            t_c  = (g_c − p_c) / p_wh / v_c
+            t_wh = log(g_wh / p_wh) / v_wh
+
+        (SSD.TensorFlow stores them in (cy, cx, h, w) order; detloss keeps the box order.)
+    """
+    v = boxes.new_tensor(variances)
+    c = (boxes[..., :2] - priors[..., :2]) / priors[..., 2:] / v[:2]
+    wh = torch.log(boxes[..., 2:] / priors[..., 2:]) / v[2:]
+    return torch.cat((c, wh), dim=-1)
+
+
+def decode_ssd(offsets: Tensor, priors: Tensor, variances: Sequence[float] = SSD_VARIANCES) -> Tensor:
+    """Inverse of :func:`encode_ssd`: offsets ``(..., 4)`` (cx, cy, w, h) → cxcywh boxes ``(..., 4)``::
+
+    g_c  = p_c + t_c · v_c · p_wh
+    g_wh = p_wh · exp(t_wh · v_wh)
+    """
+    v = offsets.new_tensor(variances)
+    c = priors[..., :2] + offsets[..., :2] * v[:2] * priors[..., 2:]
+    wh = priors[..., 2:] * torch.exp(offsets[..., 2:] * v[2:])
+    return torch.cat((c, wh), dim=-1)

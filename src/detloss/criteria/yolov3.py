@@ -1,0 +1,187 @@
+"""YOLOv3 criterion, reproducing tensorflow-yolov3 (``core/yolov3.py`` loss, ``core/dataset.py`` labels)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..assign import best_iou_with, build_yolov3_targets, gather_at_cells, pad_targets
+from ..boxes import _convert
+from ..codecs import decode_yolo, decode_yolo_grid
+from ..distributed import global_count
+from ..iou import IoUKind, check_eps, check_kind, compute_dtype, iou_xyxy
+from ..losses import sigmoid_focal_loss, smooth_labels, weight_reduce
+from .common import LossResult, check_unit, positive_ints, split_yolo_heads
+
+#: The standard COCO anchors (input pixels), three per scale for strides 8, 16, 32.
+COCO_ANCHORS: tuple[tuple[tuple[int, int], ...], ...] = (
+    ((10, 13), (16, 30), (33, 23)),
+    ((30, 61), (62, 45), (59, 119)),
+    ((116, 90), (156, 198), (373, 326)),
+)
+
+
+def _anchor_table(anchors: Sequence, num_scales: int) -> tuple[tuple[tuple[float, float], ...], ...]:
+    """Accept ``(S, A, 2)`` or flat ``(S·A, 2)`` anchors; return them nested per scale."""
+    flat = torch.as_tensor(anchors, dtype=torch.float64).reshape(-1, 2)
+    if flat.shape[0] == 0 or flat.shape[0] % num_scales or not bool((flat > 0).all()):
+        raise ValueError(
+            f"anchors must be {num_scales} groups of positive (w, h) pairs, got {flat.shape[0]} pairs"
+        )
+    per = flat.shape[0] // num_scales
+    return tuple(
+        tuple((float(w), float(h)) for w, h in flat[i * per : (i + 1) * per].tolist())
+        for i in range(num_scales)
+    )
+
+
+class YOLOv3Loss(nn.Module):
+    """YOLOv3 loss as tensorflow-yolov3 computes it (seed 000), its label builder included.
+
+    Per scale, with resp the responsible mask of :func:`detloss.assign.build_yolov3_targets`::
+
+        box = resp · (2 − w·h / (W_in·H_in)) · (1 − GIoU(pred, target))          w, h target pixels
+        bgd = (1 − resp) · [max IoU(pred, boxes assigned on the scale) < iou_loss_thresh]
+        obj = |resp − σ(t_obj)|² · (resp + bgd) · BCE(t_obj, resp)
+        cls = resp · Σ_c BCE(t_c, onehot·(1 − 0.01) + 0.01/C)
+
+    GIoU has eps 1e-6 in both denominators. Each term is summed over cells, anchors and channels,
+    averaged over the batch and summed over the scales; ``total = box + obj + cls``.
+
+    Args:
+        num_classes: C.
+        anchors: ``(S, A, 2)`` or ``(S·A, 2)`` anchor (w, h) in input pixels, scale order = ``strides``.
+        strides: input pixels per cell of each scale; ``preds`` come in this order.
+        anchor_iou_thresh: label building, an anchor takes a box when IoU > this (0.3).
+        iou_loss_thresh: a prediction overlapping a box by at least this is not background (0.5).
+        label_smoothing: the class target's delta (0.01).
+        max_boxes_per_scale: the ignore test's buffer per scale and image (150).
+        fallback_clip_bug: reproduce the last commit's clipping of the fallback cell with the last
+            scale's grid size (off by default).
+        iou_kind, iou_eps: the box loss's IoU (option; default the original's GIoU with eps 1e-6).
+        obj_gamma, obj_alpha: focal weighting of the objectness, ``BCE · α_t · |resp − σ|^γ``
+            (:func:`detloss.sigmoid_focal_loss`); the original is γ = 2 without α (α < 0).
+        box_gain, obj_gain, cls_gain: multiply each term (option; default 1).
+        validate: check targets (finite, positive size, class range, centre inside the input).
+        reduce_across_ranks: under DistributedDataParallel, average over the batch size summed over
+            the ranks (:func:`detloss.distributed.global_count`), so DDP's gradient average equals
+            the single-process gradient of the whole batch even when ranks hold unequal batches
+            (with equal batches the per-rank mean is already exact). No effect without a process group.
+
+    Call: ``crit(preds, targets)`` with ``preds`` a list of ``(B, A·(5+C), H, W)`` raw head outputs and
+    ``targets`` a list of B dicts ``{"boxes": (n, 4) xyxy pixels, "labels": (n,) int64}``; returns
+    :class:`LossResult` with components ``{"box", "obj", "cls"}``. float16/bfloat16 are computed in
+    float32.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        anchors: Sequence = COCO_ANCHORS,
+        strides: Sequence[int] = (8, 16, 32),
+        *,
+        anchor_iou_thresh: float = 0.3,
+        iou_loss_thresh: float = 0.5,
+        label_smoothing: float = 0.01,
+        max_boxes_per_scale: int = 150,
+        fallback_clip_bug: bool = False,
+        iou_kind: IoUKind = "giou",
+        iou_eps: float = 1e-6,
+        obj_gamma: float = 2.0,
+        obj_alpha: float = -1.0,
+        box_gain: float = 1.0,
+        obj_gain: float = 1.0,
+        cls_gain: float = 1.0,
+        validate: bool = True,
+        reduce_across_ranks: bool = False,
+    ) -> None:
+        super().__init__()
+        (num_classes,) = positive_ints("num_classes", (num_classes,))
+        strides = positive_ints("strides", strides)
+        for name, v in (
+            ("anchor_iou_thresh", anchor_iou_thresh),
+            ("iou_loss_thresh", iou_loss_thresh),
+            ("label_smoothing", label_smoothing),
+        ):
+            check_unit(name, v)
+        if not isinstance(max_boxes_per_scale, int) or max_boxes_per_scale < 1:
+            raise ValueError(f"max_boxes_per_scale must be a positive int, got {max_boxes_per_scale!r}")
+        check_kind(iou_kind)
+        check_eps(iou_eps)
+        if obj_gamma < 0 or obj_alpha > 1:
+            raise ValueError(f"need obj_gamma >= 0 and obj_alpha <= 1, got {obj_gamma}, {obj_alpha}")
+        self.num_classes = num_classes
+        self.strides = strides
+        self.anchors = _anchor_table(anchors, len(self.strides))
+        self.anchor_iou_thresh = anchor_iou_thresh
+        self.iou_loss_thresh = iou_loss_thresh
+        self.label_smoothing = label_smoothing
+        self.max_boxes_per_scale = max_boxes_per_scale
+        self.fallback_clip_bug = fallback_clip_bug
+        self.iou_kind, self.iou_eps = iou_kind, iou_eps
+        self.obj_gamma, self.obj_alpha = obj_gamma, obj_alpha
+        self.gains = {"box": box_gain, "obj": obj_gain, "cls": cls_gain}
+        self.validate = validate
+        self.reduce_across_ranks = reduce_across_ranks
+
+    def forward(self, preds: Sequence[Tensor], targets: Sequence[Mapping[str, Tensor]]) -> LossResult:
+        s_count, a_count, c = len(self.strides), len(self.anchors[0]), self.num_classes
+        views = split_yolo_heads(preds, [a_count] * s_count, c, self.strides, len(targets))
+        dtype = compute_dtype(views[0])
+        views = [v.to(dtype) for v in views]  # half precision computed in float32
+        dev = views[0].device
+        grids = [(v.shape[2], v.shape[3]) for v in views]
+        in_h, in_w = grids[0][0] * self.strides[0], grids[0][1] * self.strides[0]
+        batch = len(targets)
+
+        tg = pad_targets(targets, c, dtype=dtype, device=dev, validate=self.validate)
+        anchors = torch.tensor(self.anchors, dtype=dtype, device=dev)  # (S, A, 2)
+        asg = build_yolov3_targets(
+            tg.boxes, tg.mask, anchors, self.strides, grids,
+            anchor_iou_thresh=self.anchor_iou_thresh, max_boxes_per_scale=self.max_boxes_per_scale,
+            fallback_clip_bug=self.fallback_clip_bug, validate=self.validate,
+        )
+        wh = tg.boxes[..., 2:] - tg.boxes[..., :2]
+        box_scale = (2.0 - wh[..., 0] * wh[..., 1] / (in_w * in_h))[..., None]  # (B, M, 1)
+        cls_target = smooth_labels(F.one_hot(tg.labels, c).to(dtype), self.label_smoothing)[:, :, None]
+
+        zero = views[0].new_zeros(())
+        box, obj, cls = zero, zero, zero
+        for s, v in enumerate(views):  # v: (B, A, H, W, 5 + C)
+            cell = asg.cell[:, :, s]  # (B, M, 2)
+            win = asg.winner[:, :, s].to(dtype)  # (B, M, A)
+            # decoded with gradient only where a box is held: a sparse gather, not the whole head
+            head = v.permute(0, 1, 4, 2, 3)  # (B, A, 5 + C, H, W), the memory order of preds[s]
+            obj_logit, raw = gather_at_cells(head, cell)  # (B, A, H, W), (B, M, A, 5 + C)
+            pred = decode_yolo(raw, cell[:, :, None].to(dtype), anchors[s], self.strides[s])
+            pred = _convert(pred, "cxcywh", "xyxy")
+            iou = iou_xyxy(pred, tg.boxes[:, :, None], self.iou_kind, self.iou_eps)
+            box = box + weight_reduce(1.0 - iou, win * box_scale, "sum")
+
+            logits = raw[..., 5:]
+            bce = F.binary_cross_entropy_with_logits(logits, cls_target.expand_as(logits), reduction="none")
+            cls = cls + weight_reduce(bce.sum(-1), win, "sum")
+
+            resp = asg.responsible[s]  # (B, A, H, W)
+            with torch.no_grad():  # the background mask is a constant of the loss
+                dense = _convert(decode_yolo_grid(v, anchors[s], self.strides[s]), "cxcywh", "xyxy")
+                best = best_iou_with(dense.flatten(1, 3), tg.boxes, asg.held[:, :, s], fill=0.0)
+            background = ~resp & (best.view_as(resp) < self.iou_loss_thresh)
+            t = resp.to(dtype)
+            conf = sigmoid_focal_loss(
+                obj_logit, t, self.obj_alpha, self.obj_gamma, reduction="none", validate=False
+            )
+            obj = obj + weight_reduce(conf, t + background.to(dtype), "sum")
+
+        parts = {"box": box, "obj": obj, "cls": cls}
+        norm = max(batch, 1)
+        if self.reduce_across_ranks:
+            norm = global_count(torch.tensor(float(batch), device=dev), True, at_least=1.0).to(dtype)
+        parts = {k: self.gains[k] * p / norm for k, p in parts.items()}
+        return LossResult(parts["box"] + parts["obj"] + parts["cls"], parts)
+
+    def extra_repr(self) -> str:
+        return f"num_classes={self.num_classes}, strides={self.strides}, iou_kind={self.iou_kind!r}"

@@ -1,0 +1,206 @@
+"""YOLOv4 / YOLOv4-tiny criterion, reproducing yolov4-tiny-tf2 (``nets/loss.py``, ``nets/ious.py``)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..assign import best_iou_with, build_yolov4_targets, gather_at_cells, pad_targets
+from ..boxes import _convert
+from ..codecs import decode_yolo, decode_yolo_grid
+from ..distributed import global_count
+from ..iou import IoUKind, check_eps, check_kind, compute_dtype, iou_xyxy
+from ..losses import sigmoid_focal_loss, weight_reduce
+from .common import LossResult, positive_ints, split_yolo_heads
+
+#: name → (anchors in input pixels, anchor mask per scale, strides); scale order = preds order.
+PRESETS: dict[str, tuple[tuple[tuple[int, int], ...], tuple[tuple[int, ...], ...], tuple[int, ...]]] = {
+    "tiny": (
+        ((10, 14), (23, 27), (37, 58), (81, 82), (135, 169), (344, 319)),
+        ((3, 4, 5), (1, 2, 3)),
+        (32, 16),
+    ),
+    "yolov4": (
+        ((12, 16), (19, 36), (40, 28), (36, 75), (76, 55), (72, 146), (142, 110), (192, 243), (459, 401)),
+        ((6, 7, 8), (3, 4, 5), (0, 1, 2)),
+        (32, 16, 8),
+    ),
+}
+
+
+class YOLOv4Loss(nn.Module):
+    """YOLOv4 loss as yolov4-tiny-tf2 computes it (seed 002); the default preset is YOLOv4-tiny.
+
+    Targets from :func:`detloss.assign.build_yolov4_targets` (best anchor by centred w-h IoU, written
+    on every scale whose mask holds it; a later box overwrites the coordinates while the class vector
+    keeps a 1 for every class written there). Per scale, with resp the responsible mask::
+
+        box    = resp · (2 − w·h) · (1 − CIoU(pred, target))          w, h normalised by the input
+        ignore = [max IoU(pred, boxes held by the scale's responsible slots in the image) < ignore_thresh]
+        obj    = resp · BCE(t_obj, 1) + (1 − resp) · BCE(t_obj, 0) · ignore
+        cls    = resp · Σ_c BCE(t_c, y·(1 − ε) + ε/C)                 y the class vector, ε = label_smoothing
+
+    ``total = Σ_scales (box + obj + cls) / N`` with ``N = Σ_scales max(#resp on the scale, 1)`` when
+    ``normalize`` (default), else the batch size; each component is divided by the same N.
+
+    CIoU is computed in coordinates proportional to the original's normalised ones (x / W_in,
+    y / H_in, times max(W_in, H_in)), so non-square inputs get the original's distance and aspect
+    terms; the eps placement of ``iou_xyxy`` differs from nets/ious.py only by ~1e-7 / (union in pixels²)
+    relative (≤ 1e-9 once the union exceeds 100 px²), and α is held constant in the gradient (the original
+    differentiates through α; the values agree).
+
+    Args:
+        num_classes: C.
+        preset: ``"tiny"`` (anchors 10,14 23,27 37,58 81,82 135,169 344,319, masks [[3,4,5],[1,2,3]],
+            strides (32, 16)) or ``"yolov4"`` (nine anchors, masks [[6,7,8],[3,4,5],[0,1,2]],
+            strides (32, 16, 8)); ``anchors``, ``anchor_masks``, ``strides`` override it.
+        ignore_thresh: 0.5. label_smoothing: ε, 0 by default. normalize: see above.
+        floor_centre: floor box centres to whole pixels like the original data loader's
+            ``(x1 + x2) // 2`` (off: exact centres).
+        iou_kind, iou_eps: the box loss's IoU (option; default CIoU, eps 1e-7).
+        obj_gamma, obj_alpha: focal weighting of the objectness (option; default off: γ = 0, α < 0).
+        box_gain, obj_gain, cls_gain: multiply each term (option; default 1).
+        validate: check targets (finite, positive size, class range, centre inside the input).
+        reduce_across_ranks: under DistributedDataParallel, N is computed from the counts summed over
+            the ranks, ``Σ_scales max(Σ_ranks #resp, 1) / K`` on each of K ranks (the batch size
+            likewise with ``normalize=False``; :func:`detloss.distributed.global_count`), so DDP's
+            gradient average equals the single-process gradient of the whole batch. No effect
+            without a process group.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        preset: Literal["tiny", "yolov4"] = "tiny",
+        *,
+        anchors: Sequence | None = None,
+        anchor_masks: Sequence[Sequence[int]] | None = None,
+        strides: Sequence[int] | None = None,
+        ignore_thresh: float = 0.5,
+        label_smoothing: float = 0.0,
+        normalize: bool = True,
+        floor_centre: bool = False,
+        iou_kind: IoUKind = "ciou",
+        iou_eps: float = 1e-7,
+        obj_gamma: float = 0.0,
+        obj_alpha: float = -1.0,
+        box_gain: float = 1.0,
+        obj_gain: float = 1.0,
+        cls_gain: float = 1.0,
+        validate: bool = True,
+        reduce_across_ranks: bool = False,
+    ) -> None:
+        super().__init__()
+        if preset not in PRESETS:
+            raise ValueError(f"preset must be one of {tuple(PRESETS)}, got {preset!r}")
+        (num_classes,) = positive_ints("num_classes", (num_classes,))
+        p_anchors, p_masks, p_strides = PRESETS[preset]
+        flat = torch.as_tensor(p_anchors if anchors is None else anchors, dtype=torch.float64).reshape(-1, 2)
+        if flat.shape[0] == 0 or not bool((flat > 0).all()):
+            raise ValueError("anchors must be positive (w, h) pairs")
+        masks = tuple(tuple(int(i) for i in m) for m in (p_masks if anchor_masks is None else anchor_masks))
+        strides = positive_ints("strides", p_strides if strides is None else strides)
+        if len(masks) != len(strides) or len({len(m) for m in masks}) != 1 or not masks[0]:
+            raise ValueError("anchor_masks must give the same number of anchors for every scale in strides")
+        for i, m in enumerate(masks):
+            if any(not 0 <= k < flat.shape[0] for k in m) or len(set(m)) != len(m):
+                raise ValueError(f"anchor_masks[{i}] = {m} must hold distinct ids in [0, {flat.shape[0]})")
+        for name, v in (("ignore_thresh", ignore_thresh), ("label_smoothing", label_smoothing)):
+            if not 0 <= v <= 1:
+                raise ValueError(f"{name} must lie in [0, 1], got {v}")
+        check_kind(iou_kind)
+        check_eps(iou_eps)
+        if obj_gamma < 0 or obj_alpha > 1:
+            raise ValueError(f"need obj_gamma >= 0 and obj_alpha <= 1, got {obj_gamma}, {obj_alpha}")
+        self.num_classes = num_classes
+        self.anchors = tuple((float(w), float(h)) for w, h in flat.tolist())
+        self.anchor_masks, self.strides = masks, strides
+        self.ignore_thresh, self.label_smoothing = ignore_thresh, label_smoothing
+        self.normalize, self.floor_centre = normalize, floor_centre
+        self.iou_kind, self.iou_eps = iou_kind, iou_eps
+        self.obj_gamma, self.obj_alpha = obj_gamma, obj_alpha
+        self.gains = {"box": box_gain, "obj": obj_gain, "cls": cls_gain}
+        self.validate = validate
+        self.reduce_across_ranks = reduce_across_ranks
+
+    def forward(self, preds: Sequence[Tensor], targets: Sequence[Mapping[str, Tensor]]) -> LossResult:
+        c, a_count = self.num_classes, len(self.anchor_masks[0])
+        views = split_yolo_heads(preds, [a_count] * len(self.strides), c, self.strides, len(targets))
+        dtype = compute_dtype(views[0])
+        views = [v.to(dtype) for v in views]  # half precision computed in float32
+        dev = views[0].device
+        grids = [(v.shape[2], v.shape[3]) for v in views]
+        in_h, in_w = grids[0][0] * self.strides[0], grids[0][1] * self.strides[0]
+        batch = len(targets)
+
+        tg = pad_targets(targets, c, dtype=dtype, device=dev, validate=self.validate)
+        anchors = torch.tensor(self.anchors, dtype=dtype, device=dev)  # (K, 2)
+        asg = build_yolov4_targets(
+            tg.boxes, tg.mask, anchors, self.anchor_masks, grids, (in_h, in_w),
+            floor_centre=self.floor_centre, validate=self.validate,
+        )
+        b, m, s_count, _ = asg.assigned.shape
+        # class vectors: every assigned box sets a 1 at its class in the slot's final holder (the
+        # original writes y_true[..., 5 + c] = 1 without clearing the row); the writes all store 1,
+        # so duplicate indices cannot make the result order-dependent
+        holder = asg.owner.flatten(1)  # (B, N)
+        multi = torch.zeros(b, holder.shape[1] + 1, c, dtype=dtype, device=dev)
+        label = tg.labels[:, :, None, None].expand_as(asg.owner).flatten(1)
+        bi = torch.arange(b, device=dev)[:, None].expand_as(holder)
+        multi[bi, holder.masked_fill(holder < 0, holder.shape[1]), label] = 1.0
+        cls_target = multi[:, :-1].view(b, m, s_count, a_count, c)
+        if self.label_smoothing:
+            cls_target = cls_target * (1.0 - self.label_smoothing) + self.label_smoothing / c
+
+        unit = max(in_w, in_h) / torch.tensor([in_w, in_h, in_w, in_h], dtype=dtype, device=dev)
+        wh = asg.boxes[..., 2:] - asg.boxes[..., :2]
+        box_scale = (2.0 - (wh[..., 0] / in_w) * (wh[..., 1] / in_h))[..., None]  # (B, M, 1)
+        target = (asg.boxes * unit)[:, :, None]
+
+        zero = views[0].new_zeros(())
+        box, obj, cls, num_pos = zero, zero, zero, zero
+        for s, v in enumerate(views):  # v: (B, A, H, W, 5 + C)
+            cell = asg.cell[:, :, s]  # (B, M, 2)
+            win = asg.winner[:, :, s].to(dtype)  # (B, M, A)
+            scale_anchors = anchors[list(self.anchor_masks[s])]  # (A, 2)
+            # decoded with gradient only where a box is held: a sparse gather, not the whole head
+            head = v.permute(0, 1, 4, 2, 3)  # (B, A, 5 + C, H, W), the memory order of preds[s]
+            obj_logit, raw = gather_at_cells(head, cell)  # (B, A, H, W), (B, M, A, 5 + C)
+            pred = decode_yolo(raw, cell[:, :, None].to(dtype), scale_anchors, self.strides[s])
+            iou = iou_xyxy(_convert(pred, "cxcywh", "xyxy") * unit, target, self.iou_kind, self.iou_eps)
+            box = box + weight_reduce(1.0 - iou, win * box_scale, "sum")
+
+            bce = F.binary_cross_entropy_with_logits(raw[..., 5:], cls_target[:, :, s], reduction="none")
+            cls = cls + weight_reduce(bce.sum(-1), win, "sum")
+
+            resp = asg.responsible[s]  # (B, A, H, W)
+            with torch.no_grad():  # the ignore mask is a constant of the loss
+                dense = _convert(decode_yolo_grid(v, scale_anchors, self.strides[s]), "cxcywh", "xyxy")
+                best = best_iou_with(dense.flatten(1, 3), asg.boxes, asg.held[:, :, s], fill=-1.0)
+            ignore = best.view_as(resp) < self.ignore_thresh  # an image without boxes: all True
+            t = resp.to(dtype)
+            conf = sigmoid_focal_loss(
+                obj_logit, t, self.obj_alpha, self.obj_gamma, reduction="none", validate=False
+            )
+            obj = obj + weight_reduce(conf, t + (1.0 - t) * ignore.to(dtype), "sum")
+            if self.reduce_across_ranks:
+                num_pos = num_pos + global_count(t.sum(), True, at_least=1.0)
+            else:
+                num_pos = num_pos + t.sum().clamp(min=1.0)
+
+        norm = num_pos if self.normalize else max(batch, 1)
+        if self.reduce_across_ranks and not self.normalize:
+            norm = global_count(torch.tensor(float(batch), device=dev), True, at_least=1.0).to(dtype)
+        parts = {"box": box, "obj": obj, "cls": cls}
+        parts = {k: self.gains[k] * p / norm for k, p in parts.items()}
+        return LossResult(parts["box"] + parts["obj"] + parts["cls"], parts)
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_classes={self.num_classes}, anchor_masks={self.anchor_masks}, strides={self.strides}, "
+            f"iou_kind={self.iou_kind!r}, normalize={self.normalize}"
+        )

@@ -1,0 +1,241 @@
+"""YOLOv5 criterion: reproduces ultralytics/yolov5 ``utils/loss.py`` ``ComputeLoss``.
+
+Per scale i, with the matches of :func:`detloss.assign.build_yolov5_targets`::
+
+    box_i = mean over matches of (1 − CIoU(decode(t), target))         (CIoU eps 1e-7, α no-grad)
+    obj_i = balance_i · mean over all B·A·H·W cells of BCE(t_obj, tobj)
+            tobj = (1 − gr) + gr · clamp(CIoU.detach(), 0) on matched cells (last write wins), else 0
+    cls_i = mean over matches × classes of BCE(t_cls, cp/cn one-hot)     (only when C > 1)
+
+    box = gain_box · Σ box_i,  obj = gain_obj · Σ obj_i,  cls = gain_cls · Σ cls_i
+    total = (box + obj + cls) · B
+
+The gains are the scratch hyper-parameters (hyp.scratch-low.yaml); :func:`yolov5_scaled_gains`
+gives the per-model scaling that YOLOv5's train.py applies. Details and differences: docs/yolov5.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..assign import YOLOv5Matches, build_yolov5_targets, pad_targets
+from ..boxes import _convert
+from ..codecs import decode_yolov5
+from ..distributed import global_count
+from ..iou import compute_dtype, iou_xyxy
+from ..losses import sigmoid_focal_loss
+from .common import LossResult, split_yolo_heads
+
+YOLOV5_ANCHORS: tuple[tuple[tuple[float, float], ...], ...] = (
+    ((10, 13), (16, 30), (33, 23)),
+    ((30, 61), (62, 45), (59, 119)),
+    ((116, 90), (156, 198), (373, 326)),
+)
+YOLOV5_STRIDES: tuple[int, ...] = (8, 16, 32)
+# ComputeLoss.balance: {3: [4.0, 1.0, 0.4]}.get(nl, [4.0, 1.0, 0.25, 0.06, 0.02])
+_BALANCE_3 = (4.0, 1.0, 0.4)
+_BALANCE_OTHER = (4.0, 1.0, 0.25, 0.06, 0.02)
+_CIOU_EPS = 1e-7
+_FOCAL_ALPHA = 0.25
+
+
+def yolov5_scaled_gains(
+    num_classes: int,
+    num_layers: int = 3,
+    imgsz: int = 640,
+    box: float = 0.05,
+    obj: float = 1.0,
+    cls: float = 0.5,
+) -> dict[str, float]:
+    """The loss gains after YOLOv5 train.py's per-model scaling (not applied by :class:`YOLOv5Loss`)::
+
+        box · 3/nl,   cls · C/80 · 3/nl,   obj · (imgsz/640)² · 3/nl
+
+    Example: ``YOLOv5Loss(C, **yolov5_scaled_gains(C, imgsz=320))`` trains like ``train.py --img 320``.
+    """
+    if num_classes < 1 or num_layers < 1 or imgsz <= 0:
+        raise ValueError(
+            f"num_classes, num_layers and imgsz must be positive, got {num_classes}, {num_layers}, {imgsz}"
+        )
+    layers = 3.0 / num_layers
+    return {
+        "box": box * layers,
+        "cls": cls * num_classes / 80.0 * layers,
+        "obj": obj * (imgsz / 640.0) ** 2 * layers,
+    }
+
+
+def _gather_logits(p: Tensor, num_anchors: int, mt: YOLOv5Matches) -> tuple[Tensor, Tensor]:
+    """The objectness logits ``(B, A, H, W)`` and the matched rows ``(n, 5 + C)`` of one raw head
+    ``(B, A·(5+C), H, W)`` (channel ``a·(5+C) + k``), taken by ONE gather from the flat head.
+
+    Why one gather: the backward of this loss is mostly autograd zero-filling a gradient the size of
+    every logit; a slice plus an advanced index (or the channels-last permute of ``Detect``) would
+    build two such tensors (or a strided copy) per scale.
+    """
+    bsz, _, h, w = p.shape
+    k, hw = p.shape[1] // num_anchors, h * w
+    obj_planes = torch.arange(bsz * num_anchors, device=p.device) * k + 4  # plane of channel 4
+    obj_idx = (obj_planes[:, None] * hw + torch.arange(hw, device=p.device)).reshape(-1)
+    rows = (mt.batch * num_anchors + mt.anchor) * k * hw + mt.gj * w + mt.gi  # channel 0 of each match
+    match_idx = (rows[:, None] + torch.arange(k, device=p.device) * hw).reshape(-1)
+    values = p.reshape(-1)[torch.cat((obj_idx, match_idx))]
+    n_obj = obj_idx.shape[0]
+    return values[:n_obj].view(bsz, num_anchors, h, w), values[n_obj:].view(-1, k)
+
+
+class YOLOv5Loss(nn.Module):
+    """The YOLOv5 training loss (``ComputeLoss``, v6/v7 releases, ``autobalance=False``).
+
+    Args:
+        num_classes: C.
+        anchors: per scale a sequence of (w, h) in input pixels (default: the P3–P5 anchors of
+            yolov5s.yaml) or a tensor ``(nl, A, 2)``.
+        strides: input pixels per cell, one per scale.
+        box, obj, cls: loss gains (hyp ``box``, ``obj``, ``cls``).
+        cls_pw, obj_pw: BCE ``pos_weight`` (hyp ``cls_pw``, ``obj_pw``).
+        anchor_t: anchor ratio threshold (hyp ``anchor_t``).
+        fl_gamma: > 0 wraps both BCEs in the focal loss (α = 0.25) of :func:`detloss.sigmoid_focal_loss`.
+        label_smoothing: ε; class targets cp = 1 − ε/2, cn = ε/2.
+        gr: objectness IoU ratio (``model.gr``).
+        balance: per-scale objectness weights; default (4.0, 1.0, 0.4) for 3 scales, else
+            (4.0, 1.0, 0.25, 0.06, 0.02)[:nl] as the original.
+        validate: check targets (finite, positive size, class range) in :func:`detloss.assign.pad_targets`.
+        reduce_across_ranks: under DistributedDataParallel, the box and class means over matches
+            become sums over the rank's matches divided by the match count averaged over the ranks
+            (:func:`detloss.distributed.global_count`); the objectness mean over cells and the ``· B``
+            stay per rank. With equal per-rank batches, K ranks then give exactly 1/K of the
+            single-process gradient of the whole batch, which YOLOv5's train.py undoes by scaling
+            the loss by the world size. No effect without a process group.
+
+    Call:
+        preds: one ``(B, A*(5+C), H, W)`` raw head output per scale.
+        targets: B dicts ``{"boxes": (n, 4) xyxy input pixels, "labels": (n,) int64}``.
+
+    Returns:
+        :class:`LossResult` with ``total = (box + obj + cls) · B`` and components
+        ``{"box", "obj", "cls"}`` (gains applied, not multiplied by B).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        anchors: Sequence[Sequence[Sequence[float]]] | Tensor = YOLOV5_ANCHORS,
+        strides: Sequence[int] = YOLOV5_STRIDES,
+        *,
+        box: float = 0.05,
+        obj: float = 1.0,
+        cls: float = 0.5,
+        cls_pw: float = 1.0,
+        obj_pw: float = 1.0,
+        anchor_t: float = 4.0,
+        fl_gamma: float = 0.0,
+        label_smoothing: float = 0.0,
+        gr: float = 1.0,
+        balance: Sequence[float] | None = None,
+        validate: bool = True,
+        reduce_across_ranks: bool = False,
+    ) -> None:
+        super().__init__()
+        if not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+        anchors_t = torch.as_tensor(anchors, dtype=torch.float64)
+        if anchors_t.dim() != 3 or anchors_t.shape[2] != 2 or anchors_t.shape[1] < 1:
+            raise ValueError(f"anchors must have shape (num_scales, A, 2), got {tuple(anchors_t.shape)}")
+        if not bool((anchors_t > 0).all()):
+            raise ValueError("anchors must be positive (w, h) pairs in input pixels")
+        strides = tuple(strides)
+        if len(strides) != anchors_t.shape[0] or any(s <= 0 for s in strides):
+            raise ValueError(
+                f"strides {strides} must be positive, one per scale ({anchors_t.shape[0]} in anchors)"
+            )
+        if balance is None:
+            balance = _BALANCE_3 if len(strides) == 3 else _BALANCE_OTHER[: len(strides)]
+        if len(balance) != len(strides):
+            raise ValueError(f"balance needs {len(strides)} values, got {len(balance)}")
+        if anchor_t <= 1:
+            raise ValueError(f"anchor_t must be > 1, got {anchor_t}")
+        if fl_gamma < 0:
+            raise ValueError(f"fl_gamma must be >= 0, got {fl_gamma}")
+        if not 0 <= label_smoothing <= 1:
+            raise ValueError(f"label_smoothing must lie in [0, 1], got {label_smoothing}")
+        if not 0 <= gr <= 1:
+            raise ValueError(f"gr must lie in [0, 1], got {gr}")
+        if cls_pw <= 0 or obj_pw <= 0:
+            raise ValueError(f"cls_pw and obj_pw must be > 0, got {cls_pw}, {obj_pw}")
+        self.num_classes = num_classes
+        self.strides = strides
+        # anchors in grid units per scale, like Detect.anchors after check_anchor_order
+        self.register_buffer(
+            "anchors", anchors_t / torch.tensor(strides, dtype=torch.float64)[:, None, None], persistent=False
+        )
+        self.gains = {"box": float(box), "obj": float(obj), "cls": float(cls)}
+        self.cls_pw, self.obj_pw = float(cls_pw), float(obj_pw)
+        self.anchor_t, self.fl_gamma, self.gr = float(anchor_t), float(fl_gamma), float(gr)
+        self.cp, self.cn = 1.0 - 0.5 * label_smoothing, 0.5 * label_smoothing
+        self.balance = tuple(float(b) for b in balance)
+        self.validate, self.reduce_across_ranks = bool(validate), bool(reduce_across_ranks)
+
+    def _bce(
+        self, logits: Tensor, target: Tensor, pos_weight: float, avg_factor: Tensor | None = None
+    ) -> Tensor:
+        """Mean BCE-with-logits (or the sum over ``avg_factor``), or YOLOv5's FocalLoss wrapper
+        around it when fl_gamma > 0."""
+        if logits.numel() == 0:  # empty batch: 0, still attached to the graph
+            return logits.sum() * 0.0
+        pw = logits.new_tensor([pos_weight])
+        if self.fl_gamma > 0:
+            return sigmoid_focal_loss(
+                logits, target, _FOCAL_ALPHA, self.fl_gamma, pos_weight=pw, validate=False,
+                avg_factor=avg_factor,
+            )
+        reduction = "mean" if avg_factor is None else "sum"
+        loss = F.binary_cross_entropy_with_logits(logits, target, pos_weight=pw, reduction=reduction)
+        return loss if avg_factor is None else loss / avg_factor
+
+    def forward(self, preds: Sequence[Tensor], targets: Sequence[Mapping[str, Tensor]]) -> LossResult:
+        num_anchors = [self.anchors.shape[1]] * len(self.strides)
+        split_yolo_heads(preds, num_anchors, self.num_classes, self.strides, len(targets))  # checks
+        dtype = compute_dtype(preds[0])  # fp16/bf16 heads: the loss is computed in float32
+        padded = pad_targets(
+            targets, self.num_classes, dtype=dtype, device=preds[0].device, validate=self.validate
+        )
+        zero = preds[0].new_zeros((), dtype=dtype)
+        lbox, lobj, lcls = zero, zero, zero
+        for i, p in enumerate(preds):
+            bsz, _, h, w = p.shape
+            anchors = self.anchors[i].to(dtype=dtype, device=p.device)
+            mt = build_yolov5_targets(padded, anchors, self.strides[i], (h, w), self.anchor_t)
+            obj_logits, ps = _gather_logits(p.to(dtype), num_anchors[i], mt)  # (B,A,H,W), (n, 5+C)
+            tobj = torch.zeros_like(obj_logits)
+            n_avg = None  # reduce_across_ranks: the match count averaged over the ranks (every rank
+            if self.reduce_across_ranks:  # joins the all-reduce, with or without matches)
+                n_avg = global_count(torch.tensor(float(mt.batch.numel()), device=p.device), True).to(dtype)
+            if mt.batch.numel():
+                pbox = decode_yolov5(ps[:, :4], mt.anchors)  # cxcywh, grid units, own cell
+                ciou = iou_xyxy(
+                    _convert(pbox, "cxcywh", "xyxy"), _convert(mt.box, "cxcywh", "xyxy"), "ciou", _CIOU_EPS
+                )
+                lbox = lbox + ((1.0 - ciou).mean() if n_avg is None else (1.0 - ciou).sum() / n_avg)
+                score = ciou.detach().clamp(min=0)
+                if self.gr < 1:
+                    score = (1.0 - self.gr) + self.gr * score
+                win = mt.winner
+                tobj[mt.batch[win], mt.anchor[win], mt.gj[win], mt.gi[win]] = score[win]
+                if self.num_classes > 1:
+                    t = torch.full_like(ps[:, 5:], self.cn)
+                    t.scatter_(1, mt.labels[:, None], self.cp)
+                    n_cls = None if n_avg is None else n_avg * self.num_classes
+                    lcls = lcls + self._bce(ps[:, 5:], t, self.cls_pw, n_cls)
+            lobj = lobj + self._bce(obj_logits, tobj, self.obj_pw) * self.balance[i]
+        parts = {
+            "box": lbox * self.gains["box"],
+            "obj": lobj * self.gains["obj"],
+            "cls": lcls * self.gains["cls"],
+        }
+        total = (parts["box"] + parts["obj"] + parts["cls"]) * len(targets)
+        return LossResult(total, parts)

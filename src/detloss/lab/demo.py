@@ -1,0 +1,438 @@
+"""``detloss demo``: train a tiny detector on synthetic shapes with a detloss criterion, report COCO mAP.
+
+Pipeline: :func:`.data.make_shapes` (train and held-out test split from different seeds) →
+:class:`.model.TinyDetector` (strides 8, 16, 32; 3 anchors per scale) → the chosen criterion →
+AdamW with a cosine schedule → decode + :func:`.model.select_detections` → pycocotools COCOeval.
+
+Criteria are looked up in :data:`CRITERIA`. Each entry says how to build the criterion, how to hand it
+the network's raw outputs and how to decode those outputs into scored boxes, so a criterion is wired
+in one place. An entry whose class is not in this build of ``detloss.criteria`` is reported as
+unavailable instead of failing at import.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..boxes import _convert
+from .data import CLASSES, ShapesData, make_shapes
+from .evaluate import coco_map
+from .model import TinyDetector, select_detections
+
+STRIDES = (8, 16, 32)
+# (w, h) in input pixels per scale, fitted to the shapes' 10–34 px sides
+ANCHORS = (((10, 10), (14, 11), (11, 15)), ((18, 18), (24, 17), (17, 25)), ((28, 28), (34, 24), (24, 34)))
+
+
+# ------------------------------------------------------------------------------------------------
+# the criterion registry
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CriterionSpec:
+    """How the demo drives one criterion.
+
+    Attributes:
+        class_name: the class in ``detloss.criteria``.
+        build: ``(criteria module, num_classes, image size) → criterion``.
+        preds: ``(raw outputs, image size) → what the criterion's forward takes as preds``.
+        decode: ``(raw outputs, image size) → (boxes (B, N, 4) xyxy pixels, scores (B, N, C))``.
+    """
+
+    class_name: str
+    build: Callable[[Any, int, int], Any]
+    preds: Callable[[list[Tensor], int], Any]
+    decode: Callable[[list[Tensor], int], tuple[Tensor, Tensor]]
+
+
+def _grid(h: int, w: int, like: Tensor) -> Tensor:
+    """Cell indices ``(H, W, 2)`` as (x, y)."""
+    gy, gx = torch.meshgrid(
+        torch.arange(h, device=like.device), torch.arange(w, device=like.device), indexing="ij"
+    )
+    return torch.stack([gx, gy], -1).to(like.dtype)
+
+
+def _yolo_decoder(
+    box_fn: Callable[[Any, Tensor, Tensor, Tensor, int], Tensor],
+) -> Callable[[list[Tensor], int], tuple[Tensor, Tensor]]:
+    """Decode YOLO heads into xyxy boxes and per-class scores σ(obj)·σ(cls).
+
+    ``box_fn(codecs, raw (B, A, H, W, 4), anchors (A, 1, 1, 2) pixels, grid (H, W, 2), stride)`` → cxcywh
+    pixels calls the criterion's own codec in ``detloss.codecs``.
+    """
+
+    def decode(outputs: list[Tensor], size: int) -> tuple[Tensor, Tensor]:
+        codecs = importlib.import_module("detloss.codecs")
+        boxes, scores = [], []
+        for out, anchors, stride in zip(outputs, ANCHORS, STRIDES, strict=True):
+            b, _, h, w = out.shape
+            a = len(anchors)
+            p = out.view(b, a, -1, h, w).permute(0, 1, 3, 4, 2)  # (B, A, H, W, 5 + C)
+            anc = out.new_tensor(anchors)[:, None, None, :]
+            box = box_fn(codecs, p[..., :4], anc, _grid(h, w, out), stride)
+            boxes.append(_convert(box, "cxcywh", "xyxy").reshape(b, -1, 4))
+            scores.append((p[..., 4:5].sigmoid() * p[..., 5:].sigmoid()).reshape(b, a * h * w, -1))
+        return torch.cat(boxes, 1), torch.cat(scores, 1)
+
+    return decode
+
+
+def ssd_priors(size: int, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Priors ``(P, 4)`` cxcywh pixels: the anchors at every cell centre, order (scale, y, x, anchor)."""
+    priors = []
+    for anchors, stride in zip(ANCHORS, STRIDES, strict=True):
+        n = size // stride
+        centre = (_grid(n, n, torch.empty(0, dtype=dtype)) + 0.5) * stride  # (H, W, 2)
+        wh = torch.tensor(anchors, dtype=dtype)
+        priors.append(
+            torch.cat(
+                [centre[:, :, None, :].expand(n, n, len(anchors), 2), wh.expand(n, n, -1, -1)], -1
+            ).reshape(-1, 4)
+        )
+    return torch.cat(priors)
+
+
+def _ssd_split(outputs: list[Tensor]) -> tuple[Tensor, Tensor]:
+    """Raw heads → loc ``(B, P, 4)``, conf ``(B, P, C + 1)`` in the prior order of :func:`ssd_priors`."""
+    flat = []
+    for out, anchors in zip(outputs, ANCHORS, strict=True):
+        b, _, h, w = out.shape
+        flat.append(
+            out.view(b, len(anchors), -1, h, w).permute(0, 3, 4, 1, 2).reshape(b, h * w * len(anchors), -1)
+        )
+    both = torch.cat(flat, 1)
+    return both[..., :4], both[..., 4:]
+
+
+def _ssd_decode(outputs: list[Tensor], size: int) -> tuple[Tensor, Tensor]:
+    codecs = importlib.import_module("detloss.codecs")
+    loc, conf = _ssd_split(outputs)
+    box = codecs.decode_ssd(loc, ssd_priors(size, loc.dtype).to(loc.device))
+    return _convert(box, "cxcywh", "xyxy"), conf.softmax(-1)[..., 1:]  # class 0 = background
+
+
+def _yolo_preds(outputs: list[Tensor], size: int) -> list[Tensor]:
+    return outputs
+
+
+CRITERIA: dict[str, CriterionSpec] = {
+    "yolov3": CriterionSpec(
+        "YOLOv3Loss",
+        lambda m, c, size: m.YOLOv3Loss(num_classes=c, anchors=ANCHORS, strides=STRIDES),
+        _yolo_preds,
+        _yolo_decoder(lambda codecs, raw, anc, grid, s: codecs.decode_yolo(raw, grid, anc, s)),
+    ),
+    "yolov4": CriterionSpec(
+        "YOLOv4Loss",
+        lambda m, c, size: m.YOLOv4Loss(
+            num_classes=c,
+            preset="yolov4",
+            anchors=ANCHORS,
+            anchor_masks=((0, 1, 2), (3, 4, 5), (6, 7, 8)),
+            strides=STRIDES,
+        ),
+        _yolo_preds,
+        _yolo_decoder(lambda codecs, raw, anc, grid, s: codecs.decode_yolo(raw, grid, anc, s)),
+    ),
+    "yolov5": CriterionSpec(
+        "YOLOv5Loss",
+        lambda m, c, size: m.YOLOv5Loss(num_classes=c, anchors=ANCHORS, strides=STRIDES),
+        _yolo_preds,
+        _yolo_decoder(lambda codecs, raw, anc, grid, s: codecs.decode_yolov5(raw, anc / s, grid, s)),
+    ),
+    "ssd": CriterionSpec(
+        "SSDLoss",
+        lambda m, c, size: m.SSDLoss(num_classes=c, priors=ssd_priors(size)),
+        lambda outputs, size: _ssd_split(outputs),
+        _ssd_decode,
+    ),
+}
+
+
+def available_criteria() -> list[str]:
+    """The registry entries whose criterion class exists in this build of ``detloss.criteria``."""
+    module = importlib.import_module("detloss.criteria")
+    return [name for name, spec in CRITERIA.items() if hasattr(module, spec.class_name)]
+
+
+def build_criterion(name: str, num_classes: int, size: int) -> Any:
+    if name not in CRITERIA:
+        raise ValueError(f"criterion must be one of {tuple(CRITERIA)}, got {name!r}")
+    module = importlib.import_module("detloss.criteria")
+    spec = CRITERIA[name]
+    if not hasattr(module, spec.class_name):
+        raise SystemExit(
+            f"detloss demo: criterion {name!r} needs detloss.criteria.{spec.class_name}, which this build "
+            f"does not have yet; available: {', '.join(available_criteria()) or 'none'}"
+        )
+    return spec.build(module, num_classes, size)
+
+
+# ------------------------------------------------------------------------------------------------
+# training and evaluation
+# ------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def detect(
+    model: TinyDetector, spec: CriterionSpec, images: Tensor, batch: int = 64
+) -> list[dict[str, Tensor]]:
+    """Run the model in eval mode and return per-image detections (xyxy pixels, score, label)."""
+    model.eval()
+    out: list[dict[str, Tensor]] = []
+    for i in range(0, images.shape[0], batch):
+        boxes, scores = spec.decode(model(images[i : i + batch]), images.shape[-1])
+        out.extend(select_detections(boxes, scores))
+    return out
+
+
+def train(
+    model: TinyDetector,
+    criterion: Any,
+    spec: CriterionSpec,
+    data: ShapesData,
+    epochs: int,
+    batch: int,
+    lr: float,
+    seed: int,
+    show_progress: bool = True,
+) -> dict[str, list[float]]:
+    """AdamW + cosine decay with a short linear warm-up, horizontal flips; returns per-step loss parts."""
+    from ._util import progress
+
+    g = torch.Generator().manual_seed(seed)
+    steps_per_epoch = math.ceil(len(data) / batch)
+    total = epochs * steps_per_epoch
+    warmup = max(1, min(total // 10, 3 * steps_per_epoch))
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=5e-4)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * s / total))
+    )
+    history: dict[str, list[float]] = {}
+    size = data.images.shape[-1]
+    with progress(total=total, desc="train", unit="step", disable=not show_progress) as bar:
+        for _ in range(epochs):
+            model.train()
+            for idx in torch.randperm(len(data), generator=g).split(batch):
+                images, targets = data.subset(idx)
+                flip = torch.rand(len(idx), generator=g) < 0.5
+                images = torch.where(flip[:, None, None, None], images.flip(-1), images)
+                targets = [_flip(t, size) if f else t for t, f in zip(targets, flip.tolist(), strict=True)]
+                result = criterion(spec.preds(model(images), size), targets)
+                opt.zero_grad(set_to_none=True)
+                result.total.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+                opt.step()
+                sched.step()
+                history.setdefault("total", []).append(float(result.total.detach()))
+                for k, v in result.components.items():
+                    history.setdefault(k, []).append(float(v.detach()))
+                bar.set_postfix_str(f"loss {float(result.total.detach()):.3f}")
+                bar.update(1)
+    return history
+
+
+def _flip(target: dict[str, Tensor], size: int) -> dict[str, Tensor]:
+    b = target["boxes"]
+    return {
+        "boxes": torch.stack([size - b[:, 2], b[:, 1], size - b[:, 0], b[:, 3]], -1),
+        "labels": target["labels"],
+    }
+
+
+# ------------------------------------------------------------------------------------------------
+# pictures
+# ------------------------------------------------------------------------------------------------
+
+
+def plot_losses(history: dict[str, list[float]], title: str, path: Path) -> Path:
+    """One panel per loss component (raw per step, light; moving average, bold), log y."""
+    from ._util import pyplot, save
+
+    plt = pyplot()
+    names = list(history)
+    fig, axes = plt.subplots(1, len(names), figsize=(3.4 * len(names), 3.0), squeeze=False)
+    for ax, name in zip(axes[0], names, strict=True):
+        y = torch.tensor(history[name], dtype=torch.float64)
+        k = max(1, len(y) // 25)
+        smooth = torch.nn.functional.avg_pool1d(y[None, None], k, 1, padding=0)[0, 0] if len(y) >= k else y
+        ax.plot(y.numpy(), color="tab:blue", alpha=0.3, lw=0.8)
+        ax.plot(range(k - 1, k - 1 + len(smooth)), smooth.numpy(), color="tab:blue", lw=1.8)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        if bool((y > 0).all()):
+            ax.set_yscale("log")
+        ax.grid(True, which="both", alpha=0.3)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def plot_detections(
+    images: Tensor,
+    targets: list[dict[str, Tensor]],
+    detections: list[dict[str, Tensor]],
+    title: str,
+    path: Path,
+    score_threshold: float = 0.3,
+) -> Path:
+    """Test images with ground truth (white, dashed) and detections above ``score_threshold`` (coloured)."""
+    from ._util import pyplot, save
+
+    plt = pyplot()
+    n = images.shape[0]
+    cols = min(4, n)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.6 * rows), squeeze=False)
+    colours = ("tab:red", "tab:cyan", "yellow")
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, img, t, d in zip(axes.flat, images, targets, detections, strict=False):
+        ax.imshow(img.permute(1, 2, 0).clamp(0, 1).numpy())
+        for x1, y1, x2, y2 in t["boxes"].tolist():
+            ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, ec="white", lw=1, ls="--"))
+        for (x1, y1, x2, y2), s, c in zip(
+            d["boxes"].tolist(), d["scores"].tolist(), d["labels"].tolist(), strict=True
+        ):
+            if s < score_threshold:
+                continue
+            ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, ec=colours[c % 3], lw=1.5))
+            ax.text(
+                x1,
+                y1 - 1,
+                f"{CLASSES[c][:4]} {s:.2f}",
+                color=colours[c % 3],
+                fontsize=6,
+                bbox={"facecolor": "black", "alpha": 0.5, "pad": 0.5, "lw": 0},
+            )
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return save(fig, path)
+
+
+# ------------------------------------------------------------------------------------------------
+# the command
+# ------------------------------------------------------------------------------------------------
+
+
+def run(
+    criterion: str = "yolov5",
+    epochs: int = 30,
+    train_images: int = 512,
+    test_images: int = 128,
+    size: int = 64,
+    batch: int = 32,
+    lr: float = 3e-3,
+    width: int = 32,
+    seed: int = 0,
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """Generate data, measure the untrained model, train, measure again; return metrics and history."""
+    torch.manual_seed(seed)
+    spec = CRITERIA[criterion]
+    crit = build_criterion(criterion, len(CLASSES), size)
+    t0 = time.perf_counter()
+    train_set = make_shapes(train_images, size, seed=seed)
+    test_set = make_shapes(test_images, size, seed=seed + 10_000)  # disjoint stream: held out
+    model = TinyDetector(len(CLASSES), num_anchors=3, width=width)
+    before = coco_map(test_set.targets, detect(model, spec, test_set.images), len(CLASSES))
+    t1 = time.perf_counter()
+    history = train(model, crit, spec, train_set, epochs, batch, lr, seed, show_progress)
+    t2 = time.perf_counter()
+    detections = detect(model, spec, test_set.images)
+    after = coco_map(test_set.targets, detections, len(CLASSES))
+    return {
+        "criterion": criterion,
+        "epochs": epochs,
+        "train_images": train_images,
+        "test_images": test_images,
+        "size": size,
+        "seed": seed,
+        "untrained": before,
+        "trained": after,
+        "seconds": {"data": t1 - t0, "train": t2 - t1, "eval": time.perf_counter() - t2},
+        "history": history,
+        "test_set": test_set,
+        "detections": detections,
+    }
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.list:
+        have = set(available_criteria())
+        for name, spec in CRITERIA.items():
+            state = "available" if name in have else "not in this build"
+            print(f"{name:7} detloss.criteria.{spec.class_name:11} {state}")
+        return 0
+    names = list(CRITERIA) if args.criterion == "all" else [args.criterion]
+    if args.criterion == "all":
+        names = [n for n in names if n in available_criteria()]
+    out = Path(args.out)
+    rows = []
+    for name in names:
+        print(
+            f"criterion {name}: {args.train_images} train / {args.test_images} test images of "
+            f"{args.size}×{args.size}, {args.epochs} epochs"
+        )
+        res = run(
+            name,
+            args.epochs,
+            args.train_images,
+            args.test_images,
+            args.size,
+            args.batch,
+            args.lr,
+            args.width,
+            args.seed,
+        )
+        rows.append(res)
+        plot_losses(res["history"], f"{name}: loss components per step", out / f"demo_losses_{name}.png")
+        k = min(8, args.test_images)
+        test = res["test_set"]
+        plot_detections(
+            test.images[:k],
+            test.targets[:k],
+            res["detections"][:k],
+            f"{name}: test images, detections ≥ 0.3 (solid), ground truth (dashed)",
+            out / f"demo_detections_{name}.png",
+        )
+        summary = {
+            key: res[key]
+            for key in (
+                "criterion",
+                "epochs",
+                "train_images",
+                "test_images",
+                "size",
+                "seed",
+                "untrained",
+                "trained",
+                "seconds",
+            )
+        }
+        summary["final_loss"] = {key: v[-1] for key, v in res["history"].items()}
+        path = out / f"demo_{name}.json"
+        path.write_text(json.dumps(summary, indent=1))
+        print(f"wrote {path}")
+    head = ("criterion", "mAP@0.5", "mAP@.5:.95", "untrained@0.5", "train s", "total s")
+    print("\n{:9} {:>8} {:>11} {:>14} {:>8} {:>8}".format(*head))
+    for r in rows:
+        s = r["seconds"]
+        print(
+            f"{r['criterion']:9} {r['trained']['map50']:8.3f} {r['trained']['map']:11.3f} "
+            f"{r['untrained']['map50']:14.3f} {s['train']:8.1f} {sum(s.values()):8.1f}"
+        )
+    return 0

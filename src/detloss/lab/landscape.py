@@ -1,0 +1,126 @@
+"""Loss landscapes of the IoU family: value and gradient magnitude as a predicted box moves.
+
+Two sweeps around a fixed target (centre (0, 0), ``--target-size``):
+
+- *shift*: the predicted box (``--pred-size``) slides over x, y offsets in [−R, R];
+- *scale*: the predicted box, centred at ``--scale-offset``, takes widths and heights from 1/4 to 4
+  times the target's (log axes).
+
+For each kind, ``L = 1 − iou_xyxy(pred, target, kind)`` and ``‖∂L/∂(x, y, w, h)‖₂`` (autograd) are
+drawn as heat maps, one column per kind, value on the top row, gradient magnitude below. The table
+in the terminal gives the share of each sweep where the gradient vanishes (< 1e−6): the plateau
+where a loss gives a box no direction to move.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from ..iou import IOU_KINDS, iou_xyxy
+from .simulate import to_xyxy
+
+FLAT = 1e-6  # gradient norms below this count as a plateau
+
+
+def evaluate(kind: str, boxes: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    """Loss ``1 − kind-IoU`` and its gradient norm w.r.t. (x, y, w, h) for boxes ``(..., 4)`` (x, y, w, h)."""
+    boxes = boxes.detach().requires_grad_(True)
+    loss = 1.0 - iou_xyxy(to_xyxy(boxes), to_xyxy(target), kind)
+    (grad,) = torch.autograd.grad(loss.sum(), boxes)  # a sum: every box gets its own gradient
+    return loss.detach(), grad.norm(dim=-1)
+
+
+def shift_grid(size: tuple[float, float], extent: float, n: int) -> tuple[Tensor, Tensor]:
+    """Boxes ``(n, n, 4)`` of fixed ``size`` centred on an n×n grid over [−extent, extent]²; axis ``(n,)``."""
+    axis = torch.linspace(-extent, extent, n, dtype=torch.float64)
+    yy, xx = torch.meshgrid(axis, axis, indexing="ij")
+    wh = torch.tensor(size, dtype=torch.float64).expand(n, n, 2)
+    return torch.cat([xx[..., None], yy[..., None], wh], -1), axis
+
+
+def scale_grid(size: tuple[float, float], offset: tuple[float, float], n: int) -> tuple[Tensor, Tensor]:
+    """Boxes ``(n, n, 4)`` centred at ``offset`` with w, h = size × 4^[−1, 1]; the ratio axis ``(n,)``."""
+    ratio = torch.logspace(-math.log10(4), math.log10(4), n, dtype=torch.float64)
+    rh, rw = torch.meshgrid(ratio, ratio, indexing="ij")
+    centre = torch.tensor(offset, dtype=torch.float64).expand(n, n, 2)
+    return torch.cat([centre, (rw * size[0])[..., None], (rh * size[1])[..., None]], -1), ratio
+
+
+def plot_sweep(
+    title: str,
+    maps: dict[str, tuple[Tensor, Tensor]],
+    extent: list[float],
+    log: bool,
+    target: Tensor,
+    path: Path,
+) -> Path:
+    from ._util import pyplot, save
+
+    plt = pyplot()
+    kinds = list(maps)
+    fig, axes = plt.subplots(2, len(kinds), figsize=(3.1 * len(kinds), 5.8), squeeze=False)
+    for col, kind in enumerate(kinds):
+        value, grad = maps[kind]
+        for row, (img, name, cmap) in enumerate(((value, "loss", "viridis"), (grad, "|grad|", "magma"))):
+            ax = axes[row, col]
+            im = ax.imshow(img.numpy(), origin="lower", extent=extent, cmap=cmap, aspect="auto")
+            if log:
+                ax.set_xscale("log")
+                ax.set_yscale("log")
+            else:
+                x, y, w, h = target.tolist()
+                ax.add_patch(plt.Rectangle((x - w / 2, y - h / 2), w, h, fill=False, ec="white", lw=1))
+            ax.set_title(f"{kind} {name}", fontsize=9)
+            ax.tick_params(labelsize=7)
+            fig.colorbar(im, ax=ax, shrink=0.8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def main(args: argparse.Namespace) -> int:
+    kinds = tuple(args.losses) if args.losses else IOU_KINDS
+    target = torch.tensor([0.0, 0.0, *args.target_size], dtype=torch.float64)
+    out = Path(args.out)
+    shift_boxes, axis = shift_grid(tuple(args.pred_size), args.range, args.grid)
+    scale_boxes, ratio = scale_grid(tuple(args.target_size), tuple(args.scale_offset), args.grid)
+    shift = {k: evaluate(k, shift_boxes, target) for k in kinds}
+    scale = {k: evaluate(k, scale_boxes, target) for k in kinds}
+
+    print(f"target (x, y, w, h) = {target.tolist()}; grid {args.grid}×{args.grid}")
+    print(
+        f"{'kind':6} {'shift: loss range':>20} {'max |grad|':>11} {'flat %':>7}   "
+        f"{'scale: loss range':>20} {'max |grad|':>11} {'flat %':>7}"
+    )
+    for k in kinds:
+        cells = []
+        for v, g in (shift[k], scale[k]):
+            flat = 100.0 * float((g < FLAT).double().mean())
+            cells.append(f"{float(v.min()):9.3f}…{float(v.max()):<9.3f} {float(g.max()):11.4g} {flat:7.1f}")
+        print(f"{k:6} {cells[0]}   {cells[1]}")
+    print(f"flat % = share of the sweep with |grad| < {FLAT:g}: no direction to move the box")
+
+    r = args.range
+    plot_sweep(
+        f"predicted box {args.pred_size[0]:g}×{args.pred_size[1]:g} sliding around the target "
+        f"{args.target_size[0]:g}×{args.target_size[1]:g} (white)",
+        shift,
+        [-r, r, -r, r],
+        False,
+        target,
+        out / "landscape_shift.png",
+    )
+    plot_sweep(
+        f"predicted box at offset {tuple(args.scale_offset)} scaled: w/w_gt (x axis), h/h_gt (y axis)",
+        scale,
+        [float(ratio[0]), float(ratio[-1])] * 2,
+        True,
+        target,
+        out / "landscape_scale.png",
+    )
+    return 0

@@ -1,0 +1,109 @@
+"""detloss demo: criterion registry, head layouts, a tiny training run, and (slow) learning beats chance."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+pytest.importorskip("matplotlib")
+pytest.importorskip("tqdm")
+pytest.importorskip("pycocotools")
+
+from detloss.cli import main  # noqa: E402
+from detloss.lab import demo as D  # noqa: E402
+
+AVAILABLE = D.available_criteria()
+
+
+def test_ssd_priors_by_hand():
+    priors = D.ssd_priors(64)
+    assert priors.shape == ((8 * 8 + 4 * 4 + 2 * 2) * 3, 4)
+    # order (scale, y, x, anchor): prior 0 = cell (0, 0) of stride 8, anchor (10, 10); prior 3 = cell x=1
+    assert priors[0].tolist() == [4.0, 4.0, 10.0, 10.0]
+    assert priors[3].tolist() == [12.0, 4.0, 10.0, 10.0]
+    assert priors[8 * 3].tolist() == [4.0, 12.0, 10.0, 10.0]
+    assert priors[192].tolist() == [8.0, 8.0, 18.0, 18.0]  # first prior of stride 16
+
+
+def test_ssd_split_matches_the_prior_order():
+    # write each anchor's prior (cx, cy, w, h) into its loc channels; the split must line them up
+    outputs = []
+    for anchors, stride in zip(D.ANCHORS, D.STRIDES, strict=True):
+        n = 64 // stride
+        out = torch.zeros(1, len(anchors), 4 + 4, n, n)  # C = 3: 4 loc + 4 conf per anchor
+        gy, gx = torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij")
+        for a, (w, h) in enumerate(anchors):
+            out[0, a, 0], out[0, a, 1] = (gx + 0.5) * stride, (gy + 0.5) * stride
+            out[0, a, 2], out[0, a, 3] = w, h
+        outputs.append(out.view(1, -1, n, n))
+    loc, conf = D._ssd_split(outputs)
+    assert conf.shape == (1, 252, 4)
+    assert torch.equal(loc[0], D.ssd_priors(64))
+
+
+def test_demo_list(capsys):
+    assert main(["demo", "--list"]) == 0
+    out = capsys.readouterr().out
+    for name in ("yolov3", "yolov4", "yolov5", "ssd"):
+        assert name in out
+
+
+def test_unknown_or_missing_criterion_is_reported():
+    with pytest.raises(ValueError, match="criterion"):
+        D.build_criterion("rcnn", 3, 64)
+    missing = [n for n in D.CRITERIA if n not in AVAILABLE]
+    if missing:
+        with pytest.raises(SystemExit, match="does not have"):
+            D.build_criterion(missing[0], 3, 64)
+
+
+@pytest.mark.skipif("yolov5" not in AVAILABLE, reason="YOLOv5Loss not in this build")
+def test_yolov5_decode_of_zero_logits_gives_the_anchors():
+    # decode_yolov5 at logits 0: centre = cell + 0.5, size = (2 * 0.5)^2 * anchor = anchor: the priors
+    outputs = [torch.zeros(1, 3 * 8, 64 // s, 64 // s) for s in D.STRIDES]
+    boxes, scores = D.CRITERIA["yolov5"].decode(outputs, 64)
+    priors = D.ssd_priors(64)
+    expected = torch.cat([priors[:, :2] - priors[:, 2:] / 2, priors[:, :2] + priors[:, 2:] / 2], -1)
+    assert sorted(boxes[0].tolist()) == sorted(expected.tolist())
+    assert torch.allclose(scores, torch.full_like(scores, 0.25))  # sigmoid(0) * sigmoid(0)
+
+
+@pytest.mark.parametrize("name", AVAILABLE)
+def test_one_epoch_on_a_handful_of_images(name, tmp_path, capsys):
+    args = [
+        "demo",
+        "--criterion",
+        name,
+        "--epochs",
+        "1",
+        "--train-images",
+        "16",
+        "--test-images",
+        "4",
+        "--batch",
+        "8",
+        "--width",
+        "8",
+        "--out",
+        str(tmp_path),
+    ]
+    assert main(args) == 0
+    assert "mAP@0.5" in capsys.readouterr().out
+    for png in (f"demo_losses_{name}.png", f"demo_detections_{name}.png"):
+        assert (tmp_path / png).stat().st_size > 1000
+    summary = json.loads((tmp_path / f"demo_{name}.json").read_text())
+    assert all(math.isfinite(v) for v in summary["final_loss"].values())
+    assert 0.0 <= summary["trained"]["map50"] <= 1.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", AVAILABLE)
+def test_training_beats_the_untrained_model(name):
+    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    # 240 steps (half the default run)
+    res = D.run(name, epochs=15, train_images=512, test_images=48, show_progress=False)
+    assert res["untrained"]["map50"] < 0.05
+    assert res["trained"]["map50"] > res["untrained"]["map50"] + 0.1, res["trained"]
