@@ -35,3 +35,11 @@ def test_bad_arguments_exit_with_usage():
     with pytest.raises(SystemExit) as exc:
         main(["no-such-command"])
     assert exc.value.code == 2
+
+
+def test_tour_options_without_the_subcommand(capsys):
+    # `detloss --pred ... --target ...` runs the default command with its options
+    assert main(["--pred", "0", "0", "1", "1", "--target", "0", "0", "2", "1"]) == 0
+    out = capsys.readouterr().out
+    iou_line = next(line for line in out.splitlines() if line.startswith("iou "))
+    assert float(iou_line.split()[1]) == 0.5  # area 1 inside area 2

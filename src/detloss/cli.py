@@ -109,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=bench)
 
     _add_lab_commands(sub)
+    parser.set_defaults(commands=tuple(sub.choices))
     return parser
 
 
@@ -191,9 +192,11 @@ def _add_lab_commands(sub: argparse._SubParsersAction) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = parser.get_default("commands")
+    if not argv or (argv[0] not in commands and argv[0] not in ("-h", "--help")):
+        argv = ["tour", *argv]  # `detloss [tour options]` runs the default command
     args = parser.parse_args(argv)
-    if args.command is None:
-        args = parser.parse_args(["tour", *(argv or [])])
     return args.func(args)
 
 
