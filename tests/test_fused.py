@@ -23,6 +23,13 @@ from detloss.kernels import IOU_KINDS, focal_forward, focal_value_and_grad, fuse
 K = 4.0 / math.pi**2
 
 
+@pytest.fixture(autouse=True)
+def always_the_function(monkeypatch):
+    """These tests check the hand-derived backward: route every size through the autograd.Function
+    (small eager inputs otherwise take autograd of the same formula, see PLAIN_AUTOGRAD_MAX_BOXES)."""
+    monkeypatch.setattr(kernels, "PLAIN_AUTOGRAD_MAX_BOXES", -1)
+
+
 def plain_iou(boxes1, boxes2, kind="iou", eps=1e-7):
     x1, y1, x2, y2 = boxes1.unbind(-1)
     u1, v1, u2, v2 = boxes2.unbind(-1)
@@ -401,3 +408,25 @@ def test_eager_blocks_match_whole(monkeypatch, reduce):
     out.backward(g)
     torch.testing.assert_close(x1.grad, x0.grad, rtol=1e-9, atol=1e-10)
     torch.testing.assert_close(t1.grad, t0.grad, rtol=1e-9, atol=1e-10)
+
+
+
+@pytest.mark.parametrize("kind", IOU_KINDS)
+def test_small_eager_inputs_take_autograd_of_the_same_formula(kind, monkeypatch):
+    g = torch.Generator().manual_seed(7)
+    xy = torch.rand(64, 2, generator=g, dtype=torch.float64) * 10
+    b1 = torch.cat((xy, xy + 0.5 + torch.rand(64, 2, generator=g, dtype=torch.float64) * 5), -1)
+    b2 = b1 + torch.randn(64, 4, generator=g, dtype=torch.float64)
+    b2 = torch.cat((torch.minimum(b2[:, :2], b2[:, 2:]), torch.maximum(b2[:, :2], b2[:, 2:])), -1)
+    results = []
+    for limit in (-1, 1 << 18):  # the Function, then the autograd path
+        monkeypatch.setattr(kernels, "PLAIN_AUTOGRAD_MAX_BOXES", limit)
+        a, b = b1.clone().requires_grad_(), b2.clone().requires_grad_()
+        out = fused_iou(a, b, kind, loss=True)
+        out.backward(torch.linspace(0.5, 2.0, 64, dtype=torch.float64))
+        results.append((out.detach(), a.grad, b.grad, out.grad_fn.name()))
+    (v1, g11, g21, fn1), (v2, g12, g22, fn2) = results
+    assert "FusedIoU" in fn1 and "FusedIoU" not in fn2
+    torch.testing.assert_close(v2, v1, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(g12, g11, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(g22, g21, rtol=1e-9, atol=1e-12)
