@@ -14,7 +14,7 @@ from ..codecs import decode_yolo, decode_yolo_grid
 from ..distributed import global_count
 from ..iou import IoUKind, check_eps, check_kind, compute_dtype, iou_xyxy
 from ..losses import sigmoid_focal_loss, smooth_labels, weight_reduce
-from .common import LossResult, check_unit, positive_ints, split_yolo_heads
+from .common import LossResult, anchor_table, check_unit, positive_ints, split_yolo_heads
 
 #: The standard COCO anchors (input pixels), three per scale for strides 8, 16, 32.
 COCO_ANCHORS: tuple[tuple[tuple[int, int], ...], ...] = (
@@ -22,20 +22,6 @@ COCO_ANCHORS: tuple[tuple[tuple[int, int], ...], ...] = (
     ((30, 61), (62, 45), (59, 119)),
     ((116, 90), (156, 198), (373, 326)),
 )
-
-
-def _anchor_table(anchors: Sequence, num_scales: int) -> tuple[tuple[tuple[float, float], ...], ...]:
-    """Accept ``(S, A, 2)`` or flat ``(S·A, 2)`` anchors; return them nested per scale."""
-    flat = torch.as_tensor(anchors, dtype=torch.float64).reshape(-1, 2)
-    if flat.shape[0] == 0 or flat.shape[0] % num_scales or not bool((flat > 0).all()):
-        raise ValueError(
-            f"anchors must be {num_scales} groups of positive (w, h) pairs, got {flat.shape[0]} pairs"
-        )
-    per = flat.shape[0] // num_scales
-    return tuple(
-        tuple((float(w), float(h)) for w, h in flat[i * per : (i + 1) * per].tolist())
-        for i in range(num_scales)
-    )
 
 
 class YOLOv3Loss(nn.Module):
@@ -115,7 +101,7 @@ class YOLOv3Loss(nn.Module):
             raise ValueError(f"need obj_gamma >= 0 and obj_alpha <= 1, got {obj_gamma}, {obj_alpha}")
         self.num_classes = num_classes
         self.strides = strides
-        self.anchors = _anchor_table(anchors, len(self.strides))
+        self.anchors = anchor_table(anchors, len(self.strides))
         self.anchor_iou_thresh = anchor_iou_thresh
         self.iou_loss_thresh = iou_loss_thresh
         self.label_smoothing = label_smoothing

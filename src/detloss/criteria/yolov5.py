@@ -28,7 +28,7 @@ from ..codecs import decode_yolov5
 from ..distributed import global_count
 from ..iou import compute_dtype, iou_xyxy
 from ..losses import sigmoid_focal_loss
-from .common import LossResult, split_yolo_heads
+from .common import LossResult, anchor_table, positive_ints, split_yolo_heads
 
 YOLOV5_ANCHORS: tuple[tuple[tuple[float, float], ...], ...] = (
     ((10, 13), (16, 30), (33, 23)),
@@ -143,16 +143,8 @@ class YOLOv5Loss(nn.Module):
         super().__init__()
         if not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-        anchors_t = torch.as_tensor(anchors, dtype=torch.float64)
-        if anchors_t.dim() != 3 or anchors_t.shape[2] != 2 or anchors_t.shape[1] < 1:
-            raise ValueError(f"anchors must have shape (num_scales, A, 2), got {tuple(anchors_t.shape)}")
-        if not bool((anchors_t > 0).all()):
-            raise ValueError("anchors must be positive (w, h) pairs in input pixels")
-        strides = tuple(strides)
-        if len(strides) != anchors_t.shape[0] or any(s <= 0 for s in strides):
-            raise ValueError(
-                f"strides {strides} must be positive, one per scale ({anchors_t.shape[0]} in anchors)"
-            )
+        strides = positive_ints("strides", strides)
+        anchors_t = torch.tensor(anchor_table(anchors, len(strides)), dtype=torch.float64)  # (S, A, 2)
         if balance is None:
             balance = _BALANCE_3 if len(strides) == 3 else _BALANCE_OTHER[: len(strides)]
         if len(balance) != len(strides):
