@@ -40,3 +40,17 @@ def test_criteria_give_the_same_loss_for_every_anchor_form(criterion):
     targets = [{"boxes": boxes, "labels": torch.tensor([1])}]
     totals = [criterion(2, anchors)(preds, targets).total for anchors in (NESTED, FLAT, YAML)]
     assert totals[0] == totals[1] == totals[2]
+
+
+def test_yolov4_masks_follow_the_strides_when_only_anchors_are_given():
+    from detloss.criteria import YOLOv4Loss
+
+    nine = [12, 16, 19, 36, 40, 28, 36, 75, 76, 55, 72, 146, 142, 110, 192, 243, 459, 401]
+    # the preset's own masks when they fit
+    assert YOLOv4Loss(3).anchor_masks == ((3, 4, 5), (1, 2, 3))
+    assert YOLOv4Loss(3, "yolov4").anchor_masks == ((6, 7, 8), (3, 4, 5), (0, 1, 2))
+    # custom anchors and strides: largest anchors on the largest stride, in the strides' order
+    assert YOLOv4Loss(3, anchors=nine, strides=(32, 16, 8)).anchor_masks == ((6, 7, 8), (3, 4, 5), (0, 1, 2))
+    assert YOLOv4Loss(3, anchors=nine, strides=(8, 16, 32)).anchor_masks == ((0, 1, 2), (3, 4, 5), (6, 7, 8))
+    with pytest.raises(ValueError, match="split evenly"):
+        YOLOv4Loss(3, anchors=nine[:16], strides=(32, 16, 8))

@@ -32,6 +32,22 @@ PRESETS: dict[str, tuple[tuple[tuple[int, int], ...], tuple[tuple[int, ...], ...
 }
 
 
+def _masks_fit(masks: Sequence[Sequence[int]], num_scales: int, num_anchors: int) -> bool:
+    return len(masks) == num_scales and all(0 <= k < num_anchors for m in masks for k in m)
+
+
+def _masks_by_stride(strides: Sequence[int], num_anchors: int) -> tuple[tuple[int, ...], ...]:
+    """Default masks for custom anchors: anchors listed small to large, split evenly over the scales,
+    the largest anchors on the largest stride (YOLOv4's [[6,7,8],[3,4,5],[0,1,2]] for strides 32,16,8)."""
+    if num_anchors % len(strides):
+        raise ValueError(
+            f"{num_anchors} anchors do not split evenly over {len(strides)} strides; pass anchor_masks"
+        )
+    per = num_anchors // len(strides)
+    rank = {s: r for r, s in enumerate(sorted(range(len(strides)), key=lambda i: strides[i]))}
+    return tuple(tuple(range(rank[i] * per, (rank[i] + 1) * per)) for i in range(len(strides)))
+
+
 class YOLOv4Loss(nn.Module):
     """YOLOv4 loss as yolov4-tiny-tf2 computes it (seed 002); the default preset is YOLOv4-tiny.
 
@@ -57,7 +73,10 @@ class YOLOv4Loss(nn.Module):
         num_classes: C.
         preset: ``"tiny"`` (anchors 10,14 23,27 37,58 81,82 135,169 344,319, masks [[3,4,5],[1,2,3]],
             strides (32, 16)) or ``"yolov4"`` (nine anchors, masks [[6,7,8],[3,4,5],[0,1,2]],
-            strides (32, 16, 8)); ``anchors``, ``anchor_masks``, ``strides`` override it.
+            strides (32, 16, 8)); ``anchors``, ``anchor_masks``, ``strides`` override it. Without
+            ``anchor_masks``, the preset's masks are kept when they fit the anchors and strides,
+            otherwise the anchors (listed small to large) are split evenly over the scales, the
+            largest on the largest stride.
         ignore_thresh: 0.5. label_smoothing: ε, 0 by default. normalize: see above.
         floor_centre: floor box centres to whole pixels like the original data loader's
             ``(x1 + x2) // 2`` (off: exact centres).
@@ -102,8 +121,12 @@ class YOLOv4Loss(nn.Module):
         flat = torch.as_tensor(p_anchors if anchors is None else anchors, dtype=torch.float64).reshape(-1, 2)
         if flat.shape[0] == 0 or not bool((flat > 0).all()):
             raise ValueError("anchors must be positive (w, h) pairs")
-        masks = tuple(tuple(int(i) for i in m) for m in (p_masks if anchor_masks is None else anchor_masks))
         strides = positive_ints("strides", p_strides if strides is None else strides)
+        if anchor_masks is None:
+            anchor_masks = p_masks if _masks_fit(p_masks, len(strides), flat.shape[0]) else _masks_by_stride(
+                strides, flat.shape[0]
+            )
+        masks = tuple(tuple(int(i) for i in m) for m in anchor_masks)
         if len(masks) != len(strides) or len({len(m) for m in masks}) != 1 or not masks[0]:
             raise ValueError("anchor_masks must give the same number of anchors for every scale in strides")
         for i, m in enumerate(masks):
