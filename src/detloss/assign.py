@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .boxes import _convert, check_boxes, check_finite
+from .boxes import check_boxes, check_finite, convert
 from .iou import iou_xyxy
 from .losses import check_class_ids
 
@@ -463,7 +463,7 @@ def build_yolov5_targets(
     bsz, m = targets.mask.shape
     num_anchors = anchors.shape[0]
     h, w = grid_size
-    cxcywh = _convert(targets.boxes.reshape(bsz * m, 4), "xyxy", "cxcywh") / stride  # (N, 4)
+    cxcywh = convert(targets.boxes.reshape(bsz * m, 4), "xyxy", "cxcywh") / stride  # (N, 4)
     gxy, gwh = cxcywh[:, :2], cxcywh[:, 2:]
 
     r = gwh[None] / anchors[:, None]  # (A, N, 2)

@@ -79,10 +79,10 @@ def box_convert(boxes: Tensor, in_fmt: BoxFormat, out_fmt: BoxFormat) -> Tensor:
     check_boxes("boxes", boxes)
     check_format("in_fmt", in_fmt)
     check_format("out_fmt", out_fmt)
-    return _convert(boxes, in_fmt, out_fmt)
+    return convert(boxes, in_fmt, out_fmt)
 
 
-def _convert(boxes: Tensor, in_fmt: str, out_fmt: str) -> Tensor:
+def convert(boxes: Tensor, in_fmt: str, out_fmt: str) -> Tensor:
     """Unchecked conversion, used inside the library after validation."""
     if in_fmt == out_fmt:
         return boxes

@@ -17,7 +17,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from .boxes import BoxFormat, _convert, check_boxes, check_format
+from .boxes import BoxFormat, check_boxes, check_format, convert
 from .kernels import IOU_KINDS, fused_iou
 
 IoUKind = Literal["iou", "giou", "diou", "ciou", "eiou", "siou"]
@@ -64,7 +64,7 @@ def prepare_pair(
     check_boxes(names[1], boxes2, finite=validate)
     check_format("fmt", fmt)
     dtype = torch.promote_types(compute_dtype(boxes1), compute_dtype(boxes2))
-    return _convert(boxes1.to(dtype), fmt, "xyxy"), _convert(boxes2.to(dtype), fmt, "xyxy")
+    return convert(boxes1.to(dtype), fmt, "xyxy"), convert(boxes2.to(dtype), fmt, "xyxy")
 
 
 def bbox_iou(

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from detloss.assign import PRIOR_IGNORED, PRIOR_NEGATIVE, hard_negative_mask, match_priors, pad_targets
-from detloss.boxes import _convert
+from detloss.boxes import convert
 from detloss.criteria import SSDLoss, l2_weight_decay
 
 D = torch.float64
@@ -196,8 +196,8 @@ def test_matching_equals_loop_port_on_ssd300_priors():
     assert priors.shape == (8732, 4)
     targets = random_targets(gen, 3, 20, max_boxes=4)
     pt = pad_targets(targets, 20, dtype=D)
-    got = match_priors(pt, _convert(priors, "cxcywh", "xyxy"), 0.5, 0.4)
-    pri = _convert(priors, "cxcywh", "xyxy").tolist()
+    got = match_priors(pt, convert(priors, "cxcywh", "xyxy"), 0.5, 0.4)
+    pri = convert(priors, "cxcywh", "xyxy").tolist()
     for i, t in enumerate(targets):
         assert got[i].tolist() == ref_match(t["boxes"].tolist(), pri, 0.5, 0.4)
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from detloss.assign import build_yolov5_targets, pad_targets
-from detloss.boxes import _convert
+from detloss.boxes import convert
 from detloss.criteria import YOLOV5_ANCHORS, YOLOv5Loss, yolov5_scaled_gains
 from detloss.iou import iou_xyxy
 
@@ -321,7 +321,7 @@ def test_ciou_matches_yolov5_bbox_iou_variants():
     t = torch.cat(
         (torch.rand(n, 2, generator=gen, dtype=D), torch.rand(n, 2, generator=gen, dtype=D) * 8 + 0.25), 1
     )
-    ours = 1 - iou_xyxy(_convert(p, "cxcywh", "xyxy"), _convert(t, "cxcywh", "xyxy"), "ciou", 1e-7)
+    ours = 1 - iou_xyxy(convert(p, "cxcywh", "xyxy"), convert(t, "cxcywh", "xyxy"), "ciou", 1e-7)
     for v6 in (False, True):
         theirs = 1 - yolo_bbox_ciou(p, t, v6=v6)
         assert ((ours - theirs).abs() / theirs.abs()).max() < 1e-5

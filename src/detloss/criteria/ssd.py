@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..assign import PRIOR_NEGATIVE, hard_negative_mask, match_priors, pad_targets
-from ..boxes import _convert, check_boxes, check_tensor
+from ..boxes import check_boxes, check_tensor, convert
 from ..codecs import SSD_VARIANCES, encode_ssd
 from ..distributed import global_count
 from ..iou import compute_dtype
@@ -105,7 +105,7 @@ class SSDLoss(nn.Module):
             raise ValueError(f"normalize must be 'mean' or 'positives', got {normalize!r}")
         self.num_classes = num_classes
         self.register_buffer("priors", priors.detach().clone(), persistent=False)
-        self.register_buffer("priors_xyxy", _convert(self.priors, "cxcywh", "xyxy"), persistent=False)
+        self.register_buffer("priors_xyxy", convert(self.priors, "cxcywh", "xyxy"), persistent=False)
         self.variances = variances
         self.match_threshold, self.ignore_threshold = float(match_threshold), ignore_threshold
         self.neg_pos_ratio, self.sigma, self.normalize = neg_pos_ratio, float(sigma), normalize
@@ -149,7 +149,7 @@ class SSDLoss(nn.Module):
             idx = matched.clamp(min=0)
             labels = padded.labels.gather(1, idx) + 1
             boxes = padded.boxes.gather(1, idx[..., None].expand(bsz, num_priors, 4))
-            offsets = encode_ssd(_convert(boxes, "xyxy", "cxcywh"), priors, self.variances)
+            offsets = encode_ssd(convert(boxes, "xyxy", "cxcywh"), priors, self.variances)
         else:
             labels = matched.new_zeros(bsz, num_priors)
             offsets = loc.new_zeros(bsz, num_priors, 4)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..assign import best_iou_with, build_yolov3_targets, gather_at_cells, pad_targets
-from ..boxes import _convert
+from ..boxes import convert
 from ..codecs import decode_yolo, decode_yolo_grid
 from ..distributed import global_count
 from ..iou import IoUKind, check_eps, check_kind, compute_dtype, iou_xyxy
@@ -143,7 +143,7 @@ class YOLOv3Loss(nn.Module):
             head = v.permute(0, 1, 4, 2, 3)  # (B, A, 5 + C, H, W), the memory order of preds[s]
             obj_logit, raw = gather_at_cells(head, cell)  # (B, A, H, W), (B, M, A, 5 + C)
             pred = decode_yolo(raw, cell[:, :, None].to(dtype), anchors[s], self.strides[s])
-            pred = _convert(pred, "cxcywh", "xyxy")
+            pred = convert(pred, "cxcywh", "xyxy")
             iou = iou_xyxy(pred, tg.boxes[:, :, None], self.iou_kind, self.iou_eps)
             box = box + weight_reduce(1.0 - iou, win * box_scale, "sum")
 
@@ -153,7 +153,7 @@ class YOLOv3Loss(nn.Module):
 
             resp = asg.responsible[s]  # (B, A, H, W)
             with torch.no_grad():  # the background mask is a constant of the loss
-                dense = _convert(decode_yolo_grid(v, anchors[s], self.strides[s]), "cxcywh", "xyxy")
+                dense = convert(decode_yolo_grid(v, anchors[s], self.strides[s]), "cxcywh", "xyxy")
                 best = best_iou_with(dense.flatten(1, 3), tg.boxes, asg.held[:, :, s], fill=0.0)
             background = ~resp & (best.view_as(resp) < self.iou_loss_thresh)
             t = resp.to(dtype)

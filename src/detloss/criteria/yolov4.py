@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..assign import best_iou_with, build_yolov4_targets, gather_at_cells, pad_targets
-from ..boxes import _convert
+from ..boxes import convert
 from ..codecs import decode_yolo, decode_yolo_grid
 from ..distributed import global_count
 from ..iou import IoUKind, check_eps, check_kind, compute_dtype, iou_xyxy
@@ -194,7 +194,7 @@ class YOLOv4Loss(nn.Module):
             head = v.permute(0, 1, 4, 2, 3)  # (B, A, 5 + C, H, W), the memory order of preds[s]
             obj_logit, raw = gather_at_cells(head, cell)  # (B, A, H, W), (B, M, A, 5 + C)
             pred = decode_yolo(raw, cell[:, :, None].to(dtype), scale_anchors, self.strides[s])
-            iou = iou_xyxy(_convert(pred, "cxcywh", "xyxy") * unit, target, self.iou_kind, self.iou_eps)
+            iou = iou_xyxy(convert(pred, "cxcywh", "xyxy") * unit, target, self.iou_kind, self.iou_eps)
             box = box + weight_reduce(1.0 - iou, win * box_scale, "sum")
 
             bce = F.binary_cross_entropy_with_logits(raw[..., 5:], cls_target[:, :, s], reduction="none")
@@ -202,7 +202,7 @@ class YOLOv4Loss(nn.Module):
 
             resp = asg.responsible[s]  # (B, A, H, W)
             with torch.no_grad():  # the ignore mask is a constant of the loss
-                dense = _convert(decode_yolo_grid(v, scale_anchors, self.strides[s]), "cxcywh", "xyxy")
+                dense = convert(decode_yolo_grid(v, scale_anchors, self.strides[s]), "cxcywh", "xyxy")
                 best = best_iou_with(dense.flatten(1, 3), asg.boxes, asg.held[:, :, s], fill=-1.0)
             ignore = best.view_as(resp) < self.ignore_thresh  # an image without boxes: all True
             t = resp.to(dtype)

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..assign import YOLOv5Matches, build_yolov5_targets, pad_targets
-from ..boxes import _convert
+from ..boxes import convert
 from ..codecs import decode_yolov5
 from ..distributed import global_count
 from ..iou import compute_dtype, iou_xyxy
@@ -210,7 +210,7 @@ class YOLOv5Loss(nn.Module):
             if mt.batch.numel():
                 pbox = decode_yolov5(ps[:, :4], mt.anchors)  # cxcywh, grid units, own cell
                 ciou = iou_xyxy(
-                    _convert(pbox, "cxcywh", "xyxy"), _convert(mt.box, "cxcywh", "xyxy"), "ciou", _CIOU_EPS
+                    convert(pbox, "cxcywh", "xyxy"), convert(mt.box, "cxcywh", "xyxy"), "ciou", _CIOU_EPS
                 )
                 lbox = lbox + ((1.0 - ciou).mean() if n_avg is None else (1.0 - ciou).sum() / n_avg)
                 score = ciou.detach().clamp(min=0)

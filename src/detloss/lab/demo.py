@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..boxes import _convert
+from ..boxes import convert
 from .data import CLASSES, ShapesData, make_shapes
 from .evaluate import coco_map
 from .model import TinyDetector, select_detections
@@ -83,7 +83,7 @@ def _yolo_decoder(
             p = out.view(b, a, -1, h, w).permute(0, 1, 3, 4, 2)  # (B, A, H, W, 5 + C)
             anc = out.new_tensor(anchors)[:, None, None, :]
             box = box_fn(codecs, p[..., :4], anc, _grid(h, w, out), stride)
-            boxes.append(_convert(box, "cxcywh", "xyxy").reshape(b, -1, 4))
+            boxes.append(convert(box, "cxcywh", "xyxy").reshape(b, -1, 4))
             scores.append((p[..., 4:5].sigmoid() * p[..., 5:].sigmoid()).reshape(b, a * h * w, -1))
         return torch.cat(boxes, 1), torch.cat(scores, 1)
 
@@ -121,7 +121,7 @@ def _ssd_decode(outputs: list[Tensor], size: int) -> tuple[Tensor, Tensor]:
     codecs = importlib.import_module("detloss.codecs")
     loc, conf = _ssd_split(outputs)
     box = codecs.decode_ssd(loc, ssd_priors(size, loc.dtype).to(loc.device))
-    return _convert(box, "cxcywh", "xyxy"), conf.softmax(-1)[..., 1:]  # class 0 = background
+    return convert(box, "cxcywh", "xyxy"), conf.softmax(-1)[..., 1:]  # class 0 = background
 
 
 def _yolo_preds(outputs: list[Tensor], size: int) -> list[Tensor]:
