@@ -6,9 +6,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-from ..boxes import check_tensor
+from ..assign import best_iou_with, gather_at_cells
+from ..boxes import check_tensor, convert
+from ..codecs import decode_yolo, decode_yolo_grid
+from ..iou import iou_xyxy
+from ..losses import weight_reduce
 
 
 @dataclass
@@ -115,3 +120,54 @@ def anchor_table(anchors: object, num_scales: int) -> tuple[tuple[tuple[float, f
         tuple((float(w), float(h)) for w, h in flat[i * per : (i + 1) * per].tolist())
         for i in range(num_scales)
     )
+
+
+def yolo_held_terms(
+    view: Tensor,
+    cell: Tensor,
+    win: Tensor,
+    anchors: Tensor,
+    stride: int,
+    target: Tensor,
+    box_scale: Tensor,
+    cls_target: Tensor,
+    iou_kind: str,
+    iou_eps: float,
+    unit: Tensor | float = 1.0,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One scale's box and class sums at the responsible slots, shared by YOLOv3 and YOLOv4.
+
+    The head is decoded with gradient only at each box's cell (a sparse gather, not the whole head)::
+
+        box = Σ win · box_scale · (1 − IoU_kind(decode(t) · unit, target))
+        cls = Σ win · Σ_c BCE(t_c, cls_target)
+
+    Args:
+        view: ``(B, A, H, W, 5 + C)`` head view. cell: ``(B, M, 2)`` int64 ``(gx, gy)``.
+        win: ``(B, M, A)`` weight of each (box, anchor) slot (1 where the box holds it).
+        anchors: ``(A, 2)`` pixels. target: ``(B, M, 1, 4)`` xyxy, in the units ``unit`` gives.
+        box_scale: ``(B, M, 1)``. cls_target: broadcastable to ``(B, M, A, C)``.
+
+    Returns:
+        The objectness plane ``(B, A, H, W)`` (with gradient) and the scalar box and class sums.
+    """
+    head = view.permute(0, 1, 4, 2, 3)  # (B, A, 5 + C, H, W), the memory order of the raw head
+    obj_logit, raw = gather_at_cells(head, cell)  # (B, A, H, W), (B, M, A, 5 + C)
+    pred = convert(decode_yolo(raw, cell[:, :, None].to(raw.dtype), anchors, stride), "cxcywh", "xyxy")
+    iou = iou_xyxy(pred * unit, target, iou_kind, iou_eps)
+    box = weight_reduce(1.0 - iou, win * box_scale, "sum")
+    logits = raw[..., 5:]
+    bce = F.binary_cross_entropy_with_logits(logits, cls_target.expand_as(logits), reduction="none")
+    return obj_logit, box, weight_reduce(bce.sum(-1), win, "sum")
+
+
+def yolo_best_iou(
+    view: Tensor, anchors: Tensor, stride: int, boxes: Tensor, keep: Tensor, fill: float
+) -> Tensor:
+    """Best IoU of every decoded prediction of a head with the kept boxes of its image, no gradient.
+
+    Returns ``(B, A, H, W)``; ``fill`` where an image keeps no box.
+    """
+    with torch.no_grad():  # the background / ignore masks are constants of the loss
+        dense = convert(decode_yolo_grid(view, anchors, stride), "cxcywh", "xyxy")
+        return best_iou_with(dense.flatten(1, 3), boxes, keep, fill).view(view.shape[:4])

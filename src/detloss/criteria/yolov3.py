@@ -8,13 +8,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..assign import best_iou_with, build_yolov3_targets, gather_at_cells, pad_targets
-from ..boxes import convert
-from ..codecs import decode_yolo, decode_yolo_grid
+from ..assign import build_yolov3_targets, pad_targets
 from ..distributed import global_count
-from ..iou import IoUKind, check_eps, check_kind, compute_dtype, iou_xyxy
+from ..iou import IoUKind, check_eps, check_kind, compute_dtype
 from ..losses import sigmoid_focal_loss, smooth_labels, weight_reduce
-from .common import LossResult, anchor_table, check_unit, positive_ints, split_yolo_heads
+from .common import (
+    LossResult,
+    anchor_table,
+    check_unit,
+    positive_ints,
+    split_yolo_heads,
+    yolo_best_iou,
+    yolo_held_terms,
+)
 
 #: The standard COCO anchors (input pixels), three per scale for strides 8, 16, 32.
 COCO_ANCHORS: tuple[tuple[tuple[int, int], ...], ...] = (
@@ -137,25 +143,14 @@ class YOLOv3Loss(nn.Module):
         zero = views[0].new_zeros(())
         box, obj, cls = zero, zero, zero
         for s, v in enumerate(views):  # v: (B, A, H, W, 5 + C)
-            cell = asg.cell[:, :, s]  # (B, M, 2)
-            win = asg.winner[:, :, s].to(dtype)  # (B, M, A)
-            # decoded with gradient only where a box is held: a sparse gather, not the whole head
-            head = v.permute(0, 1, 4, 2, 3)  # (B, A, 5 + C, H, W), the memory order of preds[s]
-            obj_logit, raw = gather_at_cells(head, cell)  # (B, A, H, W), (B, M, A, 5 + C)
-            pred = decode_yolo(raw, cell[:, :, None].to(dtype), anchors[s], self.strides[s])
-            pred = convert(pred, "cxcywh", "xyxy")
-            iou = iou_xyxy(pred, tg.boxes[:, :, None], self.iou_kind, self.iou_eps)
-            box = box + weight_reduce(1.0 - iou, win * box_scale, "sum")
-
-            logits = raw[..., 5:]
-            bce = F.binary_cross_entropy_with_logits(logits, cls_target.expand_as(logits), reduction="none")
-            cls = cls + weight_reduce(bce.sum(-1), win, "sum")
-
+            obj_logit, box_s, cls_s = yolo_held_terms(
+                v, asg.cell[:, :, s], asg.winner[:, :, s].to(dtype), anchors[s], self.strides[s],
+                tg.boxes[:, :, None], box_scale, cls_target, self.iou_kind, self.iou_eps,
+            )
+            box, cls = box + box_s, cls + cls_s
             resp = asg.responsible[s]  # (B, A, H, W)
-            with torch.no_grad():  # the background mask is a constant of the loss
-                dense = convert(decode_yolo_grid(v, anchors[s], self.strides[s]), "cxcywh", "xyxy")
-                best = best_iou_with(dense.flatten(1, 3), tg.boxes, asg.held[:, :, s], fill=0.0)
-            background = ~resp & (best.view_as(resp) < self.iou_loss_thresh)
+            best = yolo_best_iou(v, anchors[s], self.strides[s], tg.boxes, asg.held[:, :, s], fill=0.0)
+            background = ~resp & (best < self.iou_loss_thresh)
             t = resp.to(dtype)
             conf = sigmoid_focal_loss(
                 obj_logit, t, self.obj_alpha, self.obj_gamma, reduction="none", validate=False

@@ -6,16 +6,13 @@ from collections.abc import Mapping, Sequence
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..assign import best_iou_with, build_yolov4_targets, gather_at_cells, pad_targets
-from ..boxes import convert
-from ..codecs import decode_yolo, decode_yolo_grid
+from ..assign import build_yolov4_targets, pad_targets
 from ..distributed import global_count
-from ..iou import IoUKind, check_eps, check_kind, compute_dtype, iou_xyxy
+from ..iou import IoUKind, check_eps, check_kind, compute_dtype
 from ..losses import sigmoid_focal_loss, weight_reduce
-from .common import LossResult, positive_ints, split_yolo_heads
+from .common import LossResult, positive_ints, split_yolo_heads, yolo_best_iou, yolo_held_terms
 
 #: name → (anchors in input pixels, anchor mask per scale, strides); scale order = preds order.
 PRESETS: dict[str, tuple[tuple[tuple[int, int], ...], tuple[tuple[int, ...], ...], tuple[int, ...]]] = {
@@ -187,24 +184,15 @@ class YOLOv4Loss(nn.Module):
         zero = views[0].new_zeros(())
         box, obj, cls, num_pos = zero, zero, zero, zero
         for s, v in enumerate(views):  # v: (B, A, H, W, 5 + C)
-            cell = asg.cell[:, :, s]  # (B, M, 2)
-            win = asg.winner[:, :, s].to(dtype)  # (B, M, A)
             scale_anchors = anchors[list(self.anchor_masks[s])]  # (A, 2)
-            # decoded with gradient only where a box is held: a sparse gather, not the whole head
-            head = v.permute(0, 1, 4, 2, 3)  # (B, A, 5 + C, H, W), the memory order of preds[s]
-            obj_logit, raw = gather_at_cells(head, cell)  # (B, A, H, W), (B, M, A, 5 + C)
-            pred = decode_yolo(raw, cell[:, :, None].to(dtype), scale_anchors, self.strides[s])
-            iou = iou_xyxy(convert(pred, "cxcywh", "xyxy") * unit, target, self.iou_kind, self.iou_eps)
-            box = box + weight_reduce(1.0 - iou, win * box_scale, "sum")
-
-            bce = F.binary_cross_entropy_with_logits(raw[..., 5:], cls_target[:, :, s], reduction="none")
-            cls = cls + weight_reduce(bce.sum(-1), win, "sum")
-
+            obj_logit, box_s, cls_s = yolo_held_terms(
+                v, asg.cell[:, :, s], asg.winner[:, :, s].to(dtype), scale_anchors, self.strides[s],
+                target, box_scale, cls_target[:, :, s], self.iou_kind, self.iou_eps, unit,
+            )
+            box, cls = box + box_s, cls + cls_s
             resp = asg.responsible[s]  # (B, A, H, W)
-            with torch.no_grad():  # the ignore mask is a constant of the loss
-                dense = convert(decode_yolo_grid(v, scale_anchors, self.strides[s]), "cxcywh", "xyxy")
-                best = best_iou_with(dense.flatten(1, 3), asg.boxes, asg.held[:, :, s], fill=-1.0)
-            ignore = best.view_as(resp) < self.ignore_thresh  # an image without boxes: all True
+            best = yolo_best_iou(v, scale_anchors, self.strides[s], asg.boxes, asg.held[:, :, s], fill=-1.0)
+            ignore = best < self.ignore_thresh  # an image without boxes: all True
             t = resp.to(dtype)
             conf = sigmoid_focal_loss(
                 obj_logit, t, self.obj_alpha, self.obj_gamma, reduction="none", validate=False
