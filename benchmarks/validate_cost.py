@@ -19,7 +19,8 @@ import time
 import torch
 
 import detloss
-from detloss.assign import _check_centres, _check_values, pad_targets
+from detloss.assign.targets import _check_values, pad_targets
+from detloss.assign.yolo import _check_centres
 from detloss.boxes import check_finite
 from detloss.criteria import SSDLoss, YOLOv3Loss, YOLOv5Loss
 

@@ -1,0 +1,39 @@
+"""Target handling shared by the criteria: padding, matching and target building (vectorised).
+
+Everything here works on whole batches: targets are padded to ``(B, M, 4)`` with a validity mask,
+so no criterion loops over images or boxes in Python. One module per concept:
+
+- :mod:`.targets`: :func:`pad_targets` and :class:`PaddedTargets`;
+- :mod:`.yolo`: YOLOv3/v4/v5 target building;
+- :mod:`.ssd`: SSD prior matching and hard negative mining.
+"""
+
+from .ssd import PRIOR_IGNORED, PRIOR_NEGATIVE, hard_negative_mask, match_priors
+from .targets import PaddedTargets, pad_targets
+from .yolo import (
+    YoloAssignment,
+    YOLOv5Matches,
+    best_iou_with,
+    build_yolov3_targets,
+    build_yolov4_targets,
+    build_yolov5_targets,
+    gather_at_cells,
+    resolve_collisions,
+)
+
+__all__ = [
+    "PRIOR_IGNORED",
+    "PRIOR_NEGATIVE",
+    "PaddedTargets",
+    "YOLOv5Matches",
+    "YoloAssignment",
+    "best_iou_with",
+    "build_yolov3_targets",
+    "build_yolov4_targets",
+    "build_yolov5_targets",
+    "gather_at_cells",
+    "hard_negative_mask",
+    "match_priors",
+    "pad_targets",
+    "resolve_collisions",
+]

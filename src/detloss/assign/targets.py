@@ -1,0 +1,118 @@
+"""Ground truth padded to batch tensors ``(B, M, 4)`` with a validity mask, and its checks."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..boxes import check_boxes, check_finite
+from ..losses import check_class_ids
+
+
+@dataclass
+class PaddedTargets:
+    """A batch of ground truth padded to the largest image.
+
+    Attributes:
+        boxes: ``(B, M, 4)`` xyxy boxes in input pixels; padding rows are 0.
+        labels: ``(B, M)`` int64 class ids; padding rows are 0.
+        mask: ``(B, M)`` bool, True for real boxes.
+    """
+
+    boxes: Tensor
+    labels: Tensor
+    mask: Tensor
+
+    @property
+    def counts(self) -> Tensor:
+        """``(B,)`` number of real boxes per image."""
+        return self.mask.sum(1)
+
+
+def pad_targets(
+    targets: Sequence[Mapping[str, Tensor]],
+    num_classes: int,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+    validate: bool = True,
+) -> PaddedTargets:
+    """Validate a list of per-image target dicts and pad them into batch tensors.
+
+    Args:
+        targets: B dicts ``{"boxes": (n, 4) float xyxy, "labels": (n,) int64}``; n may be 0.
+        num_classes: class ids must lie in ``[0, num_classes)``.
+        dtype, device: of the returned boxes.
+        validate: check finiteness, positive width and height, and class ranges (the shape and
+            type checks always run).
+
+    Raises:
+        TypeError / ValueError naming the image and box index.
+    """
+    if isinstance(targets, Mapping) or not isinstance(targets, Sequence):
+        raise TypeError(f"targets must be a list of dicts, got {type(targets).__name__}")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int):
+        raise TypeError(f"num_classes must be an int, got {type(num_classes).__name__}")
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    if not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating dtype, got {dtype}")
+    boxes, labels = [], []
+    for i, t in enumerate(targets):
+        if not isinstance(t, Mapping) or "boxes" not in t or "labels" not in t:
+            raise TypeError(f"targets[{i}] must be a dict with 'boxes' and 'labels'")
+        b = check_boxes(f"targets[{i}]['boxes']", t["boxes"], finite=False)
+        lab = t["labels"]
+        integer = isinstance(lab, Tensor) and not (
+            lab.is_floating_point() or lab.is_complex() or lab.dtype == torch.bool
+        )
+        if not integer:
+            raise TypeError(f"targets[{i}]['labels'] must be an integer tensor")
+        if b.dim() != 2 or lab.shape != b.shape[:1]:
+            raise ValueError(
+                f"targets[{i}]: boxes must be (n, 4) and labels (n,), got "
+                f"{tuple(b.shape)} and {tuple(lab.shape)}"
+            )
+        boxes.append(b)
+        labels.append(lab)
+    if validate:
+        _check_values(boxes, labels, num_classes, dtype)
+
+    batch = len(boxes)
+    m = max((b.shape[0] for b in boxes), default=0)
+    if device is None and boxes:
+        device = boxes[0].device
+    out_boxes = torch.zeros(batch, m, 4, dtype=dtype, device=device)
+    out_labels = torch.zeros(batch, m, dtype=torch.int64, device=device)
+    counts = torch.tensor([b.shape[0] for b in boxes], dtype=torch.int64, device=device)
+    mask = torch.arange(m, device=device) < counts[:, None]
+    if m:
+        out_boxes[mask] = torch.cat(boxes).to(out_boxes)
+        out_labels[mask] = torch.cat(labels).to(out_labels)
+    return PaddedTargets(out_boxes, out_labels, mask)
+
+
+def _check_values(boxes: list[Tensor], labels: list[Tensor], num_classes: int, dtype: torch.dtype) -> None:
+    """Finite boxes (in ``dtype``: 1e30 is finite in float32 but inf in float16), x2 > x1, y2 > y1
+    and class ids in range: one pass and one host sync over the whole batch; only on failure are
+    the images checked one by one, to name the first bad image and box."""
+    if not any(b.shape[0] for b in boxes):
+        return
+    b, lab = torch.cat([x.to(dtype) for x in boxes]), torch.cat(labels)
+    ok = torch.isfinite(b).all(1) & (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
+    if bool((ok & (lab >= 0) & (lab < num_classes)).all()):
+        return
+    for i, (b, lab) in enumerate(zip(boxes, labels, strict=True)):
+        b = b.to(dtype)  # a width that rounds to 0 in float16 is a zero width
+        check_finite(f"targets[{i}]['boxes'] (as {dtype})", b)
+        check_class_ids(f"targets[{i}]['labels']", lab, num_classes)
+        bad = (b[:, 2] <= b[:, 0]) | (b[:, 3] <= b[:, 1])
+        if bool(bad.any()):
+            j = int(bad.nonzero()[0, 0])
+            raise ValueError(
+                f"targets[{i}]['boxes'][{j}] = {b[j].tolist()} has zero or negative width or "
+                "height (xyxy boxes need x2 > x1 and y2 > y1)"
+            )
