@@ -1,15 +1,15 @@
 """detloss: loss functions for object detection and classification, built on PyTorch.
 
-The public API (contract: ``shared/API.md``) is re-exported here; nothing is defined in this file.
+The public API is re-exported here; nothing is defined in this file. Reference and guides: the
+documentation site built from ``docs/`` (``mkdocs serve``, see the README).
 """
 
 from . import nn
+from ._version import __version__ as __version__
 from .boxes import box_area, box_convert
 from .iou import bbox_iou, box_iou
 from .kernels import compile_enabled, set_compile
 from .losses import iou_loss, sigmoid_focal_loss, smooth_l1_loss, smooth_labels
-
-__version__ = "0.1.0"
 
 __all__ = [
     "bbox_iou",

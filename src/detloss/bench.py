@@ -39,6 +39,7 @@ from torch import Tensor
 from torch.utils import benchmark
 
 from . import kernels
+from ._extras import require
 from .losses import iou_loss, sigmoid_focal_loss
 
 Inputs = dict[str, Tensor]
@@ -456,11 +457,9 @@ def to_json(rows: Sequence[Row], path: str) -> None:
 
 
 def plot(rows: Sequence[Row], path: str) -> None:
-    """Time vs N on log axes, one panel per case (matplotlib, optional)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Time vs N on log axes, one panel per case (matplotlib: the ``bench`` extra)."""
+    require("matplotlib", "bench").use("Agg")
+    plt = require("matplotlib.pyplot", "bench", "matplotlib")
 
     names = list(dict.fromkeys(r.case for r in rows))
     cols = min(4, len(names))

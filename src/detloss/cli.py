@@ -9,6 +9,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from ._extras import MissingExtraError
+from ._version import __version__
 from .iou import IOU_KINDS, bbox_iou
 from .losses import sigmoid_focal_loss
 
@@ -83,13 +85,14 @@ def bench(args: argparse.Namespace) -> int:
         try:
             b.plot(rows, args.plot)
             print(f"wrote {args.plot}")
-        except ImportError:
-            print("--plot needs matplotlib (pip install matplotlib)")
+        except MissingExtraError as e:
+            print(f"--plot: {e}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="detloss", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command")
     p = sub.add_parser("tour", help="the IoU family and focal loss on a built-in example (default)")
     p.add_argument("--pred", type=float, nargs=4, default=[0.0, 0.0, 4.0, 2.0], metavar="X")
@@ -121,7 +124,11 @@ def _lab(module: str):
 
         if args.threads:
             torch.set_num_threads(args.threads)
-        return importlib.import_module(f"detloss.lab.{module}").main(args)
+        try:
+            return importlib.import_module(f"detloss.lab.{module}").main(args)
+        except MissingExtraError as e:
+            print(f"detloss {args.command}: {e}", file=sys.stderr)
+            return 1
 
     return run
 
@@ -194,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = parser.get_default("commands")
-    if not argv or (argv[0] not in commands and argv[0] not in ("-h", "--help")):
+    if not argv or (argv[0] not in commands and argv[0] not in ("-h", "--help", "--version")):
         argv = ["tour", *argv]  # `detloss [tour options]` runs the default command
     args = parser.parse_args(argv)
     return args.func(args)

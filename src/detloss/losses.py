@@ -232,7 +232,7 @@ def smooth_l1_loss(
     avg_factor: float | Tensor | None = None,
     validate: bool = True,
 ) -> Tensor:
-    """Smooth L1 with ``sigma`` and inside/outside weights (Fast R-CNN; the SSD seed's form)::
+    """Smooth L1 with ``sigma`` and inside/outside weights (Fast R-CNN; SSD.TensorFlow's form)::
 
         d    = inside_weight · (pred − target)
         loss = outside_weight · (0.5·(σ·d)²      if |d| < 1/σ²
@@ -291,7 +291,7 @@ def smooth_labels(targets: Tensor, eps: float, num_classes: int | None = None) -
     Returns:
         ``(*, K)`` floating tensor (float32 for class ids).
 
-    Example (seed 004):
+    Example:
         >>> smooth_labels(torch.tensor([1]), 0.1, num_classes=3)
         tensor([[0.0333, 0.9333, 0.0333]])
     """

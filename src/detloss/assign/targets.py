@@ -50,7 +50,8 @@ def pad_targets(
             type checks always run).
 
     Raises:
-        TypeError / ValueError naming the image and box index.
+        TypeError: a wrong container, key or dtype, naming the image.
+        ValueError: a wrong shape, a bad box or class id, naming the image and box index.
     """
     if isinstance(targets, Mapping) or not isinstance(targets, Sequence):
         raise TypeError(f"targets must be a list of dicts, got {type(targets).__name__}")

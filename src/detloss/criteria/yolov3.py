@@ -31,7 +31,7 @@ COCO_ANCHORS: tuple[tuple[tuple[int, int], ...], ...] = (
 
 
 class YOLOv3Loss(nn.Module):
-    """YOLOv3 loss as tensorflow-yolov3 computes it (seed 000), its label builder included.
+    """YOLOv3 loss as tensorflow-yolov3 computes it, its label builder included.
 
     Per scale, with resp the responsible mask of :func:`detloss.assign.build_yolov3_targets`::
 

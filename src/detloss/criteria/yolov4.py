@@ -46,7 +46,7 @@ def _masks_by_stride(strides: Sequence[int], num_anchors: int) -> tuple[tuple[in
 
 
 class YOLOv4Loss(nn.Module):
-    """YOLOv4 loss as yolov4-tiny-tf2 computes it (seed 002); the default preset is YOLOv4-tiny.
+    """YOLOv4 loss as yolov4-tiny-tf2 computes it; the default preset is YOLOv4-tiny.
 
     Targets from :func:`detloss.assign.build_yolov4_targets` (best anchor by centred w-h IoU, written
     on every scale whose mask holds it; a later box overwrites the coordinates while the class vector

@@ -7,15 +7,12 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from .. import _extras as extras
+
 
 def require(module: str, package: str | None = None) -> ModuleType:
-    """Import an optional dependency of the lab, or exit with the install command."""
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise SystemExit(
-            f"detloss lab: '{package or module}' is missing; install the extra: pip install 'detloss[lab]'"
-        ) from None
+    """Import an optional dependency of the lab, or raise an ImportError naming ``detloss[lab]``."""
+    return extras.require(module, "lab", package)
 
 
 def pyplot() -> Any:

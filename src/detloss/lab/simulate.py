@@ -1,6 +1,6 @@
 """The simulation experiment of the Distance-IoU paper (Zheng et al., AAAI 2020, Fig. 3(b), Fig. 4).
 
-Set-up (``shared/papers/diou-simulation.md``; the authors' ``test_1715k.m``): 7 targets of area 1 centred
+Set-up (the authors' ``test_1715k.m``; docs/simulation.md): 7 targets of area 1 centred
 at (10, 10) with w:h = 1:4 … 4:1; anchor centres at N points uniform over the disc of radius 3; at
 each point 7 areas × 7 aspect ratios = 49 anchors, each regressed to each target: 343 cases per point
 (1,715,000 at the paper's 5,000 points). Every case is a box (x, y, w, h) updated T = 200 times by
