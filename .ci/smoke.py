@@ -39,12 +39,10 @@ out = crit(preds, [{"boxes": torch.tensor([[8.0, 8.0, 40.0, 30.0]]), "labels": t
 out.total.backward()
 assert torch.isfinite(out.total) and set(out.components) == {"box", "obj", "cls"}, out
 
-exe = shutil.which("detloss")
-assert exe is not None and Path(exe).parent == Path(sys.executable).parent, exe
+exe = shutil.which("detloss", path=str(Path(sys.executable).parent))  # this venv's console script
+assert exe is not None, f"no detloss command next to {sys.executable}"
 cli = subprocess.run([exe, "--version"], capture_output=True, text=True, check=True).stdout.strip()
 assert cli == f"detloss {version}", cli
-tour = subprocess.run([exe], capture_output=True, text=True, check=True).stdout
-assert "giou" in tour, tour
 
 try:  # the clean venv has no extra installed: the lab must say which one brings it
     import matplotlib  # noqa: F401

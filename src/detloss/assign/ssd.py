@@ -13,8 +13,10 @@ from .targets import PaddedTargets
 # do_dual_max_match, train_ssd.py ssd_model_fn)
 # ---------------------------------------------------------------------------------------------
 
-#: ``match_priors`` codes for priors without a box.
-PRIOR_NEGATIVE, PRIOR_IGNORED = -1, -2
+PRIOR_NEGATIVE = -1
+"""The :func:`match_priors` code of a background prior (no box matched)."""
+PRIOR_IGNORED = -2
+"""The :func:`match_priors` code of an ignored prior (best IoU in ``[ignore_threshold, match_threshold)``)."""
 
 
 def match_priors(
