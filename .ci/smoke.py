@@ -11,12 +11,14 @@ import importlib.metadata
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
-import torch
+warnings.filterwarnings("ignore", message="Failed to initialize NumPy")  # torch without numpy: as intended
+import torch  # noqa: E402
 
-import detloss
-from detloss.criteria import YOLOv5Loss
+import detloss  # noqa: E402
+from detloss.criteria import YOLOv5Loss  # noqa: E402
 
 here = Path(detloss.__file__).resolve().parent
 assert "site-packages" in here.parts, f"detloss imported from {here}, not from the installed wheel"

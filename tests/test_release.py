@@ -106,13 +106,13 @@ def test_torch_is_the_only_requirement():
 def test_importing_detloss_pulls_in_no_optional_dependency():
     """Every module imports without its extra: optional packages are imported where they are used."""
     code = (
-        "import sys, torch; before = set(sys.modules)\n"
+        "import json, sys, torch; before = set(sys.modules)\n"
         "import detloss, detloss.nn, detloss.criteria, detloss.assign, detloss.codecs, detloss.cli\n"
         "import detloss.bench, detloss.lab.demo, detloss.lab.simulate, detloss.lab.landscape\n"
-        "print(sorted({m.partition('.')[0] for m in set(sys.modules) - before}))"
+        "print(json.dumps(sorted({m.partition('.')[0] for m in set(sys.modules) - before})))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    new = set(json.loads(out.replace("'", '"')))
+    new = set(json.loads(out))
     optional = {"matplotlib", "tqdm", "pycocotools", "scipy", "numpy", "torchvision", "mkdocs"}
     assert not new & optional, new & optional
 
