@@ -70,7 +70,7 @@ def _finite_block(block: np.ndarray, pairs: int) -> np.ndarray:
 
 def hungarian_match(
     cost: Tensor,
-    counts: Sequence[int] | Tensor,
+    counts: int | Sequence[int] | Tensor,
     *,
     validate: bool = True,
 ) -> Tensor:
@@ -81,7 +81,7 @@ def hungarian_match(
             layer, image, query, target); columns at and beyond a block's count are padding and
             never read.
         counts: the number of real targets per block, ``(…)`` or broadcastable to the leading dims
-            (e.g. ``(B,)`` against ``(L, B, Q, M_max)``); a sequence of ints, or a tensor (its values
+            (e.g. ``(B,)`` against ``(L, B, Q, M_max)``; an int for one block); ints, or a tensor (its values
             are then read on the host: one more synchronisation; criteria pass host ints).
         validate: raise ``ValueError`` naming the layer, image, query and target of the first
             non-finite cost. With ``False``, non-finite costs are matched only where nothing else
@@ -105,8 +105,11 @@ def hungarian_match(
     lead, (num_queries, width) = cost.shape[:-2], cost.shape[-2:]
     if isinstance(counts, Tensor):
         counts = counts.tolist()
+    counts = np.asarray(counts, dtype=np.int64)
+    if counts.size == 1 and counts.ndim > len(lead):  # [n] for a single (Q, M) block
+        counts = counts.reshape(())
     try:
-        n = np.broadcast_to(np.asarray(counts, dtype=np.int64), lead)
+        n = np.broadcast_to(counts, lead)
     except ValueError:
         raise ValueError(
             f"counts of shape {np.shape(counts)} does not broadcast to cost's leading dims {tuple(lead)}"
@@ -126,9 +129,9 @@ def hungarian_match(
             bad = ~np.isfinite(block)
             if bad.any():
                 q, t = (int(i) for i in np.argwhere(bad)[0])
-                where = ", ".join(f"{k} {i}" for k, i in zip(names, idx, strict=True))
+                where = "".join(f"{k} {i}, " for k, i in zip(names, idx, strict=True))
                 raise ValueError(
-                    f"cost has a non-finite value ({block[q, t]}) at {where}, query {q}, target {t}: "
+                    f"cost has a non-finite value ({block[q, t]}) at {where}query {q}, target {t}: "
                     "a NaN or Inf prediction or target"
                 )
         else:

@@ -10,6 +10,7 @@ targets only, ``(L, B, Q, M_max)``, and all layers reach the host in one transfe
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -324,20 +325,25 @@ def _pad_targets(
 ) -> tuple[Tensor, Tensor, Tensor, list[int]]:
     """Targets padded to ``(B, M_max, 4)`` cxcywh and ``(B, M_max)`` labels with a mask, and the host
     counts. The sizes are the tensors' shapes, so nothing is read back from the device (unlike a
-    boolean-mask scatter)."""
+    boolean-mask scatter), and the op count does not grow with B: one concatenation and one
+    ``index_copy`` into the flat padded rows."""
     counts = [int(t["boxes"].shape[0]) for t in targets]
-    m = max(counts, default=0)
-    if m == 0:
-        return (
-            torch.zeros(len(targets), 0, 4, dtype=dtype, device=device),
-            torch.zeros(len(targets), 0, dtype=torch.long, device=device),
-            torch.zeros(len(targets), 0, dtype=torch.bool, device=device),
-            counts,
+    batch, m, total = len(counts), max(counts, default=0), sum(counts)
+    boxes = torch.zeros(batch * m, 4, dtype=dtype, device=device)
+    labels = torch.zeros(batch * m, dtype=torch.long, device=device)
+    n = torch.tensor(counts, device=device)
+    valid = torch.arange(m, device=device) < n[:, None]
+    if total:
+        starts = itertools.accumulate(counts[:-1], initial=0)
+        # row of box k of image b: b·M + (k − start_b), from the host-known counts
+        shift = torch.tensor([b * m - s for b, s in enumerate(starts)], device=device)
+        rows = torch.arange(total, device=device) + shift.repeat_interleave(n, output_size=total)
+        cat_boxes = torch.cat([t["boxes"] for t in targets]).to(device=device, dtype=dtype)
+        boxes.index_copy_(0, rows, cat_boxes)
+        labels.index_copy_(
+            0, rows, torch.cat([t["labels"] for t in targets]).to(device=device, dtype=torch.long)
         )
-    boxes = nn.utils.rnn.pad_sequence([t["boxes"] for t in targets], batch_first=True)
-    labels = nn.utils.rnn.pad_sequence([t["labels"] for t in targets], batch_first=True)
-    valid = torch.arange(m, device=device) < torch.tensor(counts, device=device)[:, None]
-    return boxes.to(device=device, dtype=dtype), labels.to(device=device, dtype=torch.long), valid, counts
+    return boxes.view(batch, m, 4), labels.view(batch, m), valid, counts
 
 
 def _rtdetr_varifocal(x: Tensor, onehot: Tensor, score: Tensor, alpha: float, gamma: float) -> Tensor:
