@@ -249,7 +249,9 @@ class DETRLoss(nn.Module):
         """Per layer: Σ w_t·CE / Σ w_t over the B·Q queries (``F.cross_entropy``'s weighted mean)."""
         weight = self.class_weight.to(x.dtype)
         ce = F.cross_entropy(x.flatten(0, 2), cls_target.flatten(), weight=weight, reduction="none")
-        return ce.view(cls_target.shape).sum((1, 2)) / weight[cls_target].sum((1, 2))
+        # the floor only matters without queries (B = 0) or with eos_coef = 0 and nothing matched:
+        # 0 there, where F.cross_entropy gives 0/0
+        return ce.view(cls_target.shape).sum((1, 2)) / weight[cls_target].sum((1, 2)).clamp(min=_TINY)
 
     # ------------------------------------------------------------------------------------------ checks
     def _check_preds(self, logits: Tensor, boxes: Tensor, targets: Sequence) -> tuple[Tensor, Tensor]:
