@@ -80,6 +80,7 @@ def reference(preset, C, L):
     else:
         config = RTDetrConfig(num_labels=C, auxiliary_loss=True, decoder_layers=L - 1)
         fn = RTDetrForObjectDetectionLoss
+
     def run(logits, boxes, targets):
         labels = [{"class_labels": t["labels"], "boxes": t["boxes"]} for t in targets]
         if preset == "rtdetr":  # layer 0 = the encoder proposals, then the L − 1 decoder layers
@@ -191,38 +192,43 @@ def main():
     ap.add_argument("--repeats", type=int, default=9)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--skip-speed", action="store_true")
+    ap.add_argument("--skip-values", action="store_true")
+    ap.add_argument("--cases", default="sparse,dense", help="comma-separated: sparse, dense")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     import transformers
 
-    print(
-        f"torch {torch.__version__}, transformers {transformers.__version__}, {torch.get_num_threads()} threads"
-    )
-    print("\nvalues (float64, L=4, B=4, Q=30, C=7, 6 targets/img, one image empty; max rel err over 3 seeds)")
-    keys = ("total", "cls", "bbox", "giou", "layers", "grad logits", "grad boxes")
-    print(f"{'preset':<11}" + "".join(f"{k:>13}" for k in keys))
-    for preset in PRESETS:
-        w = compare_values(preset)
-        print(f"{preset:<11}" + "".join(f"{w[k]:>13.2e}" for k in keys))
+    threads = torch.get_num_threads()
+    print(f"torch {torch.__version__}, transformers {transformers.__version__}, {threads} threads")
+    if not args.skip_values:
+        print("\nvalues (float64, L=4, B=4, Q=30, C=7, 6 targets/img, one image empty; max rel err, 3 seeds)")
+        keys = ("total", "cls", "bbox", "giou", "layers", "grad logits", "grad boxes")
+        print(f"{'preset':<11}" + "".join(f"{k:>13}" for k in keys))
+        for preset in PRESETS:
+            w = compare_values(preset)
+            print(f"{preset:<11}" + "".join(f"{w[k]:>13.2e}" for k in keys))
     if args.skip_speed:
         return
+    print("\nspeed: float32, forward + backward incl. matching, median ms over interleaved rounds")
+    print("ours = validate=True, nv = validate=False; ratio = transformers / ours; per call: aten ops,")
+    print("host syncs seen by OpCounter (+ device -> host cost transfers: ours 1, transformers 1 per layer)")
+    cases = {
+        "sparse": ("B=8 Q=300 L=6 C=91 20/img", 6, 8, 300, 91, 20),
+        "dense": ("B=4 Q=300 L=6 C=2 200/img", 6, 4, 300, 2, 200),
+    }
     print(
-        "\nspeed (float32, forward + backward incl. matching, median ms; ops / syncs / host transfers per call)"
+        f"{'case':<27}{'preset':<11}{'ours':>8}{'nv':>8}{'transf.':>9}{'ratio':>7}{'ratio nv':>9}"
+        f"{'ops':>6}{'transf.':>8}{'syncs':>7}{'transf.':>8}"
     )
-    cases = [
-        ("B=8 Q=300 L=6 C=91 20/img", 6, 8, 300, 91, 20),
-        ("B=4 Q=300 L=6 C=2 200/img", 6, 4, 300, 2, 200),
-    ]
-    head = f"{'case':<27}{'preset':<11}{'ours':>8}{'ours nv':>9}{'transf.':>9}{'ratio':>7}   ops ours / transf.   syncs"
-    print(head)
-    for name, L, B, Q, C, n in cases:
+    for key in args.cases.split(","):
+        name, L, B, Q, C, n = cases[key]
         for preset in PRESETS:
             med, (o_ops, o_sync, o_tr), (r_ops, r_sync, _) = speed(preset, L, B, Q, C, n, args.repeats)
-            ratio = med["transformers"] / med["ours nv"]
+            t = med["transformers"]
             print(
-                f"{name:<27}{preset:<11}{med['ours']:>8.1f}{med['ours nv']:>9.1f}{med['transformers']:>9.1f}"
-                f"{ratio:>6.1f}x   {o_ops:>5} / {r_ops:<5}       ours {o_sync} + {o_tr} transfer, "
-                f"transf. {r_sync} + {L} transfers"
+                f"{name:<27}{preset:<11}{med['ours']:>8.1f}{med['ours nv']:>8.1f}{t:>9.1f}"
+                f"{t / med['ours']:>6.1f}x{t / med['ours nv']:>8.1f}x{o_ops:>6}{r_ops:>8}"
+                f"{f'{o_sync}+{o_tr}':>7}{f'{r_sync}+{L}':>8}"
             )
 
 

@@ -137,3 +137,12 @@ def test_without_scipy_a_clear_import_error(monkeypatch):
 
     with pytest.raises(ImportError, match=r'pip install "detloss\[detr\]"'):
         DETRLoss(3)
+
+
+def test_threads_give_the_same_matching():
+    g = torch.Generator().manual_seed(1)
+    cost = torch.rand(3, 5, 12, 7, generator=g, dtype=torch.float64)
+    counts = [7, 0, 3, 5, 1]
+    one = hungarian_match(cost, counts, num_threads=1)
+    assert torch.equal(hungarian_match(cost, counts, num_threads=3), one)
+    assert torch.equal(hungarian_match(cost, counts, num_threads=64), one)  # more threads than blocks

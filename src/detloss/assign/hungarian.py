@@ -12,7 +12,9 @@ scipy is an optional dependency (``pip install "detloss[detr]"``).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 import torch
@@ -68,11 +70,38 @@ def _finite_block(block: np.ndarray, pairs: int) -> np.ndarray:
     return np.where(bad, big, block)
 
 
+def _check_finite(host: np.ndarray, n: np.ndarray, names: tuple[str, ...]) -> None:
+    """ValueError at the first non-finite cost of a real column; one vectorised pass."""
+    import numpy as np
+
+    real = np.arange(host.shape[-1]) < n[..., None, None]  # (…, 1, M)
+    bad = ~np.isfinite(host) & real
+    if bad.any():
+        *idx, q, t = (int(i) for i in np.argwhere(bad)[0])
+        where = "".join(f"{k} {i}, " for k, i in zip(names, idx, strict=True))
+        raise ValueError(
+            f"cost has a non-finite value ({host[(*idx, q, t)]}) at {where}query {q}, target {t}: "
+            "a NaN or Inf prediction or target"
+        )
+
+
+_executors: dict[tuple[int, int], ThreadPoolExecutor] = {}
+
+
+def _executor(threads: int) -> ThreadPoolExecutor:
+    """A pool per (process, size): a pool inherited through fork has no live threads."""
+    key = (os.getpid(), threads)
+    if key not in _executors:
+        _executors[key] = ThreadPoolExecutor(threads, thread_name_prefix="detloss-hungarian")
+    return _executors[key]
+
+
 def hungarian_match(
     cost: Tensor,
     counts: int | Sequence[int] | Tensor,
     *,
     validate: bool = True,
+    num_threads: int | None = None,
 ) -> Tensor:
     """Minimum-cost one-to-one matching of queries to targets, per block.
 
@@ -86,6 +115,8 @@ def hungarian_match(
         validate: raise ``ValueError`` naming the layer, image, query and target of the first
             non-finite cost. With ``False``, non-finite costs are matched only where nothing else
             can be (as the references: they replace them by a large finite value).
+        num_threads: host threads solving blocks in parallel (the solver releases the GIL);
+            ``None``: ``torch.get_num_threads()``, the intra-op pool's size, idle during the matching.
 
     Returns:
         ``(…, M_max)`` int64 on ``cost``'s device: the query matched to each target, −1 for padding
@@ -118,24 +149,25 @@ def hungarian_match(
         raise ValueError(f"counts must lie in [0, {width}] (cost's last dim), got {n.min()}…{n.max()}")
 
     host = to_host(cost)  # the one transfer there
+    if validate:
+        _check_finite(host, n, _dim_names(len(lead)))
+    jobs = [idx for idx in np.ndindex(*lead) if n[idx] and num_queries]
+
+    def solve_chunk(chunk: list[tuple[int, ...]]) -> list[tuple[tuple[int, ...], np.ndarray, np.ndarray]]:
+        out = []
+        for idx in chunk:
+            m = int(n[idx])
+            block = host[idx][:, :m] if validate else _finite_block(host[idx][:, :m], min(num_queries, m))
+            out.append((idx, *solve(block)))
+        return out
+
+    threads = min(torch.get_num_threads() if num_threads is None else int(num_threads), len(jobs))
+    if threads > 1:  # the solver releases the GIL: blocks in parallel, one chunk per thread
+        chunks = [jobs[i::threads] for i in range(threads)]
+        solved = [r for part in _executor(threads).map(solve_chunk, chunks) for r in part]
+    else:
+        solved = solve_chunk(jobs)
     matches = np.full((*lead, width), -1, dtype=np.int64)
-    names = _dim_names(len(lead))
-    for idx in np.ndindex(*lead):
-        m = int(n[idx])
-        if m == 0 or num_queries == 0:
-            continue
-        block = host[idx][:, :m]
-        if validate:
-            bad = ~np.isfinite(block)
-            if bad.any():
-                q, t = (int(i) for i in np.argwhere(bad)[0])
-                where = "".join(f"{k} {i}, " for k, i in zip(names, idx, strict=True))
-                raise ValueError(
-                    f"cost has a non-finite value ({block[q, t]}) at {where}query {q}, target {t}: "
-                    "a NaN or Inf prediction or target"
-                )
-        else:
-            block = _finite_block(block, min(num_queries, m))
-        rows, cols = solve(block)
+    for idx, rows, cols in solved:
         matches[idx][cols] = rows
     return to_device(matches, cost.device)  # the one transfer back
