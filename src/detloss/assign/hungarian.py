@@ -44,7 +44,7 @@ def to_host(cost: Tensor) -> np.ndarray:
 
 def to_device(matches: np.ndarray, device: torch.device) -> Tensor:
     """The one host → device transfer of a matching's result."""
-    return torch.from_numpy(matches).to(device, non_blocking=True)
+    return torch.from_numpy(matches).to(device)
 
 
 def _dim_names(lead: int) -> tuple[str, ...]:

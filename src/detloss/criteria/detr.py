@@ -150,9 +150,8 @@ class DETRLoss(nn.Module):
         if not 0 <= self.focal_alpha <= 1:
             raise ValueError(f"focal_alpha must lie in [0, 1], got {self.focal_alpha}")
         self.validate, self.reduce_across_ranks = bool(validate), bool(reduce_across_ranks)
-        class_weight = torch.ones(
-            num_classes + 1, dtype=torch.float64
-        )  # cast per call: eos_coef exact in float64
+        # float64, cast per call: eos_coef stays exact for float64 logits
+        class_weight = torch.ones(num_classes + 1, dtype=torch.float64)
         class_weight[-1] = self.eos_coef
         self.register_buffer("class_weight", class_weight, persistent=False)
 
@@ -178,9 +177,7 @@ class DETRLoss(nn.Module):
         query = match.clamp(min=0)
         pred_m = pred.gather(2, query[..., None].expand(-1, -1, -1, 4))  # (L, B, M, 4)
         pred_xyxy, tgt_xyxy = convert(pred_m, "cxcywh", "xyxy"), convert(tgt_boxes, "cxcywh", "xyxy")
-        num_boxes = global_count(
-            torch.tensor(float(sum(counts)), dtype=dtype, device=x.device), self.reduce_across_ranks, 1.0
-        )
+        num_boxes = global_count(valid_tgt.sum().to(dtype), self.reduce_across_ranks, 1.0)
         zero = x.new_zeros(())
         l1 = torch.where(matched, (pred_m - tgt_boxes).abs().sum(-1), zero).sum((1, 2)) / num_boxes
         giou = iou_xyxy(pred_xyxy, tgt_xyxy, "giou", _TINY)
@@ -333,18 +330,16 @@ def _pad_targets(
     batch, m, total = len(counts), max(counts, default=0), sum(counts)
     boxes = torch.zeros(batch * m, 4, dtype=dtype, device=device)
     labels = torch.zeros(batch * m, dtype=torch.long, device=device)
-    n = torch.tensor(counts, device=device)
+    # row of box k of image b: b·M + (k − start_b); counts and shifts reach the device in one copy
+    starts = itertools.accumulate(counts[:-1], initial=0) if batch else ()
+    shifts = [b * m - s for b, s in enumerate(starts)]
+    n, shift = torch.tensor(counts + shifts, dtype=torch.long, device=device).view(2, batch)
     valid = torch.arange(m, device=device) < n[:, None]
     if total:
-        starts = itertools.accumulate(counts[:-1], initial=0)
-        # row of box k of image b: b·M + (k − start_b), from the host-known counts
-        shift = torch.tensor([b * m - s for b, s in enumerate(starts)], device=device)
         rows = torch.arange(total, device=device) + shift.repeat_interleave(n, output_size=total)
-        cat_boxes = torch.cat([t["boxes"] for t in targets]).to(device=device, dtype=dtype)
-        boxes.index_copy_(0, rows, cat_boxes)
-        labels.index_copy_(
-            0, rows, torch.cat([t["labels"] for t in targets]).to(device=device, dtype=torch.long)
-        )
+        boxes.index_copy_(0, rows, torch.cat([t["boxes"] for t in targets]).to(device=device, dtype=dtype))
+        cat_labels = torch.cat([t["labels"] for t in targets]).to(device=device, dtype=torch.long)
+        labels.index_copy_(0, rows, cat_labels)
     return boxes.view(batch, m, 4), labels.view(batch, m), valid, counts
 
 
