@@ -12,6 +12,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy.optimize import linear_sum_assignment
 
 import detloss.assign.hungarian as hungarian
@@ -346,3 +348,28 @@ def test_non_finite_predictions_without_validate_still_match():
     out = DETRLoss(3, "detr", validate=False)(logits, boxes, targets)
     assert len(out.layers) == 2
     assert torch.isfinite(out.layers[1]["bbox"])  # the other layer is untouched
+
+
+# ----------------------------------------------------------------------------- properties
+@settings(max_examples=25, deadline=None, database=None, derandomize=True)
+@given(preset=st.sampled_from(PRESETS), seed=st.integers(0, 10_000), data=st.data())
+def test_invariant_to_the_order_of_queries_and_of_targets(preset, seed, data):
+    """A set loss: permuting each layer's queries, or each image's targets, changes nothing."""
+    counts = tuple(data.draw(st.lists(st.integers(0, 4), min_size=1, max_size=3)))
+    logits, boxes, targets = make(preset, L=2, B=len(counts), Q=5, counts=counts, seed=seed)
+    crit = DETRLoss(3, preset)
+    ref = crit(logits, boxes, targets)
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.stack([torch.randperm(5, generator=g) for _ in range(2)])[:, None, :].expand(
+        2, len(counts), 5
+    )
+    lg = logits.gather(2, perm[..., None].expand_as(logits))
+    bx = boxes.gather(2, perm[..., None].expand_as(boxes))
+    shuffled = []
+    for t in targets:
+        p = torch.randperm(len(t["labels"]), generator=g)
+        shuffled.append({"boxes": t["boxes"][p], "labels": t["labels"][p]})
+    for out in (crit(lg, bx, targets), crit(logits, boxes, shuffled)):
+        for a, b in zip(out.layers, ref.layers, strict=True):
+            for k in a:
+                torch.testing.assert_close(a[k], b[k], rtol=1e-12, atol=1e-14)
