@@ -135,32 +135,18 @@ def _add_lab_commands(sub: argparse._SubParsersAction) -> None:
         "with each IoU-family loss; print the final-error table and write PNGs.",
     )
     p.add_argument("--points", type=int, default=1000, help="anchor points (the paper: 5000); default 1000")
-    p.add_argument(
-        "--step",
-        choices=("autograd", "paper", "both"),
-        default="autograd",
-        help="autograd: the losses' true gradients; paper: the authors' hand-written directions",
-    )
+    p.add_argument("--step", choices=("autograd", "paper", "both"), default="autograd",
+                   help="autograd: the losses' true gradients; paper: the authors' hand-written directions")
     p.add_argument("--losses", nargs="+", choices=IOU_KINDS, help="subset of losses (default: all)")
     p.add_argument("--iterations", type=int, default=200, help="T (default 200)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-points", type=int, default=400, help="points per vectorised batch")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     p.add_argument("--out", default="lab_out", help="output folder for PNGs (default lab_out)")
-    p.add_argument(
-        "--json",
-        nargs="?",
-        const="",
-        default=None,
-        metavar="PATH",
-        help="write E(t) per loss as JSON (default path OUT/simulate.json)",
-    )
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=0,
-        help="torch CPU threads (default: torch's choice; 1 is fastest on a busy machine)",
-    )
+    p.add_argument("--json", nargs="?", const="", default=None, metavar="PATH",
+                   help="write E(t) per loss as JSON (default path OUT/simulate.json)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch CPU threads (default: torch's choice; 1 is fastest on a busy machine)")
     p.set_defaults(func=_lab("simulate"))
 
     p = sub.add_parser(
@@ -170,31 +156,15 @@ def _add_lab_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--losses", nargs="+", choices=IOU_KINDS, help="subset of kinds (default: all)")
     p.add_argument("--target-size", type=float, nargs=2, default=[2.0, 1.0], metavar=("W", "H"))
-    p.add_argument(
-        "--pred-size",
-        type=float,
-        nargs=2,
-        default=[1.0, 1.0],
-        metavar=("W", "H"),
-        help="size of the sliding box (default 1 1)",
-    )
-    p.add_argument(
-        "--scale-offset",
-        type=float,
-        nargs=2,
-        default=[0.5, 0.25],
-        metavar=("DX", "DY"),
-        help="centre offset of the scaled box (default 0.5 0.25)",
-    )
+    p.add_argument("--pred-size", type=float, nargs=2, default=[1.0, 1.0], metavar=("W", "H"),
+                   help="size of the sliding box (default 1 1)")
+    p.add_argument("--scale-offset", type=float, nargs=2, default=[0.5, 0.25], metavar=("DX", "DY"),
+                   help="centre offset of the scaled box (default 0.5 0.25)")
     p.add_argument("--range", type=float, default=3.0, help="offsets in [-R, R] (default 3)")
     p.add_argument("--grid", type=int, default=161, help="grid points per axis (default 161)")
     p.add_argument("--out", default="lab_out", help="output folder for PNGs (default lab_out)")
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=0,
-        help="torch CPU threads (default: torch's choice; 1 is fastest on a busy machine)",
-    )
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch CPU threads (default: torch's choice; 1 is fastest on a busy machine)")
     p.set_defaults(func=_lab("landscape"))
 
     p = sub.add_parser(
@@ -203,12 +173,8 @@ def _add_lab_commands(sub: argparse._SubParsersAction) -> None:
         description="Generate coloured shapes on textured backgrounds, train a tiny YOLO-style detector with "
         "the chosen criterion, evaluate mAP@0.5 and mAP@0.5:0.95 (pycocotools) on a held-out split.",
     )
-    p.add_argument(
-        "--criterion",
-        choices=("yolov3", "yolov4", "yolov5", "ssd", "all"),
-        default="yolov5",
-        help="criterion to train with (default yolov5; 'all' runs every available one)",
-    )
+    p.add_argument("--criterion", choices=("yolov3", "yolov4", "yolov5", "ssd", "all"), default="yolov5",
+                   help="criterion to train with (default yolov5; 'all' runs every available one)")
     p.add_argument("--epochs", type=int, default=30, help="training epochs (default 30)")
     p.add_argument("--train-images", type=int, default=512)
     p.add_argument("--test-images", type=int, default=128)
@@ -219,12 +185,8 @@ def _add_lab_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--list", action="store_true", help="list the criteria and whether this build has them")
     p.add_argument("--out", default="lab_out", help="output folder for PNGs and JSON (default lab_out)")
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=0,
-        help="torch CPU threads (default: torch's choice; 1 is fastest on a busy machine)",
-    )
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch CPU threads (default: torch's choice; 1 is fastest on a busy machine)")
     p.set_defaults(func=_lab("demo"))
 
 

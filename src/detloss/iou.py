@@ -23,6 +23,7 @@ from .kernels import IOU_KINDS, fused_iou
 IoUKind = Literal["iou", "giou", "diou", "ciou", "eiou", "siou"]
 
 
+
 def iou_xyxy(boxes1: Tensor, boxes2: Tensor, kind: str = "iou", eps: float = 1e-7) -> Tensor:
     """Unchecked core: the ``kind`` IoU of broadcastable xyxy boxes ``(..., 4)`` → ``(...)``.
 
@@ -55,10 +56,7 @@ def compute_dtype(t: Tensor) -> torch.dtype:
 
 
 def prepare_pair(
-    boxes1: Tensor,
-    boxes2: Tensor,
-    fmt: str,
-    validate: bool = True,
+    boxes1: Tensor, boxes2: Tensor, fmt: str, validate: bool = True,
     names: tuple[str, str] = ("boxes1", "boxes2"),
 ) -> tuple[Tensor, Tensor]:
     """Validate two box tensors (errors use ``names``), upcast half precision, convert to xyxy."""

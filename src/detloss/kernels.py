@@ -151,10 +151,8 @@ def iou_forward(b1: Tensor, b2: Tensor, kind: str, eps: float, loss: bool, reduc
             rho2 = dx * dx + dy * dy
             if kind == "siou":
                 gamma = 2.0 - 2.0 * (dx * dy).abs() / (rho2 + eps)
-                distance = (
-                    2.0
-                    - torch.exp(-gamma * (dx / (cw + eps)) ** 2)
-                    - torch.exp(-gamma * (dy / (ch + eps)) ** 2)
+                distance = 2.0 - torch.exp(-gamma * (dx / (cw + eps)) ** 2) - torch.exp(
+                    -gamma * (dy / (ch + eps)) ** 2
                 )
                 omega_w = (w1 - w2).abs() / (torch.maximum(w1, w2) + eps)
                 omega_h = (h1 - h2).abs() / (torch.maximum(h1, h2) + eps)

@@ -42,15 +42,8 @@ class IoULoss(nn.Module):
         avg_factor: float | Tensor | None = None,
     ) -> Tensor:
         return losses.iou_loss(
-            pred,
-            target,
-            self.kind,
-            self.fmt,
-            self.eps,
-            reduction=self.reduction,
-            weight=weight,
-            avg_factor=avg_factor,
-            validate=self.validate,
+            pred, target, self.kind, self.fmt, self.eps,
+            reduction=self.reduction, weight=weight, avg_factor=avg_factor, validate=self.validate,
         )
 
     def extra_repr(self) -> str:
@@ -85,15 +78,8 @@ class SigmoidFocalLoss(nn.Module):
         avg_factor: float | Tensor | None = None,
     ) -> Tensor:
         return losses.sigmoid_focal_loss(
-            logits,
-            targets,
-            self.alpha,
-            self.gamma,
-            pos_weight=self.pos_weight,
-            reduction=self.reduction,
-            weight=weight,
-            avg_factor=avg_factor,
-            validate=self.validate,
+            logits, targets, self.alpha, self.gamma, pos_weight=self.pos_weight,
+            reduction=self.reduction, weight=weight, avg_factor=avg_factor, validate=self.validate,
         )
 
     def extra_repr(self) -> str:
@@ -128,15 +114,8 @@ class SmoothL1Loss(nn.Module):
         avg_factor: float | Tensor | None = None,
     ) -> Tensor:
         return losses.smooth_l1_loss(
-            pred,
-            target,
-            self.sigma,
-            self.inside_weight,
-            self.outside_weight,
-            reduction=self.reduction,
-            weight=weight,
-            avg_factor=avg_factor,
-            validate=self.validate,
+            pred, target, self.sigma, self.inside_weight, self.outside_weight,
+            reduction=self.reduction, weight=weight, avg_factor=avg_factor, validate=self.validate,
         )
 
     def extra_repr(self) -> str:

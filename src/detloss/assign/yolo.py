@@ -164,7 +164,9 @@ def _finish_yolo_assignment(
     winner = owner == torch.arange(m * s * a, device=dev).view(m, s, a)
     if held is None:  # the boxes still held by a responsible slot after overwriting
         held = winner.any(-1)
-    responsible = [r.view(b, a, h, w) for r, (h, w) in zip(occupied.split(sizes, dim=1), grids, strict=True)]
+    responsible = [
+        r.view(b, a, h, w) for r, (h, w) in zip(occupied.split(sizes, dim=1), grids, strict=True)
+    ]
     return YoloAssignment(boxes, assigned, winner, owner, cell, held, responsible)
 
 

@@ -61,10 +61,13 @@ def split_yolo_heads(
             raise TypeError(f"preds[{i}] must have a floating dtype, got {p.dtype}")
         if p.dim() != 4 or p.shape[1] != a * k:
             raise ValueError(
-                f"preds[{i}] must have shape (B, {a}*(5+{num_classes})={a * k}, H, W), got {tuple(p.shape)}"
+                f"preds[{i}] must have shape (B, {a}*(5+{num_classes})={a * k}, H, W), "
+                f"got {tuple(p.shape)}"
             )
         if p.shape[0] != batch_size:
-            raise ValueError(f"preds[{i}] has batch size {p.shape[0]} but targets has {batch_size} images")
+            raise ValueError(
+                f"preds[{i}] has batch size {p.shape[0]} but targets has {batch_size} images"
+            )
         size = (p.shape[2] * s, p.shape[3] * s)
         if input_size is None:
             input_size = size

@@ -132,15 +132,9 @@ class YOLOv3Loss(nn.Module):
         tg = pad_targets(targets, c, dtype=dtype, device=dev, validate=self.validate)
         anchors = torch.tensor(self.anchors, dtype=dtype, device=dev)  # (S, A, 2)
         asg = build_yolov3_targets(
-            tg.boxes,
-            tg.mask,
-            anchors,
-            self.strides,
-            grids,
-            anchor_iou_thresh=self.anchor_iou_thresh,
-            max_boxes_per_scale=self.max_boxes_per_scale,
-            fallback_clip_bug=self.fallback_clip_bug,
-            validate=self.validate,
+            tg.boxes, tg.mask, anchors, self.strides, grids,
+            anchor_iou_thresh=self.anchor_iou_thresh, max_boxes_per_scale=self.max_boxes_per_scale,
+            fallback_clip_bug=self.fallback_clip_bug, validate=self.validate,
         )
         wh = tg.boxes[..., 2:] - tg.boxes[..., :2]
         box_scale = (2.0 - wh[..., 0] * wh[..., 1] / (in_w * in_h))[..., None]  # (B, M, 1)
@@ -150,16 +144,8 @@ class YOLOv3Loss(nn.Module):
         box, obj, cls = zero, zero, zero
         for s, v in enumerate(views):  # v: (B, A, H, W, 5 + C)
             obj_logit, box_s, cls_s = yolo_held_terms(
-                v,
-                asg.cell[:, :, s],
-                asg.winner[:, :, s].to(dtype),
-                anchors[s],
-                self.strides[s],
-                tg.boxes[:, :, None],
-                box_scale,
-                cls_target,
-                self.iou_kind,
-                self.iou_eps,
+                v, asg.cell[:, :, s], asg.winner[:, :, s].to(dtype), anchors[s], self.strides[s],
+                tg.boxes[:, :, None], box_scale, cls_target, self.iou_kind, self.iou_eps,
             )
             box, cls = box + box_s, cls + cls_s
             resp = asg.responsible[s]  # (B, A, H, W)

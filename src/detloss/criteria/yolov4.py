@@ -120,10 +120,8 @@ class YOLOv4Loss(nn.Module):
             raise ValueError("anchors must be positive (w, h) pairs")
         strides = positive_ints("strides", p_strides if strides is None else strides)
         if anchor_masks is None:
-            anchor_masks = (
-                p_masks
-                if _masks_fit(p_masks, len(strides), flat.shape[0])
-                else _masks_by_stride(strides, flat.shape[0])
+            anchor_masks = p_masks if _masks_fit(p_masks, len(strides), flat.shape[0]) else _masks_by_stride(
+                strides, flat.shape[0]
             )
         masks = tuple(tuple(int(i) for i in m) for m in anchor_masks)
         if len(masks) != len(strides) or len({len(m) for m in masks}) != 1 or not masks[0]:
@@ -162,14 +160,8 @@ class YOLOv4Loss(nn.Module):
         tg = pad_targets(targets, c, dtype=dtype, device=dev, validate=self.validate)
         anchors = torch.tensor(self.anchors, dtype=dtype, device=dev)  # (K, 2)
         asg = build_yolov4_targets(
-            tg.boxes,
-            tg.mask,
-            anchors,
-            self.anchor_masks,
-            grids,
-            (in_h, in_w),
-            floor_centre=self.floor_centre,
-            validate=self.validate,
+            tg.boxes, tg.mask, anchors, self.anchor_masks, grids, (in_h, in_w),
+            floor_centre=self.floor_centre, validate=self.validate,
         )
         b, m, s_count, _ = asg.assigned.shape
         # class vectors: every assigned box sets a 1 at its class in the slot's final holder (the
@@ -194,17 +186,8 @@ class YOLOv4Loss(nn.Module):
         for s, v in enumerate(views):  # v: (B, A, H, W, 5 + C)
             scale_anchors = anchors[list(self.anchor_masks[s])]  # (A, 2)
             obj_logit, box_s, cls_s = yolo_held_terms(
-                v,
-                asg.cell[:, :, s],
-                asg.winner[:, :, s].to(dtype),
-                scale_anchors,
-                self.strides[s],
-                target,
-                box_scale,
-                cls_target[:, :, s],
-                self.iou_kind,
-                self.iou_eps,
-                unit,
+                v, asg.cell[:, :, s], asg.winner[:, :, s].to(dtype), scale_anchors, self.strides[s],
+                target, box_scale, cls_target[:, :, s], self.iou_kind, self.iou_eps, unit,
             )
             box, cls = box + box_s, cls + cls_s
             resp = asg.responsible[s]  # (B, A, H, W)

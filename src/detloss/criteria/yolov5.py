@@ -182,12 +182,7 @@ class YOLOv5Loss(nn.Module):
         pw = logits.new_tensor([pos_weight])
         if self.fl_gamma > 0:
             return sigmoid_focal_loss(
-                logits,
-                target,
-                _FOCAL_ALPHA,
-                self.fl_gamma,
-                pos_weight=pw,
-                validate=False,
+                logits, target, _FOCAL_ALPHA, self.fl_gamma, pos_weight=pw, validate=False,
                 avg_factor=avg_factor,
             )
         reduction = "mean" if avg_factor is None else "sum"
