@@ -11,6 +11,8 @@ import torch
 import detloss.assign.hungarian as hungarian
 from detloss.assign import hungarian_match
 
+pytest.importorskip("scipy.optimize")  # the matcher's optional dependency (detloss[detr])
+
 
 def brute_force(block: torch.Tensor) -> float:
     """The minimum total cost of a one-to-one matching of min(Q, M) pairs, by enumeration."""

@@ -14,11 +14,12 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from scipy.optimize import linear_sum_assignment
 
 import detloss.assign.hungarian as hungarian
 from detloss.criteria import DETRLoss
 from tests.counting import OpCounter
+
+linear_sum_assignment = pytest.importorskip("scipy.optimize").linear_sum_assignment  # detloss[detr]
 
 PRESETS = ("detr", "deformable", "rtdetr")
 # preset → (class, bbox, giou) costs, (cls, bbox, giou) weights, focal alpha (API.md's table)

@@ -244,7 +244,7 @@ class DETRLoss(nn.Module):
 
     def _cross_entropy(self, x: Tensor, cls_target: Tensor) -> Tensor:
         """Per layer: Σ w_t·CE / Σ w_t over the B·Q queries (``F.cross_entropy``'s weighted mean)."""
-        weight = self.class_weight.to(x.dtype)
+        weight = self.class_weight.to(device=x.device, dtype=x.dtype)  # a criterion left on the CPU works too
         ce = F.cross_entropy(x.flatten(0, 2), cls_target.flatten(), weight=weight, reduction="none")
         # the floor only matters without queries (B = 0) or with eos_coef = 0 and nothing matched:
         # 0 there, where F.cross_entropy gives 0/0
