@@ -231,3 +231,148 @@ def test_bf16_autocast_model(name):
     torch.testing.assert_close(loss, ref, rtol=HALF_RTOL[torch.bfloat16], atol=0)
     loss.backward()
     assert all(torch.isfinite(q.grad).all() for q in head.parameters())
+
+
+# ----------------------------------------------------------------------------- DETRLoss
+# Set prediction has its own input layout: (L, B, Q, C′) logits, (L, B, Q, 4) cxcywh boxes in [0, 1],
+# targets cxcywh normalised. The same boundaries as above, in that layout.
+DETR_PRESETS = ("detr", "deformable", "rtdetr")
+
+
+def detr_inputs(preset: str, batch: int = 4, dtype=torch.float32, seed: int = 0, scale: float = 1.0):
+    g = torch.Generator().manual_seed(seed)
+    width = C + 1 if preset == "detr" else C
+    logits = (torch.randn(2, batch, 8, width, generator=g) * scale).to(dtype).requires_grad_()
+    boxes = torch.sigmoid(torch.randn(2, batch, 8, 4, generator=g)).to(dtype).requires_grad_()
+    return logits, boxes
+
+
+def detr_targets(counts=(2, 0, 3, 1), seed: int = 0) -> list[dict]:
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for n in counts:
+        ctr, wh = torch.rand(n, 2, generator=g) * 0.6 + 0.2, torch.rand(n, 2, generator=g) * 0.3 + 0.05
+        out.append({"boxes": torch.cat((ctr, wh), -1), "labels": torch.randint(0, C, (n,), generator=g)})
+    return out
+
+
+def detr_finite(preset, logits, boxes, tg, **kw):
+    from detloss.criteria import DETRLoss
+
+    out = DETRLoss(C, preset, **kw)(logits, boxes, tg)
+    assert out.total.dim() == 0 and torch.isfinite(out.total), out.total
+    assert all(torch.isfinite(v) for layer in out.layers for v in layer.values())
+    out.total.backward()
+    assert torch.isfinite(logits.grad).all() and torch.isfinite(boxes.grad).all()
+    return out
+
+
+@pytest.mark.parametrize(
+    "case, exc, pattern",
+    [
+        ("class id out of range", ValueError, r"targets\[2\]\['labels'\].*class id 3 at index \(2,\)"),
+        ("NaN box", ValueError, r"targets\[3\]\['boxes'\].*nan.*index \(0, 1\)"),
+        ("negative width", ValueError, r"targets\[2\]\['boxes'\]\[1\].*w > 0 and h > 0"),
+        ("float labels", TypeError, r"targets\[0\]\['labels'\].*integer"),
+        ("boxes not (n, 4)", ValueError, r"targets\[1\]: boxes must be \(n, 4\)"),
+    ],
+)
+@pytest.mark.parametrize("preset", DETR_PRESETS)
+def test_detr_bad_targets_name_the_image_and_box(preset, case, exc, pattern):
+    from detloss.criteria import DETRLoss
+
+    tg = detr_targets()
+    if case == "class id out of range":
+        tg[2]["labels"] = torch.tensor([0, 1, 3])
+    elif case == "NaN box":
+        tg[3]["boxes"][0, 1] = float("nan")
+    elif case == "negative width":
+        tg[2]["boxes"][1, 2] = -0.1
+    elif case == "float labels":
+        tg[0]["labels"] = tg[0]["labels"].float()
+    else:
+        tg[1]["boxes"] = torch.zeros(0, 5)
+    with pytest.raises(exc, match=pattern):
+        DETRLoss(C, preset)(*detr_inputs(preset), tg)
+
+
+@pytest.mark.parametrize("counts", [(0, 0, 0, 0), (0, 3, 0, 1), (1, 0, 0, 0), ()], ids=str)
+@pytest.mark.parametrize("preset", DETR_PRESETS)
+def test_detr_empty_and_mixed_batches_are_finite(preset, counts):
+    detr_finite(preset, *detr_inputs(preset, batch=len(counts)), detr_targets(counts))
+
+
+@pytest.mark.parametrize("scale", [1e4, -1e4, 30.0], ids=["+1e4", "-1e4", "30"])
+@pytest.mark.parametrize("preset", DETR_PRESETS)
+def test_detr_saturated_logits_are_finite(preset, scale):
+    for counts in ((2, 0, 3, 1), (0, 0, 0, 0)):
+        detr_finite(preset, *detr_inputs(preset, scale=scale), detr_targets(counts))
+
+
+@pytest.mark.parametrize("preset", DETR_PRESETS)
+def test_detr_degenerate_boxes_are_finite(preset):
+    tg = [
+        {"boxes": torch.tensor([[0.5, 0.5, 1e-5, 1e-5]]), "labels": torch.tensor([0])},  # tiny
+        {"boxes": torch.tensor([[0.5, 0.5, 1.0, 1.0]]), "labels": torch.tensor([2])},  # the whole image
+        {"boxes": torch.tensor([[0.3, 0.3, 0.2, 0.2]] * 3), "labels": torch.tensor([1, 1, 2])},  # duplicates
+        {"boxes": torch.tensor([[0.5, 0.5, 0.01, 0.6]]), "labels": torch.tensor([0])},
+    ]
+    for dtype in (torch.float32, torch.float64):
+        logits, boxes = detr_inputs(preset, dtype=dtype)
+        with torch.no_grad():  # zero-area and point predictions, some exactly on a target
+            boxes[0, :, :4, 2:] = 0.0
+            boxes[1, 1, 0] = torch.tensor([0.5, 0.5, 1.0, 1.0])
+        detr_finite(
+            preset, logits, boxes, [{k: v.to(dtype) if k == "boxes" else v for k, v in t.items()} for t in tg]
+        )
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("preset", DETR_PRESETS)
+def test_detr_half_precision_logits(preset, dtype):
+    from detloss.criteria import DETRLoss
+
+    tg = detr_targets()
+    ref = DETRLoss(C, preset)(*detr_inputs(preset), tg).total
+    logits, boxes = detr_inputs(preset, dtype=dtype)
+    out = detr_finite(preset, logits, boxes, tg)
+    assert out.total.dtype == torch.float32 and logits.grad.dtype == dtype
+    torch.testing.assert_close(out.total, ref, rtol=HALF_RTOL[dtype], atol=0)
+    upcast = DETRLoss(C, preset)(logits.detach().float(), boxes.detach().float(), tg).total
+    torch.testing.assert_close(out.total, upcast, rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("preset", DETR_PRESETS)
+def test_detr_bf16_autocast_model(preset):
+    from detloss.criteria import DETRLoss
+
+    torch.manual_seed(0)
+    head = torch.nn.Linear(6, (C + (preset == "detr")) + 4)
+    feats = torch.randn(2, 4, 8, 6)
+    width = C + (preset == "detr")
+
+    def run():
+        out = head(feats)
+        return DETRLoss(C, preset)(out[..., :width], out[..., width:].sigmoid(), detr_targets()).total
+
+    ref = run()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = run()
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    torch.testing.assert_close(loss, ref, rtol=HALF_RTOL[torch.bfloat16], atol=0)
+    loss.backward()
+    assert all(torch.isfinite(q.grad).all() for q in head.parameters())
+
+
+@pytest.mark.parametrize("preset", DETR_PRESETS)
+def test_detr_non_finite_predictions(preset):
+    from detloss.criteria import DETRLoss
+
+    logits, boxes = detr_inputs(preset)
+    logits = logits.detach().clone()
+    logits[1, 2, 5, 0] = float("inf")
+    with pytest.raises(ValueError, match=r"logits has a non-finite value \(inf\) at index \(1, 2, 5, 0\)"):
+        DETRLoss(C, preset)(logits, boxes, detr_targets())
+    # validate=False: no error; the non-finite query is matched last, the loss is the caller's to check
+    out = DETRLoss(C, preset, validate=False)(logits, boxes, detr_targets())
+    assert torch.isfinite(out.layers[0]["bbox"])

@@ -5,6 +5,9 @@ batch, through a tiny float64 model wrapped in DistributedDataParallel; DDP aver
 The parent runs the same model on the whole batch in one process and compares:
 
 - YOLOv3, YOLOv4, SSD (batch means, normalised by global counts): DDP gradient == single gradient.
+- DETRLoss (the box count N averaged over the ranks): the "deformable" and "rtdetr" presets, and the
+  box losses of "detr" (its class loss is a weighted mean over each rank's queries, as the
+  references, so it is run with ``cls_weight=0``): DDP gradient == single gradient.
 - YOLOv5 (``total = (...) · B`` with the per-rank B): K · DDP gradient == single gradient, the
   factor YOLOv5's train.py applies (``loss * WORLD_SIZE``).
 
@@ -25,17 +28,25 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from detloss.criteria import SSDLoss, YOLOv3Loss, YOLOv4Loss, YOLOv5Loss
+from detloss.criteria import DETRLoss, SSDLoss, YOLOv3Loss, YOLOv4Loss, YOLOv5Loss
 
 WORLD, BATCH, C, FEAT, SIZE = 2, 4, 3, 5, 64
 BOXES_PER_IMAGE = (2, 0, 3, 1)  # rank 0: images 0-1 (2 boxes), rank 1: images 2-3 (4 boxes)
 YOLO_GRIDS = {"YOLOv3": (8, 4, 2), "YOLOv4": (2, 4), "YOLOv5": (8, 4, 2)}  # 64 px input
-DDP_FACTOR = {"YOLOv3": 1.0, "YOLOv4": 1.0, "YOLOv5": float(WORLD), "SSD": 1.0}
-COUNTS_POSITIVES = ("YOLOv4", "YOLOv5", "SSD")
+DETR_CASES = {
+    "DETR-deformable": {"preset": "deformable"},
+    "DETR-rtdetr": {"preset": "rtdetr"},
+    "DETR-boxes": {"preset": "detr", "cls_weight": 0.0},
+}
+QUERIES, LAYERS = 6, 2
+DDP_FACTOR = {"YOLOv3": 1.0, "YOLOv4": 1.0, "YOLOv5": float(WORLD), "SSD": 1.0} | dict.fromkeys(
+    DETR_CASES, 1.0
+)
+COUNTS_POSITIVES = ("YOLOv4", "YOLOv5", "SSD", *DETR_CASES)
 # unequal halves (3 images on rank 0, 1 on rank 1): exact for the criteria whose every normaliser is
 # global (YOLOv5 keeps its per-rank objectness mean and · B, docs/reliability.md)
 UNEQUAL_ROWS = (slice(0, 3), slice(3, 4))
-EXACT_FOR_UNEQUAL = ("YOLOv3", "YOLOv4", "SSD")
+EXACT_FOR_UNEQUAL = ("YOLOv3", "YOLOv4", "SSD", *DETR_CASES)
 
 
 class YoloHeads(nn.Module):
@@ -61,6 +72,40 @@ class SSDHead(nn.Module):
         return out[..., :4], out[..., 4:]
 
 
+class DETRHeads(nn.Module):
+    """Per-query features (B, Q, F) -> (logits (L, B, Q, C′), boxes (L, B, Q, 4) cxcywh in (0, 1))."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.cls = nn.ModuleList(nn.Linear(FEAT, width) for _ in range(LAYERS))
+        self.box = nn.ModuleList(nn.Linear(FEAT, 4) for _ in range(LAYERS))
+
+    def forward(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = torch.stack([f(feats) for f in self.cls])
+        return logits, torch.stack([f(feats).sigmoid() for f in self.box])
+
+
+class DETRCriterion(nn.Module):
+    """DETRLoss on the targets of the other criteria: xyxy pixels -> cxcywh normalised."""
+
+    def __init__(self, **kw) -> None:
+        super().__init__()
+        self.crit = DETRLoss(C, **kw)
+
+    def forward(self, preds, targets):
+        norm = [
+            {
+                "boxes": torch.cat(
+                    ((t["boxes"][:, :2] + t["boxes"][:, 2:]) / 2, t["boxes"][:, 2:] - t["boxes"][:, :2]), 1
+                )
+                / SIZE,
+                "labels": t["labels"],
+            }
+            for t in targets
+        ]
+        return self.crit(*preds, norm)
+
+
 def priors() -> torch.Tensor:
     """(P, 4) cxcywh: a 4×4 grid of 16 px cells, two sizes per cell."""
     c = (torch.arange(4, dtype=torch.float64) + 0.5) * 16
@@ -84,12 +129,19 @@ def batch() -> tuple[dict, list[dict]]:
         for name, grids in YOLO_GRIDS.items()
     }
     feats["SSD"] = torch.randn(BATCH, len(priors()), FEAT, generator=g, dtype=torch.float64)
+    detr_feats = torch.randn(BATCH, QUERIES, FEAT, generator=g, dtype=torch.float64)
+    feats.update(dict.fromkeys(DETR_CASES, detr_feats))
     return feats, targets
 
 
 def make(name: str, reduce: bool) -> tuple[nn.Module, nn.Module]:
     """The model (same initial weights in every process) and the criterion."""
     torch.manual_seed(1)
+    if name in DETR_CASES:
+        kw = DETR_CASES[name]
+        return DETRHeads(C + (kw["preset"] == "detr")).double(), DETRCriterion(
+            **kw, reduce_across_ranks=reduce
+        )
     if name == "SSD":
         return SSDHead().double(), SSDLoss(C, priors(), reduce_across_ranks=reduce)
     model = YoloHeads(len(YOLO_GRIDS[name])).double()
@@ -162,7 +214,8 @@ def test_ddp_matches_single_process_on_the_whole_batch(ddp_gradients, name):
     single, _ = gradients(name, model, crit, feats, targets, slice(None))
     averaged, _ = ddp_gradients[name, True]
     for g_single, g_ddp in zip(single, averaged, strict=True):
-        assert g_single.abs().max() > 0
+        # DETR-boxes (cls_weight=0) leaves the class heads without gradient
+        assert g_single.abs().max() > 0 or name == "DETR-boxes"
         torch.testing.assert_close(DDP_FACTOR[name] * g_ddp, g_single, rtol=1e-10, atol=1e-12)
 
 
@@ -201,5 +254,5 @@ def test_unequal_batches_are_exact_too(ddp_gradients, name):
 
 
 def test_default_is_reduce_across_ranks_false():
-    for cls in (YOLOv3Loss, YOLOv4Loss, YOLOv5Loss, SSDLoss):
+    for cls in (YOLOv3Loss, YOLOv4Loss, YOLOv5Loss, SSDLoss, DETRLoss):
         assert inspect.signature(cls).parameters["reduce_across_ranks"].default is False

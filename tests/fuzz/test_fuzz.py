@@ -858,3 +858,83 @@ def test_criteria(tally, name, data):
     out.total.backward()
     for p in preds:
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
+
+
+# ----------------------------------------------------------------------------- DETRLoss
+def detr_problems(targets: list[dict]) -> set[type]:
+    """DETR targets are cxcywh normalised: finite, w > 0 and h > 0, integer labels in [0, C)."""
+    problems = set()
+    for t in targets:
+        b, lab = t["boxes"], t["labels"]
+        if lab.is_floating_point():
+            problems.add(TypeError)
+        elif lab.numel() and bool(((lab < 0) | (lab >= CRIT_C)).any()):
+            problems.add(ValueError)
+        if b.numel() and not bool((torch.isfinite(b).all(1) & (b[:, 2] > 0) & (b[:, 3] > 0)).all()):
+            problems.add(ValueError)
+    return problems
+
+
+@pytest.mark.parametrize("preset", ("detr", "deformable", "rtdetr"))
+@FUZZ
+@given(data=st.data())
+def test_detr_criterion(tally, preset, data):
+    """Random targets (the criteria's flaws, as cxcywh / 64), layers, queries, dtypes and saturated or
+    degenerate predictions through DETRLoss: finite with finite gradients, or a clear error."""
+    from detloss.criteria import DETRLoss
+
+    batch = data.draw(st.integers(0, 3))
+    targets = [
+        {
+            "boxes": torch.cat(
+                ((t["boxes"][:, :2] + t["boxes"][:, 2:]) / 2, t["boxes"][:, 2:] - t["boxes"][:, :2]), 1
+            )
+            / CRIT_SIZE,
+            "labels": t["labels"],
+        }
+        for t in data.draw(criterion_targets(batch))
+    ]
+    expected = detr_problems(targets)
+    layers, queries = data.draw(st.sampled_from((1, 2, 3))), data.draw(st.sampled_from((1, 3, 6)))
+    pbatch = batch + 1 if data.draw(st.sampled_from((False,) * 19 + (True,))) else batch
+    if pbatch != batch:
+        expected.add(ValueError)
+    width = CRIT_C + (preset == "detr")
+    if data.draw(st.sampled_from((False,) * 19 + (True,))):  # logits of the other preset's width
+        width += 1 if preset != "detr" else -1
+        expected.add(ValueError)
+    dtype = data.draw(mostly((F32, F16, BF16, F64), (torch.int64,)))
+    if dtype == torch.int64:
+        expected.add(TypeError)
+    scale = data.draw(st.sampled_from((1.0, 1.0, 5.0, 1e4)))
+    g = torch.Generator().manual_seed(data.draw(st.integers(0, 2**31 - 1)))
+    logits = (torch.randn(layers, pbatch, queries, width, generator=g) * scale).to(dtype)
+    raw = torch.randn(layers, pbatch, queries, 4, generator=g)
+    box_mode = data.draw(st.sampled_from(("sigmoid", "sigmoid", "degenerate", "raw")))
+    boxes = {
+        "sigmoid": raw.sigmoid(),
+        "degenerate": raw.sigmoid() * torch.tensor([1.0, 1.0, 0.0, 0.0]),
+        "raw": raw * scale,
+    }[box_mode].to(dtype)
+    for p in (logits, boxes):
+        p.requires_grad_(p.is_floating_point())
+    validate = data.draw(st.booleans())
+    if not validate:
+        expected = {
+            e for e in expected if e is TypeError or pbatch != batch or width != CRIT_C + (preset == "detr")
+        }
+        if not expected and detr_problems(targets):
+            return  # bad target values without validation: garbage in, no promise
+    out = run(
+        tally,
+        f"criteria.DETRLoss[{preset}]",
+        expected,
+        lambda: DETRLoss(CRIT_C, preset, validate=validate)(logits, boxes, targets),
+    )
+    if out is None:
+        return
+    assert out.total.dtype == (F64 if dtype == F64 else F32) and len(out.layers) == layers
+    assert_finite(preset, out.total)
+    out.total.backward()
+    for p in (logits, boxes):
+        assert p.grad is not None and torch.isfinite(p.grad).all(), preset

@@ -5,9 +5,11 @@ so no criterion loops over images or boxes in Python. One module per concept:
 
 - :mod:`.targets`: :func:`pad_targets` and :class:`PaddedTargets`;
 - :mod:`.yolo`: YOLOv3/v4/v5 target building;
-- :mod:`.ssd`: SSD prior matching and hard negative mining.
+- :mod:`.ssd`: SSD prior matching and hard negative mining;
+- :mod:`.hungarian`: one-to-one set matching for DETR-family criteria (scipy, optional).
 """
 
+from .hungarian import hungarian_match
 from .ssd import PRIOR_IGNORED, PRIOR_NEGATIVE, hard_negative_mask, match_priors
 from .targets import PaddedTargets, pad_targets
 from .yolo import (
@@ -33,6 +35,7 @@ __all__ = [
     "build_yolov5_targets",
     "gather_at_cells",
     "hard_negative_mask",
+    "hungarian_match",
     "match_priors",
     "pad_targets",
     "resolve_collisions",

@@ -1,6 +1,7 @@
 """Detector criteria: one file per detector, each reproducing its original implementation."""
 
 from .common import LossResult
+from .detr import DETRLoss, SetLossResult
 from .ssd import SSDLoss, l2_weight_decay
 from .yolov3 import YOLOv3Loss
 from .yolov4 import YOLOv4Loss
@@ -9,8 +10,10 @@ from .yolov5 import YOLOV5_ANCHORS, YOLOV5_STRIDES, YOLOv5Loss, yolov5_scaled_ga
 __all__ = [
     "YOLOV5_ANCHORS",
     "YOLOV5_STRIDES",
+    "DETRLoss",
     "LossResult",
     "SSDLoss",
+    "SetLossResult",
     "YOLOv3Loss",
     "YOLOv4Loss",
     "YOLOv5Loss",

@@ -1,0 +1,236 @@
+"""DETRLoss against transformers' DETR, Deformable DETR and RT-DETR losses: values, gradients, speed.
+
+    PYTHONPATH=src /work/sidevenv/bin/python benchmarks/compare_detr.py [--repeats 9] [--skip-speed]
+
+transformers (Apache-2.0) is a peer here, never a dependency: this script runs only where it is
+installed (the side venv). References called, on the same inputs:
+
+- ``"detr"``: ``transformers.loss.loss_for_object_detection.ForObjectDetectionLoss`` (DetrConfig
+  defaults, ``auxiliary_loss=True``);
+- ``"deformable"``: ``DeformableDetrForObjectDetectionLoss`` with ``class_cost=2`` (the original
+  repository's; transformers' config default is 1) — transformers weights its ``loss_ce`` by a fixed
+  1, so detloss runs with ``cls_weight=1`` for the comparison (its default is the original's 2);
+- ``"rtdetr"``: ``RTDetrForObjectDetectionLoss`` (RTDetrConfig defaults, no denoising); its encoder
+  proposals (``enc_topk_logits`` / ``enc_topk_bboxes``) are detloss's layer 0, the L decoder layers
+  follow (``auxiliary_outputs_*`` keys).
+
+Values: float64, max relative error per component summed over layers, of every per-layer value, of
+the total and of the gradients (max |Δ| / max |g|). Speed: float32, forward + backward with the
+matching, 2 threads, medians over interleaved rounds. Ops and syncs: ``tests/counting.py``'s
+``OpCounter`` over one forward + backward; host transfers = calls of the matcher's device → host copy
+(detloss: ``detloss.assign.hungarian.to_host``; transformers: one ``.cpu()`` per layer's matcher call).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import detloss.assign.hungarian as hungarian  # noqa: E402
+from detloss.criteria import DETRLoss  # noqa: E402
+from tests.counting import OpCounter  # noqa: E402
+
+try:
+    from transformers import DeformableDetrConfig, DetrConfig, RTDetrConfig
+    from transformers.loss.loss_deformable_detr import DeformableDetrForObjectDetectionLoss
+    from transformers.loss.loss_for_object_detection import ForObjectDetectionLoss
+    from transformers.loss.loss_rt_detr import RTDetrForObjectDetectionLoss
+except ImportError as err:  # a peer that is not installed is reported, not silently dropped
+    print(f"transformers not available ({err}): nothing to compare")
+    sys.exit(0)
+
+PRESETS = ("detr", "deformable", "rtdetr")
+OURS_KW = {"detr": {}, "deformable": {"cls_weight": 1.0}, "rtdetr": {}}
+REF_KEYS = {"detr": "loss_ce", "deformable": "loss_ce", "rtdetr": "loss_vfl"}
+
+
+def make_inputs(preset, L, B, Q, C, n, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    width = C + 1 if preset == "detr" else C
+    logits = torch.randn(L, B, Q, width, generator=g, dtype=torch.float64).to(dtype).requires_grad_()
+    boxes = (
+        torch.sigmoid(torch.randn(L, B, Q, 4, generator=g, dtype=torch.float64)).to(dtype).requires_grad_()
+    )
+    targets = []
+    for _ in range(B):
+        ctr = torch.rand(n, 2, generator=g, dtype=torch.float64) * 0.6 + 0.2
+        wh = torch.rand(n, 2, generator=g, dtype=torch.float64) * 0.3 + 0.02
+        targets.append(
+            {"boxes": torch.cat((ctr, wh), -1).to(dtype), "labels": torch.randint(0, C, (n,), generator=g)}
+        )
+    return logits, boxes, targets
+
+
+def reference(preset, C, L):
+    """A callable (logits, boxes, targets) → (total, per-layer dicts in detloss's names and order)."""
+    if preset == "detr":
+        config = DetrConfig(num_labels=C, auxiliary_loss=True, decoder_layers=L)
+        fn = ForObjectDetectionLoss
+    elif preset == "deformable":
+        config = DeformableDetrConfig(num_labels=C, auxiliary_loss=True, decoder_layers=L, class_cost=2)
+        fn = DeformableDetrForObjectDetectionLoss
+    else:
+        config = RTDetrConfig(num_labels=C, auxiliary_loss=True, decoder_layers=L - 1)
+        fn = RTDetrForObjectDetectionLoss
+
+    def run(logits, boxes, targets):
+        labels = [{"class_labels": t["labels"], "boxes": t["boxes"]} for t in targets]
+        if preset == "rtdetr":  # layer 0 = the encoder proposals, then the L − 1 decoder layers
+            dec_l, dec_b = logits[1:], boxes[1:]
+            total, d, _ = fn(
+                dec_l[-1],
+                labels,
+                "cpu",
+                dec_b[-1],
+                config,
+                outputs_class=dec_l.transpose(0, 1),
+                outputs_coord=dec_b.transpose(0, 1),
+                enc_topk_logits=logits[0],
+                enc_topk_bboxes=boxes[0],
+            )
+            # keys: final layer unsuffixed, decoder layer i: _aux_i, the encoder: _aux_{L-2}
+            suffix = [f"_aux_{L - 2}"] + [f"_aux_{i}" for i in range(L - 2)] + [""]
+            names = (("cls", "loss_vfl", 1.0), ("bbox", "loss_bbox", 1.0), ("giou", "loss_giou", 1.0))
+        else:
+            total, d, _ = fn(
+                logits[-1], labels, "cpu", boxes[-1], config, outputs_class=logits, outputs_coord=boxes
+            )
+            suffix = [f"_{i}" for i in range(L - 1)] + [""]
+            names = (
+                ("cls", "loss_ce", 1.0),
+                ("bbox", "loss_bbox", config.bbox_loss_coefficient),
+                ("giou", "loss_giou", config.giou_loss_coefficient),
+            )
+        layers = [{k: d[key + s] * w for k, key, w in names} for s in suffix]
+        return total, layers
+
+    return run
+
+
+def rel(a, b):
+    a, b = torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64)
+    return float((a - b).abs().max() / b.abs().max().clamp(min=1e-300))
+
+
+def compare_values(preset, L=4, B=4, Q=30, C=7, n=6):
+    ours_fn = DETRLoss(C, preset, **OURS_KW[preset])
+    ref_fn = reference(preset, C, L)
+    worst = {}
+    torch.set_default_dtype(torch.float64)  # the references build their class weights in the default dtype
+    for seed in range(3):
+        lg, bx, tg = make_inputs(preset, L, B, Q, C, n, torch.float64, seed)
+        tg[1] = {"boxes": tg[1]["boxes"][:0], "labels": tg[1]["labels"][:0]}  # an image without targets
+        out = ours_fn(lg, bx, tg)
+        g_ours = torch.autograd.grad(out.total, (lg, bx))
+        total, layers = ref_fn(lg, bx, tg)
+        g_ref = torch.autograd.grad(total, (lg, bx))
+        errs = {"total": rel(out.total.detach(), total.detach())}
+        for k in ("cls", "bbox", "giou"):
+            errs[k] = rel(out.components[k].detach(), sum(layer[k] for layer in layers).detach())
+        errs["layers"] = max(
+            rel(o[k].detach(), r[k].detach()) for o, r in zip(out.layers, layers, strict=True) for k in o
+        )
+        errs["grad logits"], errs["grad boxes"] = (rel(a, b) for a, b in zip(g_ours, g_ref, strict=True))
+        for k, v in errs.items():
+            worst[k] = max(worst.get(k, 0.0), v)
+    torch.set_default_dtype(torch.float32)
+    return worst
+
+
+def count(fn, lg, bx, tg):
+    calls = {"n": 0}
+    original = hungarian.to_host
+
+    def counted(cost):
+        calls["n"] += 1
+        return original(cost)
+
+    hungarian.to_host = counted
+    try:
+        with OpCounter() as c:
+            total = fn(lg, bx, tg)
+            total.backward()
+    finally:
+        hungarian.to_host = original
+    return c.ops, c.syncs, calls["n"]
+
+
+def speed(preset, L, B, Q, C, n, repeats):
+    lg, bx, tg = make_inputs(preset, L, B, Q, C, n, torch.float32)
+    ours_v = DETRLoss(C, preset, **OURS_KW[preset])
+    ours_nv = DETRLoss(C, preset, validate=False, **OURS_KW[preset])
+    ref_fn = reference(preset, C, L)
+    fns = {
+        "ours": lambda: torch.autograd.grad(ours_v(lg, bx, tg).total, (lg, bx)),
+        "ours nv": lambda: torch.autograd.grad(ours_nv(lg, bx, tg).total, (lg, bx)),
+        "transformers": lambda: torch.autograd.grad(ref_fn(lg, bx, tg)[0], (lg, bx)),
+    }
+    for f in fns.values():
+        f()  # warm-up
+    times = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+    ops_ours = count(lambda a, b, t: ours_nv(a, b, t).total, lg, bx, tg)
+    ops_ref = count(lambda a, b, t: ref_fn(a, b, t)[0], lg, bx, tg)
+    return med, ops_ours, ops_ref
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeats", type=int, default=9)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--skip-speed", action="store_true")
+    ap.add_argument("--skip-values", action="store_true")
+    ap.add_argument("--cases", default="sparse,dense", help="comma-separated: sparse, dense")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    import transformers
+
+    threads = torch.get_num_threads()
+    print(f"torch {torch.__version__}, transformers {transformers.__version__}, {threads} threads")
+    if not args.skip_values:
+        print("\nvalues (float64, L=4, B=4, Q=30, C=7, 6 targets/img, one image empty; max rel err, 3 seeds)")
+        keys = ("total", "cls", "bbox", "giou", "layers", "grad logits", "grad boxes")
+        print(f"{'preset':<11}" + "".join(f"{k:>13}" for k in keys))
+        for preset in PRESETS:
+            w = compare_values(preset)
+            print(f"{preset:<11}" + "".join(f"{w[k]:>13.2e}" for k in keys))
+    if args.skip_speed:
+        return
+    print("\nspeed: float32, forward + backward incl. matching, median ms over interleaved rounds")
+    print("ours = validate=True, nv = validate=False; ratio = transformers / ours; per call: aten ops,")
+    print("host syncs seen by OpCounter (+ device -> host cost transfers: ours 1, transformers 1 per layer)")
+    cases = {
+        "sparse": ("B=8 Q=300 L=6 C=91 20/img", 6, 8, 300, 91, 20),
+        "dense": ("B=4 Q=300 L=6 C=2 200/img", 6, 4, 300, 2, 200),
+    }
+    print(
+        f"{'case':<27}{'preset':<11}{'ours':>8}{'nv':>8}{'transf.':>9}{'ratio':>7}{'ratio nv':>9}"
+        f"{'ops':>6}{'transf.':>8}{'syncs':>7}{'transf.':>8}"
+    )
+    for key in args.cases.split(","):
+        name, L, B, Q, C, n = cases[key]
+        for preset in PRESETS:
+            med, (o_ops, o_sync, o_tr), (r_ops, r_sync, _) = speed(preset, L, B, Q, C, n, args.repeats)
+            t = med["transformers"]
+            print(
+                f"{name:<27}{preset:<11}{med['ours']:>8.1f}{med['ours nv']:>8.1f}{t:>9.1f}"
+                f"{t / med['ours']:>6.1f}x{t / med['ours nv']:>8.1f}x{o_ops:>6}{r_ops:>8}"
+                f"{f'{o_sync}+{o_tr}':>7}{f'{r_sync}+{L}':>8}"
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,173 @@
+"""Hungarian matching of set predictions to targets, one host round trip for every block.
+
+DETR-family criteria match each decoder layer's queries to each image's targets one-to-one. The
+references build the cost between every query of the batch and every target of the batch
+(``B·Q × ΣM``), copy it to the host once per layer and split it per image there. Here the caller
+builds only each image's own block, padded to ``(…, Q, M_max)``; all blocks reach the host in one
+transfer, :func:`scipy.optimize.linear_sum_assignment` solves each, and the matches return to the
+device in one transfer. The loop over blocks runs on the host over numpy arrays: it is the solver.
+
+scipy is an optional dependency (``pip install "detloss[detr]"``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+if TYPE_CHECKING:
+    import numpy as np
+
+_INSTALL_HINT = 'the Hungarian matcher needs scipy: pip install "detloss[detr]"'
+
+
+def require_scipy():
+    """``scipy.optimize.linear_sum_assignment``, or an ``ImportError`` saying how to install it."""
+    try:
+        from scipy.optimize import linear_sum_assignment
+    except ImportError as err:
+        raise ImportError(_INSTALL_HINT) from err
+    return linear_sum_assignment
+
+
+def to_host(cost: Tensor) -> np.ndarray:
+    """The one device → host transfer of a matching (a function of its own so tests can count it)."""
+    if cost.dtype not in (torch.float32, torch.float64):
+        cost = cost.float()  # numpy has no bfloat16; the solver works in float64 anyway
+    return cost.detach().cpu().numpy()
+
+
+def to_device(matches: np.ndarray, device: torch.device) -> Tensor:
+    """The one host → device transfer of a matching's result."""
+    return torch.from_numpy(matches).to(device)
+
+
+def _dim_names(lead: int) -> tuple[str, ...]:
+    return ("layer", "image")[-lead:] if 0 < lead <= 2 else tuple(f"dim {i}" for i in range(lead))
+
+
+def _finite_block(block: np.ndarray, pairs: int) -> np.ndarray:
+    """Non-finite entries replaced by a finite value larger than any assignment can gain by avoiding
+    it, so they are matched last (the references put ``finfo.max`` there; a moderate value keeps the
+    solver's potentials exact for the other entries)."""
+    import numpy as np  # present wherever scipy is
+
+    bad = ~np.isfinite(block)
+    if not bad.any():
+        return block
+    good = block[~bad]
+    if good.size == 0:
+        return np.zeros_like(block)
+    lo, hi = float(good.min()), float(good.max())
+    big = hi + (hi - lo + 1.0) * (pairs + 1)
+    if not np.isfinite(big):
+        big = np.finfo(block.dtype).max
+    return np.where(bad, big, block)
+
+
+def _check_finite(host: np.ndarray, n: np.ndarray, names: tuple[str, ...]) -> None:
+    """ValueError at the first non-finite cost of a real column; one vectorised pass."""
+    import numpy as np
+
+    real = np.arange(host.shape[-1]) < n[..., None, None]  # (…, 1, M)
+    bad = ~np.isfinite(host) & real
+    if bad.any():
+        *idx, q, t = (int(i) for i in np.argwhere(bad)[0])
+        where = "".join(f"{k} {i}, " for k, i in zip(names, idx, strict=True))
+        raise ValueError(
+            f"cost has a non-finite value ({host[(*idx, q, t)]}) at {where}query {q}, target {t}: "
+            "a NaN or Inf prediction or target"
+        )
+
+
+_executors: dict[tuple[int, int], ThreadPoolExecutor] = {}
+
+
+def _executor(threads: int) -> ThreadPoolExecutor:
+    """A pool per (process, size): a pool inherited through fork has no live threads."""
+    key = (os.getpid(), threads)
+    if key not in _executors:
+        _executors[key] = ThreadPoolExecutor(threads, thread_name_prefix="detloss-hungarian")
+    return _executors[key]
+
+
+def hungarian_match(
+    cost: Tensor,
+    counts: int | Sequence[int] | Tensor,
+    *,
+    validate: bool = True,
+    num_threads: int | None = None,
+) -> Tensor:
+    """Minimum-cost one-to-one matching of queries to targets, per block.
+
+    Args:
+        cost: ``(…, Q, M_max)`` matching cost of each block (for a DETR criterion ``(L, B, Q, M_max)``:
+            layer, image, query, target); columns at and beyond a block's count are padding and
+            never read.
+        counts: the number of real targets per block, ``(…)`` or broadcastable to the leading dims
+            (e.g. ``(B,)`` against ``(L, B, Q, M_max)``; an int for one block); ints, or a tensor (its values
+            are then read on the host: one more synchronisation; criteria pass host ints).
+        validate: raise ``ValueError`` naming the layer, image, query and target of the first
+            non-finite cost. With ``False``, non-finite costs are matched only where nothing else
+            can be (as the references: they replace them by a large finite value).
+        num_threads: host threads solving blocks in parallel (the solver releases the GIL);
+            ``None``: ``torch.get_num_threads()``, the intra-op pool's size, idle during the matching.
+
+    Returns:
+        ``(…, M_max)`` int64 on ``cost``'s device: the query matched to each target, −1 for padding
+        and for targets left unmatched (more targets than queries). Each block's pairs are
+        ``scipy.optimize.linear_sum_assignment``'s on the block ``cost[…, :, :count]``.
+
+    Raises:
+        ImportError: scipy is not installed.
+    """
+    solve = require_scipy()
+    import numpy as np  # present wherever scipy is
+
+    if not isinstance(cost, Tensor):
+        raise TypeError(f"cost must be a torch.Tensor, got {type(cost).__name__}")
+    if cost.dim() < 2 or not cost.is_floating_point():
+        raise ValueError(f"cost must be a floating tensor (..., Q, M), got {cost.dtype} {tuple(cost.shape)}")
+    lead, (num_queries, width) = cost.shape[:-2], cost.shape[-2:]
+    if isinstance(counts, Tensor):
+        counts = counts.tolist()
+    counts = np.asarray(counts, dtype=np.int64)
+    if counts.size == 1 and counts.ndim > len(lead):  # [n] for a single (Q, M) block
+        counts = counts.reshape(())
+    try:
+        n = np.broadcast_to(counts, lead)
+    except ValueError:
+        raise ValueError(
+            f"counts of shape {np.shape(counts)} does not broadcast to cost's leading dims {tuple(lead)}"
+        ) from None
+    if n.size and (n.min() < 0 or n.max() > width):
+        raise ValueError(f"counts must lie in [0, {width}] (cost's last dim), got {n.min()}…{n.max()}")
+
+    host = to_host(cost)  # the one transfer there
+    if validate:
+        _check_finite(host, n, _dim_names(len(lead)))
+    jobs = [idx for idx in np.ndindex(*lead) if n[idx] and num_queries]
+
+    def solve_chunk(chunk: list[tuple[int, ...]]) -> list[tuple[tuple[int, ...], np.ndarray, np.ndarray]]:
+        out = []
+        for idx in chunk:
+            m = int(n[idx])
+            block = host[idx][:, :m] if validate else _finite_block(host[idx][:, :m], min(num_queries, m))
+            out.append((idx, *solve(block)))
+        return out
+
+    threads = min(torch.get_num_threads() if num_threads is None else int(num_threads), len(jobs))
+    if threads > 1:  # the solver releases the GIL: blocks in parallel, one chunk per thread
+        chunks = [jobs[i::threads] for i in range(threads)]
+        solved = [r for part in _executor(threads).map(solve_chunk, chunks) for r in part]
+    else:
+        solved = solve_chunk(jobs)
+    matches = np.full((*lead, width), -1, dtype=np.int64)
+    for idx, rows, cols in solved:
+        matches[idx][cols] = rows
+    return to_device(matches, cost.device)  # the one transfer back

@@ -1,0 +1,355 @@
+"""DETR-family set criterion: Hungarian matching per decoder layer, then class and box losses.
+
+Reproduces transformers 5.x's ``ForObjectDetectionLoss`` (DETR), ``DeformableDetrForObjectDetectionLoss``
+(Deformable DETR, DINO) and ``RTDetrLoss`` (RT-DETR, without denoising groups and encoder-proposal
+losses) on the same inputs. Unlike the references, which build the cost between every query and every
+target of the batch and copy it to the host once per layer, the cost here is built for each image's own
+targets only, ``(L, B, Q, M_max)``, and all layers reach the host in one transfer
+(:func:`detloss.assign.hungarian_match`); everything else is one graph over layers and images.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..assign.hungarian import hungarian_match, require_scipy
+from ..boxes import check_finite, check_tensor, convert
+from ..distributed import global_count
+from ..iou import compute_dtype, iou_xyxy
+from ..kernels import iou_forward
+from ..losses import check_class_ids, sigmoid_focal_loss
+from .common import LossResult
+
+Preset = Literal["detr", "deformable", "rtdetr"]
+
+# preset → (class, bbox, giou) match costs, (cls, bbox, giou) loss weights, focal_alpha: the defaults
+# of the original repositories (facebookresearch/detr, fundamentalvision/Deformable-DETR, lyuwenyu/RT-DETR)
+PRESETS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float], float | None]] = {
+    "detr": ((1.0, 5.0, 2.0), (1.0, 5.0, 2.0), None),
+    "deformable": ((2.0, 5.0, 2.0), (2.0, 5.0, 2.0), 0.25),
+    "rtdetr": ((2.0, 5.0, 2.0), (1.0, 5.0, 2.0), 0.75),
+}
+
+# The references' GIoU and IoU have no eps; float32's smallest normal keeps degenerate boxes finite
+# (0/tiny = 0) and changes no other value: it is below any union or enclosing area that rounds to > 0.
+_TINY = torch.finfo(torch.float32).tiny
+
+
+@dataclass
+class SetLossResult(LossResult):
+    """:class:`LossResult` plus ``layers``: per decoder layer, ``{"cls", "bbox", "giou"}`` (weighted),
+    in input layer order; ``components`` are their sums over the layers."""
+
+    layers: list[dict[str, Tensor]] = field(default_factory=list)
+
+
+class DETRLoss(nn.Module):
+    """Set-prediction loss of the DETR family, every decoder layer matched and weighted alike.
+
+    Per layer l, with the Hungarian matching σ_l of queries to each image's targets::
+
+        cost(q, j) = class_cost·C_cls(q, j) + bbox_cost·‖b_q − b_j‖₁ − giou_cost·GIoU(b_q, b_j)
+        L_l = cls_weight·L_cls + bbox_weight·Σ_j ‖b_σ(j) − b_j‖₁ / N + giou_weight·Σ_j (1 − GIoU) / N
+
+    with N = max(number of target boxes in the batch, 1) (averaged over the ranks with
+    ``reduce_across_ranks``). Presets (``None`` arguments take the preset's value):
+
+    - ``"detr"`` (C′ = C + 1, no-object last): C_cls = −softmax(x)[class]; L_cls = cross-entropy over
+      all B·Q queries (unmatched ones → no-object, weighted ``eos_coef``), PyTorch's weighted mean.
+      Costs 1/5/2, weights 1/5/2.
+    - ``"deformable"`` (C′ = C): C_cls = α_c(1−p)^γ_c·(−log(p + 1e-8)) − (1−α_c)p^γ_c·(−log(1 − p + 1e-8)),
+      p = σ(x) of the target's class; L_cls = sigmoid focal loss (``focal_alpha`` 0.25, ``focal_gamma``)
+      on the one-hot of the matched classes, summed over B·Q·C, / N. Costs 2/5/2, weights 2/5/2.
+    - ``"rtdetr"`` (C′ = C): the focal cost; L_cls = varifocal: BCE-with-logits(x, t·IoU) weighted by
+      α·p^γ·(1 − t) + t·IoU, t the one-hot, IoU of the matched pair and p detached (``focal_alpha``
+      0.75), summed over B·Q·C, / N. Costs 2/5/2, weights 1/5/2.
+
+    Args:
+        num_classes: C, the object classes (without no-object).
+        preset: ``"detr" | "deformable" | "rtdetr"``.
+        class_cost, bbox_cost, giou_cost: matching cost weights.
+        cls_weight, bbox_weight, giou_weight: loss weights.
+        eos_coef: the no-object class weight of ``"detr"``'s cross-entropy.
+        cost_alpha, cost_gamma: α_c, γ_c of the focal matching cost.
+        focal_alpha, focal_gamma: α, γ of the focal / varifocal class loss.
+        validate: check shapes always; with True also finite predictions, targets (finite, positive
+            width and height, class ids in [0, C)) in one host synchronisation, and finite costs.
+        reduce_across_ranks: N summed over the ranks of a process group and divided by the world
+            size (:func:`detloss.distributed.global_count`, at least 1 before dividing).
+
+    Call:
+        logits: ``(L, B, Q, C′)`` (or ``(B, Q, C′)`` for one layer), the last layer the final one.
+        boxes: ``(L, B, Q, 4)`` predicted boxes, cxcywh normalised to [0, 1].
+        targets: B dicts ``{"boxes": (n, 4) cxcywh in [0, 1], "labels": (n,) int64}``; n may be 0.
+
+    Returns:
+        :class:`SetLossResult`: ``total``, ``components`` ``{"cls", "bbox", "giou"}`` summed over the
+        layers, ``layers`` the per-layer dicts. float32 for half-precision inputs.
+
+    A call is one graph with one host round trip (the matching) with ``validate=False``; ``validate=True``
+    adds one synchronisation for the input checks.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        preset: Preset = "detr",
+        *,
+        class_cost: float | None = None,
+        bbox_cost: float | None = None,
+        giou_cost: float | None = None,
+        cls_weight: float | None = None,
+        bbox_weight: float | None = None,
+        giou_weight: float | None = None,
+        eos_coef: float = 0.1,
+        cost_alpha: float = 0.25,
+        cost_gamma: float = 2.0,
+        focal_alpha: float | None = None,
+        focal_gamma: float = 2.0,
+        validate: bool = True,
+        reduce_across_ranks: bool = False,
+    ) -> None:
+        super().__init__()
+        require_scipy()
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int):
+            raise TypeError(f"num_classes must be an int, got {type(num_classes).__name__}")
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        if preset not in PRESETS:
+            raise ValueError(f"preset must be one of {tuple(PRESETS)}, got {preset!r}")
+        costs, weights, alpha = PRESETS[preset]
+        pick = lambda given, default: float(default if given is None else given)  # noqa: E731
+        self.num_classes, self.preset = num_classes, preset
+        self.class_cost, self.bbox_cost, self.giou_cost = map(pick, (class_cost, bbox_cost, giou_cost), costs)
+        self.cls_weight, self.bbox_weight, self.giou_weight = map(
+            pick, (cls_weight, bbox_weight, giou_weight), weights
+        )
+        for name in ("class_cost", "bbox_cost", "giou_cost", "cls_weight", "bbox_weight", "giou_weight"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.class_cost == self.bbox_cost == self.giou_cost == 0:
+            raise ValueError("class_cost, bbox_cost and giou_cost cannot all be 0")
+        if not 0 <= eos_coef:
+            raise ValueError(f"eos_coef must be >= 0, got {eos_coef}")
+        if not (0 <= cost_alpha <= 1 and cost_gamma >= 0 and focal_gamma >= 0):
+            raise ValueError("cost_alpha must lie in [0, 1]; cost_gamma and focal_gamma must be >= 0")
+        self.eos_coef, self.cost_alpha, self.cost_gamma = (
+            float(eos_coef),
+            float(cost_alpha),
+            float(cost_gamma),
+        )
+        self.focal_alpha = float(pick(focal_alpha, alpha if alpha is not None else 0.25))
+        self.focal_gamma = float(focal_gamma)
+        if not 0 <= self.focal_alpha <= 1:
+            raise ValueError(f"focal_alpha must lie in [0, 1], got {self.focal_alpha}")
+        self.validate, self.reduce_across_ranks = bool(validate), bool(reduce_across_ranks)
+        # float64, cast per call: eos_coef stays exact for float64 logits
+        class_weight = torch.ones(num_classes + 1, dtype=torch.float64)
+        class_weight[-1] = self.eos_coef
+        self.register_buffer("class_weight", class_weight, persistent=False)
+
+    # ------------------------------------------------------------------------------------------ call
+    def forward(
+        self, logits: Tensor, boxes: Tensor, targets: Sequence[Mapping[str, Tensor]]
+    ) -> SetLossResult:
+        logits, boxes = self._check_preds(logits, boxes, targets)
+        dtype = compute_dtype(logits)  # fp16/bf16 heads: computed in float32
+        x, pred = logits.to(dtype), boxes.to(dtype)
+        num_layers, _, num_queries, _ = x.shape
+        tgt_boxes, labels, valid_tgt, counts = _pad_targets(targets, dtype, x.device)  # (B, M, 4), (B, M)
+        if self.validate:
+            self._check_values(x, pred, targets, tgt_boxes, labels, valid_tgt)
+
+        # 1. matching on each image's own cost block, all layers in one round trip
+        with torch.no_grad():
+            cost = self._cost(x, pred, tgt_boxes, labels)  # (L, B, Q, M)
+        match = hungarian_match(cost, counts, validate=self.validate)  # (L, B, M) query per target, −1
+
+        # 2. the matched pairs, gathered by the match index (masks instead of ragged lists)
+        matched = match >= 0  # (L, B, M)
+        query = match.clamp(min=0)
+        pred_m = pred.gather(2, query[..., None].expand(-1, -1, -1, 4))  # (L, B, M, 4)
+        pred_xyxy, tgt_xyxy = convert(pred_m, "cxcywh", "xyxy"), convert(tgt_boxes, "cxcywh", "xyxy")
+        num_boxes = global_count(valid_tgt.sum().to(dtype), self.reduce_across_ranks, 1.0)
+        zero = x.new_zeros(())
+        l1 = torch.where(matched, (pred_m - tgt_boxes).abs().sum(-1), zero).sum((1, 2)) / num_boxes
+        giou = iou_xyxy(pred_xyxy, tgt_xyxy, "giou", _TINY)
+        giou = torch.where(matched, 1.0 - giou, zero).sum((1, 2)) / num_boxes
+
+        # 3. the class target of every query: the matched target's class, else C (no-object);
+        # unmatched targets scatter into a spare slot Q that is dropped (order-free, no collisions)
+        slot = torch.where(matched, query, num_queries)  # (L, B, M)
+        cls_target = x.new_full((num_layers, x.shape[1], num_queries + 1), self.num_classes, dtype=torch.long)
+        cls_target = cls_target.scatter(2, slot, labels.expand_as(slot))[..., :num_queries]  # (L, B, Q)
+        if self.preset == "detr":
+            cls = self._cross_entropy(x, cls_target)
+        else:
+            # (L, B, Q, C); no-object (C) is all zeros. A comparison, not F.one_hot: that reads the
+            # class range back from the device
+            onehot = (cls_target[..., None] == torch.arange(self.num_classes, device=x.device)).to(dtype)
+            if self.preset == "deformable":
+                cls = sigmoid_focal_loss(
+                    x, onehot, self.focal_alpha, self.focal_gamma, reduction="none", validate=False
+                ).sum((1, 2, 3))
+            else:
+                with torch.no_grad():
+                    iou = iou_xyxy(pred_xyxy, tgt_xyxy, "iou", _TINY)  # (L, B, M)
+                    score = x.new_zeros(slot.shape[:2] + (num_queries + 1,)).scatter(2, slot, iou)
+                score = score[..., :num_queries, None] * onehot  # (L, B, Q, C): IoU at the matched class
+                cls = _rtdetr_varifocal(x, onehot, score, self.focal_alpha, self.focal_gamma).sum((1, 2, 3))
+            cls = cls / num_boxes
+
+        # 4. weights, per layer and summed
+        per_layer = torch.stack((self.cls_weight * cls, self.bbox_weight * l1, self.giou_weight * giou), 1)
+        names = ("cls", "bbox", "giou")
+        sums = per_layer.sum(0)
+        components = dict(zip(names, sums.unbind(), strict=True))
+        layers = [dict(zip(names, row.unbind(), strict=True)) for row in per_layer.unbind()]
+        return SetLossResult(sums.sum(), components, layers)
+
+    def _cost(self, x: Tensor, pred: Tensor, tgt_boxes: Tensor, labels: Tensor) -> Tensor:
+        """``(L, B, Q, M)`` matching cost of every query with its own image's targets (no gradient)."""
+        num_layers, batch, num_queries, num_logits = x.shape
+        m = labels.shape[1]
+        index = labels[None, :, None, :].expand(num_layers, batch, num_queries, m)
+        if self.preset == "detr":
+            class_cost = -x.softmax(-1).gather(3, index)
+        else:
+            # gather the logits first when there are fewer targets than classes (the same elementwise cost)
+            p = (x.gather(3, index) if m < num_logits else x).sigmoid()
+            a, g = self.cost_alpha, self.cost_gamma
+            neg = (1 - a) * p**g * -(1 - p + 1e-8).log()
+            pos = a * (1 - p) ** g * -(p + 1e-8).log()
+            class_cost = pos - neg if m < num_logits else (pos - neg).gather(3, index)
+        tgt = tgt_boxes.expand(num_layers, -1, -1, -1)
+        cost = torch.cdist(pred, tgt, p=1).mul_(self.bbox_cost)  # (L, B, Q, M): L1 over the 4 coordinates
+        cost.add_(class_cost, alpha=self.class_cost)
+        # the plain GIoU formula (no autograd needed here; broadcasting avoids materialising box pairs)
+        giou = iou_forward(
+            convert(pred, "cxcywh", "xyxy")[:, :, :, None],
+            convert(tgt_boxes, "cxcywh", "xyxy")[None, :, None],
+            "giou",
+            _TINY,
+            False,
+            False,
+        )
+        return cost.sub_(giou, alpha=self.giou_cost)
+
+    def _cross_entropy(self, x: Tensor, cls_target: Tensor) -> Tensor:
+        """Per layer: Σ w_t·CE / Σ w_t over the B·Q queries (``F.cross_entropy``'s weighted mean)."""
+        weight = self.class_weight.to(device=x.device, dtype=x.dtype)  # a criterion left on the CPU works too
+        ce = F.cross_entropy(x.flatten(0, 2), cls_target.flatten(), weight=weight, reduction="none")
+        # the floor only matters without queries (B = 0) or with eos_coef = 0 and nothing matched:
+        # 0 there, where F.cross_entropy gives 0/0
+        return ce.view(cls_target.shape).sum((1, 2)) / weight[cls_target].sum((1, 2)).clamp(min=_TINY)
+
+    # ------------------------------------------------------------------------------------------ checks
+    def _check_preds(self, logits: Tensor, boxes: Tensor, targets: Sequence) -> tuple[Tensor, Tensor]:
+        check_tensor("logits", logits)
+        check_tensor("boxes", boxes)
+        if isinstance(targets, Mapping) or not isinstance(targets, Sequence):
+            raise TypeError(f"targets must be a list of dicts, got {type(targets).__name__}")
+        for name, t in (("logits", logits), ("boxes", boxes)):
+            if not t.is_floating_point():
+                raise TypeError(f"{name} must have a floating dtype, got {t.dtype}")
+        if logits.dim() == 3 and boxes.dim() == 3:  # one layer
+            logits, boxes = logits[None], boxes[None]
+        width = self.num_classes + (self.preset == "detr")
+        what = "C + 1 (no-object last)" if self.preset == "detr" else "C"
+        if logits.dim() != 4 or logits.shape[-1] != width:
+            raise ValueError(
+                f"logits must have shape (L, B, Q, {what} = {width}) for preset {self.preset!r}, "
+                f"got {tuple(logits.shape)}"
+            )
+        if boxes.shape != logits.shape[:3] + (4,):
+            raise ValueError(
+                f"boxes must have shape (L, B, Q, 4) = {tuple(logits.shape[:3]) + (4,)}, "
+                f"got {tuple(boxes.shape)}"
+            )
+        if logits.shape[1] != len(targets):
+            raise ValueError(f"logits has batch size {logits.shape[1]} but targets has {len(targets)} images")
+        for i, t in enumerate(targets):
+            if not isinstance(t, Mapping) or "boxes" not in t or "labels" not in t:
+                raise TypeError(f"targets[{i}] must be a dict with 'boxes' and 'labels'")
+            b, lab = t["boxes"], t["labels"]
+            check_tensor(f"targets[{i}]['boxes']", b)
+            if not b.is_floating_point():
+                raise TypeError(f"targets[{i}]['boxes'] must have a floating dtype, got {b.dtype}")
+            if (
+                not isinstance(lab, Tensor)
+                or lab.is_floating_point()
+                or lab.is_complex()
+                or lab.dtype == torch.bool
+            ):
+                raise TypeError(f"targets[{i}]['labels'] must be an integer tensor")
+            if b.dim() != 2 or b.shape[-1] != 4 or lab.shape != b.shape[:1]:
+                raise ValueError(
+                    f"targets[{i}]: boxes must be (n, 4) cxcywh and labels (n,), got "
+                    f"{tuple(b.shape)} and {tuple(lab.shape)}"
+                )
+        return logits, boxes
+
+    def _check_values(
+        self, x: Tensor, pred: Tensor, targets: Sequence, tgt_boxes: Tensor, labels: Tensor, valid: Tensor
+    ) -> None:
+        """One combined check and one sync; the offending index is searched only on failure."""
+        box_ok = torch.isfinite(tgt_boxes).all(-1) & (tgt_boxes[..., 2] > 0) & (tgt_boxes[..., 3] > 0)
+        tgt_ok = (box_ok & (labels >= 0) & (labels < self.num_classes)) | ~valid
+        if bool(tgt_ok.all() & torch.isfinite(x).all() & torch.isfinite(pred).all()):
+            return
+        check_finite("logits", x)
+        check_finite("boxes", pred)
+        for i, t in enumerate(targets):
+            b = t["boxes"].to(tgt_boxes.dtype)
+            check_finite(f"targets[{i}]['boxes'] (as {b.dtype})", b)
+            check_class_ids(f"targets[{i}]['labels']", t["labels"], self.num_classes)
+            bad = (b[:, 2] <= 0) | (b[:, 3] <= 0)
+            if bool(bad.any()):
+                j = int(bad.nonzero()[0, 0])
+                raise ValueError(
+                    f"targets[{i}]['boxes'][{j}] = {b[j].tolist()} has zero or negative width or height "
+                    "(cxcywh boxes need w > 0 and h > 0)"
+                )
+
+
+def _pad_targets(
+    targets: Sequence[Mapping[str, Tensor]], dtype: torch.dtype, device: torch.device
+) -> tuple[Tensor, Tensor, Tensor, list[int]]:
+    """Targets padded to ``(B, M_max, 4)`` cxcywh and ``(B, M_max)`` labels with a mask, and the host
+    counts. The sizes are the tensors' shapes, so nothing is read back from the device (unlike a
+    boolean-mask scatter), and the op count does not grow with B: one concatenation and one
+    ``index_copy`` into the flat padded rows."""
+    counts = [int(t["boxes"].shape[0]) for t in targets]
+    batch, m, total = len(counts), max(counts, default=0), sum(counts)
+    boxes = torch.zeros(batch * m, 4, dtype=dtype, device=device)
+    labels = torch.zeros(batch * m, dtype=torch.long, device=device)
+    # row of box k of image b: b·M + (k − start_b); counts and shifts reach the device in one copy
+    starts = itertools.accumulate(counts[:-1], initial=0) if batch else ()
+    shifts = [b * m - s for b, s in enumerate(starts)]
+    n, shift = torch.tensor(counts + shifts, dtype=torch.long, device=device).view(2, batch)
+    valid = torch.arange(m, device=device) < n[:, None]
+    if total:
+        rows = torch.arange(total, device=device) + shift.repeat_interleave(n, output_size=total)
+        boxes.index_copy_(0, rows, torch.cat([t["boxes"] for t in targets]).to(device=device, dtype=dtype))
+        cat_labels = torch.cat([t["labels"] for t in targets]).to(device=device, dtype=torch.long)
+        labels.index_copy_(0, rows, cat_labels)
+    return boxes.view(batch, m, 4), labels.view(batch, m), valid, counts
+
+
+def _rtdetr_varifocal(x: Tensor, onehot: Tensor, score: Tensor, alpha: float, gamma: float) -> Tensor:
+    """RT-DETR's varifocal loss, elementwise: BCE-with-logits(x, score) · (α·p^γ·(1 − t) + score),
+    t the one-hot of the matched class, score = t·IoU, p = σ(x) detached.
+
+    TODO(merge): detloss.varifocal_loss — differs from VarifocalNet's form there: a matched class with
+    IoU 0 has weight 0 here (VFL gives it the negative term −α·p^γ·log(1 − p)), and p is detached.
+    """
+    p = x.detach().sigmoid()
+    weight = alpha * p**gamma * (1 - onehot) + score
+    return F.binary_cross_entropy_with_logits(x, score, weight=weight, reduction="none")
