@@ -20,19 +20,15 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from .._extras import require
+
 if TYPE_CHECKING:
     import numpy as np
 
-_INSTALL_HINT = 'the Hungarian matcher needs scipy: pip install "detloss[detr]"'
-
 
 def require_scipy():
-    """``scipy.optimize.linear_sum_assignment``, or an ``ImportError`` saying how to install it."""
-    try:
-        from scipy.optimize import linear_sum_assignment
-    except ImportError as err:
-        raise ImportError(_INSTALL_HINT) from err
-    return linear_sum_assignment
+    """``scipy.optimize.linear_sum_assignment``, or an ``ImportError`` naming ``detloss[detr]``."""
+    return require("scipy.optimize", "detr", "scipy").linear_sum_assignment
 
 
 def to_host(cost: Tensor) -> np.ndarray:
