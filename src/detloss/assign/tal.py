@@ -22,6 +22,7 @@ Details and differences from ultralytics' ``TaskAlignedAssigner`` (8.4.190): doc
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -29,7 +30,7 @@ from torch import Tensor
 
 from ..kernels import FOUR_OVER_PI2
 
-PAIR_BLOCK = 1 << 20  # (B, m_block, A) elements per block: a few MB per temporary in float32
+PAIR_BLOCK = 1 << 21  # (B, m_block, A) elements per block: 8 MB per float32 temporary
 INSIDE_EPS = 1e-9  # an anchor centre must lie more than this inside the box
 
 
@@ -61,7 +62,8 @@ class _BoxTerms:
         w, h = (x2 - x1).clamp(min=0), (y2 - y1).clamp(min=0)
         self.x1, self.y1, self.x2, self.y2 = x1, y1, x2, y2
         self.area = w * h
-        self.sx, self.sy = x1 + x2, y1 + y2  # twice the centre
+        self.area_eps = self.area + eps
+        self.cx, self.cy = (x1 + x2) / 2, (y1 + y2) / 2
         self.aspect = torch.atan(w / (h + eps))
 
     def expand(self, dim: int) -> _BoxTerms:
@@ -82,37 +84,53 @@ def _pairwise_ciou(p: _BoxTerms, g: _BoxTerms, eps: float) -> Tensor:
     """
     inter = torch.minimum(p.x2, g.x2).sub_(torch.maximum(p.x1, g.x1)).clamp_(min=0)
     inter.mul_(torch.minimum(p.y2, g.y2).sub_(torch.maximum(p.y1, g.y1)).clamp_(min=0))
-    iou = (p.area + g.area).sub_(inter).add_(eps)  # union + eps
+    iou = (p.area + g.area_eps).sub_(inter)  # union + eps
     iou = inter.div_(iou)
     cw = torch.maximum(p.x2, g.x2).sub_(torch.minimum(p.x1, g.x1))
     ch = torch.maximum(p.y2, g.y2).sub_(torch.minimum(p.y1, g.y1))
     c2 = cw.mul_(cw).addcmul_(ch, ch).add_(eps)
     del ch
-    dx = g.sx - p.sx
-    dy = g.sy - p.sy
-    rho2 = dx.mul_(dx).addcmul_(dy, dy).mul_(0.25)
+    dx = g.cx - p.cx
+    dy = g.cy - p.cy
+    penalty = dx.mul_(dx).addcmul_(dy, dy).div_(c2)  # ρ² / (c² + eps)
     del dy
-    penalty = rho2.div_(c2)
     v = (g.aspect - p.aspect).square_().mul_(FOUR_OVER_PI2)
-    alpha = (1.0 - iou).add_(v).add_(eps)
+    alpha = torch.sub(v, iou).add_(1.0 + eps)  # (1 − iou) + v + eps, as v − iou + (1 + eps)
     alpha = torch.div(v, alpha, out=alpha)
     penalty.addcmul_(alpha, v)
     return iou.sub_(penalty).clamp_(min=0)
 
 
-def _candidates(anchor_points: Tensor, boxes: Tensor, valid: Tensor, min_side: float) -> Tensor:
-    """``(B, m, A)`` bool: anchor centres strictly inside the (widened) valid boxes ``(B, m, 4)``."""
+def _candidates(
+    anchor_points: Tensor,
+    boxes: Tensor,
+    valid: Tensor,
+    min_side: float,
+    grid_sizes: Sequence[tuple[int, int]] | None,
+) -> Tensor:
+    """``(B, m, A)`` bool: anchor centres strictly inside the (widened) valid boxes ``(B, m, 4)``.
+
+    On grids the test factors: inside = (row inside) ∧ (column inside), so each grid costs one
+    (B, m, H, W) pass on top of (B, m, H) and (B, m, W) tests with the same arithmetic."""
     c = (boxes[..., :2] + boxes[..., 2:]) / 2
     wh = boxes[..., 2:] - boxes[..., :2]
     if min_side > 0:  # YOLOv8 8.4.190: a side below the second stride is widened, for this test only
         wh = torch.where(wh < min_side, torch.full_like(wh, min_side), wh)
-    lt, rb = (c - wh / 2).unsqueeze(2), (c + wh / 2).unsqueeze(2)  # (B, m, 1, 2)
-    ax, ay = anchor_points[:, 0], anchor_points[:, 1]
-    inside = (ax - lt[..., 0]) > INSIDE_EPS
-    inside &= (ay - lt[..., 1]) > INSIDE_EPS
-    inside &= (rb[..., 0] - ax) > INSIDE_EPS
-    inside &= (rb[..., 1] - ay) > INSIDE_EPS
-    return inside.logical_and_(valid.unsqueeze(-1))
+    lt, rb = (c - wh / 2).unsqueeze(-2), (c + wh / 2).unsqueeze(-2)  # (B, m, 1, 2)
+
+    def inside(xy: Tensor, axis: int) -> Tensor:  # xy (n,) anchor coordinates along one axis
+        return ((xy - lt[..., axis]) > INSIDE_EPS) & ((rb[..., axis] - xy) > INSIDE_EPS)  # (B, m, n)
+
+    valid = valid.unsqueeze(-1)
+    if grid_sizes is None:
+        return inside(anchor_points[:, 0], 0).logical_and_(inside(anchor_points[:, 1], 1)).logical_and_(valid)
+    out, start = [], 0
+    for h, w in grid_sizes:
+        cols = inside(anchor_points[start : start + w, 0], 0) & valid  # (B, m, W)
+        rows = inside(anchor_points[start : start + h * w : w, 1], 1)  # (B, m, H)
+        out.append((rows.unsqueeze(-1) & cols.unsqueeze(-2)).flatten(-2))
+        start += h * w
+    return torch.cat(out, -1)
 
 
 @torch.no_grad()
@@ -130,6 +148,8 @@ def task_aligned_assign(
     min_side: float = 0.0,
     eps: float = 1e-9,
     iou_eps: float = 1e-7,
+    logits: bool = False,
+    grid_sizes: Sequence[tuple[int, int]] | None = None,
 ) -> TaskAlignedAssignment:
     """Assign anchor points to padded ground-truth boxes by the task-aligned metric (module docstring).
 
@@ -147,6 +167,10 @@ def task_aligned_assign(
             (ultralytics 8.4.190: its second stride; 0 disables).
         eps: in the score normalisation (ultralytics' 1e-9).
         iou_eps: the CIoU's eps (that of :func:`detloss.iou.iou_xyxy`).
+        logits: ``scores`` are logits: the sigmoid is applied to the entries the metric reads only
+            (the boxes' classes, ``B·M·A`` values instead of ``B·A·C``).
+        grid_sizes: when ``anchor_points`` are the row-major cell centres of these (H, W) grids one
+            after the other (as YOLOv8's), the candidate test is computed per row and column.
 
     Returns:
         :class:`TaskAlignedAssignment`. Images without boxes (or M = 0) get only background.
@@ -176,9 +200,11 @@ def task_aligned_assign(
     for start in range(0, m_max, block):  # blocks of boxes (a function of M only): bounded memory
         sl = slice(start, min(start + block, m_max))
         boxes, labels, valid = gt_boxes[:, sl], gt_labels[:, sl], gt_mask[:, sl]
-        cand = _candidates(anchor_points, boxes, valid, min_side)  # (B, m, A) bool
+        cand = _candidates(anchor_points, boxes, valid, min_side, grid_sizes)  # (B, m, A) bool
         u = _pairwise_ciou(pred, _BoxTerms(boxes, iou_eps).expand(2), iou_eps).mul_(cand)
         s = class_major.gather(1, labels.unsqueeze(-1).expand(-1, -1, num_anchors))  # (B, m, A)
+        if logits:
+            s.sigmoid_()
         metric = s.pow_(alpha).mul_(u.pow(beta))  # 0 off the candidates (u = 0 there)
         top = metric.topk(k, dim=-1).indices  # (B, m, k), over all anchors as ultralytics does
         keep = cand.gather(-1, top)  # a selected non-candidate (metric 0) is dropped
@@ -200,6 +226,7 @@ def task_aligned_assign(
     u = _pairwise_ciou(pred, _BoxTerms(boxes.unsqueeze(1), iou_eps), iou_eps).squeeze(1)
     u = torch.where(contested, best_u, u).mul_(foreground)
     s = class_major.gather(1, labels.unsqueeze(1)).squeeze(1)
+    s = s.sigmoid() if logits else s
     metric = s.pow(alpha).mul_(u.pow(beta))
     # per box: max over its positive anchors (order-free scatter of maxima; 0 for boxes without any)
     zeros = gt_boxes.new_zeros(bsz, m_max, dtype=dtype)

@@ -163,33 +163,49 @@ class YOLOv8Loss(nn.Module):
         dist_logits = torch.cat([d.flatten(2).transpose(1, 2) for d, _ in heads], 1)  # (B, A, 4·r)
         dist_logits = dist_logits.view(bsz, -1, 4, r)
         cls_logits = torch.cat([c.flatten(2) for _, c in heads], 2)  # (B, C, A)
-        pred_boxes = decode_distances(dist_logits, points)  # (B, A, 4) xyxy, grid units
+        num_anchors = points.shape[0]
 
-        a = task_aligned_assign(
-            cls_logits.detach().sigmoid().transpose(1, 2),
-            pred_boxes.detach() * stride,
-            points * stride,
-            padded.boxes.to(dtype),
-            padded.labels,
-            padded.mask,
-            topk=self.topk,
-            alpha=self.alpha,
-            beta=self.beta,
-            min_side=self.min_side,
-        )
+        with torch.no_grad():  # the assigner sees detached predictions, in input pixels
+            pred_px = decode_distances(dist_logits, points) * stride
+            a = task_aligned_assign(
+                cls_logits.transpose(1, 2),
+                pred_px,
+                points * stride,
+                padded.boxes.to(dtype),
+                padded.labels,
+                padded.mask,
+                topk=self.topk,
+                alpha=self.alpha,
+                beta=self.beta,
+                min_side=self.min_side,
+                logits=True,
+                grid_sizes=sizes,
+            )
+            # Box terms only at the positives, gathered into a fixed number of slots per image: every
+            # positive was selected by a box, so there are at most M·topk (a shape, not a value).
+            cap = min(num_anchors, padded.boxes.shape[1] * self.topk)
+            fg = a.foreground
+            slot = torch.where(fg, fg.cumsum(1) - 1, cap)  # (B, A): rank among the positives, or a dump slot
+            anchor_ids = torch.arange(num_anchors, device=device).expand(bsz, -1)
+            idx = torch.zeros(bsz, cap + 1, dtype=torch.int64, device=device).scatter_(1, slot, anchor_ids)
+            idx = idx[:, :cap]  # (B, P) anchor of each slot
+            used = torch.arange(cap, device=device) < fg.sum(1, keepdim=True)  # (B, P)
         weight = a.scores  # (B, A): ŝ, the target score summed over the classes; 0 on background
         norm = global_count(weight.sum(), self.reduce_across_ranks, at_least=1.0)
 
-        target = a.boxes / stride  # grid units
-        box = ((1.0 - iou_xyxy(pred_boxes, target, "ciou", _CIOU_EPS)) * weight).sum()
-        ltrb = torch.cat((points - target[..., :2], target[..., 2:] - points), -1)
+        w = weight.gather(1, idx) * used  # (B, P)
+        pts, st = points[idx], stride[idx]  # (B, P, 2), (B, P, 1)
+        target = a.boxes.gather(1, idx.unsqueeze(-1).expand(-1, -1, 4)) / st  # grid units
+        logits = dist_logits.gather(1, idx[..., None, None].expand(-1, -1, 4, r))  # (B, P, 4, r)
+        pred_boxes = decode_distances(logits, pts)  # (B, P, 4) xyxy, grid units
+        box = ((1.0 - iou_xyxy(pred_boxes, target, "ciou", _CIOU_EPS)) * w).sum()
+        ltrb = torch.cat((pts - target[..., :2], target[..., 2:] - pts), -1)
         ltrb = ltrb.clamp(0.0, r - 1 - 0.01)  # keeps i + 1 a valid bin: the original's clamp
-        dfl = dfl_from_log_probs(F.log_softmax(dist_logits, dim=-1), ltrb).mean(-1)
-        dfl = (dfl * weight).sum()
-        # Σ BCE(x, ŝ·onehot) = Σ BCE(x, 0) − Σ_a ŝ_a · x[a, class_a]: no (B, A, C) target tensor
-        bce_zero = F.binary_cross_entropy_with_logits(
-            cls_logits, cls_logits.new_zeros(()).expand_as(cls_logits), reduction="sum"
-        )
+        dfl = (dfl_from_log_probs(F.log_softmax(logits, dim=-1), ltrb).mean(-1) * w).sum()
+        # Σ BCE(x, ŝ·onehot) = Σ BCE(x, 0) − Σ_a ŝ_a · x[a, class_a], and BCE(x, 0) = softplus(x):
+        # one pass over the (B, C, A) logits forward and one backward, and no (B, A, C) target tensor
+        # (softplus returns x above x = 20, where BCE adds log1p(e^−x) < 2.1e-9)
+        bce_zero = F.softplus(cls_logits).sum()
         hit = cls_logits.gather(1, a.labels.unsqueeze(1)).squeeze(1)  # (B, A)
         cls = bce_zero - (hit * weight).sum()
         parts = {
