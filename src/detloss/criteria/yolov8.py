@@ -161,9 +161,9 @@ class YOLOv8Loss(nn.Module):
         # one split per head: its backward is one concatenation, not a zero-filled copy per slice
         heads = [p.to(dtype).split((4 * r, self.num_classes), dim=1) for p in preds]
         dist_logits = torch.cat([d.flatten(2).transpose(1, 2) for d, _ in heads], 1)  # (B, A, 4·r)
-        dist_logits = dist_logits.view(bsz, -1, 4, r)
-        cls_logits = torch.cat([c.flatten(2) for _, c in heads], 2)  # (B, C, A)
         num_anchors = points.shape[0]
+        dist_logits = dist_logits.view(bsz, num_anchors, 4, r)
+        cls_logits = torch.cat([c.flatten(2) for _, c in heads], 2)  # (B, C, A)
 
         with torch.no_grad():  # the assigner sees detached predictions, in input pixels
             pred_px = decode_distances(dist_logits, points) * stride
