@@ -16,7 +16,7 @@ D = torch.float64
 
 
 def naive_dfl(logits: list[float], y: float) -> float:
-    """−((i + 1 − y)·log S_i + (y − i)·log S_{i+1}) with i = ⌊y⌋, in Python floats (y = n − 1: −log S_{n−1})."""
+    """−((i + 1 − y)·log S_i + (y − i)·log S_{i+1}), i = ⌊y⌋, in Python floats (y = n − 1: −log S_{n−1})."""
     z = max(logits)
     log_sum = z + math.log(sum(math.exp(v - z) for v in logits))
     log_s = [v - log_sum for v in logits]
