@@ -221,7 +221,8 @@ def test_bf16_autocast_model(name):
             out = head(feats)
             return criterion(name)((out[..., :4], out[..., 4:]), targets()).total
     else:
-        head = torch.nn.ModuleList(torch.nn.Conv2d(6, CHANNELS.get(name, 3 * (5 + C)), 1) for _ in GRIDS[name])
+        channels = CHANNELS.get(name, 3 * (5 + C))
+        head = torch.nn.ModuleList(torch.nn.Conv2d(6, channels, 1) for _ in GRIDS[name])
         feats = [torch.randn(4, 6, s, s) for s in GRIDS[name]]
 
         def run():
