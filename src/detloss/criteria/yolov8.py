@@ -46,6 +46,25 @@ def anchor_points(
     return torch.cat(points), torch.cat(per_anchor)
 
 
+class _ClassSum(torch.autograd.Function):
+    """Σ_{b,c,a} BCE(x, ŝ_a·[c = c_a]) over logits ``(B, C, A)``, as Σ softplus(x) − Σ_a ŝ_a·x[c_a, a]
+    (BCE(x, t) = softplus(x) − t·x): one pass over the logits forward and one backward
+    (∂/∂x = σ(x) − t, the target's one entry per anchor scattered in place), no ``(B, C, A)`` target.
+    ``F.softplus`` returns x above x = 20, where BCE adds log1p(e^−x) < 2.1e-9."""
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, labels: Tensor, scores: Tensor) -> Tensor:
+        ctx.save_for_backward(logits, labels, scores)
+        hit = logits.gather(1, labels.unsqueeze(1)).squeeze(1)  # (B, A)
+        return F.softplus(logits).sum() - (hit * scores).sum()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
+        logits, labels, scores = ctx.saved_tensors
+        out = logits.sigmoid().scatter_add_(1, labels.unsqueeze(1), -scores.unsqueeze(1))
+        return out.mul_(grad), None, None
+
+
 class YOLOv8Loss(nn.Module):
     """The YOLOv8 / YOLO11 detection loss (ultralytics ``v8DetectionLoss``, 8.4.190).
 
@@ -160,13 +179,13 @@ class YOLOv8Loss(nn.Module):
 
         # one split per head: its backward is one concatenation, not a zero-filled copy per slice
         heads = [p.to(dtype).split((4 * r, self.num_classes), dim=1) for p in preds]
-        dist_logits = torch.cat([d.flatten(2).transpose(1, 2) for d, _ in heads], 1)  # (B, A, 4·r)
         num_anchors = points.shape[0]
-        dist_logits = dist_logits.view(bsz, num_anchors, 4, r)
+        dist_logits = torch.cat([d.flatten(2) for d, _ in heads], 2)  # (B, 4·r, A): contiguous copies
         cls_logits = torch.cat([c.flatten(2) for _, c in heads], 2)  # (B, C, A)
 
         with torch.no_grad():  # the assigner sees detached predictions, in input pixels
-            pred_px = decode_distances(dist_logits, points) * stride
+            by_anchor = dist_logits.view(bsz, 4, r, num_anchors).permute(0, 3, 1, 2)  # (B, A, 4, r) view
+            pred_px = decode_distances(by_anchor, points) * stride
             a = task_aligned_assign(
                 cls_logits.transpose(1, 2),
                 pred_px,
@@ -196,18 +215,14 @@ class YOLOv8Loss(nn.Module):
         w = weight.gather(1, idx) * used  # (B, P)
         pts, st = points[idx], stride[idx]  # (B, P, 2), (B, P, 1)
         target = a.boxes.gather(1, idx.unsqueeze(-1).expand(-1, -1, 4)) / st  # grid units
-        logits = dist_logits.gather(1, idx[..., None, None].expand(-1, -1, 4, r))  # (B, P, 4, r)
+        logits = dist_logits.gather(2, idx.unsqueeze(1).expand(-1, 4 * r, -1))  # (B, 4·r, P)
+        logits = logits.view(bsz, 4, r, cap).permute(0, 3, 1, 2)  # (B, P, 4, r)
         pred_boxes = decode_distances(logits, pts)  # (B, P, 4) xyxy, grid units
         box = ((1.0 - iou_xyxy(pred_boxes, target, "ciou", _CIOU_EPS)) * w).sum()
         ltrb = torch.cat((pts - target[..., :2], target[..., 2:] - pts), -1)
         ltrb = ltrb.clamp(0.0, r - 1 - 0.01)  # keeps i + 1 a valid bin: the original's clamp
         dfl = (dfl_from_log_probs(F.log_softmax(logits, dim=-1), ltrb).mean(-1) * w).sum()
-        # Σ BCE(x, ŝ·onehot) = Σ BCE(x, 0) − Σ_a ŝ_a · x[a, class_a], and BCE(x, 0) = softplus(x):
-        # one pass over the (B, C, A) logits forward and one backward, and no (B, A, C) target tensor
-        # (softplus returns x above x = 20, where BCE adds log1p(e^−x) < 2.1e-9)
-        bce_zero = F.softplus(cls_logits).sum()
-        hit = cls_logits.gather(1, a.labels.unsqueeze(1)).squeeze(1)  # (B, A)
-        cls = bce_zero - (hit * weight).sum()
+        cls = _ClassSum.apply(cls_logits, a.labels, weight)
         parts = {
             "box": box / norm * self.gains["box"],
             "cls": cls / norm * self.gains["cls"],
