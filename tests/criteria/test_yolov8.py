@@ -406,3 +406,24 @@ def test_compile_fullgraph_matches_eager():
         torch.testing.assert_close(out.components[key], eager.components[key], rtol=1e-5, atol=1e-6)
     for a, b in zip(torch.autograd.grad(out.total, preds), g_eager, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_assigner_grid_and_logit_shortcuts_change_nothing():
+    """The row/column candidate test on grids and the sigmoid of gathered logits give the generic
+    path's assignment exactly."""
+    from detloss.criteria.yolov8 import anchor_points
+
+    preds, targets = make_case(b=2, n=12, lo=4, hi=40, seed=6)
+    padded = pad_targets(targets, 3, dtype=D)
+    sizes = [tuple(p.shape[2:]) for p in preds]
+    pts, st = anchor_points(sizes, (8, 16, 32), dtype=D, device="cpu")
+    flat = torch.cat([p.detach().flatten(2) for p in preds], 2)  # (B, 4·8 + 3, A)
+    dist = flat[:, :32].reshape(2, 4, 8, -1).permute(0, 3, 1, 2).softmax(-1) @ torch.arange(8, dtype=D)
+    boxes = torch.cat((pts - dist[..., :2], pts + dist[..., 2:]), -1) * st
+    logits = flat[:, 32:].transpose(1, 2)
+    args = (boxes, pts * st, padded.boxes, padded.labels, padded.mask)
+    ref = task_aligned_assign(logits.sigmoid(), *args, min_side=16.0)
+    fast = task_aligned_assign(logits, *args, min_side=16.0, logits=True, grid_sizes=sizes)
+    assert ref.foreground.any()
+    for field in ("foreground", "gt_index", "labels", "boxes", "scores"):
+        torch.testing.assert_close(getattr(fast, field), getattr(ref, field), rtol=0, atol=0)
