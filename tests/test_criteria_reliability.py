@@ -16,11 +16,13 @@ import pytest
 import torch
 from torch import Tensor
 
-from detloss.criteria import SSDLoss, YOLOv3Loss, YOLOv4Loss, YOLOv5Loss
+from detloss.criteria import SSDLoss, YOLOv3Loss, YOLOv4Loss, YOLOv5Loss, YOLOv8Loss
 
 C, SIZE = 3, 64
-GRIDS = {"YOLOv3": (8, 4, 2), "YOLOv4": (2, 4), "YOLOv5": (8, 4, 2)}
-NAMES = ("YOLOv3", "YOLOv4", "YOLOv5", "SSD")
+GRIDS = {"YOLOv3": (8, 4, 2), "YOLOv4": (2, 4), "YOLOv5": (8, 4, 2), "YOLOv8": (8, 4, 2)}
+NAMES = ("YOLOv3", "YOLOv4", "YOLOv5", "YOLOv8", "SSD")
+V8_REG_MAX = 4
+CHANNELS = {"YOLOv8": 4 * V8_REG_MAX + C}  # the anchor-based heads: 3 · (5 + C)
 HALF_RTOL = {torch.float16: 1e-3, torch.bfloat16: 1e-2}
 
 
@@ -34,6 +36,8 @@ def priors() -> Tensor:
 def criterion(name: str, **kw):
     if name == "SSD":
         return SSDLoss(C, priors(), **kw)
+    if name == "YOLOv8":
+        return YOLOv8Loss(C, reg_max=V8_REG_MAX, **kw)
     return {"YOLOv3": YOLOv3Loss, "YOLOv4": YOLOv4Loss, "YOLOv5": YOLOv5Loss}[name](C, **kw)
 
 
@@ -42,7 +46,7 @@ def preds(name: str, batch: int = 4, dtype=torch.float32, seed: int = 0, scale: 
     if name == "SSD":
         shapes = [(batch, 32, 4), (batch, 32, C + 1)]
     else:
-        shapes = [(batch, 3 * (5 + C), s, s) for s in GRIDS[name]]
+        shapes = [(batch, CHANNELS.get(name, 3 * (5 + C)), s, s) for s in GRIDS[name]]
     out = [(torch.randn(s, generator=g) * scale).to(dtype).requires_grad_() for s in shapes]
     return tuple(out) if name == "SSD" else out
 
@@ -126,9 +130,8 @@ def test_bad_preds_name_the_argument_and_shapes(name):
         with pytest.raises(ValueError, match=r"conf must have shape \(B=4, P=32, 4\), got \(4, 32, 5\)"):
             crit((p[0], torch.zeros(4, 32, 5)), tg)
         return
-    with pytest.raises(
-        ValueError, match=r"preds\[0\] must have shape \(B, 3\*\(5\+3\)=24, H, W\), got \(4, 7"
-    ):
+    shape = r"4\*4\+3=19" if name == "YOLOv8" else r"3\*\(5\+3\)=24"
+    with pytest.raises(ValueError, match=rf"preds\[0\] must have shape \(B, {shape}, H, W\), got \(4, 7"):
         crit([torch.zeros(4, 7, *x.shape[2:]) for x in p], tg)
     # a grid that does not match its stride: the scales imply different input sizes
     wrong = [torch.zeros(4, x.shape[1], x.shape[2] + 1, x.shape[3]) if i == 1 else x for i, x in enumerate(p)]
@@ -218,7 +221,8 @@ def test_bf16_autocast_model(name):
             out = head(feats)
             return criterion(name)((out[..., :4], out[..., 4:]), targets()).total
     else:
-        head = torch.nn.ModuleList(torch.nn.Conv2d(6, 3 * (5 + C), 1) for _ in GRIDS[name])
+        channels = CHANNELS.get(name, 3 * (5 + C))
+        head = torch.nn.ModuleList(torch.nn.Conv2d(6, channels, 1) for _ in GRIDS[name])
         feats = [torch.randn(4, 6, s, s) for s in GRIDS[name]]
 
         def run():

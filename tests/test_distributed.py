@@ -8,8 +8,8 @@ The parent runs the same model on the whole batch in one process and compares:
 - DETRLoss (the box count N averaged over the ranks): the "deformable" and "rtdetr" presets, and the
   box losses of "detr" (its class loss is a weighted mean over each rank's queries, as the
   references, so it is run with ``cls_weight=0``): DDP gradient == single gradient.
-- YOLOv5 (``total = (...) · B`` with the per-rank B): K · DDP gradient == single gradient, the
-  factor YOLOv5's train.py applies (``loss * WORLD_SIZE``).
+- YOLOv5 and YOLOv8 (``total = (...) · B`` with the per-rank B): K · DDP gradient == single
+  gradient, the factor YOLOv5's and ultralytics' trainers apply (``loss * WORLD_SIZE``).
 
 The halves are deliberately unbalanced (2 + 0 boxes on rank 0, 3 + 1 on rank 1), so the negative
 control — the same run without ``reduce_across_ranks`` — differs for the criteria whose normaliser
@@ -28,21 +28,26 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from detloss.criteria import DETRLoss, SSDLoss, YOLOv3Loss, YOLOv4Loss, YOLOv5Loss
+from detloss.criteria import DETRLoss, SSDLoss, YOLOv3Loss, YOLOv4Loss, YOLOv5Loss, YOLOv8Loss
 
 WORLD, BATCH, C, FEAT, SIZE = 2, 4, 3, 5, 64
 BOXES_PER_IMAGE = (2, 0, 3, 1)  # rank 0: images 0-1 (2 boxes), rank 1: images 2-3 (4 boxes)
-YOLO_GRIDS = {"YOLOv3": (8, 4, 2), "YOLOv4": (2, 4), "YOLOv5": (8, 4, 2)}  # 64 px input
+YOLO_GRIDS = {"YOLOv3": (8, 4, 2), "YOLOv4": (2, 4), "YOLOv5": (8, 4, 2), "YOLOv8": (8, 4, 2)}  # 64 px
 DETR_CASES = {
     "DETR-deformable": {"preset": "deformable"},
     "DETR-rtdetr": {"preset": "rtdetr"},
     "DETR-boxes": {"preset": "detr", "cls_weight": 0.0},
 }
 QUERIES, LAYERS = 6, 2
-DDP_FACTOR = {"YOLOv3": 1.0, "YOLOv4": 1.0, "YOLOv5": float(WORLD), "SSD": 1.0} | dict.fromkeys(
-    DETR_CASES, 1.0
-)
-COUNTS_POSITIVES = ("YOLOv4", "YOLOv5", "SSD", *DETR_CASES)
+DDP_FACTOR = {
+    "YOLOv3": 1.0,
+    "YOLOv4": 1.0,
+    "YOLOv5": float(WORLD),
+    "YOLOv8": float(WORLD),
+    "SSD": 1.0,
+} | dict.fromkeys(DETR_CASES, 1.0)
+COUNTS_POSITIVES = ("YOLOv4", "YOLOv5", "YOLOv8", "SSD", *DETR_CASES)
+V8_REG_MAX = 4
 # unequal halves (3 images on rank 0, 1 on rank 1): exact for the criteria whose every normaliser is
 # global (YOLOv5 keeps its per-rank objectness mean and · B, docs/reliability.md)
 UNEQUAL_ROWS = (slice(0, 3), slice(3, 4))
@@ -52,9 +57,9 @@ EXACT_FOR_UNEQUAL = ("YOLOv3", "YOLOv4", "SSD", *DETR_CASES)
 class YoloHeads(nn.Module):
     """One 1×1 conv per scale: features (B, F, H, W) -> raw head (B, 3·(5+C), H, W)."""
 
-    def __init__(self, num_scales: int) -> None:
+    def __init__(self, num_scales: int, channels: int = 3 * (5 + C)) -> None:
         super().__init__()
-        self.convs = nn.ModuleList(nn.Conv2d(FEAT, 3 * (5 + C), 1) for _ in range(num_scales))
+        self.convs = nn.ModuleList(nn.Conv2d(FEAT, channels, 1) for _ in range(num_scales))
 
     def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
         return [conv(f) for conv, f in zip(self.convs, feats, strict=True)]
@@ -144,6 +149,9 @@ def make(name: str, reduce: bool) -> tuple[nn.Module, nn.Module]:
         )
     if name == "SSD":
         return SSDHead().double(), SSDLoss(C, priors(), reduce_across_ranks=reduce)
+    if name == "YOLOv8":  # anchor-free heads: 4 side distributions of V8_REG_MAX bins, then C classes
+        model = YoloHeads(3, 4 * V8_REG_MAX + C).double()
+        return model, YOLOv8Loss(C, reg_max=V8_REG_MAX, reduce_across_ranks=reduce)
     model = YoloHeads(len(YOLO_GRIDS[name])).double()
     crit = {"YOLOv3": YOLOv3Loss, "YOLOv4": YOLOv4Loss, "YOLOv5": YOLOv5Loss}[name]
     return model, crit(C, reduce_across_ranks=reduce)
@@ -254,5 +262,5 @@ def test_unequal_batches_are_exact_too(ddp_gradients, name):
 
 
 def test_default_is_reduce_across_ranks_false():
-    for cls in (YOLOv3Loss, YOLOv4Loss, YOLOv5Loss, SSDLoss, DETRLoss):
+    for cls in (YOLOv3Loss, YOLOv4Loss, YOLOv5Loss, YOLOv8Loss, SSDLoss, DETRLoss):
         assert inspect.signature(cls).parameters["reduce_across_ranks"].default is False

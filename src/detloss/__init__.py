@@ -9,7 +9,7 @@ from ._version import __version__ as __version__
 from .boxes import box_area, box_convert
 from .iou import bbox_iou, box_iou
 from .kernels import compile_enabled, set_compile
-from .losses import iou_loss, sigmoid_focal_loss, smooth_l1_loss, smooth_labels
+from .losses import distribution_focal_loss, iou_loss, sigmoid_focal_loss, smooth_l1_loss, smooth_labels
 
 __all__ = [
     "bbox_iou",
@@ -17,6 +17,7 @@ __all__ = [
     "box_convert",
     "box_iou",
     "compile_enabled",
+    "distribution_focal_loss",
     "iou_loss",
     "nn",
     "set_compile",

@@ -125,3 +125,30 @@ def decode_ssd(offsets: Tensor, priors: Tensor, variances: Sequence[float] = SSD
     c = priors[..., :2] + offsets[..., :2] * v[:2] * priors[..., 2:]
     wh = priors[..., 2:] * torch.exp(offsets[..., 2:] * v[2:])
     return torch.cat((c, wh), dim=-1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Anchor-free distances (GFL / YOLOv8: a distribution over reg_max bins per box side)
+# ---------------------------------------------------------------------------------------------
+
+
+def decode_distances(logits: Tensor, anchor_points: Tensor) -> Tensor:
+    """Decode per-side distance distributions into xyxy boxes around anchor points (GFL, YOLOv8).
+
+    Each of the four sides (left, top, right, bottom) carries ``n`` logits; the distance is the
+    expectation of the softmax over the bins ``0 … n − 1``::
+
+        d_s  = Σ_i i · softmax(logits_s)_i                      (s = l, t, r, b)
+        xyxy = (x − d_l, y − d_t, x + d_r, y + d_b)
+
+    Args:
+        logits: ``(..., 4, n)`` side logits (YOLOv8's ``(B, A, 4·reg_max)`` viewed as ``(B, A, 4, reg_max)``).
+        anchor_points: ``(..., 2)`` anchor centres (x, y) in the distances' units (grid cells),
+            broadcastable against ``logits.shape[:-2]``.
+
+    Returns:
+        ``(..., 4)`` xyxy boxes in the same units.
+    """
+    bins = torch.arange(logits.shape[-1], dtype=logits.dtype, device=logits.device)
+    dist = logits.softmax(-1).matmul(bins)  # (..., 4)
+    return torch.cat((anchor_points - dist[..., :2], anchor_points + dist[..., 2:]), dim=-1)

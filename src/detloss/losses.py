@@ -329,3 +329,77 @@ def check_class_ids(name: str, ids: Tensor, num_classes: int) -> None:
         raise ValueError(
             f"{name} holds class id {ids[idx].item()} at index {idx}, outside [0, {num_classes})"
         )
+
+
+# --------------------------------------------------------------------------------------------------
+# Distribution focal loss (GFL)
+# --------------------------------------------------------------------------------------------------
+
+
+def dfl_from_log_probs(log_probs: Tensor, targets: Tensor) -> Tensor:
+    """Unchecked DFL core on log-probabilities ``(..., n)`` (``n ≥ 2``) and targets ``(...)`` in
+    ``[0, n − 1]``; shared by :func:`distribution_focal_loss` and the YOLOv8 criterion (which
+    reuses the log-softmax of its box decode).
+
+    The left bin is ``i = min(⌊y⌋, n − 2)``, so ``y = n − 1`` puts weight 1 on the last bin and 0 on
+    bin ``n − 2`` (the same value as the paper's ``−log S_{n−1}``) without an index out of range.
+    """
+    left = targets.detach().floor().clamp(max=log_probs.shape[-1] - 2).long()
+    w_right = targets - left.to(targets.dtype)  # y − i
+    pair = log_probs.gather(-1, torch.stack((left, left + 1), dim=-1))  # (..., 2): log S_i, log S_{i+1}
+    return -(pair[..., 0] * (1.0 - w_right) + pair[..., 1] * w_right)
+
+
+def distribution_focal_loss(
+    logits: Tensor,
+    targets: Tensor,
+    *,
+    reduction: Reduction = "mean",
+    weight: Tensor | None = None,
+    avg_factor: float | Tensor | None = None,
+    validate: bool = True,
+) -> Tensor:
+    """Distribution focal loss (Li et al. 2020, Generalized Focal Loss, eq. 6).
+
+    A continuous target y between two bins is learnt as the two-point distribution on its
+    neighbours ``i = ⌊y⌋`` and ``i + 1``::
+
+        loss = −((i + 1 − y)·log S_i + (y − i)·log S_{i+1}),    S = softmax(logits) over the n bins
+
+    (``y = n − 1`` gives ``−log S_{n−1}``). This is the cross-entropy against the soft target that
+    puts ``i + 1 − y`` on bin i and ``y − i`` on bin i + 1; its minimum over the logits is reached
+    when the distribution's expectation is y. YOLOv8 averages it over the four box sides.
+
+    Args:
+        logits: ``(..., n)`` logits over ``n ≥ 2`` bins.
+        targets: ``(...)`` real targets in ``[0, n − 1]`` (bin units).
+        reduction, weight, avg_factor: see :func:`weight_reduce`.
+        validate: check ``targets`` lie in ``[0, n − 1]`` (one reduction and one sync).
+
+    Returns:
+        Scalar, or ``(...)`` with ``reduction="none"``. float16/bfloat16 logits are computed in float32
+        (the log-softmax of half-precision logits loses the small bins).
+    """
+    check_tensor("logits", logits)
+    check_tensor("targets", targets)
+    if not logits.is_floating_point():
+        raise TypeError(f"logits must have a floating dtype, got {logits.dtype}")
+    if not targets.is_floating_point():
+        raise TypeError(f"targets must have a floating dtype, got {targets.dtype}")
+    if logits.dim() == 0 or logits.shape[-1] < 2:
+        raise ValueError(f"logits must have shape (..., n) with n >= 2 bins, got {tuple(logits.shape)}")
+    if targets.shape != logits.shape[:-1]:
+        raise ValueError(
+            f"targets must have shape {tuple(logits.shape[:-1])} (logits without the bin dimension), "
+            f"got {tuple(targets.shape)}"
+        )
+    dtype = torch.promote_types(compute_dtype(logits), compute_dtype(targets))
+    x, y = logits.to(dtype), targets.to(dtype)
+    n = logits.shape[-1]
+    if validate and y.numel():
+        lo, hi = torch.aminmax(y.flatten())  # NaN propagates into both and fails the test
+        if not bool((lo >= 0) & (hi <= n - 1)):
+            bad = tuple((~((y >= 0) & (y <= n - 1))).nonzero()[0].tolist())
+            raise ValueError(f"targets must lie in [0, {n - 1}], got {y[bad].item()} at index {bad}")
+    loss = dfl_from_log_probs(F.log_softmax(x, dim=-1), y)
+    return weight_reduce(loss, weight, reduction, avg_factor)

@@ -120,3 +120,27 @@ class SmoothL1Loss(nn.Module):
 
     def extra_repr(self) -> str:
         return f"sigma={self.sigma}, reduction={self.reduction!r}"
+
+
+class DistributionFocalLoss(nn.Module):
+    """Module form of :func:`detloss.distribution_focal_loss` (GFL's DFL over the last dimension's bins)."""
+
+    def __init__(self, reduction: Reduction = "mean", *, validate: bool = True) -> None:
+        super().__init__()
+        _check_reduction(reduction)
+        self.reduction, self.validate = reduction, validate
+
+    def forward(
+        self,
+        logits: Tensor,
+        targets: Tensor,
+        weight: Tensor | None = None,
+        avg_factor: float | Tensor | None = None,
+    ) -> Tensor:
+        return losses.distribution_focal_loss(
+            logits, targets, reduction=self.reduction, weight=weight, avg_factor=avg_factor,
+            validate=self.validate,
+        )
+
+    def extra_repr(self) -> str:
+        return f"reduction={self.reduction!r}"

@@ -25,7 +25,7 @@ from torch import Tensor
 import detloss
 from detloss import nn as dnn
 from detloss.assign import pad_targets
-from detloss.criteria import SSDLoss, YOLOv3Loss, YOLOv4Loss, YOLOv5Loss
+from detloss.criteria import SSDLoss, YOLOv3Loss, YOLOv4Loss, YOLOv5Loss, YOLOv8Loss
 
 # bounded for CI; DETLOSS_FUZZ_EXAMPLES=20000 for a long run (docs/reliability.md). Applied per test so
 # that the rest of the suite keeps hypothesis's defaults.
@@ -758,7 +758,9 @@ def test_pad_targets(tally, targets, num_classes, dtype):
 
 # ----------------------------------------------------------------------------- the criteria
 CRIT_C, CRIT_SIZE = 3, 64
-CRIT_GRIDS = {"YOLOv3": (8, 4, 2), "YOLOv4": (2, 4), "YOLOv5": (8, 4, 2)}
+CRIT_GRIDS = {"YOLOv3": (8, 4, 2), "YOLOv4": (2, 4), "YOLOv5": (8, 4, 2), "YOLOv8": (8, 4, 2)}
+V8_REG_MAX = 4
+CRIT_CHANNELS = {"YOLOv8": 4 * V8_REG_MAX + CRIT_C}  # anchor-based heads: 3 · (5 + C)
 
 
 def _ssd_priors() -> Tensor:
@@ -772,6 +774,7 @@ CRITERIA = {
     "YOLOv3": lambda: YOLOv3Loss(CRIT_C),
     "YOLOv4": lambda: YOLOv4Loss(CRIT_C),
     "YOLOv5": lambda: YOLOv5Loss(CRIT_C),
+    "YOLOv8": lambda: YOLOv8Loss(CRIT_C, reg_max=V8_REG_MAX),
     "SSD": lambda: SSDLoss(CRIT_C, _ssd_priors()),
 }
 
@@ -838,7 +841,8 @@ def test_criteria(tally, name, data):
     if name == "SSD":
         shapes = [(pbatch, 32, 4), (pbatch, 32, CRIT_C + 1)]
     else:
-        shapes = [(pbatch, 3 * (5 + CRIT_C), s, s) for s in CRIT_GRIDS[name]]
+        channels = CRIT_CHANNELS.get(name, 3 * (5 + CRIT_C))
+        shapes = [(pbatch, channels, s, s) for s in CRIT_GRIDS[name]]
         if data.draw(st.sampled_from((False,) * 19 + (True,))):  # a head with the wrong channel count
             shapes[0] = (pbatch, 7, *shapes[0][2:])
             expected.add(ValueError)

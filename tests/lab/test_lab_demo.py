@@ -107,3 +107,20 @@ def test_training_beats_the_untrained_model(name):
     res = D.run(name, epochs=15, train_images=512, test_images=48, show_progress=False)
     assert res["untrained"]["map50"] < 0.05
     assert res["trained"]["map50"] > res["untrained"]["map50"] + 0.1, res["trained"]
+
+
+@pytest.mark.skipif("yolov8" not in AVAILABLE, reason="YOLOv8Loss not in this build")
+def test_yolov8_head_and_decode_of_zero_logits():
+    # zero logits: every side's distance is the mean bin (reg_max − 1)/2 cells around the cell centre
+    spec = D.CRITERIA["yolov8"]
+    channels = spec.head_channels(3)
+    assert channels == 4 * D.V8_REG_MAX + 3
+    outputs = D.TinyDetector(3, width=8, head_channels=channels)(torch.rand(2, 3, 64, 64))
+    assert [tuple(o.shape) for o in outputs] == [(2, channels, n, n) for n in (8, 4, 2)]
+    zeros = [torch.zeros_like(o[:1]) for o in outputs]
+    boxes, scores = spec.decode(zeros, 64)
+    half = (D.V8_REG_MAX - 1) / 2
+    assert boxes.shape == (1, 84, 4) and torch.allclose(scores, torch.full_like(scores, 0.5))
+    for index, centre, stride in ((0, 0.5, 8), (9, 1.5, 8), (64, 0.5, 16)):  # cells (0, 0), (1, 1); stride 16
+        lo, hi = (centre - half) * stride, (centre + half) * stride
+        assert boxes[0, index].tolist() == [lo, lo, hi, hi]

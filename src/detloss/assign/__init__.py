@@ -6,11 +6,13 @@ so no criterion loops over images or boxes in Python. One module per concept:
 - :mod:`.targets`: :func:`pad_targets` and :class:`PaddedTargets`;
 - :mod:`.yolo`: YOLOv3/v4/v5 target building;
 - :mod:`.ssd`: SSD prior matching and hard negative mining;
-- :mod:`.hungarian`: one-to-one set matching for DETR-family criteria (scipy, optional).
+- :mod:`.hungarian`: one-to-one set matching for DETR-family criteria (scipy, optional);
+- :mod:`.tal`: task-aligned assignment (YOLOv8 / YOLO11).
 """
 
 from .hungarian import hungarian_match
 from .ssd import PRIOR_IGNORED, PRIOR_NEGATIVE, hard_negative_mask, match_priors
+from .tal import TaskAlignedAssignment, task_aligned_assign
 from .targets import PaddedTargets, pad_targets
 from .yolo import (
     YoloAssignment,
@@ -27,6 +29,7 @@ __all__ = [
     "PRIOR_IGNORED",
     "PRIOR_NEGATIVE",
     "PaddedTargets",
+    "TaskAlignedAssignment",
     "YOLOv5Matches",
     "YoloAssignment",
     "best_iou_with",
@@ -39,4 +42,5 @@ __all__ = [
     "match_priors",
     "pad_targets",
     "resolve_collisions",
+    "task_aligned_assign",
 ]

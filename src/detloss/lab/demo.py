@@ -1,7 +1,8 @@
 """``detloss demo``: train a tiny detector on synthetic shapes with a detloss criterion, report COCO mAP.
 
 Pipeline: :func:`.data.make_shapes` (train and held-out test split from different seeds) →
-:class:`.model.TinyDetector` (strides 8, 16, 32; 3 anchors per scale) → the chosen criterion →
+:class:`.model.TinyDetector` (strides 8, 16, 32; 3 anchors per scale, or an anchor-free DFL head for
+YOLOv8) → the chosen criterion →
 AdamW with a cosine schedule → decode + :func:`.model.select_detections` → pycocotools COCOeval.
 
 Criteria are looked up in :data:`CRITERIA`. Each entry says how to build the criterion, how to hand it
@@ -33,6 +34,9 @@ from .model import TinyDetector, select_detections
 STRIDES = (8, 16, 32)
 # (w, h) in input pixels per scale, fitted to the shapes' 10–34 px sides
 ANCHORS = (((10, 10), (14, 11), (11, 15)), ((18, 18), (24, 17), (17, 25)), ((28, 28), (34, 24), (24, 34)))
+# YOLOv8's bins per box side: distances up to 3 cells (24 px at stride 8, 96 px at 32) span the
+# 10–34 px shapes of 64×64 images (ultralytics' 16 is sized for 640 px)
+V8_REG_MAX = 4
 
 
 # ------------------------------------------------------------------------------------------------
@@ -49,12 +53,15 @@ class CriterionSpec:
         build: ``(criteria module, num_classes, image size) → criterion``.
         preds: ``(raw outputs, image size) → what the criterion's forward takes as preds``.
         decode: ``(raw outputs, image size) → (boxes (B, N, 4) xyxy pixels, scores (B, N, C))``.
+        head_channels: ``num_classes → channels per scale`` of the network's head (None: 3 anchors
+            × (5 + C), the layout every anchor-based criterion reads).
     """
 
     class_name: str
     build: Callable[[Any, int, int], Any]
     preds: Callable[[list[Tensor], int], Any]
     decode: Callable[[list[Tensor], int], tuple[Tensor, Tensor]]
+    head_channels: Callable[[int], int] | None = None
 
 
 def _grid(h: int, w: int, like: Tensor) -> Tensor:
@@ -128,6 +135,21 @@ def _yolo_preds(outputs: list[Tensor], size: int) -> list[Tensor]:
     return outputs
 
 
+def _yolov8_decode(outputs: list[Tensor], size: int) -> tuple[Tensor, Tensor]:
+    """Anchor-free heads ``(B, 4·reg_max + C, H, W)`` → boxes (DFL expectation around each cell centre,
+    :func:`detloss.codecs.decode_distances`, times the stride) and per-class σ(cls)."""
+    codecs = importlib.import_module("detloss.codecs")
+    boxes, scores = [], []
+    for out, stride in zip(outputs, STRIDES, strict=True):
+        b, _, h, w = out.shape
+        flat = out.flatten(2).transpose(1, 2)  # (B, H·W, 4·reg_max + C)
+        centres = (_grid(h, w, out).reshape(-1, 2) + 0.5)  # grid units
+        dist = flat[..., : 4 * V8_REG_MAX].reshape(b, h * w, 4, V8_REG_MAX)
+        boxes.append(codecs.decode_distances(dist, centres) * stride)
+        scores.append(flat[..., 4 * V8_REG_MAX :].sigmoid())
+    return torch.cat(boxes, 1), torch.cat(scores, 1)
+
+
 CRITERIA: dict[str, CriterionSpec] = {
     "yolov3": CriterionSpec(
         "YOLOv3Loss",
@@ -152,6 +174,13 @@ CRITERIA: dict[str, CriterionSpec] = {
         lambda m, c, size: m.YOLOv5Loss(num_classes=c, anchors=ANCHORS, strides=STRIDES),
         _yolo_preds,
         _yolo_decoder(lambda codecs, raw, anc, grid, s: codecs.decode_yolov5(raw, anc / s, grid, s)),
+    ),
+    "yolov8": CriterionSpec(
+        "YOLOv8Loss",
+        lambda m, c, size: m.YOLOv8Loss(num_classes=c, strides=STRIDES, reg_max=V8_REG_MAX),
+        _yolo_preds,
+        _yolov8_decode,
+        head_channels=lambda c: 4 * V8_REG_MAX + c,
     ),
     "ssd": CriterionSpec(
         "SSDLoss",
@@ -347,7 +376,8 @@ def run(
     t0 = time.perf_counter()
     train_set = make_shapes(train_images, size, seed=seed)
     test_set = make_shapes(test_images, size, seed=seed + 10_000)  # disjoint stream: held out
-    model = TinyDetector(len(CLASSES), num_anchors=3, width=width)
+    channels = None if spec.head_channels is None else spec.head_channels(len(CLASSES))
+    model = TinyDetector(len(CLASSES), num_anchors=3, width=width, head_channels=channels)
     before = coco_map(test_set.targets, detect(model, spec, test_set.images), len(CLASSES))
     t1 = time.perf_counter()
     history = train(model, crit, spec, train_set, epochs, batch, lr, seed, show_progress)

@@ -3,7 +3,8 @@
 The network is the same for every criterion: a strided conv backbone, a top-down feature path,
 and one 1×1 head per scale with ``A·(5 + C)`` channels. YOLO criteria read the channels as
 (tx, ty, tw, th, obj, cls…) per anchor; SSD reads the same ``A·(4 + (C + 1))`` channels as
-(loc×4, conf×(C + 1)) per prior, so only the interpretation differs.
+(loc×4, conf×(C + 1)) per prior, so only the interpretation differs. The anchor-free YOLOv8 head
+asks for ``4·reg_max + C`` channels per scale instead (``head_channels``).
 """
 
 from __future__ import annotations
@@ -20,9 +21,12 @@ def _conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
 
 
 class TinyDetector(nn.Module):
-    """Input ``(B, 3, S, S)`` → one raw head output ``(B, A·(5+C), S/s, S/s)`` per stride s in (8, 16, 32)."""
+    """Input ``(B, 3, S, S)`` → one raw head output ``(B, A·(5+C), S/s, S/s)`` per stride s in (8, 16, 32)
+    (``head_channels`` channels instead of ``A·(5+C)`` when given)."""
 
-    def __init__(self, num_classes: int, num_anchors: int = 3, width: int = 32) -> None:
+    def __init__(
+        self, num_classes: int, num_anchors: int = 3, width: int = 32, head_channels: int | None = None
+    ) -> None:
         super().__init__()
         w = width
         self.stem = nn.Sequential(_conv(3, w // 2, 2), _conv(w // 2, w, 2), _conv(w, w))  # stride 4
@@ -33,7 +37,7 @@ class TinyDetector(nn.Module):
         self.lat3 = nn.Conv2d(3 * w, 2 * w, 1)
         self.smooth4 = _conv(3 * w, 3 * w)
         self.smooth3 = _conv(2 * w, 2 * w)
-        out = num_anchors * (5 + num_classes)
+        out = num_anchors * (5 + num_classes) if head_channels is None else head_channels
         self.heads = nn.ModuleList(nn.Conv2d(c, out, 1) for c in (2 * w, 3 * w, 4 * w))
 
     def forward(self, x: Tensor) -> list[Tensor]:

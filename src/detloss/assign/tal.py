@@ -1,0 +1,236 @@
+"""Task-aligned assignment (TOOD, Feng et al. 2021) on padded targets, as YOLOv8 / YOLO11 train it.
+
+For every image b, box m (padded to M with a mask) and anchor point a::
+
+    candidate(m, a) = the anchor's centre lies strictly inside box m (margin eps_in = 1e-9); a side
+                      shorter than ``min_side`` is first widened to it about the box centre
+    u(m, a)         = max(CIoU(pred_a, box_m), 0)                      on candidates, else 0
+    t(m, a)         = s(a, class_m)^α · u(m, a)^β                       the alignment metric
+    selected(m, a)  = a is among the top-k anchors of t(m, ·) (over all anchors) and a candidate
+    owner(a)        = the single box selecting a; when several do, the box of highest u(·, a) over
+                      ALL boxes (first on ties; box 0 when every u is 0)
+    score(a)        = t(owner, a) · max_a' u(owner, a') / (max_a' t(owner, a') + eps)
+                      (both maxima over the owner's positive anchors)
+
+Nothing of shape ``(B, M, A, ·)`` is built: the pairwise quantities are ``(B, m_block, A)`` blocks of
+boxes, each reduced (top-k over anchors, the running best box per anchor) before the next block, so
+the peak memory does not grow with the number of boxes. No host synchronisation, no data-dependent
+shape: the blocks depend on M only, the selections are order-free scatters.
+
+Details and differences from ultralytics' ``TaskAlignedAssigner`` (8.4.190): docs/yolov8.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..kernels import FOUR_OVER_PI2
+
+PAIR_BLOCK = 1 << 21  # (B, m_block, A) elements per block: 8 MB per float32 temporary
+INSIDE_EPS = 1e-9  # an anchor centre must lie more than this inside the box
+
+
+@dataclass
+class TaskAlignedAssignment:
+    """The assignment of every anchor point.
+
+    Attributes:
+        foreground: ``(B, A)`` bool, True for positive anchors.
+        gt_index: ``(B, A)`` int64 index into the padded boxes (0 for background anchors).
+        labels: ``(B, A)`` int64 class of the assigned box (that of box 0 for background anchors).
+        boxes: ``(B, A, 4)`` xyxy assigned box (box 0 for background anchors).
+        scores: ``(B, A)`` target score of the assigned class (0 for background anchors); the
+            classification target is ``scores`` on the one-hot of ``labels``.
+    """
+
+    foreground: Tensor
+    gt_index: Tensor
+    labels: Tensor
+    boxes: Tensor
+    scores: Tensor
+
+
+class _BoxTerms:
+    """The per-box factors of the pairwise CIoU (everything that depends on one box only)."""
+
+    def __init__(self, boxes: Tensor, eps: float) -> None:
+        x1, y1, x2, y2 = boxes.unbind(-1)
+        w, h = (x2 - x1).clamp(min=0), (y2 - y1).clamp(min=0)
+        self.x1, self.y1, self.x2, self.y2 = x1, y1, x2, y2
+        self.area = w * h
+        self.area_eps = self.area + eps
+        self.cx, self.cy = (x1 + x2) / 2, (y1 + y2) / 2
+        self.aspect = torch.atan(w / (h + eps))
+
+    def expand(self, dim: int) -> _BoxTerms:
+        out = _BoxTerms.__new__(_BoxTerms)
+        for k, v in vars(self).items():
+            setattr(out, k, v.unsqueeze(dim))
+        return out
+
+
+def _pairwise_ciou(p: _BoxTerms, g: _BoxTerms, eps: float) -> Tensor:
+    """CIoU of every broadcast pair of boxes, clamped at 0, without gradient.
+
+    The formula of :func:`detloss.iou.iou_xyxy` (``kind="ciou"``: I/(U + eps) − ρ²/(c² + eps) − α·v,
+    v = 4/π²·(atan(w₂/(h₂ + eps)) − atan(w₁/(h₁ + eps)))², α = v/((1 − iou) + v + eps)), factored for
+    the (box, anchor) grid: areas, centres and the atan of each aspect are computed once per box and
+    per anchor, and the pairwise work is ~30 in-place arithmetic ops (the per-pair atan was 8× the cost
+    of the rest; the test suite holds this to ``iou_xyxy``).
+    """
+    inter = torch.minimum(p.x2, g.x2).sub_(torch.maximum(p.x1, g.x1)).clamp_(min=0)
+    inter.mul_(torch.minimum(p.y2, g.y2).sub_(torch.maximum(p.y1, g.y1)).clamp_(min=0))
+    iou = (p.area + g.area_eps).sub_(inter)  # union + eps
+    iou = inter.div_(iou)
+    cw = torch.maximum(p.x2, g.x2).sub_(torch.minimum(p.x1, g.x1))
+    ch = torch.maximum(p.y2, g.y2).sub_(torch.minimum(p.y1, g.y1))
+    c2 = cw.mul_(cw).addcmul_(ch, ch).add_(eps)
+    del ch
+    dx = g.cx - p.cx
+    dy = g.cy - p.cy
+    penalty = dx.mul_(dx).addcmul_(dy, dy).div_(c2)  # ρ² / (c² + eps)
+    del dy
+    v = (g.aspect - p.aspect).square_().mul_(FOUR_OVER_PI2)
+    alpha = torch.sub(v, iou).add_(1.0 + eps)  # (1 − iou) + v + eps, as v − iou + (1 + eps)
+    alpha = torch.div(v, alpha, out=alpha)
+    penalty.addcmul_(alpha, v)
+    return iou.sub_(penalty).clamp_(min=0)
+
+
+def _candidates(
+    anchor_points: Tensor,
+    boxes: Tensor,
+    valid: Tensor,
+    min_side: float,
+    grid_sizes: Sequence[tuple[int, int]] | None,
+) -> Tensor:
+    """``(B, m, A)`` bool: anchor centres strictly inside the (widened) valid boxes ``(B, m, 4)``.
+
+    On grids the test factors: inside = (row inside) ∧ (column inside), so each grid costs one
+    (B, m, H, W) pass on top of (B, m, H) and (B, m, W) tests with the same arithmetic."""
+    c = (boxes[..., :2] + boxes[..., 2:]) / 2
+    wh = boxes[..., 2:] - boxes[..., :2]
+    if min_side > 0:  # YOLOv8 8.4.190: a side below the second stride is widened, for this test only
+        wh = torch.where(wh < min_side, torch.full_like(wh, min_side), wh)
+    lt, rb = (c - wh / 2).unsqueeze(-2), (c + wh / 2).unsqueeze(-2)  # (B, m, 1, 2)
+
+    def inside(xy: Tensor, axis: int) -> Tensor:  # xy (n,) anchor coordinates along one axis
+        return ((xy - lt[..., axis]) > INSIDE_EPS) & ((rb[..., axis] - xy) > INSIDE_EPS)  # (B, m, n)
+
+    valid = valid.unsqueeze(-1)
+    if grid_sizes is None:
+        return inside(anchor_points[:, 0], 0).logical_and_(inside(anchor_points[:, 1], 1)).logical_and_(valid)
+    out, start = [], 0
+    for h, w in grid_sizes:
+        cols = inside(anchor_points[start : start + w, 0], 0) & valid  # (B, m, W)
+        rows = inside(anchor_points[start : start + h * w : w, 1], 1)  # (B, m, H)
+        out.append((rows.unsqueeze(-1) & cols.unsqueeze(-2)).flatten(-2))
+        start += h * w
+    return torch.cat(out, -1)
+
+
+@torch.no_grad()
+def task_aligned_assign(
+    scores: Tensor,
+    pred_boxes: Tensor,
+    anchor_points: Tensor,
+    gt_boxes: Tensor,
+    gt_labels: Tensor,
+    gt_mask: Tensor,
+    *,
+    topk: int = 10,
+    alpha: float = 0.5,
+    beta: float = 6.0,
+    min_side: float = 0.0,
+    eps: float = 1e-9,
+    iou_eps: float = 1e-7,
+    logits: bool = False,
+    grid_sizes: Sequence[tuple[int, int]] | None = None,
+) -> TaskAlignedAssignment:
+    """Assign anchor points to padded ground-truth boxes by the task-aligned metric (module docstring).
+
+    Args:
+        scores: ``(B, A, C)`` predicted class probabilities (a ``(B, C, A)`` tensor transposed is
+            used without a copy).
+        pred_boxes: ``(B, A, 4)`` predicted xyxy boxes, in the units of ``gt_boxes``.
+        anchor_points: ``(A, 2)`` anchor centres (x, y), same units.
+        gt_boxes: ``(B, M, 4)`` xyxy boxes (padding rows arbitrary).
+        gt_labels: ``(B, M)`` int64 classes in ``[0, C)``.
+        gt_mask: ``(B, M)`` bool, True for real boxes.
+        topk: anchors per box (at most A are taken).
+        alpha, beta: exponents of the score and of the CIoU in the metric.
+        min_side: box sides shorter than this are widened to it for the candidate test
+            (ultralytics 8.4.190: its second stride; 0 disables).
+        eps: in the score normalisation (ultralytics' 1e-9).
+        iou_eps: the CIoU's eps (that of :func:`detloss.iou.iou_xyxy`).
+        logits: ``scores`` are logits: the sigmoid is applied to the entries the metric reads only
+            (the boxes' classes, ``B·M·A`` values instead of ``B·A·C``).
+        grid_sizes: when ``anchor_points`` are the row-major cell centres of these (H, W) grids one
+            after the other (as YOLOv8's), the candidate test is computed per row and column.
+
+    Returns:
+        :class:`TaskAlignedAssignment`. Images without boxes (or M = 0) get only background.
+    """
+    bsz, num_anchors, _ = scores.shape
+    m_max = gt_boxes.shape[1]
+    dev, dtype = pred_boxes.device, pred_boxes.dtype
+    k = min(topk, num_anchors)
+    if m_max == 0:  # no box in the whole batch (a shape, not a value: no sync)
+        zero = torch.zeros(bsz, num_anchors, dtype=torch.int64, device=dev)
+        return TaskAlignedAssignment(
+            zero.bool(),
+            zero,
+            zero.clone(),
+            pred_boxes.new_zeros(bsz, num_anchors, 4),
+            pred_boxes.new_zeros(bsz, num_anchors),
+        )
+    class_major = scores.transpose(1, 2)  # (B, C, A): rows of one class
+    pred = _BoxTerms(pred_boxes, iou_eps).expand(1)  # (B, 1, A)
+    box_range = torch.arange(m_max, device=dev)
+
+    count = torch.zeros(bsz, num_anchors, dtype=torch.int64, device=dev)  # boxes selecting each anchor
+    owner = torch.zeros_like(count)  # Σ of their indices: the owner where count == 1
+    best_u = torch.zeros(bsz, num_anchors, dtype=dtype, device=dev)  # max over boxes of u(·, a)
+    best_box = torch.zeros_like(count)  # its first argmax
+    block = max(1, PAIR_BLOCK // max(1, bsz * num_anchors))
+    for start in range(0, m_max, block):  # blocks of boxes (a function of M only): bounded memory
+        sl = slice(start, min(start + block, m_max))
+        boxes, labels, valid = gt_boxes[:, sl], gt_labels[:, sl], gt_mask[:, sl]
+        cand = _candidates(anchor_points, boxes, valid, min_side, grid_sizes)  # (B, m, A) bool
+        u = _pairwise_ciou(pred, _BoxTerms(boxes, iou_eps).expand(2), iou_eps).mul_(cand)
+        s = class_major.gather(1, labels.unsqueeze(-1).expand(-1, -1, num_anchors))  # (B, m, A)
+        if logits:
+            s.sigmoid_()
+        metric = s.pow_(alpha).mul_(u.pow(beta))  # 0 off the candidates (u = 0 there)
+        top = metric.topk(k, dim=-1).indices  # (B, m, k), over all anchors as ultralytics does
+        keep = cand.gather(-1, top)  # a selected non-candidate (metric 0) is dropped
+        flat_top = top.flatten(1)
+        count.scatter_add_(1, flat_top, keep.flatten(1).long())
+        owner.scatter_add_(1, flat_top, (keep * box_range[sl, None]).flatten(1))
+        u_max, u_arg = u.max(dim=1)  # (B, A); earlier blocks win ties (strict >)
+        better = u_max > best_u
+        best_u = torch.where(better, u_max, best_u)
+        best_box = torch.where(better, u_arg + start, best_box)
+
+    foreground = count > 0
+    contested = count > 1
+    gt_index = torch.where(contested, best_box, owner)
+    boxes = gt_boxes.gather(1, gt_index.unsqueeze(-1).expand(-1, -1, 4))  # (B, A, 4)
+    labels = gt_labels.gather(1, gt_index)
+    # u and t of each anchor with its owner, recomputed per anchor (B, A) instead of kept per pair;
+    # a contested anchor's owner has u = best_u (box 0 with u = 0 may even be no candidate)
+    u = _pairwise_ciou(pred, _BoxTerms(boxes.unsqueeze(1), iou_eps), iou_eps).squeeze(1)
+    u = torch.where(contested, best_u, u).mul_(foreground)
+    s = class_major.gather(1, labels.unsqueeze(1)).squeeze(1)
+    s = s.sigmoid() if logits else s
+    metric = s.pow(alpha).mul_(u.pow(beta))
+    # per box: max over its positive anchors (order-free scatter of maxima; 0 for boxes without any)
+    zeros = gt_boxes.new_zeros(bsz, m_max, dtype=dtype)
+    max_metric = zeros.scatter_reduce(1, gt_index, metric, "amax", include_self=True)
+    max_u = zeros.scatter_reduce(1, gt_index, u, "amax", include_self=True)
+    norm = max_u.gather(1, gt_index) / (max_metric.gather(1, gt_index) + eps)
+    return TaskAlignedAssignment(foreground, gt_index, labels, boxes, metric * norm)

@@ -1,0 +1,232 @@
+"""YOLOv8 / YOLO11 criterion: reproduces ultralytics' ``v8DetectionLoss`` (8.4.190).
+
+Anchor points are the cell centres of every stride; each predicts four side distances as
+distributions over ``reg_max`` bins (decoded by their expectation, :func:`detloss.codecs.decode_distances`)
+and C class logits. :func:`detloss.assign.task_aligned_assign` gives each anchor a box and a target
+score ŝ (0 for background). With S = max(Σ ŝ, 1) (all in grid units, ŝ summed over the batch)::
+
+    box = gain_box · Σ_a ŝ_a · (1 − CIoU(pred_a, box_a)) / S           (CIoU eps 1e-7, α no-grad)
+    dfl = gain_dfl · Σ_a ŝ_a · mean_sides DFL(logits_a, clamp(ltrb_a, 0, reg_max − 1.01)) / S
+    cls = gain_cls · Σ_{a,c} BCE(x_ac, ŝ_a·[c = class_a]) / S
+    total = (box + cls + dfl) · B
+
+Details and every difference from the original: docs/yolov8.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..assign import PaddedTargets, pad_targets, task_aligned_assign
+from ..boxes import check_tensor
+from ..codecs import decode_distances
+from ..distributed import global_count
+from ..iou import compute_dtype, iou_xyxy
+from ..losses import dfl_from_log_probs
+from .common import LossResult, positive_ints
+
+_CIOU_EPS = 1e-7
+
+
+def anchor_points(
+    sizes: Sequence[tuple[int, int]], strides: Sequence[int], *, dtype: torch.dtype, device: torch.device
+) -> tuple[Tensor, Tensor]:
+    """Cell centres of every scale, scale after scale, row-major: ``(A, 2)`` (x, y) in grid units
+    of their own scale, and each one's stride ``(A, 1)`` (ultralytics' ``make_anchors(…, 0.5)``)."""
+    points, per_anchor = [], []
+    for (h, w), s in zip(sizes, strides, strict=True):
+        ys = torch.arange(h, dtype=dtype, device=device) + 0.5
+        xs = torch.arange(w, dtype=dtype, device=device) + 0.5
+        points.append(torch.stack((xs.expand(h, w), ys[:, None].expand(h, w)), -1).reshape(-1, 2))
+        per_anchor.append(torch.full((h * w, 1), float(s), dtype=dtype, device=device))
+    return torch.cat(points), torch.cat(per_anchor)
+
+
+class _ClassSum(torch.autograd.Function):
+    """Σ_{b,c,a} BCE(x, ŝ_a·[c = c_a]) over logits ``(B, C, A)``, as Σ softplus(x) − Σ_a ŝ_a·x[c_a, a]
+    (BCE(x, t) = softplus(x) − t·x): one pass over the logits forward and one backward
+    (∂/∂x = σ(x) − t, the target's one entry per anchor scattered in place), no ``(B, C, A)`` target.
+    ``F.softplus`` returns x above x = 20, where BCE adds log1p(e^−x) < 2.1e-9."""
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, labels: Tensor, scores: Tensor) -> Tensor:
+        ctx.save_for_backward(logits, labels, scores)
+        hit = logits.gather(1, labels.unsqueeze(1)).squeeze(1)  # (B, A)
+        return F.softplus(logits).sum() - (hit * scores).sum()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
+        logits, labels, scores = ctx.saved_tensors
+        out = logits.sigmoid().scatter_add_(1, labels.unsqueeze(1), -scores.unsqueeze(1))
+        return out.mul_(grad), None, None
+
+
+class YOLOv8Loss(nn.Module):
+    """The YOLOv8 / YOLO11 detection loss (ultralytics ``v8DetectionLoss``, 8.4.190).
+
+    Args:
+        num_classes: C.
+        strides: input pixels per cell, one per scale (the first scale's grid × stride is the input size).
+        reg_max: bins per box side (≥ 2; the distances cover 0 … reg_max − 1 cells).
+        box, cls, dfl: loss gains (ultralytics' hyp ``box``, ``cls``, ``dfl``).
+        topk, alpha, beta: task-aligned assigner (top-k anchors per box, metric s^α · CIoU^β).
+        min_side: box sides below it are widened to it for the candidate test only; ``None`` = the
+            second stride (the first if there is one scale), as 8.4.190; 0 = the older behaviour.
+        validate: check targets (finite, positive size, class range) in :func:`detloss.assign.pad_targets`.
+        reduce_across_ranks: under DistributedDataParallel, S becomes max(Σ_ranks Σ ŝ, 1) / world size
+            (:func:`detloss.distributed.global_count`), so DDP's gradient average equals the
+            single-process gradient of the whole batch divided by the world size (the ``· B`` stays per
+            rank). No effect without a process group.
+
+    Call:
+        preds: one raw head output per stride, ``(B, 4·reg_max + C, H, W)``: the box distributions
+            (left, top, right, bottom, reg_max bins each) first, then the class logits.
+        targets: B dicts ``{"boxes": (n, 4) xyxy input pixels, "labels": (n,) int64}``, or a
+            :class:`detloss.assign.PaddedTargets` already on the device (skips the padding and its checks).
+
+    Returns:
+        :class:`LossResult` with components ``{"box", "cls", "dfl"}`` (gains applied) and
+        ``total = (box + cls + dfl) · B``.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        strides: Sequence[int] = (8, 16, 32),
+        reg_max: int = 16,
+        *,
+        box: float = 7.5,
+        cls: float = 0.5,
+        dfl: float = 1.5,
+        topk: int = 10,
+        alpha: float = 0.5,
+        beta: float = 6.0,
+        min_side: float | None = None,
+        validate: bool = True,
+        reduce_across_ranks: bool = False,
+    ) -> None:
+        super().__init__()
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+        self.strides = positive_ints("strides", strides)
+        (self.reg_max,) = positive_ints("reg_max", (reg_max,))
+        if self.reg_max < 2:
+            raise ValueError(
+                f"reg_max must be >= 2 (ultralytics' reg_max = 1 L1 variant is not supported), got {reg_max}"
+            )
+        (self.topk,) = positive_ints("topk", (topk,))
+        for name, v in (("box", box), ("cls", cls), ("dfl", dfl), ("alpha", alpha), ("beta", beta)):
+            if not (isinstance(v, (int, float)) and v >= 0 and v == v and v != float("inf")):
+                raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+        if min_side is None:
+            min_side = self.strides[1] if len(self.strides) > 1 else self.strides[0]
+        if not min_side >= 0:
+            raise ValueError(f"min_side must be >= 0, got {min_side!r}")
+        self.num_classes = num_classes
+        self.gains = {"box": float(box), "cls": float(cls), "dfl": float(dfl)}
+        self.alpha, self.beta, self.min_side = float(alpha), float(beta), float(min_side)
+        self.validate, self.reduce_across_ranks = bool(validate), bool(reduce_across_ranks)
+
+    def _check_heads(self, preds: Sequence[Tensor], batch_size: int) -> list[tuple[int, int]]:
+        if isinstance(preds, Tensor) or not isinstance(preds, Sequence):
+            raise TypeError("preds must be a list with one tensor per stride")
+        if len(preds) != len(self.strides):
+            raise ValueError(f"preds has {len(preds)} scales, the criterion has {len(self.strides)} strides")
+        channels = 4 * self.reg_max + self.num_classes
+        sizes, input_size = [], None
+        for i, (p, s) in enumerate(zip(preds, self.strides, strict=True)):
+            check_tensor(f"preds[{i}]", p)
+            if not p.is_floating_point():
+                raise TypeError(f"preds[{i}] must have a floating dtype, got {p.dtype}")
+            if p.dim() != 4 or p.shape[1] != channels:
+                raise ValueError(
+                    f"preds[{i}] must have shape (B, 4*{self.reg_max}+{self.num_classes}={channels}, H, W), "
+                    f"got {tuple(p.shape)}"
+                )
+            if p.shape[0] != batch_size:
+                raise ValueError(
+                    f"preds[{i}] has batch size {p.shape[0]} but targets has {batch_size} images"
+                )
+            size = (p.shape[2] * s, p.shape[3] * s)
+            if input_size is None:
+                input_size = size
+            elif size != input_size:
+                raise ValueError(
+                    f"preds[{i}] grid {tuple(p.shape[2:])} × stride {s} gives input size {size}, "
+                    f"but preds[0] gives {input_size}: strides and grids disagree"
+                )
+            sizes.append((p.shape[2], p.shape[3]))
+        return sizes
+
+    def forward(
+        self, preds: Sequence[Tensor], targets: Sequence[Mapping[str, Tensor]] | PaddedTargets
+    ) -> LossResult:
+        padded_in = isinstance(targets, PaddedTargets)
+        sizes = self._check_heads(preds, targets.boxes.shape[0] if padded_in else len(targets))
+        dtype = compute_dtype(preds[0])  # fp16/bf16 heads: the loss is computed in float32
+        device = preds[0].device
+        padded = (
+            targets
+            if padded_in
+            else pad_targets(targets, self.num_classes, dtype=dtype, device=device, validate=self.validate)
+        )
+        bsz, r = preds[0].shape[0], self.reg_max
+        points, stride = anchor_points(sizes, self.strides, dtype=dtype, device=device)  # (A, 2), (A, 1)
+
+        # one split per head: its backward is one concatenation, not a zero-filled copy per slice
+        heads = [p.to(dtype).split((4 * r, self.num_classes), dim=1) for p in preds]
+        num_anchors = points.shape[0]
+        dist_logits = torch.cat([d.flatten(2) for d, _ in heads], 2)  # (B, 4·r, A): contiguous copies
+        cls_logits = torch.cat([c.flatten(2) for _, c in heads], 2)  # (B, C, A)
+
+        with torch.no_grad():  # the assigner sees detached predictions, in input pixels
+            by_anchor = dist_logits.view(bsz, 4, r, num_anchors).permute(0, 3, 1, 2)  # (B, A, 4, r) view
+            pred_px = decode_distances(by_anchor, points) * stride
+            a = task_aligned_assign(
+                cls_logits.transpose(1, 2),
+                pred_px,
+                points * stride,
+                padded.boxes.to(dtype),
+                padded.labels,
+                padded.mask,
+                topk=self.topk,
+                alpha=self.alpha,
+                beta=self.beta,
+                min_side=self.min_side,
+                logits=True,
+                grid_sizes=sizes,
+            )
+            # Box terms only at the positives, gathered into a fixed number of slots per image: every
+            # positive was selected by a box, so there are at most M·topk (a shape, not a value).
+            cap = min(num_anchors, padded.boxes.shape[1] * self.topk)
+            fg = a.foreground
+            slot = torch.where(fg, fg.cumsum(1) - 1, cap)  # (B, A): rank among the positives, or a dump slot
+            anchor_ids = torch.arange(num_anchors, device=device).expand(bsz, -1)
+            idx = torch.zeros(bsz, cap + 1, dtype=torch.int64, device=device).scatter_(1, slot, anchor_ids)
+            idx = idx[:, :cap]  # (B, P) anchor of each slot
+            used = torch.arange(cap, device=device) < fg.sum(1, keepdim=True)  # (B, P)
+        weight = a.scores  # (B, A): ŝ, the target score summed over the classes; 0 on background
+        norm = global_count(weight.sum(), self.reduce_across_ranks, at_least=1.0)
+
+        w = weight.gather(1, idx) * used  # (B, P)
+        pts, st = points[idx], stride[idx]  # (B, P, 2), (B, P, 1)
+        target = a.boxes.gather(1, idx.unsqueeze(-1).expand(-1, -1, 4)) / st  # grid units
+        logits = dist_logits.gather(2, idx.unsqueeze(1).expand(-1, 4 * r, -1))  # (B, 4·r, P)
+        logits = logits.view(bsz, 4, r, cap).permute(0, 3, 1, 2)  # (B, P, 4, r)
+        pred_boxes = decode_distances(logits, pts)  # (B, P, 4) xyxy, grid units
+        box = ((1.0 - iou_xyxy(pred_boxes, target, "ciou", _CIOU_EPS)) * w).sum()
+        ltrb = torch.cat((pts - target[..., :2], target[..., 2:] - pts), -1)
+        ltrb = ltrb.clamp(0.0, r - 1 - 0.01)  # keeps i + 1 a valid bin: the original's clamp
+        dfl = (dfl_from_log_probs(F.log_softmax(logits, dim=-1), ltrb).mean(-1) * w).sum()
+        cls = _ClassSum.apply(cls_logits, a.labels, weight)
+        parts = {
+            "box": box / norm * self.gains["box"],
+            "cls": cls / norm * self.gains["cls"],
+            "dfl": dfl / norm * self.gains["dfl"],
+        }
+        total = (parts["box"] + parts["cls"] + parts["dfl"]) * bsz
+        return LossResult(total, parts)
