@@ -7,7 +7,14 @@ from . import nn
 from .boxes import box_area, box_convert
 from .iou import bbox_iou, box_iou
 from .kernels import compile_enabled, set_compile
-from .losses import iou_loss, sigmoid_focal_loss, smooth_l1_loss, smooth_labels
+from .losses import (
+    iou_loss,
+    quality_focal_loss,
+    sigmoid_focal_loss,
+    smooth_l1_loss,
+    smooth_labels,
+    varifocal_loss,
+)
 
 __version__ = "0.1.0"
 
@@ -19,8 +26,10 @@ __all__ = [
     "compile_enabled",
     "iou_loss",
     "nn",
+    "quality_focal_loss",
     "set_compile",
     "sigmoid_focal_loss",
     "smooth_l1_loss",
     "smooth_labels",
+    "varifocal_loss",
 ]
