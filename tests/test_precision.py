@@ -33,7 +33,10 @@ def _inputs():
 
 
 PRED, TARGET, LOGITS, LABELS = _inputs()
-CASES = {f"iou_loss-{k}": (lambda a, b, k=k: detloss.iou_loss(a, b, k, **KW.get(k, {})), PRED, TARGET) for k in IOU_KINDS}
+CASES = {
+    f"iou_loss-{k}": (lambda a, b, k=k: detloss.iou_loss(a, b, k, **KW.get(k, {})), PRED, TARGET)
+    for k in IOU_KINDS
+}
 CASES.update(
     {
         "sigmoid_focal_loss": (lambda a, b: detloss.sigmoid_focal_loss(a, b), LOGITS, LABELS),
