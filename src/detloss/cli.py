@@ -12,7 +12,6 @@ import torch.nn.functional as F
 from .iou import IOU_KINDS, bbox_iou
 from .losses import sigmoid_focal_loss
 
-
 TOUR_IMAGE = 16.0
 
 
@@ -56,11 +55,12 @@ def bench(args: argparse.Namespace) -> int:
     kinds = args.kinds.split(",") if args.kinds else None
     cases = None
     if kinds is not None:
-        alias = {"focal": "sigmoid_focal_loss", **{k: f"iou_loss[{k}]" for k in b.ALL_KINDS}}
+        alias = {"focal": "sigmoid_focal_loss", **{k: f"iou_loss[{k}]" for k in (*b.ALL_KINDS, *b.VARIANTS)}}
         cases = [alias.get(k, k) for k in kinds]
         unknown = [c for c in cases if c not in b.CASES]
         if unknown:
-            print(f"unknown case(s) {unknown}; known: {', '.join(b.ALL_KINDS)}, focal, {', '.join(b.CASES)}")
+            known = ", ".join((*b.ALL_KINDS, *b.VARIANTS))
+            print(f"unknown case(s) {unknown}; known: {known}, focal, {', '.join(b.CASES)}")
             return 2
     env = b.environment()
     print(f"detloss bench — {env['date']}, torch {env['torch']}, torchvision {env['torchvision']}")
@@ -103,7 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="time detloss against torchvision.ops and naive formulas")
     p.add_argument("--sizes", type=_int_list, default=None, help="comma-separated N, e.g. 1e4,1e5")
-    p.add_argument("--kinds", default=None, help="comma-separated: iou,giou,diou,ciou,eiou,siou,focal")
+    p.add_argument("--kinds", default=None,
+                   help="comma-separated: iou,giou,diou,ciou,eiou,siou,wiou,mpdiou,ciou+alpha,ciou+inner,"
+                        "ciou+focaler,focal")
     p.add_argument("--repeats", type=int, default=7, help="minimum timing rounds (default 7)")
     p.add_argument("--min-time", type=float, default=0.2, help="minimum seconds per median")
     p.add_argument("--threads", type=int, default=2)
