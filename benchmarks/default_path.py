@@ -60,7 +60,8 @@ def boxes(n, gen):
 
 
 def medians(fns, rounds):
-    timers = {k: benchmark.Timer("f()", globals={"f": f}, num_threads=torch.get_num_threads()) for k, f in fns.items()}
+    threads = torch.get_num_threads()
+    timers = {k: benchmark.Timer("f()", globals={"f": f}, num_threads=threads) for k, f in fns.items()}
     number = {k: max(1, int(0.01 / max(t.timeit(1).median, 1e-7))) for k, t in timers.items()}
     times = {k: [] for k in fns}
     for _ in range(rounds):
@@ -85,7 +86,8 @@ def main() -> int:
     a = parser.parse_args()
     torch.set_num_threads(a.threads)
     print(f"torch {torch.__version__}, detloss from {detloss.__file__}, {a.threads} threads")
-    print("| case | N | detloss | torchvision | ultralytics-style | naive | tv/ours | ultra/ours | naive/ours |")
+    print("| case | N | detloss | torchvision | ultralytics-style | naive | tv/ours | ultra/ours "
+          "| naive/ours |")
     print("|---|---|---|---|---|---|---|---|---|")
     tv_name = {"giou": "generalized_box_iou_loss", "ciou": "complete_box_iou_loss"}
     for kind in a.kinds.split(","):
@@ -101,27 +103,20 @@ def main() -> int:
                     fns["tv"] = step(lambda p, t: ops.sigmoid_focal_loss(p, t, reduction="mean"), x, t)
             else:
                 p, t = boxes(n, gen)
-                fns = {"ours": step(lambda p, t: detloss.iou_loss(p, t, kind), p, t),
-                       "naive": step(lambda p, t: naive_iou_loss(p, t, kind), p, t),
-                       "ultra": step(lambda p, t: ultralytics_style_iou(p, t, kind), p, t)}
+                fns = {"ours": step(lambda p, t, k=kind: detloss.iou_loss(p, t, k), p, t),
+                       "naive": step(lambda p, t, k=kind: naive_iou_loss(p, t, k), p, t),
+                       "ultra": step(lambda p, t, k=kind: ultralytics_style_iou(p, t, k), p, t)}
                 if ops is not None:
                     tv = getattr(ops, tv_name[kind])
-                    fns["tv"] = step(lambda p, t: tv(p, t, reduction="mean"), p, t)
+                    fns["tv"] = step(lambda p, t, tv=tv: tv(p, t, reduction="mean"), p, t)
             for f in fns.values():
                 f()
             m = medians(fns, a.rounds)
-            ours = m["ours"]
-
-            def cell(k):
-                return f"{m[k] * 1e3:.3g} ms" if k in m else "–"
-
-            def ratio(k):
-                return f"{m[k] / ours:.2f}×" if k in m else "–"
-
+            cells = [f"{m[k] * 1e3:.3g} ms" if k in m else "–" for k in ("ours", "tv", "ultra", "naive")]
+            ratios = [f"{m[k] / m['ours']:.2f}×" if k in m else "–" for k in ("tv", "ultra", "naive")]
             label = f"({n:.0e}, 80)" if kind == "focal" else f"{n:.0e}"
             name = "sigmoid_focal_loss" if kind == "focal" else f"iou_loss[{kind}]"
-            print(f"| {name} | {label} | {cell('ours')} | {cell('tv')} | {cell('ultra')} | {cell('naive')} "
-                  f"| {ratio('tv')} | {ratio('ultra')} | {ratio('naive')} |", flush=True)
+            print(f"| {name} | {label} | " + " | ".join(cells + ratios) + " |", flush=True)
     return 0
 
 

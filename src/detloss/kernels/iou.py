@@ -28,7 +28,18 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from . import runtime
-from .geometry import axis_grads, centre_offset, corners, hull, overlap, pair_grads, scaled, squared_norm
+from .geometry import (
+    Coords,
+    Overlap,
+    axis_grads,
+    centre_offset,
+    coords,
+    enclosing,
+    hull,
+    overlap,
+    pair_grads,
+    scaled,
+)
 
 IOU_KINDS: tuple[str, ...] = ("iou", "giou", "diou", "ciou", "eiou", "siou", "wiou", "mpdiou")
 FOUR_OVER_PI2 = 4.0 / math.pi**2
@@ -87,16 +98,16 @@ def iou_forward(
     the iou term on the boxes with the same centres and sides scaled by r, every penalty (and α_v)
     on the original boxes; ``focaler`` = (d, u): the iou term clamp((iou − d)/(u − d), 0, 1).
     """
-    lt1, rb1 = corners(b1)
-    lt2, rb2 = corners(b2)
-    ov = overlap(lt1, rb1, lt2, rb2, eps)
+    c1, c2 = coords(b1), coords(b2)
+    ov = overlap(c1, c2, eps)
     if kind == "wiou":
-        c2 = squared_norm(hull(lt1, rb1, lt2, rb2)) + eps
-        r = torch.exp(squared_norm(centre_offset(lt1, rb1, lt2, rb2)) / c2.detach())
+        cw, ch = enclosing(c1, c2)
+        dx, dy = centre_offset(c1, c2)
+        r = torch.exp((dx * dx + dy * dy) / (cw * cw + ch * ch + eps).detach())
         val = 1.0 - r * (1.0 - ov.iou)
     else:
-        val = _iou_term(ov.iou, lt1, rb1, lt2, rb2, eps, mods)
-        terms = _penalties(kind, ov, lt1, rb1, lt2, rb2, eps, mods)
+        val = _iou_term(ov.iou, c1, c2, eps, mods)
+        terms = _penalties(kind, ov, c1, c2, eps, mods)
         if terms:
             total = _power(terms[0], mods.alpha)
             for t in terms[1:]:
@@ -115,53 +126,47 @@ def _power(t: Tensor, a: float) -> Tensor:
     return torch.where(pos, torch.where(pos, t, 1.0) ** a, 0.0)
 
 
-def _iou_term(
-    iou: Tensor, lt1: Tensor, rb1: Tensor, lt2: Tensor, rb2: Tensor, eps: float, mods: Modifiers
-) -> Tensor:
+def _iou_term(iou: Tensor, c1: Coords, c2: Coords, eps: float, mods: Modifiers) -> Tensor:
     """The IoU term of the value: plain, Inner-IoU, Focaler-IoU or Alpha-IoU."""
     if mods.inner_ratio is not None:
-        r = mods.inner_ratio
-        return overlap(*scaled(lt1, rb1, r), *scaled(lt2, rb2, r), eps).iou
+        return overlap(scaled(c1, mods.inner_ratio), scaled(c2, mods.inner_ratio), eps).iou
     if mods.focaler is not None:
         d, u = mods.focaler
         return ((iou - d) / (u - d)).clamp(0.0, 1.0)
     return _power(iou, mods.alpha)
 
 
-def _penalties(
-    kind: str, ov, lt1: Tensor, rb1: Tensor, lt2: Tensor, rb2: Tensor, eps: float, mods: Modifiers
-) -> list[Tensor]:
+def _penalties(kind: str, ov: Overlap, c1: Coords, c2: Coords, eps: float, mods: Modifiers) -> list[Tensor]:
     """The kind's additive penalty terms, each ``(...)``, before any Alpha-IoU power."""
     if kind == "iou":
         return []
     if kind == "mpdiou":
         w, h = mods.image_size
         norm = float(w) ** 2 + float(h) ** 2
-        return [squared_norm(lt1 - lt2) / norm, squared_norm(rb1 - rb2) / norm]
-    c = hull(lt1, rb1, lt2, rb2)
+        x1, y1, x2, y2 = c1
+        u1, v1, u2, v2 = c2
+        return [((x1 - u1) ** 2 + (y1 - v1) ** 2) / norm, ((x2 - u2) ** 2 + (y2 - v2) ** 2) / norm]
+    cw, ch = enclosing(c1, c2)
     if kind == "giou":
-        cw, ch = c.unbind(-1)
         enclose = cw * ch
         return [(enclose - ov.union) / (enclose + eps)]
-    d = centre_offset(lt1, rb1, lt2, rb2)
-    rho2 = squared_norm(d)
+    dx, dy = centre_offset(c1, c2)
+    rho2 = dx * dx + dy * dy
     if kind == "siou":
-        dx, dy = d.unbind(-1)
         gamma = 2.0 - 2.0 * (dx * dy).abs() / (rho2 + eps)
-        distance = 2.0 - torch.exp(-gamma[..., None] * (d / (c + eps)) ** 2).sum(-1)
-        omega = (ov.wh1 - ov.wh2).abs() / (torch.maximum(ov.wh1, ov.wh2) + eps)
-        shape = ((1.0 - torch.exp(-omega)) ** SIOU_THETA).sum(-1)
+        distance = 2.0 - torch.exp(-gamma * (dx / (cw + eps)) ** 2)
+        distance = distance - torch.exp(-gamma * (dy / (ch + eps)) ** 2)
+        omega_w = (ov.w1 - ov.w2).abs() / (torch.maximum(ov.w1, ov.w2) + eps)
+        omega_h = (ov.h1 - ov.h2).abs() / (torch.maximum(ov.h1, ov.h2) + eps)
+        shape = (1.0 - torch.exp(-omega_w)) ** SIOU_THETA + (1.0 - torch.exp(-omega_h)) ** SIOU_THETA
         return [0.5 * (distance + shape)]
-    terms = [rho2 / (squared_norm(c) + eps)]
+    terms = [rho2 / (cw * cw + ch * ch + eps)]
     if kind == "ciou":
-        w1, h1 = ov.wh1.unbind(-1)
-        w2, h2 = ov.wh2.unbind(-1)
-        v = FOUR_OVER_PI2 * (torch.atan(w2 / (h2 + eps)) - torch.atan(w1 / (h1 + eps))) ** 2
+        v = FOUR_OVER_PI2 * (torch.atan(ov.w2 / (ov.h2 + eps)) - torch.atan(ov.w1 / (ov.h1 + eps))) ** 2
         alpha_v = (v / ((1.0 - ov.iou) + v + eps)).detach()  # a constant in the gradient
         terms.append(alpha_v * v)
     elif kind == "eiou":
-        dwh = ov.wh1 - ov.wh2
-        terms.extend((dwh * dwh / (c * c + eps)).unbind(-1))
+        terms += [(ov.w1 - ov.w2) ** 2 / (cw * cw + eps), (ov.h1 - ov.h2) ** 2 / (ch * ch + eps)]
     return terms
 
 
