@@ -1,7 +1,8 @@
 """The fused kernels against the plain formulas, written here as the reference.
 
 ``plain_iou`` is the IoU family exactly as it stood in ``iou.py`` before the fused kernel (the plain
-eager formula; autograd derives its gradient) and ``plain_focal`` is the focal loss on PyTorch's own
+eager formula, min/max written with relu as the library writes them so that the tie conventions
+match; autograd derives its gradient) and ``plain_focal`` is the focal loss on PyTorch's own
 ``F.binary_cross_entropy_with_logits``. The fused backward is hand-derived, so autograd of these
 references is an independent check of every term.
 """
@@ -40,13 +41,23 @@ def always_the_function(monkeypatch):
     monkeypatch.setattr(iou_kernels, "PLAIN_AUTOGRAD_MAX_BOXES", -1)
 
 
+def _low(a, b):
+    """min(a, b) with the library's tie convention (the gradient to ``a``), as relu writes it."""
+    return a - torch.relu(a - b)
+
+
+def _high(a, b):
+    """max(a, b), the gradient to ``b`` on a tie."""
+    return b + torch.relu(a - b)
+
+
 def plain_iou(boxes1, boxes2, kind="iou", eps=1e-7):
     x1, y1, x2, y2 = boxes1.unbind(-1)
     u1, v1, u2, v2 = boxes2.unbind(-1)
     w1, h1 = (x2 - x1).clamp(min=0), (y2 - y1).clamp(min=0)
     w2, h2 = (u2 - u1).clamp(min=0), (v2 - v1).clamp(min=0)
-    inter = (torch.minimum(x2, u2) - torch.maximum(x1, u1)).clamp(min=0) * (
-        torch.minimum(y2, v2) - torch.maximum(y1, v1)
+    inter = (_low(x2, u2) - _high(x1, u1)).clamp(min=0) * (
+        _low(y2, v2) - _high(y1, v1)
     ).clamp(min=0)
     union = w1 * h1 + w2 * h2 - inter
     iou = inter / (union + eps)
@@ -55,11 +66,11 @@ def plain_iou(boxes1, boxes2, kind="iou", eps=1e-7):
     if kind == "mpdiou":
         norm = IMAGE[0] ** 2 + IMAGE[1] ** 2
         return iou - ((x1 - u1) ** 2 + (y1 - v1) ** 2) / norm - ((x2 - u2) ** 2 + (y2 - v2) ** 2) / norm
-    cw = torch.maximum(torch.maximum(x1, x2), torch.maximum(u1, u2)) - torch.minimum(
-        torch.minimum(x1, x2), torch.minimum(u1, u2)
+    cw = _high(_high(x1, x2), _high(u1, u2)) - _low(
+        _low(x1, x2), _low(u1, u2)
     )
-    ch = torch.maximum(torch.maximum(y1, y2), torch.maximum(v1, v2)) - torch.minimum(
-        torch.minimum(y1, y2), torch.minimum(v1, v2)
+    ch = _high(_high(y1, y2), _high(v1, v2)) - _low(
+        _low(y1, y2), _low(v1, v2)
     )
     if kind == "giou":
         enclose = cw * ch
@@ -75,8 +86,8 @@ def plain_iou(boxes1, boxes2, kind="iou", eps=1e-7):
         gamma = 2.0 - angle
         distance = 2.0 - torch.exp(-gamma * (dx / (cw + eps)) ** 2)
         distance = distance - torch.exp(-gamma * (dy / (ch + eps)) ** 2)
-        omega_w = (w1 - w2).abs() / (torch.maximum(w1, w2) + eps)
-        omega_h = (h1 - h2).abs() / (torch.maximum(h1, h2) + eps)
+        omega_w = (w1 - w2).abs() / (_high(w1, w2) + eps)
+        omega_h = (h1 - h2).abs() / (_high(h1, h2) + eps)
         shape = (1.0 - torch.exp(-omega_w)) ** 4.0 + (1.0 - torch.exp(-omega_h)) ** 4.0
         return iou - 0.5 * (distance + shape)
     diou = iou - rho2 / (cw * cw + ch * ch + eps)

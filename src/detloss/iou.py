@@ -21,6 +21,7 @@ from torch import Tensor
 
 from .boxes import BoxFormat, check_boxes, check_finite, check_format, convert
 from .kernels import IOU_KINDS, Modifiers, fused_iou
+from .kernels.iou import broadcast_shape
 
 IoUKind = Literal["iou", "giou", "diou", "ciou", "eiou", "siou", "wiou", "mpdiou"]
 
@@ -190,7 +191,7 @@ def bbox_iou(
     check_eps(eps)
     b1, b2 = prepare_pair(boxes1, boxes2, fmt, validate)
     try:
-        torch.broadcast_shapes(b1.shape, b2.shape)
+        broadcast_shape(b1.shape, b2.shape)
     except RuntimeError:
         raise ValueError(
             f"boxes1 {tuple(boxes1.shape)} and boxes2 {tuple(boxes2.shape)} do not broadcast"

@@ -21,6 +21,7 @@ from torch import Tensor
 from .boxes import BoxFormat, check_finite, check_tensor
 from .iou import IoUKind, _image_wh, check_eps, check_modifiers, compute_dtype, prepare_pair
 from .kernels import Modifiers, fused_focal, fused_iou
+from .kernels.iou import broadcast_shape
 
 Reduction = Literal["none", "mean", "sum"]
 REDUCTIONS: tuple[str, ...] = ("none", "mean", "sum")
@@ -96,7 +97,7 @@ def _fused_reduce(
 def _check_broadcasts_to(name: str, t: Tensor, shape: torch.Size, what: str) -> None:
     """Raise ``ValueError`` unless ``t`` broadcasts to ``shape`` without enlarging it."""
     try:
-        out = torch.broadcast_shapes(shape, t.shape)
+        out = torch.Size(broadcast_shape(shape, t.shape))
     except RuntimeError:
         out = None
     if out != shape:
@@ -141,7 +142,7 @@ def iou_loss(
     check_eps(eps)
     p, t = prepare_pair(pred, target, fmt, validate, names=("pred", "target"))
     try:
-        shape = torch.broadcast_shapes(p.shape, t.shape)
+        shape = broadcast_shape(p.shape, t.shape)
     except RuntimeError:
         raise ValueError(
             f"pred {tuple(pred.shape)} and target {tuple(target.shape)} do not broadcast"

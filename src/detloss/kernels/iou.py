@@ -35,7 +35,10 @@ from .geometry import (
     centre_offset,
     coords,
     enclosing,
+    high,
     hull,
+    low,
+    order,
     overlap,
     pair_grads,
     scaled,
@@ -156,8 +159,8 @@ def _penalties(kind: str, ov: Overlap, c1: Coords, c2: Coords, eps: float, mods:
         gamma = 2.0 - 2.0 * (dx * dy).abs() / (rho2 + eps)
         distance = 2.0 - torch.exp(-gamma * (dx / (cw + eps)) ** 2)
         distance = distance - torch.exp(-gamma * (dy / (ch + eps)) ** 2)
-        omega_w = (ov.w1 - ov.w2).abs() / (torch.maximum(ov.w1, ov.w2) + eps)
-        omega_h = (ov.h1 - ov.h2).abs() / (torch.maximum(ov.h1, ov.h2) + eps)
+        omega_w = (ov.w1 - ov.w2).abs() / (high(ov.w1, ov.w2) + eps)
+        omega_h = (ov.h1 - ov.h2).abs() / (high(ov.h1, ov.h2) + eps)
         shape = (1.0 - torch.exp(-omega_w)) ** SIOU_THETA + (1.0 - torch.exp(-omega_h)) ** SIOU_THETA
         return [0.5 * (distance + shape)]
     terms = [rho2 / (cw * cw + ch * ch + eps)]
@@ -194,8 +197,8 @@ def iou_backward(
     u1, v1, u2, v2 = b2.unbind(-1)
     ew1, eh1, ew2, eh2 = x2 - x1, y2 - y1, u2 - u1, v2 - v1  # unclamped extents
     w1, h1, w2, h2 = ew1.clamp(min=0), eh1.clamp(min=0), ew2.clamp(min=0), eh2.clamp(min=0)
-    eiw = torch.minimum(x2, u2) - torch.maximum(x1, u1)
-    eih = torch.minimum(y2, v2) - torch.maximum(y1, v1)
+    eiw = low(x2, u2) - high(x1, u1)
+    eih = low(y2, v2) - high(y1, v1)
     iw, ih = eiw.clamp(min=0), eih.clamp(min=0)
     inter = iw * ih
     den = w1 * h1 + w2 * h2 - inter + eps  # union + eps
@@ -307,15 +310,15 @@ def _acc(a: Tensor | None, b: Tensor) -> Tensor:
 
 
 def _siou_shape_grads(a: Tensor, b: Tensor, h: Tensor, eps: float) -> tuple[Tensor, Tensor]:
-    """Adjoints of widths ``a``, ``b`` for ``h·(1 − exp(−ω))^4``, ω = |a − b| / (max(a, b) + eps)."""
-    m = torch.maximum(a, b) + eps
+    """Adjoints of widths ``a``, ``b`` for ``h·(1 − exp(−ω))^4``, ω = |a − b| / (high(a, b) + eps)."""
+    m = high(a, b) + eps
     d = a - b
     omega = d.abs() / m
     e = torch.exp(-omega)
     g_omega = h * SIOU_THETA * (1.0 - e) ** (SIOU_THETA - 1.0) * e
     g_d = g_omega * torch.sign(d) / m
     g_m = -g_omega * omega / m
-    ga_m, gb_m = pair_grads(torch.zeros_like(g_m), g_m, torch.sign(b - a))
+    ga_m, gb_m = pair_grads(torch.zeros_like(g_m), g_m, order(a, b))
     return g_d + ga_m, gb_m - g_d
 
 
@@ -424,5 +427,11 @@ def fused_iou(
     return _FusedIoU.apply(b1, b2, kind, eps, loss, reduce, mods)
 
 
+def broadcast_shape(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:
+    """``torch.broadcast_shapes`` with a fast path for equal shapes (it costs ~0.1 ms per call: a
+    tenth of a whole IoU loss at 1e3 boxes)."""
+    return tuple(a) if a == b else tuple(torch.broadcast_shapes(a, b))
+
+
 def _num_boxes(b1: Tensor, b2: Tensor) -> int:
-    return math.prod(torch.broadcast_shapes(b1.shape[:-1], b2.shape[:-1]))
+    return math.prod(broadcast_shape(b1.shape[:-1], b2.shape[:-1]))
