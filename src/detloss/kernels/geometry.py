@@ -122,9 +122,9 @@ def axis_grads(
 
     Intersection extent = min(a2, b2) − max(a1, b1) (adjoint ``g_i``), enclosing extent =
     :func:`hull` (``g_c``), widths a2 − a1, b2 − b1 (``g_wa``, ``g_wb``), centre offset
-    ½((b1 + b2) − (a1 + a2)) (``g_d``). ``minimum``/``maximum`` split their adjoint on ties as
-    autograd does for :func:`low` / :func:`high`: ``pair_grads(g_low, g_high, order(x, y))`` → shares
-    of x and y. Returns the adjoints of (a1, b1, a2, b2).
+    ½((b1 + b2) − (a1 + a2)) (``g_d``). :func:`low` / :func:`high` pass their adjoint on as autograd
+    does through them: ``pair_grads(g_low, g_high, order(x, y))`` → shares of x and y. Returns the
+    adjoints of (a1, b1, a2, b2).
     """
     zero = torch.zeros_like(g_i)
     ga2, gb2 = pair_grads(g_i, zero, order(a2, b2))  # low(a2, b2)
