@@ -45,12 +45,14 @@ def test_memory_is_measured_in_a_subprocess():
     assert mb is not None and 2 < mb < 200
 
 
-@pytest.mark.parametrize("kind", bench.ALL_KINDS)
-def test_naive_peer_computes_our_loss(kind):
+@pytest.mark.parametrize("name", [*bench.ALL_KINDS, *bench.VARIANTS])
+def test_naive_peer_computes_our_loss(name):
     x = bench._box_inputs(500, torch.Generator().manual_seed(0))
     x = {k: v.double() for k, v in x.items()}
-    ours = detloss.iou_loss(x["pred"], x["target"], kind)
-    naive = bench.naive_iou_loss(x["pred"], x["target"], kind)
+    kind, mods = name.partition("+")[0], dict(bench.VARIANTS.get(name, {}))
+    image = {"image_size": bench.MPDIOU_IMAGE} if kind == "mpdiou" else {}
+    ours = detloss.iou_loss(x["pred"], x["target"], kind, **mods, **image)
+    naive = bench.naive_iou_loss(x["pred"], x["target"], kind, **mods)
     torch.testing.assert_close(naive, ours, rtol=1e-10, atol=1e-12)
 
 

@@ -14,6 +14,12 @@ from hypothesis import strategies as st
 import detloss
 from detloss.iou import IOU_KINDS
 
+KW = {"mpdiou": {"image_size": (640.0, 480.0)}}  # MPDIoU's required image size
+
+
+def elementwise_iou_loss(kind, fmt="xyxy"):
+    return lambda p, t: detloss.iou_loss(p, t, kind, fmt, reduction="none", **KW.get(kind, {}))
+
 PROPS = settings(max_examples=40, deadline=None, database=None, derandomize=True)
 SIZES = (0.0, 1e-6, 1e-3, 1.0, 3.0, 1e6)
 
@@ -56,10 +62,10 @@ def finite_loss_and_grad(loss_fn, *inputs):
 )
 def test_iou_loss_finite_on_degenerate_boxes(pair, kind, fmt, dtype):
     pred, target = (detloss.box_convert(b.to(dtype), "cxcywh", fmt) for b in pair)
-    finite_loss_and_grad(lambda p, t: detloss.iou_loss(p, t, kind, fmt, reduction="none"), pred, target)
-    iou = detloss.bbox_iou(pred, target, kind, fmt)
+    finite_loss_and_grad(elementwise_iou_loss(kind, fmt), pred, target)
+    iou = detloss.bbox_iou(pred, target, kind, fmt, **KW.get(kind, {}))
     assert torch.isfinite(iou).all()
-    pairwise = detloss.box_iou(torch.cat((pred, target)), target, kind, fmt)
+    pairwise = detloss.box_iou(torch.cat((pred, target)), target, kind, fmt, **KW.get(kind, {}))
     assert torch.isfinite(pairwise).all()
 
 
@@ -73,13 +79,11 @@ def test_iou_loss_finite_half_precision(kind, dtype):
     rows = [[0, 0, 1e-2, 1e-2], [5, 5, 9, 9], [0, 0, 6e4, 6e4], [1, 1, 2, 8], [3, 3, 11, 11]]
     pred = torch.tensor(rows, dtype=dtype)
     for target in (pred, pred.flip(0), torch.tensor([[2.0, 2.0, 12.0, 12.0]], dtype=dtype)):
-        loss = finite_loss_and_grad(lambda p, t: detloss.iou_loss(p, t, kind, reduction="none"), pred, target)
+        loss = finite_loss_and_grad(elementwise_iou_loss(kind), pred, target)
         assert loss.dtype == torch.float32
     zero = torch.tensor([[0, 0, 0, 0], [1, 1, 1, 8]], dtype=dtype)
-    assert torch.isfinite(detloss.iou_loss(zero, zero, kind, reduction="none")).all()
-    finite_loss_and_grad(
-        lambda p, t: detloss.iou_loss(p, t, kind, reduction="none"), zero.float(), zero.float()
-    )
+    assert torch.isfinite(elementwise_iou_loss(kind)(zero, zero)).all()
+    finite_loss_and_grad(elementwise_iou_loss(kind), zero.float(), zero.float())
 
 
 def test_identical_boxes_give_zero_loss_and_concentric_boxes_the_area_ratio():
@@ -87,9 +91,8 @@ def test_identical_boxes_give_zero_loss_and_concentric_boxes_the_area_ratio():
     no centre penalty (DIoU = IoU; GIoU = IoU since the enclosing box is the outer box)."""
     b = torch.tensor([[1e6, 1e6, 1e6 + 3, 1e6 + 5]], dtype=torch.float64)
     for kind in IOU_KINDS:
-        torch.testing.assert_close(
-            detloss.iou_loss(b, b, kind), torch.tensor(0.0, dtype=torch.float64), atol=1e-6, rtol=0
-        )
+        loss = detloss.iou_loss(b, b, kind, **KW.get(kind, {}))
+        torch.testing.assert_close(loss, torch.tensor(0.0, dtype=torch.float64), atol=1e-6, rtol=0)
     inner = torch.tensor([[1.0, 1.0, 3.0, 3.0]], dtype=torch.float64)
     outer = torch.tensor([[0.0, 0.0, 4.0, 4.0]], dtype=torch.float64)
     for kind in ("iou", "giou", "diou", "ciou"):  # ciou: same aspect ratio, v = 0

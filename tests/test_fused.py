@@ -1,7 +1,8 @@
 """The fused kernels against the plain formulas, written here as the reference.
 
 ``plain_iou`` is the IoU family exactly as it stood in ``iou.py`` before the fused kernel (the plain
-eager formula; autograd derives its gradient) and ``plain_focal`` is the focal loss on PyTorch's own
+eager formula, min/max written with relu as the library writes them so that the tie conventions
+match; autograd derives its gradient) and ``plain_focal`` is the focal loss on PyTorch's own
 ``F.binary_cross_entropy_with_logits``. The fused backward is hand-derived, so autograd of these
 references is an independent check of every term.
 """
@@ -18,7 +19,17 @@ import torch.nn.functional as F
 import detloss
 from detloss import kernels
 from detloss.iou import iou_xyxy
-from detloss.kernels import IOU_KINDS, focal_forward, focal_value_and_grad, fused_focal, fused_iou
+from detloss.kernels import IOU_KINDS, Modifiers, focal_forward, focal_value_and_grad, fused_focal, runtime
+from detloss.kernels import iou as iou_kernels
+
+IMAGE = (40.0, 30.0)  # MPDIoU's image size in these tests
+
+
+def fused_iou(a, b, kind="iou", eps=1e-7, loss=False, reduce=False, mods=None):
+    """detloss.kernels.fused_iou with MPDIoU's image size filled in."""
+    if mods is None:
+        mods = Modifiers(image_size=IMAGE if kind == "mpdiou" else None)
+    return kernels.fused_iou(a, b, kind, eps, loss, reduce, mods)
 
 K = 4.0 / math.pi**2
 
@@ -27,7 +38,17 @@ K = 4.0 / math.pi**2
 def always_the_function(monkeypatch):
     """These tests check the hand-derived backward: route every size through the autograd.Function
     (small eager inputs otherwise take autograd of the same formula, see PLAIN_AUTOGRAD_MAX_BOXES)."""
-    monkeypatch.setattr(kernels, "PLAIN_AUTOGRAD_MAX_BOXES", -1)
+    monkeypatch.setattr(iou_kernels, "PLAIN_AUTOGRAD_MAX_BOXES", -1)
+
+
+def _low(a, b):
+    """min(a, b) with the library's tie convention (the gradient to ``a``), as relu writes it."""
+    return a - torch.relu(a - b)
+
+
+def _high(a, b):
+    """max(a, b), the gradient to ``b`` on a tie."""
+    return b + torch.relu(a - b)
 
 
 def plain_iou(boxes1, boxes2, kind="iou", eps=1e-7):
@@ -35,18 +56,21 @@ def plain_iou(boxes1, boxes2, kind="iou", eps=1e-7):
     u1, v1, u2, v2 = boxes2.unbind(-1)
     w1, h1 = (x2 - x1).clamp(min=0), (y2 - y1).clamp(min=0)
     w2, h2 = (u2 - u1).clamp(min=0), (v2 - v1).clamp(min=0)
-    inter = (torch.minimum(x2, u2) - torch.maximum(x1, u1)).clamp(min=0) * (
-        torch.minimum(y2, v2) - torch.maximum(y1, v1)
+    inter = (_low(x2, u2) - _high(x1, u1)).clamp(min=0) * (
+        _low(y2, v2) - _high(y1, v1)
     ).clamp(min=0)
     union = w1 * h1 + w2 * h2 - inter
     iou = inter / (union + eps)
     if kind == "iou":
         return iou
-    cw = torch.maximum(torch.maximum(x1, x2), torch.maximum(u1, u2)) - torch.minimum(
-        torch.minimum(x1, x2), torch.minimum(u1, u2)
+    if kind == "mpdiou":
+        norm = IMAGE[0] ** 2 + IMAGE[1] ** 2
+        return iou - ((x1 - u1) ** 2 + (y1 - v1) ** 2) / norm - ((x2 - u2) ** 2 + (y2 - v2) ** 2) / norm
+    cw = _high(_high(x1, x2), _high(u1, u2)) - _low(
+        _low(x1, x2), _low(u1, u2)
     )
-    ch = torch.maximum(torch.maximum(y1, y2), torch.maximum(v1, v2)) - torch.minimum(
-        torch.minimum(y1, y2), torch.minimum(v1, v2)
+    ch = _high(_high(y1, y2), _high(v1, v2)) - _low(
+        _low(y1, y2), _low(v1, v2)
     )
     if kind == "giou":
         enclose = cw * ch
@@ -54,13 +78,16 @@ def plain_iou(boxes1, boxes2, kind="iou", eps=1e-7):
     dx = 0.5 * ((u1 + u2) - (x1 + x2))
     dy = 0.5 * ((v1 + v2) - (y1 + y2))
     rho2 = dx * dx + dy * dy
+    if kind == "wiou":
+        r = torch.exp(rho2 / (cw * cw + ch * ch + eps).detach())
+        return 1.0 - r * (1.0 - iou)
     if kind == "siou":
         angle = 2.0 * (dx * dy).abs() / (rho2 + eps)
         gamma = 2.0 - angle
         distance = 2.0 - torch.exp(-gamma * (dx / (cw + eps)) ** 2)
         distance = distance - torch.exp(-gamma * (dy / (ch + eps)) ** 2)
-        omega_w = (w1 - w2).abs() / (torch.maximum(w1, w2) + eps)
-        omega_h = (h1 - h2).abs() / (torch.maximum(h1, h2) + eps)
+        omega_w = (w1 - w2).abs() / (_high(w1, w2) + eps)
+        omega_h = (h1 - h2).abs() / (_high(h1, h2) + eps)
         shape = (1.0 - torch.exp(-omega_w)) ** 4.0 + (1.0 - torch.exp(-omega_h)) ** 4.0
         return iou - 0.5 * (distance + shape)
     diou = iou - rho2 / (cw * cw + ch * ch + eps)
@@ -147,7 +174,7 @@ def test_fused_iou_gradcheck(kind):
     gen = torch.Generator().manual_seed(1)
     b1 = random_boxes(6, gen).requires_grad_(True)
     b2 = random_boxes(6, gen).requires_grad_(True)
-    if kind == "ciou":  # α is a constant of the gradient: check against autograd, not finite differences
+    if kind in ("ciou", "wiou"):  # α_v, WIoU's c²: constants of the gradient; checked against autograd
         return
     assert torch.autograd.gradcheck(lambda a, b: fused_iou(a, b, kind), (b1, b2))
 
@@ -170,7 +197,7 @@ def test_iou_xyxy_dispatches_to_fused_float32(kind):
     gen = torch.Generator().manual_seed(3)
     b1, b2 = random_boxes(1000, gen, torch.float32), random_boxes(1000, gen, torch.float32)
     b1.requires_grad_(True)
-    out = iou_xyxy(b1, b2, kind, 1e-7)
+    out = iou_xyxy(b1, b2, kind, 1e-7, image_size=IMAGE)  # image_size: used by mpdiou only
     assert out.grad_fn is not None and "Fused" in type(out.grad_fn).__name__
     torch.testing.assert_close(out, plain_iou(b1, b2, kind), rtol=0, atol=1e-6)
 
@@ -191,7 +218,7 @@ def test_iou_loss_float16_and_zero_area_finite():
     pred = torch.tensor([[0.0, 0.0, 0.0, 0.0], [1.0, 1.0, 3.0, 3.0]], dtype=torch.float16, requires_grad=True)
     target = torch.tensor([[0.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 3.0]], dtype=torch.float16)
     for kind in IOU_KINDS:
-        loss = detloss.iou_loss(pred, target, kind)
+        loss = detloss.iou_loss(pred, target, kind, image_size=IMAGE if kind == "mpdiou" else None)
         (grad,) = torch.autograd.grad(loss, pred)
         assert torch.isfinite(loss) and torch.isfinite(grad).all(), kind
 
@@ -285,9 +312,9 @@ def test_compile_failure_falls_back_to_eager(monkeypatch):
         return call
 
     monkeypatch.setattr(torch, "compile", broken)
-    monkeypatch.setattr(kernels, "_compiled", {})
-    monkeypatch.setattr(kernels, "_failed", set())
-    monkeypatch.setattr(kernels, "_compile_enabled", True)
+    monkeypatch.setattr(runtime, "_compiled", {})
+    monkeypatch.setattr(runtime, "_failed", set())
+    monkeypatch.setattr(runtime, "_compile_enabled", True)
     b1 = torch.rand(10, 4, dtype=torch.float64, requires_grad=True)
     b2 = b1.detach() + 0.1
     with pytest.warns(RuntimeWarning, match="torch.compile"):
@@ -296,11 +323,11 @@ def test_compile_failure_falls_back_to_eager(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no second warning: the failure is remembered
         fused_iou(b1, b2, "giou")
-    assert "iou_forward_giou" in kernels._failed
+    assert "iou_forward_giou" in runtime._failed
 
 
 def test_set_compile_switch(monkeypatch):
-    monkeypatch.setattr(kernels, "_compile_enabled", False)
+    monkeypatch.setattr(runtime, "_compile_enabled", False)
     assert not detloss.compile_enabled()
     detloss.set_compile(True)
     assert detloss.compile_enabled()
@@ -317,16 +344,16 @@ def _has_compiler():
 @pytest.mark.slow
 @pytest.mark.skipif(not _has_compiler(), reason="no C++ compiler for inductor")
 def test_compiled_path_matches_eager(monkeypatch):
-    monkeypatch.setattr(kernels, "_compile_enabled", True)
+    monkeypatch.setattr(runtime, "_compile_enabled", True)
     gen = torch.Generator().manual_seed(7)
     b1, b2 = random_boxes(257, gen, torch.float32), random_boxes(257, gen, torch.float32)
     v0, g10, _ = grads_of(lambda a, b: plain_iou(a, b, "ciou"), b1, b2, torch.ones(257))
-    monkeypatch.setattr(kernels, "_failed", set())
+    monkeypatch.setattr(runtime, "_failed", set())
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         v1, g11, _ = grads_of(lambda a, b: fused_iou(a, b, "ciou"), b1, b2, torch.ones(257))
     assert not [w for w in caught if "detloss" in str(w.message)]
-    assert "iou_forward_ciou" in kernels._compiled and not kernels._failed
+    assert "iou_forward_ciou" in runtime._compiled and not runtime._failed
     torch.testing.assert_close(v1, v0, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(g11, g10, rtol=1e-4, atol=1e-5)
 
@@ -377,8 +404,8 @@ def test_fused_reduced_gradients_match_plain(reduction):
 @pytest.mark.parametrize("reduce", [False, True])
 def test_eager_blocks_match_whole(monkeypatch, reduce):
     """Eager kernels run in row blocks above EAGER_BLOCK rows: same values and gradients."""
-    monkeypatch.setattr(kernels, "EAGER_BLOCK", 7)
-    monkeypatch.setattr(kernels, "FOCAL_BLOCK", 7)
+    monkeypatch.setattr(runtime, "EAGER_BLOCK", 7)
+    monkeypatch.setattr(runtime, "FOCAL_BLOCK", 7)
     gen = torch.Generator().manual_seed(10)
     b1, b2 = random_boxes(60, gen).reshape(3, 20, 4), random_boxes(60, gen).reshape(3, 20, 4)
     seed = torch.tensor(1.5, dtype=b1.dtype) if reduce else torch.randn(3, 20, generator=gen, dtype=b1.dtype)
@@ -420,7 +447,7 @@ def test_small_eager_inputs_take_autograd_of_the_same_formula(kind, monkeypatch)
     b2 = torch.cat((torch.minimum(b2[:, :2], b2[:, 2:]), torch.maximum(b2[:, :2], b2[:, 2:])), -1)
     results = []
     for limit in (-1, 1 << 18):  # the Function, then the autograd path
-        monkeypatch.setattr(kernels, "PLAIN_AUTOGRAD_MAX_BOXES", limit)
+        monkeypatch.setattr(iou_kernels, "PLAIN_AUTOGRAD_MAX_BOXES", limit)
         a, b = b1.clone().requires_grad_(), b2.clone().requires_grad_()
         out = fused_iou(a, b, kind, loss=True)
         out.backward(torch.linspace(0.5, 2.0, 64, dtype=torch.float64))

@@ -365,7 +365,7 @@ def test_half_precision_inputs(kind, dtype):
 def test_errors():
     a = torch.rand(3, 4)
     with pytest.raises(ValueError, match="kind"):
-        bbox_iou(a, a, "wiou")
+        bbox_iou(a, a, "wise")
     with pytest.raises(ValueError, match="kind"):
         box_iou(a, a, "IoU")
     with pytest.raises(ValueError, match="kind"):

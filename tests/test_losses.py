@@ -346,9 +346,11 @@ def test_reduction_contract(name):
     torch.testing.assert_close(fn(a, b, weight=w, avg_factor=2.5), (none * w).sum() / 2.5)
     # no positives: avg_factor 0 is clamped, a zero loss stays 0 instead of 0/0
     assert fn(a, b, weight=torch.zeros_like(w), avg_factor=0).item() == 0.0
-    for red in ("sum", "none"):
-        with pytest.raises(ValueError, match="avg_factor"):
-            fn(a, b, reduction=red, avg_factor=2.0)
+    # mmdet's weight_reduce_loss: "none" ignores avg_factor, "sum" refuses it
+    torch.testing.assert_close(fn(a, b, reduction="none", avg_factor=2.0), none)
+    torch.testing.assert_close(fn(a, b, reduction="none", weight=w, avg_factor=2.0), none * w)
+    with pytest.raises(ValueError, match="avg_factor"):
+        fn(a, b, reduction="sum", avg_factor=2.0)
     for red in ("avg", "Mean", None):
         with pytest.raises(ValueError, match="reduction"):
             fn(a, b, reduction=red)

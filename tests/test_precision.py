@@ -17,6 +17,8 @@ import torch
 import detloss
 from detloss.iou import IOU_KINDS
 
+KW = {"mpdiou": {"image_size": (640.0, 480.0)}}  # MPDIoU's required image size
+
 HALF_RTOL = {torch.float16: 2e-3, torch.bfloat16: 2e-2}
 
 
@@ -31,7 +33,10 @@ def _inputs():
 
 
 PRED, TARGET, LOGITS, LABELS = _inputs()
-CASES = {f"iou_loss-{k}": (lambda a, b, k=k: detloss.iou_loss(a, b, k), PRED, TARGET) for k in IOU_KINDS}
+CASES = {
+    f"iou_loss-{k}": (lambda a, b, k=k: detloss.iou_loss(a, b, k, **KW.get(k, {})), PRED, TARGET)
+    for k in IOU_KINDS
+}
 CASES.update(
     {
         "sigmoid_focal_loss": (lambda a, b: detloss.sigmoid_focal_loss(a, b), LOGITS, LABELS),
@@ -69,9 +74,9 @@ def test_autocast_bf16_leaves_the_loss_in_float32(name):
 def test_iou_family_half_outputs_keep_the_input_dtype(dtype):
     """Elementwise similarities return the input dtype (computed in float32, rounded once)."""
     for kind in IOU_KINDS:
-        out = detloss.bbox_iou(PRED.to(dtype), TARGET.to(dtype), kind)
+        out = detloss.bbox_iou(PRED.to(dtype), TARGET.to(dtype), kind, **KW.get(kind, {}))
         assert out.dtype == dtype
-        ref = detloss.bbox_iou(PRED.to(dtype).float(), TARGET.to(dtype).float(), kind)
+        ref = detloss.bbox_iou(PRED.to(dtype).float(), TARGET.to(dtype).float(), kind, **KW.get(kind, {}))
         torch.testing.assert_close(out, ref.to(dtype), rtol=0, atol=0)
 
 

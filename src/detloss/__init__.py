@@ -9,7 +9,15 @@ from ._version import __version__ as __version__
 from .boxes import box_area, box_convert
 from .iou import bbox_iou, box_iou
 from .kernels import compile_enabled, set_compile
-from .losses import distribution_focal_loss, iou_loss, sigmoid_focal_loss, smooth_l1_loss, smooth_labels
+from .losses import (
+    distribution_focal_loss,
+    iou_loss,
+    quality_focal_loss,
+    sigmoid_focal_loss,
+    smooth_l1_loss,
+    smooth_labels,
+    varifocal_loss,
+)
 
 __all__ = [
     "bbox_iou",
@@ -20,8 +28,10 @@ __all__ = [
     "distribution_focal_loss",
     "iou_loss",
     "nn",
+    "quality_focal_loss",
     "set_compile",
     "sigmoid_focal_loss",
     "smooth_l1_loss",
     "smooth_labels",
+    "varifocal_loss",
 ]

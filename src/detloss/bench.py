@@ -43,6 +43,7 @@ from ._extras import require
 from .losses import iou_loss, sigmoid_focal_loss
 
 Inputs = dict[str, Tensor]
+MPDIOU_IMAGE = (672.0, 672.0)  # the benchmark's boxes lie in [0, 672]²
 IMPLS = ("ours", "ours+compile", "naive", "torchvision", "floor")
 Step = Callable[[Inputs], Tensor]  # forward: returns a scalar loss whose graph reaches inputs["pred"]
 
@@ -94,8 +95,7 @@ def _torchvision_ops():
     return ops
 
 
-def naive_iou_loss(boxes1: Tensor, boxes2: Tensor, kind: str, eps: float = 1e-7) -> Tensor:
-    """The IoU-family loss written plainly, as torchvision's ``ops/*_loss.py`` write it (mean)."""
+def _naive_iou(boxes1: Tensor, boxes2: Tensor, eps: float) -> tuple[Tensor, ...]:
     x1, y1, x2, y2 = boxes1.unbind(dim=-1)
     x1g, y1g, x2g, y2g = boxes2.unbind(dim=-1)
     xkis1, ykis1 = torch.max(x1, x1g), torch.max(y1, y1g)
@@ -104,14 +104,54 @@ def naive_iou_loss(boxes1: Tensor, boxes2: Tensor, kind: str, eps: float = 1e-7)
     w1, h1 = (x2 - x1).clamp(min=0), (y2 - y1).clamp(min=0)
     w2, h2 = (x2g - x1g).clamp(min=0), (y2g - y1g).clamp(min=0)
     union = w1 * h1 + w2 * h2 - intsct
-    iou = intsct / (union + eps)
+    return intsct / (union + eps), union, w1, h1, w2, h2
+
+
+def naive_iou_loss(
+    boxes1: Tensor,
+    boxes2: Tensor,
+    kind: str,
+    eps: float = 1e-7,
+    *,
+    alpha: float = 1.0,
+    inner_ratio: float | None = None,
+    focaler: tuple[float, float] | None = None,
+    image_size: tuple[float, float] = MPDIOU_IMAGE,
+) -> Tensor:
+    """The IoU-family loss written plainly, as torchvision's ``ops/*_loss.py`` write it (mean); the
+    YOLO community's variants as their snippets write them (Wise-IoU v1, MPDIoU, and one modifier:
+    Alpha-IoU ``alpha``, Inner-IoU ``inner_ratio``, Focaler-IoU ``focaler``)."""
+    iou, union, w1, h1, w2, h2 = _naive_iou(boxes1, boxes2, eps)
+    if inner_ratio is not None:
+        def inner(b: Tensor) -> Tensor:
+            c, half = (b[..., :2] + b[..., 2:]) / 2, (b[..., 2:] - b[..., :2]) * inner_ratio / 2
+            return torch.cat([c - half, c + half], -1)
+
+        term = _naive_iou(inner(boxes1), inner(boxes2), eps)[0]
+    elif focaler is not None:
+        term = ((iou - focaler[0]) / (focaler[1] - focaler[0])).clamp(0, 1)
+    else:
+        term = iou**alpha if alpha != 1 else iou
+    x1, y1, x2, y2 = boxes1.unbind(dim=-1)
+    x1g, y1g, x2g, y2g = boxes2.unbind(dim=-1)
     if kind == "iou":
-        return (1 - iou).mean()
+        return (1 - term).mean()
+    if kind == "mpdiou":
+        norm = image_size[0] ** 2 + image_size[1] ** 2
+        d1, d2 = ((x1 - x1g) ** 2 + (y1 - y1g) ** 2) / norm, ((x2 - x2g) ** 2 + (y2 - y2g) ** 2) / norm
+        if alpha != 1:
+            d1, d2 = d1**alpha, d2**alpha
+        return (1 - term + d1 + d2).mean()
     xc1, yc1 = torch.min(x1, x1g), torch.min(y1, y1g)
     xc2, yc2 = torch.max(x2, x2g), torch.max(y2, y2g)
+    if kind == "wiou":
+        rho2 = ((x1g + x2g - x1 - x2) / 2) ** 2 + ((y1g + y2g - y1 - y2) / 2) ** 2
+        r = torch.exp(rho2 / ((xc2 - xc1) ** 2 + (yc2 - yc1) ** 2 + eps).detach())
+        return (r * (1 - iou)).mean()
     if kind == "giou":
         area_c = (xc2 - xc1) * (yc2 - yc1)
-        return (1 - (iou - (area_c - union) / (area_c + eps))).mean()
+        penalty = (area_c - union) / (area_c + eps)
+        return (1 - term + (penalty**alpha if alpha != 1 else penalty)).mean()
     x_p, y_p = (x2 + x1) / 2, (y2 + y1) / 2
     x_g, y_g = (x1g + x2g) / 2, (y1g + y2g) / 2
     if kind == "siou":
@@ -126,16 +166,20 @@ def naive_iou_loss(boxes1: Tensor, boxes2: Tensor, kind: str, eps: float = 1e-7)
         ow = (w1 - w2).abs() / (torch.max(w1, w2) + eps)
         oh = (h1 - h2).abs() / (torch.max(h1, h2) + eps)
         shape = (1 - torch.exp(-ow)) ** 4 + (1 - torch.exp(-oh)) ** 4
-        return (1 - iou + 0.5 * (dist + shape)).mean()
+        penalty = 0.5 * (dist + shape)
+        return (1 - term + (penalty**alpha if alpha != 1 else penalty)).mean()
     diag = ((xc2 - xc1) ** 2) + ((yc2 - yc1) ** 2) + eps
-    loss = 1 - iou + ((x_p - x_g) ** 2 + (y_p - y_g) ** 2) / diag
+    terms = [((x_p - x_g) ** 2 + (y_p - y_g) ** 2) / diag]
     if kind == "ciou":
         v = (4 / (torch.pi**2)) * torch.pow(torch.atan(w2 / (h2 + eps)) - torch.atan(w1 / (h1 + eps)), 2)
         with torch.no_grad():
-            alpha = v / (1 - iou + v + eps)
-        loss = loss + alpha * v
+            alpha_v = v / (1 - iou + v + eps)
+        terms.append(alpha_v * v)
     elif kind == "eiou":
-        loss = loss + (w1 - w2) ** 2 / ((xc2 - xc1) ** 2 + eps) + (h1 - h2) ** 2 / ((yc2 - yc1) ** 2 + eps)
+        terms += [(w1 - w2) ** 2 / ((xc2 - xc1) ** 2 + eps), (h1 - h2) ** 2 / ((yc2 - yc1) ** 2 + eps)]
+    loss = 1 - term
+    for t in terms:
+        loss = loss + (t**alpha if alpha != 1 else t)
     return loss.mean()
 
 
@@ -157,6 +201,12 @@ TV_IOU = {
     "ciou": "complete_box_iou_loss",
 }
 ALL_KINDS = kernels.IOU_KINDS
+# the YOLO community's modifiers, timed on one kind each (no peer library has them)
+VARIANTS: dict[str, dict[str, object]] = {
+    "ciou+alpha": {"alpha": 3.0},
+    "ciou+inner": {"inner_ratio": 0.8},
+    "ciou+focaler": {"focaler": (0.0, 0.95)},
+}
 
 
 def _box_inputs(n: int, gen: torch.Generator) -> Inputs:
@@ -168,19 +218,22 @@ def _box_inputs(n: int, gen: torch.Generator) -> Inputs:
     return {"pred": pred.requires_grad_(), "target": target}
 
 
-def _iou_case(kind: str) -> Case:
+def _iou_case(name: str) -> Case:
+    kind = name.partition("+")[0]
+    mods = dict(VARIANTS.get(name, {}))
     ops = _torchvision_ops()
-    tv = getattr(ops, TV_IOU[kind]) if ops is not None and kind in TV_IOU else None
+    tv = getattr(ops, TV_IOU[kind]) if ops is not None and kind in TV_IOU and not mods else None
+    ours_mods = {**mods, **({"image_size": MPDIOU_IMAGE} if kind == "mpdiou" else {})}
 
     def ours(x: Inputs) -> Tensor:
-        return iou_loss(x["pred"], x["target"], kind, validate=False)
+        return iou_loss(x["pred"], x["target"], kind, validate=False, **ours_mods)
 
     impls: dict[str, Step | None] = {
         "ours": ours,
-        "naive": lambda x: naive_iou_loss(x["pred"], x["target"], kind),
+        "naive": lambda x: naive_iou_loss(x["pred"], x["target"], kind, **mods),
         "torchvision": None if tv is None else (lambda x: tv(x["pred"], x["target"], reduction="mean")),
     }
-    return Case(f"iou_loss[{kind}]", (10**4, 10**5, 10**6), _box_inputs, impls, lambda n: (n, 4))
+    return Case(f"iou_loss[{name}]", (10**4, 10**5, 10**6), _box_inputs, impls, lambda n: (n, 4))
 
 
 def _focal_inputs(n: int, gen: torch.Generator) -> Inputs:
@@ -203,7 +256,7 @@ def _focal_case() -> Case:
 
 def default_cases() -> None:
     """Register the loss cases (idempotent)."""
-    for kind in ALL_KINDS:
+    for kind in (*ALL_KINDS, *VARIANTS):
         if f"iou_loss[{kind}]" not in CASES:
             register_case(_iou_case(kind))
     if "sigmoid_focal_loss" not in CASES:

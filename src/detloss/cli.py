@@ -14,6 +14,8 @@ from ._version import __version__
 from .iou import IOU_KINDS, bbox_iou
 from .losses import sigmoid_focal_loss
 
+TOUR_IMAGE = 16.0
+
 
 def tour(args: argparse.Namespace) -> int:
     """Print the IoU family on an example pair of boxes and focal loss against BCE."""
@@ -22,8 +24,10 @@ def tour(args: argparse.Namespace) -> int:
     print(f"pred   {args.pred} (xyxy)\ntarget {args.target} (xyxy)\n")
     print(f"{'kind':6} {'value':>9} {'loss 1-v':>9}")
     for kind in IOU_KINDS:
-        v = bbox_iou(pred, target, kind).item()
+        image = {"image_size": TOUR_IMAGE} if kind == "mpdiou" else {}  # MPDIoU needs the image size
+        v = bbox_iou(pred, target, kind, **image).item()
         print(f"{kind:6} {v:9.5f} {1 - v:9.5f}")
+    print(f"(mpdiou with image_size={TOUR_IMAGE})")
 
     print("\nfocal (alpha=0.25, gamma=2) vs BCE for a positive (t=1) and a negative (t=0):")
     print(f"{'logit':>6} {'p':>7} {'BCE t=1':>9} {'focal t=1':>10} {'BCE t=0':>9} {'focal t=0':>10}")
@@ -53,11 +57,12 @@ def bench(args: argparse.Namespace) -> int:
     kinds = args.kinds.split(",") if args.kinds else None
     cases = None
     if kinds is not None:
-        alias = {"focal": "sigmoid_focal_loss", **{k: f"iou_loss[{k}]" for k in b.ALL_KINDS}}
+        alias = {"focal": "sigmoid_focal_loss", **{k: f"iou_loss[{k}]" for k in (*b.ALL_KINDS, *b.VARIANTS)}}
         cases = [alias.get(k, k) for k in kinds]
         unknown = [c for c in cases if c not in b.CASES]
         if unknown:
-            print(f"unknown case(s) {unknown}; known: {', '.join(b.ALL_KINDS)}, focal, {', '.join(b.CASES)}")
+            known = ", ".join((*b.ALL_KINDS, *b.VARIANTS))
+            print(f"unknown case(s) {unknown}; known: {known}, focal, {', '.join(b.CASES)}")
             return 2
     env = b.environment()
     print(f"detloss bench — {env['date']}, torch {env['torch']}, torchvision {env['torchvision']}")
@@ -101,7 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="time detloss against torchvision.ops and naive formulas")
     p.add_argument("--sizes", type=_int_list, default=None, help="comma-separated N, e.g. 1e4,1e5")
-    p.add_argument("--kinds", default=None, help="comma-separated: iou,giou,diou,ciou,eiou,siou,focal")
+    p.add_argument("--kinds", default=None,
+                   help="comma-separated: iou,giou,diou,ciou,eiou,siou,wiou,mpdiou,ciou+alpha,ciou+inner,"
+                        "ciou+focaler,focal")
     p.add_argument("--repeats", type=int, default=7, help="minimum timing rounds (default 7)")
     p.add_argument("--min-time", type=float, default=0.2, help="minimum seconds per median")
     p.add_argument("--threads", type=int, default=2)
@@ -133,6 +140,23 @@ def _lab(module: str):
     return run
 
 
+KINDS_HELP = (
+    f"IoU-family losses (default: every kind, {', '.join(IOU_KINDS)}); a modifier is written "
+    "KIND+alpha[=A], KIND+inner[=R] or KIND+focaler[=D,U] (defaults 3, 0.8, 0,0.95), e.g. ciou+alpha"
+)
+
+
+def _variant(text: str) -> str:
+    """argparse type of ``--kinds``: a kind or ``kind+modifier[=value]``, checked when parsed."""
+    from .lab.simulate import parse_variant  # the lab's parser; needs only torch
+
+    try:
+        parse_variant(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
+
+
 def _add_lab_commands(sub: argparse._SubParsersAction) -> None:
     """The lab's commands (optional extra ``detloss[lab]``: matplotlib, tqdm, pycocotools)."""
     p = sub.add_parser(
@@ -144,7 +168,8 @@ def _add_lab_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--points", type=int, default=1000, help="anchor points (the paper: 5000); default 1000")
     p.add_argument("--step", choices=("autograd", "paper", "both"), default="autograd",
                    help="autograd: the losses' true gradients; paper: the authors' hand-written directions")
-    p.add_argument("--losses", nargs="+", choices=IOU_KINDS, help="subset of losses (default: all)")
+    p.add_argument("--kinds", "--losses", dest="kinds", nargs="+", type=_variant, metavar="KIND",
+                   help=KINDS_HELP)
     p.add_argument("--iterations", type=int, default=200, help="T (default 200)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-points", type=int, default=400, help="points per vectorised batch")
@@ -161,7 +186,8 @@ def _add_lab_commands(sub: argparse._SubParsersAction) -> None:
         help="landscapes: value and gradient of each IoU-family loss as a box slides and scales",
         description="Heat maps of 1 - IoU-kind and of its gradient norm w.r.t. (x, y, w, h).",
     )
-    p.add_argument("--losses", nargs="+", choices=IOU_KINDS, help="subset of kinds (default: all)")
+    p.add_argument("--kinds", "--losses", dest="kinds", nargs="+", type=_variant, metavar="KIND",
+                   help=KINDS_HELP)
     p.add_argument("--target-size", type=float, nargs=2, default=[2.0, 1.0], metavar=("W", "H"))
     p.add_argument("--pred-size", type=float, nargs=2, default=[1.0, 1.0], metavar=("W", "H"),
                    help="size of the sliding box (default 1 1)")

@@ -1,8 +1,10 @@
-"""The IoU family: one geometric core for IoU, GIoU, DIoU, CIoU, EIoU and SIoU.
+"""The IoU family: one geometric core for IoU, GIoU, DIoU, CIoU, EIoU, SIoU, Wise-IoU and MPDIoU,
+with the Alpha-IoU, Inner-IoU and Focaler-IoU modifiers.
 
-Every variant is the IoU minus a penalty built from the same four quantities — intersection,
-union, enclosing box and centre offset — which :func:`iou_xyxy` computes once and then branches on
-``kind``. :func:`bbox_iou` applies it elementwise (broadcasting), :func:`box_iou` pairwise.
+Every variant is an IoU term minus penalties built from the same quantities — intersection, union,
+enclosing box, centre offset, corners — which :func:`iou_xyxy` computes once and then branches on
+``kind`` (:mod:`detloss.kernels.iou`). :func:`bbox_iou` applies it elementwise (broadcasting),
+:func:`box_iou` pairwise.
 
 Numerics: every denominator carries ``eps`` so that zero-area, identical, concentric and far-apart
 boxes give finite values and finite gradients; widths and heights are clamped at 0, so an inverted
@@ -17,27 +19,93 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from .boxes import BoxFormat, check_boxes, check_format, convert
-from .kernels import IOU_KINDS, fused_iou
+from .boxes import BoxFormat, check_boxes, check_finite, check_format, convert
+from .kernels import IOU_KINDS, Modifiers, fused_iou
+from .kernels.iou import broadcast_shape
 
-IoUKind = Literal["iou", "giou", "diou", "ciou", "eiou", "siou"]
+IoUKind = Literal["iou", "giou", "diou", "ciou", "eiou", "siou", "wiou", "mpdiou"]
 
 
-
-def iou_xyxy(boxes1: Tensor, boxes2: Tensor, kind: str = "iou", eps: float = 1e-7) -> Tensor:
+def iou_xyxy(
+    boxes1: Tensor,
+    boxes2: Tensor,
+    kind: str = "iou",
+    eps: float = 1e-7,
+    *,
+    alpha: float = 1.0,
+    inner_ratio: float | None = None,
+    focaler: tuple[float, float] | None = None,
+    image_size: float | tuple[float, float] | None = None,
+) -> Tensor:
     """Unchecked core: the ``kind`` IoU of broadcastable xyxy boxes ``(..., 4)`` → ``(...)``.
 
-    The library's criteria call this after validating their inputs once; users call
-    :func:`bbox_iou`. It runs the fused kernel of :mod:`detloss.kernels`: the formulas are in
-    :func:`detloss.kernels.iou_forward` (iou, giou, diou, ciou with α constant in the gradient,
-    eiou, siou without arcsin); the backward is hand-derived and keeps only the two box tensors.
+    The library's criteria call this after validating their inputs (and :func:`check_kind` /
+    :func:`check_modifiers` at construction) once; users call :func:`bbox_iou`. It runs the kernel of
+    :mod:`detloss.kernels.iou`; the formulas are in :func:`detloss.kernels.iou_forward`. The keyword
+    modifiers are :func:`bbox_iou`'s; ``image_size`` is used by ``kind="mpdiou"`` only and ignored by
+    the other kinds (so a criterion may always pass its input size).
     """
-    return fused_iou(boxes1, boxes2, kind, eps)
+    mods = Modifiers(
+        float(alpha), inner_ratio, focaler, _image_wh(image_size) if kind == "mpdiou" else None
+    )
+    return fused_iou(boxes1, boxes2, kind, eps, mods=mods)
+
+
+def _image_wh(image_size: float | tuple[float, float] | None) -> tuple[float, float] | None:
+    if image_size is None:
+        return None
+    if isinstance(image_size, (int, float)):
+        return float(image_size), float(image_size)
+    w, h = image_size
+    return float(w), float(h)
 
 
 def check_kind(kind: str) -> None:
     if kind not in IOU_KINDS:
         raise ValueError(f"kind must be one of {IOU_KINDS}, got {kind!r}")
+
+
+def _is_number(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def check_modifiers(
+    kind: str,
+    alpha: float = 1.0,
+    inner_ratio: float | None = None,
+    focaler: tuple[float, float] | None = None,
+    image_size: float | tuple[float, float] | None = None,
+) -> None:
+    """Raise ``ValueError`` naming the argument for an invalid modifier or a conflict of modifiers.
+
+    ``alpha`` > 0; ``inner_ratio`` > 0; ``focaler`` = (d, u) with 0 <= d < u <= 1; at most one of
+    ``alpha != 1``, ``inner_ratio``, ``focaler``, and none with ``kind="wiou"``; ``image_size`` (a
+    number, or (width, height), > 0) required by ``kind="mpdiou"`` and refused by the other kinds.
+    """
+    check_kind(kind)
+    if not (_is_number(alpha) and alpha > 0):
+        raise ValueError(f"alpha must be a finite number > 0, got {alpha!r}")
+    if inner_ratio is not None and not (_is_number(inner_ratio) and inner_ratio > 0):
+        raise ValueError(f"inner_ratio must be a finite number > 0 or None, got {inner_ratio!r}")
+    if focaler is not None:
+        ok = isinstance(focaler, (tuple, list)) and len(focaler) == 2 and all(map(_is_number, focaler))
+        if not (ok and 0 <= focaler[0] < focaler[1] <= 1):
+            raise ValueError(f"focaler must be (d, u) with 0 <= d < u <= 1, got {focaler!r}")
+    active = [n for n, on in (("alpha", alpha != 1), ("inner_ratio", inner_ratio is not None),
+                              ("focaler", focaler is not None)) if on]
+    if len(active) > 1:
+        raise ValueError(f"at most one IoU modifier per call, got {' and '.join(active)}")
+    if kind == "wiou" and active:
+        raise ValueError(f"kind='wiou' takes no modifier, got {active[0]}")
+    if kind == "mpdiou":
+        if image_size is None:
+            raise ValueError("kind='mpdiou' needs image_size=(width, height) in the boxes' units")
+        sizes = (image_size,) if _is_number(image_size) else image_size
+        ok = isinstance(sizes, (tuple, list)) and len(sizes) in (1, 2) and all(map(_is_number, sizes))
+        if not (ok and all(v > 0 for v in sizes)):
+            raise ValueError(f"image_size must be a number or (width, height), each > 0, got {image_size!r}")
+    elif image_size is not None:
+        raise ValueError(f"image_size is only used by kind='mpdiou', got kind={kind!r}")
 
 
 _MIN_EPS = torch.finfo(torch.float32).tiny  # a smaller eps is 0 in float32: 0/0 on zero-area boxes
@@ -59,10 +127,20 @@ def prepare_pair(
     boxes1: Tensor, boxes2: Tensor, fmt: str, validate: bool = True,
     names: tuple[str, str] = ("boxes1", "boxes2"),
 ) -> tuple[Tensor, Tensor]:
-    """Validate two box tensors (errors use ``names``), upcast half precision, convert to xyxy."""
-    check_boxes(names[0], boxes1, finite=validate)
-    check_boxes(names[1], boxes2, finite=validate)
+    """Validate two box tensors (errors use ``names``), upcast half precision, convert to xyxy.
+
+    The finiteness check of both inputs is one sum each and one host sync (NaN and ±Inf make the sum
+    non-finite); the offending index is only searched when it fails.
+    """
+    check_boxes(names[0], boxes1, finite=False)
+    check_boxes(names[1], boxes2, finite=False)
     check_format("fmt", fmt)
+    if validate:
+        acc = torch.float64 if torch.float64 in (boxes1.dtype, boxes2.dtype) else torch.float32
+        total = boxes1.detach().sum(dtype=acc) + boxes2.detach().sum(dtype=acc)
+        if not bool(torch.isfinite(total)):  # a bad value, or finite values whose sum overflowed
+            check_finite(names[0], boxes1)
+            check_finite(names[1], boxes2)
     dtype = torch.promote_types(compute_dtype(boxes1), compute_dtype(boxes2))
     return convert(boxes1.to(dtype), fmt, "xyxy"), convert(boxes2.to(dtype), fmt, "xyxy")
 
@@ -75,38 +153,52 @@ def bbox_iou(
     eps: float = 1e-7,
     *,
     validate: bool = True,
+    alpha: float = 1.0,
+    inner_ratio: float | None = None,
+    focaler: tuple[float, float] | None = None,
+    image_size: float | tuple[float, float] | None = None,
 ) -> Tensor:
     """Elementwise IoU-family similarity of two broadcastable box tensors.
 
     Args:
         boxes1: ``(..., 4)`` boxes, e.g. predictions.
         boxes2: ``(..., 4)`` boxes broadcastable against ``boxes1``, e.g. targets.
-        kind: ``"iou" | "giou" | "diou" | "ciou" | "eiou" | "siou"`` (formulas in :func:`iou_xyxy`).
+        kind: ``"iou" | "giou" | "diou" | "ciou" | "eiou" | "siou" | "wiou" | "mpdiou"`` (formulas
+            in :func:`detloss.kernels.iou_forward`, papers in docs/iou-family.md).
         fmt: box format of both inputs, ``"xyxy" | "xywh" | "cxcywh"``.
         eps: added to every denominator (keeps degenerate boxes finite).
-        validate: check shapes, dtypes and finiteness (one reduction per input); ``False`` skips
-            the value check for pipelines that validated their data already.
+        validate: check shapes, dtypes and finiteness (one reduction and one sync for both inputs);
+            ``False`` skips the value check for pipelines that validated their data already.
+        alpha: Alpha-IoU power (He et al. 2021): iou^α minus each penalty term^α; 1 = the plain kind.
+        inner_ratio: Inner-IoU (Zhang et al. 2023): the IoU term on boxes with the same centres and
+            sides scaled by this ratio; the penalties stay on the original boxes.
+        focaler: Focaler-IoU (d, u): the IoU term clamp((iou − d)/(u − d), 0, 1).
+        image_size: MPDIoU's (width, height) (or one number for a square), in the boxes' units;
+            required by and only allowed with ``kind="mpdiou"``.
+        At most one of ``alpha != 1``, ``inner_ratio``, ``focaler``; none with ``kind="wiou"``.
 
     Returns:
         ``(...)`` tensor of the broadcast shape, in the input dtype. Ranges: iou [0, 1],
-        giou and diou [−1, 1], ciou [−1.5, 1], siou (−2, 1], eiou (−3, 1].
+        giou and diou [−1, 1], ciou [−1.5, 1], siou (−2, 1], eiou (−3, 1], wiou (1 − e, 1],
+        mpdiou [−2, 1] for boxes inside the image.
 
     Example:
         >>> b1 = torch.tensor([0.0, 0.0, 2.0, 2.0]); b2 = torch.tensor([1.0, 1.0, 3.0, 3.0])
         >>> bbox_iou(b1, b2)  # 1 / 7
         tensor(0.1429)
     """
-    check_kind(kind)
+    check_modifiers(kind, alpha, inner_ratio, focaler, image_size)
     check_eps(eps)
     b1, b2 = prepare_pair(boxes1, boxes2, fmt, validate)
     try:
-        torch.broadcast_shapes(b1.shape, b2.shape)
+        broadcast_shape(b1.shape, b2.shape)
     except RuntimeError:
         raise ValueError(
             f"boxes1 {tuple(boxes1.shape)} and boxes2 {tuple(boxes2.shape)} do not broadcast"
         ) from None
     out_dtype = torch.promote_types(boxes1.dtype, boxes2.dtype)
-    return iou_xyxy(b1, b2, kind, eps).to(out_dtype)
+    mods = dict(alpha=alpha, inner_ratio=inner_ratio, focaler=focaler, image_size=image_size)
+    return iou_xyxy(b1, b2, kind, eps, **mods).to(out_dtype)
 
 
 def box_iou(
@@ -117,10 +209,15 @@ def box_iou(
     eps: float = 1e-7,
     *,
     validate: bool = True,
+    alpha: float = 1.0,
+    inner_ratio: float | None = None,
+    focaler: tuple[float, float] | None = None,
+    image_size: float | tuple[float, float] | None = None,
 ) -> Tensor:
     """Pairwise IoU-family similarity: ``(N, 4) × (M, 4)`` → ``(N, M)``.
 
-    The elementwise core over broadcast shapes ``(N, 1, 4)`` and ``(1, M, 4)``.
+    The elementwise core over broadcast shapes ``(N, 1, 4)`` and ``(1, M, 4)``; the keyword modifiers
+    are :func:`bbox_iou`'s.
 
     Example:
         >>> box_iou(torch.zeros(0, 4), torch.tensor([[0.0, 0.0, 1.0, 1.0]])).shape
@@ -131,4 +228,5 @@ def box_iou(
             raise ValueError(f"{name} must have shape (N, 4), got {tuple(b.shape)}")
         if validate:  # here, so a bad value's index is reported in the caller's (N, 4) layout
             check_boxes(name, b)
-    return bbox_iou(boxes1[:, None, :], boxes2[None, :, :], kind, fmt, eps, validate=False)
+    mods = dict(alpha=alpha, inner_ratio=inner_ratio, focaler=focaler, image_size=image_size)
+    return bbox_iou(boxes1[:, None, :], boxes2[None, :, :], kind, fmt, eps, validate=False, **mods)

@@ -1,4 +1,5 @@
-"""Elementwise losses: IoU-family box loss, sigmoid focal loss, smooth L1 with sigma, label smoothing.
+"""Elementwise losses: IoU-family box loss, sigmoid focal loss, GFL's quality focal loss, varifocal
+loss, smooth L1 with sigma, label smoothing.
 
 Every loss takes the same keyword-only ``reduction``, ``weight`` and ``avg_factor`` and hands them to
 one helper, :func:`weight_reduce` (unweighted sums and means of the fused losses are summed inside
@@ -18,8 +19,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .boxes import BoxFormat, check_finite, check_tensor
-from .iou import IoUKind, check_eps, check_kind, compute_dtype, prepare_pair
-from .kernels import fused_focal, fused_iou
+from .iou import IoUKind, _image_wh, check_eps, check_modifiers, compute_dtype, prepare_pair
+from .kernels import Modifiers, fused_focal, fused_iou
+from .kernels.iou import broadcast_shape
 
 Reduction = Literal["none", "mean", "sum"]
 REDUCTIONS: tuple[str, ...] = ("none", "mean", "sum")
@@ -31,17 +33,17 @@ def weight_reduce(
     reduction: Reduction = "mean",
     avg_factor: float | Tensor | None = None,
 ) -> Tensor:
-    """Apply an elementwise ``weight``, then reduce.
+    """Apply an elementwise ``weight``, then reduce (mmdet's ``weight_reduce_loss`` semantics).
 
-    - ``"none"``: the weighted loss, same shape as ``loss``.
-    - ``"sum"``: its sum.
+    - ``"none"``: the weighted loss, same shape as ``loss``; ``avg_factor`` is ignored.
+    - ``"sum"``: its sum; ``avg_factor`` raises ``ValueError`` (a sum has no average).
     - ``"mean"``: its mean, or its sum divided by ``avg_factor`` when given (e.g. the number of
       positives); ``avg_factor`` (a finite number >= 0, or a one-element tensor) is clamped at
       float32's machine epsilon so 0 positives give 0.
       The mean of an empty loss is ``0 * loss.sum()`` (0, still attached to the graph).
 
     ``weight`` must broadcast to ``loss``'s shape without enlarging it (a ``(N, 1)`` weight against a
-    ``(N,)`` loss would silently produce ``(N, N)``). ``avg_factor`` only makes sense with ``"mean"``.
+    ``(N,)`` loss would silently produce ``(N, N)``).
     """
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
@@ -50,8 +52,8 @@ def weight_reduce(
         _check_broadcasts_to("weight", weight, loss.shape, "the loss shape")
         loss = loss * weight
     if avg_factor is not None:
-        if reduction != "mean":
-            raise ValueError(f"avg_factor is only valid with reduction='mean', got {reduction!r}")
+        if reduction == "sum":
+            raise ValueError("avg_factor is not valid with reduction='sum' (use 'mean' or 'none')")
         # a tensor's value is not inspected (that would sync with the device); its shape is
         if isinstance(avg_factor, Tensor):
             if avg_factor.numel() != 1:
@@ -95,7 +97,7 @@ def _fused_reduce(
 def _check_broadcasts_to(name: str, t: Tensor, shape: torch.Size, what: str) -> None:
     """Raise ``ValueError`` unless ``t`` broadcasts to ``shape`` without enlarging it."""
     try:
-        out = torch.broadcast_shapes(shape, t.shape)
+        out = torch.Size(broadcast_shape(shape, t.shape))
     except RuntimeError:
         out = None
     if out != shape:
@@ -113,35 +115,73 @@ def iou_loss(
     weight: Tensor | None = None,
     avg_factor: float | Tensor | None = None,
     validate: bool = True,
+    alpha: float = 1.0,
+    inner_ratio: float | None = None,
+    focaler: tuple[float, float] | None = None,
+    image_size: float | tuple[float, float] | None = None,
 ) -> Tensor:
-    """IoU-family box regression loss: ``1 − bbox_iou(pred, target, kind)``.
+    """IoU-family box regression loss: ``1 − bbox_iou(pred, target, kind, ...)``.
 
     Args:
         pred: ``(..., 4)`` predicted boxes.
         target: ``(..., 4)`` target boxes, broadcastable against ``pred``.
-        kind: ``"iou" | "giou" | "diou" | "ciou" | "eiou" | "siou"``; formulas in
-            :func:`detloss.iou.iou_xyxy`.
+        kind: ``"iou" | "giou" | "diou" | "ciou" | "eiou" | "siou" | "wiou" | "mpdiou"``; formulas
+            in :func:`detloss.kernels.iou_forward` (``"wiou"`` is Wise-IoU v1; v3 is
+            :class:`detloss.nn.WIoULoss`).
         fmt: ``"xyxy" | "xywh" | "cxcywh"``.
         eps: added to every denominator.
         reduction, weight, avg_factor: see :func:`weight_reduce`.
         validate: check the inputs (shape, dtype, finiteness).
+        alpha, inner_ratio, focaler, image_size: the IoU-family modifiers of
+            :func:`detloss.bbox_iou` (Alpha-, Inner-, Focaler-IoU; MPDIoU's image size).
 
     Returns:
         Scalar, or ``(...)`` with ``reduction="none"``; float32 for half-precision inputs.
     """
-    check_kind(kind)
+    check_modifiers(kind, alpha, inner_ratio, focaler, image_size)
     check_eps(eps)
     p, t = prepare_pair(pred, target, fmt, validate, names=("pred", "target"))
     try:
-        shape = torch.broadcast_shapes(p.shape, t.shape)
+        shape = broadcast_shape(p.shape, t.shape)
     except RuntimeError:
         raise ValueError(
             f"pred {tuple(pred.shape)} and target {tuple(target.shape)} do not broadcast"
         ) from None
     count = math.prod(shape[:-1])
+    mods = Modifiers(float(alpha), inner_ratio, focaler, _image_wh(image_size))
     return _fused_reduce(
-        lambda reduce: fused_iou(p, t, kind, eps, True, reduce), count, weight, reduction, avg_factor
+        lambda reduce: fused_iou(p, t, kind, eps, True, reduce, mods), count, weight, reduction, avg_factor
     )
+
+
+def _logits_and_targets(logits: Tensor, targets: Tensor, validate: bool) -> tuple[Tensor, Tensor]:
+    """Check logits and soft targets of one shape; half precision computed in float32.
+
+    ``validate``: logits finite and targets in [0, 1] with one sum, one min/max pass and one host
+    sync (a NaN propagates into the sum and the extrema and fails the comparison); the offending
+    index is only searched on failure.
+    """
+    check_tensor("logits", logits)
+    check_tensor("targets", targets)
+    if not logits.is_floating_point():
+        raise TypeError(f"logits must have a floating dtype, got {logits.dtype}")
+    if targets.shape != logits.shape:
+        raise ValueError(
+            f"targets must have the shape of logits {tuple(logits.shape)}, got {tuple(targets.shape)}"
+        )
+    x = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+    t = targets.to(x.dtype)
+    if validate and x.numel():
+        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+        lo, hi = torch.aminmax(t.detach().flatten())
+        ok = torch.isfinite(x.detach().sum(dtype=acc)) & (lo >= 0) & (hi <= 1)
+        if not bool(ok):
+            check_finite("logits", x)
+            bad = (~((t >= 0) & (t <= 1))).nonzero()
+            if bad.numel():
+                idx = tuple(bad[0].tolist())
+                raise ValueError(f"targets must lie in [0, 1], got {t[idx].item()} at index {idx}")
+    return x, t
 
 
 def sigmoid_focal_loss(
@@ -182,14 +222,6 @@ def sigmoid_focal_loss(
         Scalar, or ``(*)`` with ``reduction="none"``. float16/bfloat16 logits are computed in
         float32: ``1 − p_t`` underflows in half precision and ``exp`` overflows.
     """
-    check_tensor("logits", logits)
-    check_tensor("targets", targets)
-    if not logits.is_floating_point():
-        raise TypeError(f"logits must have a floating dtype, got {logits.dtype}")
-    if targets.shape != logits.shape:
-        raise ValueError(
-            f"targets must have the shape of logits {tuple(logits.shape)}, got {tuple(targets.shape)}"
-        )
     if not (math.isfinite(gamma) and gamma >= 0):
         raise ValueError(f"gamma must be a finite number >= 0, got {gamma}")
     if not (math.isfinite(alpha) and alpha <= 1):
@@ -197,16 +229,7 @@ def sigmoid_focal_loss(
     if pos_weight is not None:
         check_tensor("pos_weight", pos_weight)
         _check_broadcasts_to("pos_weight", pos_weight, logits.shape, "logits")
-    x = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
-    t = targets.to(x.dtype)
-    if validate:
-        check_finite("logits", x)
-        # one min/max pass and one sync on the happy path (a NaN propagates into lo and hi and
-        # fails the comparison); the index is only searched on failure
-        lo, hi = torch.aminmax(t.flatten()) if t.numel() else (0.0, 1.0)
-        if not bool((lo >= 0) & (hi <= 1)):
-            bad = tuple((~((t >= 0) & (t <= 1))).nonzero()[0].tolist())
-            raise ValueError(f"targets must lie in [0, 1], got {t[bad].item()} at index {bad}")
+    x, t = _logits_and_targets(logits, targets, validate)
 
     # One fused pass forward and one backward (detloss.kernels); the BCE inside is written exactly as
     # F.binary_cross_entropy_with_logits computes it, and the tests hold it to that function.
@@ -218,6 +241,84 @@ def sigmoid_focal_loss(
         reduction,
         avg_factor,
     )
+
+
+def quality_focal_loss(
+    logits: Tensor,
+    targets: Tensor,
+    beta: float = 2.0,
+    *,
+    reduction: Reduction = "mean",
+    weight: Tensor | None = None,
+    avg_factor: float | Tensor | None = None,
+    validate: bool = True,
+) -> Tensor:
+    """Quality focal loss (GFL, Li et al. 2020), elementwise, for soft targets y ∈ [0, 1]::
+
+        loss = |y − σ|^β · BCEWithLogits(x, y) = −|y − σ|^β·((1 − y)·log(1 − σ) + y·log σ)
+
+    with σ = sigmoid(x); the gradient flows through |y − σ|^β (as mmdet's). Elementwise: mmdet's
+    ``quality_focal_loss`` sums over the classes afterwards (do ``.sum(-1)`` with
+    ``reduction="none"``, or use ``avg_factor``). y = 0 gives the negatives' σ^β·BCE(x, 0).
+    Plain autograd (three ops forward): no fused kernel needed.
+
+    Args:
+        logits: ``(*)`` raw scores; float16/bfloat16 are computed in float32.
+        targets: ``(*)`` the IoU-quality targets, values in [0, 1].
+        beta: focusing exponent >= 0 (|y − σ| is clamped at float tiny so β < 1 keeps finite
+            gradients where σ = y).
+        reduction, weight, avg_factor: see :func:`weight_reduce`.
+        validate: check logits are finite and targets lie in [0, 1] (one host sync).
+    """
+    if not (math.isfinite(beta) and beta >= 0):
+        raise ValueError(f"beta must be a finite number >= 0, got {beta}")
+    x, t = _logits_and_targets(logits, targets, validate)
+    loss = F.binary_cross_entropy_with_logits(x, t, reduction="none")
+    if beta != 0:
+        loss = loss * (t - torch.sigmoid(x)).abs().clamp(min=torch.finfo(x.dtype).tiny) ** beta
+    return weight_reduce(loss, weight, reduction, avg_factor)
+
+
+def varifocal_loss(
+    logits: Tensor,
+    targets: Tensor,
+    alpha: float = 0.75,
+    gamma: float = 2.0,
+    iou_weighted: bool = True,
+    *,
+    reduction: Reduction = "mean",
+    weight: Tensor | None = None,
+    avg_factor: float | Tensor | None = None,
+    validate: bool = True,
+) -> Tensor:
+    """Varifocal loss (VarifocalNet, Zhang et al. 2021), elementwise, q = targets ∈ [0, 1]::
+
+        q > 0:  q · BCEWithLogits(x, q) = −q·(q·log p + (1 − q)·log(1 − p))   (weight 1, not q,
+                with iou_weighted=False)
+        q = 0:  α·p^γ · BCEWithLogits(x, 0) = −α·p^γ·log(1 − p)
+
+    with p = sigmoid(x); the gradient flows through p^γ (as mmdet's ``varifocal_loss``; RT-DETR's
+    criterion detaches it, see :class:`detloss.criteria.DETRLoss`). Plain autograd.
+
+    Args:
+        logits: ``(*)`` raw scores; float16/bfloat16 are computed in float32.
+        targets: ``(*)`` IoU-aware classification scores in [0, 1] (0 for negatives).
+        alpha: weight of the negatives; gamma: their focusing exponent >= 0 (p is clamped at float
+            tiny so γ < 1 keeps finite gradients at p → 0).
+        iou_weighted: weight the positives by q (True) or by 1.
+        reduction, weight, avg_factor: see :func:`weight_reduce`.
+        validate: check logits are finite and targets lie in [0, 1] (one host sync).
+    """
+    if not (math.isfinite(alpha) and alpha >= 0):
+        raise ValueError(f"alpha must be a finite number >= 0, got {alpha}")
+    if not (math.isfinite(gamma) and gamma >= 0):
+        raise ValueError(f"gamma must be a finite number >= 0, got {gamma}")
+    x, t = _logits_and_targets(logits, targets, validate)
+    p = torch.sigmoid(x)
+    negative = alpha * p.clamp(min=torch.finfo(x.dtype).tiny) ** gamma
+    focal_weight = torch.where(t > 0, t if iou_weighted else 1.0, negative)
+    loss = F.binary_cross_entropy_with_logits(x, t, reduction="none") * focal_weight
+    return weight_reduce(loss, weight, reduction, avg_factor)
 
 
 def smooth_l1_loss(

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
+import torch
 from torch import Tensor, nn
 
 from . import losses
-from .boxes import BoxFormat
-from .iou import IoUKind, check_eps, check_kind
+from .boxes import BoxFormat, check_format
+from .iou import IoUKind, check_eps, check_modifiers, iou_xyxy, prepare_pair
 from .losses import REDUCTIONS, Reduction
 
 
@@ -16,7 +19,8 @@ def _check_reduction(reduction: str) -> None:
 
 
 class IoULoss(nn.Module):
-    """Module form of :func:`detloss.iou_loss`: ``1 − bbox_iou(pred, target, kind)``."""
+    """Module form of :func:`detloss.iou_loss`: ``1 − bbox_iou(pred, target, kind, ...)``, with the
+    IoU-family modifiers ``alpha``, ``inner_ratio``, ``focaler`` and MPDIoU's ``image_size``."""
 
     def __init__(
         self,
@@ -26,13 +30,19 @@ class IoULoss(nn.Module):
         reduction: Reduction = "mean",
         *,
         validate: bool = True,
+        alpha: float = 1.0,
+        inner_ratio: float | None = None,
+        focaler: tuple[float, float] | None = None,
+        image_size: float | tuple[float, float] | None = None,
     ) -> None:
         super().__init__()
-        check_kind(kind)
+        check_modifiers(kind, alpha, inner_ratio, focaler, image_size)
         check_eps(eps)
+        check_format("fmt", fmt)
         _check_reduction(reduction)
         self.kind, self.fmt, self.eps, self.reduction = kind, fmt, eps, reduction
         self.validate = validate
+        self.modifiers = dict(alpha=alpha, inner_ratio=inner_ratio, focaler=focaler, image_size=image_size)
 
     def forward(
         self,
@@ -44,10 +54,79 @@ class IoULoss(nn.Module):
         return losses.iou_loss(
             pred, target, self.kind, self.fmt, self.eps,
             reduction=self.reduction, weight=weight, avg_factor=avg_factor, validate=self.validate,
+            **self.modifiers,
         )
 
     def extra_repr(self) -> str:
-        return f"kind={self.kind!r}, fmt={self.fmt!r}, eps={self.eps}, reduction={self.reduction!r}"
+        mods = "".join(f", {k}={v!r}" for k, v in self.modifiers.items() if v not in (None, 1.0))
+        return f"kind={self.kind!r}, fmt={self.fmt!r}, eps={self.eps}, reduction={self.reduction!r}{mods}"
+
+
+class WIoULoss(nn.Module):
+    """Wise-IoU v3 (Tong et al. 2023): Wise-IoU v1 with dynamic non-monotonic focusing.
+
+    With L = 1 − IoU (plain IoU, detached) and a running mean μ of L (buffer ``iou_mean``, starts at
+    1.0; in training mode, before use, μ ← (1 − m)·μ + m·mean(L) over all elements of the call, no
+    update on an empty call or in eval mode)::
+
+        β = L / μ,   r = β / (δ·α^(β − δ)),   loss = r · (1 − wiou) = r · R·(1 − IoU)
+
+    with R = exp(ρ²/(W_g² + H_g²)*) of :func:`detloss.bbox_iou` ``kind="wiou"``. The paper's
+    momentum is 1 − 0.05^(1/(n·t)) for n batches per epoch and t epochs: pass it as ``momentum``.
+    The gradient flows through Wise-IoU v1 only (β and r are constants of it, as in the paper).
+    """
+
+    iou_mean: Tensor
+
+    def __init__(
+        self,
+        alpha: float = 1.9,
+        delta: float = 3.0,
+        momentum: float = 0.01,
+        fmt: BoxFormat = "xyxy",
+        eps: float = 1e-7,
+        reduction: Reduction = "mean",
+        *,
+        validate: bool = True,
+    ) -> None:
+        super().__init__()
+        for name, v in (("alpha", alpha), ("delta", delta)):
+            if not (math.isfinite(v) and v > 0):
+                raise ValueError(f"{name} must be a finite number > 0, got {v}")
+        if not 0 <= momentum <= 1:
+            raise ValueError(f"momentum must lie in [0, 1], got {momentum}")
+        check_eps(eps)
+        check_format("fmt", fmt)
+        _check_reduction(reduction)
+        self.alpha, self.delta, self.momentum = alpha, delta, momentum
+        self.fmt, self.eps, self.reduction, self.validate = fmt, eps, reduction, validate
+        self.register_buffer("iou_mean", torch.tensor(1.0))
+
+    def forward(
+        self,
+        pred: Tensor,
+        target: Tensor,
+        weight: Tensor | None = None,
+        avg_factor: float | Tensor | None = None,
+    ) -> Tensor:
+        p, t = prepare_pair(pred, target, self.fmt, self.validate, names=("pred", "target"))
+        with torch.no_grad():
+            l_iou = 1.0 - iou_xyxy(p, t, "iou", self.eps)
+            if self.training and l_iou.numel():
+                self.iou_mean.lerp_(l_iou.mean().to(self.iou_mean.dtype), self.momentum)
+            beta = l_iou / self.iou_mean
+            focus = beta / (self.delta * self.alpha ** (beta - self.delta))
+        w = focus if weight is None else focus * weight
+        return losses.iou_loss(
+            p, t, "wiou", "xyxy", self.eps,
+            reduction=self.reduction, weight=w, avg_factor=avg_factor, validate=False,
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"alpha={self.alpha}, delta={self.delta}, momentum={self.momentum}, fmt={self.fmt!r}, "
+            f"eps={self.eps}, reduction={self.reduction!r}"
+        )
 
 
 class SigmoidFocalLoss(nn.Module):
@@ -120,6 +199,71 @@ class SmoothL1Loss(nn.Module):
 
     def extra_repr(self) -> str:
         return f"sigma={self.sigma}, reduction={self.reduction!r}"
+
+
+class QualityFocalLoss(nn.Module):
+    """Module form of :func:`detloss.quality_focal_loss` (GFL's QFL, elementwise)."""
+
+    def __init__(self, beta: float = 2.0, reduction: Reduction = "mean", *, validate: bool = True) -> None:
+        super().__init__()
+        _check_reduction(reduction)
+        if not (math.isfinite(beta) and beta >= 0):
+            raise ValueError(f"beta must be a finite number >= 0, got {beta}")
+        self.beta, self.reduction, self.validate = beta, reduction, validate
+
+    def forward(
+        self,
+        logits: Tensor,
+        targets: Tensor,
+        weight: Tensor | None = None,
+        avg_factor: float | Tensor | None = None,
+    ) -> Tensor:
+        return losses.quality_focal_loss(
+            logits, targets, self.beta,
+            reduction=self.reduction, weight=weight, avg_factor=avg_factor, validate=self.validate,
+        )
+
+    def extra_repr(self) -> str:
+        return f"beta={self.beta}, reduction={self.reduction!r}"
+
+
+class VarifocalLoss(nn.Module):
+    """Module form of :func:`detloss.varifocal_loss` (VarifocalNet's VFL, elementwise)."""
+
+    def __init__(
+        self,
+        alpha: float = 0.75,
+        gamma: float = 2.0,
+        iou_weighted: bool = True,
+        reduction: Reduction = "mean",
+        *,
+        validate: bool = True,
+    ) -> None:
+        super().__init__()
+        _check_reduction(reduction)
+        for name, v in (("alpha", alpha), ("gamma", gamma)):
+            if not (math.isfinite(v) and v >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {v}")
+        self.alpha, self.gamma, self.iou_weighted = alpha, gamma, iou_weighted
+        self.reduction, self.validate = reduction, validate
+
+    def forward(
+        self,
+        logits: Tensor,
+        targets: Tensor,
+        weight: Tensor | None = None,
+        avg_factor: float | Tensor | None = None,
+    ) -> Tensor:
+        return losses.varifocal_loss(
+            logits, targets, self.alpha, self.gamma, self.iou_weighted,
+            reduction=self.reduction, weight=weight, avg_factor=avg_factor, validate=self.validate,
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"alpha={self.alpha}, gamma={self.gamma}, iou_weighted={self.iou_weighted}, "
+            f"reduction={self.reduction!r}"
+        )
 
 
 class DistributionFocalLoss(nn.Module):

@@ -16,7 +16,7 @@ pytest.importorskip("matplotlib")
 pytest.importorskip("tqdm")
 
 from detloss.cli import main  # noqa: E402
-from detloss.iou import iou_xyxy  # noqa: E402
+from detloss.iou import IOU_KINDS, iou_xyxy  # noqa: E402
 from detloss.lab import simulate as S  # noqa: E402
 
 
@@ -151,12 +151,15 @@ def test_autograd_steps_match_the_true_gradient_findings(small_run):
     e0, (auto, _), _ = small_run
     assert e0 == pytest.approx(40 * (456.31 + 343 * 8 / math.pi), rel=0.2)
     final = {k: c[-1] / e0 for k, c in auto.curves.items()}
-    assert set(final) == {"iou", "giou", "diou", "ciou", "eiou", "siou"}
+    assert set(final) == set(IOU_KINDS)
     assert 0.8 < final["iou"] < 0.97
-    for k in ("giou", "diou", "ciou", "eiou", "siou"):
+    for k in ("giou", "diou", "ciou", "eiou", "siou", "wiou"):
         assert final[k] < 0.02, k  # ~0.4-0.7 % at 200+ points; 40 points scatter more
     assert final["giou"] < final["diou"]
-    assert final["eiou"] == min(final.values())
+    assert final["eiou"] == min(final[k] for k in ("iou", "giou", "diou", "ciou", "eiou", "siou"))
+    # MPDIoU's corner terms are normalised by the image diagonal² (20² + 20², the canvas), ~100x the
+    # enclosing box's c² here: a weak pull, between IoU's and the others'
+    assert 0.1 < final["mpdiou"] < final["iou"]
     for res in small_run[1]:
         for k in res.curves:
             assert all(math.isfinite(v) for v in res.curves[k])
@@ -194,3 +197,20 @@ def test_cli_simulate_writes_outputs(tmp_path, capsys):
     data = json.loads((tmp_path / "simulate.json").read_text())
     assert len(data["E"]["autograd"]["siou"]) == 20 and len(data["E"]["paper"]["ciou"]) == 20
     assert all(math.isfinite(v) for curves in data["E"].values() for c in curves.values() for v in c)
+
+
+def test_variants_parse_and_run():
+    v = S.parse_variant("ciou+alpha")
+    assert v.kind == "ciou" and dict(v.modifiers) == {"alpha": 3.0}
+    assert dict(S.parse_variant("siou+focaler=0.1,0.9").modifiers) == {"focaler": (0.1, 0.9)}
+    assert dict(S.parse_variant("giou+inner=1.2").modifiers) == {"inner_ratio": 1.2}
+    for bad in ("dice", "giou+beta", "wiou+alpha", "giou+focaler=0.9,0.1"):
+        with pytest.raises(ValueError):
+            S.parse_variant(bad)
+    box, target = _overlapping_pairs(8, 3)
+    g, _ = S.autograd_step(v, box, target)
+    b = box.clone().requires_grad_(True)
+    loss = (1 - iou_xyxy(S.to_xyxy(b), S.to_xyxy(target), "ciou", alpha=3.0)).sum()
+    assert torch.allclose(g, torch.autograd.grad(loss, b)[0])
+    e0, (auto,), _ = S.run(points=4, kinds=("mpdiou", "giou+inner"), iterations=5, show_progress=False)
+    assert list(auto.curves) == ["mpdiou", "giou+inner"] and all(c[-1] < e0 for c in auto.curves.values())

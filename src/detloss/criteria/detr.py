@@ -347,8 +347,8 @@ def _rtdetr_varifocal(x: Tensor, onehot: Tensor, score: Tensor, alpha: float, ga
     """RT-DETR's varifocal loss, elementwise: BCE-with-logits(x, score) · (α·p^γ·(1 − t) + score),
     t the one-hot of the matched class, score = t·IoU, p = σ(x) detached.
 
-    TODO(merge): detloss.varifocal_loss — differs from VarifocalNet's form there: a matched class with
-    IoU 0 has weight 0 here (VFL gives it the negative term −α·p^γ·log(1 − p)), and p is detached.
+    Not :func:`detloss.varifocal_loss` (VarifocalNet's form): here a matched class with IoU 0 has
+    weight 0 (VFL gives it the negative term −α·p^γ·log(1 − p)), and p is detached in the weight.
     """
     p = x.detach().sigmoid()
     weight = alpha * p**gamma * (1 - onehot) + score

@@ -6,10 +6,11 @@ Two sweeps around a fixed target (centre (0, 0), ``--target-size``):
 - *scale*: the predicted box, centred at ``--scale-offset``, takes widths and heights from 1/4 to 4
   times the target's (log axes).
 
-For each kind, ``L = 1 − iou_xyxy(pred, target, kind)`` and ``‖∂L/∂(x, y, w, h)‖₂`` (autograd) are
-drawn as heat maps, one column per kind, value on the top row, gradient magnitude below. The table
-in the terminal gives the share of each sweep where the gradient vanishes (< 1e−6): the plateau
-where a loss gives a box no direction to move.
+For each kind or variant (``kind+modifier``, :func:`detloss.lab.simulate.parse_variant`; MPDIoU's
+image is the swept square), ``L = 1 − iou_xyxy(pred, target, kind, **modifiers)`` and
+``‖∂L/∂(x, y, w, h)‖₂`` (autograd) are drawn as heat maps, one column per kind, value on the top
+row, gradient magnitude below. The table in the terminal gives the share of each sweep where the
+gradient vanishes (< 1e−6): the plateau where a loss gives a box no direction to move.
 """
 
 from __future__ import annotations
@@ -21,16 +22,21 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ..iou import IOU_KINDS, iou_xyxy
-from .simulate import to_xyxy
+from .simulate import Variant, parse_variant, to_xyxy, variants
 
 FLAT = 1e-6  # gradient norms below this count as a plateau
 
 
-def evaluate(kind: str, boxes: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
-    """Loss ``1 − kind-IoU`` and its gradient norm w.r.t. (x, y, w, h) for boxes ``(..., 4)`` (x, y, w, h)."""
+def evaluate(
+    kind: str | Variant, boxes: Tensor, target: Tensor, image_size: tuple[float, float] = (8.0, 8.0)
+) -> tuple[Tensor, Tensor]:
+    """Loss ``1 − kind-IoU`` and its gradient norm w.r.t. (x, y, w, h) for boxes ``(..., 4)`` (x, y, w, h).
+
+    ``kind``: a kind or variant name, or a :class:`Variant`; ``image_size``: MPDIoU's.
+    """
+    variant = kind if isinstance(kind, Variant) else parse_variant(kind)
     boxes = boxes.detach().requires_grad_(True)
-    loss = 1.0 - iou_xyxy(to_xyxy(boxes), to_xyxy(target), kind)
+    loss = 1.0 - variant.iou(to_xyxy(boxes), to_xyxy(target), image_size)
     (grad,) = torch.autograd.grad(loss.sum(), boxes)  # a sum: every box gets its own gradient
     return loss.detach(), grad.norm(dim=-1)
 
@@ -84,17 +90,20 @@ def plot_sweep(
 
 
 def main(args: argparse.Namespace) -> int:
-    kinds = tuple(args.losses) if args.losses else IOU_KINDS
+    chosen = variants(tuple(args.kinds) if args.kinds else None)
+    kinds = [v.name for v in chosen]
     target = torch.tensor([0.0, 0.0, *args.target_size], dtype=torch.float64)
     out = Path(args.out)
     shift_boxes, axis = shift_grid(tuple(args.pred_size), args.range, args.grid)
     scale_boxes, ratio = scale_grid(tuple(args.target_size), tuple(args.scale_offset), args.grid)
-    shift = {k: evaluate(k, shift_boxes, target) for k in kinds}
-    scale = {k: evaluate(k, scale_boxes, target) for k in kinds}
+    side = 2 * args.range + max(*args.target_size, *args.pred_size)  # the swept square: MPDIoU's image
+    shift = {v.name: evaluate(v, shift_boxes, target, (side, side)) for v in chosen}
+    scale = {v.name: evaluate(v, scale_boxes, target, (side, side)) for v in chosen}
 
     print(f"target (x, y, w, h) = {target.tolist()}; grid {args.grid}×{args.grid}")
+    width = max(6, *(len(k) for k in kinds))
     print(
-        f"{'kind':6} {'shift: loss range':>20} {'max |grad|':>11} {'flat %':>7}   "
+        f"{'kind':{width}} {'shift: loss range':>20} {'max |grad|':>11} {'flat %':>7}   "
         f"{'scale: loss range':>20} {'max |grad|':>11} {'flat %':>7}"
     )
     for k in kinds:
@@ -102,7 +111,7 @@ def main(args: argparse.Namespace) -> int:
         for v, g in (shift[k], scale[k]):
             flat = 100.0 * float((g < FLAT).double().mean())
             cells.append(f"{float(v.min()):9.3f}…{float(v.max()):<9.3f} {float(g.max()):11.4g} {flat:7.1f}")
-        print(f"{k:6} {cells[0]}   {cells[1]}")
+        print(f"{k:{width}} {cells[0]}   {cells[1]}")
     print(f"flat % = share of the sweep with |grad| < {FLAT:g}: no direction to move the box")
 
     r = args.range

@@ -12,8 +12,11 @@ and the error is E(t) = Σ_cases |x − x_gt| + |y − y_gt| + |w − w_gt| + |h
 
 Two kinds of step:
 
-- ``autograd``: ∇_B L is the true gradient of ``L = 1 − iou_xyxy(B, B_gt, kind)`` (detloss's one
-  implementation of every IoU-family formula), for iou, giou, diou, ciou, eiou and siou.
+- ``autograd``: ∇_B L is the true gradient of ``L = 1 − iou_xyxy(B, B_gt, kind, **modifiers)``
+  (detloss's one implementation of every IoU-family formula), for every kind — iou, giou, diou,
+  ciou, eiou, siou, wiou (Wise-IoU v1), mpdiou (image = the 20 × 20 canvas around (10, 10)) — and
+  the modifiers, named ``kind+alpha[=3]``, ``kind+inner[=0.8]``, ``kind+focaler[=0,0.95]``
+  (:func:`parse_variant`).
 - ``paper``: the update directions the authors wrote by hand in their MATLAB script (``dIOU.m``,
   ``dGIOU.m``, ``dDIOU.m``, ``dCIOU.m``), re-derived here for iou, giou, diou and ciou. They are what
   makes Fig. 3(b); see :func:`paper_direction` for where they differ from the true gradients.
@@ -32,7 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..iou import IOU_KINDS, iou_xyxy
+from ..iou import IOU_KINDS, check_modifiers, iou_xyxy
 
 STEP_KINDS = ("autograd", "paper")
 PAPER_KINDS = ("iou", "giou", "diou", "ciou")  # the losses the script has hand-written directions for
@@ -41,6 +44,51 @@ AREAS = (0.5, 0.67, 0.75, 1.0, 1.33, 1.5, 2.0)  # anchor areas (× target area 1
 CENTRE = 10.0
 RADIUS = 3.0
 MIN_SIDE = 1e-3  # floor on w, h after an autograd step; never reached in practice, keeps every loss finite
+CANVAS = (2 * CENTRE, 2 * CENTRE)  # MPDIoU's image: every box of the experiment lies in [0, 20]²
+
+# defaults of the modifiers when a variant names none: the papers' usual choices
+MODIFIER_DEFAULTS: dict[str, object] = {"alpha": 3.0, "inner": 0.8, "focaler": (0.0, 0.95)}
+_MODIFIER_KEYWORDS = {"alpha": "alpha", "inner": "inner_ratio", "focaler": "focaler"}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """An IoU-family loss of the lab: a kind and at most one modifier (the keywords of ``iou_xyxy``)."""
+
+    name: str
+    kind: str
+    modifiers: tuple[tuple[str, object], ...] = ()
+
+    def iou(self, pred: Tensor, target: Tensor, image_size: tuple[float, float] = CANVAS) -> Tensor:
+        """The variant's value of xyxy boxes (``image_size``: MPDIoU's, ignored by the other kinds)."""
+        return iou_xyxy(pred, target, self.kind, image_size=image_size, **dict(self.modifiers))
+
+
+def parse_variant(text: str) -> Variant:
+    """``"ciou"``, ``"ciou+alpha"``, ``"ciou+alpha=2"``, ``"giou+inner=1.2"``, ``"siou+focaler=0.1,0.9"``.
+
+    Raises ``ValueError`` for an unknown kind or modifier, or a modifier the kind does not take.
+    """
+    kind, _, mod = text.partition("+")
+    modifiers: tuple[tuple[str, object], ...] = ()
+    if mod:
+        name, _, value = mod.partition("=")
+        if name not in _MODIFIER_KEYWORDS:
+            raise ValueError(f"unknown modifier {name!r} in {text!r}; known: {', '.join(_MODIFIER_KEYWORDS)}")
+        if not value:
+            parsed: object = MODIFIER_DEFAULTS[name]
+        elif name == "focaler":
+            parsed = tuple(float(v) for v in value.split(","))
+        else:
+            parsed = float(value)
+        modifiers = ((_MODIFIER_KEYWORDS[name], parsed),)
+    check_modifiers(kind, **dict(modifiers), image_size=CANVAS if kind == "mpdiou" else None)
+    return Variant(text, kind, modifiers)
+
+
+def variants(names: tuple[str, ...] | None) -> list[Variant]:
+    """The named variants, or every plain kind."""
+    return [parse_variant(n) for n in (names or IOU_KINDS)]
 
 
 @dataclass
@@ -96,8 +144,9 @@ def to_xyxy(b: Tensor) -> Tensor:
     return torch.stack([x - w / 2, y - h / 2, x + w / 2, y + h / 2], -1)
 
 
-def autograd_step(kind: str, box: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
-    """True gradient of ``L = 1 − kind-IoU`` w.r.t. (x, y, w, h), per case, and the plain IoU.
+def autograd_step(kind: str | Variant, box: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    """True gradient of ``L = 1 − kind-IoU`` (a kind or a :class:`Variant`) w.r.t. (x, y, w, h), per
+    case, and the plain IoU.
 
     The per-case losses are summed, so each case gets its own loss's gradient (a mean would divide
     every step by the batch size).
@@ -105,7 +154,8 @@ def autograd_step(kind: str, box: Tensor, target: Tensor) -> tuple[Tensor, Tenso
     box = box.detach().requires_grad_(True)
     pred = to_xyxy(box)
     gt = to_xyxy(target)
-    loss = (1.0 - iou_xyxy(pred, gt, kind)).sum()
+    variant = kind if isinstance(kind, Variant) else parse_variant(kind)
+    loss = (1.0 - variant.iou(pred, gt)).sum()
     (grad,) = torch.autograd.grad(loss, box)
     with torch.no_grad():
         iou = iou_xyxy(pred, gt, "iou")
@@ -196,7 +246,7 @@ def paper_direction(kind: str, box: Tensor, target: Tensor) -> tuple[Tensor, Ten
 
 
 def _regress(
-    kind: str, step: str, box: Tensor, target: Tensor, etas: list[float], curve: Tensor, bar: Any
+    kind: Variant, step: str, box: Tensor, target: Tensor, etas: list[float], curve: Tensor, bar: Any
 ) -> Tensor:
     """Run T updates on a batch of cases ``(n, 343, 4)``, adding E(t) to ``curve`` (T,); returns the boxes."""
     for t, eta in enumerate(etas):
@@ -205,7 +255,7 @@ def _regress(
             box = box - eta * (2 - iou)[..., None] * grad
             box = torch.cat([box[..., :2], box[..., 2:].clamp(min=MIN_SIDE)], -1)
         else:
-            direction, iou = paper_direction(kind, box, target)
+            direction, iou = paper_direction(kind.kind, box, target)
             box = box + eta * (2 - iou)[..., None] * direction  # the script adds the similarity's direction
         curve[t] += (box - target).abs().sum(dtype=torch.float64)
         bar.update(1)
@@ -226,7 +276,10 @@ def run(
     centres, anchors, targets = make_cases(points, seed, dtype)
     e0 = float((anchors.double() - targets.double()).abs().sum())
     etas = step_sizes(iterations)
-    plan = [(s, k) for s in steps for k in (kinds or IOU_KINDS) if s == "autograd" or k in PAPER_KINDS]
+    plan = [
+        (s, v) for s in steps for v in variants(kinds)
+        if s == "autograd" or (v.kind in PAPER_KINDS and not v.modifiers)
+    ]
     batches = [slice(i, min(i + batch_points, points)) for i in range(0, points, batch_points)]
     from ._util import progress
 
@@ -235,16 +288,16 @@ def run(
     results = {s: SimResult(s) for s in steps}
     with bar:
         for step, kind in plan:
-            bar.set_postfix_str(f"{step} {kind}")
+            bar.set_postfix_str(f"{step} {kind.name}")
             start = time.perf_counter()
             curve = torch.zeros(iterations, dtype=torch.float64)
             finals = []
             for sl in batches:
                 box = _regress(kind, step, anchors[sl], targets, etas, curve, bar)
                 finals.append((box - targets).abs().sum((-1, -2), dtype=torch.float64))
-            results[step].curves[kind] = curve.tolist()
-            results[step].final_per_point[kind] = torch.cat(finals)
-            results[step].seconds[kind] = time.perf_counter() - start
+            results[step].curves[kind.name] = curve.tolist()
+            results[step].final_per_point[kind.name] = torch.cat(finals)
+            results[step].seconds[kind.name] = time.perf_counter() - start
     return e0, [results[s] for s in steps], centres
 
 
@@ -252,15 +305,16 @@ def format_table(e0: float, result: SimResult) -> str:
     """The final-error table: E(t) at the paper's read-out times, E(T)/E(0), seconds."""
     T = len(next(iter(result.curves.values())))
     marks = sorted({t for t in (1, 10, 20, 40, 80, 160, 180, T) if t <= T})
+    width = max(6, *(len(k) + 1 for k in result.curves))
     head = (
-        f"{'loss':6}"
+        f"{'loss':{width}}"
         + "".join(f"{'E(' + str(t) + ')':>11}" for t in marks)
         + f"{'E(T)/E(0)':>11}{'seconds':>9}"
     )
     lines = [f"step: {result.step}   E(0) = {e0:.4g}", head]
     for kind, curve in result.curves.items():
         row = "".join(f"{curve[t - 1]:11.4g}" for t in marks)
-        lines.append(f"{kind:6}{row}{curve[-1] / e0:11.4g}{result.seconds[kind]:9.1f}")
+        lines.append(f"{kind:{width}}{row}{curve[-1] / e0:11.4g}{result.seconds[kind]:9.1f}")
     return "\n".join(lines)
 
 
@@ -271,7 +325,17 @@ _COLOURS = {
     "ciou": "tab:red",
     "eiou": "tab:purple",
     "siou": "tab:brown",
+    "wiou": "tab:pink",
+    "mpdiou": "tab:olive",
 }
+_STYLES = {"": "-", "alpha": (0, (5, 1)), "inner": (0, (1, 1)), "focaler": (0, (3, 1, 1, 1))}
+
+
+def _line(name: str, step: str) -> tuple[str, object]:
+    """Colour by kind; line style by modifier (autograd) or dashed (paper)."""
+    kind, _, mod = name.partition("+")
+    style = _STYLES.get(mod.partition("=")[0], "-") if step == "autograd" else "--"
+    return _COLOURS.get(kind, "tab:gray"), style
 
 
 def plot_curves(e0: float, results: list[SimResult], path: Path) -> Path:
@@ -281,10 +345,10 @@ def plot_curves(e0: float, results: list[SimResult], path: Path) -> Path:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for res in results:
-        style = "-" if res.step == "autograd" else "--"
         for kind, curve in res.curves.items():
             label = f"{kind.upper() if kind != 'iou' else 'IoU'} ({res.step})"
-            ax.plot(range(1, len(curve) + 1), curve, style, color=_COLOURS[kind], label=label)
+            colour, style = _line(kind, res.step)
+            ax.plot(range(1, len(curve) + 1), curve, ls=style, color=colour, label=label)
     ax.axhline(e0, color="grey", lw=0.8, ls=":", label="E(0)")
     ax.set_yscale("log")
     ax.set_xlabel("iteration t")
@@ -318,7 +382,7 @@ def plot_maps(centres: Tensor, result: SimResult, path: Path) -> Path:
 
 def main(args: argparse.Namespace) -> int:
     steps = STEP_KINDS if args.step == "both" else (args.step,)
-    kinds = tuple(args.losses) if args.losses else None
+    kinds = tuple(args.kinds) if args.kinds else None
     dtype = torch.float64 if args.dtype == "float64" else torch.float32
     print(
         f"{args.points} points × 343 = {args.points * 343:,} cases, T = {args.iterations}, "

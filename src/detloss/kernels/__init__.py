@@ -1,0 +1,33 @@
+"""The fused kernels: one geometric core for the IoU family and the sigmoid focal loss.
+
+Plain eager PyTorch keeps every intermediate of these formulas (intersection, union, enclosing box,
+centre offset, atan terms, sigmoid, ...) as a full-size tensor for the backward pass. Here each loss
+has one documented forward formula and, where it pays, a ``torch.autograd.Function`` whose backward
+is written out by hand and keeps only the inputs. One file per family, the geometry once:
+
+- :mod:`.geometry`: corners, overlap, enclosing box, centre offset, and their adjoints;
+- :mod:`.iou`: the IoU family (kinds and modifiers) on that geometry, :func:`fused_iou`;
+- :mod:`.focal`: the sigmoid focal loss, :func:`fused_focal`;
+- :mod:`.runtime`: eager or ``torch.compile`` (:func:`set_compile`), cache-sized blocks.
+
+There is one implementation of each formula; the plain autograd references the kernels are tested
+against live in the tests (``tests/test_fused.py``), not in the package.
+"""
+
+from .focal import focal_forward, focal_value_and_grad, fused_focal
+from .iou import IOU_KINDS, PLAIN, Modifiers, fused_iou, iou_backward, iou_forward
+from .runtime import compile_enabled, set_compile
+
+__all__ = [
+    "IOU_KINDS",
+    "PLAIN",
+    "Modifiers",
+    "compile_enabled",
+    "focal_forward",
+    "focal_value_and_grad",
+    "fused_focal",
+    "fused_iou",
+    "iou_backward",
+    "iou_forward",
+    "set_compile",
+]
