@@ -276,7 +276,7 @@ def test_one_host_round_trip_and_no_other_sync(preset, monkeypatch):
         crit(logits, boxes, targets).total.backward()
     assert c.syncs == 0, c.sync_ops
     assert calls == [(3, 4, 10, 4)]  # every layer's blocks, each image's own targets, in one transfer
-    assert c.ops < 450, c.by_name.most_common(10)
+    assert c.ops < 480, c.by_name.most_common(10)
     l2, b2, t2 = make(preset, L=6, B=8, Q=10, counts=(2, 0, 4, 1) * 2, dtype=torch.float32, seed=9)
     with OpCounter() as big:
         crit(l2, b2, t2).total.backward()

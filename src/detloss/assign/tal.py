@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..kernels import FOUR_OVER_PI2
+from ..kernels.iou import FOUR_OVER_PI2
 
 PAIR_BLOCK = 1 << 21  # (B, m_block, A) elements per block: 8 MB per float32 temporary
 INSIDE_EPS = 1e-9  # an anchor centre must lie more than this inside the box
