@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -12,7 +12,7 @@ from torch import Tensor
 from ..assign import best_iou_with, gather_at_cells
 from ..boxes import check_tensor, convert
 from ..codecs import decode_yolo, decode_yolo_grid
-from ..iou import iou_xyxy
+from ..iou import check_modifiers, iou_xyxy
 from ..losses import weight_reduce
 
 
@@ -171,3 +171,19 @@ def yolo_best_iou(
     with torch.no_grad():  # the background / ignore masks are constants of the loss
         dense = convert(decode_yolo_grid(view, anchors, stride), "cxcywh", "xyxy")
         return best_iou_with(dense.flatten(1, 3), boxes, keep, fill).view(view.shape[:4])
+
+
+IOU_MODIFIERS = ("alpha", "inner_ratio", "focaler")
+
+
+def iou_options(iou_kind: str, iou_modifiers: Mapping[str, object] | None) -> dict[str, object]:
+    """Check a criterion's box-loss IoU (``iou_kind`` and the keyword modifiers of
+    :func:`detloss.bbox_iou`: ``alpha``, ``inner_ratio``, ``focaler``) and return the modifiers as
+    keyword arguments for :func:`detloss.iou.iou_xyxy`. ``kind="mpdiou"``'s image size is the
+    criterion's input size, known only in ``forward``."""
+    mods = dict(iou_modifiers or {})
+    unknown = sorted(set(mods) - set(IOU_MODIFIERS))
+    if unknown:
+        raise ValueError(f"iou_modifiers: unknown key(s) {unknown}; allowed: {', '.join(IOU_MODIFIERS)}")
+    check_modifiers(iou_kind, **mods, image_size=1.0 if iou_kind == "mpdiou" else None)
+    return mods

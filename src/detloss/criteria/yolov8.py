@@ -25,9 +25,9 @@ from ..assign import PaddedTargets, pad_targets, task_aligned_assign
 from ..boxes import check_tensor
 from ..codecs import decode_distances
 from ..distributed import global_count
-from ..iou import compute_dtype, iou_xyxy
+from ..iou import IoUKind, compute_dtype, iou_xyxy
 from ..losses import dfl_from_log_probs
-from .common import LossResult, positive_ints
+from .common import LossResult, iou_options, positive_ints
 
 _CIOU_EPS = 1e-7
 
@@ -76,6 +76,9 @@ class YOLOv8Loss(nn.Module):
         topk, alpha, beta: task-aligned assigner (top-k anchors per box, metric s^α · CIoU^β).
         min_side: box sides below it are widened to it for the candidate test only; ``None`` = the
             second stride (the first if there is one scale), as 8.4.190; 0 = the older behaviour.
+        iou_kind, iou_modifiers: the box loss's IoU (option; default the original's CIoU): any kind of
+            :func:`detloss.bbox_iou` and its keyword modifiers as a dict, e.g. ``{"alpha": 3.0}``;
+            ``"mpdiou"`` takes the input size as its image size. The assigner keeps CIoU.
         validate: check targets (finite, positive size, class range) in :func:`detloss.assign.pad_targets`.
         reduce_across_ranks: under DistributedDataParallel, S becomes max(Σ_ranks Σ ŝ, 1) / world size
             (:func:`detloss.distributed.global_count`), so DDP's gradient average equals the
@@ -106,6 +109,8 @@ class YOLOv8Loss(nn.Module):
         alpha: float = 0.5,
         beta: float = 6.0,
         min_side: float | None = None,
+        iou_kind: IoUKind = "ciou",
+        iou_modifiers: Mapping[str, object] | None = None,
         validate: bool = True,
         reduce_across_ranks: bool = False,
     ) -> None:
@@ -126,6 +131,7 @@ class YOLOv8Loss(nn.Module):
             min_side = self.strides[1] if len(self.strides) > 1 else self.strides[0]
         if not min_side >= 0:
             raise ValueError(f"min_side must be >= 0, got {min_side!r}")
+        self.iou_kind, self.iou_modifiers = iou_kind, iou_options(iou_kind, iou_modifiers)
         self.num_classes = num_classes
         self.gains = {"box": float(box), "cls": float(cls), "dfl": float(dfl)}
         self.alpha, self.beta, self.min_side = float(alpha), float(beta), float(min_side)
@@ -167,6 +173,7 @@ class YOLOv8Loss(nn.Module):
     ) -> LossResult:
         padded_in = isinstance(targets, PaddedTargets)
         sizes = self._check_heads(preds, targets.boxes.shape[0] if padded_in else len(targets))
+        image_size = (sizes[0][1] * self.strides[0], sizes[0][0] * self.strides[0])  # (w, h) pixels
         dtype = compute_dtype(preds[0])  # fp16/bf16 heads: the loss is computed in float32
         device = preds[0].device
         padded = (
@@ -218,7 +225,12 @@ class YOLOv8Loss(nn.Module):
         logits = dist_logits.gather(2, idx.unsqueeze(1).expand(-1, 4 * r, -1))  # (B, 4·r, P)
         logits = logits.view(bsz, 4, r, cap).permute(0, 3, 1, 2)  # (B, P, 4, r)
         pred_boxes = decode_distances(logits, pts)  # (B, P, 4) xyxy, grid units
-        box = ((1.0 - iou_xyxy(pred_boxes, target, "ciou", _CIOU_EPS)) * w).sum()
+        if self.iou_kind == "mpdiou":  # its corner distances over the input size: in pixels
+            iou = iou_xyxy(pred_boxes * st, target * st, "mpdiou", _CIOU_EPS, image_size=image_size,
+                           **self.iou_modifiers)
+        else:
+            iou = iou_xyxy(pred_boxes, target, self.iou_kind, _CIOU_EPS, **self.iou_modifiers)
+        box = ((1.0 - iou) * w).sum()
         ltrb = torch.cat((pts - target[..., :2], target[..., 2:] - pts), -1)
         ltrb = ltrb.clamp(0.0, r - 1 - 0.01)  # keeps i + 1 a valid bin: the original's clamp
         dfl = (dfl_from_log_probs(F.log_softmax(logits, dim=-1), ltrb).mean(-1) * w).sum()
