@@ -12,6 +12,7 @@ from .ssd import PRIOR_IGNORED, PRIOR_NEGATIVE, hard_negative_mask, match_priors
 from .targets import PaddedTargets, pad_targets
 from .yolo import (
     YoloAssignment,
+    YOLOv5Candidates,
     YOLOv5Matches,
     best_iou_with,
     build_yolov3_targets,
@@ -19,12 +20,14 @@ from .yolo import (
     build_yolov5_targets,
     gather_at_cells,
     resolve_collisions,
+    yolov5_candidates,
 )
 
 __all__ = [
     "PRIOR_IGNORED",
     "PRIOR_NEGATIVE",
     "PaddedTargets",
+    "YOLOv5Candidates",
     "YOLOv5Matches",
     "YoloAssignment",
     "best_iou_with",
@@ -36,4 +39,5 @@ __all__ = [
     "match_priors",
     "pad_targets",
     "resolve_collisions",
+    "yolov5_candidates",
 ]

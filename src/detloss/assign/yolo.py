@@ -318,6 +318,116 @@ class YOLOv5Matches:
     winner: Tensor
 
 
+@dataclass
+class YOLOv5Candidates:
+    """Every possible YOLOv5 match of every scale, fixed-size: ``(S, G, A, N)`` candidates for S scales,
+    G = 5 offset groups, A anchors and N = B·M padded targets (image-major), in the original's write
+    order (group → anchor → target) within each scale.
+
+    Attributes:
+        valid: ``(S, G, A, N)`` bool, the candidate is a match of ``build_targets``.
+        winner: ``(S, G, A, N)`` bool, a valid match written last to its (image, anchor, cell).
+        slot: ``(S, G, A, N)`` int64 index of the candidate's cell in the objectness planes of all
+            scales flattened and concatenated (each ``(B, A, H, W)``); ``num_slots`` where not valid.
+        num_slots: ``Σ_s B·A·H_s·W_s``.
+        plane: ``(A, N)`` int64 ``image · A + anchor``, the head plane the candidate reads.
+        gj, gi: ``(S, G, 1, N)`` int64 cell row and column, clamped to the grid.
+        box: ``(S, G, 1, N, 4)`` cxcywh target in grid units: centre minus the UNclamped cell, w, h.
+        anchors: ``(S, 1, A, 1, 2)`` anchor (w, h) in grid units.
+        labels: ``(N,)`` int64 class ids.
+    """
+
+    valid: Tensor
+    winner: Tensor
+    slot: Tensor
+    num_slots: int
+    plane: Tensor
+    gj: Tensor
+    gi: Tensor
+    box: Tensor
+    anchors: Tensor
+    labels: Tensor
+
+
+def yolov5_candidates(
+    targets: PaddedTargets,
+    anchors: Tensor,
+    strides: Sequence[float],
+    grids: Sequence[tuple[int, int]],
+    anchor_t: float = 4.0,
+    offset: float = 0.5,
+) -> YOLOv5Candidates:
+    """YOLOv5 target assignment of all scales at once over fixed-size candidates (no host sync).
+
+    Steps (``build_targets`` of ComputeLoss), on every scale s in grid units (pixels / stride):
+
+    1. A box matches anchor ``a`` when ``max(r, 1/r) < anchor_t`` for both r = w/a_w and r = h/a_h.
+    2. Each match goes to its own cell and to up to two neighbours: left if ``frac(x) < g`` and
+       ``x > 1``, up likewise in y, right if ``frac(W − x) < g`` and ``W − x > 1``, down likewise
+       (g = ``offset``). The cell is ``trunc(centre − offset)`` (``.long()``), clamped to the grid
+       for indexing; the box target keeps the unclamped cell.
+    3. The original writes the objectness target match by match, group by group, anchor by anchor,
+       target by target in batch order, so the last valid candidate on an (image, anchor, cell) is
+       the ``winner``: a scatter-``amax`` of the write-order index (PyTorch's index_put with duplicate
+       indices promises no order).
+
+    Args:
+        targets: padded xyxy boxes in input pixels, ``(B, M, 4)``, with labels and mask.
+        anchors: ``(S, A, 2)`` anchor (w, h) in grid units of each scale.
+        strides: S input pixels per cell. grids: S grid sizes ``(H, W)``.
+        anchor_t: the anchor ratio threshold (strict ``<``).
+        offset: g, the neighbour-cell offset.
+    """
+    bsz, m = targets.mask.shape
+    num_scales, num_anchors = anchors.shape[:2]
+    n = bsz * m
+    dt, dev = targets.boxes.dtype, targets.boxes.device
+    st = torch.tensor(strides, dtype=dt, device=dev).view(-1, 1, 1)
+    size = torch.tensor([[w, h] for h, w in grids], dtype=dt, device=dev)[:, None]  # (S, 1, 2) (W, H)
+    grid_box = convert(targets.boxes.reshape(1, n, 4), "xyxy", "cxcywh") / st  # (S, N, 4)
+    gxy, gwh = grid_box[..., :2], grid_box[..., 2:]
+
+    r = gwh[:, None] / anchors[:, :, None]  # (S, A, N, 2)
+    fits = (torch.maximum(r, 1.0 / r).amax(-1) < anchor_t) & targets.mask.reshape(1, 1, n)
+
+    gxi = size - gxy  # distance to the right / bottom edge
+    near = (gxy % 1 < offset) & (gxy > 1)  # (S, N, 2): left, up
+    far = (gxi % 1 < offset) & (gxi > 1)  # right, down
+    groups = torch.cat((torch.ones_like(near[..., :1]), near, far), -1).transpose(1, 2)  # (S, G, N)
+    valid = groups[:, :, None] & fits[:, None]  # (S, G, A, N)
+
+    off = torch.tensor(_YOLOV5_OFFSETS, dtype=dt, device=dev).view(1, -1, 1, 1, 2) * offset
+    centre = gxy[:, None, None]  # (S, 1, 1, N, 2)
+    gij = (centre - off).long()  # (S, G, 1, N, 2), truncation toward zero as the original
+    cell = torch.minimum(gij.clamp(min=0), size.long()[:, None, None] - 1)
+    gi, gj = cell[..., 0], cell[..., 1]
+
+    image = torch.arange(n, device=dev) // max(m, 1)
+    plane = image * num_anchors + torch.arange(num_anchors, device=dev)[:, None]  # (A, N)
+    sizes = [bsz * num_anchors * h * w for h, w in grids]
+    start = torch.tensor([sum(sizes[:i]) for i in range(num_scales)], device=dev).view(-1, 1, 1, 1)
+    width = size[..., 0].long().view(-1, 1, 1, 1)
+    slot = start + (plane * (size[..., 1].long().view(-1, 1, 1, 1)) + gj) * width + gi  # (S, G, A, N)
+    write_order = torch.arange(valid.numel(), device=dev).view(valid.shape)
+    spare = sum(sizes)  # invalid candidates write to a slot past the last
+    slot = slot.masked_fill(~valid, spare)
+    last = torch.full((spare + 1,), -1, dtype=torch.int64, device=dev)
+    last = last.scatter_reduce(0, slot.view(-1), write_order.view(-1), reduce="amax")
+    winner = valid & (last[slot] == write_order)
+    return YOLOv5Candidates(
+        valid=valid,
+        winner=winner,
+        slot=slot,
+        num_slots=spare,
+        plane=plane,
+        gj=gj,
+        gi=gi,
+        box=torch.cat((centre - gij, gwh[:, None, None].expand_as(centre - gij)), -1),
+        anchors=anchors[:, None, :, None],
+        labels=targets.labels.reshape(-1),
+    )
+
+
 def build_yolov5_targets(
     targets: PaddedTargets,
     anchors: Tensor,
@@ -326,20 +436,9 @@ def build_yolov5_targets(
     anchor_t: float = 4.0,
     offset: float = 0.5,
 ) -> YOLOv5Matches:
-    """YOLOv5 target assignment for one scale, vectorised over the batch.
-
-    Steps (``build_targets`` of ComputeLoss):
-
-    1. In grid units (pixels / stride) a box matches anchor ``a`` when
-       ``max(r, 1/r) < anchor_t`` for both r = w/a_w and r = h/a_h.
-    2. Each match goes to its own cell and to up to two neighbours: left if ``frac(x) < g`` and
-       ``x > 1``, up likewise in y, right if ``frac(W − x) < g`` and ``W − x > 1``, down likewise
-       (g = ``offset``). The cell is ``trunc(centre − offset)`` (``.long()``), clamped to the grid
-       for indexing; the box target keeps the unclamped cell.
-    3. Matches are listed group by group, anchor by anchor, target by target in batch order —
-       the order in which the original writes the objectness target, so the last match on an
-       (image, anchor, cell) is marked ``winner`` (scatter-max of the sequence number: PyTorch's
-       index_put with duplicate indices promises no order).
+    """The matches of one scale as a list, in the original's order (offset group → anchor → target):
+    :func:`yolov5_candidates` compressed to its valid candidates (a host sync: inspection and tests;
+    :class:`detloss.YOLOv5Loss` works on the fixed-size candidates).
 
     Args:
         targets: padded xyxy boxes in input pixels, ``(B, M, 4)``, with labels and mask.
@@ -349,38 +448,18 @@ def build_yolov5_targets(
         anchor_t: the anchor ratio threshold (strict ``<``).
         offset: g, the neighbour-cell offset.
     """
-    bsz, m = targets.mask.shape
-    num_anchors = anchors.shape[0]
-    h, w = grid_size
-    cxcywh = convert(targets.boxes.reshape(bsz * m, 4), "xyxy", "cxcywh") / stride  # (N, 4)
-    gxy, gwh = cxcywh[:, :2], cxcywh[:, 2:]
-
-    r = gwh[None] / anchors[:, None]  # (A, N, 2)
-    fits = torch.maximum(r, 1.0 / r).amax(2) < anchor_t  # (A, N)
-    fits &= targets.mask.reshape(1, -1)
-
-    gxi = gxy.new_tensor([w, h]) - gxy  # distance to the right / bottom edge
-    near = (gxy % 1 < offset) & (gxy > 1)  # (N, 2): left, up
-    far = (gxi % 1 < offset) & (gxi > 1)  # (N, 2): right, down
-    groups = torch.stack((torch.ones_like(near[:, 0]), near[:, 0], near[:, 1], far[:, 0], far[:, 1]))
-    group, anchor, t = (groups[:, None, :] & fits[None]).nonzero(as_tuple=True)  # row-major order
-
-    off = gxy.new_tensor(_YOLOV5_OFFSETS) * offset
-    centre = gxy[t]
-    gij = (centre - off[group]).long()  # truncation toward zero, as the original
-    gi, gj = gij[:, 0].clamp(0, w - 1), gij[:, 1].clamp(0, h - 1)
-    batch = t // m
-
-    cell = ((batch * num_anchors + anchor) * h + gj) * w + gi
-    every = torch.ones_like(cell, dtype=torch.bool)
-    owner, _ = resolve_collisions(cell[None], every[None], bsz * num_anchors * h * w)
+    c = yolov5_candidates(targets, anchors[None], (stride,), (grid_size,), anchor_t, offset)
+    _, g, a, n = c.valid.shape
+    group, anchor, t = c.valid[0].nonzero(as_tuple=True)
+    m = targets.mask.shape[1]
+    box = c.box[0].expand(g, a, n, 4)
     return YOLOv5Matches(
-        batch=batch,
+        batch=t // max(m, 1),
         anchor=anchor,
-        gj=gj,
-        gi=gi,
-        box=torch.cat((centre - gij, gwh[t]), 1),
-        labels=targets.labels.reshape(-1)[t],
+        gj=c.gj[0, group, 0, t],
+        gi=c.gi[0, group, 0, t],
+        box=box[group, anchor, t],
+        labels=c.labels[t],
         anchors=anchors[anchor],
-        winner=owner[0] == torch.arange(cell.shape[0], device=cell.device),
+        winner=c.winner[0, group, anchor, t],
     )
