@@ -37,7 +37,9 @@ class YoloAssignment:
             holds its slot at the end (itself if it is the winner); -1 for the others.
         cell: ``(B, M, S, 2)`` int64 cell ``(gx, gy)`` written on each scale.
         held: ``(B, M, S)`` bool, the boxes scale s compares predictions with in the ignore test.
-        responsible: per scale ``(B, A, H, W)`` bool, the slots holding a box.
+        occupied: ``(B, Σ_s A·H_s·W_s)`` bool, the slots holding a box, scale after scale, each
+            ``(A, H, W)`` flattened (the order of the heads' objectness planes).
+        grids: the S grid sizes ``(H, W)``.
     """
 
     boxes: Tensor
@@ -46,7 +48,15 @@ class YoloAssignment:
     owner: Tensor
     cell: Tensor
     held: Tensor
-    responsible: list[Tensor]
+    occupied: Tensor
+    grids: tuple[tuple[int, int], ...]
+
+    @property
+    def responsible(self) -> list[Tensor]:
+        """Per scale ``(B, A, H, W)`` bool, the slots holding a box (views of ``occupied``)."""
+        b, a = self.assigned.shape[0], self.assigned.shape[3]
+        sizes = [a * h * w for h, w in self.grids]
+        return [r.view(b, a, h, w) for r, (h, w) in zip(self.occupied.split(sizes, 1), self.grids, strict=True)]
 
 
 def resolve_collisions(slot: Tensor, assigned: Tensor, num_slots: int) -> tuple[Tensor, Tensor]:
@@ -117,7 +127,8 @@ def best_iou_with(pred: Tensor, boxes: Tensor, keep: Tensor, fill: float, eps: f
     """Best IoU of every predicted box with the kept boxes of the same image (no gradient).
 
     Args:
-        pred: ``(B, P, 4)`` xyxy. boxes: ``(B, M, 4)`` xyxy with positive area. keep: ``(B, M)`` bool.
+        pred: ``(B, P, 4)`` xyxy. boxes: ``(B, M, 4)`` xyxy with positive area.
+        keep: ``(B, M)`` bool, or ``(B, P, M)`` to keep different boxes for different predictions.
         fill: the value for an image without kept boxes.
         eps: added to the union (0 = the originals' plain ``inter / union``; the target boxes have
             positive area, so the union is positive).
@@ -129,7 +140,7 @@ def best_iou_with(pred: Tensor, boxes: Tensor, keep: Tensor, fill: float, eps: f
         if boxes.shape[1] == 0:
             return pred.new_full(pred.shape[:2], fill)
         iou = iou_xyxy(pred[:, :, None, :], boxes[:, None, :, :], "iou", eps)  # (B, P, M)
-        return iou.masked_fill(~keep[:, None, :], fill).amax(-1)
+        return iou.masked_fill(~(keep[:, None, :] if keep.dim() == 2 else keep), fill).amax(-1)
 
 
 def _check_centres(boxes: Tensor, mask: Tensor, input_size: tuple[int, int]) -> None:
@@ -164,10 +175,7 @@ def _finish_yolo_assignment(
     winner = owner == torch.arange(m * s * a, device=dev).view(m, s, a)
     if held is None:  # the boxes still held by a responsible slot after overwriting
         held = winner.any(-1)
-    responsible = [
-        r.view(b, a, h, w) for r, (h, w) in zip(occupied.split(sizes, dim=1), grids, strict=True)
-    ]
-    return YoloAssignment(boxes, assigned, winner, owner, cell, held, responsible)
+    return YoloAssignment(boxes, assigned, winner, owner, cell, held, occupied, tuple(map(tuple, grids)))
 
 
 def build_yolov3_targets(

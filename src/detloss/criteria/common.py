@@ -11,7 +11,7 @@ from torch import Tensor
 
 from ..assign import best_iou_with, gather_at_cells
 from ..boxes import check_tensor, convert
-from ..codecs import decode_yolo, decode_yolo_grid
+from ..codecs import decode_yolo, yolo_grid
 from ..iou import iou_xyxy
 from ..losses import weight_reduce
 
@@ -122,52 +122,95 @@ def anchor_table(anchors: object, num_scales: int) -> tuple[tuple[tuple[float, f
     )
 
 
-def yolo_held_terms(
-    view: Tensor,
+def class_targets(labels: Tensor, num_classes: int, smoothing: float, dtype: torch.dtype) -> Tensor:
+    """``(*, C)`` smoothed one-hot ``onehot·(1 − ε) + ε/C`` of checked class ids, without a host sync
+    (``F.one_hot`` and :func:`detloss.smooth_labels` read the ids to check them)."""
+    onehot = (labels[..., None] == torch.arange(num_classes, device=labels.device)).to(dtype)
+    return onehot * (1.0 - smoothing) + smoothing / num_classes if smoothing else onehot
+
+
+@dataclass
+class YoloTerms:
+    """The per-criterion sums of YOLOv3/v4 over all scales at once.
+
+    Attributes:
+        obj_logit: ``(B, P)`` objectness logits of all scales, P = Σ_s A·H_s·W_s, in slot order.
+        best_iou: ``(B, P)`` best IoU of each decoded prediction with the boxes its scale compares
+            with (no gradient), ``fill`` where there are none.
+        box, cls: scalar sums over the responsible slots.
+    """
+
+    obj_logit: Tensor
+    best_iou: Tensor
+    box: Tensor
+    cls: Tensor
+
+
+def yolo_terms(
+    views: Sequence[Tensor],
     cell: Tensor,
     win: Tensor,
     anchors: Tensor,
-    stride: int,
+    strides: Sequence[int],
     target: Tensor,
     box_scale: Tensor,
     cls_target: Tensor,
+    held: Tensor,
+    held_boxes: Tensor,
     iou_kind: str,
     iou_eps: float,
+    fill: float,
     unit: Tensor | float = 1.0,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """One scale's box and class sums at the responsible slots, shared by YOLOv3 and YOLOv4.
-
-    The head is decoded with gradient only at each box's cell (a sparse gather, not the whole head)::
+) -> YoloTerms:
+    """The box and class sums at the responsible slots and the dense best IoU, shared by YOLOv3 and
+    YOLOv4: one gather per head, then one decode, one IoU and one BCE over the slots of all scales::
 
         box = Σ win · box_scale · (1 − IoU_kind(decode(t) · unit, target))
         cls = Σ win · Σ_c BCE(t_c, cls_target)
+        best_iou = max over the held boxes of IoU(decode(t), box)      (dense, pixels, no gradient)
+
+    The head is decoded with gradient only at each box's cell (a sparse gather, not the whole head).
 
     Args:
-        view: ``(B, A, H, W, 5 + C)`` head view. cell: ``(B, M, 2)`` int64 ``(gx, gy)``.
-        win: ``(B, M, A)`` weight of each (box, anchor) slot (1 where the box holds it).
-        anchors: ``(A, 2)`` pixels. target: ``(B, M, 1, 4)`` xyxy, in the units ``unit`` gives.
-        box_scale: ``(B, M, 1)``. cls_target: broadcastable to ``(B, M, A, C)``.
-
-    Returns:
-        The objectness plane ``(B, A, H, W)`` (with gradient) and the scalar box and class sums.
+        views: S head views ``(B, A, H, W, 5 + C)``. cell: ``(B, M, S, 2)`` int64 ``(gx, gy)``.
+        win: ``(B, M, S, A)`` weight of each (box, scale, anchor) slot (1 where the box holds it).
+        anchors: ``(S, A, 2)`` pixels. strides: S. target: ``(B, M, 1, 1, 4)`` xyxy, in ``unit``\ s.
+        box_scale: ``(B, M, 1, 1)``. cls_target: broadcastable to ``(B, M, S, A, C)``.
+        held: ``(B, M, S)`` bool, the boxes each scale's best IoU compares with; held_boxes:
+            ``(B, M, 4)`` xyxy pixels.
+        fill: best IoU where a scale holds no box of the image.
     """
-    head = view.permute(0, 1, 4, 2, 3)  # (B, A, 5 + C, H, W), the memory order of the raw head
-    obj_logit, raw = gather_at_cells(head, cell)  # (B, A, H, W), (B, M, A, 5 + C)
-    pred = convert(decode_yolo(raw, cell[:, :, None].to(raw.dtype), anchors, stride), "cxcywh", "xyxy")
+    dev, dtype = views[0].device, views[0].dtype
+    st = torch.tensor(strides, dtype=dtype, device=dev).view(-1, 1, 1)  # (S, 1, 1)
+    planes, rows = [], []
+    for s, v in enumerate(views):  # the heads are separate tensors: one gather each
+        obj, r = gather_at_cells(v.permute(0, 1, 4, 2, 3), cell[:, :, s])  # (B, A, H, W), (B, M, A, K)
+        planes.append(obj.flatten(1))
+        rows.append(r)
+    raw = torch.stack(rows, 2)  # (B, M, S, A, 5 + C)
+    pred = convert(decode_yolo(raw, cell[..., None, :].to(dtype), anchors, st), "cxcywh", "xyxy")
     iou = iou_xyxy(pred * unit, target, iou_kind, iou_eps)
     box = weight_reduce(1.0 - iou, win * box_scale, "sum")
     logits = raw[..., 5:]
-    bce = F.binary_cross_entropy_with_logits(logits, cls_target.expand_as(logits), reduction="none")
-    return obj_logit, box, weight_reduce(bce.sum(-1), win, "sum")
-
-
-def yolo_best_iou(
-    view: Tensor, anchors: Tensor, stride: int, boxes: Tensor, keep: Tensor, fill: float
-) -> Tensor:
-    """Best IoU of every decoded prediction of a head with the kept boxes of its image, no gradient.
-
-    Returns ``(B, A, H, W)``; ``fill`` where an image keeps no box.
-    """
+    cls = F.binary_cross_entropy_with_logits(
+        logits, cls_target.expand_as(logits), win[..., None], reduction="sum"
+    )
     with torch.no_grad():  # the background / ignore masks are constants of the loss
-        dense = convert(decode_yolo_grid(view, anchors, stride), "cxcywh", "xyxy")
-        return best_iou_with(dense.flatten(1, 3), boxes, keep, fill).view(view.shape[:4])
+        dense, offset, anchor, stride, scale = [], [], [], [], []
+        for s, v in enumerate(views):
+            _, a, h, w, _ = v.shape
+            dense.append(v[..., :4].reshape(v.shape[0], -1, 4))
+            offset.append(yolo_grid(h, w, dtype=dtype, device=dev).expand(a, h, w, 2).reshape(-1, 2))
+            anchor.append(anchors[s].view(a, 1, 1, 2).expand(a, h, w, 2).reshape(-1, 2))
+            scale.append(a * h * w)
+        p_scale = torch.repeat_interleave(
+            torch.arange(len(views), device=dev), torch.tensor(scale, device=dev), output_size=sum(scale)
+        )
+        boxes = convert(
+            decode_yolo(torch.cat(dense, 1), torch.cat(offset), torch.cat(anchor), st.view(-1)[p_scale, None]),
+            "cxcywh",
+            "xyxy",
+        )
+        keep = held.transpose(1, 2)[:, p_scale]  # (B, P, M)
+        best = best_iou_with(boxes, held_boxes, keep, fill)
+    return YoloTerms(torch.cat(planes, 1), best, box, cls)
