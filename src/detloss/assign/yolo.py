@@ -224,8 +224,8 @@ def build_yolov3_targets(
 
     positive = iou > anchor_iou_thresh
     none = ~positive.flatten(2).any(-1)  # (B, M): no anchor of any scale passes
-    best = iou.flatten(2).argmax(-1)  # first on ties
-    fallback = torch.nn.functional.one_hot(best, s * a).view(b, m, s, a).bool() & none[..., None, None]
+    best = iou.flatten(2).argmax(-1, keepdim=True)  # first on ties
+    fallback = (torch.arange(s * a, device=boxes.device) == best).view(b, m, s, a) & none[..., None, None]
     assigned = (positive | fallback) & mask[..., None, None]
 
     cell = cell.long()

@@ -174,7 +174,8 @@ def yolo_terms(
     Args:
         views: S head views ``(B, A, H, W, 5 + C)``. cell: ``(B, M, S, 2)`` int64 ``(gx, gy)``.
         win: ``(B, M, S, A)`` weight of each (box, scale, anchor) slot (1 where the box holds it).
-        anchors: ``(S, A, 2)`` pixels. strides: S. target: ``(B, M, 1, 1, 4)`` xyxy, in ``unit``\ s.
+        anchors: ``(S, A, 2)`` pixels. strides: S.
+        target: ``(B, M, 1, 1, 4)`` xyxy, in the units ``unit`` gives.
         box_scale: ``(B, M, 1, 1)``. cls_target: broadcastable to ``(B, M, S, A, C)``.
         held: ``(B, M, S)`` bool, the boxes each scale's best IoU compares with; held_boxes:
             ``(B, M, 4)`` xyxy pixels.
