@@ -36,8 +36,16 @@ Targets = list[dict[str, Tensor]]
 
 aten = torch.ops.aten
 _SYNC_PACKETS = {
-    aten._local_scalar_dense, aten.nonzero, aten.masked_select, aten.is_nonzero, aten.equal,
-    aten.unique_consecutive, aten.unique_dim, aten._unique, aten._unique2, aten.bincount,
+    aten._local_scalar_dense,
+    aten.nonzero,
+    aten.masked_select,
+    aten.is_nonzero,
+    aten.equal,
+    aten.unique_consecutive,
+    aten.unique_dim,
+    aten._unique,
+    aten._unique2,
+    aten.bincount,
     aten.masked_scatter,
 }
 _INDEX_PACKETS = {aten.index, aten.index_put, aten.index_put_, aten._index_put_impl_}
@@ -148,7 +156,9 @@ class CriterionCase:
 
     name: str
     build: Callable[[bool], nn.Module]
-    inputs: Callable[[torch.Generator, Sequence[int], torch.dtype, torch.device | str], tuple[list[Tensor], Targets]]
+    inputs: Callable[
+        [torch.Generator, Sequence[int], torch.dtype, torch.device | str], tuple[list[Tensor], Targets]
+    ]
     ops_target: int
 
 
@@ -189,14 +199,24 @@ def default_cases() -> list[CriterionCase]:
     priors = ssd300_priors()
     v4, tiny = PRESETS["yolov4"][2], PRESETS["tiny"][2]
     return [
-        CriterionCase("YOLOv3Loss 416", lambda v: YOLOv3Loss(80, validate=v), _yolo_inputs(416, (8, 16, 32), 3, 80), 687),
         CriterionCase(
-            "YOLOv4Loss yolov4 416", lambda v: YOLOv4Loss(80, "yolov4", validate=v), _yolo_inputs(416, v4, 3, 80), 738
+            "YOLOv3Loss 416", lambda v: YOLOv3Loss(80, validate=v), _yolo_inputs(416, (8, 16, 32), 3, 80), 687
         ),
         CriterionCase(
-            "YOLOv4Loss tiny 416", lambda v: YOLOv4Loss(80, "tiny", validate=v), _yolo_inputs(416, tiny, 3, 80), 516
+            "YOLOv4Loss yolov4 416",
+            lambda v: YOLOv4Loss(80, "yolov4", validate=v),
+            _yolo_inputs(416, v4, 3, 80),
+            738,
         ),
-        CriterionCase("YOLOv5Loss 640", lambda v: YOLOv5Loss(80, validate=v), _yolo_inputs(640, (8, 16, 32), 3, 80), 424),
+        CriterionCase(
+            "YOLOv4Loss tiny 416",
+            lambda v: YOLOv4Loss(80, "tiny", validate=v),
+            _yolo_inputs(416, tiny, 3, 80),
+            516,
+        ),
+        CriterionCase(
+            "YOLOv5Loss 640", lambda v: YOLOv5Loss(80, validate=v), _yolo_inputs(640, (8, 16, 32), 3, 80), 424
+        ),
         CriterionCase(
             "SSDLoss 8732", lambda v: SSDLoss(20, priors, validate=v), _ssd_inputs(priors.shape[0], 20), 116
         ),
@@ -224,7 +244,9 @@ def fwd_bwd(crit: Callable, preds: list[Tensor], targets: Targets) -> Tensor:
     return loss.detach(), grads
 
 
-def count(case: CriterionCase, validate: bool = False, counts: Sequence[int] = (BOXES_PER_IMAGE,)) -> OpCounter:
+def count(
+    case: CriterionCase, validate: bool = False, counts: Sequence[int] = (BOXES_PER_IMAGE,)
+) -> OpCounter:
     """Ops and syncs of one fwd+bwd (after one warm-up call, so lazy set-up is not counted)."""
     crit = case.build(validate)
     preds, targets = case.inputs(torch.Generator().manual_seed(0), counts)

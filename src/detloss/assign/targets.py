@@ -102,7 +102,7 @@ def pad_targets(
     keep = mask[..., None]
     flat = torch.cat([b.to(dtype=dtype, device=device) for b in boxes])
     out_boxes = torch.where(keep, flat[source], 0.0)
-    out_labels = torch.where(mask, torch.cat(labels).to(device=device, dtype=torch.int64)[source], 0)
+    out_labels = torch.cat(labels).to(device=device, dtype=torch.int64)[source] * mask
     return PaddedTargets(out_boxes, out_labels, mask)
 
 

@@ -56,7 +56,8 @@ class YoloAssignment:
         """Per scale ``(B, A, H, W)`` bool, the slots holding a box (views of ``occupied``)."""
         b, a = self.assigned.shape[0], self.assigned.shape[3]
         sizes = [a * h * w for h, w in self.grids]
-        return [r.view(b, a, h, w) for r, (h, w) in zip(self.occupied.split(sizes, 1), self.grids, strict=True)]
+        parts = self.occupied.split(sizes, 1)
+        return [r.view(b, a, h, w) for r, (h, w) in zip(parts, self.grids, strict=True)]
 
 
 def resolve_collisions(slot: Tensor, assigned: Tensor, num_slots: int) -> tuple[Tensor, Tensor]:

@@ -13,6 +13,7 @@ from ..assign import best_iou_with, gather_at_cells
 from ..boxes import check_tensor, convert
 from ..codecs import decode_yolo, yolo_grid
 from ..iou import iou_xyxy
+from ..kernels import fused_focal
 from ..losses import weight_reduce
 
 
@@ -129,6 +130,20 @@ def class_targets(labels: Tensor, num_classes: int, smoothing: float, dtype: tor
     return onehot * (1.0 - smoothing) + smoothing / num_classes if smoothing else onehot
 
 
+def focal_sum(
+    logits: Tensor,
+    target: Tensor,
+    weight: Tensor,
+    alpha: float,
+    gamma: float,
+    pos_weight: Tensor | None = None,
+) -> Tensor:
+    """``Σ weight · BCE(logits, target; pos_weight) · α_t · (1 − p_t)^γ`` (:func:`detloss.sigmoid_focal_loss`
+    without its argument checks, which the criteria ran at construction: the checks branch on the
+    float hyper-parameters, which ``torch.compile(dynamic=True)`` traces as symbols)."""
+    return weight_reduce(fused_focal(logits, target, pos_weight, alpha, gamma), weight, "sum")
+
+
 @dataclass
 class YoloTerms:
     """The per-criterion sums of YOLOv3/v4 over all scales at once.
@@ -197,7 +212,7 @@ def yolo_terms(
         logits, cls_target.expand_as(logits), win[..., None], reduction="sum"
     )
     with torch.no_grad():  # the background / ignore masks are constants of the loss
-        dense, offset, anchor, stride, scale = [], [], [], [], []
+        dense, offset, anchor, scale = [], [], [], []
         for s, v in enumerate(views):
             _, a, h, w, _ = v.shape
             dense.append(v[..., :4].reshape(v.shape[0], -1, 4))
@@ -207,10 +222,9 @@ def yolo_terms(
         p_scale = torch.repeat_interleave(
             torch.arange(len(views), device=dev), torch.tensor(scale, device=dev), output_size=sum(scale)
         )
+        stride = st.view(-1)[p_scale, None]
         boxes = convert(
-            decode_yolo(torch.cat(dense, 1), torch.cat(offset), torch.cat(anchor), st.view(-1)[p_scale, None]),
-            "cxcywh",
-            "xyxy",
+            decode_yolo(torch.cat(dense, 1), torch.cat(offset), torch.cat(anchor), stride), "cxcywh", "xyxy"
         )
         keep = held.transpose(1, 2)[:, p_scale]  # (B, P, M)
         best = best_iou_with(boxes, held_boxes, keep, fill)

@@ -153,7 +153,7 @@ class SSDLoss(nn.Module):
         else:
             labels = matched.new_zeros(bsz, num_priors)
             offsets = loc.new_zeros(bsz, num_priors, 4)
-        cls_t = torch.where(positive, labels, 0)
+        cls_t = labels * positive
         loc_t = torch.where(positive[..., None], offsets, 0.0)  # non-positive rows may hold log(0)
 
         # 3. hard negatives by the predicted background probability

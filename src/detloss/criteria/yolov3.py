@@ -5,14 +5,21 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..assign import build_yolov3_targets, pad_targets
 from ..distributed import global_count
 from ..iou import IoUKind, check_eps, check_kind, compute_dtype
-from ..losses import sigmoid_focal_loss, weight_reduce
-from .common import LossResult, anchor_table, check_unit, class_targets, positive_ints, split_yolo_heads, yolo_terms
+from .common import (
+    LossResult,
+    anchor_table,
+    check_unit,
+    class_targets,
+    focal_sum,
+    positive_ints,
+    split_yolo_heads,
+    yolo_terms,
+)
 
 #: The standard COCO anchors (input pixels), three per scale for strides 8, 16, 32.
 COCO_ANCHORS: tuple[tuple[tuple[int, int], ...], ...] = (
@@ -139,10 +146,7 @@ class YOLOv3Loss(nn.Module):
         resp = asg.occupied  # (B, P): all scales' slots
         background = ~resp & (terms.best_iou < self.iou_loss_thresh)
         t = resp.to(dtype)
-        conf = sigmoid_focal_loss(
-            terms.obj_logit, t, self.obj_alpha, self.obj_gamma, reduction="none", validate=False
-        )
-        obj = weight_reduce(conf, t + background.to(dtype), "sum")
+        obj = focal_sum(terms.obj_logit, t, t + background.to(dtype), self.obj_alpha, self.obj_gamma)
         box, cls = terms.box, terms.cls
 
         parts = {"box": box, "obj": obj, "cls": cls}

@@ -11,8 +11,7 @@ from torch import Tensor, nn
 from ..assign import build_yolov4_targets, pad_targets
 from ..distributed import global_count
 from ..iou import IoUKind, check_eps, check_kind, compute_dtype
-from ..losses import sigmoid_focal_loss, weight_reduce
-from .common import LossResult, positive_ints, split_yolo_heads, yolo_terms
+from .common import LossResult, focal_sum, positive_ints, split_yolo_heads, yolo_terms
 
 #: name → (anchors in input pixels, anchor mask per scale, strides); scale order = preds order.
 PRESETS: dict[str, tuple[tuple[tuple[int, int], ...], tuple[tuple[int, ...], ...], tuple[int, ...]]] = {
@@ -187,10 +186,7 @@ class YOLOv4Loss(nn.Module):
         )
         t = asg.occupied.to(dtype)  # (B, P): all scales' slots
         ignore = terms.best_iou < self.ignore_thresh  # an image without boxes: all True
-        conf = sigmoid_focal_loss(
-            terms.obj_logit, t, self.obj_alpha, self.obj_gamma, reduction="none", validate=False
-        )
-        obj = weight_reduce(conf, t + (1.0 - t) * ignore.to(dtype), "sum")
+        obj = focal_sum(terms.obj_logit, t, t + (1.0 - t) * ignore.to(dtype), self.obj_alpha, self.obj_gamma)
         box, cls = terms.box, terms.cls
         # N = Σ_s max(#responsible slots of scale s, 1); every occupied slot has exactly one winner
         per_scale = asg.winner.sum((0, 1, 3)).to(dtype)

@@ -27,8 +27,7 @@ from ..boxes import convert
 from ..codecs import decode_yolov5
 from ..distributed import global_count
 from ..iou import compute_dtype, iou_xyxy
-from ..losses import sigmoid_focal_loss
-from .common import LossResult, anchor_table, positive_ints, split_yolo_heads
+from .common import LossResult, anchor_table, focal_sum, positive_ints, split_yolo_heads
 
 YOLOV5_ANCHORS: tuple[tuple[tuple[float, float], ...], ...] = (
     ((10, 13), (16, 30), (33, 23)),
@@ -175,10 +174,7 @@ class YOLOv5Loss(nn.Module):
         """``Σ weight · BCE-with-logits``, or YOLOv5's FocalLoss wrapper around it when fl_gamma > 0."""
         pw = logits.new_tensor([pos_weight])
         if self.fl_gamma > 0:
-            return sigmoid_focal_loss(
-                logits, target, _FOCAL_ALPHA, self.fl_gamma, pos_weight=pw, weight=weight,
-                reduction="sum", validate=False,
-            )
+            return focal_sum(logits, target, weight, _FOCAL_ALPHA, self.fl_gamma, pw)
         return F.binary_cross_entropy_with_logits(logits, target, weight, pos_weight=pw, reduction="sum")
 
     def forward(self, preds: Sequence[Tensor], targets: Sequence[Mapping[str, Tensor]]) -> LossResult:
@@ -198,7 +194,8 @@ class YOLOv5Loss(nn.Module):
 
         # box: per scale the mean of 1 − CIoU over its matches (0 without matches)
         pbox = decode_yolov5(rows[..., :4], cand.anchors)  # cxcywh, grid units, own cell
-        ciou = iou_xyxy(convert(pbox, "cxcywh", "xyxy"), convert(cand.box, "cxcywh", "xyxy"), "ciou", _CIOU_EPS)
+        tbox = convert(cand.box, "cxcywh", "xyxy")
+        ciou = iou_xyxy(convert(pbox, "cxcywh", "xyxy"), tbox, "ciou", _CIOU_EPS)
         valid = cand.valid.to(dtype)
         n = global_count(valid.sum((1, 2, 3)), self.reduce_across_ranks)  # (S,) matches per scale
         per_match = (valid / torch.where(n > 0, n, 1.0).view(-1, 1, 1, 1)).to(dtype)
@@ -209,12 +206,12 @@ class YOLOv5Loss(nn.Module):
         if self.gr < 1:
             score = (1.0 - self.gr) + self.gr * score
         spare = cand.num_slots
-        tobj = torch.zeros(spare + 1, dtype=dtype, device=dev).scatter_(
-            0, torch.where(cand.winner, cand.slot, spare).reshape(-1), torch.where(cand.winner, score, 0.0).reshape(-1)
-        )[:spare]
+        slot = torch.where(cand.winner, cand.slot, spare).reshape(-1)  # the others: a spare slot
+        tobj = torch.zeros(spare + 1, dtype=dtype, device=dev)
+        tobj = tobj.scatter_(0, slot, torch.where(cand.winner, score, 0.0).reshape(-1))[:spare]
         sizes = [p.shape[0] * num_anchors * h * w for p, (h, w) in zip(preds, grids, strict=True)]
-        per_cell = torch.tensor([b / max(s, 1) for b, s in zip(self.balance, sizes, strict=True)], dtype=dtype)
-        per_cell = per_cell.to(dev).repeat_interleave(torch.tensor(sizes, device=dev), output_size=spare)
+        per_cell = [b / max(s, 1) for b, s in zip(self.balance, sizes, strict=True)]
+        per_cell = torch.tensor(per_cell, dtype=dtype, device=dev).repeat_interleave(torch.tensor(sizes, device=dev), output_size=spare)
         lobj = self._bce(obj_logits, tobj, self.obj_pw, per_cell)
 
         # classes: per scale the mean over matches × classes of BCE(t_cls, cp/cn one-hot)
