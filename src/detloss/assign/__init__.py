@@ -19,6 +19,7 @@ from .yolo import (
     build_yolov4_targets,
     build_yolov5_targets,
     gather_at_cells,
+    gather_head,
     resolve_collisions,
     yolov5_candidates,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "build_yolov4_targets",
     "build_yolov5_targets",
     "gather_at_cells",
+    "gather_head",
     "hard_negative_mask",
     "match_priors",
     "pad_targets",

@@ -120,7 +120,12 @@ def gather_at_cells(head: Tensor, cell: Tensor, obj_channel: int = 4) -> tuple[T
     bi = torch.arange(b, device=dev).view(b, 1, 1)
     ai = torch.arange(a, device=dev).view(1, 1, a)
     base = (bi * a + ai) * (k * h * w) + cell[..., 1:2] * w + cell[..., 0:1]  # (B, M, A)
-    flat_index = base[..., None] + torch.arange(k, device=dev) * (h * w)  # (B, M, A, K)
+    return gather_head(head, base[..., None] + torch.arange(k, device=dev) * (h * w), obj_channel)
+
+
+def gather_head(head: Tensor, flat_index: Tensor, obj_channel: int = 4) -> tuple[Tensor, Tensor]:
+    """The objectness plane ``(B, A, H, W)`` of a head ``(B, A, K, H, W)`` and its values at
+    ``flat_index`` (any shape, indices into the head's contiguous memory); one gradient buffer."""
     return _HeadAtCells.apply(head, obj_channel, flat_index)
 
 

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..assign import best_iou_with, gather_at_cells
+from ..assign import best_iou_with, gather_head
 from ..boxes import check_tensor, convert
 from ..codecs import decode_yolo, yolo_grid
 from ..iou import iou_xyxy
 from ..kernels import fused_focal
 from ..losses import weight_reduce
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -161,12 +164,93 @@ class YoloTerms:
     cls: Tensor
 
 
+class ConstantCache:
+    """A criterion's constant tensors (grids, index tables) per input layout, built once in eager mode.
+
+    Rebuilding them costs a dozen small launches per call; YOLO's ``Detect`` caches its grids the same
+    way. Under ``torch.compile`` they are built inside the traced graph instead (the compiler folds
+    them), so the cache never leaks tensors into a graph or guards on its contents.
+    """
+
+    def __init__(self, size: int = 8) -> None:
+        self._items: dict[tuple, object] = {}
+        self._size = size
+
+    def get(self, key: tuple, build: Callable[[], T]) -> T:
+        if torch.compiler.is_compiling():
+            return build()
+        value = self._items.get(key)
+        if value is None:
+            if len(self._items) >= self._size:
+                self._items.clear()
+            value = self._items[key] = build()
+        return value  # type: ignore[return-value]
+
+
+@dataclass
+class YoloTables:
+    """The per-layout constants of :func:`yolo_terms` (S scales, P = Σ_s A·H_s·W_s predictions).
+
+    Attributes:
+        anchors: ``(S, A, 2)`` pixels. stride: ``(S, 1, 1)``.
+        plane_base: ``(B, 1, S, A)`` int64 flat offset of channel 0 of plane (b, a) in head s.
+        width: ``(S, 1)`` int64 W_s. channel: ``(S, 1, K)`` int64 offset of channel k, ``k · H_s·W_s``.
+        dense_offset, dense_anchor: ``(P, 2)`` cell and anchor of every prediction; dense_stride ``(P, 1)``.
+        dense_scale: ``(P,)`` int64 scale of every prediction.
+    """
+
+    anchors: Tensor
+    stride: Tensor
+    plane_base: Tensor
+    width: Tensor
+    channel: Tensor
+    dense_offset: Tensor
+    dense_anchor: Tensor
+    dense_stride: Tensor
+    dense_scale: Tensor
+
+
+def yolo_tables(
+    batch: int,
+    anchors: Sequence[Sequence[Sequence[float]]],
+    strides: Sequence[int],
+    grids: Sequence[tuple[int, int]],
+    channels: int,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> YoloTables:
+    """Build :class:`YoloTables` for heads ``(B, A·K, H_s, W_s)`` with ``K = channels``."""
+    anchor_t = torch.tensor(anchors, dtype=dtype, device=device)  # (S, A, 2)
+    a = anchor_t.shape[1]
+    hw = torch.tensor([h * w for h, w in grids], device=device)
+    plane = torch.arange(batch * a, device=device).view(batch, 1, 1, a)
+    offset, anchor, scale = [], [], []
+    for s, (h, w) in enumerate(grids):
+        offset.append(yolo_grid(h, w, dtype=dtype, device=device).expand(a, h, w, 2).reshape(-1, 2))
+        anchor.append(anchor_t[s].view(a, 1, 1, 2).expand(a, h, w, 2).reshape(-1, 2))
+        scale.append(a * h * w)
+    dense_scale = torch.repeat_interleave(
+        torch.arange(len(grids), device=device), torch.tensor(scale, device=device), output_size=sum(scale)
+    )
+    stride = torch.tensor(strides, dtype=dtype, device=device)
+    return YoloTables(
+        anchors=anchor_t,
+        stride=stride.view(-1, 1, 1),
+        plane_base=plane * (channels * hw).view(1, 1, -1, 1),
+        width=torch.tensor([w for _, w in grids], device=device).view(-1, 1),
+        channel=(torch.arange(channels, device=device) * hw[:, None]).view(-1, 1, channels),
+        dense_offset=torch.cat(offset),
+        dense_anchor=torch.cat(anchor),
+        dense_stride=stride[dense_scale, None],
+        dense_scale=dense_scale,
+    )
+
+
 def yolo_terms(
     views: Sequence[Tensor],
     cell: Tensor,
     win: Tensor,
-    anchors: Tensor,
-    strides: Sequence[int],
+    tables: YoloTables,
     target: Tensor,
     box_scale: Tensor,
     cls_target: Tensor,
@@ -178,7 +262,8 @@ def yolo_terms(
     unit: Tensor | float = 1.0,
 ) -> YoloTerms:
     """The box and class sums at the responsible slots and the dense best IoU, shared by YOLOv3 and
-    YOLOv4: one gather per head, then one decode, one IoU and one BCE over the slots of all scales::
+    YOLOv4: one gather per head (indexed for all scales at once), then one decode, one IoU and one
+    BCE over the slots of all scales::
 
         box = Σ win · box_scale · (1 − IoU_kind(decode(t) · unit, target))
         cls = Σ win · Σ_c BCE(t_c, cls_target)
@@ -189,43 +274,33 @@ def yolo_terms(
     Args:
         views: S head views ``(B, A, H, W, 5 + C)``. cell: ``(B, M, S, 2)`` int64 ``(gx, gy)``.
         win: ``(B, M, S, A)`` weight of each (box, scale, anchor) slot (1 where the box holds it).
-        anchors: ``(S, A, 2)`` pixels. strides: S.
+        tables: the layout's constants (:func:`yolo_tables`).
         target: ``(B, M, 1, 1, 4)`` xyxy, in the units ``unit`` gives.
         box_scale: ``(B, M, 1, 1)``. cls_target: broadcastable to ``(B, M, S, A, C)``.
         held: ``(B, M, S)`` bool, the boxes each scale's best IoU compares with; held_boxes:
             ``(B, M, 4)`` xyxy pixels.
         fill: best IoU where a scale holds no box of the image.
     """
-    dev, dtype = views[0].device, views[0].dtype
-    st = torch.tensor(strides, dtype=dtype, device=dev).view(-1, 1, 1)  # (S, 1, 1)
+    dtype = views[0].dtype
+    # flat index of every (box, scale, anchor, channel) in its head, all scales at once
+    base = tables.plane_base + cell[..., 1:2] * tables.width + cell[..., 0:1]  # (B, M, S, A)
+    index = base[..., None] + tables.channel  # (B, M, S, A, K)
     planes, rows = [], []
     for s, v in enumerate(views):  # the heads are separate tensors: one gather each
-        obj, r = gather_at_cells(v.permute(0, 1, 4, 2, 3), cell[:, :, s])  # (B, A, H, W), (B, M, A, K)
+        obj, r = gather_head(v.permute(0, 1, 4, 2, 3), index[:, :, s])  # (B, A, H, W), (B, M, A, K)
         planes.append(obj.flatten(1))
         rows.append(r)
     raw = torch.stack(rows, 2)  # (B, M, S, A, 5 + C)
-    pred = convert(decode_yolo(raw, cell[..., None, :].to(dtype), anchors, st), "cxcywh", "xyxy")
-    iou = iou_xyxy(pred * unit, target, iou_kind, iou_eps)
+    pred = decode_yolo(raw, cell[..., None, :].to(dtype), tables.anchors, tables.stride)
+    iou = iou_xyxy(convert(pred, "cxcywh", "xyxy") * unit, target, iou_kind, iou_eps)
     box = weight_reduce(1.0 - iou, win * box_scale, "sum")
     logits = raw[..., 5:]
     cls = F.binary_cross_entropy_with_logits(
         logits, cls_target.expand_as(logits), win[..., None], reduction="sum"
     )
     with torch.no_grad():  # the background / ignore masks are constants of the loss
-        dense, offset, anchor, scale = [], [], [], []
-        for s, v in enumerate(views):
-            _, a, h, w, _ = v.shape
-            dense.append(v[..., :4].reshape(v.shape[0], -1, 4))
-            offset.append(yolo_grid(h, w, dtype=dtype, device=dev).expand(a, h, w, 2).reshape(-1, 2))
-            anchor.append(anchors[s].view(a, 1, 1, 2).expand(a, h, w, 2).reshape(-1, 2))
-            scale.append(a * h * w)
-        p_scale = torch.repeat_interleave(
-            torch.arange(len(views), device=dev), torch.tensor(scale, device=dev), output_size=sum(scale)
-        )
-        stride = st.view(-1)[p_scale, None]
-        boxes = convert(
-            decode_yolo(torch.cat(dense, 1), torch.cat(offset), torch.cat(anchor), stride), "cxcywh", "xyxy"
-        )
-        keep = held.transpose(1, 2)[:, p_scale]  # (B, P, M)
-        best = best_iou_with(boxes, held_boxes, keep, fill)
+        dense = torch.cat([v[..., :4].reshape(v.shape[0], -1, 4) for v in views], 1)  # (B, P, 4)
+        dense = decode_yolo(dense, tables.dense_offset, tables.dense_anchor, tables.dense_stride)
+        keep = held.transpose(1, 2)[:, tables.dense_scale]  # (B, P, M)
+        best = best_iou_with(convert(dense, "cxcywh", "xyxy"), held_boxes, keep, fill)
     return YoloTerms(torch.cat(planes, 1), best, box, cls)

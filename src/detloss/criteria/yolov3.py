@@ -11,6 +11,7 @@ from ..assign import build_yolov3_targets, pad_targets
 from ..distributed import global_count
 from ..iou import IoUKind, check_eps, check_kind, compute_dtype
 from .common import (
+    ConstantCache,
     LossResult,
     anchor_table,
     check_unit,
@@ -18,6 +19,7 @@ from .common import (
     focal_sum,
     positive_ints,
     split_yolo_heads,
+    yolo_tables,
     yolo_terms,
 )
 
@@ -117,6 +119,7 @@ class YOLOv3Loss(nn.Module):
         self.gains = {"box": box_gain, "obj": obj_gain, "cls": cls_gain}
         self.validate = validate
         self.reduce_across_ranks = reduce_across_ranks
+        self._constants = ConstantCache()
 
     def forward(self, preds: Sequence[Tensor], targets: Sequence[Mapping[str, Tensor]]) -> LossResult:
         s_count, a_count, c = len(self.strides), len(self.anchors[0]), self.num_classes
@@ -129,7 +132,11 @@ class YOLOv3Loss(nn.Module):
         batch = len(targets)
 
         tg = pad_targets(targets, c, dtype=dtype, device=dev, validate=self.validate, input_size=(in_h, in_w))
-        anchors = torch.tensor(self.anchors, dtype=dtype, device=dev)  # (S, A, 2)
+        tables = self._constants.get(
+            (batch, tuple(grids), dtype, dev),
+            lambda: yolo_tables(batch, self.anchors, self.strides, grids, 5 + c, dtype, dev),
+        )
+        anchors = tables.anchors  # (S, A, 2)
         asg = build_yolov3_targets(
             tg.boxes, tg.mask, anchors, self.strides, grids,
             anchor_iou_thresh=self.anchor_iou_thresh, max_boxes_per_scale=self.max_boxes_per_scale,
@@ -140,7 +147,7 @@ class YOLOv3Loss(nn.Module):
         cls_target = class_targets(tg.labels, c, self.label_smoothing, dtype)[:, :, None, None]
 
         terms = yolo_terms(
-            views, asg.cell, asg.winner.to(dtype), anchors, self.strides, tg.boxes[:, :, None, None],
+            views, asg.cell, asg.winner.to(dtype), tables, tg.boxes[:, :, None, None],
             box_scale, cls_target, asg.held, tg.boxes, self.iou_kind, self.iou_eps, fill=0.0,
         )
         resp = asg.occupied  # (B, P): all scales' slots

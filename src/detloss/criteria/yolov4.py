@@ -11,7 +11,15 @@ from torch import Tensor, nn
 from ..assign import build_yolov4_targets, pad_targets
 from ..distributed import global_count
 from ..iou import IoUKind, check_eps, check_kind, compute_dtype
-from .common import LossResult, focal_sum, positive_ints, split_yolo_heads, yolo_terms
+from .common import (
+    ConstantCache,
+    LossResult,
+    focal_sum,
+    positive_ints,
+    split_yolo_heads,
+    yolo_tables,
+    yolo_terms,
+)
 
 #: name → (anchors in input pixels, anchor mask per scale, strides); scale order = preds order.
 PRESETS: dict[str, tuple[tuple[tuple[int, int], ...], tuple[tuple[int, ...], ...], tuple[int, ...]]] = {
@@ -145,6 +153,7 @@ class YOLOv4Loss(nn.Module):
         self.gains = {"box": box_gain, "obj": obj_gain, "cls": cls_gain}
         self.validate = validate
         self.reduce_across_ranks = reduce_across_ranks
+        self._constants = ConstantCache()
 
     def forward(self, preds: Sequence[Tensor], targets: Sequence[Mapping[str, Tensor]]) -> LossResult:
         c, a_count = self.num_classes, len(self.anchor_masks[0])
@@ -157,7 +166,16 @@ class YOLOv4Loss(nn.Module):
         batch = len(targets)
 
         tg = pad_targets(targets, c, dtype=dtype, device=dev, validate=self.validate, input_size=(in_h, in_w))
-        anchors = torch.tensor(self.anchors, dtype=dtype, device=dev)  # (K, 2)
+        tables, anchors = self._constants.get(
+            (batch, tuple(grids), dtype, dev),
+            lambda: (
+                yolo_tables(
+                    batch, [[self.anchors[i] for i in m] for m in self.anchor_masks], self.strides, grids,
+                    5 + c, dtype, dev,
+                ),
+                torch.tensor(self.anchors, dtype=dtype, device=dev),  # (K, 2)
+            ),
+        )
         asg = build_yolov4_targets(
             tg.boxes, tg.mask, anchors, self.anchor_masks, grids, (in_h, in_w),
             floor_centre=self.floor_centre, validate=False,
@@ -178,9 +196,8 @@ class YOLOv4Loss(nn.Module):
         unit = max(in_w, in_h) / torch.tensor([in_w, in_h, in_w, in_h], dtype=dtype, device=dev)
         wh = asg.boxes[..., 2:] - asg.boxes[..., :2]
         box_scale = (2.0 - (wh[..., 0] / in_w) * (wh[..., 1] / in_h))[..., None, None]  # (B, M, 1, 1)
-        scale_anchors = anchors[torch.tensor(self.anchor_masks, device=dev)]  # (S, A, 2)
         terms = yolo_terms(
-            views, asg.cell, asg.winner.to(dtype), scale_anchors, self.strides,
+            views, asg.cell, asg.winner.to(dtype), tables,
             (asg.boxes * unit)[:, :, None, None], box_scale, cls_target, asg.held, asg.boxes,
             self.iou_kind, self.iou_eps, fill=-1.0, unit=unit,
         )
