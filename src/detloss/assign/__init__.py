@@ -13,6 +13,7 @@ from .targets import PaddedTargets, pad_targets
 from .yolo import (
     YoloAssignment,
     YOLOv5Candidates,
+    YOLOv5Layout,
     YOLOv5Matches,
     best_iou_with,
     build_yolov3_targets,
@@ -22,6 +23,7 @@ from .yolo import (
     gather_head,
     resolve_collisions,
     yolov5_candidates,
+    yolov5_layout,
 )
 
 __all__ = [
@@ -29,6 +31,7 @@ __all__ = [
     "PRIOR_NEGATIVE",
     "PaddedTargets",
     "YOLOv5Candidates",
+    "YOLOv5Layout",
     "YOLOv5Matches",
     "YoloAssignment",
     "best_iou_with",
@@ -42,4 +45,5 @@ __all__ = [
     "pad_targets",
     "resolve_collisions",
     "yolov5_candidates",
+    "yolov5_layout",
 ]

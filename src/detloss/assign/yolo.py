@@ -363,13 +363,56 @@ class YOLOv5Candidates:
     labels: Tensor
 
 
-def yolov5_candidates(
-    targets: PaddedTargets,
+@dataclass
+class YOLOv5Layout:
+    """The constants of :func:`yolov5_candidates` for one head layout (S scales, A anchors, G groups).
+
+    Attributes:
+        anchors: ``(S, A, 2)`` anchor (w, h) in grid units. stride: ``(S, 1, 1)``.
+        size: ``(S, 1, 2)`` grid (W, H) as floats; last_cell: ``(S, 1, 1, 1, 2)`` int64 (W − 1, H − 1).
+        offsets: ``(1, G, 1, 1, 2)`` the groups' cell offsets times g.
+        slot_start, height, width: ``(S, 1, 1, 1)`` int64: scale s's first slot, H_s and W_s.
+        num_slots: ``Σ_s B·A·H_s·W_s``.
+    """
+
+    anchors: Tensor
+    stride: Tensor
+    size: Tensor
+    last_cell: Tensor
+    offsets: Tensor
+    slot_start: Tensor
+    height: Tensor
+    width: Tensor
+    num_slots: int
+
+
+def yolov5_layout(
+    batch: int,
     anchors: Tensor,
     strides: Sequence[float],
     grids: Sequence[tuple[int, int]],
-    anchor_t: float = 4.0,
     offset: float = 0.5,
+) -> YOLOv5Layout:
+    """:class:`YOLOv5Layout` of heads with grids ``(H_s, W_s)``; ``anchors`` ``(S, A, 2)`` in grid units
+    give the dtype and device."""
+    dt, dev = anchors.dtype, anchors.device
+    num_anchors = anchors.shape[1]
+    sizes = [batch * num_anchors * h * w for h, w in grids]
+    hw_long = torch.tensor([[w, h] for h, w in grids], device=dev)  # (S, 2)
+    return YOLOv5Layout(
+        anchors=anchors,
+        stride=torch.tensor(strides, dtype=dt, device=dev).view(-1, 1, 1),
+        size=hw_long.to(dt)[:, None],
+        last_cell=(hw_long - 1).view(-1, 1, 1, 1, 2),
+        offsets=torch.tensor(_YOLOV5_OFFSETS, dtype=dt, device=dev).view(1, -1, 1, 1, 2) * offset,
+        slot_start=torch.tensor([sum(sizes[:i]) for i in range(len(grids))], device=dev).view(-1, 1, 1, 1),
+        height=hw_long[:, 1].view(-1, 1, 1, 1),
+        width=hw_long[:, 0].view(-1, 1, 1, 1),
+        num_slots=sum(sizes),
+    )
+
+
+def yolov5_candidates(targets: PaddedTargets, layout: YOLOv5Layout, anchor_t: float = 4.0, offset: float = 0.5
 ) -> YOLOv5Candidates:
     """YOLOv5 target assignment of all scales at once over fixed-size candidates (no host sync).
 
@@ -387,47 +430,40 @@ def yolov5_candidates(
 
     Args:
         targets: padded xyxy boxes in input pixels, ``(B, M, 4)``, with labels and mask.
-        anchors: ``(S, A, 2)`` anchor (w, h) in grid units of each scale.
-        strides: S input pixels per cell. grids: S grid sizes ``(H, W)``.
+        layout: the heads' constants (:func:`yolov5_layout`, built with the same ``offset``).
         anchor_t: the anchor ratio threshold (strict ``<``).
         offset: g, the neighbour-cell offset.
     """
     bsz, m = targets.mask.shape
-    num_scales, num_anchors = anchors.shape[:2]
+    num_anchors = layout.anchors.shape[1]
     n = bsz * m
-    dt, dev = targets.boxes.dtype, targets.boxes.device
-    st = torch.tensor(strides, dtype=dt, device=dev).view(-1, 1, 1)
-    size = torch.tensor([[w, h] for h, w in grids], dtype=dt, device=dev)[:, None]  # (S, 1, 2) (W, H)
-    grid_box = convert(targets.boxes.reshape(1, n, 4), "xyxy", "cxcywh") / st  # (S, N, 4)
+    grid_box = convert(targets.boxes.reshape(1, n, 4), "xyxy", "cxcywh") / layout.stride  # (S, N, 4)
     gxy, gwh = grid_box[..., :2], grid_box[..., 2:]
 
-    r = gwh[:, None] / anchors[:, :, None]  # (S, A, N, 2)
+    r = gwh[:, None] / layout.anchors[:, :, None]  # (S, A, N, 2)
     fits = (torch.maximum(r, 1.0 / r).amax(-1) < anchor_t) & targets.mask.reshape(1, 1, n)
 
-    gxi = size - gxy  # distance to the right / bottom edge
-    near = (gxy % 1 < offset) & (gxy > 1)  # (S, N, 2): left, up
-    far = (gxi % 1 < offset) & (gxi > 1)  # right, down
-    groups = torch.cat((torch.ones_like(near[..., :1]), near, far), -1).transpose(1, 2)  # (S, G, N)
+    # the groups' conditions, (S, N, 2) each: left/up from the centre, right/down from the far edge
+    near = torch.cat((gxy, layout.size - gxy), -1)  # (S, N, 4)
+    groups = (near % 1 < offset) & (near > 1)
+    groups = torch.cat((torch.ones_like(groups[..., :1]), groups), -1).transpose(1, 2)  # (S, G, N)
     valid = groups[:, :, None] & fits[:, None]  # (S, G, A, N)
 
-    off = torch.tensor(_YOLOV5_OFFSETS, dtype=dt, device=dev).view(1, -1, 1, 1, 2) * offset
     centre = gxy[:, None, None]  # (S, 1, 1, N, 2)
-    gij = (centre - off).long()  # (S, G, 1, N, 2), truncation toward zero as the original
-    cell = torch.minimum(gij.clamp(min=0), size.long()[:, None, None] - 1)
+    gij = (centre - layout.offsets).long()  # (S, G, 1, N, 2), truncation toward zero as the original
+    cell = torch.minimum(gij.clamp(min=0), layout.last_cell)
     gi, gj = cell[..., 0], cell[..., 1]
 
-    image = torch.arange(n, device=dev) // max(m, 1)
-    plane = image * num_anchors + torch.arange(num_anchors, device=dev)[:, None]  # (A, N)
-    sizes = [bsz * num_anchors * h * w for h, w in grids]
-    start = torch.tensor([sum(sizes[:i]) for i in range(num_scales)], device=dev).view(-1, 1, 1, 1)
-    width = size[..., 0].long().view(-1, 1, 1, 1)
-    slot = start + (plane * (size[..., 1].long().view(-1, 1, 1, 1)) + gj) * width + gi  # (S, G, A, N)
-    write_order = torch.arange(valid.numel(), device=dev).view(valid.shape)
-    spare = sum(sizes)  # invalid candidates write to a slot past the last
+    plane = torch.arange(n, device=gij.device) // max(m, 1) * num_anchors  # image · A, then + anchor
+    plane = plane + torch.arange(num_anchors, device=gij.device)[:, None]  # (A, N)
+    slot = layout.slot_start + (plane * layout.height + gj) * layout.width + gi  # (S, G, A, N)
+    write_order = torch.arange(valid.numel(), device=gij.device).view(valid.shape)
+    spare = layout.num_slots  # invalid candidates write to a slot past the last
     slot = slot.masked_fill(~valid, spare)
-    last = torch.full((spare + 1,), -1, dtype=torch.int64, device=dev)
+    last = torch.full((spare + 1,), -1, dtype=torch.int64, device=gij.device)
     last = last.scatter_reduce(0, slot.view(-1), write_order.view(-1), reduce="amax")
     winner = valid & (last[slot] == write_order)
+    offset_xy = centre - gij
     return YOLOv5Candidates(
         valid=valid,
         winner=winner,
@@ -436,8 +472,8 @@ def yolov5_candidates(
         plane=plane,
         gj=gj,
         gi=gi,
-        box=torch.cat((centre - gij, gwh[:, None, None].expand_as(centre - gij)), -1),
-        anchors=anchors[:, None, :, None],
+        box=torch.cat((offset_xy, gwh[:, None, None].expand_as(offset_xy)), -1),
+        anchors=layout.anchors[:, None, :, None],
         labels=targets.labels.reshape(-1),
     )
 
@@ -462,7 +498,8 @@ def build_yolov5_targets(
         anchor_t: the anchor ratio threshold (strict ``<``).
         offset: g, the neighbour-cell offset.
     """
-    c = yolov5_candidates(targets, anchors[None], (stride,), (grid_size,), anchor_t, offset)
+    layout = yolov5_layout(targets.mask.shape[0], anchors[None], (stride,), (grid_size,), offset)
+    c = yolov5_candidates(targets, layout, anchor_t, offset)
     _, g, a, n = c.valid.shape
     group, anchor, t = c.valid[0].nonzero(as_tuple=True)
     m = targets.mask.shape[1]

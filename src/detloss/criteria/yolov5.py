@@ -17,17 +17,18 @@ gives the per-model scaling that YOLOv5's train.py applies. Details and differen
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..assign import YOLOv5Candidates, pad_targets, yolov5_candidates
+from ..assign import YOLOv5Layout, gather_head, pad_targets, yolov5_candidates, yolov5_layout
 from ..boxes import convert
 from ..codecs import decode_yolov5
 from ..distributed import global_count
 from ..iou import compute_dtype, iou_xyxy
-from .common import LossResult, anchor_table, focal_sum, positive_ints, split_yolo_heads
+from .common import ConstantCache, LossResult, anchor_table, focal_sum, positive_ints, split_yolo_heads
 
 YOLOV5_ANCHORS: tuple[tuple[tuple[float, float], ...], ...] = (
     ((10, 13), (16, 30), (33, 23)),
@@ -68,22 +69,15 @@ def yolov5_scaled_gains(
     }
 
 
-def _gather_logits(p: Tensor, num_anchors: int, cand: YOLOv5Candidates, scale: int) -> tuple[Tensor, Tensor]:
-    """The objectness logits ``(B·A·H·W,)`` and the candidates' rows ``(G, A, N, 5 + C)`` of one raw
-    head ``(B, A·(5+C), H, W)`` (channel ``a·(5+C) + k``), taken by ONE gather from the flat head.
+@dataclass
+class _HeadTables:
+    """Per-layout constants of :class:`YOLOv5Loss`: the candidates' layout, the flat head offsets of
+    plane and channel, and the objectness weight ``balance_s / (B·A·H_s·W_s)`` of every cell."""
 
-    Why one gather: the backward of this loss is mostly autograd zero-filling a gradient the size of
-    every logit; a slice plus an advanced index (or the channels-last permute of ``Detect``) would
-    build two such tensors (or a strided copy) per scale.
-    """
-    bsz, _, h, w = p.shape
-    k, hw = p.shape[1] // num_anchors, h * w
-    cell = torch.arange(bsz * num_anchors * hw, device=p.device)
-    obj_idx = cell + (cell // hw * (k - 1) + 4) * hw  # channel 4 of plane cell // hw
-    rows = cand.plane * (k * hw) + cand.gj[scale] * w + cand.gi[scale]  # channel 0, (G, A, N)
-    match_idx = rows[..., None] + torch.arange(k, device=p.device) * hw
-    values = p.reshape(-1)[torch.cat((obj_idx, match_idx.view(-1)))]
-    return values[: obj_idx.shape[0]], values[obj_idx.shape[0] :].view(*rows.shape, k)
+    layout: YOLOv5Layout
+    plane_stride: Tensor  # (S, 1, 1, 1) K·H_s·W_s
+    channel: Tensor  # (S, 1, 1, 1, K) k·H_s·W_s
+    per_cell: Tensor  # (Σ_s B·A·H_s·W_s,)
 
 
 class YOLOv5Loss(nn.Module):
@@ -169,6 +163,23 @@ class YOLOv5Loss(nn.Module):
         self.cp, self.cn = 1.0 - 0.5 * label_smoothing, 0.5 * label_smoothing
         self.balance = tuple(float(b) for b in balance)
         self.validate, self.reduce_across_ranks = bool(validate), bool(reduce_across_ranks)
+        self._constants = ConstantCache()
+
+    def _tables(
+        self, grids: list[tuple[int, int]], dtype: torch.dtype, dev: torch.device, batch: int
+    ) -> _HeadTables:
+        layout = yolov5_layout(batch, self.anchors.to(dtype=dtype, device=dev), self.strides, grids)
+        num_anchors, k = self.anchors.shape[1], 5 + self.num_classes
+        hw = torch.tensor([h * w for h, w in grids], device=dev).view(-1, 1, 1, 1)
+        sizes = [batch * num_anchors * h * w for h, w in grids]
+        per_cell = [bal / max(n, 1) for bal, n in zip(self.balance, sizes, strict=True)]
+        per_cell = torch.tensor(per_cell, dtype=dtype, device=dev)
+        return _HeadTables(
+            layout=layout,
+            plane_stride=hw * k,
+            channel=hw[..., None] * torch.arange(k, device=dev),
+            per_cell=per_cell.repeat_interleave(torch.tensor(sizes, device=dev), output_size=sum(sizes)),
+        )
 
     def _bce(self, logits: Tensor, target: Tensor, pos_weight: float, weight: Tensor) -> Tensor:
         """``Σ weight · BCE-with-logits``, or YOLOv5's FocalLoss wrapper around it when fl_gamma > 0."""
@@ -183,13 +194,20 @@ class YOLOv5Loss(nn.Module):
         dtype, dev = compute_dtype(preds[0]), preds[0].device  # fp16/bf16 heads: computed in float32
         padded = pad_targets(targets, self.num_classes, dtype=dtype, device=dev, validate=self.validate)
         grids = [(p.shape[2], p.shape[3]) for p in preds]
-        cand = yolov5_candidates(
-            padded, self.anchors.to(dtype=dtype, device=dev), self.strides, grids, self.anchor_t
+        tables = self._constants.get(
+            (len(targets), tuple(grids), dtype, dev), lambda: self._tables(grids, dtype, dev, len(targets))
         )
-        # one gather per head; everything after runs once over the candidates of all scales
-        obj_logits, rows = zip(
-            *(_gather_logits(p.to(dtype), num_anchors, cand, s) for s, p in enumerate(preds)), strict=True
-        )
+        cand = yolov5_candidates(padded, tables.layout, self.anchor_t)
+        # one gather per head (indexed for all scales at once); everything after runs once over the
+        # candidates of all scales
+        index = cand.plane * tables.plane_stride + cand.gj * tables.layout.width + cand.gi  # (S, G, A, N)
+        index = index[..., None] + tables.channel  # (S, G, A, N, 5 + C)
+        obj_logits, rows = [], []
+        for s, p in enumerate(preds):
+            b, _, h, w = p.shape
+            obj, r = gather_head(p.to(dtype).view(b, num_anchors, 5 + self.num_classes, h, w), index[s])
+            obj_logits.append(obj.reshape(-1))
+            rows.append(r)
         obj_logits, rows = torch.cat(obj_logits), torch.stack(rows)  # (Σ B·A·H·W,), (S, G, A, N, 5+C)
 
         # box: per scale the mean of 1 − CIoU over its matches (0 without matches)
@@ -209,10 +227,7 @@ class YOLOv5Loss(nn.Module):
         slot = torch.where(cand.winner, cand.slot, spare).reshape(-1)  # the others: a spare slot
         tobj = torch.zeros(spare + 1, dtype=dtype, device=dev)
         tobj = tobj.scatter_(0, slot, torch.where(cand.winner, score, 0.0).reshape(-1))[:spare]
-        sizes = [p.shape[0] * num_anchors * h * w for p, (h, w) in zip(preds, grids, strict=True)]
-        per_cell = [b / max(s, 1) for b, s in zip(self.balance, sizes, strict=True)]
-        per_cell = torch.tensor(per_cell, dtype=dtype, device=dev).repeat_interleave(torch.tensor(sizes, device=dev), output_size=spare)
-        lobj = self._bce(obj_logits, tobj, self.obj_pw, per_cell)
+        lobj = self._bce(obj_logits, tobj, self.obj_pw, tables.per_cell)
 
         # classes: per scale the mean over matches × classes of BCE(t_cls, cp/cn one-hot)
         lcls = lobj.new_zeros(())
