@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -96,7 +97,8 @@ def pad_targets(
     # padded row r takes concatenated row (number of real rows before r): a gather by a cumsum
     # index, no mask indexing and no host sync (the counts come from the shapes)
     counts = torch.tensor([b.shape[0] for b in boxes], dtype=torch.int64, device=device)
-    m = max(b.shape[0] for b in boxes)
+    # sym_max: under torch.compile(dynamic=True) a plain max() would guard on which image is largest
+    m = functools.reduce(torch.sym_max, [b.shape[0] for b in boxes])
     mask = torch.arange(m, device=device) < counts[:, None]
     source = (mask.view(-1).cumsum(0) - 1).clamp(min=0).view(batch, m)
     keep = mask[..., None]

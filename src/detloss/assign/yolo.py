@@ -454,7 +454,7 @@ def yolov5_candidates(targets: PaddedTargets, layout: YOLOv5Layout, anchor_t: fl
     cell = torch.minimum(gij.clamp(min=0), layout.last_cell)
     gi, gj = cell[..., 0], cell[..., 1]
 
-    plane = torch.arange(n, device=gij.device) // max(m, 1) * num_anchors  # image · A, then + anchor
+    plane = torch.arange(n, device=gij.device) // torch.sym_max(m, 1) * num_anchors  # image · A, then + anchor
     plane = plane + torch.arange(num_anchors, device=gij.device)[:, None]  # (A, N)
     slot = layout.slot_start + (plane * layout.height + gj) * layout.width + gi  # (S, G, A, N)
     write_order = torch.arange(valid.numel(), device=gij.device).view(valid.shape)
@@ -505,7 +505,7 @@ def build_yolov5_targets(
     m = targets.mask.shape[1]
     box = c.box[0].expand(g, a, n, 4)
     return YOLOv5Matches(
-        batch=t // max(m, 1),
+        batch=t // torch.sym_max(m, 1),
         anchor=anchor,
         gj=c.gj[0, group, 0, t],
         gi=c.gi[0, group, 0, t],

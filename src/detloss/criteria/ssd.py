@@ -130,7 +130,8 @@ class SSDLoss(nn.Module):
 
     def forward(self, preds: Sequence[Tensor], targets: Sequence[Mapping[str, Tensor]]) -> LossResult:
         loc, conf = self._check_preds(preds, len(targets))
-        dtype = torch.promote_types(compute_dtype(loc), compute_dtype(conf))
+        dtype, conf_dtype = compute_dtype(loc), compute_dtype(conf)
+        dtype = dtype if dtype == conf_dtype else torch.promote_types(dtype, conf_dtype)
         loc, conf = loc.to(dtype), conf.to(dtype)  # fp16/bf16: softmax and log in float32
         priors = self.priors.to(dtype=dtype, device=loc.device)
         padded = pad_targets(
