@@ -454,7 +454,8 @@ def yolov5_candidates(targets: PaddedTargets, layout: YOLOv5Layout, anchor_t: fl
     cell = torch.minimum(gij.clamp(min=0), layout.last_cell)
     gi, gj = cell[..., 0], cell[..., 1]
 
-    plane = torch.arange(n, device=gij.device) // torch.sym_max(m, 1) * num_anchors  # image · A, then + anchor
+    # image · A + anchor
+    plane = torch.arange(n, device=gij.device) // torch.sym_max(m, 1) * num_anchors
     plane = plane + torch.arange(num_anchors, device=gij.device)[:, None]  # (A, N)
     slot = layout.slot_start + (plane * layout.height + gj) * layout.width + gi  # (S, G, A, N)
     write_order = torch.arange(valid.numel(), device=gij.device).view(valid.shape)

@@ -144,7 +144,7 @@ def focal_sum(
     """``Σ weight · BCE(logits, target; pos_weight) · α_t · (1 − p_t)^γ`` (:func:`detloss.sigmoid_focal_loss`
     without its argument checks, which the criteria ran at construction: the checks branch on the
     float hyper-parameters, which ``torch.compile(dynamic=True)`` traces as symbols)."""
-    if gamma == 0 and alpha < 0:  # plain BCE: PyTorch's one fused op (the kernel computes the same)
+    if gamma == 0 and alpha < 0:  # plain BCE: PyTorch's fused op (the kernel computes the same)
         return F.binary_cross_entropy_with_logits(logits, target, weight, pos_weight=pos_weight, reduction="sum")
     return weight_reduce(fused_focal(logits, target, pos_weight, alpha, gamma), weight, "sum")
 
