@@ -145,7 +145,9 @@ def focal_sum(
     without its argument checks, which the criteria ran at construction: the checks branch on the
     float hyper-parameters, which ``torch.compile(dynamic=True)`` traces as symbols)."""
     if gamma == 0 and alpha < 0:  # plain BCE: PyTorch's fused op (the kernel computes the same)
-        return F.binary_cross_entropy_with_logits(logits, target, weight, pos_weight=pos_weight, reduction="sum")
+        return F.binary_cross_entropy_with_logits(
+            logits, target, weight, pos_weight=pos_weight, reduction="sum"
+        )
     return weight_reduce(fused_focal(logits, target, pos_weight, alpha, gamma), weight, "sum")
 
 
