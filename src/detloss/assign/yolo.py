@@ -346,7 +346,8 @@ class YOLOv5Candidates:
         num_slots: ``Σ_s B·A·H_s·W_s``.
         plane: ``(A, N)`` int64 ``image · A + anchor``, the head plane the candidate reads.
         gj, gi: ``(S, G, 1, N)`` int64 cell row and column, clamped to the grid.
-        box: ``(S, G, 1, N, 4)`` cxcywh target in grid units: centre minus the UNclamped cell, w, h.
+        box_xyxy: ``(S, G, 1, N, 4)`` the target in grid units relative to the UNclamped cell, xyxy
+            (:attr:`box`: the same as cxcywh, centre minus the cell, w, h).
         anchors: ``(S, 1, A, 1, 2)`` anchor (w, h) in grid units.
         labels: ``(N,)`` int64 class ids.
     """
@@ -358,9 +359,14 @@ class YOLOv5Candidates:
     plane: Tensor
     gj: Tensor
     gi: Tensor
-    box: Tensor
+    box_xyxy: Tensor
     anchors: Tensor
     labels: Tensor
+
+    @property
+    def box(self) -> Tensor:
+        """``(S, G, 1, N, 4)`` cxcywh target: centre minus the unclamped cell, w, h."""
+        return convert(self.box_xyxy, "xyxy", "cxcywh")
 
 
 @dataclass
@@ -465,6 +471,7 @@ def yolov5_candidates(targets: PaddedTargets, layout: YOLOv5Layout, anchor_t: fl
     last = last.scatter_reduce(0, slot.view(-1), write_order.view(-1), reduce="amax")
     winner = valid & (last[slot] == write_order)
     offset_xy = centre - gij
+    half = 0.5 * gwh[:, None, None]
     return YOLOv5Candidates(
         valid=valid,
         winner=winner,
@@ -473,7 +480,7 @@ def yolov5_candidates(targets: PaddedTargets, layout: YOLOv5Layout, anchor_t: fl
         plane=plane,
         gj=gj,
         gi=gi,
-        box=torch.cat((offset_xy, gwh[:, None, None].expand_as(offset_xy)), -1),
+        box_xyxy=torch.cat((offset_xy - half, offset_xy + half), -1),
         anchors=layout.anchors[:, None, :, None],
         labels=targets.labels.reshape(-1),
     )

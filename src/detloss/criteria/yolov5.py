@@ -183,7 +183,7 @@ class YOLOv5Loss(nn.Module):
 
     def _bce(self, logits: Tensor, target: Tensor, pos_weight: float, weight: Tensor) -> Tensor:
         """``Σ weight · BCE-with-logits``, or YOLOv5's FocalLoss wrapper around it when fl_gamma > 0."""
-        pw = logits.new_tensor([pos_weight])
+        pw = None if pos_weight == 1 else logits.new_tensor([pos_weight])  # 1: the same numbers
         if self.fl_gamma > 0:
             return focal_sum(logits, target, weight, _FOCAL_ALPHA, self.fl_gamma, pw)
         return F.binary_cross_entropy_with_logits(logits, target, weight, pos_weight=pw, reduction="sum")
@@ -211,22 +211,21 @@ class YOLOv5Loss(nn.Module):
         obj_logits, rows = torch.cat(obj_logits), torch.stack(rows)  # (Σ B·A·H·W,), (S, G, A, N, 5+C)
 
         # box: per scale the mean of 1 − CIoU over its matches (0 without matches)
-        pbox = decode_yolov5(rows[..., :4], cand.anchors)  # cxcywh, grid units, own cell
-        tbox = convert(cand.box, "cxcywh", "xyxy")
-        ciou = iou_xyxy(convert(pbox, "cxcywh", "xyxy"), tbox, "ciou", _CIOU_EPS)
+        pbox = decode_yolov5(rows[..., :4], cand.anchors, fmt="xyxy")  # grid units, own cell
+        ciou = iou_xyxy(pbox, cand.box_xyxy, "ciou", _CIOU_EPS)
         valid = cand.valid.to(dtype)
         n = global_count(valid.sum((1, 2, 3)), self.reduce_across_ranks)  # (S,) matches per scale
-        per_match = (valid / torch.where(n > 0, n, 1.0).view(-1, 1, 1, 1)).to(dtype)
+        # n is 0 (then every weight is 0) or at least 1 / world size: the clamp only avoids 0/0
+        per_match = valid / n.clamp(min=1e-6).view(-1, 1, 1, 1)
         lbox = ((1.0 - ciou) * per_match).sum()
 
         # objectness: the winner's clamped IoU on its cell (later write wins), mean per scale × balance
         score = ciou.detach().clamp(min=0)
         if self.gr < 1:
             score = (1.0 - self.gr) + self.gr * score
-        spare = cand.num_slots
-        slot = torch.where(cand.winner, cand.slot, spare).reshape(-1)  # the others: a spare slot
-        tobj = torch.zeros(spare + 1, dtype=dtype, device=dev)
-        tobj = tobj.scatter_(0, slot, torch.where(cand.winner, score, 0.0).reshape(-1))[:spare]
+        # a sum where only the winner adds a non-zero value: exact and order-free
+        tobj = torch.zeros(cand.num_slots + 1, dtype=dtype, device=dev)
+        tobj = tobj.scatter_add_(0, cand.slot.reshape(-1), (score * cand.winner).reshape(-1))[:-1]
         lobj = self._bce(obj_logits, tobj, self.obj_pw, tables.per_cell)
 
         # classes: per scale the mean over matches × classes of BCE(t_cls, cp/cn one-hot)
@@ -234,7 +233,8 @@ class YOLOv5Loss(nn.Module):
         if self.num_classes > 1:
             logits = rows[..., 5:]
             onehot = cand.labels[:, None] == torch.arange(self.num_classes, device=dev)
-            t = torch.where(onehot, self.cp, self.cn).to(dtype).expand_as(logits)
+            t = onehot.to(dtype) if self.cn == 0 else torch.where(onehot, self.cp, self.cn).to(dtype)
+            t = t.expand_as(logits)
             lcls = self._bce(logits, t, self.cls_pw, (per_match / self.num_classes)[..., None])
         parts = {
             "box": lbox * self.gains["box"],
