@@ -137,7 +137,8 @@ def main() -> None:
         for g, h in zip(go, gt, strict=True)
     )
     print(
-        f"total: ours {float(lo):.6f}, ComputeLoss {float(lt):.6f}, rel diff {rel:.2e}; max |Δgrad|/max|grad| {grad:.2e}"
+        f"total: ours {float(lo):.6f}, ComputeLoss {float(lt):.6f}, rel diff {rel:.2e}; "
+        f"max |Δgrad| / max |grad| {grad:.2e}"
     )
 
 

@@ -24,7 +24,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..assign import YOLOv5Layout, gather_head, pad_targets, yolov5_candidates, yolov5_layout
-from ..boxes import convert
 from ..codecs import decode_yolov5
 from ..distributed import global_count
 from ..iou import compute_dtype, iou_xyxy
