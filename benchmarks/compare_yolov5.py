@@ -37,19 +37,19 @@ def _import_compute_loss():
     return ComputeLoss
 
 
-def _compute_loss(num_classes: int, anchors_px: torch.Tensor, strides: tuple[int, ...]):
+def _compute_loss(num_classes: int, anchors_px: torch.Tensor, strides: tuple[int, ...], dev: torch.device):
     ComputeLoss = _import_compute_loss()
 
     class _Model(nn.Module):  # what ComputeLoss reads from a model: hyp, gr, the Detect layer
         def __init__(self) -> None:
             super().__init__()
-            self.dummy = nn.Parameter(torch.zeros(1))
+            self.dummy = nn.Parameter(torch.zeros(1, device=dev))
             detect = types.SimpleNamespace(
                 na=anchors_px.shape[1],
                 nc=num_classes,
                 nl=len(strides),
-                anchors=anchors_px / torch.tensor(strides, dtype=torch.float32)[:, None, None],
-                stride=torch.tensor(strides, dtype=torch.float32),
+                anchors=anchors_px / torch.tensor(strides, dtype=torch.float32, device=dev)[:, None, None],
+                stride=torch.tensor(strides, dtype=torch.float32, device=dev),
             )
             self.model = [detect]
             self.hyp = {
@@ -82,21 +82,24 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-compile", dest="compile", action="store_false")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--mode", default=None, help="torch.compile mode, e.g. reduce-overhead")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     case = next(c for c in cases() if c.name.startswith("YOLOv5Loss"))
-    crit = case.build(False)
-    preds, targets = case.inputs(torch.Generator().manual_seed(0), (12,))
+    dev = torch.device(args.device)
+    crit = case.build(False).to(dev)
+    preds, targets = case.inputs(torch.Generator().manual_seed(0), (12,), torch.float32, dev)
     size = preds[0].shape[2] * crit.strides[0]
     a = crit.anchors.shape[1]
     anchors_px = (crit.anchors * torch.tensor(crit.strides, dtype=torch.float64)[:, None, None]).float()
-    original = _compute_loss(crit.num_classes, anchors_px, crit.strides)
+    original = _compute_loss(crit.num_classes, anchors_px.to(dev), crit.strides, dev)
     detect_out = [
         p.detach().view(p.shape[0], a, -1, *p.shape[2:]).permute(0, 1, 3, 4, 2).contiguous().requires_grad_()
         for p in preds
     ]
-    yt = _yolov5_targets(targets, size)
+    yt = _yolov5_targets([{k: v.cpu() for k, v in t.items()} for t in targets], size).to(dev)
 
     def theirs() -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         loss, _ = original(detect_out, yt)
@@ -105,11 +108,16 @@ def main() -> None:
     def ours() -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         return fwd_bwd(crit, preds, targets)
 
+    def sync() -> None:
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
     impls = {"YOLOv5Loss": ours, "ComputeLoss": theirs}
     if args.compile:
-        compiled = torch.compile(crit, fullgraph=True, dynamic=True)
+        compiled = torch.compile(crit, fullgraph=True, dynamic=True, mode=args.mode)
         t0 = time.perf_counter()
         fwd_bwd(compiled, preds, targets)
+        sync()
         print(f"YOLOv5Loss compile (cold, first call): {time.perf_counter() - t0:.1f} s")
         impls["YOLOv5Loss compiled"] = lambda: fwd_bwd(compiled, preds, targets)
 
@@ -124,6 +132,7 @@ def main() -> None:
         for name, fn in impls.items():
             t0 = time.perf_counter()
             fn()
+            sync()
             times[name].append(time.perf_counter() - t0)
     base = statistics.median(times["ComputeLoss"])
     for name, ts in times.items():

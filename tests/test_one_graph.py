@@ -66,3 +66,13 @@ def test_compiles_whole_with_eager_values(case):
     for counts in ((5, 2), (7, 3, 12)):  # no 0 or 1: dynamo specialises those sizes
         preds, targets = case.inputs(gen, counts)
         _assert_same(fwd_bwd(compiled, preds, targets), fwd_bwd(crit, preds, targets))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_cuda_matches_cpu(case):
+    crit = case.build(False)
+    want = fwd_bwd(crit, *case.inputs(torch.Generator().manual_seed(2), (9, 4)))
+    preds, targets = case.inputs(torch.Generator().manual_seed(2), (9, 4), torch.float32, "cuda")
+    loss, grads = fwd_bwd(crit.to("cuda"), preds, targets)
+    _assert_same((loss.cpu(), [g.cpu() for g in grads]), want, rtol=1e-3, atol=1e-4)
