@@ -9,8 +9,7 @@ C = 80, SSDLoss on the 8732 SSD300 priors with C = 20. Columns:
   ``TorchDispatchMode`` with ``validate=False`` (and ``syncs v`` with ``validate=True``);
 - ``eager``, ``compiled``: medians of fwd+bwd in milliseconds, ``torch.compile(crit, fullgraph=True,
   dynamic=True)``; ``compile s``: the first compiled call (cold compile);
-- ``peak MiB``: the extra memory of one eager fwd+bwd: the CUDA allocator's peak, or on the CPU the
-  rise of the process's resident high-water mark (an upper bound: the allocator may keep pages).
+- ``peak MiB``: the extra CUDA memory of one eager fwd+bwd (the allocator's peak; CUDA only).
 
 :data:`CASES` is the list the test suite (``tests/test_one_graph.py``) also runs: a criterion added to
 the library gets one :class:`CriterionCase` entry here and is counted, compiled and benchmarked.
@@ -295,35 +294,16 @@ class Row:
     peak_mib: float | None
 
 
-def _status_kib(field_name: str) -> int | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field_name + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
 def _peak_mib(fn: Callable[[], object], device: torch.device) -> float | None:
-    """Peak extra memory of one call: the CUDA allocator's peak, or on the CPU the rise of the
-    resident set's high-water mark after resetting it (Linux; ``None`` elsewhere)."""
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-        fn()
-        _sync(device)
-        return (torch.cuda.max_memory_allocated(device) - base) / 2**20
-    before = _status_kib("VmRSS")
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # VmHWM := VmRSS
-    except OSError:
+    """Peak extra CUDA memory of one call (the allocator's peak above what was allocated before);
+    ``None`` on the CPU, where the process's resident set hides reused pages."""
+    if device.type != "cuda":
         return None
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
     fn()
-    peak = _status_kib("VmHWM")
-    return None if before is None or peak is None else max(0, peak - before) / 1024
+    _sync(device)
+    return (torch.cuda.max_memory_allocated(device) - base) / 2**20
 
 
 def measure(
