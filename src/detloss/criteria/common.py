@@ -303,7 +303,7 @@ def yolo_terms(
         logits, cls_target.expand_as(logits), win[..., None], reduction="sum"
     )
     with torch.no_grad():  # the background / ignore masks are constants of the loss
-        dense = torch.cat([v[..., :4].reshape(v.shape[0], -1, 4) for v in views], 1)  # (B, P, 4)
+        dense = torch.cat([v[..., :4].flatten(1, 3) for v in views], 1)  # (B, P, 4)
         dense = decode_yolo(dense, tables.dense_offset, tables.dense_anchor, tables.dense_stride)
         keep = held.transpose(1, 2)[:, tables.dense_scale]  # (B, P, M)
         best = best_iou_with(convert(dense, "cxcywh", "xyxy"), held_boxes, keep, fill)
