@@ -124,7 +124,7 @@ def _check_values(
     b, lab = torch.cat([x.to(dtype) for x in boxes]), torch.cat(labels)
     ok = torch.isfinite(b).all(1) & (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
     if input_size is not None:
-        ok &= ~_outside(b, input_size)
+        ok &= ~centre_outside(b, input_size)
     if bool((ok & (lab >= 0) & (lab < num_classes)).all()):
         return
     for i, (b, lab) in enumerate(zip(boxes, labels, strict=True)):
@@ -138,17 +138,22 @@ def _check_values(
                 f"targets[{i}]['boxes'][{j}] = {b[j].tolist()} has zero or negative width or "
                 "height (xyxy boxes need x2 > x1 and y2 > y1)"
             )
-        if input_size is not None and bool((out := _outside(b, input_size)).any()):
+        if input_size is not None and bool((out := centre_outside(b, input_size)).any()):
             j = int(out.nonzero()[0, 0])
-            h, w = input_size
-            raise ValueError(
-                f"targets[{i}]['boxes'][{j}] = {b[j].tolist()} has its centre outside the "
-                f"{w}x{h} input: YOLO trains a box at the cell of its centre"
-            )
+            raise centre_error(i, j, b[j], input_size)
 
 
-def _outside(boxes: Tensor, input_size: tuple[int, int]) -> Tensor:
-    """``(n,)`` bool: the centre of an xyxy box lies outside ``[0, W) × [0, H)``."""
+def centre_outside(boxes: Tensor, input_size: tuple[int, int]) -> Tensor:
+    """``(...)`` bool: the centre of an xyxy box ``(..., 4)`` lies outside ``[0, W) × [0, H)``."""
     h, w = input_size
-    c = (boxes[:, :2] + boxes[:, 2:]) * 0.5
-    return (c < 0).any(1) | (c[:, 0] >= w) | (c[:, 1] >= h)
+    c = (boxes[..., :2] + boxes[..., 2:]) * 0.5
+    return (c < 0).any(-1) | (c[..., 0] >= w) | (c[..., 1] >= h)
+
+
+def centre_error(image: int, index: int, box: Tensor, input_size: tuple[int, int]) -> ValueError:
+    """The error for box ``index`` of image ``image`` whose centre lies outside the input."""
+    h, w = input_size
+    return ValueError(
+        f"targets[{image}]['boxes'][{index}] = {box.tolist()} has its centre outside the "
+        f"{w}x{h} input: YOLO trains a box at the cell of its centre"
+    )

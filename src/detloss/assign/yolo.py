@@ -10,7 +10,7 @@ from torch import Tensor
 
 from ..boxes import convert
 from ..iou import iou_xyxy
-from .targets import PaddedTargets
+from .targets import PaddedTargets, centre_error, centre_outside
 
 # ---------------------------------------------------------------------------------------------------
 # YOLOv3 / YOLOv4 target building (the ignore-threshold family)
@@ -151,15 +151,10 @@ def best_iou_with(pred: Tensor, boxes: Tensor, keep: Tensor, fill: float, eps: f
 
 def _check_centres(boxes: Tensor, mask: Tensor, input_size: tuple[int, int]) -> None:
     """A box centre must lie inside the input, [0, W) × [0, H): its cell is where the box is trained."""
-    h, w = input_size
-    c = (boxes[..., :2] + boxes[..., 2:]) * 0.5
-    bad = mask & ((c < 0).any(-1) | (c[..., 0] >= w) | (c[..., 1] >= h))
+    bad = mask & centre_outside(boxes, input_size)
     if bad.numel() and bool(bad.any()):
         i, j = bad.nonzero()[0].tolist()
-        raise ValueError(
-            f"targets[{i}]['boxes'][{j}] = {boxes[i, j].tolist()} has its centre outside the "
-            f"{w}x{h} input: YOLO trains a box at the cell of its centre"
-        )
+        raise centre_error(i, j, boxes[i, j], input_size)
 
 
 def _finish_yolo_assignment(
