@@ -183,6 +183,8 @@ class ConstantCache:
     def get(self, key: tuple, build: Callable[[], T]) -> T:
         if torch.compiler.is_compiling():
             return build()
+        # tensors made under inference_mode cannot be saved for a later backward: kept apart
+        key = (*key, torch.is_inference_mode_enabled())
         value = self._items.get(key)
         if value is None:
             if len(self._items) >= self._size:
