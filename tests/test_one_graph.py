@@ -80,3 +80,14 @@ def test_cuda_matches_cpu(case):
     preds, targets = case.inputs(torch.Generator().manual_seed(2), (9, 4), torch.float32, "cuda")
     loss, grads = fwd_bwd(crit.to("cuda"), preds, targets)
     _assert_same((loss.cpu(), [g.cpu() for g in grads]), want, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_training_after_an_inference_mode_call(case):
+    """Cached per-layout constants made under inference_mode must not reach a later backward."""
+    crit = case.build(False)
+    preds, targets = case.inputs(torch.Generator().manual_seed(3), (3, 1))
+    with torch.inference_mode():
+        crit([p.detach() for p in preds], targets)
+    loss, grads = fwd_bwd(crit, preds, targets)
+    assert torch.isfinite(loss) and all(torch.isfinite(g).all() for g in grads)
