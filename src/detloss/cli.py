@@ -51,6 +51,8 @@ def _int_list(text: str) -> list[int]:
 
 def bench(args: argparse.Namespace) -> int:
     """Time detloss against torchvision.ops, naive eager formulas and the bandwidth floor."""
+    if args.criteria is not None:
+        return bench_criteria(args)
     from . import bench as b  # lazy: the benchmark is not needed by the other commands
 
     b.default_cases()
@@ -95,6 +97,40 @@ def bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def bench_criteria(args: argparse.Namespace) -> int:
+    """The criteria table: aten ops, host syncs, eager and compiled fwd+bwd, peak memory."""
+    import torch
+
+    from . import bench_criteria as bc
+
+    torch.set_num_threads(args.threads)
+    names = [n for n in args.criteria.split(",") if n] if args.criteria else None
+    print(
+        f"detloss bench --criteria — torch {torch.__version__}, {args.device}, {args.threads} threads, "
+        f"B={bc.BATCH}, {bc.BOXES_PER_IMAGE} boxes per image, float32, fwd+bwd medians\n"
+    )
+    rows = bc.run(
+        names,
+        device=args.device,
+        compile=args.compile,
+        mode=args.mode,
+        repeats=args.repeats,
+        min_time=args.min_time,
+        progress=lambda r: print(f"  done {r.name}", file=sys.stderr, flush=True),
+    )
+    if not rows:
+        print(f"no criterion matches {args.criteria!r}; known: {', '.join(c.name for c in bc.cases())}")
+        return 2
+    print(bc.table(rows))
+    print(
+        "\nops = aten ops dispatched (kernel launches on a GPU), syncs = those needing the host, "
+        "validate=False (and True);\ncompiled = torch.compile(crit, fullgraph=True, dynamic=True); "
+        "compile s = its first call. The yolov5 package's\nComputeLoss: benchmarks/compare_yolov5.py "
+        "in an environment that has it."
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="detloss", description=__doc__)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -116,6 +152,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory", choices=("largest", "all", "none"), default="largest")
     p.add_argument("--json", metavar="PATH", help="write the table as JSON")
     p.add_argument("--plot", metavar="PATH", help="draw time vs N (needs matplotlib)")
+    p.add_argument(
+        "--criteria",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="NAMES",
+        help="the criteria table instead (optionally comma-separated name parts, e.g. yolov5,ssd)",
+    )
+    p.add_argument("--device", default="cpu", help="--criteria: device to time on (cpu, cuda)")
+    p.add_argument("--mode", default=None, help="--criteria: torch.compile mode, e.g. reduce-overhead")
     p.set_defaults(func=bench)
 
     _add_lab_commands(sub)

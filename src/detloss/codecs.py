@@ -61,7 +61,9 @@ def decode_yolo_grid(raw: Tensor, anchors: Tensor, stride: float) -> Tensor:
 # ---------------------------------------------------------------------------------------------
 
 
-def decode_yolov5(raw: Tensor, anchors: Tensor, grid: Tensor | None = None, stride: float = 1.0) -> Tensor:
+def decode_yolov5(
+    raw: Tensor, anchors: Tensor, grid: Tensor | None = None, stride: float = 1.0, fmt: str = "cxcywh"
+) -> Tensor:
     """Decode YOLOv5 box logits into centre-size boxes.
 
     Args:
@@ -70,6 +72,8 @@ def decode_yolov5(raw: Tensor, anchors: Tensor, grid: Tensor | None = None, stri
         grid: ``(..., 2)`` integer cell (x, y) to add to the centre; ``None`` keeps the centre
             relative to its cell, which is how ``ComputeLoss`` compares it with the target.
         stride: multiplies the result (1 keeps grid units; the stride gives input pixels).
+
+        fmt: ``"cxcywh"`` or ``"xyxy"`` (the corners ``xy ∓ wh/2``, without a separate conversion).
 
     Returns:
         ``(..., 4)`` cxcywh::
@@ -82,7 +86,11 @@ def decode_yolov5(raw: Tensor, anchors: Tensor, grid: Tensor | None = None, stri
     if grid is not None:
         xy = xy + grid
     wh = (s[..., 2:4] * 2.0) ** 2 * anchors
-    out = torch.cat((xy, wh), dim=-1)
+    if fmt == "xyxy":  # the corners straight away, as boxes.convert computes them
+        half = 0.5 * wh
+        out = torch.cat((xy - half, xy + half), dim=-1)
+    else:
+        out = torch.cat((xy, wh), dim=-1)
     return out * stride if stride != 1.0 else out
 
 

@@ -16,13 +16,18 @@ from .tal import TaskAlignedAssignment, task_aligned_assign
 from .targets import PaddedTargets, pad_targets
 from .yolo import (
     YoloAssignment,
+    YOLOv5Candidates,
+    YOLOv5Layout,
     YOLOv5Matches,
     best_iou_with,
     build_yolov3_targets,
     build_yolov4_targets,
     build_yolov5_targets,
     gather_at_cells,
+    gather_head,
     resolve_collisions,
+    yolov5_candidates,
+    yolov5_layout,
 )
 
 __all__ = [
@@ -30,6 +35,8 @@ __all__ = [
     "PRIOR_NEGATIVE",
     "PaddedTargets",
     "TaskAlignedAssignment",
+    "YOLOv5Candidates",
+    "YOLOv5Layout",
     "YOLOv5Matches",
     "YoloAssignment",
     "best_iou_with",
@@ -37,10 +44,13 @@ __all__ = [
     "build_yolov4_targets",
     "build_yolov5_targets",
     "gather_at_cells",
+    "gather_head",
     "hard_negative_mask",
     "hungarian_match",
     "match_priors",
     "pad_targets",
     "resolve_collisions",
     "task_aligned_assign",
+    "yolov5_candidates",
+    "yolov5_layout",
 ]

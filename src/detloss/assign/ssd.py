@@ -59,13 +59,14 @@ def match_priors(
         # torch.max(dim) returns the first index on ties (documented), and over a short middle dim
         # it is several times faster than argmax
         best_iou, best_box = iou.max(1)  # (B, P)
-        low = match_threshold if ignore_threshold is None else ignore_threshold
-        unmatched = torch.where(best_iou >= low, PRIOR_IGNORED, PRIOR_NEGATIVE)
-        matched = torch.where(best_iou >= match_threshold, best_box, unmatched)
+        matched = best_box.masked_fill(best_iou < match_threshold, PRIOR_NEGATIVE)
+        if ignore_threshold is not None:
+            band = (best_iou >= ignore_threshold) & (best_iou < match_threshold)
+            matched = matched.masked_fill(band, PRIOR_IGNORED)
 
         best_prior = iou.argmax(2, keepdim=True)  # (B, M, 1), first on ties
         forced = torch.zeros_like(iou, dtype=torch.bool).scatter_(2, best_prior, targets.mask[..., None])
-        forced_box = torch.where(forced, iou, 0.0).max(1).indices  # (B, P) highest IoU of the forcers
+        forced_box = (iou * forced).max(1).indices  # (B, P) highest IoU of the forcers (IoU >= 0 there)
         return torch.where(forced.any(1), forced_box, matched)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -39,6 +40,7 @@ def pad_targets(
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
     validate: bool = True,
+    input_size: tuple[int, int] | None = None,
 ) -> PaddedTargets:
     """Validate a list of per-image target dicts and pad them into batch tensors.
 
@@ -47,7 +49,13 @@ def pad_targets(
         num_classes: class ids must lie in ``[0, num_classes)``.
         dtype, device: of the returned boxes.
         validate: check finiteness, positive width and height, and class ranges (the shape and
-            type checks always run).
+            type checks always run), in one host sync for the whole batch.
+        input_size: ``(H, W)``; with ``validate``, box centres must lie in ``[0, W) × [0, H)`` too
+            (YOLO trains a box at its centre's cell), checked in the same single sync.
+
+    Without ``validate`` nothing here reads a tensor value: the padded rows gather the concatenated
+    boxes by a cumulative count of the mask, a comparison with the per-image counts that the host
+    knows from the shapes.
 
     Raises:
         TypeError: a wrong container, key or dtype, naming the image.
@@ -79,31 +87,45 @@ def pad_targets(
             )
         boxes.append(b)
         labels.append(lab)
-    if validate:
-        _check_values(boxes, labels, num_classes, dtype)
-
     batch = len(boxes)
-    m = max((b.shape[0] for b in boxes), default=0)
     if device is None and boxes:
         device = boxes[0].device
-    out_boxes = torch.zeros(batch, m, 4, dtype=dtype, device=device)
-    out_labels = torch.zeros(batch, m, dtype=torch.int64, device=device)
+    if not batch:
+        empty = torch.zeros(0, 0, 4, dtype=dtype, device=device)
+        return PaddedTargets(empty, torch.zeros(0, 0, dtype=torch.int64, device=device), empty[..., 0].bool())
+    if validate:
+        _check_values(boxes, labels, num_classes, dtype, input_size)
+    # padded row r takes concatenated row (number of real rows before r): a gather by a cumsum
+    # index, no mask indexing and no host sync (the counts come from the shapes)
     counts = torch.tensor([b.shape[0] for b in boxes], dtype=torch.int64, device=device)
+    # sym_max: under torch.compile(dynamic=True) a plain max() would guard on which image is largest
+    m = functools.reduce(torch.sym_max, [b.shape[0] for b in boxes])
     mask = torch.arange(m, device=device) < counts[:, None]
-    if m:
-        out_boxes[mask] = torch.cat(boxes).to(out_boxes)
-        out_labels[mask] = torch.cat(labels).to(out_labels)
+    source = (mask.view(-1).cumsum(0) - 1).clamp(min=0).view(batch, m)
+    keep = mask[..., None]
+    flat = torch.cat([b.to(dtype=dtype, device=device) for b in boxes])
+    out_boxes = torch.where(keep, flat[source], 0.0)
+    out_labels = torch.cat(labels).to(device=device, dtype=torch.int64)[source] * mask
     return PaddedTargets(out_boxes, out_labels, mask)
 
 
-def _check_values(boxes: list[Tensor], labels: list[Tensor], num_classes: int, dtype: torch.dtype) -> None:
-    """Finite boxes (in ``dtype``: 1e30 is finite in float32 but inf in float16), x2 > x1, y2 > y1
-    and class ids in range: one pass and one host sync over the whole batch; only on failure are
-    the images checked one by one, to name the first bad image and box."""
+def _check_values(
+    boxes: list[Tensor],
+    labels: list[Tensor],
+    num_classes: int,
+    dtype: torch.dtype,
+    input_size: tuple[int, int] | None,
+) -> None:
+    """Finite boxes (in ``dtype``: 1e30 is finite in float32 but inf in float16), x2 > x1, y2 > y1,
+    class ids in range and (with ``input_size``) centres inside the input: one pass and one host sync
+    over the whole batch; only on failure are the images checked one by one, to name the first bad
+    image and box."""
     if not any(b.shape[0] for b in boxes):
         return
     b, lab = torch.cat([x.to(dtype) for x in boxes]), torch.cat(labels)
     ok = torch.isfinite(b).all(1) & (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
+    if input_size is not None:
+        ok &= ~centre_outside(b, input_size)
     if bool((ok & (lab >= 0) & (lab < num_classes)).all()):
         return
     for i, (b, lab) in enumerate(zip(boxes, labels, strict=True)):
@@ -117,3 +139,22 @@ def _check_values(boxes: list[Tensor], labels: list[Tensor], num_classes: int, d
                 f"targets[{i}]['boxes'][{j}] = {b[j].tolist()} has zero or negative width or "
                 "height (xyxy boxes need x2 > x1 and y2 > y1)"
             )
+        if input_size is not None and bool((out := centre_outside(b, input_size)).any()):
+            j = int(out.nonzero()[0, 0])
+            raise centre_error(i, j, b[j], input_size)
+
+
+def centre_outside(boxes: Tensor, input_size: tuple[int, int]) -> Tensor:
+    """``(...)`` bool: the centre of an xyxy box ``(..., 4)`` lies outside ``[0, W) × [0, H)``."""
+    h, w = input_size
+    c = (boxes[..., :2] + boxes[..., 2:]) * 0.5
+    return (c < 0).any(-1) | (c[..., 0] >= w) | (c[..., 1] >= h)
+
+
+def centre_error(image: int, index: int, box: Tensor, input_size: tuple[int, int]) -> ValueError:
+    """The error for box ``index`` of image ``image`` whose centre lies outside the input."""
+    h, w = input_size
+    return ValueError(
+        f"targets[{image}]['boxes'][{index}] = {box.tolist()} has its centre outside the "
+        f"{w}x{h} input: YOLO trains a box at the cell of its centre"
+    )

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from ..boxes import convert
 from ..iou import iou_xyxy
-from .targets import PaddedTargets
+from .targets import PaddedTargets, centre_error, centre_outside
 
 # ---------------------------------------------------------------------------------------------------
 # YOLOv3 / YOLOv4 target building (the ignore-threshold family)
@@ -37,7 +37,9 @@ class YoloAssignment:
             holds its slot at the end (itself if it is the winner); -1 for the others.
         cell: ``(B, M, S, 2)`` int64 cell ``(gx, gy)`` written on each scale.
         held: ``(B, M, S)`` bool, the boxes scale s compares predictions with in the ignore test.
-        responsible: per scale ``(B, A, H, W)`` bool, the slots holding a box.
+        occupied: ``(B, Σ_s A·H_s·W_s)`` bool, the slots holding a box, scale after scale, each
+            ``(A, H, W)`` flattened (the order of the heads' objectness planes).
+        grids: the S grid sizes ``(H, W)``.
     """
 
     boxes: Tensor
@@ -46,7 +48,16 @@ class YoloAssignment:
     owner: Tensor
     cell: Tensor
     held: Tensor
-    responsible: list[Tensor]
+    occupied: Tensor
+    grids: tuple[tuple[int, int], ...]
+
+    @property
+    def responsible(self) -> list[Tensor]:
+        """Per scale ``(B, A, H, W)`` bool, the slots holding a box (views of ``occupied``)."""
+        b, a = self.assigned.shape[0], self.assigned.shape[3]
+        sizes = [a * h * w for h, w in self.grids]
+        parts = self.occupied.split(sizes, 1)
+        return [r.view(b, a, h, w) for r, (h, w) in zip(parts, self.grids, strict=True)]
 
 
 def resolve_collisions(slot: Tensor, assigned: Tensor, num_slots: int) -> tuple[Tensor, Tensor]:
@@ -109,7 +120,12 @@ def gather_at_cells(head: Tensor, cell: Tensor, obj_channel: int = 4) -> tuple[T
     bi = torch.arange(b, device=dev).view(b, 1, 1)
     ai = torch.arange(a, device=dev).view(1, 1, a)
     base = (bi * a + ai) * (k * h * w) + cell[..., 1:2] * w + cell[..., 0:1]  # (B, M, A)
-    flat_index = base[..., None] + torch.arange(k, device=dev) * (h * w)  # (B, M, A, K)
+    return gather_head(head, base[..., None] + torch.arange(k, device=dev) * (h * w), obj_channel)
+
+
+def gather_head(head: Tensor, flat_index: Tensor, obj_channel: int = 4) -> tuple[Tensor, Tensor]:
+    """The objectness plane ``(B, A, H, W)`` of a head ``(B, A, K, H, W)`` and its values at
+    ``flat_index`` (any shape, indices into the head's contiguous memory); one gradient buffer."""
     return _HeadAtCells.apply(head, obj_channel, flat_index)
 
 
@@ -117,7 +133,8 @@ def best_iou_with(pred: Tensor, boxes: Tensor, keep: Tensor, fill: float, eps: f
     """Best IoU of every predicted box with the kept boxes of the same image (no gradient).
 
     Args:
-        pred: ``(B, P, 4)`` xyxy. boxes: ``(B, M, 4)`` xyxy with positive area. keep: ``(B, M)`` bool.
+        pred: ``(B, P, 4)`` xyxy. boxes: ``(B, M, 4)`` xyxy with positive area.
+        keep: ``(B, M)`` bool, or ``(B, P, M)`` to keep different boxes for different predictions.
         fill: the value for an image without kept boxes.
         eps: added to the union (0 = the originals' plain ``inter / union``; the target boxes have
             positive area, so the union is positive).
@@ -129,20 +146,15 @@ def best_iou_with(pred: Tensor, boxes: Tensor, keep: Tensor, fill: float, eps: f
         if boxes.shape[1] == 0:
             return pred.new_full(pred.shape[:2], fill)
         iou = iou_xyxy(pred[:, :, None, :], boxes[:, None, :, :], "iou", eps)  # (B, P, M)
-        return iou.masked_fill(~keep[:, None, :], fill).amax(-1)
+        return iou.masked_fill(~(keep[:, None, :] if keep.dim() == 2 else keep), fill).amax(-1)
 
 
 def _check_centres(boxes: Tensor, mask: Tensor, input_size: tuple[int, int]) -> None:
     """A box centre must lie inside the input, [0, W) × [0, H): its cell is where the box is trained."""
-    h, w = input_size
-    c = (boxes[..., :2] + boxes[..., 2:]) * 0.5
-    bad = mask & ((c < 0).any(-1) | (c[..., 0] >= w) | (c[..., 1] >= h))
+    bad = mask & centre_outside(boxes, input_size)
     if bad.numel() and bool(bad.any()):
         i, j = bad.nonzero()[0].tolist()
-        raise ValueError(
-            f"targets[{i}]['boxes'][{j}] = {boxes[i, j].tolist()} has its centre outside the "
-            f"{w}x{h} input: YOLO trains a box at the cell of its centre"
-        )
+        raise centre_error(i, j, boxes[i, j], input_size)
 
 
 def _finish_yolo_assignment(
@@ -164,10 +176,7 @@ def _finish_yolo_assignment(
     winner = owner == torch.arange(m * s * a, device=dev).view(m, s, a)
     if held is None:  # the boxes still held by a responsible slot after overwriting
         held = winner.any(-1)
-    responsible = [
-        r.view(b, a, h, w) for r, (h, w) in zip(occupied.split(sizes, dim=1), grids, strict=True)
-    ]
-    return YoloAssignment(boxes, assigned, winner, owner, cell, held, responsible)
+    return YoloAssignment(boxes, assigned, winner, owner, cell, held, occupied, tuple(map(tuple, grids)))
 
 
 def build_yolov3_targets(
@@ -216,8 +225,8 @@ def build_yolov3_targets(
 
     positive = iou > anchor_iou_thresh
     none = ~positive.flatten(2).any(-1)  # (B, M): no anchor of any scale passes
-    best = iou.flatten(2).argmax(-1)  # first on ties
-    fallback = torch.nn.functional.one_hot(best, s * a).view(b, m, s, a).bool() & none[..., None, None]
+    best = iou.flatten(2).argmax(-1, keepdim=True)  # first on ties
+    fallback = (torch.arange(s * a, device=boxes.device) == best).view(b, m, s, a) & none[..., None, None]
     assigned = (positive | fallback) & mask[..., None, None]
 
     cell = cell.long()
@@ -318,6 +327,160 @@ class YOLOv5Matches:
     winner: Tensor
 
 
+@dataclass
+class YOLOv5Candidates:
+    """Every possible YOLOv5 match of every scale, fixed-size: ``(S, G, A, N)`` candidates for S scales,
+    G = 5 offset groups, A anchors and N = B·M padded targets (image-major), in the original's write
+    order (group → anchor → target) within each scale.
+
+    Attributes:
+        valid: ``(S, G, A, N)`` bool, the candidate is a match of ``build_targets``.
+        winner: ``(S, G, A, N)`` bool, a valid match written last to its (image, anchor, cell).
+        slot: ``(S, G, A, N)`` int64 index of the candidate's cell in the objectness planes of all
+            scales flattened and concatenated (each ``(B, A, H, W)``); ``num_slots`` where not valid.
+        num_slots: ``Σ_s B·A·H_s·W_s``.
+        plane: ``(A, N)`` int64 ``image · A + anchor``, the head plane the candidate reads.
+        gj, gi: ``(S, G, 1, N)`` int64 cell row and column, clamped to the grid.
+        box_xyxy: ``(S, G, 1, N, 4)`` the target in grid units relative to the UNclamped cell, xyxy
+            (:attr:`box`: the same as cxcywh, centre minus the cell, w, h).
+        anchors: ``(S, 1, A, 1, 2)`` anchor (w, h) in grid units.
+        labels: ``(N,)`` int64 class ids.
+    """
+
+    valid: Tensor
+    winner: Tensor
+    slot: Tensor
+    num_slots: int
+    plane: Tensor
+    gj: Tensor
+    gi: Tensor
+    box_xyxy: Tensor
+    anchors: Tensor
+    labels: Tensor
+
+    @property
+    def box(self) -> Tensor:
+        """``(S, G, 1, N, 4)`` cxcywh target: centre minus the unclamped cell, w, h."""
+        return convert(self.box_xyxy, "xyxy", "cxcywh")
+
+
+@dataclass
+class YOLOv5Layout:
+    """The constants of :func:`yolov5_candidates` for one head layout (S scales, A anchors, G groups).
+
+    Attributes:
+        anchors: ``(S, A, 2)`` anchor (w, h) in grid units. stride: ``(S, 1, 1)``.
+        size: ``(S, 1, 2)`` grid (W, H) as floats; last_cell: ``(S, 1, 1, 1, 2)`` int64 (W − 1, H − 1).
+        offsets: ``(1, G, 1, 1, 2)`` the groups' cell offsets times g.
+        slot_start, height, width: ``(S, 1, 1, 1)`` int64: scale s's first slot, H_s and W_s.
+        num_slots: ``Σ_s B·A·H_s·W_s``.
+    """
+
+    anchors: Tensor
+    stride: Tensor
+    size: Tensor
+    last_cell: Tensor
+    offsets: Tensor
+    slot_start: Tensor
+    height: Tensor
+    width: Tensor
+    num_slots: int
+
+
+def yolov5_layout(
+    batch: int,
+    anchors: Tensor,
+    strides: Sequence[float],
+    grids: Sequence[tuple[int, int]],
+    offset: float = 0.5,
+) -> YOLOv5Layout:
+    """:class:`YOLOv5Layout` of heads with grids ``(H_s, W_s)``; ``anchors`` ``(S, A, 2)`` in grid units
+    give the dtype and device."""
+    dt, dev = anchors.dtype, anchors.device
+    num_anchors = anchors.shape[1]
+    sizes = [batch * num_anchors * h * w for h, w in grids]
+    hw_long = torch.tensor([[w, h] for h, w in grids], device=dev)  # (S, 2)
+    return YOLOv5Layout(
+        anchors=anchors,
+        stride=torch.tensor(strides, dtype=dt, device=dev).view(-1, 1, 1),
+        size=hw_long.to(dt)[:, None],
+        last_cell=(hw_long - 1).view(-1, 1, 1, 1, 2),
+        offsets=torch.tensor(_YOLOV5_OFFSETS, dtype=dt, device=dev).view(1, -1, 1, 1, 2) * offset,
+        slot_start=torch.tensor([sum(sizes[:i]) for i in range(len(grids))], device=dev).view(-1, 1, 1, 1),
+        height=hw_long[:, 1].view(-1, 1, 1, 1),
+        width=hw_long[:, 0].view(-1, 1, 1, 1),
+        num_slots=sum(sizes),
+    )
+
+
+def yolov5_candidates(targets: PaddedTargets, layout: YOLOv5Layout, anchor_t: float = 4.0, offset: float = 0.5
+) -> YOLOv5Candidates:
+    """YOLOv5 target assignment of all scales at once over fixed-size candidates (no host sync).
+
+    Steps (``build_targets`` of ComputeLoss), on every scale s in grid units (pixels / stride):
+
+    1. A box matches anchor ``a`` when ``max(r, 1/r) < anchor_t`` for both r = w/a_w and r = h/a_h.
+    2. Each match goes to its own cell and to up to two neighbours: left if ``frac(x) < g`` and
+       ``x > 1``, up likewise in y, right if ``frac(W − x) < g`` and ``W − x > 1``, down likewise
+       (g = ``offset``). The cell is ``trunc(centre − offset)`` (``.long()``), clamped to the grid
+       for indexing; the box target keeps the unclamped cell.
+    3. The original writes the objectness target match by match, group by group, anchor by anchor,
+       target by target in batch order, so the last valid candidate on an (image, anchor, cell) is
+       the ``winner``: a scatter-``amax`` of the write-order index (PyTorch's index_put with duplicate
+       indices promises no order).
+
+    Args:
+        targets: padded xyxy boxes in input pixels, ``(B, M, 4)``, with labels and mask.
+        layout: the heads' constants (:func:`yolov5_layout`, built with the same ``offset``).
+        anchor_t: the anchor ratio threshold (strict ``<``).
+        offset: g, the neighbour-cell offset.
+    """
+    bsz, m = targets.mask.shape
+    num_anchors = layout.anchors.shape[1]
+    n = bsz * m
+    grid_box = convert(targets.boxes.reshape(1, n, 4), "xyxy", "cxcywh") / layout.stride  # (S, N, 4)
+    gxy, gwh = grid_box[..., :2], grid_box[..., 2:]
+
+    r = gwh[:, None] / layout.anchors[:, :, None]  # (S, A, N, 2)
+    fits = (torch.maximum(r, 1.0 / r).amax(-1) < anchor_t) & targets.mask.reshape(1, 1, n)
+
+    # the groups' conditions, (S, N, 2) each: left/up from the centre, right/down from the far edge
+    near = torch.cat((gxy, layout.size - gxy), -1)  # (S, N, 4)
+    groups = (near % 1 < offset) & (near > 1)
+    groups = torch.cat((torch.ones_like(groups[..., :1]), groups), -1).transpose(1, 2)  # (S, G, N)
+    valid = groups[:, :, None] & fits[:, None]  # (S, G, A, N)
+
+    centre = gxy[:, None, None]  # (S, 1, 1, N, 2)
+    gij = (centre - layout.offsets).long()  # (S, G, 1, N, 2), truncation toward zero as the original
+    cell = torch.minimum(gij.clamp(min=0), layout.last_cell)
+    gi, gj = cell[..., 0], cell[..., 1]
+
+    # image · A + anchor
+    plane = torch.arange(n, device=gij.device) // torch.sym_max(m, 1) * num_anchors
+    plane = plane + torch.arange(num_anchors, device=gij.device)[:, None]  # (A, N)
+    slot = layout.slot_start + (plane * layout.height + gj) * layout.width + gi  # (S, G, A, N)
+    write_order = torch.arange(valid.numel(), device=gij.device).view(valid.shape)
+    spare = layout.num_slots  # invalid candidates write to a slot past the last
+    slot = slot.masked_fill(~valid, spare)
+    last = torch.full((spare + 1,), -1, dtype=torch.int64, device=gij.device)
+    last = last.scatter_reduce(0, slot.view(-1), write_order.view(-1), reduce="amax")
+    winner = valid & (last[slot] == write_order)
+    offset_xy = centre - gij
+    half = 0.5 * gwh[:, None, None]
+    return YOLOv5Candidates(
+        valid=valid,
+        winner=winner,
+        slot=slot,
+        num_slots=spare,
+        plane=plane,
+        gj=gj,
+        gi=gi,
+        box_xyxy=torch.cat((offset_xy - half, offset_xy + half), -1),
+        anchors=layout.anchors[:, None, :, None],
+        labels=targets.labels.reshape(-1),
+    )
+
+
 def build_yolov5_targets(
     targets: PaddedTargets,
     anchors: Tensor,
@@ -326,20 +489,9 @@ def build_yolov5_targets(
     anchor_t: float = 4.0,
     offset: float = 0.5,
 ) -> YOLOv5Matches:
-    """YOLOv5 target assignment for one scale, vectorised over the batch.
-
-    Steps (``build_targets`` of ComputeLoss):
-
-    1. In grid units (pixels / stride) a box matches anchor ``a`` when
-       ``max(r, 1/r) < anchor_t`` for both r = w/a_w and r = h/a_h.
-    2. Each match goes to its own cell and to up to two neighbours: left if ``frac(x) < g`` and
-       ``x > 1``, up likewise in y, right if ``frac(W − x) < g`` and ``W − x > 1``, down likewise
-       (g = ``offset``). The cell is ``trunc(centre − offset)`` (``.long()``), clamped to the grid
-       for indexing; the box target keeps the unclamped cell.
-    3. Matches are listed group by group, anchor by anchor, target by target in batch order —
-       the order in which the original writes the objectness target, so the last match on an
-       (image, anchor, cell) is marked ``winner`` (scatter-max of the sequence number: PyTorch's
-       index_put with duplicate indices promises no order).
+    """The matches of one scale as a list, in the original's order (offset group → anchor → target):
+    :func:`yolov5_candidates` compressed to its valid candidates (a host sync: inspection and tests;
+    :class:`detloss.YOLOv5Loss` works on the fixed-size candidates).
 
     Args:
         targets: padded xyxy boxes in input pixels, ``(B, M, 4)``, with labels and mask.
@@ -349,38 +501,19 @@ def build_yolov5_targets(
         anchor_t: the anchor ratio threshold (strict ``<``).
         offset: g, the neighbour-cell offset.
     """
-    bsz, m = targets.mask.shape
-    num_anchors = anchors.shape[0]
-    h, w = grid_size
-    cxcywh = convert(targets.boxes.reshape(bsz * m, 4), "xyxy", "cxcywh") / stride  # (N, 4)
-    gxy, gwh = cxcywh[:, :2], cxcywh[:, 2:]
-
-    r = gwh[None] / anchors[:, None]  # (A, N, 2)
-    fits = torch.maximum(r, 1.0 / r).amax(2) < anchor_t  # (A, N)
-    fits &= targets.mask.reshape(1, -1)
-
-    gxi = gxy.new_tensor([w, h]) - gxy  # distance to the right / bottom edge
-    near = (gxy % 1 < offset) & (gxy > 1)  # (N, 2): left, up
-    far = (gxi % 1 < offset) & (gxi > 1)  # (N, 2): right, down
-    groups = torch.stack((torch.ones_like(near[:, 0]), near[:, 0], near[:, 1], far[:, 0], far[:, 1]))
-    group, anchor, t = (groups[:, None, :] & fits[None]).nonzero(as_tuple=True)  # row-major order
-
-    off = gxy.new_tensor(_YOLOV5_OFFSETS) * offset
-    centre = gxy[t]
-    gij = (centre - off[group]).long()  # truncation toward zero, as the original
-    gi, gj = gij[:, 0].clamp(0, w - 1), gij[:, 1].clamp(0, h - 1)
-    batch = t // m
-
-    cell = ((batch * num_anchors + anchor) * h + gj) * w + gi
-    every = torch.ones_like(cell, dtype=torch.bool)
-    owner, _ = resolve_collisions(cell[None], every[None], bsz * num_anchors * h * w)
+    layout = yolov5_layout(targets.mask.shape[0], anchors[None], (stride,), (grid_size,), offset)
+    c = yolov5_candidates(targets, layout, anchor_t, offset)
+    _, g, a, n = c.valid.shape
+    group, anchor, t = c.valid[0].nonzero(as_tuple=True)
+    m = targets.mask.shape[1]
+    box = c.box[0].expand(g, a, n, 4)
     return YOLOv5Matches(
-        batch=batch,
+        batch=t // torch.sym_max(m, 1),
         anchor=anchor,
-        gj=gj,
-        gi=gi,
-        box=torch.cat((centre - gij, gwh[t]), 1),
-        labels=targets.labels.reshape(-1)[t],
+        gj=c.gj[0, group, 0, t],
+        gi=c.gi[0, group, 0, t],
+        box=box[group, anchor, t],
+        labels=c.labels[t],
         anchors=anchors[anchor],
-        winner=owner[0] == torch.arange(cell.shape[0], device=cell.device),
+        winner=c.winner[0, group, anchor, t],
     )

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..assign import best_iou_with, gather_at_cells
+from ..assign import best_iou_with, gather_head
 from ..boxes import check_tensor, convert
-from ..codecs import decode_yolo, decode_yolo_grid
+from ..codecs import decode_yolo, yolo_grid
 from ..iou import check_modifiers, iou_xyxy
+from ..kernels import fused_focal
 from ..losses import weight_reduce
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -122,55 +126,190 @@ def anchor_table(anchors: object, num_scales: int) -> tuple[tuple[tuple[float, f
     )
 
 
-def yolo_held_terms(
-    view: Tensor,
+def class_targets(labels: Tensor, num_classes: int, smoothing: float, dtype: torch.dtype) -> Tensor:
+    """``(*, C)`` smoothed one-hot ``onehot·(1 − ε) + ε/C`` of checked class ids, without a host sync
+    (``F.one_hot`` and :func:`detloss.smooth_labels` read the ids to check them)."""
+    onehot = (labels[..., None] == torch.arange(num_classes, device=labels.device)).to(dtype)
+    return onehot * (1.0 - smoothing) + smoothing / num_classes if smoothing else onehot
+
+
+def focal_sum(
+    logits: Tensor,
+    target: Tensor,
+    weight: Tensor,
+    alpha: float,
+    gamma: float,
+    pos_weight: Tensor | None = None,
+) -> Tensor:
+    """``Σ weight · BCE(logits, target; pos_weight) · α_t · (1 − p_t)^γ`` (:func:`detloss.sigmoid_focal_loss`
+    without its argument checks, which the criteria ran at construction: the checks branch on the
+    float hyper-parameters, which ``torch.compile(dynamic=True)`` traces as symbols)."""
+    if gamma == 0 and alpha < 0:  # plain BCE: PyTorch's fused op (the kernel computes the same)
+        return F.binary_cross_entropy_with_logits(
+            logits, target, weight, pos_weight=pos_weight, reduction="sum"
+        )
+    return weight_reduce(fused_focal(logits, target, pos_weight, alpha, gamma), weight, "sum")
+
+
+@dataclass
+class YoloTerms:
+    """The per-criterion sums of YOLOv3/v4 over all scales at once.
+
+    Attributes:
+        obj_logit: ``(B, P)`` objectness logits of all scales, P = Σ_s A·H_s·W_s, in slot order.
+        best_iou: ``(B, P)`` best IoU of each decoded prediction with the boxes its scale compares
+            with (no gradient), ``fill`` where there are none.
+        box, cls: scalar sums over the responsible slots.
+    """
+
+    obj_logit: Tensor
+    best_iou: Tensor
+    box: Tensor
+    cls: Tensor
+
+
+class ConstantCache:
+    """A criterion's constant tensors (grids, index tables) per input layout, built once in eager mode.
+
+    Rebuilding them costs a dozen small launches per call; YOLO's ``Detect`` caches its grids the same
+    way. Under ``torch.compile`` they are built inside the traced graph instead (the compiler folds
+    them), so the cache never leaks tensors into a graph or guards on its contents.
+    """
+
+    def __init__(self, size: int = 8) -> None:
+        self._items: dict[tuple, object] = {}
+        self._size = size
+
+    def get(self, key: tuple, build: Callable[[], T]) -> T:
+        if torch.compiler.is_compiling():
+            return build()
+        # tensors made under inference_mode cannot be saved for a later backward: kept apart
+        key = (*key, torch.is_inference_mode_enabled())
+        value = self._items.get(key)
+        if value is None:
+            if len(self._items) >= self._size:
+                self._items.clear()
+            value = self._items[key] = build()
+        return value  # type: ignore[return-value]
+
+
+@dataclass
+class YoloTables:
+    """The per-layout constants of :func:`yolo_terms` (S scales, P = Σ_s A·H_s·W_s predictions).
+
+    Attributes:
+        anchors: ``(S, A, 2)`` pixels. stride: ``(S, 1, 1)``.
+        plane_base: ``(B, 1, S, A)`` int64 flat offset of channel 0 of plane (b, a) in head s.
+        width: ``(S, 1)`` int64 W_s. channel: ``(S, 1, K)`` int64 offset of channel k, ``k · H_s·W_s``.
+        dense_offset, dense_anchor: ``(P, 2)`` cell and anchor of every prediction; dense_stride ``(P, 1)``.
+        dense_scale: ``(P,)`` int64 scale of every prediction.
+    """
+
+    anchors: Tensor
+    stride: Tensor
+    plane_base: Tensor
+    width: Tensor
+    channel: Tensor
+    dense_offset: Tensor
+    dense_anchor: Tensor
+    dense_stride: Tensor
+    dense_scale: Tensor
+
+
+def yolo_tables(
+    batch: int,
+    anchors: Sequence[Sequence[Sequence[float]]],
+    strides: Sequence[int],
+    grids: Sequence[tuple[int, int]],
+    channels: int,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> YoloTables:
+    """Build :class:`YoloTables` for heads ``(B, A·K, H_s, W_s)`` with ``K = channels``."""
+    anchor_t = torch.tensor(anchors, dtype=dtype, device=device)  # (S, A, 2)
+    a = anchor_t.shape[1]
+    hw = torch.tensor([h * w for h, w in grids], device=device)
+    plane = torch.arange(batch * a, device=device).view(batch, 1, 1, a)
+    offset, anchor, scale = [], [], []
+    for s, (h, w) in enumerate(grids):
+        offset.append(yolo_grid(h, w, dtype=dtype, device=device).expand(a, h, w, 2).reshape(-1, 2))
+        anchor.append(anchor_t[s].view(a, 1, 1, 2).expand(a, h, w, 2).reshape(-1, 2))
+        scale.append(a * h * w)
+    dense_scale = torch.repeat_interleave(
+        torch.arange(len(grids), device=device), torch.tensor(scale, device=device), output_size=sum(scale)
+    )
+    stride = torch.tensor(strides, dtype=dtype, device=device)
+    return YoloTables(
+        anchors=anchor_t,
+        stride=stride.view(-1, 1, 1),
+        plane_base=plane * (channels * hw).view(1, 1, -1, 1),
+        width=torch.tensor([w for _, w in grids], device=device).view(-1, 1),
+        channel=(torch.arange(channels, device=device) * hw[:, None]).view(-1, 1, channels),
+        dense_offset=torch.cat(offset),
+        dense_anchor=torch.cat(anchor),
+        dense_stride=stride[dense_scale, None],
+        dense_scale=dense_scale,
+    )
+
+
+def yolo_terms(
+    views: Sequence[Tensor],
     cell: Tensor,
     win: Tensor,
-    anchors: Tensor,
-    stride: int,
+    tables: YoloTables,
     target: Tensor,
     box_scale: Tensor,
     cls_target: Tensor,
+    held: Tensor,
+    held_boxes: Tensor,
     iou_kind: str,
     iou_eps: float,
+    fill: float,
     unit: Tensor | float = 1.0,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """One scale's box and class sums at the responsible slots, shared by YOLOv3 and YOLOv4.
-
-    The head is decoded with gradient only at each box's cell (a sparse gather, not the whole head)::
+) -> YoloTerms:
+    """The box and class sums at the responsible slots and the dense best IoU, shared by YOLOv3 and
+    YOLOv4: one gather per head (indexed for all scales at once), then one decode, one IoU and one
+    BCE over the slots of all scales::
 
         box = Σ win · box_scale · (1 − IoU_kind(decode(t) · unit, target))
         cls = Σ win · Σ_c BCE(t_c, cls_target)
+        best_iou = max over the held boxes of IoU(decode(t), box)      (dense, pixels, no gradient)
+
+    The head is decoded with gradient only at each box's cell (a sparse gather, not the whole head).
 
     Args:
-        view: ``(B, A, H, W, 5 + C)`` head view. cell: ``(B, M, 2)`` int64 ``(gx, gy)``.
-        win: ``(B, M, A)`` weight of each (box, anchor) slot (1 where the box holds it).
-        anchors: ``(A, 2)`` pixels. target: ``(B, M, 1, 4)`` xyxy, in the units ``unit`` gives.
-        box_scale: ``(B, M, 1)``. cls_target: broadcastable to ``(B, M, A, C)``.
-
-    Returns:
-        The objectness plane ``(B, A, H, W)`` (with gradient) and the scalar box and class sums.
+        views: S head views ``(B, A, H, W, 5 + C)``. cell: ``(B, M, S, 2)`` int64 ``(gx, gy)``.
+        win: ``(B, M, S, A)`` weight of each (box, scale, anchor) slot (1 where the box holds it).
+        tables: the layout's constants (:func:`yolo_tables`).
+        target: ``(B, M, 1, 1, 4)`` xyxy, in the units ``unit`` gives.
+        box_scale: ``(B, M, 1, 1)``. cls_target: broadcastable to ``(B, M, S, A, C)``.
+        held: ``(B, M, S)`` bool, the boxes each scale's best IoU compares with; held_boxes:
+            ``(B, M, 4)`` xyxy pixels.
+        fill: best IoU where a scale holds no box of the image.
     """
-    head = view.permute(0, 1, 4, 2, 3)  # (B, A, 5 + C, H, W), the memory order of the raw head
-    obj_logit, raw = gather_at_cells(head, cell)  # (B, A, H, W), (B, M, A, 5 + C)
-    pred = convert(decode_yolo(raw, cell[:, :, None].to(raw.dtype), anchors, stride), "cxcywh", "xyxy")
-    iou = iou_xyxy(pred * unit, target, iou_kind, iou_eps)
+    dtype = views[0].dtype
+    # flat index of every (box, scale, anchor, channel) in its head, all scales at once
+    base = tables.plane_base + cell[..., 1:2] * tables.width + cell[..., 0:1]  # (B, M, S, A)
+    index = base[..., None] + tables.channel  # (B, M, S, A, K)
+    planes, rows = [], []
+    for s, v in enumerate(views):  # the heads are separate tensors: one gather each
+        obj, r = gather_head(v.permute(0, 1, 4, 2, 3), index[:, :, s])  # (B, A, H, W), (B, M, A, K)
+        planes.append(obj.flatten(1))
+        rows.append(r)
+    raw = torch.stack(rows, 2)  # (B, M, S, A, 5 + C)
+    pred = decode_yolo(raw, cell[..., None, :].to(dtype), tables.anchors, tables.stride)
+    iou = iou_xyxy(convert(pred, "cxcywh", "xyxy") * unit, target, iou_kind, iou_eps)
     box = weight_reduce(1.0 - iou, win * box_scale, "sum")
     logits = raw[..., 5:]
-    bce = F.binary_cross_entropy_with_logits(logits, cls_target.expand_as(logits), reduction="none")
-    return obj_logit, box, weight_reduce(bce.sum(-1), win, "sum")
-
-
-def yolo_best_iou(
-    view: Tensor, anchors: Tensor, stride: int, boxes: Tensor, keep: Tensor, fill: float
-) -> Tensor:
-    """Best IoU of every decoded prediction of a head with the kept boxes of its image, no gradient.
-
-    Returns ``(B, A, H, W)``; ``fill`` where an image keeps no box.
-    """
+    cls = F.binary_cross_entropy_with_logits(
+        logits, cls_target.expand_as(logits), win[..., None], reduction="sum"
+    )
     with torch.no_grad():  # the background / ignore masks are constants of the loss
-        dense = convert(decode_yolo_grid(view, anchors, stride), "cxcywh", "xyxy")
-        return best_iou_with(dense.flatten(1, 3), boxes, keep, fill).view(view.shape[:4])
+        dense = torch.cat([v[..., :4].flatten(1, 3) for v in views], 1)  # (B, P, 4)
+        dense = decode_yolo(dense, tables.dense_offset, tables.dense_anchor, tables.dense_stride)
+        keep = held.transpose(1, 2)[:, tables.dense_scale]  # (B, P, M)
+        best = best_iou_with(convert(dense, "cxcywh", "xyxy"), held_boxes, keep, fill)
+    return YoloTerms(torch.cat(planes, 1), best, box, cls)
 
 
 IOU_MODIFIERS = ("alpha", "inner_ratio", "focaler")

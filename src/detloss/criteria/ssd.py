@@ -130,7 +130,8 @@ class SSDLoss(nn.Module):
 
     def forward(self, preds: Sequence[Tensor], targets: Sequence[Mapping[str, Tensor]]) -> LossResult:
         loc, conf = self._check_preds(preds, len(targets))
-        dtype = torch.promote_types(compute_dtype(loc), compute_dtype(conf))
+        dtype, conf_dtype = compute_dtype(loc), compute_dtype(conf)
+        dtype = dtype if dtype == conf_dtype else torch.promote_types(dtype, conf_dtype)
         loc, conf = loc.to(dtype), conf.to(dtype)  # fp16/bf16: softmax and log in float32
         priors = self.priors.to(dtype=dtype, device=loc.device)
         padded = pad_targets(
@@ -153,7 +154,7 @@ class SSDLoss(nn.Module):
         else:
             labels = matched.new_zeros(bsz, num_priors)
             offsets = loc.new_zeros(bsz, num_priors, 4)
-        cls_t = torch.where(positive, labels, 0)
+        cls_t = labels * positive
         loc_t = torch.where(positive[..., None], offsets, 0.0)  # non-positive rows may hold log(0)
 
         # 3. hard negatives by the predicted background probability

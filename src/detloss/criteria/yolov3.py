@@ -5,21 +5,22 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..assign import build_yolov3_targets, pad_targets
 from ..distributed import global_count
 from ..iou import IoUKind, check_eps, check_kind, compute_dtype
-from ..losses import sigmoid_focal_loss, smooth_labels, weight_reduce
 from .common import (
+    ConstantCache,
     LossResult,
     anchor_table,
     check_unit,
+    class_targets,
+    focal_sum,
     positive_ints,
     split_yolo_heads,
-    yolo_best_iou,
-    yolo_held_terms,
+    yolo_tables,
+    yolo_terms,
 )
 
 #: The standard COCO anchors (input pixels), three per scale for strides 8, 16, 32.
@@ -118,6 +119,7 @@ class YOLOv3Loss(nn.Module):
         self.gains = {"box": box_gain, "obj": obj_gain, "cls": cls_gain}
         self.validate = validate
         self.reduce_across_ranks = reduce_across_ranks
+        self._constants = ConstantCache()
 
     def forward(self, preds: Sequence[Tensor], targets: Sequence[Mapping[str, Tensor]]) -> LossResult:
         s_count, a_count, c = len(self.strides), len(self.anchors[0]), self.num_classes
@@ -129,33 +131,30 @@ class YOLOv3Loss(nn.Module):
         in_h, in_w = grids[0][0] * self.strides[0], grids[0][1] * self.strides[0]
         batch = len(targets)
 
-        tg = pad_targets(targets, c, dtype=dtype, device=dev, validate=self.validate)
-        anchors = torch.tensor(self.anchors, dtype=dtype, device=dev)  # (S, A, 2)
+        tg = pad_targets(targets, c, dtype=dtype, device=dev, validate=self.validate, input_size=(in_h, in_w))
+        tables = self._constants.get(
+            (batch, tuple(grids), dtype, dev),
+            lambda: yolo_tables(batch, self.anchors, self.strides, grids, 5 + c, dtype, dev),
+        )
+        anchors = tables.anchors  # (S, A, 2)
         asg = build_yolov3_targets(
             tg.boxes, tg.mask, anchors, self.strides, grids,
             anchor_iou_thresh=self.anchor_iou_thresh, max_boxes_per_scale=self.max_boxes_per_scale,
-            fallback_clip_bug=self.fallback_clip_bug, validate=self.validate,
+            fallback_clip_bug=self.fallback_clip_bug, validate=False,
         )
         wh = tg.boxes[..., 2:] - tg.boxes[..., :2]
-        box_scale = (2.0 - wh[..., 0] * wh[..., 1] / (in_w * in_h))[..., None]  # (B, M, 1)
-        cls_target = smooth_labels(F.one_hot(tg.labels, c).to(dtype), self.label_smoothing)[:, :, None]
+        box_scale = (2.0 - wh[..., 0] * wh[..., 1] / (in_w * in_h))[..., None, None]  # (B, M, 1, 1)
+        cls_target = class_targets(tg.labels, c, self.label_smoothing, dtype)[:, :, None, None]
 
-        zero = views[0].new_zeros(())
-        box, obj, cls = zero, zero, zero
-        for s, v in enumerate(views):  # v: (B, A, H, W, 5 + C)
-            obj_logit, box_s, cls_s = yolo_held_terms(
-                v, asg.cell[:, :, s], asg.winner[:, :, s].to(dtype), anchors[s], self.strides[s],
-                tg.boxes[:, :, None], box_scale, cls_target, self.iou_kind, self.iou_eps,
-            )
-            box, cls = box + box_s, cls + cls_s
-            resp = asg.responsible[s]  # (B, A, H, W)
-            best = yolo_best_iou(v, anchors[s], self.strides[s], tg.boxes, asg.held[:, :, s], fill=0.0)
-            background = ~resp & (best < self.iou_loss_thresh)
-            t = resp.to(dtype)
-            conf = sigmoid_focal_loss(
-                obj_logit, t, self.obj_alpha, self.obj_gamma, reduction="none", validate=False
-            )
-            obj = obj + weight_reduce(conf, t + background.to(dtype), "sum")
+        terms = yolo_terms(
+            views, asg.cell, asg.winner.to(dtype), tables, tg.boxes[:, :, None, None],
+            box_scale, cls_target, asg.held, tg.boxes, self.iou_kind, self.iou_eps, fill=0.0,
+        )
+        resp = asg.occupied  # (B, P): all scales' slots
+        background = ~resp & (terms.best_iou < self.iou_loss_thresh)
+        t = resp.to(dtype)
+        obj = focal_sum(terms.obj_logit, t, t + background.to(dtype), self.obj_alpha, self.obj_gamma)
+        box, cls = terms.box, terms.cls
 
         parts = {"box": box, "obj": obj, "cls": cls}
         norm = max(batch, 1)

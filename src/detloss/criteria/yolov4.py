@@ -11,8 +11,15 @@ from torch import Tensor, nn
 from ..assign import build_yolov4_targets, pad_targets
 from ..distributed import global_count
 from ..iou import IoUKind, check_eps, check_kind, compute_dtype
-from ..losses import sigmoid_focal_loss, weight_reduce
-from .common import LossResult, positive_ints, split_yolo_heads, yolo_best_iou, yolo_held_terms
+from .common import (
+    ConstantCache,
+    LossResult,
+    focal_sum,
+    positive_ints,
+    split_yolo_heads,
+    yolo_tables,
+    yolo_terms,
+)
 
 #: name → (anchors in input pixels, anchor mask per scale, strides); scale order = preds order.
 PRESETS: dict[str, tuple[tuple[tuple[int, int], ...], tuple[tuple[int, ...], ...], tuple[int, ...]]] = {
@@ -146,6 +153,7 @@ class YOLOv4Loss(nn.Module):
         self.gains = {"box": box_gain, "obj": obj_gain, "cls": cls_gain}
         self.validate = validate
         self.reduce_across_ranks = reduce_across_ranks
+        self._constants = ConstantCache()
 
     def forward(self, preds: Sequence[Tensor], targets: Sequence[Mapping[str, Tensor]]) -> LossResult:
         c, a_count = self.num_classes, len(self.anchor_masks[0])
@@ -157,11 +165,20 @@ class YOLOv4Loss(nn.Module):
         in_h, in_w = grids[0][0] * self.strides[0], grids[0][1] * self.strides[0]
         batch = len(targets)
 
-        tg = pad_targets(targets, c, dtype=dtype, device=dev, validate=self.validate)
-        anchors = torch.tensor(self.anchors, dtype=dtype, device=dev)  # (K, 2)
+        tg = pad_targets(targets, c, dtype=dtype, device=dev, validate=self.validate, input_size=(in_h, in_w))
+        tables, anchors = self._constants.get(
+            (batch, tuple(grids), dtype, dev),
+            lambda: (
+                yolo_tables(
+                    batch, [[self.anchors[i] for i in m] for m in self.anchor_masks], self.strides, grids,
+                    5 + c, dtype, dev,
+                ),
+                torch.tensor(self.anchors, dtype=dtype, device=dev),  # (K, 2)
+            ),
+        )
         asg = build_yolov4_targets(
             tg.boxes, tg.mask, anchors, self.anchor_masks, grids, (in_h, in_w),
-            floor_centre=self.floor_centre, validate=self.validate,
+            floor_centre=self.floor_centre, validate=False,
         )
         b, m, s_count, _ = asg.assigned.shape
         # class vectors: every assigned box sets a 1 at its class in the slot's final holder (the
@@ -178,30 +195,19 @@ class YOLOv4Loss(nn.Module):
 
         unit = max(in_w, in_h) / torch.tensor([in_w, in_h, in_w, in_h], dtype=dtype, device=dev)
         wh = asg.boxes[..., 2:] - asg.boxes[..., :2]
-        box_scale = (2.0 - (wh[..., 0] / in_w) * (wh[..., 1] / in_h))[..., None]  # (B, M, 1)
-        target = (asg.boxes * unit)[:, :, None]
-
-        zero = views[0].new_zeros(())
-        box, obj, cls, num_pos = zero, zero, zero, zero
-        for s, v in enumerate(views):  # v: (B, A, H, W, 5 + C)
-            scale_anchors = anchors[list(self.anchor_masks[s])]  # (A, 2)
-            obj_logit, box_s, cls_s = yolo_held_terms(
-                v, asg.cell[:, :, s], asg.winner[:, :, s].to(dtype), scale_anchors, self.strides[s],
-                target, box_scale, cls_target[:, :, s], self.iou_kind, self.iou_eps, unit,
-            )
-            box, cls = box + box_s, cls + cls_s
-            resp = asg.responsible[s]  # (B, A, H, W)
-            best = yolo_best_iou(v, scale_anchors, self.strides[s], asg.boxes, asg.held[:, :, s], fill=-1.0)
-            ignore = best < self.ignore_thresh  # an image without boxes: all True
-            t = resp.to(dtype)
-            conf = sigmoid_focal_loss(
-                obj_logit, t, self.obj_alpha, self.obj_gamma, reduction="none", validate=False
-            )
-            obj = obj + weight_reduce(conf, t + (1.0 - t) * ignore.to(dtype), "sum")
-            if self.reduce_across_ranks:
-                num_pos = num_pos + global_count(t.sum(), True, at_least=1.0)
-            else:
-                num_pos = num_pos + t.sum().clamp(min=1.0)
+        box_scale = (2.0 - (wh[..., 0] / in_w) * (wh[..., 1] / in_h))[..., None, None]  # (B, M, 1, 1)
+        terms = yolo_terms(
+            views, asg.cell, asg.winner.to(dtype), tables,
+            (asg.boxes * unit)[:, :, None, None], box_scale, cls_target, asg.held, asg.boxes,
+            self.iou_kind, self.iou_eps, fill=-1.0, unit=unit,
+        )
+        t = asg.occupied.to(dtype)  # (B, P): all scales' slots
+        ignore = terms.best_iou < self.ignore_thresh  # an image without boxes: all True
+        obj = focal_sum(terms.obj_logit, t, t + (1.0 - t) * ignore.to(dtype), self.obj_alpha, self.obj_gamma)
+        box, cls = terms.box, terms.cls
+        # N = Σ_s max(#responsible slots of scale s, 1); every occupied slot has exactly one winner
+        per_scale = asg.winner.sum((0, 1, 3)).to(dtype)
+        num_pos = global_count(per_scale, self.reduce_across_ranks, at_least=1.0).sum()
 
         norm = num_pos if self.normalize else max(batch, 1)
         if self.reduce_across_ranks and not self.normalize:

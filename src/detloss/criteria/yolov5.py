@@ -1,6 +1,6 @@
 """YOLOv5 criterion: reproduces ultralytics/yolov5 ``utils/loss.py`` ``ComputeLoss``.
 
-Per scale i, with the matches of :func:`detloss.assign.build_yolov5_targets`::
+Per scale i, with the matches of :func:`detloss.assign.yolov5_candidates`::
 
     box_i = mean over matches of (1 − CIoU(decode(t), target))         (CIoU eps 1e-7, α no-grad)
     obj_i = balance_i · mean over all B·A·H·W cells of BCE(t_obj, tobj)
@@ -17,18 +17,17 @@ gives the per-model scaling that YOLOv5's train.py applies. Details and differen
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..assign import YOLOv5Matches, build_yolov5_targets, pad_targets
-from ..boxes import convert
+from ..assign import YOLOv5Layout, gather_head, pad_targets, yolov5_candidates, yolov5_layout
 from ..codecs import decode_yolov5
 from ..distributed import global_count
 from ..iou import compute_dtype, iou_xyxy
-from ..losses import sigmoid_focal_loss
-from .common import LossResult, anchor_table, positive_ints, split_yolo_heads
+from .common import ConstantCache, LossResult, anchor_table, focal_sum, positive_ints, split_yolo_heads
 
 YOLOV5_ANCHORS: tuple[tuple[tuple[float, float], ...], ...] = (
     ((10, 13), (16, 30), (33, 23)),
@@ -69,23 +68,15 @@ def yolov5_scaled_gains(
     }
 
 
-def _gather_logits(p: Tensor, num_anchors: int, mt: YOLOv5Matches) -> tuple[Tensor, Tensor]:
-    """The objectness logits ``(B, A, H, W)`` and the matched rows ``(n, 5 + C)`` of one raw head
-    ``(B, A·(5+C), H, W)`` (channel ``a·(5+C) + k``), taken by ONE gather from the flat head.
+@dataclass
+class _HeadTables:
+    """Per-layout constants of :class:`YOLOv5Loss`: the candidates' layout, the flat head offsets of
+    plane and channel, and the objectness weight ``balance_s / (B·A·H_s·W_s)`` of every cell."""
 
-    Why one gather: the backward of this loss is mostly autograd zero-filling a gradient the size of
-    every logit; a slice plus an advanced index (or the channels-last permute of ``Detect``) would
-    build two such tensors (or a strided copy) per scale.
-    """
-    bsz, _, h, w = p.shape
-    k, hw = p.shape[1] // num_anchors, h * w
-    obj_planes = torch.arange(bsz * num_anchors, device=p.device) * k + 4  # plane of channel 4
-    obj_idx = (obj_planes[:, None] * hw + torch.arange(hw, device=p.device)).reshape(-1)
-    rows = (mt.batch * num_anchors + mt.anchor) * k * hw + mt.gj * w + mt.gi  # channel 0 of each match
-    match_idx = (rows[:, None] + torch.arange(k, device=p.device) * hw).reshape(-1)
-    values = p.reshape(-1)[torch.cat((obj_idx, match_idx))]
-    n_obj = obj_idx.shape[0]
-    return values[:n_obj].view(bsz, num_anchors, h, w), values[n_obj:].view(-1, k)
+    layout: YOLOv5Layout
+    plane_stride: Tensor  # (S, 1, 1, 1) K·H_s·W_s
+    channel: Tensor  # (S, 1, 1, 1, K) k·H_s·W_s
+    per_cell: Tensor  # (Σ_s B·A·H_s·W_s,)
 
 
 class YOLOv5Loss(nn.Module):
@@ -171,59 +162,79 @@ class YOLOv5Loss(nn.Module):
         self.cp, self.cn = 1.0 - 0.5 * label_smoothing, 0.5 * label_smoothing
         self.balance = tuple(float(b) for b in balance)
         self.validate, self.reduce_across_ranks = bool(validate), bool(reduce_across_ranks)
+        self._constants = ConstantCache()
 
-    def _bce(
-        self, logits: Tensor, target: Tensor, pos_weight: float, avg_factor: Tensor | None = None
-    ) -> Tensor:
-        """Mean BCE-with-logits (or the sum over ``avg_factor``), or YOLOv5's FocalLoss wrapper
-        around it when fl_gamma > 0."""
-        if logits.numel() == 0:  # empty batch: 0, still attached to the graph
-            return logits.sum() * 0.0
-        pw = logits.new_tensor([pos_weight])
+    def _tables(
+        self, grids: list[tuple[int, int]], dtype: torch.dtype, dev: torch.device, batch: int
+    ) -> _HeadTables:
+        layout = yolov5_layout(batch, self.anchors.to(dtype=dtype, device=dev), self.strides, grids)
+        num_anchors, k = self.anchors.shape[1], 5 + self.num_classes
+        hw = torch.tensor([h * w for h, w in grids], device=dev).view(-1, 1, 1, 1)
+        sizes = [batch * num_anchors * h * w for h, w in grids]
+        per_cell = [bal / max(n, 1) for bal, n in zip(self.balance, sizes, strict=True)]
+        per_cell = torch.tensor(per_cell, dtype=dtype, device=dev)
+        return _HeadTables(
+            layout=layout,
+            plane_stride=hw * k,
+            channel=hw[..., None] * torch.arange(k, device=dev),
+            per_cell=per_cell.repeat_interleave(torch.tensor(sizes, device=dev), output_size=sum(sizes)),
+        )
+
+    def _bce(self, logits: Tensor, target: Tensor, pos_weight: float, weight: Tensor) -> Tensor:
+        """``Σ weight · BCE-with-logits``, or YOLOv5's FocalLoss wrapper around it when fl_gamma > 0."""
+        pw = None if pos_weight == 1 else logits.new_tensor([pos_weight])  # 1: the same numbers
         if self.fl_gamma > 0:
-            return sigmoid_focal_loss(
-                logits, target, _FOCAL_ALPHA, self.fl_gamma, pos_weight=pw, validate=False,
-                avg_factor=avg_factor,
-            )
-        reduction = "mean" if avg_factor is None else "sum"
-        loss = F.binary_cross_entropy_with_logits(logits, target, pos_weight=pw, reduction=reduction)
-        return loss if avg_factor is None else loss / avg_factor
+            return focal_sum(logits, target, weight, _FOCAL_ALPHA, self.fl_gamma, pw)
+        return F.binary_cross_entropy_with_logits(logits, target, weight, pos_weight=pw, reduction="sum")
 
     def forward(self, preds: Sequence[Tensor], targets: Sequence[Mapping[str, Tensor]]) -> LossResult:
-        num_anchors = [self.anchors.shape[1]] * len(self.strides)
-        split_yolo_heads(preds, num_anchors, self.num_classes, self.strides, len(targets))  # checks
-        dtype = compute_dtype(preds[0])  # fp16/bf16 heads: the loss is computed in float32
-        padded = pad_targets(
-            targets, self.num_classes, dtype=dtype, device=preds[0].device, validate=self.validate
+        num_scales, num_anchors = len(self.strides), self.anchors.shape[1]
+        split_yolo_heads(preds, [num_anchors] * num_scales, self.num_classes, self.strides, len(targets))
+        dtype, dev = compute_dtype(preds[0]), preds[0].device  # fp16/bf16 heads: computed in float32
+        padded = pad_targets(targets, self.num_classes, dtype=dtype, device=dev, validate=self.validate)
+        grids = [(p.shape[2], p.shape[3]) for p in preds]
+        tables = self._constants.get(
+            (len(targets), tuple(grids), dtype, dev), lambda: self._tables(grids, dtype, dev, len(targets))
         )
-        zero = preds[0].new_zeros((), dtype=dtype)
-        lbox, lobj, lcls = zero, zero, zero
-        for i, p in enumerate(preds):
-            bsz, _, h, w = p.shape
-            anchors = self.anchors[i].to(dtype=dtype, device=p.device)
-            mt = build_yolov5_targets(padded, anchors, self.strides[i], (h, w), self.anchor_t)
-            obj_logits, ps = _gather_logits(p.to(dtype), num_anchors[i], mt)  # (B,A,H,W), (n, 5+C)
-            tobj = torch.zeros_like(obj_logits)
-            n_avg = None  # reduce_across_ranks: the match count averaged over the ranks (every rank
-            if self.reduce_across_ranks:  # joins the all-reduce, with or without matches)
-                n_avg = global_count(torch.tensor(float(mt.batch.numel()), device=p.device), True).to(dtype)
-            if mt.batch.numel():
-                pbox = decode_yolov5(ps[:, :4], mt.anchors)  # cxcywh, grid units, own cell
-                ciou = iou_xyxy(
-                    convert(pbox, "cxcywh", "xyxy"), convert(mt.box, "cxcywh", "xyxy"), "ciou", _CIOU_EPS
-                )
-                lbox = lbox + ((1.0 - ciou).mean() if n_avg is None else (1.0 - ciou).sum() / n_avg)
-                score = ciou.detach().clamp(min=0)
-                if self.gr < 1:
-                    score = (1.0 - self.gr) + self.gr * score
-                win = mt.winner
-                tobj[mt.batch[win], mt.anchor[win], mt.gj[win], mt.gi[win]] = score[win]
-                if self.num_classes > 1:
-                    t = torch.full_like(ps[:, 5:], self.cn)
-                    t.scatter_(1, mt.labels[:, None], self.cp)
-                    n_cls = None if n_avg is None else n_avg * self.num_classes
-                    lcls = lcls + self._bce(ps[:, 5:], t, self.cls_pw, n_cls)
-            lobj = lobj + self._bce(obj_logits, tobj, self.obj_pw) * self.balance[i]
+        cand = yolov5_candidates(padded, tables.layout, self.anchor_t)
+        # one gather per head (indexed for all scales at once); everything after runs once over the
+        # candidates of all scales
+        index = cand.plane * tables.plane_stride + cand.gj * tables.layout.width + cand.gi  # (S, G, A, N)
+        index = index[..., None] + tables.channel  # (S, G, A, N, 5 + C)
+        obj_logits, rows = [], []
+        for s, p in enumerate(preds):
+            b, _, h, w = p.shape
+            obj, r = gather_head(p.to(dtype).view(b, num_anchors, 5 + self.num_classes, h, w), index[s])
+            obj_logits.append(obj.reshape(-1))
+            rows.append(r)
+        obj_logits, rows = torch.cat(obj_logits), torch.stack(rows)  # (Σ B·A·H·W,), (S, G, A, N, 5+C)
+
+        # box: per scale the mean of 1 − CIoU over its matches (0 without matches)
+        pbox = decode_yolov5(rows[..., :4], cand.anchors, fmt="xyxy")  # grid units, own cell
+        ciou = iou_xyxy(pbox, cand.box_xyxy, "ciou", _CIOU_EPS)
+        valid = cand.valid.to(dtype)
+        n = global_count(valid.sum((1, 2, 3)), self.reduce_across_ranks)  # (S,) matches per scale
+        # n is 0 (then every weight is 0) or at least 1 / world size: the clamp only avoids 0/0
+        per_match = valid / n.clamp(min=1e-6).view(-1, 1, 1, 1)
+        lbox = ((1.0 - ciou) * per_match).sum()
+
+        # objectness: the winner's clamped IoU on its cell (later write wins), mean per scale × balance
+        score = ciou.detach().clamp(min=0)
+        if self.gr < 1:
+            score = (1.0 - self.gr) + self.gr * score
+        # a sum where only the winner adds a non-zero value: exact and order-free
+        tobj = torch.zeros(cand.num_slots + 1, dtype=dtype, device=dev)
+        tobj = tobj.scatter_add_(0, cand.slot.reshape(-1), (score * cand.winner).reshape(-1))[:-1]
+        lobj = self._bce(obj_logits, tobj, self.obj_pw, tables.per_cell)
+
+        # classes: per scale the mean over matches × classes of BCE(t_cls, cp/cn one-hot)
+        lcls = lobj.new_zeros(())
+        if self.num_classes > 1:
+            logits = rows[..., 5:]
+            onehot = cand.labels[:, None] == torch.arange(self.num_classes, device=dev)
+            t = onehot.to(dtype) if self.cn == 0 else torch.where(onehot, self.cp, self.cn).to(dtype)
+            t = t.expand_as(logits)
+            lcls = self._bce(logits, t, self.cls_pw, (per_match / self.num_classes)[..., None])
         parts = {
             "box": lbox * self.gains["box"],
             "obj": lobj * self.gains["obj"],

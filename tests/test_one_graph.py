@@ -1,0 +1,93 @@
+"""Every criterion is one graph: no host sync without validation, at most one with it, a bounded number
+of aten ops (kernel launches on a GPU), and ``torch.compile(fullgraph=True, dynamic=True)`` giving the
+eager values and gradients on batches of varying target counts.
+
+The criteria and their inputs come from :data:`detloss.bench_criteria.CASES` (the table of
+``detloss bench --criteria``): a new criterion is covered here by one ``CriterionCase`` entry there.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.fx.experimental._config  # noqa: F401  (use_duck_shape)
+
+from detloss.bench_criteria import BOXES_PER_IMAGE, cases, fwd_bwd
+from tests.counting import OpCounter
+
+CASES = cases()
+IDS = [c.name for c in CASES]
+
+
+def _counted(case, validate: bool, counts=(BOXES_PER_IMAGE,)) -> OpCounter:
+    crit = case.build(validate)
+    preds, targets = case.inputs(torch.Generator().manual_seed(0), counts)
+    fwd_bwd(crit, preds, targets)  # warm-up: lazy set-up is not counted
+    with OpCounter() as c:
+        fwd_bwd(crit, preds, targets)
+    return c
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_no_host_sync_without_validation(case):
+    # varying counts, an empty image included: still no sync
+    for counts in ((BOXES_PER_IMAGE,), (0, 3, 12, 1)):
+        c = _counted(case, False, counts)
+        assert c.syncs == 0, (case.name, counts, c.sync_ops)
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_validation_is_one_sync(case):
+    c = _counted(case, True)
+    assert c.syncs <= 1, c.sync_ops
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_launch_budget(case):
+    c = _counted(case, False)
+    assert c.ops <= case.ops_target, (c.ops, c.by_name.most_common(15))
+
+
+def _assert_same(got, want, rtol=1e-4, atol=1e-5):
+    (lg, gg), (lw, gw) = got, want
+    torch.testing.assert_close(lg, lw, rtol=rtol, atol=atol)
+    for a, b in zip(gg, gw, strict=True):
+        torch.testing.assert_close(a, b, rtol=rtol, atol=atol)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_compiles_whole_with_eager_values(case):
+    """One compiled graph (fullgraph: a graph break raises) serves batches of different target counts
+    with the eager loss and gradients."""
+    torch._dynamo.reset()
+    crit = case.build(False)
+    compiled = torch.compile(crit, fullgraph=True, dynamic=True)
+    gen = torch.Generator().manual_seed(1)
+    # no duck sizing: images with equal box counts would share a symbol, and a batch whose counts
+    # coincide differently would compile again
+    with torch.fx.experimental._config.patch(use_duck_shape=False):
+        for counts in ((5, 2), (7, 3, 12)):  # no 0 or 1: dynamo specialises those sizes
+            preds, targets = case.inputs(gen, counts)
+            _assert_same(fwd_bwd(compiled, preds, targets), fwd_bwd(crit, preds, targets))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_cuda_matches_cpu(case):
+    crit = case.build(False)
+    want = fwd_bwd(crit, *case.inputs(torch.Generator().manual_seed(2), (9, 4)))
+    preds, targets = case.inputs(torch.Generator().manual_seed(2), (9, 4), torch.float32, "cuda")
+    loss, grads = fwd_bwd(crit.to("cuda"), preds, targets)
+    _assert_same((loss.cpu(), [g.cpu() for g in grads]), want, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_training_after_an_inference_mode_call(case):
+    """Cached per-layout constants made under inference_mode must not reach a later backward."""
+    crit = case.build(False)
+    preds, targets = case.inputs(torch.Generator().manual_seed(3), (3, 1))
+    with torch.inference_mode():
+        crit([p.detach() for p in preds], targets)
+    loss, grads = fwd_bwd(crit, preds, targets)
+    assert torch.isfinite(loss) and all(torch.isfinite(g).all() for g in grads)
