@@ -9,25 +9,26 @@ import importlib
 import pytest
 import torch
 
+import detloss.criteria.common as common
 from detloss.criteria import YOLOv3Loss, YOLOv4Loss, YOLOv5Loss, YOLOv8Loss
 from detloss.kernels import IOU_KINDS
 
 D = torch.float64
-SIZE, C, B = 64, 3, 2
+W, H, C, B = 96, 64, 3, 2  # not square: the image size has two units to get right
 
 
 def _targets(g: torch.Generator) -> list[dict]:
     out = []
     for n in (3, 0):  # one image without boxes
         wh = 6 + 30 * torch.rand(n, 2, generator=g, dtype=D)
-        xy = torch.rand(n, 2, generator=g, dtype=D) * (SIZE - wh)
+        xy = torch.rand(n, 2, generator=g, dtype=D) * (torch.tensor([W, H], dtype=D) - wh)
         out.append({"boxes": torch.cat((xy, xy + wh), 1), "labels": torch.randint(0, C, (n,), generator=g)})
     return out
 
 
 def _yolo_preds(g, crit, per_anchor):
     return [
-        torch.randn(B, per_anchor, SIZE // s, SIZE // s, generator=g, dtype=D).mul_(0.5).requires_grad_()
+        torch.randn(B, per_anchor, H // s, W // s, generator=g, dtype=D).mul_(0.5).requires_grad_()
         for s in crit.strides
     ]
 
@@ -89,26 +90,29 @@ def test_every_kind_and_modifier_is_finite_and_is_used(name, kind, mods):
 
 @pytest.mark.parametrize("name", CRITERIA)
 def test_mpdiou_image_size_is_the_input_size_in_the_boxes_units(name, monkeypatch):
-    """The corner penalty d²/(w² + h²) is scale-free only if the boxes and the image size share units:
+    """The corner penalty d²/(w² + h²) is right only if the boxes and the image size share units
+    (translations do not matter: YOLOv5 compares boxes relative to their cell): the width and height of
     every target box the criterion compares, divided by the image size it passes, must be a ground-truth
-    box divided by the input size (or a zero padding row)."""
-    module = importlib.import_module(CRITERIA[name][0].__module__)
+    box's divided by the input size (or a zero padding row)."""
     calls = []
-    original = module.iou_xyxy
+    original = common.iou_xyxy
 
     def spy(b1, b2, kind, eps, **kw):
         if kind == "mpdiou":
             calls.append((b2.detach().reshape(-1, 4), kw["image_size"]))
         return original(b1, b2, kind, eps, **kw)
 
-    monkeypatch.setattr(module, "iou_xyxy", spy)
+    for module in (common, importlib.import_module(CRITERIA[name][0].__module__)):
+        if hasattr(module, "iou_xyxy"):  # YOLOv3/v4 reach it through common.yolo_terms
+            monkeypatch.setattr(module, "iou_xyxy", spy)
     *_, targets = run(name, iou_kind="mpdiou")
-    truth = torch.cat([t["boxes"] for t in targets]) / SIZE
+    boxes = torch.cat([t["boxes"] for t in targets])
+    truth = (boxes[:, 2:] - boxes[:, :2]) / torch.tensor([W, H], dtype=D)
     assert calls
     for boxes, image_size in calls:
         w, h = image_size if isinstance(image_size, tuple) else (image_size, image_size)
-        normed = boxes / torch.tensor([w, h, w, h], dtype=boxes.dtype)
-        real = normed[normed.abs().sum(1) > 0]
+        normed = (boxes[:, 2:] - boxes[:, :2]) / torch.tensor([w, h], dtype=boxes.dtype)
+        real = normed[normed.sum(1) > 0]
         assert len(real)
         dist = (real[:, None, :] - truth[None].to(real)).abs().amax(-1).amin(1)  # nearest ground truth
         assert float(dist.max()) < 1e-9

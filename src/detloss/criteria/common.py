@@ -266,6 +266,7 @@ def yolo_terms(
     iou_eps: float,
     fill: float,
     unit: Tensor | float = 1.0,
+    iou_kw: Mapping[str, object] | None = None,
 ) -> YoloTerms:
     """The box and class sums at the responsible slots and the dense best IoU, shared by YOLOv3 and
     YOLOv4: one gather per head (indexed for all scales at once), then one decode, one IoU and one
@@ -286,6 +287,7 @@ def yolo_terms(
         held: ``(B, M, S)`` bool, the boxes each scale's best IoU compares with; held_boxes:
             ``(B, M, 4)`` xyxy pixels.
         fill: best IoU where a scale holds no box of the image.
+        iou_kw: keyword modifiers and ``image_size`` for the box loss's IoU (:func:`iou_options`).
     """
     dtype = views[0].dtype
     # flat index of every (box, scale, anchor, channel) in its head, all scales at once
@@ -298,7 +300,7 @@ def yolo_terms(
         rows.append(r)
     raw = torch.stack(rows, 2)  # (B, M, S, A, 5 + C)
     pred = decode_yolo(raw, cell[..., None, :].to(dtype), tables.anchors, tables.stride)
-    iou = iou_xyxy(convert(pred, "cxcywh", "xyxy") * unit, target, iou_kind, iou_eps)
+    iou = iou_xyxy(convert(pred, "cxcywh", "xyxy") * unit, target, iou_kind, iou_eps, **(iou_kw or {}))
     box = weight_reduce(1.0 - iou, win * box_scale, "sum")
     logits = raw[..., 5:]
     cls = F.binary_cross_entropy_with_logits(

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from ..assign import build_yolov3_targets, pad_targets
 from ..distributed import global_count
-from ..iou import IoUKind, check_eps, check_kind, compute_dtype
+from ..iou import IoUKind, check_eps, compute_dtype
 from .common import (
     ConstantCache,
     LossResult,
@@ -17,6 +17,7 @@ from .common import (
     check_unit,
     class_targets,
     focal_sum,
+    iou_options,
     positive_ints,
     split_yolo_heads,
     yolo_tables,
@@ -55,6 +56,9 @@ class YOLOv3Loss(nn.Module):
         fallback_clip_bug: reproduce the last commit's clipping of the fallback cell with the last
             scale's grid size (off by default).
         iou_kind, iou_eps: the box loss's IoU (option; default the original's GIoU with eps 1e-6).
+        iou_modifiers: keyword modifiers of :func:`detloss.bbox_iou` for the box loss's IoU, as a
+            dict (``alpha``, ``inner_ratio`` or ``focaler``, e.g. ``{"alpha": 3.0}``); ``iou_kind="mpdiou"``
+            takes the input size as its image size.
         obj_gamma, obj_alpha: focal weighting of the objectness, ``BCE · α_t · |resp − σ|^γ``
             (:func:`detloss.sigmoid_focal_loss`); the original is γ = 2 without α (α < 0).
         box_gain, obj_gain, cls_gain: multiply each term (option; default 1).
@@ -83,6 +87,7 @@ class YOLOv3Loss(nn.Module):
         fallback_clip_bug: bool = False,
         iou_kind: IoUKind = "giou",
         iou_eps: float = 1e-6,
+        iou_modifiers: Mapping[str, object] | None = None,
         obj_gamma: float = 2.0,
         obj_alpha: float = -1.0,
         box_gain: float = 1.0,
@@ -102,7 +107,7 @@ class YOLOv3Loss(nn.Module):
             check_unit(name, v)
         if not isinstance(max_boxes_per_scale, int) or max_boxes_per_scale < 1:
             raise ValueError(f"max_boxes_per_scale must be a positive int, got {max_boxes_per_scale!r}")
-        check_kind(iou_kind)
+        self.iou_modifiers = iou_options(iou_kind, iou_modifiers)
         check_eps(iou_eps)
         if obj_gamma < 0 or obj_alpha > 1:
             raise ValueError(f"need obj_gamma >= 0 and obj_alpha <= 1, got {obj_gamma}, {obj_alpha}")
@@ -149,6 +154,7 @@ class YOLOv3Loss(nn.Module):
         terms = yolo_terms(
             views, asg.cell, asg.winner.to(dtype), tables, tg.boxes[:, :, None, None],
             box_scale, cls_target, asg.held, tg.boxes, self.iou_kind, self.iou_eps, fill=0.0,
+            iou_kw={**self.iou_modifiers, "image_size": (in_w, in_h)},
         )
         resp = asg.occupied  # (B, P): all scales' slots
         background = ~resp & (terms.best_iou < self.iou_loss_thresh)

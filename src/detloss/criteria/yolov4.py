@@ -10,11 +10,12 @@ from torch import Tensor, nn
 
 from ..assign import build_yolov4_targets, pad_targets
 from ..distributed import global_count
-from ..iou import IoUKind, check_eps, check_kind, compute_dtype
+from ..iou import IoUKind, check_eps, compute_dtype
 from .common import (
     ConstantCache,
     LossResult,
     focal_sum,
+    iou_options,
     positive_ints,
     split_yolo_heads,
     yolo_tables,
@@ -85,6 +86,9 @@ class YOLOv4Loss(nn.Module):
         floor_centre: floor box centres to whole pixels like the original data loader's
             ``(x1 + x2) // 2`` (off: exact centres).
         iou_kind, iou_eps: the box loss's IoU (option; default CIoU, eps 1e-7).
+        iou_modifiers: keyword modifiers of :func:`detloss.bbox_iou` for the box loss's IoU, as a
+            dict (``alpha``, ``inner_ratio`` or ``focaler``, e.g. ``{"alpha": 3.0}``); ``iou_kind="mpdiou"``
+            takes the input size as its image size.
         obj_gamma, obj_alpha: focal weighting of the objectness (option; default off: γ = 0, α < 0).
         box_gain, obj_gain, cls_gain: multiply each term (option; default 1).
         validate: check targets (finite, positive size, class range, centre inside the input).
@@ -109,6 +113,7 @@ class YOLOv4Loss(nn.Module):
         floor_centre: bool = False,
         iou_kind: IoUKind = "ciou",
         iou_eps: float = 1e-7,
+        iou_modifiers: Mapping[str, object] | None = None,
         obj_gamma: float = 0.0,
         obj_alpha: float = -1.0,
         box_gain: float = 1.0,
@@ -139,7 +144,7 @@ class YOLOv4Loss(nn.Module):
         for name, v in (("ignore_thresh", ignore_thresh), ("label_smoothing", label_smoothing)):
             if not 0 <= v <= 1:
                 raise ValueError(f"{name} must lie in [0, 1], got {v}")
-        check_kind(iou_kind)
+        self.iou_modifiers = iou_options(iou_kind, iou_modifiers)
         check_eps(iou_eps)
         if obj_gamma < 0 or obj_alpha > 1:
             raise ValueError(f"need obj_gamma >= 0 and obj_alpha <= 1, got {obj_gamma}, {obj_alpha}")
@@ -200,6 +205,7 @@ class YOLOv4Loss(nn.Module):
             views, asg.cell, asg.winner.to(dtype), tables,
             (asg.boxes * unit)[:, :, None, None], box_scale, cls_target, asg.held, asg.boxes,
             self.iou_kind, self.iou_eps, fill=-1.0, unit=unit,
+            iou_kw={**self.iou_modifiers, "image_size": float(max(in_w, in_h))},  # the units of `unit`
         )
         t = asg.occupied.to(dtype)  # (B, P): all scales' slots
         ignore = terms.best_iou < self.ignore_thresh  # an image without boxes: all True

@@ -26,8 +26,16 @@ from torch import Tensor, nn
 from ..assign import YOLOv5Layout, gather_head, pad_targets, yolov5_candidates, yolov5_layout
 from ..codecs import decode_yolov5
 from ..distributed import global_count
-from ..iou import compute_dtype, iou_xyxy
-from .common import ConstantCache, LossResult, anchor_table, focal_sum, positive_ints, split_yolo_heads
+from ..iou import IoUKind, compute_dtype, iou_xyxy
+from .common import (
+    ConstantCache,
+    LossResult,
+    anchor_table,
+    focal_sum,
+    iou_options,
+    positive_ints,
+    split_yolo_heads,
+)
 
 YOLOV5_ANCHORS: tuple[tuple[tuple[float, float], ...], ...] = (
     ((10, 13), (16, 30), (33, 23)),
@@ -95,6 +103,11 @@ class YOLOv5Loss(nn.Module):
         gr: objectness IoU ratio (``model.gr``).
         balance: per-scale objectness weights; default (4.0, 1.0, 0.4) for 3 scales, else
             (4.0, 1.0, 0.25, 0.06, 0.02)[:nl] as the original.
+        iou_kind: the IoU of the box loss and the objectness target (option; default the original's
+            CIoU): any kind of :func:`detloss.bbox_iou`.
+        iou_modifiers: keyword modifiers of :func:`detloss.bbox_iou` for the box loss's IoU, as a
+            dict (``alpha``, ``inner_ratio`` or ``focaler``, e.g. ``{"alpha": 3.0}``); ``iou_kind="mpdiou"``
+            takes the input size as its image size.
         validate: check targets (finite, positive size, class range) in :func:`detloss.assign.pad_targets`.
         reduce_across_ranks: under DistributedDataParallel, the box and class means over matches
             become sums over the rank's matches divided by the match count averaged over the ranks
@@ -128,6 +141,8 @@ class YOLOv5Loss(nn.Module):
         label_smoothing: float = 0.0,
         gr: float = 1.0,
         balance: Sequence[float] | None = None,
+        iou_kind: IoUKind = "ciou",
+        iou_modifiers: Mapping[str, object] | None = None,
         validate: bool = True,
         reduce_across_ranks: bool = False,
     ) -> None:
@@ -150,6 +165,7 @@ class YOLOv5Loss(nn.Module):
             raise ValueError(f"gr must lie in [0, 1], got {gr}")
         if cls_pw <= 0 or obj_pw <= 0:
             raise ValueError(f"cls_pw and obj_pw must be > 0, got {cls_pw}, {obj_pw}")
+        self.iou_kind, self.iou_modifiers = iou_kind, iou_options(iou_kind, iou_modifiers)
         self.num_classes = num_classes
         self.strides = strides
         # anchors in grid units per scale, like Detect.anchors after check_anchor_order
@@ -211,7 +227,13 @@ class YOLOv5Loss(nn.Module):
 
         # box: per scale the mean of 1 − CIoU over its matches (0 without matches)
         pbox = decode_yolov5(rows[..., :4], cand.anchors, fmt="xyxy")  # grid units, own cell
-        ciou = iou_xyxy(pbox, cand.box_xyxy, "ciou", _CIOU_EPS)
+        if self.iou_kind == "mpdiou":  # its corner distances over the input size: in pixels
+            px = torch.tensor(self.strides, dtype=dtype, device=dev).view(-1, 1, 1, 1, 1)
+            in_size = (grids[0][1] * self.strides[0], grids[0][0] * self.strides[0])
+            ciou = iou_xyxy(pbox * px, cand.box_xyxy * px, "mpdiou", _CIOU_EPS, image_size=in_size,
+                            **self.iou_modifiers)
+        else:
+            ciou = iou_xyxy(pbox, cand.box_xyxy, self.iou_kind, _CIOU_EPS, **self.iou_modifiers)
         valid = cand.valid.to(dtype)
         n = global_count(valid.sum((1, 2, 3)), self.reduce_across_ranks)  # (S,) matches per scale
         # n is 0 (then every weight is 0) or at least 1 / world size: the clamp only avoids 0/0
