@@ -43,14 +43,20 @@ def coords(b: Tensor) -> Coords:
     return x1, y1, x2, y2
 
 
+def _needs_grad(a: Tensor, b: Tensor) -> bool:
+    return torch.is_grad_enabled() and (a.requires_grad or b.requires_grad)
+
+
 def low(a: Tensor, b: Tensor) -> Tensor:
-    """min(a, b) = a − relu(a − b); on a tie the gradient goes to ``a``."""
-    return a - torch.relu(a - b)
+    """min(a, b) = a − relu(a − b); on a tie the gradient goes to ``a``. Without autograd (matching
+    costs, the fused kernels' forward) one ``torch.minimum`` launch instead of three."""
+    return a - torch.relu(a - b) if _needs_grad(a, b) else torch.minimum(a, b)
 
 
 def high(a: Tensor, b: Tensor) -> Tensor:
-    """max(a, b) = b + relu(a − b); on a tie the gradient goes to ``b``."""
-    return b + torch.relu(a - b)
+    """max(a, b) = b + relu(a − b); on a tie the gradient goes to ``b`` (``torch.maximum`` without
+    autograd)."""
+    return b + torch.relu(a - b) if _needs_grad(a, b) else torch.maximum(a, b)
 
 
 def order(a: Tensor, b: Tensor) -> Tensor:
