@@ -190,16 +190,32 @@ def _ssd_inputs(num_priors: int, c: int, batch: int = BATCH):
     return make
 
 
+def _yolov8_inputs(size: int, strides: Sequence[int], reg_max: int, c: int, batch: int = BATCH):
+    def make(gen, counts, dtype=torch.float32, device="cpu"):
+        preds = [
+            (torch.randn(batch, 4 * reg_max + c, size // s, size // s, generator=gen) * 0.5)
+            .to(dtype=dtype, device=device)
+            .requires_grad_()
+            for s in strides
+        ]
+        targets = yolo_targets(gen, batch, size, counts, c)
+        return preds, [{k: v.to(device) for k, v in t.items()} for t in targets]
+
+    return make
+
+
 def default_cases() -> list[CriterionCase]:
-    """YOLOv3Loss, YOLOv4Loss "yolov4" and "tiny", YOLOv5Loss and SSDLoss at their training sizes.
+    """YOLOv3Loss, YOLOv4Loss "yolov4" and "tiny", YOLOv5Loss, YOLOv8Loss and SSDLoss at their
+    training sizes.
 
     ``ops_target`` is issue 12's bound where it is met: half of the ops before it for YOLOv3/v4
     (1375, 1476), half of the yolov5 package's ComputeLoss for YOLOv5 (961 ops with this counter,
     ``benchmarks/compare_yolov5.py``), no more than before for SSD (161). YOLOv4 "tiny" (1033 before)
     does not reach half yet (its CIoU alone is 240 ops forward + backward): its bound is the count
-    reached, so a regression fails.
+    reached, so a regression fails. YOLOv8Loss: fewer than ultralytics' ``v8DetectionLoss`` (873 with
+    this counter, ``benchmarks/compare_yolov8.py``).
     """
-    from .criteria import SSDLoss, YOLOv3Loss, YOLOv4Loss, YOLOv5Loss
+    from .criteria import SSDLoss, YOLOv3Loss, YOLOv4Loss, YOLOv5Loss, YOLOv8Loss
     from .criteria.yolov4 import PRESETS
 
     priors = ssd300_priors()
@@ -222,6 +238,9 @@ def default_cases() -> list[CriterionCase]:
         ),
         CriterionCase(
             "YOLOv5Loss 640", lambda v: YOLOv5Loss(80, validate=v), _yolo_inputs(640, v3, 3, 80), 480
+        ),
+        CriterionCase(
+            "YOLOv8Loss 640", lambda v: YOLOv8Loss(80, validate=v), _yolov8_inputs(640, v3, 16, 80), 872
         ),
         CriterionCase(
             "SSDLoss 8732", lambda v: SSDLoss(20, priors, validate=v), _ssd_inputs(priors.shape[0], 20), 161
