@@ -164,10 +164,12 @@ class CriterionCase:
 BATCH, BOXES_PER_IMAGE = 16, 12
 
 
-def _yolo_inputs(size: int, strides: Sequence[int], anchors: int, c: int, batch: int = BATCH):
+def _yolo_inputs(size: int, strides: Sequence[int], channels: int, c: int, batch: int = BATCH):
+    """Raw heads ``(B, channels, size/s, size/s)`` per stride and C-class targets in input pixels."""
+
     def make(gen, counts, dtype=torch.float32, device="cpu"):
         preds = [
-            (torch.randn(batch, anchors * (5 + c), size // s, size // s, generator=gen) * 0.5)
+            (torch.randn(batch, channels, size // s, size // s, generator=gen) * 0.5)
             .to(dtype=dtype, device=device)
             .requires_grad_()
             for s in strides
@@ -190,19 +192,6 @@ def _ssd_inputs(num_priors: int, c: int, batch: int = BATCH):
     return make
 
 
-def _yolov8_inputs(size: int, strides: Sequence[int], reg_max: int, c: int, batch: int = BATCH):
-    def make(gen, counts, dtype=torch.float32, device="cpu"):
-        preds = [
-            (torch.randn(batch, 4 * reg_max + c, size // s, size // s, generator=gen) * 0.5)
-            .to(dtype=dtype, device=device)
-            .requires_grad_()
-            for s in strides
-        ]
-        targets = yolo_targets(gen, batch, size, counts, c)
-        return preds, [{k: v.to(device) for k, v in t.items()} for t in targets]
-
-    return make
-
 
 def default_cases() -> list[CriterionCase]:
     """YOLOv3Loss, YOLOv4Loss "yolov4" and "tiny", YOLOv5Loss, YOLOv8Loss and SSDLoss at their
@@ -222,25 +211,25 @@ def default_cases() -> list[CriterionCase]:
     v3, v4, tiny = (8, 16, 32), PRESETS["yolov4"][2], PRESETS["tiny"][2]
     return [
         CriterionCase(
-            "YOLOv3Loss 416", lambda v: YOLOv3Loss(80, validate=v), _yolo_inputs(416, v3, 3, 80), 687
+            "YOLOv3Loss 416", lambda v: YOLOv3Loss(80, validate=v), _yolo_inputs(416, v3, 3 * 85, 80), 687
         ),
         CriterionCase(
             "YOLOv4Loss yolov4 416",
             lambda v: YOLOv4Loss(80, "yolov4", validate=v),
-            _yolo_inputs(416, v4, 3, 80),
+            _yolo_inputs(416, v4, 3 * 85, 80),
             738,
         ),
         CriterionCase(
             "YOLOv4Loss tiny 416",
             lambda v: YOLOv4Loss(80, "tiny", validate=v),
-            _yolo_inputs(416, tiny, 3, 80),
+            _yolo_inputs(416, tiny, 3 * 85, 80),
             586,
         ),
         CriterionCase(
-            "YOLOv5Loss 640", lambda v: YOLOv5Loss(80, validate=v), _yolo_inputs(640, v3, 3, 80), 480
+            "YOLOv5Loss 640", lambda v: YOLOv5Loss(80, validate=v), _yolo_inputs(640, v3, 3 * 85, 80), 480
         ),
         CriterionCase(
-            "YOLOv8Loss 640", lambda v: YOLOv8Loss(80, validate=v), _yolov8_inputs(640, v3, 16, 80), 872
+            "YOLOv8Loss 640", lambda v: YOLOv8Loss(80, validate=v), _yolo_inputs(640, v3, 144, 80), 872  # 4·reg_max + C
         ),
         CriterionCase(
             "SSDLoss 8732", lambda v: SSDLoss(20, priors, validate=v), _ssd_inputs(priors.shape[0], 20), 161
