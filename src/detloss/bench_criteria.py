@@ -229,7 +229,10 @@ def default_cases() -> list[CriterionCase]:
             "YOLOv5Loss 640", lambda v: YOLOv5Loss(80, validate=v), _yolo_inputs(640, v3, 3 * 85, 80), 480
         ),
         CriterionCase(
-            "YOLOv8Loss 640", lambda v: YOLOv8Loss(80, validate=v), _yolo_inputs(640, v3, 144, 80), 872  # 4·reg_max + C
+            "YOLOv8Loss 640",
+            lambda v: YOLOv8Loss(80, validate=v),
+            _yolo_inputs(640, v3, 4 * 16 + 80, 80),  # 4·reg_max + C channels
+            872,
         ),
         CriterionCase(
             "SSDLoss 8732", lambda v: SSDLoss(20, priors, validate=v), _ssd_inputs(priors.shape[0], 20), 161
