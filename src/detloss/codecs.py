@@ -140,7 +140,7 @@ def decode_ssd(offsets: Tensor, priors: Tensor, variances: Sequence[float] = SSD
 # ---------------------------------------------------------------------------------------------
 
 
-def decode_distances(logits: Tensor, anchor_points: Tensor) -> Tensor:
+def decode_distances(logits: Tensor, anchor_points: Tensor, *, channels_first: bool = False) -> Tensor:
     """Decode per-side distance distributions into xyxy boxes around anchor points (GFL, YOLOv8).
 
     Each of the four sides (left, top, right, bottom) carries ``n`` logits; the distance is the
@@ -150,13 +150,22 @@ def decode_distances(logits: Tensor, anchor_points: Tensor) -> Tensor:
         xyxy = (x − d_l, y − d_t, x + d_r, y + d_b)
 
     Args:
-        logits: ``(..., 4, n)`` side logits (YOLOv8's ``(B, A, 4·reg_max)`` viewed as ``(B, A, 4, reg_max)``).
+        logits: ``(..., 4, n)`` side logits (YOLOv8's ``(B, A, 4·reg_max)`` viewed as ``(B, A, 4, reg_max)``);
+            with ``channels_first``, ``(..., 4, n, A)`` (a head's ``(B, 4·reg_max, A)`` viewed as
+            ``(B, 4, reg_max, A)``), read in place: no permuted copy.
         anchor_points: ``(..., 2)`` anchor centres (x, y) in the distances' units (grid cells),
-            broadcastable against ``logits.shape[:-2]``.
+            broadcastable against the boxes' shape.
 
     Returns:
-        ``(..., 4)`` xyxy boxes in the same units.
+        ``(..., 4)`` xyxy boxes in the same units; with ``channels_first``, ``(..., A, 4)``.
     """
-    bins = torch.arange(logits.shape[-1], dtype=logits.dtype, device=logits.device)
-    dist = logits.softmax(-1).matmul(bins)  # (..., 4)
+    bin_dim = -2 if channels_first else -1
+    bins = torch.arange(logits.shape[bin_dim], dtype=logits.dtype, device=logits.device)
+    # the softmax's numerator and denominator apart, so that a strided head is read without a copy;
+    # the shift is constant to autograd (the expectation does not depend on it)
+    e = (logits - logits.detach().amax(bin_dim, keepdim=True)).exp_()
+    if channels_first:  # (n,) @ (..., 4, n, A) → (..., 4, A), the sides moved last
+        dist = (torch.matmul(bins, e) / e.sum(bin_dim)).transpose(-1, -2)
+    else:
+        dist = e.matmul(bins) / e.sum(bin_dim)
     return torch.cat((anchor_points - dist[..., :2], anchor_points + dist[..., 2:]), dim=-1)

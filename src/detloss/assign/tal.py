@@ -101,6 +101,22 @@ def _pairwise_ciou(p: _BoxTerms, g: _BoxTerms, eps: float) -> Tensor:
     return iou.sub_(penalty).clamp_(min=0)
 
 
+def _power(x: Tensor, p: float) -> Tensor:
+    """x^p without gradient (read-only: it may be x itself); an integral p by repeated squaring
+    (torch's pow is specialised for p ∈ {0.5, 2, 3, −1, …} only: x^6, the default β, took 20× the
+    time of its three products)."""
+    if p != int(p) or not 0 < p <= 64:
+        return x.pow(p)
+    n, base, out = int(p), x, None
+    while n:
+        if n & 1:
+            out = base if out is None else out * base
+        n >>= 1
+        if n:
+            base = base * base
+    return out
+
+
 def _candidates(
     anchor_points: Tensor,
     boxes: Tensor,
@@ -133,9 +149,20 @@ def _candidates(
     return torch.cat(out, -1)
 
 
+def _class_scores(levels: Sequence[Tensor], labels: Tensor) -> Tensor:
+    """``(B, m, A)``: every anchor's score of each class of ``labels`` ``(B, m, A)`` (an expanded
+    view), read from the channels-first class rows ``(B, C, A_l)`` of every level."""
+    out, start = [], 0
+    for level in levels:
+        n = level.shape[-1]
+        out.append(level.gather(1, labels[..., start : start + n]))
+        start += n
+    return out[0] if len(out) == 1 else torch.cat(out, -1)
+
+
 @torch.no_grad()
 def task_aligned_assign(
-    scores: Tensor,
+    scores: Tensor | Sequence[Tensor],
     pred_boxes: Tensor,
     anchor_points: Tensor,
     gt_boxes: Tensor,
@@ -155,7 +182,9 @@ def task_aligned_assign(
 
     Args:
         scores: ``(B, A, C)`` predicted class probabilities (a ``(B, C, A)`` tensor transposed is
-            used without a copy).
+            used without a copy), or the channels-first pieces ``(B, C, A_l)`` of a multi-level
+            head, anchor blocks in the order of ``anchor_points`` (read in place: no
+            concatenated copy of the class rows).
         pred_boxes: ``(B, A, 4)`` predicted xyxy boxes, in the units of ``gt_boxes``.
         anchor_points: ``(A, 2)`` anchor centres (x, y), same units.
         gt_boxes: ``(B, M, 4)`` xyxy boxes (padding rows arbitrary).
@@ -175,7 +204,12 @@ def task_aligned_assign(
     Returns:
         :class:`TaskAlignedAssignment`. Images without boxes (or M = 0) get only background.
     """
-    bsz, num_anchors, _ = scores.shape
+    levels = [scores.transpose(1, 2)] if isinstance(scores, Tensor) else list(scores)  # (B, C, A_l)
+    bsz, num_anchors = pred_boxes.shape[:2]
+    if sum(level.shape[-1] for level in levels) != num_anchors:
+        raise ValueError(
+            f"scores cover {sum(lv.shape[-1] for lv in levels)} anchors, pred_boxes {num_anchors}"
+        )
     m_max = gt_boxes.shape[1]
     dev, dtype = pred_boxes.device, pred_boxes.dtype
     k = min(topk, num_anchors)
@@ -188,7 +222,6 @@ def task_aligned_assign(
             pred_boxes.new_zeros(bsz, num_anchors, 4),
             pred_boxes.new_zeros(bsz, num_anchors),
         )
-    class_major = scores.transpose(1, 2)  # (B, C, A): rows of one class
     pred = _BoxTerms(pred_boxes, iou_eps).expand(1)  # (B, 1, A)
     box_range = torch.arange(m_max, device=dev)
 
@@ -202,10 +235,10 @@ def task_aligned_assign(
         boxes, labels, valid = gt_boxes[:, sl], gt_labels[:, sl], gt_mask[:, sl]
         cand = _candidates(anchor_points, boxes, valid, min_side, grid_sizes)  # (B, m, A) bool
         u = _pairwise_ciou(pred, _BoxTerms(boxes, iou_eps).expand(2), iou_eps).mul_(cand)
-        s = class_major.gather(1, labels.unsqueeze(-1).expand(-1, -1, num_anchors))  # (B, m, A)
+        s = _class_scores(levels, labels.unsqueeze(-1).expand(-1, -1, num_anchors))  # (B, m, A)
         if logits:
             s.sigmoid_()
-        metric = s.pow_(alpha).mul_(u.pow(beta))  # 0 off the candidates (u = 0 there)
+        metric = s.pow_(alpha).mul_(_power(u, beta))  # 0 off the candidates (u = 0 there)
         top = metric.topk(k, dim=-1).indices  # (B, m, k), over all anchors as ultralytics does
         keep = cand.gather(-1, top)  # a selected non-candidate (metric 0) is dropped
         flat_top = top.flatten(1)
@@ -225,9 +258,9 @@ def task_aligned_assign(
     # a contested anchor's owner has u = best_u (box 0 with u = 0 may even be no candidate)
     u = _pairwise_ciou(pred, _BoxTerms(boxes.unsqueeze(1), iou_eps), iou_eps).squeeze(1)
     u = torch.where(contested, best_u, u).mul_(foreground)
-    s = class_major.gather(1, labels.unsqueeze(1)).squeeze(1)
+    s = _class_scores(levels, labels.unsqueeze(1)).squeeze(1)
     s = s.sigmoid() if logits else s
-    metric = s.pow(alpha).mul_(u.pow(beta))
+    metric = s.pow(alpha).mul_(_power(u, beta))
     # per box: max over its positive anchors (order-free scatter of maxima; 0 for boxes without any)
     zeros = gt_boxes.new_zeros(bsz, m_max, dtype=dtype)
     max_metric = zeros.scatter_reduce(1, gt_index, metric, "amax", include_self=True)

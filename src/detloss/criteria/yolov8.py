@@ -16,6 +16,7 @@ Details and every difference from the original: docs/yolov8.md.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from itertools import accumulate
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +28,7 @@ from ..codecs import decode_distances
 from ..distributed import global_count
 from ..iou import IoUKind, compute_dtype, iou_xyxy
 from ..losses import dfl_from_log_probs
-from .common import LossResult, iou_options, positive_ints
+from .common import ConstantCache, LossResult, iou_options, positive_ints
 
 _CIOU_EPS = 1e-7
 
@@ -46,23 +47,56 @@ def anchor_points(
     return torch.cat(points), torch.cat(per_anchor)
 
 
-class _ClassSum(torch.autograd.Function):
-    """Σ_{b,c,a} BCE(x, ŝ_a·[c = c_a]) over logits ``(B, C, A)``, as Σ softplus(x) − Σ_a ŝ_a·x[c_a, a]
-    (BCE(x, t) = softplus(x) − t·x): one pass over the logits forward and one backward
-    (∂/∂x = σ(x) − t, the target's one entry per anchor scattered in place), no ``(B, C, A)`` target.
+def _anchor_tables(
+    sizes: Sequence[tuple[int, int]], strides: Sequence[int], dtype: torch.dtype, device: torch.device
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The per-layout constants: anchor points and strides (:func:`anchor_points`), the points in
+    input pixels ``(A, 2)`` and the anchor indices ``(A,)``."""
+    points, stride = anchor_points(sizes, strides, dtype=dtype, device=device)
+    return points, stride, points * stride, torch.arange(points.shape[0], device=device)
+
+
+class _HeadTerms(torch.autograd.Function):
+    """The two reads of the heads that carry gradient, each level ``(B, 4·r + C, A_l)`` (box rows, then
+    class rows) read in place: Σ_{b,c,a} BCE(x, ŝ_a·[c = c_a]) over the class rows, computed as
+    Σ softplus(x) − Σ_a ŝ_a·x[c_a, a] (BCE(x, t) = softplus(x) − t·x; no ``(B, C, A)`` target), and
+    the box rows of the anchors ``idx`` ``(B, P)`` (indices over all levels). The backward writes
+    each level's whole gradient into one new buffer: σ(x) − t on the class rows (the target's one
+    entry per anchor scattered in place) and the positives' box gradients scattered into zeros,
+    instead of a concatenated copy of the heads and a gradient per read.
     ``F.softplus`` returns x above x = 20, where BCE adds log1p(e^−x) < 2.1e-9."""
 
     @staticmethod
-    def forward(ctx, logits: Tensor, labels: Tensor, scores: Tensor) -> Tensor:
-        ctx.save_for_backward(logits, labels, scores)
-        hit = logits.gather(1, labels.unsqueeze(1)).squeeze(1)  # (B, A)
-        return F.softplus(logits).sum() - (hit * scores).sum()
+    def forward(ctx, num_box: int, labels: Tensor, scores: Tensor, idx: Tensor, *levels: Tensor):
+        sizes = [lv.shape[-1] for lv in levels]
+        starts = accumulate(sizes[:-1], initial=0)
+        cls_sum, box, local = 0.0, 0.0, []
+        for lv, start, n, lab, sc in zip(levels, starts, sizes, labels.split(sizes, 1), scores.split(sizes, 1),
+                                         strict=True):
+            cls = lv[:, num_box:]
+            hit = cls.gather(1, lab.unsqueeze(1)).squeeze(1)  # (B, A_l)
+            cls_sum = cls_sum + (F.softplus(cls).sum() - (hit * sc).sum())
+            inside = (idx >= start) & (idx < start + n)  # (B, P): the positives on this level
+            index = (idx - start).clamp_(0, n - 1).unsqueeze(1).expand(-1, num_box, -1)
+            box = box + lv[:, :num_box].gather(2, index) * inside.unsqueeze(1)
+            local.append((index, inside))
+        ctx.save_for_backward(labels, scores, *levels)
+        ctx.local, ctx.num_box = local, num_box
+        return cls_sum, box  # scalar, (B, 4·r, P)
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
-        logits, labels, scores = ctx.saved_tensors
-        out = logits.sigmoid().scatter_add_(1, labels.unsqueeze(1), -scores.unsqueeze(1))
-        return out.mul_(grad), None, None
+    def backward(ctx, grad_cls: Tensor, grad_box: Tensor):
+        labels, scores, *levels = ctx.saved_tensors
+        n = ctx.num_box
+        sizes = [lv.shape[-1] for lv in levels]
+        grads = []
+        for lv, lab, sc, (index, inside) in zip(levels, labels.split(sizes, 1), scores.split(sizes, 1),
+                                                 ctx.local, strict=True):
+            grad = lv.sigmoid()  # the box rows are overwritten below
+            grad[:, n:].scatter_add_(1, lab.unsqueeze(1), -sc.unsqueeze(1)).mul_(grad_cls)
+            grad[:, :n].zero_().scatter_add_(2, index, grad_box * inside.unsqueeze(1))
+            grads.append(grad)
+        return (None, None, None, None, *grads)
 
 
 class YOLOv8Loss(nn.Module):
@@ -136,6 +170,7 @@ class YOLOv8Loss(nn.Module):
         self.gains = {"box": float(box), "cls": float(cls), "dfl": float(dfl)}
         self.alpha, self.beta, self.min_side = float(alpha), float(beta), float(min_side)
         self.validate, self.reduce_across_ranks = bool(validate), bool(reduce_across_ranks)
+        self._constants = ConstantCache()
 
     def _check_heads(self, preds: Sequence[Tensor], batch_size: int) -> list[tuple[int, int]]:
         if isinstance(preds, Tensor) or not isinstance(preds, Sequence):
@@ -182,21 +217,27 @@ class YOLOv8Loss(nn.Module):
             else pad_targets(targets, self.num_classes, dtype=dtype, device=device, validate=self.validate)
         )
         bsz, r = preds[0].shape[0], self.reg_max
-        points, stride = anchor_points(sizes, self.strides, dtype=dtype, device=device)  # (A, 2), (A, 1)
+        points, stride, points_px, anchor_ids = self._constants.get(
+            (tuple(sizes), dtype, device), lambda: _anchor_tables(sizes, self.strides, dtype, device)
+        )
 
-        # one split per head: its backward is one concatenation, not a zero-filled copy per slice
-        heads = [p.to(dtype).split((4 * r, self.num_classes), dim=1) for p in preds]
-        num_anchors = points.shape[0]
-        dist_logits = torch.cat([d.flatten(2) for d, _ in heads], 2)  # (B, 4·r, A): contiguous copies
-        cls_logits = torch.cat([c.flatten(2) for _, c in heads], 2)  # (B, C, A)
+        # each level (B, 4·r + C, H·W) read in place: no concatenated copy of the heads
+        levels = [p.to(dtype).flatten(2) for p in preds]
+        num_anchors, num_box = points.shape[0], 4 * r
+        per_level = [h * w for h, w in sizes]
 
         with torch.no_grad():  # the assigner sees detached predictions, in input pixels
-            by_anchor = dist_logits.view(bsz, 4, r, num_anchors).permute(0, 3, 1, 2)  # (B, A, 4, r) view
-            pred_px = decode_distances(by_anchor, points) * stride
+            pred_px = torch.cat(
+                [
+                    decode_distances(lv[:, :num_box].unflatten(1, (4, r)), pts, channels_first=True)
+                    for lv, pts in zip(levels, points.split(per_level), strict=True)
+                ],
+                1,
+            ) * stride  # (B, A, 4)
             a = task_aligned_assign(
-                cls_logits.transpose(1, 2),
+                [lv[:, num_box:] for lv in levels],
                 pred_px,
-                points * stride,
+                points_px,
                 padded.boxes.to(dtype),
                 padded.labels,
                 padded.mask,
@@ -212,8 +253,8 @@ class YOLOv8Loss(nn.Module):
             cap = min(num_anchors, padded.boxes.shape[1] * self.topk)
             fg = a.foreground
             slot = torch.where(fg, fg.cumsum(1) - 1, cap)  # (B, A): rank among the positives, or a dump slot
-            anchor_ids = torch.arange(num_anchors, device=device).expand(bsz, -1)
-            idx = torch.zeros(bsz, cap + 1, dtype=torch.int64, device=device).scatter_(1, slot, anchor_ids)
+            idx = torch.zeros(bsz, cap + 1, dtype=torch.int64, device=device)
+            idx = idx.scatter_(1, slot, anchor_ids.expand(bsz, -1))
             idx = idx[:, :cap]  # (B, P) anchor of each slot
             used = torch.arange(cap, device=device) < fg.sum(1, keepdim=True)  # (B, P)
         weight = a.scores  # (B, A): ŝ, the target score summed over the classes; 0 on background
@@ -222,7 +263,7 @@ class YOLOv8Loss(nn.Module):
         w = weight.gather(1, idx) * used  # (B, P)
         pts, st = points[idx], stride[idx]  # (B, P, 2), (B, P, 1)
         target = a.boxes.gather(1, idx.unsqueeze(-1).expand(-1, -1, 4)) / st  # grid units
-        logits = dist_logits.gather(2, idx.unsqueeze(1).expand(-1, 4 * r, -1))  # (B, 4·r, P)
+        cls, logits = _HeadTerms.apply(num_box, a.labels, weight, idx, *levels)  # Σ BCE, (B, 4·r, P)
         logits = logits.view(bsz, 4, r, cap).permute(0, 3, 1, 2)  # (B, P, 4, r)
         pred_boxes = decode_distances(logits, pts)  # (B, P, 4) xyxy, grid units
         if self.iou_kind == "mpdiou":  # its corner distances over the input size: in pixels
@@ -234,7 +275,6 @@ class YOLOv8Loss(nn.Module):
         ltrb = torch.cat((pts - target[..., :2], target[..., 2:] - pts), -1)
         ltrb = ltrb.clamp(0.0, r - 1 - 0.01)  # keeps i + 1 a valid bin: the original's clamp
         dfl = (dfl_from_log_probs(F.log_softmax(logits, dim=-1), ltrb).mean(-1) * w).sum()
-        cls = _ClassSum.apply(cls_logits, a.labels, weight)
         parts = {
             "box": box / norm * self.gains["box"],
             "cls": cls / norm * self.gains["cls"],
