@@ -72,6 +72,13 @@ class _BoxTerms:
             setattr(out, k, v.unsqueeze(dim))
         return out
 
+    def rows(self, sl: slice) -> _BoxTerms:
+        """The terms of the boxes ``sl`` (dimension 1)."""
+        out = _BoxTerms.__new__(_BoxTerms)
+        for k, v in vars(self).items():
+            setattr(out, k, v[:, sl])
+        return out
+
 
 def _pairwise_ciou(p: _BoxTerms, g: _BoxTerms, eps: float) -> Tensor:
     """CIoU of every broadcast pair of boxes, clamped at 0, without gradient.
@@ -117,36 +124,48 @@ def _power(x: Tensor, p: float) -> Tensor:
     return out
 
 
-def _candidates(
-    anchor_points: Tensor,
-    boxes: Tensor,
-    valid: Tensor,
-    min_side: float,
-    grid_sizes: Sequence[tuple[int, int]] | None,
-) -> Tensor:
-    """``(B, m, A)`` bool: anchor centres strictly inside the (widened) valid boxes ``(B, m, 4)``.
+class _Inside:
+    """Which anchor centres lie strictly inside each valid box (widened to ``min_side``), per block
+    of boxes: ``block(sl)`` is ``(B, m, A)`` bool.
 
-    On grids the test factors: inside = (row inside) ∧ (column inside), so each grid costs one
-    (B, m, H, W) pass on top of (B, m, H) and (B, m, W) tests with the same arithmetic."""
-    c = (boxes[..., :2] + boxes[..., 2:]) / 2
-    wh = boxes[..., 2:] - boxes[..., :2]
-    if min_side > 0:  # YOLOv8 8.4.190: a side below the second stride is widened, for this test only
-        wh = torch.where(wh < min_side, torch.full_like(wh, min_side), wh)
-    lt, rb = (c - wh / 2).unsqueeze(-2), (c + wh / 2).unsqueeze(-2)  # (B, m, 1, 2)
+    On grids the test factors: inside = (row inside) ∧ (column inside). The row and column tests
+    of every box, ``(B, M, H)`` and ``(B, M, W)`` per grid, are made once; a block is one outer
+    ``and`` per grid."""
 
-    def inside(xy: Tensor, axis: int) -> Tensor:  # xy (n,) anchor coordinates along one axis
-        return ((xy - lt[..., axis]) > INSIDE_EPS) & ((rb[..., axis] - xy) > INSIDE_EPS)  # (B, m, n)
+    def __init__(
+        self,
+        anchor_points: Tensor,
+        boxes: Tensor,
+        valid: Tensor,
+        min_side: float,
+        grid_sizes: Sequence[tuple[int, int]] | None,
+    ) -> None:
+        c = (boxes[..., :2] + boxes[..., 2:]) / 2
+        wh = boxes[..., 2:] - boxes[..., :2]
+        if min_side > 0:  # YOLOv8 8.4.190: a side below the second stride is widened, for this test only
+            wh = torch.where(wh < min_side, torch.full_like(wh, min_side), wh)
+        self.lt, self.rb = (c - wh / 2).unsqueeze(-2), (c + wh / 2).unsqueeze(-2)  # (B, M, 1, 2)
+        self.valid = valid.unsqueeze(-1)
+        self.points = anchor_points
+        self.tables = []  # per grid: rows (B, M, H), columns (B, M, W) of the valid boxes
+        start = 0
+        for h, w in grid_sizes or ():
+            cols = self._inside(anchor_points[start : start + w, 0], 0).logical_and_(self.valid)
+            rows = self._inside(anchor_points[start : start + h * w : w, 1], 1)
+            self.tables.append((rows, cols))
+            start += h * w
 
-    valid = valid.unsqueeze(-1)
-    if grid_sizes is None:
-        return inside(anchor_points[:, 0], 0).logical_and_(inside(anchor_points[:, 1], 1)).logical_and_(valid)
-    out, start = [], 0
-    for h, w in grid_sizes:
-        cols = inside(anchor_points[start : start + w, 0], 0) & valid  # (B, m, W)
-        rows = inside(anchor_points[start : start + h * w : w, 1], 1)  # (B, m, H)
-        out.append((rows.unsqueeze(-1) & cols.unsqueeze(-2)).flatten(-2))
-        start += h * w
-    return torch.cat(out, -1)
+    def _inside(self, xy: Tensor, axis: int, sl: slice = slice(None)) -> Tensor:
+        """``(B, m, n)``: the anchor coordinates ``xy`` ``(n,)`` inside the boxes ``sl`` along ``axis``."""
+        lt, rb = self.lt[:, sl, :, axis], self.rb[:, sl, :, axis]
+        return ((xy - lt) > INSIDE_EPS).logical_and_((rb - xy) > INSIDE_EPS)
+
+    def block(self, sl: slice) -> Tensor:
+        if not self.tables:
+            inside = self._inside(self.points[:, 0], 0, sl).logical_and_(self._inside(self.points[:, 1], 1, sl))
+            return inside.logical_and_(self.valid[:, sl])
+        out = [(rows[:, sl].unsqueeze(-1) & cols[:, sl].unsqueeze(-2)).flatten(-2) for rows, cols in self.tables]
+        return out[0] if len(out) == 1 else torch.cat(out, -1)
 
 
 def _class_scores(levels: Sequence[Tensor], labels: Tensor) -> Tensor:
@@ -229,13 +248,15 @@ def task_aligned_assign(
     owner = torch.zeros_like(count)  # Σ of their indices: the owner where count == 1
     best_u = torch.zeros(bsz, num_anchors, dtype=dtype, device=dev)  # max over boxes of u(·, a)
     best_box = torch.zeros_like(count)  # its first argmax
+    inside = _Inside(anchor_points, gt_boxes, gt_mask, min_side, grid_sizes)
+    gt = _BoxTerms(gt_boxes, iou_eps).expand(2)  # (B, M, 1)
+    gt_classes = gt_labels.unsqueeze(-1).expand(-1, -1, num_anchors)  # (B, M, A) view
     block = max(1, PAIR_BLOCK // max(1, bsz * num_anchors))
     for start in range(0, m_max, block):  # blocks of boxes (a function of M only): bounded memory
         sl = slice(start, min(start + block, m_max))
-        boxes, labels, valid = gt_boxes[:, sl], gt_labels[:, sl], gt_mask[:, sl]
-        cand = _candidates(anchor_points, boxes, valid, min_side, grid_sizes)  # (B, m, A) bool
-        u = _pairwise_ciou(pred, _BoxTerms(boxes, iou_eps).expand(2), iou_eps).mul_(cand)
-        s = _class_scores(levels, labels.unsqueeze(-1).expand(-1, -1, num_anchors))  # (B, m, A)
+        cand = inside.block(sl)  # (B, m, A) bool
+        u = _pairwise_ciou(pred, gt.rows(sl), iou_eps).mul_(cand)
+        s = _class_scores(levels, gt_classes[:, sl])  # (B, m, A)
         if logits:
             s.sigmoid_()
         metric = s.pow_(alpha).mul_(_power(u, beta))  # 0 off the candidates (u = 0 there)
