@@ -104,7 +104,7 @@ def iou_forward(
     c1, c2 = coords(b1), coords(b2)
     ov = overlap(c1, c2, eps)
     if kind == "wiou":
-        cw, ch = enclosing(c1, c2)
+        cw, ch = enclosing(c1, c2, ov)
         dx, dy = centre_offset(c1, c2)
         r = torch.exp((dx * dx + dy * dy) / (cw * cw + ch * ch + eps).detach())
         val = 1.0 - r * (1.0 - ov.iou)
@@ -149,7 +149,7 @@ def _penalties(kind: str, ov: Overlap, c1: Coords, c2: Coords, eps: float, mods:
         x1, y1, x2, y2 = c1
         u1, v1, u2, v2 = c2
         return [((x1 - u1) ** 2 + (y1 - v1) ** 2) / norm, ((x2 - u2) ** 2 + (y2 - v2) ** 2) / norm]
-    cw, ch = enclosing(c1, c2)
+    cw, ch = enclosing(c1, c2, ov)
     if kind == "giou":
         enclose = cw * ch
         return [(enclose - ov.union) / (enclose + eps)]
@@ -208,7 +208,7 @@ def iou_backward(
     g_cw = g_ch = g_dx = g_dy = None
     g_w1 = g_h1 = g_w2 = g_h2 = None
     if kind not in ("iou", "mpdiou"):
-        cw, ch = hull(x1, x2, u1, u2), hull(y1, y2, v1, v2)
+        cw, ch = hull(x1, x2, w1, u1, u2, w2), hull(y1, y2, h1, v1, v2, h2)
     if kind == "wiou":
         # 1 − R·(1 − iou), R = exp(ρ²/c²*):  d/d iou = R,  d/dρ² = −(1 − iou)·R/c²,  c² detached
         dx = 0.5 * ((u1 + u2) - (x1 + x2))
