@@ -199,10 +199,9 @@ def default_cases() -> list[CriterionCase]:
 
     ``ops_target`` is issue 12's bound where it is met: half of the ops before it for YOLOv3/v4
     (1375, 1476), half of the yolov5 package's ComputeLoss for YOLOv5 (961 ops with this counter,
-    ``benchmarks/compare_yolov5.py``), no more than before for SSD (161). YOLOv4 "tiny" (1033 before)
-    does not reach half yet (its CIoU alone is 240 ops forward + backward): its bound is the count
-    reached, so a regression fails. YOLOv8Loss: fewer than ultralytics' ``v8DetectionLoss`` (873 with
-    this counter, ``benchmarks/compare_yolov8.py``).
+    ``benchmarks/compare_yolov5.py``), no more than before for SSD (161), half of 1033 for YOLOv4
+    "tiny". YOLOv8Loss: fewer than ultralytics' ``v8DetectionLoss`` (873 with this counter,
+    ``benchmarks/compare_yolov8.py``).
     """
     from .criteria import SSDLoss, YOLOv3Loss, YOLOv4Loss, YOLOv5Loss, YOLOv8Loss
     from .criteria.yolov4 import PRESETS
@@ -223,7 +222,7 @@ def default_cases() -> list[CriterionCase]:
             "YOLOv4Loss tiny 416",
             lambda v: YOLOv4Loss(80, "tiny", validate=v),
             _yolo_inputs(416, tiny, 3 * 85, 80),
-            586,
+            516,
         ),
         CriterionCase(
             "YOLOv5Loss 640", lambda v: YOLOv5Loss(80, validate=v), _yolo_inputs(640, v3, 3 * 85, 80), 480

@@ -32,7 +32,8 @@ def global_count(count: Tensor, reduce_across_ranks: bool, at_least: float | Non
     Returns:
         A floating scalar tensor, detached (normalisers carry no gradient).
     """
-    count = count.detach().to(torch.get_default_dtype() if not count.is_floating_point() else count.dtype)
+    count = count.detach() if count.requires_grad else count
+    count = count.to(torch.get_default_dtype() if not count.is_floating_point() else count.dtype)
     if reduce_across_ranks and is_distributed():
         count = count.clone()
         dist.all_reduce(count, op=dist.ReduceOp.SUM)

@@ -73,10 +73,11 @@ def resolve_collisions(slot: Tensor, assigned: Tensor, num_slots: int) -> tuple[
     """
     b, n = slot.shape
     order = torch.arange(n, device=slot.device).expand(b, n)
-    target = slot.masked_fill(~assigned, num_slots)  # unassigned candidates go to a spare slot
+    unassigned = ~assigned
+    target = slot.masked_fill(unassigned, num_slots)  # unassigned candidates go to a spare slot
     last = torch.full((b, num_slots + 1), -1, dtype=torch.int64, device=slot.device)
     last.scatter_reduce_(1, target, order, reduce="amax")
-    return last.gather(1, target).masked_fill(~assigned, -1), last[:, :num_slots] >= 0
+    return last.gather(1, target).masked_fill(unassigned, -1), last[:, :num_slots] >= 0
 
 
 class _HeadAtCells(torch.autograd.Function):
@@ -164,10 +165,9 @@ def _finish_yolo_assignment(
     b, m, s, a = assigned.shape
     dev = boxes.device
     sizes = [a * h * w for h, w in grids]  # slots per scale (Python ints: no device sync)
-    hs = torch.tensor([g[0] for g in grids], device=dev)
-    ws = torch.tensor([g[1] for g in grids], device=dev)
-    offsets = torch.tensor([sum(sizes[:i]) for i in range(s)], device=dev)
-    lim = torch.stack((ws, hs), -1) - 1  # (S, 2) largest (gx, gy)
+    # per scale: the largest (gx, gy), then H, W and the first slot (one constant table)
+    table = torch.tensor([[w - 1, h - 1, h, w, sum(sizes[:i])] for i, (h, w) in enumerate(grids)], device=dev)
+    lim, (hs, ws, offsets) = table[:, :2], table[:, 2:].unbind(-1)
     cell = torch.minimum(cell.clamp(min=0), lim)  # no-op for checked centres; guards validate=False
     anchor = torch.arange(a, device=dev)
     slot = offsets[:, None] + (anchor * hs[:, None] + cell[..., 1:2]) * ws[:, None] + cell[..., 0:1]

@@ -190,17 +190,18 @@ class YOLOv4Loss(nn.Module):
         # original writes y_true[..., 5 + c] = 1 without clearing the row); the writes all store 1,
         # so duplicate indices cannot make the result order-dependent
         holder = asg.owner.flatten(1)  # (B, N)
-        multi = torch.zeros(b, holder.shape[1] + 1, c, dtype=dtype, device=dev)
+        n = holder.shape[1]
         label = tg.labels[:, :, None, None].expand_as(asg.owner).flatten(1)
-        bi = torch.arange(b, device=dev)[:, None].expand_as(holder)
-        multi[bi, holder.masked_fill(holder < 0, holder.shape[1]), label] = 1.0
-        cls_target = multi[:, :-1].view(b, m, s_count, a_count, c)
+        flat = holder.masked_fill(holder < 0, n) * c + label  # (holder, class) in a (N + 1, C) row
+        multi = torch.zeros(b, (n + 1) * c, dtype=dtype, device=dev).scatter_(1, flat, 1.0)
+        cls_target = multi[:, : n * c].view(b, m, s_count, a_count, c)
         if self.label_smoothing:
             cls_target = cls_target * (1.0 - self.label_smoothing) + self.label_smoothing / c
 
-        unit = max(in_w, in_h) / torch.tensor([in_w, in_h, in_w, in_h], dtype=dtype, device=dev)
+        side = max(in_w, in_h)
+        unit = torch.tensor([side / in_w, side / in_h] * 2, dtype=dtype, device=dev)
         wh = asg.boxes[..., 2:] - asg.boxes[..., :2]
-        box_scale = (2.0 - (wh[..., 0] / in_w) * (wh[..., 1] / in_h))[..., None, None]  # (B, M, 1, 1)
+        box_scale = (2.0 - wh.prod(-1) / (in_w * in_h)).view(b, m, 1, 1)
         terms = yolo_terms(
             views, asg.cell, asg.winner.to(dtype), tables,
             (asg.boxes * unit)[:, :, None, None], box_scale, cls_target, asg.held, asg.boxes,
@@ -209,10 +210,11 @@ class YOLOv4Loss(nn.Module):
         )
         t = asg.occupied.to(dtype)  # (B, P): all scales' slots
         ignore = terms.best_iou < self.ignore_thresh  # an image without boxes: all True
-        obj = focal_sum(terms.obj_logit, t, t + (1.0 - t) * ignore.to(dtype), self.obj_alpha, self.obj_gamma)
+        # weight 1 on the responsible slots, the ignore mask elsewhere
+        obj = focal_sum(terms.obj_logit, t, (asg.occupied | ignore).to(dtype), self.obj_alpha, self.obj_gamma)
         box, cls = terms.box, terms.cls
         # N = Σ_s max(#responsible slots of scale s, 1); every occupied slot has exactly one winner
-        per_scale = asg.winner.sum((0, 1, 3)).to(dtype)
+        per_scale = asg.winner.sum((0, 1, 3), dtype=dtype)
         num_pos = global_count(per_scale, self.reduce_across_ranks, at_least=1.0).sum()
 
         norm = num_pos if self.normalize else max(batch, 1)
