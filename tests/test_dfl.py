@@ -139,3 +139,18 @@ def test_decode_distances_hand_case():
     )  # (1, 4, 3): l, t, r, b
     box = decode_distances(logits, torch.tensor([[10.0, 20.0]], dtype=D))
     torch.testing.assert_close(box, torch.tensor([[8.0, 20.0, 11.5, 21.0]], dtype=D))
+
+
+def test_decode_distances_channels_first_reads_the_head_in_place():
+    """``channels_first`` on a head's ``(B, 4, n, A)`` view gives the boxes of the permuted
+    ``(B, A, 4, n)`` layout, values and gradients."""
+    torch.manual_seed(0)
+    head = torch.randn(2, 4 * 5 + 3, 7, dtype=D, requires_grad=True)  # (B, 4·n + C, A)
+    points = torch.rand(7, 2, dtype=D) * 10
+    sides = head[:, :20].unflatten(1, (4, 5))  # (B, 4, n, A), strided
+    fast = decode_distances(sides, points, channels_first=True)
+    ref = decode_distances(sides.permute(0, 3, 1, 2), points)
+    torch.testing.assert_close(fast, ref, rtol=1e-14, atol=1e-14)
+    w = torch.rand_like(ref)
+    g_fast, g_ref = (torch.autograd.grad((x * w).sum(), head)[0] for x in (fast, ref))
+    torch.testing.assert_close(g_fast, g_ref, rtol=1e-12, atol=1e-14)

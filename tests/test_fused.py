@@ -457,3 +457,22 @@ def test_small_eager_inputs_take_autograd_of_the_same_formula(kind, monkeypatch)
     torch.testing.assert_close(v2, v1, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(g12, g11, rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(g22, g21, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("n", [64, 3 * 8192])  # below and above geometry.CLAMP_MAX_NUMEL
+def test_low_high_forms_agree_with_relu_at_ties(n):
+    """Under autograd, small tensors take ``clamp`` with a tensor bound and large ones the relu
+    form: both give relu's values and gradients exactly, ties included (half the pairs tie)."""
+    from detloss.kernels.geometry import high, low
+
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randint(0, 4, (n,), generator=gen).double().requires_grad_()
+    b = torch.randint(0, 4, (n,), generator=gen).double().requires_grad_()
+    w = torch.rand(n, generator=gen, dtype=torch.float64)
+    for ours, ref in ((low, _low), (high, _high)):
+        got, want = ours(a, b), ref(a, b)
+        assert torch.equal(got, want)
+        g_got = torch.autograd.grad((got * w).sum(), (a, b))
+        g_want = torch.autograd.grad((want * w).sum(), (a, b))
+        for x, y in zip(g_got, g_want, strict=True):
+            assert torch.equal(x, y)  # -0.0 == 0.0

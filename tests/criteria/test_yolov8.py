@@ -427,3 +427,46 @@ def test_assigner_grid_and_logit_shortcuts_change_nothing():
     assert ref.foreground.any()
     for field in ("foreground", "gt_index", "labels", "boxes", "scores"):
         torch.testing.assert_close(getattr(fast, field), getattr(ref, field), rtol=0, atol=0)
+
+
+def test_assigner_reads_per_level_class_rows_like_the_whole_tensor():
+    """``scores`` given as the heads' channels-first class rows, one piece per level (read in
+    place), assigns exactly as the concatenated ``(B, A, C)`` tensor; a piece count that does not
+    cover the anchors is refused."""
+    from detloss.criteria.yolov8 import anchor_points
+
+    preds, targets = make_case(b=2, n=12, lo=4, hi=40, seed=6)
+    padded = pad_targets(targets, 3, dtype=D)
+    sizes = [tuple(p.shape[2:]) for p in preds]
+    pts, st = anchor_points(sizes, (8, 16, 32), dtype=D, device="cpu")
+    levels = [p.detach().flatten(2)[:, 32:] for p in preds]  # (B, C, A_l) views
+    whole = torch.cat(levels, 2).transpose(1, 2)  # (B, A, C)
+    boxes = torch.rand(2, pts.shape[0], 4, dtype=D) * 8 + torch.cat((pts - 4, pts + 4), -1)
+    args = (boxes * st, pts * st, padded.boxes, padded.labels, padded.mask)
+    ref = task_aligned_assign(whole, *args, logits=True, min_side=16.0)
+    per_level = task_aligned_assign(levels, *args, logits=True, min_side=16.0, grid_sizes=sizes)
+    assert ref.foreground.any()
+    for field in ("foreground", "gt_index", "labels", "boxes", "scores"):
+        torch.testing.assert_close(getattr(per_level, field), getattr(ref, field), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="scores cover"):
+        task_aligned_assign(levels[:2], *args, logits=True)
+
+
+@pytest.mark.parametrize("beta", [1.0, 2.0, 6.0, 7.0, 2.5])
+def test_assigner_power_by_products_is_pow(beta):
+    """The metric's u^β by repeated squaring (integral β) equals ``torch.pow`` to rounding."""
+    from detloss.assign.tal import _power
+
+    u = torch.rand(1000, dtype=D)
+    torch.testing.assert_close(_power(u, beta), u**beta, rtol=4 * torch.finfo(D).eps * beta, atol=0)
+
+
+def test_second_backward_through_the_same_graph():
+    """The head gradient buffers are new tensors (nothing saved is overwritten): retain_graph works
+    and the two backwards agree."""
+    preds, targets = make_case(b=2, n=6, seed=3)
+    out = YOLOv8Loss(3, reg_max=8)(preds, targets)
+    g1 = torch.autograd.grad(out.total, preds, retain_graph=True)
+    g2 = torch.autograd.grad(out.total, preds)
+    for a, b in zip(g1, g2, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
