@@ -22,7 +22,7 @@ Details and differences from ultralytics' ``TaskAlignedAssigner`` (8.4.190): doc
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -72,11 +72,15 @@ class _BoxTerms:
             setattr(out, k, v.unsqueeze(dim))
         return out
 
-    def rows(self, sl: slice) -> _BoxTerms:
-        """The terms of the boxes ``sl`` (dimension 1)."""
-        out = _BoxTerms.__new__(_BoxTerms)
-        for k, v in vars(self).items():
-            setattr(out, k, v[:, sl])
+    def split(self, size: int) -> list[_BoxTerms]:
+        """The terms of consecutive blocks of ``size`` boxes (dimension 1): one split per term."""
+        parts = {k: v.split(size, 1) for k, v in vars(self).items()}
+        out = []
+        for i in range(len(next(iter(parts.values())))):
+            block = _BoxTerms.__new__(_BoxTerms)
+            for k, v in parts.items():
+                setattr(block, k, v[i])
+            out.append(block)
         return out
 
 
@@ -126,7 +130,7 @@ def _power(x: Tensor, p: float) -> Tensor:
 
 class _Inside:
     """Which anchor centres lie strictly inside each valid box (widened to ``min_side``), per block
-    of boxes: ``block(sl)`` is ``(B, m, A)`` bool.
+    of boxes: ``blocks(size)`` yields ``(B, m, A)`` bool.
 
     On grids the test factors: inside = (row inside) ∧ (column inside). The row and column tests
     of every box, ``(B, M, H)`` and ``(B, M, W)`` per grid, are made once; a block is one outer
@@ -155,28 +159,38 @@ class _Inside:
             self.tables.append((rows, cols))
             start += h * w
 
-    def _inside(self, xy: Tensor, axis: int, sl: slice = slice(None)) -> Tensor:
-        """``(B, m, n)``: the anchor coordinates ``xy`` ``(n,)`` inside the boxes ``sl`` along ``axis``."""
-        lt, rb = self.lt[:, sl, :, axis], self.rb[:, sl, :, axis]
+    def _inside(self, xy: Tensor, axis: int) -> Tensor:
+        """``(B, M, n)``: the anchor coordinates ``xy`` ``(n,)`` inside the boxes along ``axis``."""
+        lt, rb = self.lt[..., axis], self.rb[..., axis]
         return ((xy - lt) > INSIDE_EPS).logical_and_((rb - xy) > INSIDE_EPS)
 
-    def block(self, sl: slice) -> Tensor:
-        if not self.tables:
-            inside = self._inside(self.points[:, 0], 0, sl).logical_and_(self._inside(self.points[:, 1], 1, sl))
-            return inside.logical_and_(self.valid[:, sl])
-        out = [(rows[:, sl].unsqueeze(-1) & cols[:, sl].unsqueeze(-2)).flatten(-2) for rows, cols in self.tables]
-        return out[0] if len(out) == 1 else torch.cat(out, -1)
+    def blocks(self, size: int) -> Iterator[Tensor]:
+        """``(B, m, A)`` bool per block of ``size`` boxes, in order (the tables split once)."""
+        if not self.tables:  # no grid: the full test per block
+            lt, rb, valid = self.lt.split(size, 1), self.rb.split(size, 1), self.valid.split(size, 1)
+            x, y = self.points.unbind(-1)
+            for lt_b, rb_b, valid_b in zip(lt, rb, valid, strict=True):
+                inside = ((x - lt_b[..., 0]) > INSIDE_EPS) & ((rb_b[..., 0] - x) > INSIDE_EPS)
+                inside &= ((y - lt_b[..., 1]) > INSIDE_EPS) & ((rb_b[..., 1] - y) > INSIDE_EPS)
+                yield inside.logical_and_(valid_b)
+            return
+        split = [(rows.split(size, 1), cols.split(size, 1)) for rows, cols in self.tables]
+        for i in range(len(split[0][0])):
+            out = [(rows[i].unsqueeze(-1) & cols[i].unsqueeze(-2)).flatten(-2) for rows, cols in split]
+            yield out[0] if len(out) == 1 else torch.cat(out, -1)
 
 
-def _class_scores(levels: Sequence[Tensor], labels: Tensor) -> Tensor:
-    """``(B, m, A)``: every anchor's score of each class of ``labels`` ``(B, m, A)`` (an expanded
-    view), read from the channels-first class rows ``(B, C, A_l)`` of every level."""
-    out, start = [], 0
-    for level in levels:
-        n = level.shape[-1]
-        out.append(level.gather(1, labels[..., start : start + n]))
-        start += n
+def _class_scores(levels: Sequence[Tensor], labels: Sequence[Tensor]) -> Tensor:
+    """``(B, m, A)``: every anchor's score of the classes ``labels``, read from the channels-first
+    class rows ``(B, C, A_l)`` of every level; ``labels`` holds one ``(B, m, A_l)`` index (an expanded
+    view) per level."""
+    out = [level.gather(1, lab) for level, lab in zip(levels, labels, strict=True)]
     return out[0] if len(out) == 1 else torch.cat(out, -1)
+
+
+def _per_level(labels: Tensor, levels: Sequence[Tensor]) -> list[Tensor]:
+    """``labels`` ``(B, m, A)`` cut along the anchors into the levels' ``(B, m, A_l)``."""
+    return list(labels.split([level.shape[-1] for level in levels], -1))
 
 
 @torch.no_grad()
@@ -248,15 +262,18 @@ def task_aligned_assign(
     owner = torch.zeros_like(count)  # Σ of their indices: the owner where count == 1
     best_u = torch.zeros(bsz, num_anchors, dtype=dtype, device=dev)  # max over boxes of u(·, a)
     best_box = torch.zeros_like(count)  # its first argmax
-    inside = _Inside(anchor_points, gt_boxes, gt_mask, min_side, grid_sizes)
-    gt = _BoxTerms(gt_boxes, iou_eps).expand(2)  # (B, M, 1)
-    gt_classes = gt_labels.unsqueeze(-1).expand(-1, -1, num_anchors)  # (B, M, A) view
+    # blocks of boxes (a function of M only): bounded memory; every per-box table is split once
     block = max(1, PAIR_BLOCK // max(1, bsz * num_anchors))
-    for start in range(0, m_max, block):  # blocks of boxes (a function of M only): bounded memory
-        sl = slice(start, min(start + block, m_max))
-        cand = inside.block(sl)  # (B, m, A) bool
-        u = _pairwise_ciou(pred, gt.rows(sl), iou_eps).mul_(cand)
-        s = _class_scores(levels, gt_classes[:, sl])  # (B, m, A)
+    candidates = _Inside(anchor_points, gt_boxes, gt_mask, min_side, grid_sizes).blocks(block)
+    gt_terms = _BoxTerms(gt_boxes, iou_eps).expand(2).split(block)  # (B, m, 1) each
+    gt_classes = gt_labels.unsqueeze(-1).expand(-1, -1, num_anchors)  # (B, M, A) view
+    class_blocks = zip(*(lab.split(block, 1) for lab in _per_level(gt_classes, levels)), strict=True)
+    box_ids = box_range.view(-1, 1).split(block)
+    for start, cand, gt, classes, ids in zip(
+        range(0, m_max, block), candidates, gt_terms, class_blocks, box_ids, strict=True
+    ):
+        u = _pairwise_ciou(pred, gt, iou_eps).mul_(cand)  # (B, m, A)
+        s = _class_scores(levels, classes)  # (B, m, A)
         if logits:
             s.sigmoid_()
         metric = s.pow_(alpha).mul_(_power(u, beta))  # 0 off the candidates (u = 0 there)
@@ -264,7 +281,7 @@ def task_aligned_assign(
         keep = cand.gather(-1, top)  # a selected non-candidate (metric 0) is dropped
         flat_top = top.flatten(1)
         count.scatter_add_(1, flat_top, keep.flatten(1).long())
-        owner.scatter_add_(1, flat_top, (keep * box_range[sl, None]).flatten(1))
+        owner.scatter_add_(1, flat_top, (keep * ids).flatten(1))
         u_max, u_arg = u.max(dim=1)  # (B, A); earlier blocks win ties (strict >)
         better = u_max > best_u
         best_u = torch.where(better, u_max, best_u)
@@ -279,7 +296,7 @@ def task_aligned_assign(
     # a contested anchor's owner has u = best_u (box 0 with u = 0 may even be no candidate)
     u = _pairwise_ciou(pred, _BoxTerms(boxes.unsqueeze(1), iou_eps), iou_eps).squeeze(1)
     u = torch.where(contested, best_u, u).mul_(foreground)
-    s = _class_scores(levels, labels.unsqueeze(1)).squeeze(1)
+    s = _class_scores(levels, _per_level(labels.unsqueeze(1), levels)).squeeze(1)
     s = s.sigmoid() if logits else s
     metric = s.pow(alpha).mul_(_power(u, beta))
     # per box: max over its positive anchors (order-free scatter of maxima; 0 for boxes without any)
