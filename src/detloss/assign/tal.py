@@ -58,7 +58,8 @@ class _BoxTerms:
     """The per-box factors of the pairwise CIoU (everything that depends on one box only)."""
 
     def __init__(self, boxes: Tensor, eps: float) -> None:
-        x1, y1, x2, y2 = boxes.unbind(-1)
+        # contiguous coordinates: the broadcast pairwise ops on stride-4 views ran 5x slower
+        x1, y1, x2, y2 = boxes.movedim(-1, 0).contiguous().unbind(0)
         w, h = (x2 - x1).clamp(min=0), (y2 - y1).clamp(min=0)
         self.x1, self.y1, self.x2, self.y2 = x1, y1, x2, y2
         self.area = w * h
