@@ -180,6 +180,12 @@ def test_matches_naive_port(seed):
     _check_against_naive(preds, targets, 3, (8, 16, 32), 8)
 
 
+def test_matches_naive_port_fewer_boxes_than_classes():
+    # M ≤ C: the assigner takes σ(x)^α of the gathered entries instead of every logit
+    preds, targets = make_case(nc=9, n=5, seed=4)
+    _check_against_naive(preds, targets, 9, (8, 16, 32), 8)
+
+
 def test_matches_naive_port_dense_scene_and_contests():
     # many overlapping boxes: anchors selected by several boxes go through the CIoU contest
     preds, targets = make_case(b=2, size=64, n=25, lo=6, hi=30, seed=11)

@@ -230,8 +230,8 @@ def task_aligned_assign(
             (ultralytics 8.4.190: its second stride; 0 disables).
         eps: in the score normalisation (ultralytics' 1e-9).
         iou_eps: the CIoU's eps (that of :func:`detloss.iou.iou_xyxy`).
-        logits: ``scores`` are logits: the sigmoid is applied to the entries the metric reads only
-            (the boxes' classes, ``B·M·A`` values instead of ``B·A·C``).
+        logits: ``scores`` are logits. The sigmoid (and the power α) is applied to the entries the
+            metric reads (the boxes' classes, ``B·M·A`` values) when M ≤ C, else once to all ``B·A·C``.
         grid_sizes: when ``anchor_points`` are the row-major cell centres of these (H, W) grids one
             after the other (as YOLOv8's), the candidate test is computed per row and column.
 
@@ -263,6 +263,14 @@ def task_aligned_assign(
     owner = torch.zeros_like(count)  # Σ of their indices: the owner where count == 1
     best_u = torch.zeros(bsz, num_anchors, dtype=dtype, device=dev)  # max over boxes of u(·, a)
     best_box = torch.zeros_like(count)  # its first argmax
+    # s^α = σ(x)^α: once per logit when there are more boxes than classes, else per gathered entry
+    per_logit = m_max > levels[0].shape[1]
+    if per_logit:
+        levels = [lv.sigmoid().pow_(alpha) if logits else lv.pow(alpha) for lv in levels]
+
+    def score_pow(s: Tensor) -> Tensor:  # s: gathered scores, a new tensor
+        return s if per_logit else (s.sigmoid_() if logits else s).pow_(alpha)
+
     # blocks of boxes (a function of M only): bounded memory; every per-box table is split once
     block = max(1, PAIR_BLOCK // max(1, bsz * num_anchors))
     candidates = _Inside(anchor_points, gt_boxes, gt_mask, min_side, grid_sizes).blocks(block)
@@ -274,10 +282,8 @@ def task_aligned_assign(
         range(0, m_max, block), candidates, gt_terms, class_blocks, box_ids, strict=True
     ):
         u = _pairwise_ciou(pred, gt, iou_eps).mul_(cand)  # (B, m, A)
-        s = _class_scores(levels, classes)  # (B, m, A)
-        if logits:
-            s.sigmoid_()
-        metric = s.pow_(alpha).mul_(_power(u, beta))  # 0 off the candidates (u = 0 there)
+        s = score_pow(_class_scores(levels, classes))  # (B, m, A): s^α
+        metric = s.mul_(_power(u, beta))  # 0 off the candidates (u = 0 there)
         top = metric.topk(k, dim=-1).indices  # (B, m, k), over all anchors as ultralytics does
         keep = cand.gather(-1, top)  # a selected non-candidate (metric 0) is dropped
         flat_top = top.flatten(1)
@@ -298,8 +304,7 @@ def task_aligned_assign(
     u = _pairwise_ciou(pred, _BoxTerms(boxes.unsqueeze(1), iou_eps), iou_eps).squeeze(1)
     u = torch.where(contested, best_u, u).mul_(foreground)
     s = _class_scores(levels, _per_level(labels.unsqueeze(1), levels)).squeeze(1)
-    s = s.sigmoid() if logits else s
-    metric = s.pow(alpha).mul_(_power(u, beta))
+    metric = score_pow(s).mul_(_power(u, beta))
     # per box: max over its positive anchors (order-free scatter of maxima; 0 for boxes without any)
     zeros = gt_boxes.new_zeros(bsz, m_max, dtype=dtype)
     max_metric = zeros.scatter_reduce(1, gt_index, metric, "amax", include_self=True)
