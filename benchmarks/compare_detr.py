@@ -1,6 +1,6 @@
 """DETRLoss against transformers' DETR, Deformable DETR and RT-DETR losses: values, gradients, speed.
 
-    PYTHONPATH=src /work/sidevenv/bin/python benchmarks/compare_detr.py [--repeats 9] [--skip-speed]
+    PYTHONPATH=src <side-venv>/bin/python benchmarks/compare_detr.py [--repeats 9] [--skip-speed]
 
 transformers (Apache-2.0) is a peer here, never a dependency: this script runs only where it is
 installed (the side venv). References called, on the same inputs:

@@ -1,6 +1,6 @@
 """YOLOv5Loss against the yolov5 package's own ``ComputeLoss``, side by side in one process.
 
-    PYTHONPATH=src /work/sidevenv/bin/python benchmarks/compare_yolov5.py [--repeats 7] [--no-compile]
+    PYTHONPATH=src <side-venv>/bin/python benchmarks/compare_yolov5.py [--repeats 7] [--no-compile]
 
 Needs an environment with the ``yolov5`` pip package (AGPL-3.0; it is only imported here, never a
 dependency of detloss). Same inputs as ``detloss bench --criteria`` (B = 16, 12 boxes per image, 640 px,

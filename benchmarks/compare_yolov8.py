@@ -2,7 +2,7 @@
 
 Run in the side venv (torch 2.14.1 + ultralytics 8.4.190; never a dependency of detloss)::
 
-    PYTHONPATH=src /work/sidevenv/bin/python benchmarks/compare_yolov8.py [--skip-time] [--skip-memory]
+    PYTHONPATH=src <side-venv>/bin/python benchmarks/compare_yolov8.py [--skip-time] [--skip-memory]
 
 1. Agreement (float64, ``torch.set_default_dtype(torch.float64)`` so that ultralytics' own target
    tensors are float64 too): max relative error of each component and of the gradient of every head

@@ -1,6 +1,6 @@
 """Issue 12 item 4: the default path (no ``set_compile``, validation on) against its peers, fwd+bwd.
 
-Run in the side venv (torchvision): ``PYTHONPATH=src /work/sidevenv/bin/python benchmarks/default_path.py``.
+Run in the side venv (torchvision): ``PYTHONPATH=src <side-venv>/bin/python benchmarks/default_path.py``.
 Prints medians (interleaved rounds, one process) and the ratio peer time / detloss time (> 1: detloss
 faster). Peers: ``torchvision.ops`` losses, an ultralytics-style ``bbox_iou`` (written here from its
 documented behaviour: eps on h and on the union, two-corner hull) and the naive formula of

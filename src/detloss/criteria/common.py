@@ -33,6 +33,41 @@ class LossResult:
     components: dict[str, Tensor] = field(default_factory=dict)
 
 
+def check_heads(
+    preds: Sequence[Tensor],
+    channels: Sequence[int],
+    layouts: Sequence[str],
+    strides: Sequence[int],
+    batch_size: int,
+) -> list[tuple[int, int]]:
+    """Check raw head outputs, one ``(B, channels[i], H, W)`` floating tensor per stride, whose input
+    size ``stride × (H, W)`` agrees across scales; ``layouts[i]`` spells head i's channels in the
+    error messages (e.g. ``"3*(5+80)"``). Returns the grid sizes ``(H, W)``."""
+    if isinstance(preds, Tensor) or not isinstance(preds, Sequence):
+        raise TypeError("preds must be a list with one tensor per scale")
+    if len(preds) != len(strides):
+        raise ValueError(f"preds has {len(preds)} scales, the criterion has {len(strides)} strides")
+    sizes, input_size = [], None
+    for i, (p, c, layout, s) in enumerate(zip(preds, channels, layouts, strides, strict=True)):
+        check_tensor(f"preds[{i}]", p)
+        if not p.is_floating_point():
+            raise TypeError(f"preds[{i}] must have a floating dtype, got {p.dtype}")
+        if p.dim() != 4 or p.shape[1] != c:
+            raise ValueError(f"preds[{i}] must have shape (B, {layout}={c}, H, W), got {tuple(p.shape)}")
+        if p.shape[0] != batch_size:
+            raise ValueError(f"preds[{i}] has batch size {p.shape[0]} but targets has {batch_size} images")
+        size = (p.shape[2] * s, p.shape[3] * s)
+        if input_size is None:
+            input_size = size
+        elif size != input_size:
+            raise ValueError(
+                f"preds[{i}] grid {tuple(p.shape[2:])} × stride {s} gives input size {size}, "
+                f"but preds[0] gives {input_size}: strides and grids disagree"
+            )
+        sizes.append((p.shape[2], p.shape[3]))
+    return sizes
+
+
 def split_yolo_heads(
     preds: Sequence[Tensor],
     num_anchors: Sequence[int],
@@ -40,7 +75,7 @@ def split_yolo_heads(
     strides: Sequence[int],
     batch_size: int,
 ) -> list[Tensor]:
-    """Check raw YOLO head outputs and view each as ``(B, A, H, W, 5 + C)``.
+    """Check raw YOLO head outputs (:func:`check_heads`) and view each as ``(B, A, H, W, 5 + C)``.
 
     Args:
         preds: one tensor per scale, ``(B, A*(5+C), H, W)``, channel ``a*(5+C) + k`` with
@@ -53,36 +88,13 @@ def split_yolo_heads(
     Returns:
         Views (no copy) of shape ``(B, A, H, W, 5 + C)``, one per scale.
     """
-    if isinstance(preds, Tensor) or not isinstance(preds, Sequence):
-        raise TypeError("preds must be a list with one tensor per scale")
-    if len(preds) != len(strides):
-        raise ValueError(f"preds has {len(preds)} scales, the criterion has {len(strides)}")
     k = 5 + num_classes
-    views, input_size = [], None
-    for i, (p, a, s) in enumerate(zip(preds, num_anchors, strides, strict=True)):
-        check_tensor(f"preds[{i}]", p)
-        if not p.is_floating_point():
-            raise TypeError(f"preds[{i}] must have a floating dtype, got {p.dtype}")
-        if p.dim() != 4 or p.shape[1] != a * k:
-            raise ValueError(
-                f"preds[{i}] must have shape (B, {a}*(5+{num_classes})={a * k}, H, W), "
-                f"got {tuple(p.shape)}"
-            )
-        if p.shape[0] != batch_size:
-            raise ValueError(
-                f"preds[{i}] has batch size {p.shape[0]} but targets has {batch_size} images"
-            )
-        size = (p.shape[2] * s, p.shape[3] * s)
-        if input_size is None:
-            input_size = size
-        elif size != input_size:
-            raise ValueError(
-                f"preds[{i}] grid {tuple(p.shape[2:])} × stride {s} gives input size {size}, "
-                f"but preds[0] gives {input_size}: strides and grids disagree"
-            )
-        b, _, h, w = p.shape
-        views.append(p.view(b, a, k, h, w).permute(0, 1, 3, 4, 2))
-    return views
+    layouts = [f"{a}*(5+{num_classes})" for a in num_anchors]
+    check_heads(preds, [a * k for a in num_anchors], layouts, strides, batch_size)
+    return [
+        p.view(p.shape[0], a, k, p.shape[2], p.shape[3]).permute(0, 1, 3, 4, 2)
+        for p, a in zip(preds, num_anchors, strict=True)
+    ]
 
 
 def positive_ints(name: str, values: Sequence) -> tuple[int, ...]:

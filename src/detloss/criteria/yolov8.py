@@ -23,12 +23,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..assign import PaddedTargets, pad_targets, task_aligned_assign
-from ..boxes import check_tensor
 from ..codecs import decode_distances
 from ..distributed import global_count
 from ..iou import IoUKind, compute_dtype, iou_xyxy
 from ..losses import dfl_from_log_probs
-from .common import ConstantCache, LossResult, iou_options, positive_ints
+from .common import ConstantCache, LossResult, check_heads, iou_options, positive_ints
 
 _CIOU_EPS = 1e-7
 
@@ -71,8 +70,8 @@ class _HeadTerms(torch.autograd.Function):
         sizes = [lv.shape[-1] for lv in levels]
         starts = accumulate(sizes[:-1], initial=0)
         cls_sum, box, local = 0.0, 0.0, []
-        for lv, start, n, lab, sc in zip(levels, starts, sizes, labels.split(sizes, 1), scores.split(sizes, 1),
-                                         strict=True):
+        per_level = zip(levels, starts, sizes, labels.split(sizes, 1), scores.split(sizes, 1), strict=True)
+        for lv, start, n, lab, sc in per_level:
             cls = lv[:, num_box:]
             hit = cls.gather(1, lab.unsqueeze(1)).squeeze(1)  # (B, A_l)
             cls_sum = cls_sum + (F.softplus(cls).sum() - (hit * sc).sum())
@@ -90,8 +89,8 @@ class _HeadTerms(torch.autograd.Function):
         n = ctx.num_box
         sizes = [lv.shape[-1] for lv in levels]
         grads = []
-        for lv, lab, sc, (index, inside) in zip(levels, labels.split(sizes, 1), scores.split(sizes, 1),
-                                                 ctx.local, strict=True):
+        per_level = zip(levels, labels.split(sizes, 1), scores.split(sizes, 1), ctx.local, strict=True)
+        for lv, lab, sc, (index, inside) in per_level:
             grad = lv.sigmoid()  # the box rows are overwritten below
             grad[:, n:].scatter_add_(1, lab.unsqueeze(1), -sc.unsqueeze(1)).mul_(grad_cls)
             grad[:, :n].zero_().scatter_add_(2, index, grad_box * inside.unsqueeze(1))
@@ -172,42 +171,14 @@ class YOLOv8Loss(nn.Module):
         self.validate, self.reduce_across_ranks = bool(validate), bool(reduce_across_ranks)
         self._constants = ConstantCache()
 
-    def _check_heads(self, preds: Sequence[Tensor], batch_size: int) -> list[tuple[int, int]]:
-        if isinstance(preds, Tensor) or not isinstance(preds, Sequence):
-            raise TypeError("preds must be a list with one tensor per stride")
-        if len(preds) != len(self.strides):
-            raise ValueError(f"preds has {len(preds)} scales, the criterion has {len(self.strides)} strides")
-        channels = 4 * self.reg_max + self.num_classes
-        sizes, input_size = [], None
-        for i, (p, s) in enumerate(zip(preds, self.strides, strict=True)):
-            check_tensor(f"preds[{i}]", p)
-            if not p.is_floating_point():
-                raise TypeError(f"preds[{i}] must have a floating dtype, got {p.dtype}")
-            if p.dim() != 4 or p.shape[1] != channels:
-                raise ValueError(
-                    f"preds[{i}] must have shape (B, 4*{self.reg_max}+{self.num_classes}={channels}, H, W), "
-                    f"got {tuple(p.shape)}"
-                )
-            if p.shape[0] != batch_size:
-                raise ValueError(
-                    f"preds[{i}] has batch size {p.shape[0]} but targets has {batch_size} images"
-                )
-            size = (p.shape[2] * s, p.shape[3] * s)
-            if input_size is None:
-                input_size = size
-            elif size != input_size:
-                raise ValueError(
-                    f"preds[{i}] grid {tuple(p.shape[2:])} × stride {s} gives input size {size}, "
-                    f"but preds[0] gives {input_size}: strides and grids disagree"
-                )
-            sizes.append((p.shape[2], p.shape[3]))
-        return sizes
-
     def forward(
         self, preds: Sequence[Tensor], targets: Sequence[Mapping[str, Tensor]] | PaddedTargets
     ) -> LossResult:
         padded_in = isinstance(targets, PaddedTargets)
-        sizes = self._check_heads(preds, targets.boxes.shape[0] if padded_in else len(targets))
+        channels, layout = 4 * self.reg_max + self.num_classes, f"4*{self.reg_max}+{self.num_classes}"
+        batch = targets.boxes.shape[0] if padded_in else len(targets)
+        n = len(self.strides)
+        sizes = check_heads(preds, [channels] * n, [layout] * n, self.strides, batch)
         image_size = (sizes[0][1] * self.strides[0], sizes[0][0] * self.strides[0])  # (w, h) pixels
         dtype = compute_dtype(preds[0])  # fp16/bf16 heads: the loss is computed in float32
         device = preds[0].device
