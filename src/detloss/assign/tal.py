@@ -148,7 +148,7 @@ class _Inside:
         c = (boxes[..., :2] + boxes[..., 2:]) / 2
         wh = boxes[..., 2:] - boxes[..., :2]
         if min_side > 0:  # YOLOv8 8.4.190: a side below the second stride is widened, for this test only
-            wh = torch.where(wh < min_side, torch.full_like(wh, min_side), wh)
+            wh = wh.clamp(min=min_side)
         self.lt, self.rb = (c - wh / 2).unsqueeze(-2), (c + wh / 2).unsqueeze(-2)  # (B, M, 1, 2)
         self.valid = valid.unsqueeze(-1)
         self.points = anchor_points
