@@ -146,8 +146,12 @@ def best_iou_with(pred: Tensor, boxes: Tensor, keep: Tensor, fill: float, eps: f
     with torch.no_grad():
         if boxes.shape[1] == 0:
             return pred.new_full(pred.shape[:2], fill)
-        iou = iou_xyxy(pred[:, :, None, :], boxes[:, None, :, :], "iou", eps)  # (B, P, M)
-        return iou.masked_fill(~(keep[:, None, :] if keep.dim() == 2 else keep), fill).amax(-1)
+        # as (B, M, P), predictions innermost with contiguous coordinate planes: the broadcast ops
+        # then run along contiguous rows (over (B, P, M) with stride-4 coordinates: 1.5x the time)
+        planes = pred.movedim(-1, 0).contiguous().movedim(0, -1)
+        iou = iou_xyxy(planes[:, None], boxes[:, :, None], "iou", eps)  # (B, M, P)
+        kept = keep[:, :, None] if keep.dim() == 2 else keep.transpose(1, 2)
+        return torch.where(kept, iou, fill).amax(1)
 
 
 def _check_centres(boxes: Tensor, mask: Tensor, input_size: tuple[int, int]) -> None:
@@ -167,10 +171,10 @@ def _finish_yolo_assignment(
     sizes = [a * h * w for h, w in grids]  # slots per scale (Python ints: no device sync)
     # per scale: the largest (gx, gy), then H, W and the first slot (one constant table)
     table = torch.tensor([[w - 1, h - 1, h, w, sum(sizes[:i])] for i, (h, w) in enumerate(grids)], device=dev)
-    lim, (hs, ws, offsets) = table[:, :2], table[:, 2:].unbind(-1)
+    lim, hs, ws, offsets = table[:, :2], table[:, 2:3], table[:, 3:4], table[:, 4:5]  # (S, 2), (S, 1) …
     cell = torch.minimum(cell.clamp(min=0), lim)  # no-op for checked centres; guards validate=False
     anchor = torch.arange(a, device=dev)
-    slot = offsets[:, None] + (anchor * hs[:, None] + cell[..., 1:2]) * ws[:, None] + cell[..., 0:1]
+    slot = offsets + (anchor * hs + cell[..., 1:2]) * ws + cell[..., 0:1]
     owner, occupied = resolve_collisions(slot.flatten(1), assigned.flatten(1), sum(sizes))
     owner = owner.view(b, m, s, a)
     winner = owner == torch.arange(m * s * a, device=dev).view(m, s, a)

@@ -88,7 +88,7 @@ def overlap(c1: Coords, c2: Coords, eps: float) -> Overlap:
     w2, h2 = (u2 - u1).clamp(min=0), (v2 - v1).clamp(min=0)
     inter = (low(x2, u2) - high(x1, u1)).clamp(min=0) * (low(y2, v2) - high(y1, v1)).clamp(min=0)
     union = w1 * h1 + w2 * h2 - inter
-    return Overlap(inter / (union + eps), union, w1, h1, w2, h2)
+    return Overlap(inter / (union + eps if eps else union), union, w1, h1, w2, h2)
 
 
 def hull(a1: Tensor, a2: Tensor, wa: Tensor, b1: Tensor, b2: Tensor, wb: Tensor) -> Tensor:
