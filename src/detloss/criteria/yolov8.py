@@ -69,15 +69,17 @@ class _HeadTerms(torch.autograd.Function):
     def forward(ctx, num_box: int, labels: Tensor, scores: Tensor, idx: Tensor, *levels: Tensor):
         sizes = [lv.shape[-1] for lv in levels]
         starts = accumulate(sizes[:-1], initial=0)
-        cls_sum, box, local = 0.0, 0.0, []
+        cls_sum, box, local = None, None, []
         per_level = zip(levels, starts, sizes, labels.split(sizes, 1), scores.split(sizes, 1), strict=True)
         for lv, start, n, lab, sc in per_level:
             cls = lv[:, num_box:]
             hit = cls.gather(1, lab.unsqueeze(1)).squeeze(1)  # (B, A_l)
-            cls_sum = cls_sum + (F.softplus(cls).sum() - (hit * sc).sum())
+            term = F.softplus(cls).sum() - (hit * sc).sum()
+            cls_sum = term if cls_sum is None else cls_sum + term
             inside = (idx >= start) & (idx < start + n)  # (B, P): the positives on this level
             index = (idx - start).clamp_(0, n - 1).unsqueeze(1).expand(-1, num_box, -1)
-            box = box + lv[:, :num_box].gather(2, index) * inside.unsqueeze(1)
+            rows = lv[:, :num_box].gather(2, index)  # a slot of another level reads a stand-in row
+            box = rows if box is None else torch.where(inside.unsqueeze(1), rows, box)
             local.append((index, inside))
         ctx.save_for_backward(labels, scores, *levels)
         ctx.local, ctx.num_box = local, num_box
