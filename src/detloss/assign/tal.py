@@ -175,9 +175,9 @@ class _Inside:
                 inside &= ((y - lt_b[..., 1]) > INSIDE_EPS) & ((rb_b[..., 1] - y) > INSIDE_EPS)
                 yield inside.logical_and_(valid_b)
             return
-        split = [(rows.split(size, 1), cols.split(size, 1)) for rows, cols in self.tables]
+        split = [(r.unsqueeze(-1).split(size, 1), c.unsqueeze(-2).split(size, 1)) for r, c in self.tables]
         for i in range(len(split[0][0])):
-            out = [(rows[i].unsqueeze(-1) & cols[i].unsqueeze(-2)).flatten(-2) for rows, cols in split]
+            out = [(rows[i] & cols[i]).flatten(-2) for rows, cols in split]  # (B, m, H·W)
             yield out[0] if len(out) == 1 else torch.cat(out, -1)
 
 
