@@ -375,3 +375,32 @@ def test_weight_reduce_direct():
     assert weight_reduce(loss, avg_factor=2).item() == 6.0
     with pytest.raises(TypeError, match="weight"):
         weight_reduce(loss, [1.0] * 4)
+
+
+def test_finite_number():
+    from detloss.boxes import finite_number
+
+    assert finite_number(0) and finite_number(2.5) and finite_number(-1e300)
+    assert not finite_number(math.inf) and not finite_number(-math.inf) and not finite_number(math.nan)
+    assert not finite_number("1") and not finite_number(None)
+
+
+@pytest.mark.slow  # a cold compile: ~20 s
+def test_focal_with_float_attributes_compiles_whole():
+    """Float hyper-parameters read from a module become symbolic under ``dynamic=True``; the
+    argument checks must not break the graph (``math.isfinite`` did)."""
+
+    class Head(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.alpha, self.gamma = 0.25, 2.0
+
+        def forward(self, x, t):
+            return sigmoid_focal_loss(x, t, alpha=self.alpha, gamma=self.gamma, validate=False)
+
+    torch._dynamo.reset()
+    head = Head()
+    x = torch.randn(64, 5, dtype=torch.float64, requires_grad=True)
+    t = (torch.rand(64, 5, dtype=torch.float64) > 0.7).double()
+    compiled = torch.compile(head, fullgraph=True, dynamic=True)
+    torch.testing.assert_close(compiled(x, t), head(x, t))

@@ -24,6 +24,13 @@ def check_tensor(name: str, t: object) -> Tensor:
     return t
 
 
+def finite_number(v: object) -> bool:
+    """Whether ``v`` is an int or float other than ±inf and NaN, as ``v − v == 0``: unlike
+    ``math.isfinite`` it also takes the symbolic floats that ``torch.compile(dynamic=True)`` passes
+    for float attributes and arguments (``math.isfinite`` on one breaks the graph)."""
+    return isinstance(v, (int, float, torch.SymInt, torch.SymFloat)) and v - v == 0
+
+
 def check_finite(name: str, t: Tensor) -> None:
     """Raise ``ValueError`` naming ``name`` and the first index holding NaN or Inf.
 

@@ -13,13 +13,12 @@ xyxy box (x2 < x1) behaves as an empty box, and the enclosing box spans all corn
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import torch
 from torch import Tensor
 
-from .boxes import BoxFormat, check_boxes, check_finite, check_format, convert
+from .boxes import BoxFormat, check_boxes, check_finite, check_format, convert, finite_number
 from .kernels import IOU_KINDS, Modifiers, fused_iou
 from .kernels.iou import broadcast_shape
 
@@ -66,7 +65,7 @@ def check_kind(kind: str) -> None:
 
 
 def _is_number(v: object) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    return not isinstance(v, bool) and finite_number(v)
 
 
 def check_modifiers(
@@ -112,7 +111,7 @@ _MIN_EPS = torch.finfo(torch.float32).tiny  # a smaller eps is 0 in float32: 0/0
 
 
 def check_eps(eps: float) -> None:
-    if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps >= _MIN_EPS):
+    if not (finite_number(eps) and eps >= _MIN_EPS):
         raise ValueError(
             f"eps must be a finite number >= {_MIN_EPS:.3g} (float32's smallest normal), got {eps!r}"
         )

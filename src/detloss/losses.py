@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .boxes import BoxFormat, check_finite, check_tensor
+from .boxes import BoxFormat, check_finite, check_tensor, finite_number
 from .iou import IoUKind, _image_wh, check_eps, check_modifiers, compute_dtype, prepare_pair
 from .kernels import Modifiers, fused_focal, fused_iou
 from .kernels.iou import broadcast_shape
@@ -58,7 +58,7 @@ def weight_reduce(
         if isinstance(avg_factor, Tensor):
             if avg_factor.numel() != 1:
                 raise ValueError(f"avg_factor must be a scalar, got shape {tuple(avg_factor.shape)}")
-        elif not (math.isfinite(avg_factor) and avg_factor >= 0):
+        elif not (finite_number(avg_factor) and avg_factor >= 0):
             raise ValueError(f"avg_factor must be a finite number >= 0, got {avg_factor!r}")
     if reduction == "none":
         return loss
@@ -222,9 +222,9 @@ def sigmoid_focal_loss(
         Scalar, or ``(*)`` with ``reduction="none"``. float16/bfloat16 logits are computed in
         float32: ``1 − p_t`` underflows in half precision and ``exp`` overflows.
     """
-    if not (math.isfinite(gamma) and gamma >= 0):
+    if not (finite_number(gamma) and gamma >= 0):
         raise ValueError(f"gamma must be a finite number >= 0, got {gamma}")
-    if not (math.isfinite(alpha) and alpha <= 1):
+    if not (finite_number(alpha) and alpha <= 1):
         raise ValueError(f"alpha must be <= 1 (or < 0 to disable), got {alpha}")
     if pos_weight is not None:
         check_tensor("pos_weight", pos_weight)
@@ -270,7 +270,7 @@ def quality_focal_loss(
         reduction, weight, avg_factor: see :func:`weight_reduce`.
         validate: check logits are finite and targets lie in [0, 1] (one host sync).
     """
-    if not (math.isfinite(beta) and beta >= 0):
+    if not (finite_number(beta) and beta >= 0):
         raise ValueError(f"beta must be a finite number >= 0, got {beta}")
     x, t = _logits_and_targets(logits, targets, validate)
     loss = F.binary_cross_entropy_with_logits(x, t, reduction="none")
@@ -309,9 +309,9 @@ def varifocal_loss(
         reduction, weight, avg_factor: see :func:`weight_reduce`.
         validate: check logits are finite and targets lie in [0, 1] (one host sync).
     """
-    if not (math.isfinite(alpha) and alpha >= 0):
+    if not (finite_number(alpha) and alpha >= 0):
         raise ValueError(f"alpha must be a finite number >= 0, got {alpha}")
-    if not (math.isfinite(gamma) and gamma >= 0):
+    if not (finite_number(gamma) and gamma >= 0):
         raise ValueError(f"gamma must be a finite number >= 0, got {gamma}")
     x, t = _logits_and_targets(logits, targets, validate)
     p = torch.sigmoid(x)
