@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from ..iou import iou_xyxy
+from ..kernels.geometry import coordinate_planes
 from .targets import PaddedTargets
 
 # ---------------------------------------------------------------------------------------------
@@ -53,9 +54,8 @@ def match_priors(
         return torch.full((bsz, num_priors), PRIOR_NEGATIVE, dtype=torch.int64, device=priors.device)
     with torch.no_grad():
         # eps = 0: inter/union exactly, with 0/0 (both areas 0) → 0 as in the original
-        # the priors as contiguous coordinate planes: broadcast ops over stride-4 rows ran 2.4x slower
-        planes = priors.t().contiguous().t()
-        iou = iou_xyxy(targets.boxes[:, :, None, :], planes[None, None], "iou", 0.0).nan_to_num(0.0)
+        planes = coordinate_planes(priors)[None, None]  # the priors innermost, along contiguous rows
+        iou = iou_xyxy(targets.boxes[:, :, None, :], planes, "iou", 0.0).nan_to_num(0.0)
         iou = iou.masked_fill(~targets.mask[..., None], -1.0)  # (B, M, P); padding never wins
 
         # torch.max(dim) returns the first index on ties (documented), and over a short middle dim

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..kernels.geometry import coordinate_planes
 from ..kernels.iou import FOUR_OVER_PI2
 
 PAIR_BLOCK = 1 << 21  # (B, m_block, A) elements per block: 8 MB per float32 temporary
@@ -58,8 +59,7 @@ class _BoxTerms:
     """The per-box factors of the pairwise CIoU (everything that depends on one box only)."""
 
     def __init__(self, boxes: Tensor, eps: float) -> None:
-        # contiguous coordinates: the broadcast pairwise ops on stride-4 views ran 5x slower
-        x1, y1, x2, y2 = boxes.movedim(-1, 0).contiguous().unbind(0)
+        x1, y1, x2, y2 = coordinate_planes(boxes).unbind(-1)  # contiguous: the pairs broadcast
         w, h = (x2 - x1).clamp(min=0), (y2 - y1).clamp(min=0)
         self.x1, self.y1, self.x2, self.y2 = x1, y1, x2, y2
         self.area = w * h
@@ -155,15 +155,10 @@ class _Inside:
         self.tables = []  # per grid: rows (B, M, H), columns (B, M, W) of the valid boxes
         start = 0
         for h, w in grid_sizes or ():
-            cols = self._inside(anchor_points[start : start + w, 0], 0).logical_and_(self.valid)
-            rows = self._inside(anchor_points[start : start + h * w : w, 1], 1)
-            self.tables.append((rows, cols))
+            cols = _between(anchor_points[start : start + w, 0], self.lt[..., 0], self.rb[..., 0])
+            rows = _between(anchor_points[start : start + h * w : w, 1], self.lt[..., 1], self.rb[..., 1])
+            self.tables.append((rows, cols.logical_and_(self.valid)))
             start += h * w
-
-    def _inside(self, xy: Tensor, axis: int) -> Tensor:
-        """``(B, M, n)``: the anchor coordinates ``xy`` ``(n,)`` inside the boxes along ``axis``."""
-        lt, rb = self.lt[..., axis], self.rb[..., axis]
-        return ((xy - lt) > INSIDE_EPS).logical_and_((rb - xy) > INSIDE_EPS)
 
     def blocks(self, size: int) -> Iterator[Tensor]:
         """``(B, m, A)`` bool per block of ``size`` boxes, in order (the tables split once)."""
@@ -171,14 +166,19 @@ class _Inside:
             lt, rb, valid = self.lt.split(size, 1), self.rb.split(size, 1), self.valid.split(size, 1)
             x, y = self.points.unbind(-1)
             for lt_b, rb_b, valid_b in zip(lt, rb, valid, strict=True):
-                inside = ((x - lt_b[..., 0]) > INSIDE_EPS) & ((rb_b[..., 0] - x) > INSIDE_EPS)
-                inside &= ((y - lt_b[..., 1]) > INSIDE_EPS) & ((rb_b[..., 1] - y) > INSIDE_EPS)
-                yield inside.logical_and_(valid_b)
+                inside = _between(x, lt_b[..., 0], rb_b[..., 0])
+                yield inside.logical_and_(_between(y, lt_b[..., 1], rb_b[..., 1])).logical_and_(valid_b)
             return
         split = [(r.unsqueeze(-1).split(size, 1), c.unsqueeze(-2).split(size, 1)) for r, c in self.tables]
         for i in range(len(split[0][0])):
             out = [(rows[i] & cols[i]).flatten(-2) for rows, cols in split]  # (B, m, H·W)
             yield out[0] if len(out) == 1 else torch.cat(out, -1)
+
+
+def _between(xy: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
+    """``(B, m, n)``: the anchor coordinates ``xy`` ``(n,)`` more than ``INSIDE_EPS`` inside the
+    boxes' extents ``(lo, hi)`` ``(B, m, 1)`` along one axis."""
+    return ((xy - lo) > INSIDE_EPS).logical_and_((hi - xy) > INSIDE_EPS)
 
 
 def _class_scores(levels: Sequence[Tensor], labels: Sequence[Tensor]) -> Tensor:

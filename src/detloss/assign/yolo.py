@@ -10,6 +10,7 @@ from torch import Tensor
 
 from ..boxes import convert
 from ..iou import iou_xyxy
+from ..kernels.geometry import coordinate_planes
 from .targets import PaddedTargets, centre_error, centre_outside
 
 # ---------------------------------------------------------------------------------------------------
@@ -146,10 +147,8 @@ def best_iou_with(pred: Tensor, boxes: Tensor, keep: Tensor, fill: float, eps: f
     with torch.no_grad():
         if boxes.shape[1] == 0:
             return pred.new_full(pred.shape[:2], fill)
-        # as (B, M, P), predictions innermost with contiguous coordinate planes: the broadcast ops
-        # then run along contiguous rows (over (B, P, M) with stride-4 coordinates: 1.5x the time)
-        planes = pred.movedim(-1, 0).contiguous().movedim(0, -1)
-        iou = iou_xyxy(planes[:, None], boxes[:, :, None], "iou", eps)  # (B, M, P)
+        # as (B, M, P): the predictions innermost, along contiguous rows
+        iou = iou_xyxy(coordinate_planes(pred)[:, None], boxes[:, :, None], "iou", eps)  # (B, M, P)
         kept = keep[:, :, None] if keep.dim() == 2 else keep.transpose(1, 2)
         return torch.where(kept, iou, fill).amax(1)
 

@@ -44,6 +44,14 @@ def coords(b: Tensor) -> Coords:
     return x1, y1, x2, y2
 
 
+def coordinate_planes(b: Tensor) -> Tensor:
+    """``(..., 4)`` boxes as a view whose coordinates each lie contiguous (one copy): their
+    :func:`coords` are contiguous tensors instead of stride-4 views. Broadcast pairwise ops
+    (boxes ``(B, 1, P)`` against ``(B, M, 1)``) ran 1.5–5× slower over stride-4 rows; same-shape
+    elementwise ops run at full speed on the views and need no copy."""
+    return b.movedim(-1, 0).contiguous().movedim(0, -1)
+
+
 def _needs_grad(a: Tensor, b: Tensor) -> bool:
     return torch.is_grad_enabled() and (a.requires_grad or b.requires_grad)
 
