@@ -13,6 +13,7 @@ xyxy box (x2 < x1) behaves as an empty box, and the enclosing box spans all corn
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -129,19 +130,24 @@ def prepare_pair(
     """Validate two box tensors (errors use ``names``), upcast half precision, convert to xyxy.
 
     The finiteness check of both inputs is one sum each and one host sync (NaN and ±Inf make the sum
-    non-finite); the offending index is only searched when it fails.
+    non-finite), tested on the host; the offending index is only searched when it fails.
     """
     check_boxes(names[0], boxes1, finite=False)
     check_boxes(names[1], boxes2, finite=False)
     check_format("fmt", fmt)
     if validate:
         acc = torch.float64 if torch.float64 in (boxes1.dtype, boxes2.dtype) else torch.float32
-        total = boxes1.detach().sum(dtype=acc) + boxes2.detach().sum(dtype=acc)
-        if not bool(torch.isfinite(total)):  # a bad value, or finite values whose sum overflowed
+        with torch.no_grad():
+            total = float(boxes1.sum(dtype=acc) + boxes2.sum(dtype=acc))
+        if not math.isfinite(total):  # a bad value, or finite values whose sum overflowed
             check_finite(names[0], boxes1)
             check_finite(names[1], boxes2)
     dtype = torch.promote_types(compute_dtype(boxes1), compute_dtype(boxes2))
-    return convert(boxes1.to(dtype), fmt, "xyxy"), convert(boxes2.to(dtype), fmt, "xyxy")
+    return convert(_as(boxes1, dtype), fmt, "xyxy"), convert(_as(boxes2, dtype), fmt, "xyxy")
+
+
+def _as(t: Tensor, dtype: torch.dtype) -> Tensor:
+    return t if t.dtype == dtype else t.to(dtype)  # ``to`` of the same dtype still costs a dispatch
 
 
 def bbox_iou(

@@ -91,7 +91,9 @@ def _fused_reduce(
     total = kernel(True)
     if reduction == "sum":
         return total
-    return weight_reduce(total, None, "mean", count if avg_factor is None else avg_factor)
+    if avg_factor is None:
+        return total / count
+    return weight_reduce(total, None, "mean", avg_factor)
 
 
 def _check_broadcasts_to(name: str, t: Tensor, shape: torch.Size, what: str) -> None:

@@ -29,11 +29,11 @@ from torch.autograd.function import once_differentiable
 
 from . import runtime
 from .geometry import (
-    Coords,
+    Corners,
     Overlap,
     axis_grads,
     centre_offset,
-    coords,
+    corners,
     enclosing,
     high,
     hull,
@@ -101,16 +101,16 @@ def iou_forward(
     the iou term on the boxes with the same centres and sides scaled by r, every penalty (and α_v)
     on the original boxes; ``focaler`` = (d, u): the iou term clamp((iou − d)/(u − d), 0, 1).
     """
-    c1, c2 = coords(b1), coords(b2)
-    ov = overlap(c1, c2, eps)
+    ndim = max(b1.dim(), b2.dim())
+    k1, k2 = corners(b1, ndim), corners(b2, ndim)
+    ov = overlap(k1, k2, eps)
     if kind == "wiou":
-        cw, ch = enclosing(c1, c2, ov)
-        dx, dy = centre_offset(c1, c2)
-        r = torch.exp((dx * dx + dy * dy) / (cw * cw + ch * ch + eps).detach())
+        c, d = enclosing(k1, k2, ov), centre_offset(k1, k2)
+        r = torch.exp(_sum_sq(d) / (_sum_sq(c) + eps).detach())
         val = 1.0 - r * (1.0 - ov.iou)
     else:
-        val = _iou_term(ov.iou, c1, c2, eps, mods)
-        terms = _penalties(kind, ov, c1, c2, eps, mods)
+        val = _iou_term(ov.iou, k1, k2, eps, mods)
+        terms = _penalties(kind, ov, k1, k2, eps, mods)
         if terms:
             total = _power(terms[0], mods.alpha)
             for t in terms[1:]:
@@ -118,6 +118,11 @@ def iou_forward(
             val = val - total
     val = 1.0 - val if loss else val
     return val.sum() if reduce else val
+
+
+def _sum_sq(t: Tensor) -> Tensor:
+    """Squared length over the axis planes: ``(2, ...)`` → x² + y² ``(...)``."""
+    return (t * t).sum(0)
 
 
 def _power(t: Tensor, a: float) -> Tensor:
@@ -129,47 +134,47 @@ def _power(t: Tensor, a: float) -> Tensor:
     return torch.where(pos, torch.where(pos, t, 1.0) ** a, 0.0)
 
 
-def _iou_term(iou: Tensor, c1: Coords, c2: Coords, eps: float, mods: Modifiers) -> Tensor:
+def _iou_term(iou: Tensor, k1: Corners, k2: Corners, eps: float, mods: Modifiers) -> Tensor:
     """The IoU term of the value: plain, Inner-IoU, Focaler-IoU or Alpha-IoU."""
     if mods.inner_ratio is not None:
-        return overlap(scaled(c1, mods.inner_ratio), scaled(c2, mods.inner_ratio), eps).iou
+        return overlap(scaled(k1, mods.inner_ratio), scaled(k2, mods.inner_ratio), eps).iou
     if mods.focaler is not None:
         d, u = mods.focaler
         return ((iou - d) / (u - d)).clamp(0.0, 1.0)
     return _power(iou, mods.alpha)
 
 
-def _penalties(kind: str, ov: Overlap, c1: Coords, c2: Coords, eps: float, mods: Modifiers) -> list[Tensor]:
+def _penalties(kind: str, ov: Overlap, k1: Corners, k2: Corners, eps: float, mods: Modifiers) -> list[Tensor]:
     """The kind's additive penalty terms, each ``(...)``, before any Alpha-IoU power."""
     if kind == "iou":
         return []
     if kind == "mpdiou":
         w, h = mods.image_size
         norm = float(w) ** 2 + float(h) ** 2
-        x1, y1, x2, y2 = c1
-        u1, v1, u2, v2 = c2
-        return [((x1 - u1) ** 2 + (y1 - v1) ** 2) / norm, ((x2 - u2) ** 2 + (y2 - v2) ** 2) / norm]
-    cw, ch = enclosing(c1, c2, ov)
+        return [_sum_sq(k1[0] - k2[0]) / norm, _sum_sq(k1[1] - k2[1]) / norm]
+    c = enclosing(k1, k2, ov)
     if kind == "giou":
+        cw, ch = c.unbind(0)
         enclose = cw * ch
         return [(enclose - ov.union) / (enclose + eps)]
-    dx, dy = centre_offset(c1, c2)
-    rho2 = dx * dx + dy * dy
+    d = centre_offset(k1, k2)
+    rho2 = _sum_sq(d)
     if kind == "siou":
+        dx, dy = d.unbind(0)
         gamma = 2.0 - 2.0 * (dx * dy).abs() / (rho2 + eps)
-        distance = 2.0 - torch.exp(-gamma * (dx / (cw + eps)) ** 2)
-        distance = distance - torch.exp(-gamma * (dy / (ch + eps)) ** 2)
-        omega_w = (ov.w1 - ov.w2).abs() / (high(ov.w1, ov.w2) + eps)
-        omega_h = (ov.h1 - ov.h2).abs() / (high(ov.h1, ov.h2) + eps)
-        shape = (1.0 - torch.exp(-omega_w)) ** SIOU_THETA + (1.0 - torch.exp(-omega_h)) ** SIOU_THETA
-        return [0.5 * (distance + shape)]
-    terms = [rho2 / (cw * cw + ch * ch + eps)]
+        ex, ey = torch.exp(-gamma * (d / (c + eps)) ** 2).unbind(0)
+        s1, s2 = ov.sides1, ov.sides2
+        omega = (s1 - s2).abs() / (high(s1, s2) + eps)
+        sw, sh = ((1.0 - torch.exp(-omega)) ** SIOU_THETA).unbind(0)
+        return [0.5 * (((2.0 - ex) - ey) + (sw + sh))]
+    terms = [rho2 / (_sum_sq(c) + eps)]
     if kind == "ciou":
-        v = FOUR_OVER_PI2 * (torch.atan(ov.w2 / (ov.h2 + eps)) - torch.atan(ov.w1 / (ov.h1 + eps))) ** 2
+        (w1, h1), (w2, h2) = ov.sides1.unbind(0), ov.sides2.unbind(0)
+        v = FOUR_OVER_PI2 * (torch.atan(w2 / (h2 + eps)) - torch.atan(w1 / (h1 + eps))) ** 2
         alpha_v = (v / ((1.0 - ov.iou) + v + eps)).detach()  # a constant in the gradient
         terms.append(alpha_v * v)
     elif kind == "eiou":
-        terms += [(ov.w1 - ov.w2) ** 2 / (cw * cw + eps), (ov.h1 - ov.h2) ** 2 / (ch * ch + eps)]
+        terms += ((ov.sides1 - ov.sides2) ** 2 / (c * c + eps)).unbind(0)
     return terms
 
 
