@@ -34,11 +34,15 @@ def fused_iou(a, b, kind="iou", eps=1e-7, loss=False, reduce=False, mods=None):
 K = 4.0 / math.pi**2
 
 
-@pytest.fixture(autouse=True)
-def always_the_function(monkeypatch):
+@pytest.fixture(autouse=True, params=["kept", "recomputed"])
+def always_the_function(request, monkeypatch):
     """These tests check the hand-derived backward: route every size through the autograd.Function
-    (small eager inputs otherwise take autograd of the same formula, see PLAIN_AUTOGRAD_MAX_BOXES)."""
+    (eager inputs of 2^12 to 2^21 boxes otherwise take autograd of the same formula), with its parts
+    kept from the forward (as small inputs run) or recomputed in the backward (as large ones run)."""
     monkeypatch.setattr(iou_kernels, "PLAIN_AUTOGRAD_MAX_BOXES", -1)
+    if request.param == "recomputed":
+        monkeypatch.setattr(iou_kernels, "KEPT_PARTS_MAX_BOXES", -1)
+    return request.param
 
 
 def _low(a, b):
@@ -202,11 +206,15 @@ def test_iou_xyxy_dispatches_to_fused_float32(kind):
     torch.testing.assert_close(out, plain_iou(b1, b2, kind), rtol=0, atol=1e-6)
 
 
-def test_fused_iou_saves_only_the_inputs():
+def test_fused_iou_saves_only_the_inputs_when_recomputing(always_the_function):
     b1 = torch.rand(100, 4, dtype=torch.float64, requires_grad=True)
     b2 = torch.rand(100, 4, dtype=torch.float64)
     out = fused_iou(b1, b2, "siou")
-    assert [t.data_ptr() for t in out.grad_fn.saved_tensors] == [b1.data_ptr(), b2.data_ptr()]
+    saved = [t.data_ptr() for t in out.grad_fn.saved_tensors if t is not None]
+    if always_the_function == "recomputed":
+        assert saved == [b1.data_ptr(), b2.data_ptr()]
+    else:  # the parts: corners, overlap, enclosing sides, offset
+        assert len(saved) == 11 and b1.data_ptr() not in saved
 
 
 def test_fused_iou_rejects_unknown_kind():
@@ -439,24 +447,32 @@ def test_eager_blocks_match_whole(monkeypatch, reduce):
 
 
 @pytest.mark.parametrize("kind", IOU_KINDS)
-def test_small_eager_inputs_take_autograd_of_the_same_formula(kind, monkeypatch):
+def test_the_three_eager_paths_agree(kind, monkeypatch, always_the_function):
+    """The Function keeping its parts (small inputs), recomputing them (large inputs) and autograd of
+    the same formula (in between) give the same values and gradients."""
+    if always_the_function == "recomputed":
+        pytest.skip("the paths are chosen here")
     g = torch.Generator().manual_seed(7)
     xy = torch.rand(64, 2, generator=g, dtype=torch.float64) * 10
     b1 = torch.cat((xy, xy + 0.5 + torch.rand(64, 2, generator=g, dtype=torch.float64) * 5), -1)
     b2 = b1 + torch.randn(64, 4, generator=g, dtype=torch.float64)
     b2 = torch.cat((torch.minimum(b2[:, :2], b2[:, 2:]), torch.maximum(b2[:, :2], b2[:, 2:])), -1)
     results = []
-    for limit in (-1, 1 << 18):  # the Function, then the autograd path
-        monkeypatch.setattr(iou_kernels, "PLAIN_AUTOGRAD_MAX_BOXES", limit)
+    for kept, autograd in ((1 << 12, -1), (-1, -1), (-1, 1 << 18)):
+        monkeypatch.setattr(iou_kernels, "KEPT_PARTS_MAX_BOXES", kept)
+        monkeypatch.setattr(iou_kernels, "PLAIN_AUTOGRAD_MAX_BOXES", autograd)
         a, b = b1.clone().requires_grad_(), b2.clone().requires_grad_()
         out = fused_iou(a, b, kind, loss=True)
+        fused = "FusedIoU" in out.grad_fn.name()
+        saved = len(out.grad_fn.saved_tensors) if fused else None
         out.backward(torch.linspace(0.5, 2.0, 64, dtype=torch.float64))
-        results.append((out.detach(), a.grad, b.grad, out.grad_fn.name()))
-    (v1, g11, g21, fn1), (v2, g12, g22, fn2) = results
-    assert "FusedIoU" in fn1 and "FusedIoU" not in fn2
-    torch.testing.assert_close(v2, v1, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(g12, g11, rtol=1e-9, atol=1e-12)
-    torch.testing.assert_close(g22, g21, rtol=1e-9, atol=1e-12)
+        results.append((out.detach(), a.grad, b.grad, saved))
+    (v1, g11, g21, saved1), (v2, g12, g22, saved2), (v3, g13, g23, saved3) = results
+    assert (saved1, saved2, saved3) == (11, 2, None)  # the parts, the boxes, autograd's own graph
+    for v, g1, g2 in ((v2, g12, g22), (v3, g13, g23)):
+        torch.testing.assert_close(v, v1, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(g1, g11, rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(g2, g21, rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.parametrize("n", [64, 3 * 8192])  # below and above geometry.CLAMP_MAX_NUMEL

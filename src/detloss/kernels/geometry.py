@@ -1,5 +1,5 @@
-"""The geometry every IoU-family kind shares, written once: corners, overlap, enclosing box,
-centre offset, and the adjoints that scatter their gradients back to the corners.
+"""The geometry every IoU-family kind shares, written once: corners, overlap, enclosing box and
+centre offset.
 
 The forward helpers work on **axis planes**: a box tensor ``(..., 4)`` becomes its low corner
 ``lo = (x1, y1)`` and high corner ``hi = (x2, y2)``, each ``(2, ...)`` with the axes stacked in front
@@ -17,9 +17,10 @@ small tensors (fewest launches) and the ``relu`` form on large ones (a backward 
 at ties. On a tie the gradient goes to one side (``low`` to its first argument, ``high`` to its
 second) instead of half to each. :func:`clamp0` is ``clamp(min=0)`` with a backward of one op.
 
-Backward helpers work per coordinate (one axis at a time) and follow autograd's conventions of these
-forward formulas exactly, so that hand-derived and autograd gradients agree at the kinks:
-``clamp(min=0)`` passes the gradient where its input is >= 0, ``relu`` where it is > 0.
+The hand-derived backward (:func:`detloss.kernels.iou.parts_backward`) follows autograd's
+conventions of these formulas exactly, so that hand-derived and autograd gradients agree at the
+kinks: ``clamp(min=0)`` passes the gradient where its input is >= 0, and :func:`low` / :func:`high`
+send it to one side on a tie.
 """
 
 from __future__ import annotations
@@ -34,12 +35,13 @@ Corners = tuple[Tensor, Tensor]  # lo = (x1, y1), hi = (x2, y2), each (2, ...)
 
 class Overlap(NamedTuple):
     """IoU and its parts for a pair of broadcastable boxes: ``iou`` and ``union`` ``(...)``, the
-    clamped sides ``(2, ...)`` (width, height)."""
+    clamped sides ``(2, ...)`` (width, height) of each box and of their intersection."""
 
     iou: Tensor  # I / (U + eps)
     union: Tensor  # U = w₁h₁ + w₂h₂ − I
     sides1: Tensor  # clamped sides of box 1
     sides2: Tensor  # of box 2
+    inter_sides: Tensor  # of the intersection
 
 
 def corners(b: Tensor, ndim: int) -> Corners:
@@ -105,20 +107,15 @@ def high(a: Tensor, b: Tensor) -> Tensor:
     return torch.clamp(b, min=a) if _small(a, b) else b + torch.relu(a - b)
 
 
-def order(a: Tensor, b: Tensor) -> Tensor:
-    """The ``s`` of :func:`pair_grads` for ``low(a, b)`` / ``high(a, b)``: −1 where a > b, else +1."""
-    return torch.where(a > b, -1.0, 1.0).to(a.dtype)
-
-
 def overlap(k1: Corners, k2: Corners, eps: float) -> Overlap:
     """IoU = I / (U + eps) with the clamped intersection I and the union U."""
     (lo1, hi1), (lo2, hi2) = k1, k2
     s1, s2 = clamp0(hi1 - lo1), clamp0(hi2 - lo2)
-    iw, ih = clamp0(low(hi1, hi2) - high(lo1, lo2)).unbind(0)
-    (w1, h1), (w2, h2) = s1.unbind(0), s2.unbind(0)
+    si = clamp0(low(hi1, hi2) - high(lo1, lo2))
+    (iw, ih), (w1, h1), (w2, h2) = si.unbind(0), s1.unbind(0), s2.unbind(0)
     inter = iw * ih
     union = w1 * h1 + w2 * h2 - inter
-    return Overlap(inter / (union + eps if eps else union), union, s1, s2)
+    return Overlap(inter / (union + eps if eps else union), union, s1, s2, si)
 
 
 def hull(a1: Tensor, a2: Tensor, wa: Tensor, b1: Tensor, b2: Tensor, wb: Tensor) -> Tensor:
@@ -147,54 +144,3 @@ def scaled(k: Corners, ratio: float) -> Corners:
     lo, hi = k
     centre, half = 0.5 * (lo + hi), (0.5 * ratio) * (hi - lo)
     return centre - half, centre + half
-
-
-# ------------------------------------------------------------------------------------------ backward
-
-
-def pair_grads(g_inner: Tensor, g_outer: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
-    """Gradient of ``a`` and ``b`` through ``low(a, b)`` (adjoint ``g_inner``) and ``high(a, b)``
-    (adjoint ``g_outer``); ``s = order(a, b)``.
-
-    low sends (1 + s)/2 of its adjoint to ``a``, high (1 − s)/2.
-    """
-    p, q = g_inner + g_outer, s * (g_inner - g_outer)
-    return 0.5 * (p + q), 0.5 * (p - q)
-
-
-def axis_grads(
-    a1: Tensor,
-    a2: Tensor,
-    b1: Tensor,
-    b2: Tensor,
-    g_i: Tensor,
-    g_c: Tensor | None,
-    g_wa: Tensor,
-    g_wb: Tensor,
-    g_d: Tensor | None,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Scatter one axis's adjoints to the corners of box a (a1, a2) and box b (b1, b2).
-
-    Intersection extent = min(a2, b2) − max(a1, b1) (adjoint ``g_i``), enclosing extent =
-    :func:`hull` (``g_c``), widths a2 − a1, b2 − b1 (``g_wa``, ``g_wb``), centre offset
-    ½((b1 + b2) − (a1 + a2)) (``g_d``). :func:`low` / :func:`high` pass their adjoint on as autograd
-    does through them: ``pair_grads(g_low, g_high, order(x, y))`` → shares of x and y. Returns the
-    adjoints of (a1, b1, a2, b2).
-    """
-    zero = torch.zeros_like(g_i)
-    ga2, gb2 = pair_grads(g_i, zero, order(a2, b2))  # low(a2, b2)
-    ga1, gb1 = pair_grads(zero, -g_i, order(a1, b1))  # high(a1, b1)
-    if g_c is not None:
-        sa, sb = order(a1, a2), order(b1, b2)
-        hi_a, hi_b = pair_grads(zero, g_c, order(high(a1, a2), high(b1, b2)))
-        lo_a, lo_b = pair_grads(-g_c, zero, order(low(a1, a2), low(b1, b2)))
-        p, q = pair_grads(lo_a, hi_a, sa)  # low(a1, a2) and high(a1, a2)
-        ga1, ga2 = ga1 + p, ga2 + q
-        p, q = pair_grads(lo_b, hi_b, sb)
-        gb1, gb2 = gb1 + p, gb2 + q
-    ga1, ga2 = ga1 - g_wa, ga2 + g_wa
-    gb1, gb2 = gb1 - g_wb, gb2 + g_wb
-    if g_d is not None:
-        hd = 0.5 * g_d
-        ga1, ga2, gb1, gb2 = ga1 - hd, ga2 - hd, gb1 + hd, gb2 + hd
-    return ga1, gb1, ga2, gb2

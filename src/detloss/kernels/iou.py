@@ -6,13 +6,19 @@ the IoU term or raises each term to a power, it never repeats the geometry.
 
 Which path runs (eager, the default):
 
-- plain kinds (``IOU_KINDS``, no modifier), up to :data:`PLAIN_AUTOGRAD_MAX_BOXES` (2^21) boxes:
-  autograd of :func:`iou_forward` itself (its backward reuses the forward's temporaries: fastest);
-- plain kinds above it: :class:`_FusedIoU`, the hand-derived :func:`iou_backward`, in cache-sized
-  blocks, keeping only the two box tensors (4-7x less memory, and faster);
+- plain kinds (``IOU_KINDS``, no modifier), up to :data:`KEPT_PARTS_MAX_BOXES` (2^12) boxes:
+  :class:`_FusedIoU` keeping the forward's :class:`Parts` for :func:`parts_backward` (no autograd
+  graph: the fewest launches);
+- plain kinds up to :data:`PLAIN_AUTOGRAD_MAX_BOXES` (2^21) boxes: autograd of :func:`iou_forward`
+  itself (its backward reuses the forward's temporaries: fastest at these sizes);
+- plain kinds above it: :class:`_FusedIoU` recomputing the parts in the backward
+  (:func:`iou_backward`), in cache-sized blocks, keeping only the two box tensors (4-7x less memory,
+  and faster);
 - modifiers (``alpha``, ``inner_ratio``, ``focaler``): autograd of :func:`iou_forward` at every size.
   A hand-derived backward does not pay there: the modifiers are used on the matched boxes of a
   detector (10³-10⁵ boxes), where autograd is already the faster eager path.
+
+The hand-derived paths are once-differentiable (no double backward), like every fused Function.
 
 With :func:`detloss.set_compile` the Function's forward and backward (plain kinds) and the autograd
 formula (modifiers) run compiled by ``torch.compile``.
@@ -28,21 +34,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from . import runtime
-from .geometry import (
-    Corners,
-    Overlap,
-    axis_grads,
-    centre_offset,
-    corners,
-    enclosing,
-    high,
-    hull,
-    low,
-    order,
-    overlap,
-    pair_grads,
-    scaled,
-)
+from .geometry import Corners, Overlap, centre_offset, corners, enclosing, high, overlap, scaled
 
 IOU_KINDS: tuple[str, ...] = ("iou", "giou", "diou", "ciou", "eiou", "siou", "wiou", "mpdiou")
 FOUR_OVER_PI2 = 4.0 / math.pi**2
@@ -101,23 +93,50 @@ def iou_forward(
     the iou term on the boxes with the same centres and sides scaled by r, every penalty (and α_v)
     on the original boxes; ``focaler`` = (d, u): the iou term clamp((iou − d)/(u − d), 0, 1).
     """
+    val = _value(kind, iou_parts(b1, b2, kind, eps), eps, mods)
+    val = 1.0 - val if loss else val
+    return val.sum() if reduce else val
+
+
+class Parts(NamedTuple):
+    """The geometry that a kind's value and its hand-derived gradient share: both boxes' axis planes,
+    their overlap, and (for the kinds that use them) the enclosing sides and the centre offset, each
+    ``(2, ...)``."""
+
+    k1: Corners
+    k2: Corners
+    ov: Overlap
+    enclose: Tensor | None
+    offset: Tensor | None
+
+
+_ENCLOSING_KINDS = frozenset({"giou", "diou", "ciou", "eiou", "siou", "wiou"})
+_OFFSET_KINDS = frozenset({"diou", "ciou", "eiou", "siou", "wiou"})
+
+
+def iou_parts(b1: Tensor, b2: Tensor, kind: str, eps: float) -> Parts:
+    """:class:`Parts` of broadcastable xyxy boxes ``(..., 4)``."""
     ndim = max(b1.dim(), b2.dim())
     k1, k2 = corners(b1, ndim), corners(b2, ndim)
     ov = overlap(k1, k2, eps)
+    enclose = enclosing(k1, k2, ov) if kind in _ENCLOSING_KINDS else None
+    offset = centre_offset(k1, k2) if kind in _OFFSET_KINDS else None
+    return Parts(k1, k2, ov, enclose, offset)
+
+
+def _value(kind: str, p: Parts, eps: float, mods: Modifiers) -> Tensor:
+    """The kind's value ``(...)`` from its parts (formulas: :func:`iou_forward`)."""
     if kind == "wiou":
-        c, d = enclosing(k1, k2, ov), centre_offset(k1, k2)
-        r = torch.exp(_sum_sq(d) / (_sum_sq(c) + eps).detach())
-        val = 1.0 - r * (1.0 - ov.iou)
-    else:
-        val = _iou_term(ov.iou, k1, k2, eps, mods)
-        terms = _penalties(kind, ov, k1, k2, eps, mods)
-        if terms:
-            total = _power(terms[0], mods.alpha)
-            for t in terms[1:]:
-                total = total + _power(t, mods.alpha)
-            val = val - total
-    val = 1.0 - val if loss else val
-    return val.sum() if reduce else val
+        r = torch.exp(_sum_sq(p.offset) / (_sum_sq(p.enclose) + eps).detach())
+        return 1.0 - r * (1.0 - p.ov.iou)
+    val = _iou_term(p.ov.iou, p.k1, p.k2, eps, mods)
+    terms = _penalties(kind, p, eps, mods)
+    if terms:
+        total = _power(terms[0], mods.alpha)
+        for t in terms[1:]:
+            total = total + _power(t, mods.alpha)
+        val = val - total
+    return val
 
 
 def _sum_sq(t: Tensor) -> Tensor:
@@ -144,20 +163,20 @@ def _iou_term(iou: Tensor, k1: Corners, k2: Corners, eps: float, mods: Modifiers
     return _power(iou, mods.alpha)
 
 
-def _penalties(kind: str, ov: Overlap, k1: Corners, k2: Corners, eps: float, mods: Modifiers) -> list[Tensor]:
+def _penalties(kind: str, p: Parts, eps: float, mods: Modifiers) -> list[Tensor]:
     """The kind's additive penalty terms, each ``(...)``, before any Alpha-IoU power."""
     if kind == "iou":
         return []
     if kind == "mpdiou":
         w, h = mods.image_size
         norm = float(w) ** 2 + float(h) ** 2
-        return [_sum_sq(k1[0] - k2[0]) / norm, _sum_sq(k1[1] - k2[1]) / norm]
-    c = enclosing(k1, k2, ov)
+        return [_sum_sq(p.k1[0] - p.k2[0]) / norm, _sum_sq(p.k1[1] - p.k2[1]) / norm]
+    c, ov = p.enclose, p.ov
     if kind == "giou":
         cw, ch = c.unbind(0)
         enclose = cw * ch
         return [(enclose - ov.union) / (enclose + eps)]
-    d = centre_offset(k1, k2)
+    d = p.offset
     rho2 = _sum_sq(d)
     if kind == "siou":
         dx, dy = d.unbind(0)
@@ -178,6 +197,9 @@ def _penalties(kind: str, ov: Overlap, k1: Corners, k2: Corners, eps: float, mod
     return terms
 
 
+# ------------------------------------------------------------------------------------------ backward
+
+
 def iou_backward(
     b1: Tensor,
     b2: Tensor,
@@ -188,126 +210,134 @@ def iou_backward(
     need: tuple[bool, bool],
     image_size: tuple[float, float] | None = None,
 ) -> tuple[Tensor | None, Tensor | None]:
-    """Hand-derived gradient of :func:`iou_forward` (plain kinds) w.r.t. ``b1`` and ``b2`` (broadcast
-    shape ``(..., 4)``); ``image_size`` is MPDIoU's.
+    """Hand-derived gradient of :func:`iou_forward` (plain kinds) w.r.t. ``b1`` and ``b2``: the parts
+    recomputed (:func:`iou_parts`), then :func:`parts_backward`."""
+    return parts_backward(iou_parts(b1, b2, kind, eps), grad, kind, eps, loss, need, image_size)
+
+
+def parts_backward(
+    p: Parts,
+    grad: Tensor,
+    kind: str,
+    eps: float,
+    loss: bool,
+    need: tuple[bool, bool],
+    image_size: tuple[float, float] | None = None,
+) -> tuple[Tensor | None, Tensor | None]:
+    """Hand-derived gradient of the plain kinds' value w.r.t. both boxes, from its :class:`Parts`.
 
     ``grad`` is the adjoint of the output: ``(...)``, or a scalar for the reduced forward (it
-    broadcasts). Only the gradients flagged in ``need`` are computed (``None`` otherwise).
-
-    Recomputes the forward's intermediates, then walks the chain rule backwards: value → (I, U, C_w,
-    C_h, dx, dy, widths) → corners. ``g_*`` is the adjoint d(value)/d(*) times ``grad``.
+    broadcasts); ``image_size`` is MPDIoU's. Returns ``(..., 4)`` gradients of the broadcast shape
+    (``None`` where ``need`` is false). The chain rule runs backwards on the axis planes: value →
+    (I, U, enclosing sides, centre offset, sides) → corners; ``g_*`` is d(value)/d(*) times ``grad``,
+    and every kink passes its gradient as autograd does through the forward formula.
     """
     g = -grad if loss else grad
-    x1, y1, x2, y2 = b1.unbind(-1)
-    u1, v1, u2, v2 = b2.unbind(-1)
-    ew1, eh1, ew2, eh2 = x2 - x1, y2 - y1, u2 - u1, v2 - v1  # unclamped extents
-    w1, h1, w2, h2 = ew1.clamp(min=0), eh1.clamp(min=0), ew2.clamp(min=0), eh2.clamp(min=0)
-    eiw = low(x2, u2) - high(x1, u1)
-    eih = low(y2, v2) - high(y1, v1)
-    iw, ih = eiw.clamp(min=0), eih.clamp(min=0)
-    inter = iw * ih
-    den = w1 * h1 + w2 * h2 - inter + eps  # union + eps
-    iou = inter / den
-
+    (lo1, hi1), (lo2, hi2) = p.k1, p.k2
+    ov, c, d = p.ov, p.enclose, p.offset
+    s1, s2, si, iou = ov.sides1, ov.sides2, ov.inter_sides, ov.iou
+    den = ov.union + eps if eps else ov.union
     g_iou = g  # adjoint of the IoU term
-    g_cw = g_ch = g_dx = g_dy = None
-    g_w1 = g_h1 = g_w2 = g_h2 = None
-    if kind not in ("iou", "mpdiou"):
-        cw, ch = hull(x1, x2, w1, u1, u2, w2), hull(y1, y2, h1, v1, v2, h2)
+    g_c = g_d = g_s1 = g_s2 = None  # adjoints of the enclosing sides, offset, and both boxes' sides
     if kind == "wiou":
         # 1 − R·(1 − iou), R = exp(ρ²/c²*):  d/d iou = R,  d/dρ² = −(1 − iou)·R/c²,  c² detached
-        dx = 0.5 * ((u1 + u2) - (x1 + x2))
-        dy = 0.5 * ((v1 + v2) - (y1 + y2))
-        c2 = cw * cw + ch * ch + eps
-        r = torch.exp((dx * dx + dy * dy) / c2)
-        g_iou = g * r
-        g_rho = -2.0 * g_iou * (1.0 - iou) / c2  # times dx → d/d(dx)
-        g_dx, g_dy = g_rho * dx, g_rho * dy
+        c2 = _sum_sq(c) + eps
+        g_iou = g * torch.exp(_sum_sq(d) / c2)
+        g_d = (-2.0 * g_iou * (1.0 - iou) / c2) * d
     g_union = -g_iou * iou / den  # d iou / dU = −I / (U + eps)²
     g_inter = g_iou / den
     if kind == "giou":
-        # − (E − U)/(E + eps):  d/dE = −(U + eps)/(E + eps)²,  d/dU = 1/(E + eps)
+        # − (E − U)/(E + eps):  d/dE = −(U + eps)/(E + eps)²,  d/dU = 1/(E + eps);  dE/dc = (c_h, c_w)
+        cw, ch = c.unbind(0)
         ed = cw * ch + eps
-        g_e = -g * den / (ed * ed)
         g_union = g_union + g / ed
-        g_cw, g_ch = g_e * ch, g_e * cw
+        g_c = (-g * den / (ed * ed)) * c.flip(0)
     elif kind == "siou":
-        dx = 0.5 * ((u1 + u2) - (x1 + x2))
-        dy = 0.5 * ((v1 + v2) - (y1 + y2))
-        rd = dx * dx + dy * dy + eps
+        # value −= ½·(Σ_t (1 − exp(−γ·q_t)) + Ω), q_t = (d_t / (c_t + eps))², γ = 2 − Λ,
+        # Λ = 2|dx·dy| / (ρ² + eps)
+        rd = _sum_sq(d) + eps
+        dx, dy = d.unbind(0)
         dxy = dx * dy
         angle = 2.0 * dxy.abs() / rd
         gamma = 2.0 - angle
-        cwe, che = cw + eps, ch + eps
-        px, py = (dx / cwe) ** 2, (dy / che) ** 2
-        ex, ey = torch.exp(-gamma * px), torch.exp(-gamma * py)
-        # value −= ½·(2 − ex − ey):  d/dγ = −½(px·ex + py·ey),  d/dpx = −½γ·ex
+        ce = c + eps
+        q = (d / ce) ** 2
+        e = torch.exp(-gamma * q)
         h = -0.5 * g
-        g_angle = -h * (px * ex + py * ey)  # γ = 2 − Λ
-        g_px, g_py = h * gamma * ex, h * gamma * ey
-        # Λ = 2|dx·dy| / rd:  d/d(dx) = 2·sign(dx·dy)·dy / rd − Λ·2dx / rd
-        ga = g_angle / rd
-        sgn = torch.sign(dxy)
-        g_dx = 2.0 * ga * (sgn * dy - angle * dx) + g_px * 2.0 * dx / (cwe * cwe)
-        g_dy = 2.0 * ga * (sgn * dx - angle * dy) + g_py * 2.0 * dy / (che * che)
-        g_cw, g_ch = -2.0 * g_px * px / cwe, -2.0 * g_py * py / che
-        # Ω: (1 − exp(−ω))^4 with ω = |w₁ − w₂| / (max(w₁, w₂) + eps)
-        g_w1, g_w2 = _siou_shape_grads(w1, w2, h, eps)
-        g_h1, g_h2 = _siou_shape_grads(h1, h2, h, eps)
+        g_angle = -h * (q * e).sum(0)  # d/dγ = −½·Σ q·e, and dγ/dΛ = −1
+        g_q = h * gamma * e
+        # dΛ/d(dx) = 2·sign(dx·dy)·dy / rd − Λ·2dx / rd
+        g_d = (2.0 * g_angle / rd) * (torch.sign(dxy) * d.flip(0) - angle * d) + g_q * 2.0 * d / (ce * ce)
+        g_c = -2.0 * g_q * q / ce
+        g_s1, g_s2 = _siou_shape_grads(s1, s2, h, eps)
     elif kind in ("diou", "ciou", "eiou"):  # − ρ² / (c² + eps) − ...
-        dx = 0.5 * ((u1 + u2) - (x1 + x2))
-        dy = 0.5 * ((v1 + v2) - (y1 + y2))
-        c2 = cw * cw + ch * ch + eps
-        g_rho = -2.0 * g / c2  # times dx → d/d(dx)
-        g_c = 2.0 * g * (dx * dx + dy * dy) / (c2 * c2)  # times cw → d/d(cw)
-        g_dx, g_dy = g_rho * dx, g_rho * dy
-        g_cw, g_ch = g_c * cw, g_c * ch
+        c2 = _sum_sq(c) + eps
+        g_d = (-2.0 * g / c2) * d
+        g_c = (2.0 * g * _sum_sq(d) / (c2 * c2)) * c
         if kind == "ciou":
             # − α·v with α constant; v = k·(atan(w₂/(h₂+eps)) − atan(w₁/(h₁+eps)))²
+            (w1, h1), (w2, h2) = s1.unbind(0), s2.unbind(0)
             h1e, h2e = h1 + eps, h2 + eps
             diff = torch.atan(w2 / h2e) - torch.atan(w1 / h1e)
             v = FOUR_OVER_PI2 * diff * diff
             alpha = v / ((1.0 - iou) + v + eps)
             g_diff = -g * alpha * (2.0 * FOUR_OVER_PI2) * diff
             # d atan(w/(h+eps)) = ((h+eps)·dw − w·dh) / ((h+eps)² + w²)
-            r1, r2 = g_diff / (h1e * h1e + w1 * w1), g_diff / (h2e * h2e + w2 * w2)
-            g_w1, g_h1 = -r1 * h1e, r1 * w1
-            g_w2, g_h2 = r2 * h2e, -r2 * w2
+            r1 = g_diff / (h1e * h1e + w1 * w1)
+            g_s1 = torch.stack((-r1 * h1e, r1 * w1))
+            if need[1]:
+                r2 = g_diff / (h2e * h2e + w2 * w2)
+                g_s2 = torch.stack((r2 * h2e, -r2 * w2))
         elif kind == "eiou":
-            cwe2, che2 = cw * cw + eps, ch * ch + eps
-            dw, dh = w1 - w2, h1 - h2
-            g_dw, g_dh = -2.0 * g * dw / cwe2, -2.0 * g * dh / che2
-            g_w1, g_w2, g_h1, g_h2 = g_dw, -g_dw, g_dh, -g_dh
-            g_cw = g_cw + 2.0 * g * dw * dw * cw / (cwe2 * cwe2)
-            g_ch = g_ch + 2.0 * g * dh * dh * ch / (che2 * che2)
+            ce2 = c * c + eps
+            dwh = s1 - s2
+            g_s1 = -2.0 * g * dwh / ce2
+            g_s2 = -g_s1
+            g_c = g_c + 2.0 * g * dwh * dwh * c / (ce2 * ce2)
 
-    # U = w₁h₁ + w₂h₂ − I
+    # U = w₁h₁ + w₂h₂ − I;  the intersection's sides pass through clamp0 (where min(hi) − max(lo) >= 0)
     g_inter = g_inter - g_union
-    g_w1 = _acc(g_w1, g_union * h1)
-    g_h1 = _acc(g_h1, g_union * w1)
-    g_w2 = _acc(g_w2, g_union * h2)
-    g_h2 = _acc(g_h2, g_union * w2)
-    # clamp(min=0) lets the gradient through where its input is >= 0 (as autograd does)
-    g_iw = torch.where(eiw >= 0, g_inter * ih, 0.0)
-    g_ih = torch.where(eih >= 0, g_inter * iw, 0.0)
-    g_w1 = torch.where(ew1 >= 0, g_w1, 0.0)
-    g_h1 = torch.where(eh1 >= 0, g_h1, 0.0)
-    g_w2 = torch.where(ew2 >= 0, g_w2, 0.0)
-    g_h2 = torch.where(eh2 >= 0, g_h2, 0.0)
-
-    gx1, gu1, gx2, gu2 = axis_grads(x1, x2, u1, u2, g_iw, g_cw, g_w1, g_w2, g_dx)
-    gy1, gv1, gy2, gv2 = axis_grads(y1, y2, v1, v2, g_ih, g_ch, g_h1, g_h2, g_dy)
+    g_s1 = _acc(g_s1, g_union * s1.flip(0))
+    g_si = torch.where(
+        torch.minimum(hi1, hi2) - torch.maximum(lo1, lo2) >= 0, g_inter * si.flip(0), 0.0
+    )
+    # low(hi₁, hi₂) gives a tie to hi₁, high(lo₁, lo₂) to lo₂
+    hi_first, lo_first = hi1 <= hi2, lo1 > lo2
+    g_hi1 = torch.where(hi_first, g_si, 0.0)
+    g_lo1 = torch.where(lo_first, -g_si, 0.0)
+    if need[1]:
+        g_s2 = _acc(g_s2, g_union * s2.flip(0))
+        g_hi2, g_lo2 = g_si - g_hi1, -g_si - g_lo1
+    if g_c is not None:
+        # enclosing sides = high(lo₁ + s₁, lo₂ + s₂) − low(hi₁ − s₁, hi₂ − s₂) (geometry.hull)
+        g_p1 = torch.where(lo1 + s1 > lo2 + s2, g_c, 0.0)
+        g_q1 = torch.where(hi1 - s1 <= hi2 - s2, -g_c, 0.0)
+        g_lo1, g_hi1, g_s1 = g_lo1 + g_p1, g_hi1 + g_q1, g_s1 + (g_p1 - g_q1)
+        if need[1]:
+            g_p2, g_q2 = g_c - g_p1, -g_c - g_q1
+            g_lo2, g_hi2, g_s2 = g_lo2 + g_p2, g_hi2 + g_q2, g_s2 + (g_p2 - g_q2)
+    # sides = clamp0(hi − lo)
+    g_e1 = torch.where(hi1 - lo1 >= 0, g_s1, 0.0)
+    g_lo1, g_hi1 = g_lo1 - g_e1, g_hi1 + g_e1
+    if need[1]:
+        g_e2 = torch.where(hi2 - lo2 >= 0, g_s2, 0.0)
+        g_lo2, g_hi2 = g_lo2 - g_e2, g_hi2 + g_e2
+    if d is not None:  # offset = ½((lo₂ + hi₂) − (lo₁ + hi₁))
+        hd = 0.5 * g_d
+        g_lo1, g_hi1 = g_lo1 - hd, g_hi1 - hd
+        if need[1]:
+            g_lo2, g_hi2 = g_lo2 + hd, g_hi2 + hd
     if kind == "mpdiou":
-        # − (|p₁ − q₁|² + |p₂ − q₂|²) / (w² + h²) over the top-left (p₁, q₁) and bottom-right corners
+        # − (|lo₁ − lo₂|² + |hi₁ − hi₂|²) / (w² + h²)
         iw, ih = image_size
         k = -2.0 * g / (float(iw) ** 2 + float(ih) ** 2)
-        d1x, d1y, d2x, d2y = k * (x1 - u1), k * (y1 - v1), k * (x2 - u2), k * (y2 - v2)
-        gx1, gy1, gx2, gy2 = gx1 + d1x, gy1 + d1y, gx2 + d2x, gy2 + d2y
-        gu1, gv1, gu2, gv2 = gu1 - d1x, gv1 - d1y, gu2 - d2x, gv2 - d2y
-    g1 = torch.stack((gx1, gy1, gx2, gy2), -1) if need[0] else None
-    g2 = torch.stack((gu1, gv1, gu2, gv2), -1) if need[1] else None
+        t_lo, t_hi = k * (lo1 - lo2), k * (hi1 - hi2)
+        g_lo1, g_hi1 = g_lo1 + t_lo, g_hi1 + t_hi
+        if need[1]:
+            g_lo2, g_hi2 = g_lo2 - t_lo, g_hi2 - t_hi
+    g1 = torch.cat((g_lo1, g_hi1)).movedim(0, -1) if need[0] else None  # (x1, y1, x2, y2) last
+    g2 = torch.cat((g_lo2, g_hi2)).movedim(0, -1) if need[1] else None
     return g1, g2
-
 
 
 def _acc(a: Tensor | None, b: Tensor) -> Tensor:
@@ -315,18 +345,17 @@ def _acc(a: Tensor | None, b: Tensor) -> Tensor:
 
 
 def _siou_shape_grads(a: Tensor, b: Tensor, h: Tensor, eps: float) -> tuple[Tensor, Tensor]:
-    """Adjoints of widths ``a``, ``b`` for ``h·(1 − exp(−ω))^4``, ω = |a − b| / (high(a, b) + eps)."""
+    """Adjoints of sides ``a``, ``b`` for ``h·Σ(1 − exp(−ω))^4``, ω = |a − b| / (high(a, b) + eps)
+    (high gives a tie to ``b``)."""
     m = high(a, b) + eps
-    d = a - b
-    omega = d.abs() / m
+    diff = a - b
+    omega = diff.abs() / m
     e = torch.exp(-omega)
     g_omega = h * SIOU_THETA * (1.0 - e) ** (SIOU_THETA - 1.0) * e
-    g_d = g_omega * torch.sign(d) / m
+    g_diff = g_omega * torch.sign(diff) / m
     g_m = -g_omega * omega / m
-    ga_m, gb_m = pair_grads(torch.zeros_like(g_m), g_m, order(a, b))
-    return g_d + ga_m, gb_m - g_d
-
-
+    ga_m = torch.where(a > b, g_m, 0.0)
+    return g_diff + ga_m, (g_m - ga_m) - g_diff
 
 
 def _iou_forward_blocked(
@@ -374,34 +403,53 @@ def _iou_backward_blocked(
 
 
 class _FusedIoU(torch.autograd.Function):
+    """The plain kinds with the hand-derived backward. ``keep``: save the forward's :class:`Parts`
+    (small inputs: no recomputation, the fewest launches); else save only the two box tensors and
+    recompute the parts in the backward, in blocks (large inputs: 4-7x less memory)."""
+
     @staticmethod
     def forward(
-        ctx, b1: Tensor, b2: Tensor, kind: str, eps: float, loss: bool, reduce: bool, mods: Modifiers
+        ctx, b1: Tensor, b2: Tensor, kind: str, eps: float, loss: bool, reduce: bool, mods: Modifiers,
+        keep: bool,
     ) -> Tensor:
-        ctx.save_for_backward(b1, b2)
         ctx.args = (kind, eps, loss, mods.image_size)
-        b1, b2 = b1.detach(), b2.detach()
-        args = (b1, b2, kind, eps, loss, reduce, mods)
-        return runtime.run(f"iou_forward_{kind}", iou_forward, _iou_forward_blocked, *args)
+        ctx.shapes = (b1.shape, b2.shape)
+        ctx.keep = keep
+        if not keep:
+            ctx.save_for_backward(b1, b2)
+            args = (b1.detach(), b2.detach(), kind, eps, loss, reduce, mods)
+            return runtime.run(f"iou_forward_{kind}", iou_forward, _iou_forward_blocked, *args)
+        p = iou_parts(b1.detach(), b2.detach(), kind, eps)
+        ctx.save_for_backward(*p.k1, *p.k2, *p.ov, p.enclose, p.offset)
+        val = _value(kind, p, eps, mods)
+        val = 1.0 - val if loss else val
+        return val.sum() if reduce else val
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor):
-        b1, b2 = ctx.saved_tensors
         kind, eps, loss, image_size = ctx.args
         need = tuple(ctx.needs_input_grad[:2])
-        args = (b1, b2, grad, kind, eps, loss, need, image_size)
-        g1, g2 = runtime.run(f"iou_backward_{kind}", iou_backward, _iou_backward_blocked, *args)
-        g1 = None if g1 is None else g1.sum_to_size(b1.shape)  # broadcast inputs: sum the copies
-        g2 = None if g2 is None else g2.sum_to_size(b2.shape)
-        return g1, g2, None, None, None, None, None
+        saved = ctx.saved_tensors
+        if ctx.keep:
+            p = Parts(saved[0:2], saved[2:4], Overlap(*saved[4:9]), saved[9], saved[10])
+            g1, g2 = parts_backward(p, grad, kind, eps, loss, need, image_size)
+        else:
+            args = (*saved, grad, kind, eps, loss, need, image_size)
+            g1, g2 = runtime.run(f"iou_backward_{kind}", iou_backward, _iou_backward_blocked, *args)
+        shape1, shape2 = ctx.shapes
+        g1 = None if g1 is None else g1.sum_to_size(shape1)  # broadcast inputs: sum the copies
+        g2 = None if g2 is None else g2.sum_to_size(shape2)
+        return g1, g2, None, None, None, None, None, None
 
 
-# Eager, autograd of iou_forward itself is faster than the fused Function: its backward reuses the
-# forward's temporaries instead of recomputing them, and relu's backward is one op (measured, 1 thread,
-# CPU time at 1e6 boxes: giou 215 ms against the Function's 364 ms and the naive formula's 260 ms).
-# The Function keeps only the boxes (4-7x less memory): it takes over above 2^21 boxes, where the
-# autograd graph's temporaries pass 200 MB.
+# Eager, which path is fastest depends on the size (measured fwd+bwd, 2 threads): up to
+# KEPT_PARTS_MAX_BOXES the Function keeping its parts (no autograd graph of ~40 nodes: 1.3x faster than
+# autograd at 1e3 boxes); up to PLAIN_AUTOGRAD_MAX_BOXES autograd of iou_forward itself (its backward
+# reuses the forward's temporaries and relu's backward is one op: giou at 1e6 boxes, 1 thread, 215 ms
+# against the recomputing Function's 364 ms and the naive formula's 260 ms); above it the recomputing
+# Function, which keeps only the boxes (4-7x less memory) where the graph's temporaries pass 200 MB.
+KEPT_PARTS_MAX_BOXES = 1 << 12
 PLAIN_AUTOGRAD_MAX_BOXES = 1 << 21
 
 
@@ -417,9 +465,9 @@ def fused_iou(
     """Unchecked IoU family of broadcastable xyxy boxes ``(..., 4)`` → ``(...)`` (see the module doc
     for which path runs).
 
-    Values are :func:`iou_forward`'s; for plain kinds the gradient is :func:`iou_backward`'s, and only
-    ``b1``, ``b2`` are kept for it. ``loss=True`` returns ``1 − value`` and ``reduce=True`` its sum
-    over the boxes, each saving a pass over memory in ``iou_loss``.
+    Values are :func:`iou_forward`'s; for plain kinds the gradient is :func:`parts_backward`'s.
+    ``loss=True`` returns ``1 − value`` and ``reduce=True`` its sum over the boxes, each saving a pass
+    over memory in ``iou_loss``.
     """
     if kind not in IOU_KINDS:
         raise ValueError(f"kind must be one of {IOU_KINDS}, got {kind!r}")
@@ -428,9 +476,13 @@ def fused_iou(
     if not mods.plain():
         args = (b1, b2, kind, eps, loss, reduce, mods)
         return runtime.run(f"iou_autograd_{kind}", iou_forward, iou_forward, *args)
-    if not runtime._compile_enabled and _num_boxes(b1, b2) <= PLAIN_AUTOGRAD_MAX_BOXES:
-        return iou_forward(b1, b2, kind, eps, loss, reduce, mods)
-    return _FusedIoU.apply(b1, b2, kind, eps, loss, reduce, mods)
+    if not runtime._compile_enabled:
+        n = _num_boxes(b1, b2)
+        if n <= KEPT_PARTS_MAX_BOXES:
+            return _FusedIoU.apply(b1, b2, kind, eps, loss, reduce, mods, True)
+        if n <= PLAIN_AUTOGRAD_MAX_BOXES:
+            return iou_forward(b1, b2, kind, eps, loss, reduce, mods)
+    return _FusedIoU.apply(b1, b2, kind, eps, loss, reduce, mods, False)
 
 
 def broadcast_shape(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:
