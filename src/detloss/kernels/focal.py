@@ -19,12 +19,19 @@ from . import runtime
 def _focal_factor(q: Tensor, gamma: float) -> tuple[Tensor, Tensor]:
     """``(m, dm/dq)`` for m = q^γ; for γ < 1, q is clamped at float tiny (its derivative is infinite at
     0), the clamp passing the gradient where q >= tiny as autograd does."""
+    if gamma == 2:  # the usual γ: q², 2q (``q ** 1.0`` would still copy q)
+        return q * q, 2.0 * q
     if gamma >= 1:
         return q**gamma, (gamma * q ** (gamma - 1.0) if gamma != 1 else torch.ones_like(q))
     tiny = torch.finfo(q.dtype).tiny
     qc = q.clamp(min=tiny)
     m = qc**gamma
     return m, torch.where(q >= tiny, gamma * m / qc, 0.0)
+
+
+def _alpha_t(t: Tensor, alpha: float) -> Tensor:
+    """α_t = (1 − α) + (2α − 1)·t in one op."""
+    return torch.rsub(t, 1.0 - alpha, alpha=1.0 - 2.0 * alpha)
 
 
 def focal_forward(
@@ -40,7 +47,7 @@ def focal_forward(
         q = torch.lerp(torch.sigmoid(x), torch.sigmoid(-x), t)
         loss = loss * _focal_factor(q, gamma)[0]
     if alpha >= 0:
-        loss = loss * (t * (2.0 * alpha - 1.0) + (1.0 - alpha))
+        loss = loss * _alpha_t(t, alpha)
     return loss.sum() if reduce else loss
 
 
@@ -67,12 +74,13 @@ def focal_value_and_grad(
         q = torch.lerp(s, sm, t)
         m, dm = _focal_factor(q, gamma)
         bdm = bce * dm
-        dl_dx = dl_dx * m + bdm * ((1.0 - 2.0 * t) * (s * sm))
+        dq_dx = torch.rsub(t, 1.0, alpha=2.0) * (s * sm)  # (1 − 2t)·s·s̄
+        dl_dx = torch.addcmul(dl_dx * m, bdm, dq_dx)
         if need_t:
-            dl_dt = dl_dt * m + bdm * (sm - s)
+            dl_dt = torch.addcmul(dl_dt * m, bdm, sm - s)
         loss = bce * m
     if alpha >= 0:
-        a = t * (2.0 * alpha - 1.0) + (1.0 - alpha)
+        a = _alpha_t(t, alpha)
         if need_t:
             dl_dt = a * dl_dt + loss * (2.0 * alpha - 1.0)
         dl_dx = a * dl_dx
