@@ -112,10 +112,18 @@ def overlap(k1: Corners, k2: Corners, eps: float) -> Overlap:
     (lo1, hi1), (lo2, hi2) = k1, k2
     s1, s2 = clamp0(hi1 - lo1), clamp0(hi2 - lo2)
     si = clamp0(low(hi1, hi2) - high(lo1, lo2))
-    (iw, ih), (w1, h1), (w2, h2) = si.unbind(0), s1.unbind(0), s2.unbind(0)
-    inter = iw * ih
-    union = w1 * h1 + w2 * h2 - inter
+    inter = area(si)
+    union = area(s1) + area(s2) - inter
     return Overlap(inter / (union + eps if eps else union), union, s1, s2, si)
+
+
+def area(sides: Tensor) -> Tensor:
+    """w·h of sides ``(2, ...)``: ``prod(0)`` without autograd (one op); under autograd the two
+    planes multiplied (prod's backward tests for zeros on the host)."""
+    if not (sides.requires_grad and torch.is_grad_enabled()):
+        return sides.prod(0)
+    w, h = sides.unbind(0)
+    return w * h
 
 
 def hull(a1: Tensor, a2: Tensor, wa: Tensor, b1: Tensor, b2: Tensor, wb: Tensor) -> Tensor:

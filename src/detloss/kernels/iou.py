@@ -34,7 +34,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from . import runtime
-from .geometry import Corners, Overlap, centre_offset, corners, enclosing, high, overlap, scaled
+from .geometry import Corners, Overlap, area, centre_offset, corners, enclosing, high, overlap, scaled
 
 IOU_KINDS: tuple[str, ...] = ("iou", "giou", "diou", "ciou", "eiou", "siou", "wiou", "mpdiou")
 FOUR_OVER_PI2 = 4.0 / math.pi**2
@@ -173,8 +173,7 @@ def _penalties(kind: str, p: Parts, eps: float, mods: Modifiers) -> list[Tensor]
         return [_sum_sq(p.k1[0] - p.k2[0]) / norm, _sum_sq(p.k1[1] - p.k2[1]) / norm]
     c, ov = p.enclose, p.ov
     if kind == "giou":
-        cw, ch = c.unbind(0)
-        enclose = cw * ch
+        enclose = area(c)
         return [(enclose - ov.union) / (enclose + eps)]
     d = p.offset
     rho2 = _sum_sq(d)
@@ -248,8 +247,7 @@ def parts_backward(
     g_inter = g_iou / den
     if kind == "giou":
         # − (E − U)/(E + eps):  d/dE = −(U + eps)/(E + eps)²,  d/dU = 1/(E + eps);  dE/dc = (c_h, c_w)
-        cw, ch = c.unbind(0)
-        ed = cw * ch + eps
+        ed = area(c) + eps
         g_union = g_union + g / ed
         g_c = (-g * den / (ed * ed)) * c.flip(0)
     elif kind == "siou":
@@ -298,29 +296,26 @@ def parts_backward(
     # U = w₁h₁ + w₂h₂ − I;  the intersection's sides pass through clamp0 (where min(hi) − max(lo) >= 0)
     g_inter = g_inter - g_union
     g_s1 = _acc(g_s1, g_union * s1.flip(0))
-    g_si = torch.where(
-        torch.minimum(hi1, hi2) - torch.maximum(lo1, lo2) >= 0, g_inter * si.flip(0), 0.0
-    )
+    g_si = (g_inter * si.flip(0)).masked_fill(torch.minimum(hi1, hi2) - torch.maximum(lo1, lo2) < 0, 0.0)
     # low(hi₁, hi₂) gives a tie to hi₁, high(lo₁, lo₂) to lo₂
-    hi_first, lo_first = hi1 <= hi2, lo1 > lo2
-    g_hi1 = torch.where(hi_first, g_si, 0.0)
-    g_lo1 = torch.where(lo_first, -g_si, 0.0)
+    g_hi1 = g_si.masked_fill(hi1 > hi2, 0.0)
+    g_lo1 = (-g_si).masked_fill(lo1 <= lo2, 0.0)
     if need[1]:
         g_s2 = _acc(g_s2, g_union * s2.flip(0))
         g_hi2, g_lo2 = g_si - g_hi1, -g_si - g_lo1
     if g_c is not None:
         # enclosing sides = high(lo₁ + s₁, lo₂ + s₂) − low(hi₁ − s₁, hi₂ − s₂) (geometry.hull)
-        g_p1 = torch.where(lo1 + s1 > lo2 + s2, g_c, 0.0)
-        g_q1 = torch.where(hi1 - s1 <= hi2 - s2, -g_c, 0.0)
+        g_p1 = g_c.masked_fill(lo1 + s1 <= lo2 + s2, 0.0)
+        g_q1 = (-g_c).masked_fill(hi1 - s1 > hi2 - s2, 0.0)
         g_lo1, g_hi1, g_s1 = g_lo1 + g_p1, g_hi1 + g_q1, g_s1 + (g_p1 - g_q1)
         if need[1]:
             g_p2, g_q2 = g_c - g_p1, -g_c - g_q1
             g_lo2, g_hi2, g_s2 = g_lo2 + g_p2, g_hi2 + g_q2, g_s2 + (g_p2 - g_q2)
     # sides = clamp0(hi − lo)
-    g_e1 = torch.where(hi1 - lo1 >= 0, g_s1, 0.0)
+    g_e1 = g_s1.masked_fill(hi1 - lo1 < 0, 0.0)
     g_lo1, g_hi1 = g_lo1 - g_e1, g_hi1 + g_e1
     if need[1]:
-        g_e2 = torch.where(hi2 - lo2 >= 0, g_s2, 0.0)
+        g_e2 = g_s2.masked_fill(hi2 - lo2 < 0, 0.0)
         g_lo2, g_hi2 = g_lo2 - g_e2, g_hi2 + g_e2
     if d is not None:  # offset = ½((lo₂ + hi₂) − (lo₁ + hi₁))
         hd = 0.5 * g_d
@@ -354,7 +349,7 @@ def _siou_shape_grads(a: Tensor, b: Tensor, h: Tensor, eps: float) -> tuple[Tens
     g_omega = h * SIOU_THETA * (1.0 - e) ** (SIOU_THETA - 1.0) * e
     g_diff = g_omega * torch.sign(diff) / m
     g_m = -g_omega * omega / m
-    ga_m = torch.where(a > b, g_m, 0.0)
+    ga_m = g_m.masked_fill(a <= b, 0.0)
     return g_diff + ga_m, (g_m - ga_m) - g_diff
 
 
@@ -419,7 +414,7 @@ class _FusedIoU(torch.autograd.Function):
             ctx.save_for_backward(b1, b2)
             args = (b1.detach(), b2.detach(), kind, eps, loss, reduce, mods)
             return runtime.run(f"iou_forward_{kind}", iou_forward, _iou_forward_blocked, *args)
-        p = iou_parts(b1.detach(), b2.detach(), kind, eps)
+        p = iou_parts(b1, b2, kind, eps)  # no graph: autograd is off in a Function's forward
         ctx.save_for_backward(*p.k1, *p.k2, *p.ov, p.enclose, p.offset)
         val = _value(kind, p, eps, mods)
         val = 1.0 - val if loss else val
