@@ -492,3 +492,37 @@ def test_low_high_forms_agree_with_relu_at_ties(n):
         g_want = torch.autograd.grad((want * w).sum(), (a, b))
         for x, y in zip(g_got, g_want, strict=True):
             assert torch.equal(x, y)  # -0.0 == 0.0
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_clamp0_is_clamp_min_0_values_and_gradient(dtype):
+    """``threshold`` at −(the smallest subnormal) is ``clamp(min=0)`` exactly: values, and the
+    gradient passed at x >= 0 (0 and −0 included), blocked below (the smallest subnormal included)."""
+    from detloss.kernels.geometry import clamp0
+
+    info = torch.finfo(dtype)
+    tiny = info.smallest_normal * info.eps
+    x = torch.tensor([-1.0, -tiny, -0.0, 0.0, tiny, 1.0, -info.max, info.max], dtype=dtype)
+    x = torch.cat((x, torch.randn(64, dtype=torch.float64).to(dtype))).requires_grad_()
+    assert x[1] < 0 and x[4] > 0  # the subnormals exist in this dtype
+    w = torch.rand(x.shape, dtype=torch.float64).to(dtype)
+    got, want = clamp0(x), x.clamp(min=0)
+    assert torch.equal(got, want)
+    g_got, = torch.autograd.grad((got * w).sum(), x)
+    g_want, = torch.autograd.grad((want * w).sum(), x)
+    assert torch.equal(g_got, g_want)
+    assert torch.equal(g_got[:6], torch.cat((torch.zeros(2, dtype=dtype), w[2:6])))
+
+
+def test_area_forms_agree():
+    """``area``: ``prod(0)`` without autograd, the two planes multiplied under autograd: equal."""
+    from detloss.kernels.geometry import area
+
+    s = torch.rand(2, 100, dtype=torch.float64) * 10
+    s[:, :5] = 0.0
+    assert torch.equal(area(s), s[0] * s[1])
+    leaf = s.clone().requires_grad_()
+    out = area(leaf)
+    assert torch.equal(out.detach(), s[0] * s[1])
+    g, = torch.autograd.grad(out.sum(), leaf)
+    assert torch.equal(g, s.flip(0))

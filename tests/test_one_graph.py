@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.fx.experimental._config  # noqa: F401  (use_duck_shape)
 
+import detloss
 from detloss.bench_criteria import BOXES_PER_IMAGE, cases, fwd_bwd
 from tests.counting import OpCounter
 
@@ -91,3 +92,30 @@ def test_training_after_an_inference_mode_call(case):
         crit([p.detach() for p in preds], targets)
     loss, grads = fwd_bwd(crit, preds, targets)
     assert torch.isfinite(loss) and all(torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize(
+    ("name", "call", "max_ops"),
+    [
+        # issue 12 item 4: the peers dispatch 126 (ultralytics-style) and 130 (naive) for giou,
+        # 182 and 188 for ciou; detloss 94 and 152 with validation
+        ("giou", lambda p, t: detloss.iou_loss(p, t, "giou"), 100),
+        ("ciou", lambda p, t: detloss.iou_loss(p, t, "ciou"), 160),
+        ("focal", lambda x, t: detloss.sigmoid_focal_loss(x, t), 36),
+    ],
+)
+def test_default_path_launches(name, call, max_ops):
+    """The elementwise losses as a user calls them (validation on), 10³ boxes / (10³, 80) logits:
+    a bounded number of ops forward + backward and exactly one host sync, the validation's."""
+    gen = torch.Generator().manual_seed(0)
+    if name == "focal":
+        x, t = torch.randn(1000, 80, generator=gen), (torch.rand(1000, 80, generator=gen) < 0.02).float()
+    else:
+        xy = torch.rand(1000, 2, generator=gen) * 600
+        t = torch.cat((xy, xy + 1 + torch.rand(1000, 2, generator=gen) * 60), -1)
+        x = t + torch.randn(1000, 4, generator=gen) * 8
+    x.requires_grad_()
+    with OpCounter() as c:
+        torch.autograd.grad(call(x, t), x)
+    assert c.ops <= max_ops, (c.ops, c.by_name.most_common(10))
+    assert c.syncs == 1, c.sync_ops

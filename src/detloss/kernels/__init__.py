@@ -3,9 +3,10 @@
 Plain eager PyTorch keeps every intermediate of these formulas (intersection, union, enclosing box,
 centre offset, atan terms, sigmoid, ...) as a full-size tensor for the backward pass. Here each loss
 has one documented forward formula and, where it pays, a ``torch.autograd.Function`` whose backward
-is written out by hand and keeps only the inputs. One file per family, the geometry once:
+is written out by hand and keeps only the inputs (or, for small IoU inputs, the forward's parts).
+One file per family, the geometry once:
 
-- :mod:`.geometry`: corners, overlap, enclosing box, centre offset, and their adjoints;
+- :mod:`.geometry`: axis planes of the corners, overlap, enclosing box, centre offset;
 - :mod:`.iou`: the IoU family (kinds and modifiers) on that geometry, :func:`fused_iou`;
 - :mod:`.focal`: the sigmoid focal loss, :func:`fused_focal`;
 - :mod:`.runtime`: eager or ``torch.compile`` (:func:`set_compile`), cache-sized blocks.

@@ -127,9 +127,9 @@ def area(sides: Tensor) -> Tensor:
 
 
 def hull(a1: Tensor, a2: Tensor, wa: Tensor, b1: Tensor, b2: Tensor, wb: Tensor) -> Tensor:
-    """Extent of the enclosing box along an axis (or along both axes' planes at once): the hull of
-    all four corners, so it stays >= 0 and contains both centres even for an inverted box (a2 < a1);
-    max(a2, b2) − min(a1, b1) otherwise.
+    """Sides of the enclosing box, per axis plane, of box a (low corner ``a1``, high ``a2``, clamped
+    sides ``wa``) and box b: the hull of all four corners, so it stays >= 0 and contains both centres
+    even for an inverted box (a2 < a1); max(a2, b2) − min(a1, b1) otherwise.
 
     With the clamped sides ``wa = clamp(a2 − a1, 0)`` (and ``wb``), max(a1, a2) = a1 + wa and
     min(a1, a2) = a2 − wa: the hull is one :func:`high` and one :func:`low` of those, with the
