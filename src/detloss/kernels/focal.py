@@ -30,8 +30,10 @@ def _focal_factor(q: Tensor, gamma: float) -> tuple[Tensor, Tensor]:
 
 
 def _alpha_t(t: Tensor, alpha: float) -> Tensor:
-    """α_t = (1 − α) + (2α − 1)·t in one op."""
-    return torch.rsub(t, 1.0 - alpha, alpha=1.0 - 2.0 * alpha)
+    """α_t = (1 − α) + (2α − 1)·t. Not ``torch.rsub(t, 1 − α, alpha=1 − 2α)`` (one op): under
+    ``torch.compile(dynamic=True)`` a module's float α is symbolic, and torch 2.13 drops a symbolic
+    ``alpha=`` of rsub (``tests/test_losses.py`` compiles with float attributes)."""
+    return t * (2.0 * alpha - 1.0) + (1.0 - alpha)
 
 
 def focal_forward(
