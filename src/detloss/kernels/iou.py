@@ -93,7 +93,11 @@ def iou_forward(
     the iou term on the boxes with the same centres and sides scaled by r, every penalty (and α_v)
     on the original boxes; ``focaler`` = (d, u): the iou term clamp((iou − d)/(u − d), 0, 1).
     """
-    val = _value(kind, iou_parts(b1, b2, kind, eps), eps, mods)
+    return _output(_value(kind, iou_parts(b1, b2, kind, eps), eps, mods), loss, reduce)
+
+
+def _output(val: Tensor, loss: bool, reduce: bool) -> Tensor:
+    """``1 − val`` if ``loss``, summed over the boxes if ``reduce``."""
     val = 1.0 - val if loss else val
     return val.sum() if reduce else val
 
@@ -416,9 +420,7 @@ class _FusedIoU(torch.autograd.Function):
             return runtime.run(f"iou_forward_{kind}", iou_forward, _iou_forward_blocked, *args)
         p = iou_parts(b1, b2, kind, eps)  # no graph: autograd is off in a Function's forward
         ctx.save_for_backward(*p.k1, *p.k2, *p.ov, p.enclose, p.offset)
-        val = _value(kind, p, eps, mods)
-        val = 1.0 - val if loss else val
-        return val.sum() if reduce else val
+        return _output(_value(kind, p, eps, mods), loss, reduce)
 
     @staticmethod
     @once_differentiable
