@@ -59,6 +59,17 @@ def test_smooth_labels_forms():
     torch.testing.assert_close(smooth_labels(ids, 1.0, num_classes=4), torch.full((2, 2, 4), 0.25))
 
 
+def test_smooth_labels_without_validation():
+    """``validate=False``: the same values; the value checks are skipped (a NaN passes through)."""
+    ids = torch.tensor([[0, 3], [2, 1]])
+    want = smooth_labels(ids, 0.2, num_classes=4)
+    assert smooth_labels(ids, 0.2, num_classes=4, validate=False).equal(want)
+    soft = torch.tensor([[0.5, float("nan"), 0.0]])
+    with pytest.raises(ValueError, match="targets"):
+        smooth_labels(soft, 0.3)
+    assert smooth_labels(soft, 0.3, validate=False)[0, 1].isnan()
+
+
 def test_smooth_labels_gradcheck():
     t = torch.rand(4, 5, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda u: smooth_labels(u, 0.1), (t,))

@@ -383,7 +383,9 @@ def smooth_l1_loss(
     return weight_reduce(loss, weight, reduction, avg_factor)
 
 
-def smooth_labels(targets: Tensor, eps: float, num_classes: int | None = None) -> Tensor:
+def smooth_labels(
+    targets: Tensor, eps: float, num_classes: int | None = None, *, validate: bool = True
+) -> Tensor:
     """Label smoothing: ``onehot·(1 − eps) + eps/K``.
 
     Args:
@@ -391,6 +393,10 @@ def smooth_labels(targets: Tensor, eps: float, num_classes: int | None = None) -
             targets ``(*, K)`` of a floating dtype.
         eps: smoothing in [0, 1].
         num_classes: K for class ids; for one-hot input it must equal the last dimension if given.
+        validate: check the values (class ids in range, one-hot targets finite) and raise a
+            ``ValueError`` naming the first bad index; ``False`` skips these value checks for
+            pipelines that validated their data already (shapes, dtypes and ``eps`` are always
+            checked; ``F.one_hot`` still refuses out-of-range ids with its own error).
 
     Returns:
         ``(*, K)`` floating tensor (float32 for class ids).
@@ -412,14 +418,16 @@ def smooth_labels(targets: Tensor, eps: float, num_classes: int | None = None) -
         k = targets.shape[-1]
         if num_classes is not None and num_classes != k:
             raise ValueError(f"num_classes={num_classes} but targets have {k} classes (last dim)")
-        check_finite("targets", targets)
+        if validate:
+            check_finite("targets", targets)
         onehot = targets
     else:
         if num_classes is None:
             raise ValueError("num_classes is required when targets are class ids")
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-        check_class_ids("targets", targets, num_classes)
+        if validate:
+            check_class_ids("targets", targets, num_classes)
         k = num_classes
         onehot = F.one_hot(targets.long(), k).to(torch.get_default_dtype())
     return onehot * (1.0 - eps) + eps / k

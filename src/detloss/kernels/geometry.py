@@ -5,10 +5,11 @@ The forward helpers work on **axis planes**: a box tensor ``(..., 4)`` becomes i
 ``lo = (x1, y1)`` and high corner ``hi = (x2, y2)``, each ``(2, ...)`` with the axes stacked in front
 and every plane contiguous. One elementwise op then covers both axes (half the launches of per
 coordinate ops, the cost that dominates at detection sizes of 10³-10⁴ boxes); products across the
-axes are :func:`area`, sums across them (squared distances) ``sum(0)``. ``torch.stack`` of the stride-4 coordinate views builds the planes as fast as a copy, and
-the later ops run on contiguous memory (ops on ``(..., 2)`` corner pairs, an inner loop of two, ran
-several times slower). Widths are clamped at 0, so an inverted box (x2 < x1) is empty; the enclosing
-box spans all four corners of both boxes.
+axes are :func:`area`, sums across them (squared distances) ``sum(0)``. ``torch.stack`` of the
+stride-4 coordinate views builds the planes as fast as a copy, and the later ops run on contiguous
+memory (ops on ``(..., 2)`` corner pairs, an inner loop of two, ran several times slower). Widths
+are clamped at 0, so an inverted box (x2 < x1) is empty; the enclosing box spans all four corners
+of both boxes.
 
 Minimum and maximum are :func:`low` and :func:`high`: under autograd ``clamp`` with a tensor bound on
 small tensors (fewest launches) and the ``relu`` form on large ones (a backward of one op where
