@@ -62,18 +62,14 @@ def coordinate_planes(b: Tensor) -> Tensor:
     return b.movedim(-1, 0).contiguous().movedim(0, -1)
 
 
-# −(the smallest subnormal) of each floating dtype: smallest normal × eps, an exact power of two
-_BELOW_ZERO = {
-    dt: -torch.finfo(dt).smallest_normal * torch.finfo(dt).eps
-    for dt in (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-}
-
-
 def clamp0(x: Tensor) -> Tensor:
     """``clamp(x, min=0)``, values and gradient (passed where x >= 0) alike, as ``threshold`` at
-    −(the smallest subnormal): its backward is one op where clamp's takes three (measured: a third of
-    the small IoU losses' backward time)."""
-    return torch.threshold(x, _BELOW_ZERO[x.dtype], 0.0)
+    −(the smallest subnormal) = −(smallest normal × eps), an exact power of two: its backward is one
+    op where clamp's takes three (measured: a third of the small IoU losses' backward time). The
+    bound is computed here, not read from a module-level table: under ``torch.compile(dynamic=True)``
+    a float read from a global becomes a symbol, and its specialisation restarts the analysis."""
+    info = torch.finfo(x.dtype)
+    return torch.threshold(x, -info.smallest_normal * info.eps, 0.0)
 
 
 def _needs_grad(a: Tensor, b: Tensor) -> bool:
