@@ -143,11 +143,7 @@ def prepare_pair(
             check_finite(names[0], boxes1)
             check_finite(names[1], boxes2)
     dtype = torch.promote_types(compute_dtype(boxes1), compute_dtype(boxes2))
-    return convert(_as(boxes1, dtype), fmt, "xyxy"), convert(_as(boxes2, dtype), fmt, "xyxy")
-
-
-def _as(t: Tensor, dtype: torch.dtype) -> Tensor:
-    return t if t.dtype == dtype else t.to(dtype)  # ``to`` of the same dtype still costs a dispatch
+    return convert(boxes1.to(dtype), fmt, "xyxy"), convert(boxes2.to(dtype), fmt, "xyxy")
 
 
 def bbox_iou(

@@ -160,9 +160,10 @@ def _logits_and_targets(logits: Tensor, targets: Tensor, validate: bool) -> tupl
     """Check logits and soft targets of one shape; half precision computed in float32.
 
     ``validate``: logits finite and targets in [0, 1] with one sum, one min/max pass and one host
-    sync (a NaN propagates into the sum and the extrema and fails the comparison); the offending
-    index is only searched on failure. A sum of finite float32 logits that overflows also fails the
-    first test; the search then finds no bad logit and the call goes on.
+    sync, on the probe sum(logits) + √min(t) + √(1 − max(t)): non-finite iff a logit is NaN/±Inf or
+    a target lies outside [0, 1] (NaN propagates; √ of a negative is NaN). The offending index is
+    only searched on failure; a sum of finite float32 logits that overflows also fails the probe,
+    the search then finds nothing and the call goes on.
     """
     check_tensor("logits", logits)
     check_tensor("targets", targets)
