@@ -20,7 +20,7 @@ import torch
 
 import detloss
 from detloss.assign.targets import _check_values, pad_targets
-from detloss.boxes import check_finite
+from detloss.checks import check_finite
 from detloss.criteria import SSDLoss, YOLOv3Loss, YOLOv5Loss
 
 

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from detloss import box_area, box_convert
-from detloss.boxes import check_boxes
+from detloss.checks import check_boxes
 
 FORMATS = ("xyxy", "xywh", "cxcywh")
 # dyadic coordinates: every conversion below is exact in float64

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import detloss
-from detloss.iou import IOU_KINDS
+from detloss.kernels import IOU_KINDS
 
 KW = {"mpdiou": {"image_size": (640.0, 480.0)}}  # MPDIoU's required image size
 

@@ -389,7 +389,7 @@ def test_weight_reduce_direct():
 
 
 def test_finite_number():
-    from detloss.boxes import finite_number
+    from detloss.checks import finite_number
 
     assert finite_number(0) and finite_number(2.5) and finite_number(-1e300)
     assert not finite_number(math.inf) and not finite_number(-math.inf) and not finite_number(math.nan)

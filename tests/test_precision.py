@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import detloss
-from detloss.iou import IOU_KINDS
+from detloss.kernels import IOU_KINDS
 
 KW = {"mpdiou": {"image_size": (640.0, 480.0)}}  # MPDIoU's required image size
 

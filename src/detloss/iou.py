@@ -19,8 +19,10 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from .boxes import BoxFormat, check_boxes, check_finite, check_format, convert, finite_number
-from .kernels import IOU_KINDS, Modifiers, fused_iou
+from .boxes import BOX_FORMATS, BoxFormat, convert
+from .checks import check_boxes, check_eps, check_finite, check_modifiers, check_one_of
+from .kernels import IOU_KINDS as IOU_KINDS  # the kinds, public beside IoUKind
+from .kernels import Modifiers, fused_iou
 from .kernels.iou import broadcast_shape
 
 IoUKind = Literal["iou", "giou", "diou", "ciou", "eiou", "siou", "wiou", "mpdiou"]
@@ -39,11 +41,11 @@ def iou_xyxy(
 ) -> Tensor:
     """Unchecked core: the ``kind`` IoU of broadcastable xyxy boxes ``(..., 4)`` → ``(...)``.
 
-    The library's criteria call this after validating their inputs (and :func:`check_kind` /
-    :func:`check_modifiers` at construction) once; users call :func:`bbox_iou`. It runs the kernel of
-    :mod:`detloss.kernels.iou`; the formulas are in :func:`detloss.kernels.iou_forward`. The keyword
-    modifiers are :func:`bbox_iou`'s; ``image_size`` is used by ``kind="mpdiou"`` only and ignored by
-    the other kinds (so a criterion may always pass its input size).
+    The library's criteria call this after validating their inputs once (and the modifiers with
+    :func:`detloss.checks.check_modifiers` at construction); users call :func:`bbox_iou`. It runs
+    the kernel of :mod:`detloss.kernels.iou`; the formulas are in :func:`detloss.kernels.iou_forward`.
+    The keyword modifiers are :func:`bbox_iou`'s; ``image_size`` is used by ``kind="mpdiou"`` only
+    and ignored by the other kinds (so a criterion may always pass its input size).
     """
     mods = Modifiers(
         float(alpha), inner_ratio, focaler, _image_wh(image_size) if kind == "mpdiou" else None
@@ -58,64 +60,6 @@ def _image_wh(image_size: float | tuple[float, float] | None) -> tuple[float, fl
         return float(image_size), float(image_size)
     w, h = image_size
     return float(w), float(h)
-
-
-def check_kind(kind: str) -> None:
-    if kind not in IOU_KINDS:
-        raise ValueError(f"kind must be one of {IOU_KINDS}, got {kind!r}")
-
-
-def _is_number(v: object) -> bool:
-    return not isinstance(v, bool) and finite_number(v)
-
-
-def check_modifiers(
-    kind: str,
-    alpha: float = 1.0,
-    inner_ratio: float | None = None,
-    focaler: tuple[float, float] | None = None,
-    image_size: float | tuple[float, float] | None = None,
-) -> None:
-    """Raise ``ValueError`` naming the argument for an invalid modifier or a conflict of modifiers.
-
-    ``alpha`` > 0; ``inner_ratio`` > 0; ``focaler`` = (d, u) with 0 <= d < u <= 1; at most one of
-    ``alpha != 1``, ``inner_ratio``, ``focaler``, and none with ``kind="wiou"``; ``image_size`` (a
-    number, or (width, height), > 0) required by ``kind="mpdiou"`` and refused by the other kinds.
-    """
-    check_kind(kind)
-    if not (_is_number(alpha) and alpha > 0):
-        raise ValueError(f"alpha must be a finite number > 0, got {alpha!r}")
-    if inner_ratio is not None and not (_is_number(inner_ratio) and inner_ratio > 0):
-        raise ValueError(f"inner_ratio must be a finite number > 0 or None, got {inner_ratio!r}")
-    if focaler is not None:
-        ok = isinstance(focaler, (tuple, list)) and len(focaler) == 2 and all(map(_is_number, focaler))
-        if not (ok and 0 <= focaler[0] < focaler[1] <= 1):
-            raise ValueError(f"focaler must be (d, u) with 0 <= d < u <= 1, got {focaler!r}")
-    active = [n for n, on in (("alpha", alpha != 1), ("inner_ratio", inner_ratio is not None),
-                              ("focaler", focaler is not None)) if on]
-    if len(active) > 1:
-        raise ValueError(f"at most one IoU modifier per call, got {' and '.join(active)}")
-    if kind == "wiou" and active:
-        raise ValueError(f"kind='wiou' takes no modifier, got {active[0]}")
-    if kind == "mpdiou":
-        if image_size is None:
-            raise ValueError("kind='mpdiou' needs image_size=(width, height) in the boxes' units")
-        sizes = (image_size,) if _is_number(image_size) else image_size
-        ok = isinstance(sizes, (tuple, list)) and len(sizes) in (1, 2) and all(map(_is_number, sizes))
-        if not (ok and all(v > 0 for v in sizes)):
-            raise ValueError(f"image_size must be a number or (width, height), each > 0, got {image_size!r}")
-    elif image_size is not None:
-        raise ValueError(f"image_size is only used by kind='mpdiou', got kind={kind!r}")
-
-
-_MIN_EPS = torch.finfo(torch.float32).tiny  # a smaller eps is 0 in float32: 0/0 on zero-area boxes
-
-
-def check_eps(eps: float) -> None:
-    if not (finite_number(eps) and eps >= _MIN_EPS):
-        raise ValueError(
-            f"eps must be a finite number >= {_MIN_EPS:.3g} (float32's smallest normal), got {eps!r}"
-        )
 
 
 def compute_dtype(t: Tensor) -> torch.dtype:
@@ -134,7 +78,7 @@ def prepare_pair(
     """
     check_boxes(names[0], boxes1, finite=False)
     check_boxes(names[1], boxes2, finite=False)
-    check_format("fmt", fmt)
+    check_one_of("fmt", fmt, BOX_FORMATS)
     if validate:
         acc = torch.float64 if torch.float64 in (boxes1.dtype, boxes2.dtype) else torch.float32
         with torch.no_grad():

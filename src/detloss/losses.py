@@ -18,8 +18,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .boxes import BoxFormat, check_finite, check_tensor, finite_number
-from .iou import IoUKind, _image_wh, check_eps, check_modifiers, compute_dtype, prepare_pair
+from .boxes import BoxFormat
+from .checks import (
+    check_broadcasts_to,
+    check_class_ids,
+    check_eps,
+    check_finite,
+    check_modifiers,
+    check_one_of,
+    check_tensor,
+    finite_number,
+)
+from .iou import IoUKind, _image_wh, compute_dtype, prepare_pair
 from .kernels import Modifiers, fused_focal, fused_iou
 from .kernels.iou import broadcast_shape
 
@@ -45,11 +55,10 @@ def weight_reduce(
     ``weight`` must broadcast to ``loss``'s shape without enlarging it (a ``(N, 1)`` weight against a
     ``(N,)`` loss would silently produce ``(N, N)``).
     """
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    check_one_of("reduction", reduction, REDUCTIONS)
     if weight is not None:
         check_tensor("weight", weight)
-        _check_broadcasts_to("weight", weight, loss.shape, "the loss shape")
+        check_broadcasts_to("weight", weight, loss.shape, "the loss shape")
         loss = loss * weight
     if avg_factor is not None:
         if reduction == "sum":
@@ -94,16 +103,6 @@ def _fused_reduce(
     if avg_factor is None:
         return total / count
     return weight_reduce(total, None, "mean", avg_factor)
-
-
-def _check_broadcasts_to(name: str, t: Tensor, shape: torch.Size, what: str) -> None:
-    """Raise ``ValueError`` unless ``t`` broadcasts to ``shape`` without enlarging it."""
-    try:
-        out = torch.Size(broadcast_shape(shape, t.shape))
-    except RuntimeError:
-        out = None
-    if out != shape:
-        raise ValueError(f"{name} of shape {tuple(t.shape)} must broadcast to {what} {tuple(shape)}")
 
 
 def iou_loss(
@@ -232,7 +231,7 @@ def sigmoid_focal_loss(
         raise ValueError(f"alpha must be <= 1 (or < 0 to disable), got {alpha}")
     if pos_weight is not None:
         check_tensor("pos_weight", pos_weight)
-        _check_broadcasts_to("pos_weight", pos_weight, logits.shape, "logits")
+        check_broadcasts_to("pos_weight", pos_weight, logits.shape, "logits")
     x, t = _logits_and_targets(logits, targets, validate)
 
     # One fused pass forward and one backward (detloss.kernels); the BCE inside is written exactly as
@@ -369,7 +368,7 @@ def smooth_l1_loss(
         raise ValueError(f"sigma must be > 0, got {sigma}")
     for name, w in (("inside_weight", inside_weight), ("outside_weight", outside_weight)):
         if isinstance(w, Tensor):
-            _check_broadcasts_to(name, w, pred.shape, "the shape of pred")
+            check_broadcasts_to(name, w, pred.shape, "the shape of pred")
     # half precision computed in float32, like the other losses; mixed dtypes promoted
     dtype = torch.promote_types(compute_dtype(pred), compute_dtype(target))
     pred, target = pred.to(dtype), target.to(dtype)
@@ -432,16 +431,6 @@ def smooth_labels(
         k = num_classes
         onehot = F.one_hot(targets.long(), k).to(torch.get_default_dtype())
     return onehot * (1.0 - eps) + eps / k
-
-
-def check_class_ids(name: str, ids: Tensor, num_classes: int) -> None:
-    """Raise ``ValueError`` with the first index whose class id is outside [0, num_classes)."""
-    bad = (ids < 0) | (ids >= num_classes)
-    if ids.numel() and bool(bad.any()):
-        idx = tuple(bad.nonzero()[0].tolist())
-        raise ValueError(
-            f"{name} holds class id {ids[idx].item()} at index {idx}, outside [0, {num_classes})"
-        )
 
 
 # --------------------------------------------------------------------------------------------------

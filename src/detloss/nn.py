@@ -8,8 +8,9 @@ import torch
 from torch import Tensor, nn
 
 from . import losses
-from .boxes import BoxFormat, check_format
-from .iou import IoUKind, check_eps, check_modifiers, iou_xyxy, prepare_pair
+from .boxes import BOX_FORMATS, BoxFormat
+from .checks import check_eps, check_modifiers, check_one_of
+from .iou import IoUKind, iou_xyxy, prepare_pair
 from .losses import REDUCTIONS, Reduction
 
 
@@ -38,7 +39,7 @@ class IoULoss(nn.Module):
         super().__init__()
         check_modifiers(kind, alpha, inner_ratio, focaler, image_size)
         check_eps(eps)
-        check_format("fmt", fmt)
+        check_one_of("fmt", fmt, BOX_FORMATS)
         _check_reduction(reduction)
         self.kind, self.fmt, self.eps, self.reduction = kind, fmt, eps, reduction
         self.validate = validate
@@ -96,7 +97,7 @@ class WIoULoss(nn.Module):
         if not 0 <= momentum <= 1:
             raise ValueError(f"momentum must lie in [0, 1], got {momentum}")
         check_eps(eps)
-        check_format("fmt", fmt)
+        check_one_of("fmt", fmt, BOX_FORMATS)
         _check_reduction(reduction)
         self.alpha, self.delta, self.momentum = alpha, delta, momentum
         self.fmt, self.eps, self.reduction, self.validate = fmt, eps, reduction, validate

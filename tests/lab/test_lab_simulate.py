@@ -16,7 +16,8 @@ pytest.importorskip("matplotlib")
 pytest.importorskip("tqdm")
 
 from detloss.cli import main  # noqa: E402
-from detloss.iou import IOU_KINDS, iou_xyxy  # noqa: E402
+from detloss.iou import iou_xyxy  # noqa: E402
+from detloss.kernels import IOU_KINDS  # noqa: E402
 from detloss.lab import simulate as S  # noqa: E402
 
 

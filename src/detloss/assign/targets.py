@@ -9,8 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..boxes import check_boxes, check_finite
-from ..losses import check_class_ids
+from ..checks import check_boxes, check_class_ids, check_finite, check_num_classes
 
 
 @dataclass
@@ -63,10 +62,7 @@ def pad_targets(
     """
     if isinstance(targets, Mapping) or not isinstance(targets, Sequence):
         raise TypeError(f"targets must be a list of dicts, got {type(targets).__name__}")
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int):
-        raise TypeError(f"num_classes must be an int, got {type(num_classes).__name__}")
-    if num_classes < 1:
-        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    check_num_classes(num_classes)
     if not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating dtype, got {dtype}")
     boxes, labels = [], []

@@ -1,7 +1,7 @@
 """Detector criteria: one file per detector, each reproducing its original implementation."""
 
-from .common import LossResult
 from .detr import DETRLoss, SetLossResult
+from .result import LossResult
 from .ssd import SSDLoss, l2_weight_decay
 from .yolov3 import YOLOv3Loss
 from .yolov4 import YOLOv4Loss

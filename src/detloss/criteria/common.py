@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TypeVar
 
 import torch
@@ -11,26 +11,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..assign import best_iou_with, gather_head
-from ..boxes import check_tensor, convert
+from ..boxes import convert
+from ..checks import check_modifiers, check_tensor
 from ..codecs import decode_yolo, yolo_grid
-from ..iou import check_modifiers, iou_xyxy
+from ..iou import iou_xyxy
 from ..kernels import fused_focal
 from ..losses import weight_reduce
 
 T = TypeVar("T")
-
-
-@dataclass
-class LossResult:
-    """A criterion's output.
-
-    Attributes:
-        total: scalar tensor to call ``.backward()`` on.
-        components: named scalar parts, e.g. ``{"box", "obj", "cls"}``.
-    """
-
-    total: Tensor
-    components: dict[str, Tensor] = field(default_factory=dict)
 
 
 def check_heads(
@@ -95,23 +83,6 @@ def split_yolo_heads(
         p.view(p.shape[0], a, k, p.shape[2], p.shape[3]).permute(0, 1, 3, 4, 2)
         for p, a in zip(preds, num_anchors, strict=True)
     ]
-
-
-def positive_ints(name: str, values: Sequence) -> tuple[int, ...]:
-    """Integral positive numbers (int, numpy int, 8.0) → ints; anything else is a ``ValueError``."""
-    try:
-        out = tuple(int(v) for v in values)
-        ok = len(out) > 0 and all(o == v and o >= 1 for o, v in zip(out, values, strict=True))
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise ValueError(f"{name} must be positive integers, got {values!r}")
-    return out
-
-
-def check_unit(name: str, value: float) -> None:
-    if not 0 <= value <= 1:
-        raise ValueError(f"{name} must lie in [0, 1], got {value}")
 
 
 def anchor_table(anchors: object, num_scales: int) -> tuple[tuple[tuple[float, float], ...], ...]:

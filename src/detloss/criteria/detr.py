@@ -20,12 +20,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..assign.hungarian import hungarian_match, require_scipy
-from ..boxes import check_finite, check_tensor, convert
+from ..boxes import convert
+from ..checks import check_class_ids, check_finite, check_num_classes, check_tensor
 from ..distributed import global_count
 from ..iou import compute_dtype, iou_xyxy
 from ..kernels import iou_forward
-from ..losses import check_class_ids, sigmoid_focal_loss
-from .common import LossResult
+from ..losses import sigmoid_focal_loss
+from .result import LossResult
 
 Preset = Literal["detr", "deformable", "rtdetr"]
 
@@ -118,10 +119,7 @@ class DETRLoss(nn.Module):
     ) -> None:
         super().__init__()
         require_scipy()
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int):
-            raise TypeError(f"num_classes must be an int, got {type(num_classes).__name__}")
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        check_num_classes(num_classes)
         if preset not in PRESETS:
             raise ValueError(f"preset must be one of {tuple(PRESETS)}, got {preset!r}")
         costs, weights, alpha = PRESETS[preset]
@@ -212,7 +210,7 @@ class DETRLoss(nn.Module):
         sums = per_layer.sum(0)
         components = dict(zip(names, sums.unbind(), strict=True))
         layers = [dict(zip(names, row.unbind(), strict=True)) for row in per_layer.unbind()]
-        return SetLossResult(sums.sum(), components, layers)
+        return SetLossResult(sums.sum(), components, layers=layers)
 
     def _cost(self, x: Tensor, pred: Tensor, tgt_boxes: Tensor, labels: Tensor) -> Tensor:
         """``(L, B, Q, M)`` matching cost of every query with its own image's targets (no gradient)."""

@@ -21,12 +21,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..assign import PRIOR_NEGATIVE, hard_negative_mask, match_priors, pad_targets
-from ..boxes import check_boxes, check_tensor, convert
+from ..boxes import convert
+from ..checks import check_boxes, check_num_classes, check_tensor
 from ..codecs import SSD_VARIANCES, encode_ssd
 from ..distributed import global_count
 from ..iou import compute_dtype
 from ..losses import smooth_l1_loss, weight_reduce
-from .common import LossResult
+from .result import LossResult
 
 Normalize = Literal["mean", "positives"]
 
@@ -79,8 +80,7 @@ class SSDLoss(nn.Module):
         validate: bool = True,
     ) -> None:
         super().__init__()
-        if not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+        check_num_classes(num_classes)
         check_boxes("priors", priors)
         if priors.dim() != 2:
             raise ValueError(f"priors must have shape (P, 4), got {tuple(priors.shape)}")

@@ -8,21 +8,20 @@ import torch
 from torch import Tensor, nn
 
 from ..assign import build_yolov3_targets, pad_targets
+from ..checks import check_eps, check_num_classes, check_unit, positive_ints
 from ..distributed import global_count
-from ..iou import IoUKind, check_eps, compute_dtype
+from ..iou import IoUKind, compute_dtype
 from .common import (
     ConstantCache,
-    LossResult,
     anchor_table,
-    check_unit,
     class_targets,
     focal_sum,
     iou_options,
-    positive_ints,
     split_yolo_heads,
     yolo_tables,
     yolo_terms,
 )
+from .result import LossResult
 
 #: The standard COCO anchors (input pixels), three per scale for strides 8, 16, 32.
 COCO_ANCHORS: tuple[tuple[tuple[int, int], ...], ...] = (
@@ -97,7 +96,7 @@ class YOLOv3Loss(nn.Module):
         reduce_across_ranks: bool = False,
     ) -> None:
         super().__init__()
-        (num_classes,) = positive_ints("num_classes", (num_classes,))
+        check_num_classes(num_classes)
         strides = positive_ints("strides", strides)
         for name, v in (
             ("anchor_iou_thresh", anchor_iou_thresh),

@@ -9,18 +9,18 @@ import torch
 from torch import Tensor, nn
 
 from ..assign import build_yolov4_targets, pad_targets
+from ..checks import check_eps, check_num_classes, positive_ints
 from ..distributed import global_count
-from ..iou import IoUKind, check_eps, compute_dtype
+from ..iou import IoUKind, compute_dtype
 from .common import (
     ConstantCache,
-    LossResult,
     focal_sum,
     iou_options,
-    positive_ints,
     split_yolo_heads,
     yolo_tables,
     yolo_terms,
 )
+from .result import LossResult
 
 #: name → (anchors in input pixels, anchor mask per scale, strides); scale order = preds order.
 PRESETS: dict[str, tuple[tuple[tuple[int, int], ...], tuple[tuple[int, ...], ...], tuple[int, ...]]] = {
@@ -125,7 +125,7 @@ class YOLOv4Loss(nn.Module):
         super().__init__()
         if preset not in PRESETS:
             raise ValueError(f"preset must be one of {tuple(PRESETS)}, got {preset!r}")
-        (num_classes,) = positive_ints("num_classes", (num_classes,))
+        check_num_classes(num_classes)
         p_anchors, p_masks, p_strides = PRESETS[preset]
         flat = torch.as_tensor(p_anchors if anchors is None else anchors, dtype=torch.float64).reshape(-1, 2)
         if flat.shape[0] == 0 or not bool((flat > 0).all()):

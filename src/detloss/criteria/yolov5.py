@@ -24,18 +24,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..assign import YOLOv5Layout, gather_head, pad_targets, yolov5_candidates, yolov5_layout
+from ..checks import check_num_classes, positive_ints
 from ..codecs import decode_yolov5
 from ..distributed import global_count
 from ..iou import IoUKind, compute_dtype, iou_xyxy
-from .common import (
-    ConstantCache,
-    LossResult,
-    anchor_table,
-    focal_sum,
-    iou_options,
-    positive_ints,
-    split_yolo_heads,
-)
+from .common import ConstantCache, anchor_table, focal_sum, iou_options, split_yolo_heads
+from .result import LossResult
 
 YOLOV5_ANCHORS: tuple[tuple[tuple[float, float], ...], ...] = (
     ((10, 13), (16, 30), (33, 23)),
@@ -147,8 +141,7 @@ class YOLOv5Loss(nn.Module):
         reduce_across_ranks: bool = False,
     ) -> None:
         super().__init__()
-        if not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+        check_num_classes(num_classes)
         strides = positive_ints("strides", strides)
         anchors_t = torch.tensor(anchor_table(anchors, len(strides)), dtype=torch.float64)  # (S, A, 2)
         if balance is None:

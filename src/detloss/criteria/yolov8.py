@@ -23,11 +23,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..assign import PaddedTargets, pad_targets, task_aligned_assign
+from ..checks import check_num_classes, positive_ints
 from ..codecs import decode_distances
 from ..distributed import global_count
 from ..iou import IoUKind, compute_dtype, iou_xyxy
 from ..losses import dfl_from_log_probs
-from .common import ConstantCache, LossResult, check_heads, iou_options, positive_ints
+from .common import ConstantCache, check_heads, iou_options
+from .result import LossResult
 
 _CIOU_EPS = 1e-7
 
@@ -150,8 +152,7 @@ class YOLOv8Loss(nn.Module):
         reduce_across_ranks: bool = False,
     ) -> None:
         super().__init__()
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+        check_num_classes(num_classes)
         self.strides = positive_ints("strides", strides)
         (self.reg_max,) = positive_ints("reg_max", (reg_max,))
         if self.reg_max < 2:

@@ -35,7 +35,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..iou import IOU_KINDS, check_modifiers, iou_xyxy
+from ..checks import check_modifiers
+from ..iou import iou_xyxy
+from ..kernels import IOU_KINDS
 
 STEP_KINDS = ("autograd", "paper")
 PAPER_KINDS = ("iou", "giou", "diou", "ciou")  # the losses the script has hand-written directions for

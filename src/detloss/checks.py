@@ -1,0 +1,175 @@
+"""Input checks, in one place: every public function and criterion validates its arguments here.
+
+Each check raises ``TypeError`` for a wrong type and ``ValueError`` for a wrong shape or value,
+naming the argument and, for a bad value inside a tensor, the first offending index. Checks of
+tensor *values* read the tensor on the host (one sync); callers run them only with ``validate=True``.
+Never ``assert``: an assertion vanishes under ``python -O`` and syncs silently on a device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from .kernels import IOU_KINDS
+
+
+def check_tensor(name: str, t: object) -> Tensor:
+    """Raise ``TypeError`` unless ``t`` is a tensor; return it."""
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    return t
+
+
+def check_one_of(name: str, value: object, options: Sequence[object]) -> None:
+    """Raise ``ValueError`` unless ``value`` is one of ``options`` (a format, kind, reduction...)."""
+    if value not in options:
+        raise ValueError(f"{name} must be one of {tuple(options)}, got {value!r}")
+
+
+def finite_number(v: object) -> bool:
+    """Whether ``v`` is an int or float other than ±inf and NaN, as ``v − v == 0``: unlike
+    ``math.isfinite`` it also takes the symbolic floats that ``torch.compile(dynamic=True)`` passes
+    for float attributes and arguments (``math.isfinite`` on one breaks the graph)."""
+    return isinstance(v, (int, float, torch.SymInt, torch.SymFloat)) and v - v == 0
+
+
+def is_number(v: object) -> bool:
+    """A finite int or float that is not a bool (``True`` is not a count, a size or a ratio)."""
+    return not isinstance(v, bool) and finite_number(v)
+
+
+def check_finite(name: str, t: Tensor) -> None:
+    """Raise ``ValueError`` naming ``name`` and the first index holding NaN or Inf.
+
+    Happy path: one sum (NaN and ±Inf always make the sum non-finite, so nothing slips through),
+    about 4x cheaper than ``isfinite(t).all()``, which only runs when the sum is not finite (a bad
+    value, or a sum of finite values that overflowed) and then finds the index.
+    """
+    if not t.numel():
+        return
+    acc = torch.float64 if t.dtype == torch.float64 else torch.float32
+    if bool(torch.isfinite(t.sum(dtype=acc))) or bool(torch.isfinite(t).all()):
+        return
+    bad = (~torch.isfinite(t)).nonzero()[0].tolist()
+    raise ValueError(f"{name} has a non-finite value ({t[tuple(bad)].item()}) at index {tuple(bad)}")
+
+
+def check_boxes(name: str, boxes: object, finite: bool = True) -> Tensor:
+    """Validate a box tensor ``(..., 4)`` of floating dtype; optionally check it is finite.
+
+    Raises:
+        TypeError: not a tensor, or not a floating dtype.
+        ValueError: last dimension is not 4, or (``finite=True``) a NaN/Inf value, with its index.
+    """
+    boxes = check_tensor(name, boxes)
+    if not boxes.is_floating_point():
+        raise TypeError(f"{name} must have a floating dtype, got {boxes.dtype}")
+    if boxes.dim() == 0 or boxes.shape[-1] != 4:
+        raise ValueError(f"{name} must have shape (..., 4), got {tuple(boxes.shape)}")
+    if finite:
+        check_finite(name, boxes)
+    return boxes
+
+
+def check_broadcasts_to(name: str, t: Tensor, shape: torch.Size, what: str) -> None:
+    """Raise ``ValueError`` unless ``t`` broadcasts to ``shape`` without enlarging it (a ``(N, 1)``
+    weight against a ``(N,)`` loss would silently produce ``(N, N)``)."""
+    try:
+        out = torch.Size(torch.broadcast_shapes(shape, t.shape)) if t.shape != shape else shape
+    except RuntimeError:
+        out = None
+    if out != shape:
+        raise ValueError(f"{name} of shape {tuple(t.shape)} must broadcast to {what} {tuple(shape)}")
+
+
+def check_num_classes(num_classes: object) -> int:
+    """The class count C: an ``int`` >= 1 (``True`` and ``80.0`` are refused); returns it."""
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int):
+        raise TypeError(f"num_classes must be an int, got {type(num_classes).__name__}")
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    return num_classes
+
+
+def check_class_ids(name: str, ids: Tensor, num_classes: int) -> None:
+    """Raise ``ValueError`` with the first index whose class id is outside [0, num_classes)."""
+    bad = (ids < 0) | (ids >= num_classes)
+    if ids.numel() and bool(bad.any()):
+        idx = tuple(bad.nonzero()[0].tolist())
+        raise ValueError(
+            f"{name} holds class id {ids[idx].item()} at index {idx}, outside [0, {num_classes})"
+        )
+
+
+def positive_ints(name: str, values: Sequence) -> tuple[int, ...]:
+    """Integral positive numbers (int, numpy int, 8.0) → ints; anything else is a ``ValueError``."""
+    try:
+        out = tuple(int(v) for v in values)
+        ok = len(out) > 0 and all(
+            not isinstance(v, bool) and o == v and o >= 1 for o, v in zip(out, values, strict=True)
+        )
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"{name} must be positive integers, got {values!r}")
+    return out
+
+
+def check_unit(name: str, value: float) -> None:
+    """Raise ``ValueError`` unless ``value`` is a number in [0, 1]."""
+    if not (is_number(value) and 0 <= value <= 1):
+        raise ValueError(f"{name} must lie in [0, 1], got {value!r}")
+
+
+_MIN_EPS = torch.finfo(torch.float32).tiny  # a smaller eps is 0 in float32: 0/0 on zero-area boxes
+
+
+def check_eps(eps: float, name: str = "eps") -> None:
+    """An IoU ``eps``: finite and at least float32's smallest normal (a smaller one is 0 in float32)."""
+    if not (finite_number(eps) and eps >= _MIN_EPS):
+        raise ValueError(
+            f"{name} must be a finite number >= {_MIN_EPS:.3g} (float32's smallest normal), got {eps!r}"
+        )
+
+
+def check_modifiers(
+    kind: str,
+    alpha: float = 1.0,
+    inner_ratio: float | None = None,
+    focaler: tuple[float, float] | None = None,
+    image_size: float | tuple[float, float] | None = None,
+) -> None:
+    """Raise ``ValueError`` naming the argument for an unknown IoU ``kind``, an invalid modifier or a
+    conflict of modifiers.
+
+    ``alpha`` > 0; ``inner_ratio`` > 0; ``focaler`` = (d, u) with 0 <= d < u <= 1; at most one of
+    ``alpha != 1``, ``inner_ratio``, ``focaler``, and none with ``kind="wiou"``; ``image_size`` (a
+    number, or (width, height), > 0) required by ``kind="mpdiou"`` and refused by the other kinds.
+    """
+    check_one_of("kind", kind, IOU_KINDS)
+    if not (is_number(alpha) and alpha > 0):
+        raise ValueError(f"alpha must be a finite number > 0, got {alpha!r}")
+    if inner_ratio is not None and not (is_number(inner_ratio) and inner_ratio > 0):
+        raise ValueError(f"inner_ratio must be a finite number > 0 or None, got {inner_ratio!r}")
+    if focaler is not None:
+        ok = isinstance(focaler, (tuple, list)) and len(focaler) == 2 and all(map(is_number, focaler))
+        if not (ok and 0 <= focaler[0] < focaler[1] <= 1):
+            raise ValueError(f"focaler must be (d, u) with 0 <= d < u <= 1, got {focaler!r}")
+    active = [n for n, on in (("alpha", alpha != 1), ("inner_ratio", inner_ratio is not None),
+                              ("focaler", focaler is not None)) if on]
+    if len(active) > 1:
+        raise ValueError(f"at most one IoU modifier per call, got {' and '.join(active)}")
+    if kind == "wiou" and active:
+        raise ValueError(f"kind='wiou' takes no modifier, got {active[0]}")
+    if kind == "mpdiou":
+        if image_size is None:
+            raise ValueError("kind='mpdiou' needs image_size=(width, height) in the boxes' units")
+        sizes = (image_size,) if is_number(image_size) else image_size
+        ok = isinstance(sizes, (tuple, list)) and len(sizes) in (1, 2) and all(map(is_number, sizes))
+        if not (ok and all(v > 0 for v in sizes)):
+            raise ValueError(f"image_size must be a number or (width, height), each > 0, got {image_size!r}")
+    elif image_size is not None:
+        raise ValueError(f"image_size is only used by kind='mpdiou', got kind={kind!r}")
