@@ -1,6 +1,7 @@
-"""Check what `python -m build` made: the wheel holds the detloss package and nothing else, every source
-file of it and ``py.typed``; the metadata's version and requirements are the project's; the sdist
-carries no recorded benchmark results or built artefacts.
+"""Check what `python -m build` made: the wheel holds the detloss package and nothing else, exactly the
+source files of it and ``py.typed`` (no benchmark or test tooling, no stale build leftovers); the
+metadata's version and requirements are the project's; the sdist carries no recorded benchmark results
+or built artefacts.
 
 Usage: ``python .ci/check_dist.py DIST_DIR`` (run from the repository root).
 """
@@ -32,6 +33,11 @@ def check_wheel(path: Path, ver: str) -> None:
                for p in (ROOT / "src" / "detloss").rglob("*.py")}
     missing = sorted(sources - names)
     assert not missing, f"source files missing from the wheel: {missing}"
+    # a stale build/ directory can carry modules the sources no longer have (the benchmark once lived here)
+    extra = sorted(n for n in names if n.startswith("detloss/") and n not in sources | {"detloss/py.typed"})
+    assert not extra, f"files in the wheel that are not in src/detloss: {extra}"
+    tooling = sorted(n for n in names if re.search(r"(^|/)(bench\w*|tests?)(/|\.py$)", n))
+    assert not tooling, f"benchmark or test tooling in the wheel: {tooling}"
     assert "detloss/py.typed" in names, "the wheel lacks detloss/py.typed"
     assert not any("__pycache__" in n or n.endswith(".pyc") for n in names), "compiled files in the wheel"
     meta = email.message_from_bytes(zipfile.ZipFile(path).read(info + "METADATA"))
@@ -39,7 +45,8 @@ def check_wheel(path: Path, ver: str) -> None:
     required = [r for r in meta.get_all("Requires-Dist", []) if "extra ==" not in r]
     assert [re.split(r"[<>=!~ ;\[]", r)[0] for r in required] == ["torch"], required
     assert f"{info}licenses/LICENSE" in names, "the wheel lacks the license file"
-    print(f"{path.name}: {len(names)} files, detloss package only, py.typed, requires {required}")
+    print(f"{path.name}: {len(names)} files, the detloss sources only (no bench*.py, no tests), py.typed, "
+          f"requires {required}")
 
 
 def check_sdist(path: Path, ver: str) -> None:

@@ -16,8 +16,9 @@ installed (the side venv). References called, on the same inputs:
 
 Values: float64, max relative error per component summed over layers, of every per-layer value, of
 the total and of the gradients (max |Δ| / max |g|). Speed: float32, forward + backward with the
-matching, 2 threads, medians over interleaved rounds. Ops and syncs: ``tests/counting.py``'s
-``OpCounter`` over one forward + backward; host transfers = calls of the matcher's device → host copy
+matching, 2 threads, medians over interleaved rounds. Ops and syncs:
+:class:`detloss.profiling.DispatchCounter` over one forward + backward; host transfers = calls of
+the matcher's device → host copy
 (detloss: ``detloss.assign.hungarian.to_host``; transformers: one ``.cpu()`` per layer's matcher call).
 """
 
@@ -36,7 +37,7 @@ sys.path.insert(0, ROOT)
 
 import detloss.assign.hungarian as hungarian  # noqa: E402
 from detloss.criteria import DETRLoss  # noqa: E402
-from tests.counting import OpCounter  # noqa: E402
+from detloss.profiling import DispatchCounter  # noqa: E402
 
 try:
     from transformers import DeformableDetrConfig, DetrConfig, RTDetrConfig
@@ -155,7 +156,7 @@ def count(fn, lg, bx, tg):
 
     hungarian.to_host = counted
     try:
-        with OpCounter() as c:
+        with DispatchCounter() as c:
             total = fn(lg, bx, tg)
             total.backward()
     finally:
@@ -211,7 +212,8 @@ def main():
         return
     print("\nspeed: float32, forward + backward incl. matching, median ms over interleaved rounds")
     print("ours = validate=True, nv = validate=False; ratio = transformers / ours; per call: aten ops,")
-    print("host syncs seen by OpCounter (+ device -> host cost transfers: ours 1, transformers 1 per layer)")
+    print("host syncs seen by DispatchCounter (+ device -> host cost transfers: ours 1, transformers 1 per "
+          "layer)")
     cases = {
         "sparse": ("B=8 Q=300 L=6 C=91 20/img", 6, 8, 300, 91, 20),
         "dense": ("B=4 Q=300 L=6 C=2 200/img", 6, 4, 300, 2, 200),

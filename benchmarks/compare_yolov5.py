@@ -3,9 +3,9 @@
     PYTHONPATH=src <side-venv>/bin/python benchmarks/compare_yolov5.py [--repeats 7] [--no-compile]
 
 Needs an environment with the ``yolov5`` pip package (AGPL-3.0; it is only imported here, never a
-dependency of detloss). Same inputs as ``detloss bench --criteria`` (B = 16, 12 boxes per image, 640 px,
+dependency of detloss). Same inputs as ``benchmarks/bench.py --criteria`` (B = 16, 12 boxes per image, 640 px,
 C = 80, float32 heads): for each implementation the aten ops and host syncs of one forward + backward
-(the :class:`detloss.bench_criteria.OpCounter` of the test suite), the median fwd+bwd time in
+(:class:`detloss.profiling.DispatchCounter`, views not counted), the median fwd+bwd time in
 interleaved rounds, and the agreement of the total loss and the gradients. ``ComputeLoss`` gets the
 ``(B, A, H, W, 5 + C)`` contiguous tensors that ``Detect`` gives it in training; YOLOv5Loss the raw
 ``(B, A·(5+C), H, W)`` heads (the same numbers).
@@ -18,11 +18,15 @@ import statistics
 import sys
 import time
 import types
+from pathlib import Path
 
 import torch
 from torch import nn
 
-from detloss.bench_criteria import OpCounter, cases, fwd_bwd
+from detloss.profiling import DispatchCounter
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: tests.cases
+from tests.cases import cases, fwd_bwd  # noqa: E402
 
 
 def _import_compute_loss():
@@ -124,7 +128,7 @@ def main() -> None:
     for name, fn in impls.items():
         fn()  # warm-up
         if "compiled" not in name:
-            with OpCounter() as c:
+            with DispatchCounter() as c:
                 fn()
             print(f"{name}: {c.ops} aten ops, {c.syncs} host syncs")
     times: dict[str, list[float]] = {k: [] for k in impls}

@@ -11,7 +11,8 @@ Run in the side venv (torch 2.14.1 + ultralytics 8.4.190; never a dependency of 
 2. Time (float32, 2 threads, interleaved rounds, medians) of forward + backward, with ``validate=True``
    (default) and ``validate=False``.
 3. Peak extra memory of one forward + backward (growth of the peak RSS in a fresh process, after one
-   warm-up step), and aten ops / host syncs dispatched per step (``tests/counting.py``).
+   warm-up step), and aten ops / host syncs dispatched per step (:class:`detloss.profiling.DispatchCounter`,
+   views not counted).
 
 Cases: B = 16, 640 px, C = 80, 12 boxes per image; B = 8, 500 boxes per image (dense, small boxes);
 xView-style: B = 2, 5,000 boxes per image (C = 60). ultralytics is AGPL-3.0: it is only called here.
@@ -31,9 +32,7 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
-
-from detloss.criteria import YOLOv8Loss  # noqa: E402
+from detloss.criteria import YOLOv8Loss
 
 STRIDES = (8, 16, 32)
 
@@ -237,11 +236,11 @@ def memory(case, impl):
 
 
 def op_counts(case, impl):
-    from counting import OpCounter
+    from detloss.profiling import DispatchCounter
 
     step = step_fn(case, impl)
     step()
-    with OpCounter() as c:
+    with DispatchCounter() as c:
         step()
     return c.ops, c.syncs
 

@@ -4,7 +4,7 @@ Run in the side venv (torchvision): ``PYTHONPATH=src <side-venv>/bin/python benc
 Prints medians (interleaved rounds, one process) and the ratio peer time / detloss time (> 1: detloss
 faster). Peers: ``torchvision.ops`` losses, an ultralytics-style ``bbox_iou`` (written here from its
 documented behaviour: eps on h and on the union, two-corner hull) and the naive formula of
-``detloss.bench``.
+``tests/reference/naive.py``.
 """
 
 from __future__ import annotations
@@ -13,12 +13,15 @@ import argparse
 import math
 import statistics
 import sys
+from pathlib import Path
 
 import torch
 from torch.utils import benchmark
 
 import detloss
-from detloss.bench import naive_focal_loss, naive_iou_loss
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: tests.reference
+from tests.reference.naive import naive_focal_loss, naive_iou_loss  # noqa: E402
 
 try:
     from torchvision import ops

@@ -38,10 +38,11 @@ step 130 "tests (not slow)" "$py" -m pytest -q -m "not slow" -p no:cacheprovider
 # 2. the criteria table on CUDA: eager, and compiled with CUDA graphs (cold compile included)
 step 230 "criteria table, CUDA, reduce-overhead" "$py" -c "
 import sys, torch
-from detloss import bench_criteria as bc
-rows = bc.run(device='cuda', compile=True, mode='reduce-overhead', repeats=20, min_time=0.5,
-              progress=lambda r: print('  done', r.name, flush=True))
-text = bc.table(rows)
+sys.path.insert(0, 'benchmarks')
+from bench import criterion_rows, criterion_table
+rows = criterion_rows(device='cuda', compile=True, mode='reduce-overhead', repeats=20, min_time=0.5,
+                      progress=lambda r: print('  done', r.name, flush=True))
+text = criterion_table(rows)
 print(text)
 open(sys.argv[1], 'w').write(text + '\n')
 " "$out/criteria_cuda.md"

@@ -11,14 +11,14 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+import torch
+from torch.profiler import profile
+from torch.utils import benchmark
 
-import torch  # noqa: E402
-from torch.profiler import profile  # noqa: E402
-from torch.utils import benchmark  # noqa: E402
+import detloss
 
-import detloss  # noqa: E402
-from detloss import bench  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script or imported: bench.py
+from bench import box_inputs, focal_inputs  # noqa: E402
 
 
 def main() -> None:
@@ -32,10 +32,10 @@ def main() -> None:
     detloss.set_compile(not args.eager)
     gen = torch.Generator().manual_seed(0)
     if args.kind == "focal":
-        x = bench._focal_inputs(args.n, gen)
+        x = focal_inputs(args.n, gen)
         step = lambda: detloss.sigmoid_focal_loss(x["pred"], x["target"], validate=False)  # noqa: E731
     else:
-        x = bench._box_inputs(args.n, gen)
+        x = box_inputs(args.n, gen)
         step = lambda: detloss.iou_loss(x["pred"], x["target"], args.kind, validate=False)  # noqa: E731
 
     def fn() -> None:

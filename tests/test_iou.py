@@ -8,9 +8,10 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from naive import KINDS, ciou_frozen_alpha, iou_pair, iou_rows, random_boxes
 
 from detloss import bbox_iou, box_convert, box_iou, iou_loss
+from tests.helpers import random_boxes
+from tests.reference.naive import KINDS, ciou_frozen_alpha, iou_pair, iou_rows
 
 PI = math.pi
 

@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
-from naive import random_boxes
 
 from detloss import iou_loss, sigmoid_focal_loss, smooth_l1_loss, smooth_labels
 from detloss.losses import weight_reduce
+from tests.helpers import random_boxes
 
 # --------------------------------------------------------------------------- seed 004 worked example
 LOGITS_004 = [[0.7, 1.2, 0.3], [0.4, 0.2, 0.9], [0.6, 0.3, 0.4]]

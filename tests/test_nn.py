@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from naive import KINDS, random_boxes
 
 import detloss
 from detloss import iou_loss, sigmoid_focal_loss, smooth_l1_loss
+from tests.helpers import random_boxes
+from tests.reference.naive import KINDS
 
 
 @pytest.mark.parametrize("kind", KINDS)

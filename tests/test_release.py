@@ -17,7 +17,7 @@ from urllib.parse import unquote, urlparse
 import pytest
 
 import detloss
-from detloss import _extras, _version, bench
+from detloss import _extras, _version
 from detloss.cli import main
 from detloss.lab import _util, evaluate
 
@@ -108,7 +108,7 @@ def test_importing_detloss_pulls_in_no_optional_dependency():
     code = (
         "import json, sys, torch; before = set(sys.modules)\n"
         "import detloss, detloss.nn, detloss.criteria, detloss.assign, detloss.codecs, detloss.cli\n"
-        "import detloss.bench, detloss.lab.demo, detloss.lab.simulate, detloss.lab.landscape\n"
+        "import detloss.profiling, detloss.lab.demo, detloss.lab.simulate, detloss.lab.landscape\n"
         "print(json.dumps(sorted({m.partition('.')[0] for m in set(sys.modules) - before})))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -135,8 +135,8 @@ def _assert_names_extra(err: pytest.ExceptionInfo, package: str, extra: str) -> 
 def test_require_names_the_extra(monkeypatch):
     _hide(monkeypatch, "matplotlib")
     with pytest.raises(_extras.MissingExtraError) as err:
-        _extras.require("matplotlib.pyplot", "bench")
-    _assert_names_extra(err, "matplotlib", "bench")
+        _extras.require("matplotlib.pyplot", "lab")
+    _assert_names_extra(err, "matplotlib", "lab")
     assert err.value.name == "matplotlib"
     assert isinstance(err.value.__cause__, ImportError)  # the original error stays attached
 
@@ -160,13 +160,6 @@ def test_lab_without_its_extra(monkeypatch, tmp_path, package, call):
     _assert_names_extra(err, package, "lab")
 
 
-def test_bench_plot_without_matplotlib(monkeypatch, tmp_path):
-    _hide(monkeypatch, "matplotlib")
-    with pytest.raises(ImportError) as err:
-        bench.plot([], str(tmp_path / "plot.png"))
-    _assert_names_extra(err, "matplotlib", "bench")
-
-
 def test_lab_command_without_its_extra_says_what_to_install(monkeypatch, tmp_path, capsys):
     _hide(monkeypatch, "matplotlib")
     argv = ["plot", "--losses", "iou", "--grid", "5", "--out", str(tmp_path)]
@@ -188,7 +181,8 @@ def test_typed_package():
 def test_docs_reference_every_public_module():
     """Each public module has a reference page rendering the module (hence its ``__all__``)."""
     pages = "\n".join(p.read_text(encoding="utf-8") for p in (ROOT / "docs" / "api").glob("*.md"))
-    for module in ("detloss", "detloss.nn", "detloss.criteria", "detloss.assign", "detloss.codecs"):
+    for module in ("detloss", "detloss.nn", "detloss.criteria", "detloss.assign", "detloss.codecs",
+                   "detloss.profiling"):
         assert re.search(rf"^::: {re.escape(module)}$", pages, flags=re.MULTILINE), module
 
 

@@ -4,7 +4,7 @@ The public API is re-exported here; nothing is defined in this file. Reference a
 documentation site built from ``docs/`` (``mkdocs serve``, see the README).
 """
 
-from . import nn
+from . import nn, profiling
 from ._version import __version__ as __version__
 from .boxes import box_area, box_convert
 from .iou import bbox_iou, box_iou
@@ -28,6 +28,7 @@ __all__ = [
     "distribution_focal_loss",
     "iou_loss",
     "nn",
+    "profiling",
     "quality_focal_loss",
     "set_compile",
     "sigmoid_focal_loss",

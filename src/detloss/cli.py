@@ -1,4 +1,7 @@
-"""The ``detloss`` command. The only module, with the lab, that prints."""
+"""The ``detloss`` command: the tour (default) and the lab. The only module, with the lab, that prints.
+
+Benchmarks are not a command: they live beside the package, in the repository's ``benchmarks/bench.py``.
+"""
 
 from __future__ import annotations
 
@@ -45,92 +48,6 @@ def tour(args: argparse.Namespace) -> int:
     return 0
 
 
-def _int_list(text: str) -> list[int]:
-    return [int(float(v)) for v in text.split(",") if v]
-
-
-def bench(args: argparse.Namespace) -> int:
-    """Time detloss against torchvision.ops, naive eager formulas and the bandwidth floor."""
-    if args.criteria is not None:
-        return bench_criteria(args)
-    from . import bench as b  # lazy: the benchmark is not needed by the other commands
-
-    b.default_cases()
-    kinds = args.kinds.split(",") if args.kinds else None
-    cases = None
-    if kinds is not None:
-        alias = {"focal": "sigmoid_focal_loss", **{k: f"iou_loss[{k}]" for k in (*b.ALL_KINDS, *b.VARIANTS)}}
-        cases = [alias.get(k, k) for k in kinds]
-        unknown = [c for c in cases if c not in b.CASES]
-        if unknown:
-            known = ", ".join((*b.ALL_KINDS, *b.VARIANTS))
-            print(f"unknown case(s) {unknown}; known: {known}, focal, {', '.join(b.CASES)}")
-            return 2
-    env = b.environment()
-    print(f"detloss bench — {env['date']}, torch {env['torch']}, torchvision {env['torchvision']}")
-    print(f"CPU {env['cpu']} ({env['cores']} cores), {args.threads} threads, float32, fwd+bwd medians\n")
-    rows = b.run(
-        cases,
-        args.sizes,
-        repeats=args.repeats,
-        min_time=args.min_time,
-        threads=args.threads,
-        compile=args.compile,
-        memory=args.memory,
-        progress=lambda r: print(f"  done {r.case} {r.size}", file=sys.stderr, flush=True),
-    )
-    print(b.table(rows))
-    print(
-        "\nours = the compiled path when measured (else eager); ratios peer/ours > 1 mean detloss is faster;"
-        "\nfloor = a + b over the inputs' bytes; mem = peak extra RSS of one step in a fresh process;"
-        "\nwarm-up = first call of ours+compile (compilation, or inductor's disk cache)."
-    )
-    if args.json:
-        b.to_json(rows, args.json)
-        print(f"wrote {args.json}")
-    if args.plot:
-        try:
-            b.plot(rows, args.plot)
-            print(f"wrote {args.plot}")
-        except MissingExtraError as e:
-            print(f"--plot: {e}")
-    return 0
-
-
-def bench_criteria(args: argparse.Namespace) -> int:
-    """The criteria table: aten ops, host syncs, eager and compiled fwd+bwd, peak memory."""
-    import torch
-
-    from . import bench_criteria as bc
-
-    torch.set_num_threads(args.threads)
-    names = [n for n in args.criteria.split(",") if n] if args.criteria else None
-    print(
-        f"detloss bench --criteria — torch {torch.__version__}, {args.device}, {args.threads} threads, "
-        f"B={bc.BATCH}, {bc.BOXES_PER_IMAGE} boxes per image, float32, fwd+bwd medians\n"
-    )
-    rows = bc.run(
-        names,
-        device=args.device,
-        compile=args.compile,
-        mode=args.mode,
-        repeats=args.repeats,
-        min_time=args.min_time,
-        progress=lambda r: print(f"  done {r.name}", file=sys.stderr, flush=True),
-    )
-    if not rows:
-        print(f"no criterion matches {args.criteria!r}; known: {', '.join(c.name for c in bc.cases())}")
-        return 2
-    print(bc.table(rows))
-    print(
-        "\nops = aten ops dispatched (kernel launches on a GPU), syncs = those needing the host, "
-        "validate=False (and True);\ncompiled = torch.compile(crit, fullgraph=True, dynamic=True); "
-        "compile s = its first call. The yolov5 package's\nComputeLoss: benchmarks/compare_yolov5.py "
-        "in an environment that has it."
-    )
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="detloss", description=__doc__)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -139,30 +56,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pred", type=float, nargs=4, default=[0.0, 0.0, 4.0, 2.0], metavar="X")
     p.add_argument("--target", type=float, nargs=4, default=[1.0, 1.0, 3.0, 5.0], metavar="X")
     p.set_defaults(func=tour)
-
-    p = sub.add_parser("bench", help="time detloss against torchvision.ops and naive formulas")
-    p.add_argument("--sizes", type=_int_list, default=None, help="comma-separated N, e.g. 1e4,1e5")
-    p.add_argument("--kinds", default=None,
-                   help="comma-separated: iou,giou,diou,ciou,eiou,siou,wiou,mpdiou,ciou+alpha,ciou+inner,"
-                        "ciou+focaler,focal")
-    p.add_argument("--repeats", type=int, default=7, help="minimum timing rounds (default 7)")
-    p.add_argument("--min-time", type=float, default=0.2, help="minimum seconds per median")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--no-compile", dest="compile", action="store_false", help="skip the torch.compile path")
-    p.add_argument("--memory", choices=("largest", "all", "none"), default="largest")
-    p.add_argument("--json", metavar="PATH", help="write the table as JSON")
-    p.add_argument("--plot", metavar="PATH", help="draw time vs N (needs matplotlib)")
-    p.add_argument(
-        "--criteria",
-        nargs="?",
-        const="",
-        default=None,
-        metavar="NAMES",
-        help="the criteria table instead (optionally comma-separated name parts, e.g. yolov5,ssd)",
-    )
-    p.add_argument("--device", default="cpu", help="--criteria: device to time on (cpu, cuda)")
-    p.add_argument("--mode", default=None, help="--criteria: torch.compile mode, e.g. reduce-overhead")
-    p.set_defaults(func=bench)
 
     _add_lab_commands(sub)
     parser.set_defaults(commands=tuple(sub.choices))
@@ -254,7 +147,7 @@ def _add_lab_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--criterion", choices=("yolov3", "yolov4", "yolov5", "yolov8", "ssd", "all"),
                    default="yolov5",
-                   help="criterion to train with (default yolov5; 'all' runs every available one)")
+                   help="criterion to train with (default yolov5; 'all' runs each in turn)")
     p.add_argument("--epochs", type=int, default=30, help="training epochs (default 30)")
     p.add_argument("--train-images", type=int, default=512)
     p.add_argument("--test-images", type=int, default=128)
@@ -263,7 +156,6 @@ def _add_lab_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--width", type=int, default=32, help="base channel width of the detector")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--list", action="store_true", help="list the criteria and whether this build has them")
     p.add_argument("--out", default="lab_out", help="output folder for PNGs and JSON (default lab_out)")
     p.add_argument("--threads", type=int, default=0,
                    help="torch CPU threads (default: torch's choice; 1 is fastest on a busy machine)")

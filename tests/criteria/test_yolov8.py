@@ -4,8 +4,6 @@ calculations, and the one-graph rules (no host sync, torch.compile)."""
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,9 +13,7 @@ import detloss.assign.tal as tal
 from detloss.assign import pad_targets, task_aligned_assign
 from detloss.criteria import YOLOv8Loss
 from detloss.iou import iou_xyxy
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from counting import OpCounter  # noqa: E402
+from detloss.profiling import DispatchCounter
 
 D = torch.float64
 
@@ -386,17 +382,18 @@ def _bench_case():
     return preds, pad_targets(targets, 80, validate=False)
 
 
-def test_no_host_sync_and_fewer_ops_than_ultralytics():
+def test_no_host_sync_and_bounded_ops():
     """With padded targets and validate=False one forward+backward dispatches no op that needs the
-    host. Ops: ultralytics 8.4.190's v8DetectionLoss dispatches 873 on this batch (B = 16, 640 px,
-    C = 80, 12 boxes; counted with this OpCounter in the side venv, benchmarks/compare_yolov8.py)."""
+    host, and at most 550 ops (530 measured, views not counted). With views counted too, ultralytics
+    8.4.190's v8DetectionLoss dispatched 873 ops on this batch (B = 16, 640 px, C = 80, 12 boxes;
+    benchmarks/compare_yolov8.py) and YOLOv8Loss 762."""
     preds, padded = _bench_case()
     crit = YOLOv8Loss(80, validate=False)
     crit(preds, padded)  # warm-up
-    with OpCounter() as c:
+    with DispatchCounter() as c:
         torch.autograd.grad(crit(preds, padded).total, preds)
     assert c.syncs == 0, c.sync_ops
-    assert c.ops < 873
+    assert c.ops <= 550, c.by_name.most_common(10)
 
 
 @pytest.mark.slow  # cold compile: 40–140 s on the shared 2-core machine

@@ -7,14 +7,12 @@ AdamW with a cosine schedule → decode + :func:`.model.select_detections` → p
 
 Criteria are looked up in :data:`CRITERIA`. Each entry says how to build the criterion, how to hand it
 the network's raw outputs and how to decode those outputs into scored boxes, so a criterion is wired
-in one place. An entry whose class is not in this build of ``detloss.criteria`` is reported as
-unavailable instead of failing at import.
+in one place.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import math
 import time
@@ -26,7 +24,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .. import codecs
 from ..boxes import convert
+from ..criteria import SSDLoss, YOLOv3Loss, YOLOv4Loss, YOLOv5Loss, YOLOv8Loss
 from .data import CLASSES, ShapesData, make_shapes
 from .evaluate import coco_map
 from .model import TinyDetector, select_detections
@@ -49,16 +49,14 @@ class CriterionSpec:
     """How the demo drives one criterion.
 
     Attributes:
-        class_name: the class in ``detloss.criteria``.
-        build: ``(criteria module, num_classes, image size) → criterion``.
+        build: ``(num_classes, image size) → criterion``.
         preds: ``(raw outputs, image size) → what the criterion's forward takes as preds``.
         decode: ``(raw outputs, image size) → (boxes (B, N, 4) xyxy pixels, scores (B, N, C))``.
         head_channels: ``num_classes → channels per scale`` of the network's head (None: 3 anchors
             × (5 + C), the layout every anchor-based criterion reads).
     """
 
-    class_name: str
-    build: Callable[[Any, int, int], Any]
+    build: Callable[[int, int], Any]
     preds: Callable[[list[Tensor], int], Any]
     decode: Callable[[list[Tensor], int], tuple[Tensor, Tensor]]
     head_channels: Callable[[int], int] | None = None
@@ -73,23 +71,22 @@ def _grid(h: int, w: int, like: Tensor) -> Tensor:
 
 
 def _yolo_decoder(
-    box_fn: Callable[[Any, Tensor, Tensor, Tensor, int], Tensor],
+    box_fn: Callable[[Tensor, Tensor, Tensor, int], Tensor],
 ) -> Callable[[list[Tensor], int], tuple[Tensor, Tensor]]:
     """Decode YOLO heads into xyxy boxes and per-class scores σ(obj)·σ(cls).
 
-    ``box_fn(codecs, raw (B, A, H, W, 4), anchors (A, 1, 1, 2) pixels, grid (H, W, 2), stride)`` → cxcywh
+    ``box_fn(raw (B, A, H, W, 4), anchors (A, 1, 1, 2) pixels, grid (H, W, 2), stride)`` → cxcywh
     pixels calls the criterion's own codec in ``detloss.codecs``.
     """
 
     def decode(outputs: list[Tensor], size: int) -> tuple[Tensor, Tensor]:
-        codecs = importlib.import_module("detloss.codecs")
         boxes, scores = [], []
         for out, anchors, stride in zip(outputs, ANCHORS, STRIDES, strict=True):
             b, _, h, w = out.shape
             a = len(anchors)
             p = out.view(b, a, -1, h, w).permute(0, 1, 3, 4, 2)  # (B, A, H, W, 5 + C)
             anc = out.new_tensor(anchors)[:, None, None, :]
-            box = box_fn(codecs, p[..., :4], anc, _grid(h, w, out), stride)
+            box = box_fn(p[..., :4], anc, _grid(h, w, out), stride)
             boxes.append(convert(box, "cxcywh", "xyxy").reshape(b, -1, 4))
             scores.append((p[..., 4:5].sigmoid() * p[..., 5:].sigmoid()).reshape(b, a * h * w, -1))
         return torch.cat(boxes, 1), torch.cat(scores, 1)
@@ -125,7 +122,6 @@ def _ssd_split(outputs: list[Tensor]) -> tuple[Tensor, Tensor]:
 
 
 def _ssd_decode(outputs: list[Tensor], size: int) -> tuple[Tensor, Tensor]:
-    codecs = importlib.import_module("detloss.codecs")
     loc, conf = _ssd_split(outputs)
     box = codecs.decode_ssd(loc, ssd_priors(size, loc.dtype).to(loc.device))
     return convert(box, "cxcywh", "xyxy"), conf.softmax(-1)[..., 1:]  # class 0 = background
@@ -138,7 +134,6 @@ def _yolo_preds(outputs: list[Tensor], size: int) -> list[Tensor]:
 def _yolov8_decode(outputs: list[Tensor], size: int) -> tuple[Tensor, Tensor]:
     """Anchor-free heads ``(B, 4·reg_max + C, H, W)`` → boxes (DFL expectation around each cell centre,
     :func:`detloss.codecs.decode_distances`, times the stride) and per-class σ(cls)."""
-    codecs = importlib.import_module("detloss.codecs")
     boxes, scores = [], []
     for out, stride in zip(outputs, STRIDES, strict=True):
         b, _, h, w = out.shape
@@ -152,14 +147,12 @@ def _yolov8_decode(outputs: list[Tensor], size: int) -> tuple[Tensor, Tensor]:
 
 CRITERIA: dict[str, CriterionSpec] = {
     "yolov3": CriterionSpec(
-        "YOLOv3Loss",
-        lambda m, c, size: m.YOLOv3Loss(num_classes=c, anchors=ANCHORS, strides=STRIDES),
+        lambda c, size: YOLOv3Loss(num_classes=c, anchors=ANCHORS, strides=STRIDES),
         _yolo_preds,
-        _yolo_decoder(lambda codecs, raw, anc, grid, s: codecs.decode_yolo(raw, grid, anc, s)),
+        _yolo_decoder(lambda raw, anc, grid, s: codecs.decode_yolo(raw, grid, anc, s)),
     ),
     "yolov4": CriterionSpec(
-        "YOLOv4Loss",
-        lambda m, c, size: m.YOLOv4Loss(
+        lambda c, size: YOLOv4Loss(
             num_classes=c,
             preset="yolov4",
             anchors=ANCHORS,
@@ -167,47 +160,32 @@ CRITERIA: dict[str, CriterionSpec] = {
             strides=STRIDES,
         ),
         _yolo_preds,
-        _yolo_decoder(lambda codecs, raw, anc, grid, s: codecs.decode_yolo(raw, grid, anc, s)),
+        _yolo_decoder(lambda raw, anc, grid, s: codecs.decode_yolo(raw, grid, anc, s)),
     ),
     "yolov5": CriterionSpec(
-        "YOLOv5Loss",
-        lambda m, c, size: m.YOLOv5Loss(num_classes=c, anchors=ANCHORS, strides=STRIDES),
+        lambda c, size: YOLOv5Loss(num_classes=c, anchors=ANCHORS, strides=STRIDES),
         _yolo_preds,
-        _yolo_decoder(lambda codecs, raw, anc, grid, s: codecs.decode_yolov5(raw, anc / s, grid, s)),
+        _yolo_decoder(lambda raw, anc, grid, s: codecs.decode_yolov5(raw, anc / s, grid, s)),
     ),
     "yolov8": CriterionSpec(
-        "YOLOv8Loss",
-        lambda m, c, size: m.YOLOv8Loss(num_classes=c, strides=STRIDES, reg_max=V8_REG_MAX),
+        lambda c, size: YOLOv8Loss(num_classes=c, strides=STRIDES, reg_max=V8_REG_MAX),
         _yolo_preds,
         _yolov8_decode,
         head_channels=lambda c: 4 * V8_REG_MAX + c,
     ),
     "ssd": CriterionSpec(
-        "SSDLoss",
-        lambda m, c, size: m.SSDLoss(num_classes=c, priors=ssd_priors(size)),
+        lambda c, size: SSDLoss(num_classes=c, priors=ssd_priors(size)),
         lambda outputs, size: _ssd_split(outputs),
         _ssd_decode,
     ),
 }
 
 
-def available_criteria() -> list[str]:
-    """The registry entries whose criterion class exists in this build of ``detloss.criteria``."""
-    module = importlib.import_module("detloss.criteria")
-    return [name for name, spec in CRITERIA.items() if hasattr(module, spec.class_name)]
-
-
 def build_criterion(name: str, num_classes: int, size: int) -> Any:
+    """The :data:`CRITERIA` entry ``name`` for ``num_classes`` classes on ``size``-pixel images."""
     if name not in CRITERIA:
         raise ValueError(f"criterion must be one of {tuple(CRITERIA)}, got {name!r}")
-    module = importlib.import_module("detloss.criteria")
-    spec = CRITERIA[name]
-    if not hasattr(module, spec.class_name):
-        raise SystemExit(
-            f"detloss demo: criterion {name!r} needs detloss.criteria.{spec.class_name}, which this build "
-            f"does not have yet; available: {', '.join(available_criteria()) or 'none'}"
-        )
-    return spec.build(module, num_classes, size)
+    return CRITERIA[name].build(num_classes, size)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -401,15 +379,7 @@ def run(
 
 
 def main(args: argparse.Namespace) -> int:
-    if args.list:
-        have = set(available_criteria())
-        for name, spec in CRITERIA.items():
-            state = "available" if name in have else "not in this build"
-            print(f"{name:7} detloss.criteria.{spec.class_name:11} {state}")
-        return 0
     names = list(CRITERIA) if args.criterion == "all" else [args.criterion]
-    if args.criterion == "all":
-        names = [n for n in names if n in available_criteria()]
     out = Path(args.out)
     rows = []
     for name in names:

@@ -1,0 +1,187 @@
+"""Every criterion at its training size: the inputs that ``tests/test_one_graph.py`` counts and compiles
+and that ``benchmarks/bench.py --criteria`` times.
+
+B = 16 images, :data:`BOXES_PER_IMAGE` boxes each by default: YOLOv3Loss and both YOLOv4Loss presets
+at 416 px with C = 80, YOLOv5Loss and YOLOv8Loss at 640 px with C = 80, SSDLoss on the 8732 SSD300
+priors with C = 20. A criterion added to the library gets one :class:`CriterionCase` in :func:`cases`
+and is counted, compiled and benchmarked.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from detloss.criteria import SSDLoss, YOLOv3Loss, YOLOv4Loss, YOLOv5Loss, YOLOv8Loss
+from detloss.criteria.yolov4 import PRESETS
+from detloss.profiling import DispatchCounter
+
+Targets = list[dict[str, Tensor]]
+#: ``(generator, boxes per image, dtype, device) -> (preds, targets)``
+Inputs = Callable[
+    [torch.Generator, Sequence[int], torch.dtype, torch.device | str], tuple[list[Tensor], Targets]
+]
+
+BATCH, BOXES_PER_IMAGE = 16, 12
+
+
+def yolo_targets(gen: torch.Generator, batch: int, size: int, counts: Sequence[int], c: int) -> Targets:
+    """``counts[i % len(counts)]`` boxes in image i: xyxy pixels with the centre inside the image, sides
+    log-uniform in [4, size / 2], labels in [0, c)."""
+    out = []
+    for i in range(batch):
+        n = counts[i % len(counts)]
+        wh = torch.exp(torch.empty(n, 2).uniform_(math.log(4), math.log(size / 2), generator=gen))
+        ctr = torch.rand(n, 2, generator=gen) * (size - 2) + 1
+        boxes = torch.cat([ctr - wh / 2, ctr + wh / 2], -1).clamp(0, size)
+        out.append({"boxes": boxes, "labels": torch.randint(0, c, (n,), generator=gen)})
+    return out
+
+
+def ssd_targets(gen: torch.Generator, batch: int, counts: Sequence[int], c: int) -> Targets:
+    """``counts[i % len(counts)]`` boxes in image i in [0, 1] coordinates, sides uniform in
+    [0.05, 0.5], labels in [0, c)."""
+    out = []
+    for i in range(batch):
+        n = counts[i % len(counts)]
+        wh = torch.rand(n, 2, generator=gen) * 0.45 + 0.05
+        ctr = torch.rand(n, 2, generator=gen) * 0.9 + 0.05
+        boxes = torch.cat([ctr - wh / 2, ctr + wh / 2], -1).clamp(0, 1)
+        out.append({"boxes": boxes, "labels": torch.randint(0, c, (n,), generator=gen)})
+    return out
+
+
+def ssd300_priors(dtype: torch.dtype = torch.float32) -> Tensor:
+    """The 8732 SSD300 default boxes, ``(8732, 4)`` cxcywh in [0, 1]: per cell the min size,
+    sqrt(min·max) and each aspect ratio r and 1/r of the min size (the ssd.pytorch ``PriorBox`` layout)."""
+    maps, steps = (38, 19, 10, 5, 3, 1), (8, 16, 32, 64, 100, 300)
+    mins, maxs = (30, 60, 111, 162, 213, 264), (60, 111, 162, 213, 264, 315)
+    ratios = ((2,), (2, 3), (2, 3), (2, 3), (2,), (2,))
+    out = []
+    for f, step, lo, hi, ars in zip(maps, steps, mins, maxs, ratios, strict=True):
+        fk, s = 300 / step, lo / 300
+        sp = math.sqrt(s * hi / 300)
+        for i, j in itertools.product(range(f), repeat=2):
+            cx, cy = (j + 0.5) / fk, (i + 0.5) / fk
+            out += [[cx, cy, s, s], [cx, cy, sp, sp]]
+            for ar in ars:
+                r = math.sqrt(ar)
+                out += [[cx, cy, s * r, s / r], [cx, cy, s / r, s * r]]
+    return torch.tensor(out, dtype=dtype)
+
+
+@dataclass(frozen=True)
+class CriterionCase:
+    """One criterion at one training size.
+
+    Attributes:
+        name: the test id and the table row.
+        build: ``validate -> criterion``.
+        inputs: ``(generator, boxes per image, dtype, device) -> (preds, targets)``; ``preds`` are
+            leaf tensors requiring grad.
+        ops_target: the most aten ops (:class:`~detloss.profiling.DispatchCounter`) one forward +
+            backward may dispatch with ``validate=False`` at :data:`BOXES_PER_IMAGE` boxes per image.
+    """
+
+    name: str
+    build: Callable[[bool], nn.Module]
+    inputs: Inputs
+    ops_target: int
+
+
+def yolo_inputs(size: int, strides: Sequence[int], channels: int, c: int, batch: int = BATCH) -> Inputs:
+    """Raw heads ``(batch, channels, size / s, size / s)`` per stride and ``c``-class targets in input
+    pixels."""
+
+    def make(gen, counts, dtype=torch.float32, device="cpu"):
+        preds = [
+            (torch.randn(batch, channels, size // s, size // s, generator=gen) * 0.5)
+            .to(dtype=dtype, device=device)
+            .requires_grad_()
+            for s in strides
+        ]
+        targets = yolo_targets(gen, batch, size, counts, c)
+        return preds, [{k: v.to(device) for k, v in t.items()} for t in targets]
+
+    return make
+
+
+def ssd_inputs(num_priors: int, c: int, batch: int = BATCH) -> Inputs:
+    """``loc (batch, num_priors, 4)``, ``conf (batch, num_priors, c + 1)`` and ``c``-class targets in
+    [0, 1] coordinates."""
+
+    def make(gen, counts, dtype=torch.float32, device="cpu"):
+        loc = (torch.randn(batch, num_priors, 4, generator=gen) * 0.5).to(dtype=dtype, device=device)
+        conf = torch.randn(batch, num_priors, c + 1, generator=gen).to(dtype=dtype, device=device)
+        targets = ssd_targets(gen, batch, counts, c)
+        return [loc.requires_grad_(), conf.requires_grad_()], [
+            {k: v.to(device) for k, v in t.items()} for t in targets
+        ]
+
+    return make
+
+
+@functools.cache
+def cases() -> tuple[CriterionCase, ...]:
+    """YOLOv3Loss, YOLOv4Loss "yolov4" and "tiny", YOLOv5Loss, YOLOv8Loss and SSDLoss at their
+    training sizes.
+
+    ``ops_target`` is a regression bound a few percent above the measured count (325, 350, 342, 274,
+    542 and 110 ops, in this order).
+    """
+    priors = ssd300_priors()
+    v3, v4, tiny = (8, 16, 32), PRESETS["yolov4"][2], PRESETS["tiny"][2]
+    return (
+        CriterionCase(
+            "YOLOv3Loss 416", lambda v: YOLOv3Loss(80, validate=v), yolo_inputs(416, v3, 3 * 85, 80), 340
+        ),
+        CriterionCase(
+            "YOLOv4Loss yolov4 416",
+            lambda v: YOLOv4Loss(80, "yolov4", validate=v),
+            yolo_inputs(416, v4, 3 * 85, 80),
+            365,
+        ),
+        CriterionCase(
+            "YOLOv4Loss tiny 416",
+            lambda v: YOLOv4Loss(80, "tiny", validate=v),
+            yolo_inputs(416, tiny, 3 * 85, 80),
+            355,
+        ),
+        CriterionCase(
+            "YOLOv5Loss 640", lambda v: YOLOv5Loss(80, validate=v), yolo_inputs(640, v3, 3 * 85, 80), 285
+        ),
+        CriterionCase(
+            "YOLOv8Loss 640",
+            lambda v: YOLOv8Loss(80, validate=v),
+            yolo_inputs(640, v3, 4 * 16 + 80, 80),  # 4·reg_max + C channels
+            565,
+        ),
+        CriterionCase(
+            "SSDLoss 8732", lambda v: SSDLoss(20, priors, validate=v), ssd_inputs(priors.shape[0], 20), 115
+        ),
+    )
+
+
+def fwd_bwd(crit: Callable, preds: list[Tensor], targets: Targets) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """One forward + backward: the detached total loss and the gradients of ``preds``."""
+    loss = crit(preds, targets).total
+    grads = torch.autograd.grad(loss, preds, allow_unused=True)
+    return loss.detach(), grads
+
+
+def count(
+    case: CriterionCase, validate: bool = False, counts: Sequence[int] = (BOXES_PER_IMAGE,)
+) -> DispatchCounter:
+    """Ops and syncs of one forward + backward, after one warm-up call (lazy set-up is not counted)."""
+    crit = case.build(validate)
+    preds, targets = case.inputs(torch.Generator().manual_seed(0), counts)
+    fwd_bwd(crit, preds, targets)
+    with DispatchCounter() as c:
+        fwd_bwd(crit, preds, targets)
+    return c
