@@ -95,9 +95,10 @@ def test_changelog_starts_at_the_current_version():
 # ------------------------------------------------------------------------------------------------
 
 
-def test_torch_is_the_only_requirement():
+def test_torch_and_numpy_are_the_only_requirements():
+    """numpy beside torch: without it torch warns "Failed to initialize NumPy" on every import."""
     project = _pyproject()["project"]
-    assert [re.split(r"[<>=!~ ;\[]", d)[0] for d in project["dependencies"]] == ["torch"]
+    assert [re.split(r"[<>=!~ ;\[]", d)[0] for d in project["dependencies"]] == ["torch", "numpy"]
     extras = project["optional-dependencies"]
     for extra in ("lab", "bench", "docs", "test", "release"):
         assert extra in extras, extra

@@ -136,7 +136,8 @@ def small_run():
 
 
 def test_paper_steps_reproduce_fig3b_shape(small_run):
-    # Fig. 3(b), and re-runs of the authors' script (5000 points): E(T)/E(0) IoU 0.89, GIoU 0.23, DIoU = CIoU ~ 6e-4;
+    # Fig. 3(b), and re-runs of the authors' script (5000 points): E(T)/E(0) IoU 0.89, GIoU 0.23,
+    # DIoU = CIoU ~ 6e-4;
     # E(20): CIoU < DIoU < GIoU. 40 points scatter by a few per cent.
     e0, (_, paper), _ = small_run
     final = {k: c[-1] / e0 for k, c in paper.curves.items()}
