@@ -118,6 +118,17 @@ def positive_ints(name: str, values: Sequence) -> tuple[int, ...]:
     return out
 
 
+def check_at_least(
+    name: str, value: object, low: float = 0.0, *, strict: bool = False, finite: bool = True
+) -> None:
+    """Raise ``ValueError`` unless ``value`` is a number ``>= low`` (``> low`` when ``strict``), and
+    finite unless ``finite=False`` (smooth L1's σ = ∞ is a meaningful limit: plain L1)."""
+    ok = finite_number(value) or not finite  # NaN fails the comparison below
+    if not (ok and (value > low if strict else value >= low)):  # type: ignore[operator]
+        kind = "a finite number" if finite else "a number"
+        raise ValueError(f"{name} must be {kind} {'>' if strict else '>='} {low:g}, got {value!r}")
+
+
 def check_unit(name: str, value: float) -> None:
     """Raise ``ValueError`` unless ``value`` is a number in [0, 1]."""
     if not (is_number(value) and 0 <= value <= 1):
