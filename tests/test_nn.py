@@ -228,7 +228,7 @@ def test_module_constructor_errors():
         (lambda: detloss.nn.WIoULoss(alpha=0.0), "alpha must be a finite number > 0"),
         (lambda: detloss.nn.WIoULoss(delta=math.inf), "delta must be a finite number > 0"),
         (lambda: detloss.nn.WIoULoss(fmt="xyzw"), "fmt"),
-        (lambda: detloss.nn.SmoothL1Loss(sigma=math.nan), "sigma must be a number > 0"),
+        (lambda: detloss.nn.SmoothL1Loss(sigma=math.nan), "sigma must be > 0"),
     ]
     for make, message in bad:
         with pytest.raises(ValueError, match=message):

@@ -20,10 +20,10 @@ from torch import Tensor
 
 from .boxes import BoxFormat
 from .checks import (
-    check_at_least,
     check_broadcasts_to,
     check_class_ids,
     check_finite,
+    check_number,
     check_one_of,
     check_tensor,
     finite_number,
@@ -216,7 +216,7 @@ def sigmoid_focal_loss(
         Scalar, or ``(*)`` with ``reduction="none"``. float16/bfloat16 logits are computed in
         float32: ``1 − p_t`` underflows in half precision and ``exp`` overflows.
     """
-    check_at_least("gamma", gamma)
+    check_number("gamma", gamma, low=0)
     if not (finite_number(alpha) and alpha <= 1):
         raise ValueError(f"alpha must be <= 1 (or < 0 to disable), got {alpha}")
     if pos_weight is not None:
@@ -263,7 +263,7 @@ def quality_focal_loss(
         reduction, weight, avg_factor: see :func:`weight_reduce`.
         validate: check logits are finite and targets lie in [0, 1] (one host sync).
     """
-    check_at_least("beta", beta)
+    check_number("beta", beta, low=0)
     x, t = _logits_and_targets(logits, targets, validate)
     loss = F.binary_cross_entropy_with_logits(x, t, reduction="none")
     if beta != 0:
@@ -301,14 +301,20 @@ def varifocal_loss(
         reduction, weight, avg_factor: see :func:`weight_reduce`.
         validate: check logits are finite and targets lie in [0, 1] (one host sync).
     """
-    check_at_least("alpha", alpha)
-    check_at_least("gamma", gamma)
+    check_number("alpha", alpha, low=0)
+    check_number("gamma", gamma, low=0)
     x, t = _logits_and_targets(logits, targets, validate)
     p = torch.sigmoid(x)
     negative = alpha * p.clamp(min=torch.finfo(x.dtype).tiny) ** gamma
     focal_weight = torch.where(t > 0, t if iou_weighted else 1.0, negative)
     loss = F.binary_cross_entropy_with_logits(x, t, reduction="none") * focal_weight
     return weight_reduce(loss, weight, reduction, avg_factor)
+
+
+def check_sigma(sigma: float) -> None:
+    """Smooth L1's σ: > 0, and ∞ allowed (β = 1/σ² = 0 leaves no quadratic zone: plain L1)."""
+    if not sigma > 0:
+        raise ValueError(f"sigma must be > 0, got {sigma}")
 
 
 def smooth_l1_loss(
@@ -351,7 +357,7 @@ def smooth_l1_loss(
         raise ValueError(
             f"target must have the shape of pred {tuple(pred.shape)}, got {tuple(target.shape)}"
         )
-    check_at_least("sigma", sigma, strict=True, finite=False)
+    check_sigma(sigma)
     for name, w in (("inside_weight", inside_weight), ("outside_weight", outside_weight)):
         if isinstance(w, Tensor):
             check_broadcasts_to(name, w, pred.shape, "the shape of pred")

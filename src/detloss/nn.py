@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from . import losses
 from .boxes import BoxFormat
-from .checks import check_at_least, check_one_of, check_unit
+from .checks import check_number, check_one_of, check_unit
 from .iou import IoUKind, iou_options, iou_xyxy, prepare_iou
 from .losses import REDUCTIONS, Reduction
 
@@ -108,8 +108,8 @@ class WIoULoss(_LossModule):
         validate: bool = True,
     ) -> None:
         super().__init__(reduction, validate)
-        check_at_least("alpha", alpha, strict=True)
-        check_at_least("delta", delta, strict=True)
+        check_number("alpha", alpha, low=0, open_low=True)
+        check_number("delta", delta, low=0, open_low=True)
         check_unit("momentum", momentum)
         iou_options("wiou", fmt, eps)
         self.alpha, self.delta, self.momentum, self.fmt, self.eps = alpha, delta, momentum, fmt, eps
@@ -175,7 +175,7 @@ class SmoothL1Loss(_LossModule):
         validate: bool = True,
     ) -> None:
         super().__init__(reduction, validate)
-        check_at_least("sigma", sigma, strict=True, finite=False)
+        losses.check_sigma(sigma)
         self.sigma, self.inside_weight, self.outside_weight = sigma, inside_weight, outside_weight
 
     def forward(
@@ -193,7 +193,7 @@ class QualityFocalLoss(_LossModule):
 
     def __init__(self, beta: float = 2.0, reduction: Reduction = "mean", *, validate: bool = True) -> None:
         super().__init__(reduction, validate)
-        check_at_least("beta", beta)
+        check_number("beta", beta, low=0)
         self.beta = beta
 
     def forward(
@@ -216,8 +216,8 @@ class VarifocalLoss(_LossModule):
         validate: bool = True,
     ) -> None:
         super().__init__(reduction, validate)
-        check_at_least("alpha", alpha)
-        check_at_least("gamma", gamma)
+        check_number("alpha", alpha, low=0)
+        check_number("gamma", gamma, low=0)
         self.alpha, self.gamma, self.iou_weighted = alpha, gamma, iou_weighted
 
     def forward(
