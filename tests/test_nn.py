@@ -223,6 +223,7 @@ def test_module_constructor_errors():
     # the hyper-parameters are checked at construction, with the functionals' bounds
     bad = [
         (lambda: detloss.nn.QualityFocalLoss(beta=-0.5), "beta must be a finite number >= 0"),
+        (lambda: detloss.nn.QualityFocalLoss(beta=True), "beta must be a finite number"),  # not a bool
         (lambda: detloss.nn.VarifocalLoss(gamma=math.nan), "gamma must be a finite number >= 0"),
         (lambda: detloss.nn.VarifocalLoss(alpha=-1.0), "alpha must be a finite number >= 0"),
         (lambda: detloss.nn.WIoULoss(alpha=0.0), "alpha must be a finite number > 0"),
