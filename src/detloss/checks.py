@@ -151,6 +151,12 @@ def check_eps(eps: float, name: str = "eps") -> None:
         )
 
 
+def check_sigma(sigma: float) -> None:
+    """Smooth L1's σ: > 0, and ∞ allowed (β = 1/σ² = 0 leaves no quadratic zone: plain L1)."""
+    if not sigma > 0:
+        raise ValueError(f"sigma must be > 0, got {sigma}")
+
+
 def check_modifiers(
     kind: str,
     alpha: float = 1.0,

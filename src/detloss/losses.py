@@ -25,6 +25,7 @@ from .checks import (
     check_finite,
     check_number,
     check_one_of,
+    check_sigma,
     check_tensor,
     finite_number,
 )
@@ -309,12 +310,6 @@ def varifocal_loss(
     focal_weight = torch.where(t > 0, t if iou_weighted else 1.0, negative)
     loss = F.binary_cross_entropy_with_logits(x, t, reduction="none") * focal_weight
     return weight_reduce(loss, weight, reduction, avg_factor)
-
-
-def check_sigma(sigma: float) -> None:
-    """Smooth L1's σ: > 0, and ∞ allowed (β = 1/σ² = 0 leaves no quadratic zone: plain L1)."""
-    if not sigma > 0:
-        raise ValueError(f"sigma must be > 0, got {sigma}")
 
 
 def smooth_l1_loss(

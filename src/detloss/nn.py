@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from . import losses
 from .boxes import BoxFormat
-from .checks import check_number, check_one_of, check_unit
+from .checks import check_number, check_one_of, check_sigma, check_unit
 from .iou import IoUKind, iou_options, iou_xyxy, prepare_iou
 from .losses import REDUCTIONS, Reduction
 
@@ -175,7 +175,7 @@ class SmoothL1Loss(_LossModule):
         validate: bool = True,
     ) -> None:
         super().__init__(reduction, validate)
-        losses.check_sigma(sigma)
+        check_sigma(sigma)
         self.sigma, self.inside_weight, self.outside_weight = sigma, inside_weight, outside_weight
 
     def forward(
