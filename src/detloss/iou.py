@@ -67,18 +67,52 @@ def compute_dtype(t: Tensor) -> torch.dtype:
     return torch.float32 if t.dtype in (torch.float16, torch.bfloat16) else t.dtype
 
 
-def prepare_pair(
-    boxes1: Tensor, boxes2: Tensor, fmt: str, validate: bool = True,
-    names: tuple[str, str] = ("boxes1", "boxes2"),
-) -> tuple[Tensor, Tensor]:
-    """Validate two box tensors (errors use ``names``), upcast half precision, convert to xyxy.
+def iou_options(
+    kind: str,
+    fmt: str,
+    eps: float,
+    alpha: float = 1.0,
+    inner_ratio: float | None = None,
+    focaler: tuple[float, float] | None = None,
+    image_size: float | tuple[float, float] | None = None,
+) -> Modifiers:
+    """Validate the non-tensor arguments of an IoU-family call (``kind``, ``fmt``, ``eps``, modifiers)
+    and return the kernel's :class:`~detloss.kernels.Modifiers`; the Module twins call it at
+    construction so a bad option fails there, not at the first forward."""
+    check_modifiers(kind, alpha, inner_ratio, focaler, image_size)
+    check_eps(eps)
+    check_one_of("fmt", fmt, BOX_FORMATS)
+    return Modifiers(float(alpha), inner_ratio, focaler, _image_wh(image_size))
 
-    The finiteness check of both inputs is one sum each and one host sync (NaN and ±Inf make the sum
-    non-finite), tested on the host; the offending index is only searched when it fails.
+
+def prepare_iou(
+    boxes1: Tensor,
+    boxes2: Tensor,
+    kind: str,
+    fmt: str,
+    eps: float,
+    validate: bool,
+    alpha: float = 1.0,
+    inner_ratio: float | None = None,
+    focaler: tuple[float, float] | None = None,
+    image_size: float | tuple[float, float] | None = None,
+    names: tuple[str, str] = ("boxes1", "boxes2"),
+) -> tuple[Tensor, Tensor, tuple[int, ...], Modifiers]:
+    """Validate and prepare one checked IoU-family call (:func:`bbox_iou`, :func:`box_iou`,
+    :func:`detloss.iou_loss`, the Module twins): :func:`iou_options`, then the two ``(..., 4)`` box
+    tensors (errors use ``names``), upcast to :func:`compute_dtype`, converted to xyxy.
+
+    The finiteness check of both inputs (``validate``) is one sum each and one host sync (NaN and
+    ±Inf make the sum non-finite), tested on the host; the offending index is only searched when it
+    fails.
+
+    Returns:
+        ``(b1, b2, shape, mods)``: the xyxy boxes, their broadcast shape ``(..., 4)`` and the
+        modifiers for :func:`detloss.kernels.fused_iou`.
     """
+    mods = iou_options(kind, fmt, eps, alpha, inner_ratio, focaler, image_size)
     check_boxes(names[0], boxes1, finite=False)
     check_boxes(names[1], boxes2, finite=False)
-    check_one_of("fmt", fmt, BOX_FORMATS)
     if validate:
         acc = torch.float64 if torch.float64 in (boxes1.dtype, boxes2.dtype) else torch.float32
         with torch.no_grad():
@@ -86,8 +120,14 @@ def prepare_pair(
         if not math.isfinite(total):  # a bad value, or finite values whose sum overflowed
             check_finite(names[0], boxes1)
             check_finite(names[1], boxes2)
+    try:
+        shape = broadcast_shape(boxes1.shape, boxes2.shape)
+    except RuntimeError:
+        raise ValueError(
+            f"{names[0]} {tuple(boxes1.shape)} and {names[1]} {tuple(boxes2.shape)} do not broadcast"
+        ) from None
     dtype = torch.promote_types(compute_dtype(boxes1), compute_dtype(boxes2))
-    return convert(boxes1.to(dtype), fmt, "xyxy"), convert(boxes2.to(dtype), fmt, "xyxy")
+    return convert(boxes1.to(dtype), fmt, "xyxy"), convert(boxes2.to(dtype), fmt, "xyxy"), shape, mods
 
 
 def bbox_iou(
@@ -132,18 +172,10 @@ def bbox_iou(
         >>> bbox_iou(b1, b2)  # 1 / 7
         tensor(0.1429)
     """
-    check_modifiers(kind, alpha, inner_ratio, focaler, image_size)
-    check_eps(eps)
-    b1, b2 = prepare_pair(boxes1, boxes2, fmt, validate)
-    try:
-        broadcast_shape(b1.shape, b2.shape)
-    except RuntimeError:
-        raise ValueError(
-            f"boxes1 {tuple(boxes1.shape)} and boxes2 {tuple(boxes2.shape)} do not broadcast"
-        ) from None
-    out_dtype = torch.promote_types(boxes1.dtype, boxes2.dtype)
-    mods = dict(alpha=alpha, inner_ratio=inner_ratio, focaler=focaler, image_size=image_size)
-    return iou_xyxy(b1, b2, kind, eps, **mods).to(out_dtype)
+    b1, b2, _, mods = prepare_iou(
+        boxes1, boxes2, kind, fmt, eps, validate, alpha, inner_ratio, focaler, image_size
+    )
+    return fused_iou(b1, b2, kind, eps, mods=mods).to(torch.promote_types(boxes1.dtype, boxes2.dtype))
 
 
 def box_iou(
@@ -173,5 +205,7 @@ def box_iou(
             raise ValueError(f"{name} must have shape (N, 4), got {tuple(b.shape)}")
         if validate:  # here, so a bad value's index is reported in the caller's (N, 4) layout
             check_boxes(name, b)
-    mods = dict(alpha=alpha, inner_ratio=inner_ratio, focaler=focaler, image_size=image_size)
-    return bbox_iou(boxes1[:, None, :], boxes2[None, :, :], kind, fmt, eps, validate=False, **mods)
+    return bbox_iou(
+        boxes1[:, None, :], boxes2[None, :, :], kind, fmt, eps, validate=False,
+        alpha=alpha, inner_ratio=inner_ratio, focaler=focaler, image_size=image_size,
+    )

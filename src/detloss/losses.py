@@ -22,16 +22,15 @@ from .boxes import BoxFormat
 from .checks import (
     check_broadcasts_to,
     check_class_ids,
-    check_eps,
     check_finite,
-    check_modifiers,
+    check_number,
     check_one_of,
+    check_sigma,
     check_tensor,
     finite_number,
 )
-from .iou import IoUKind, _image_wh, compute_dtype, prepare_pair
-from .kernels import Modifiers, fused_focal, fused_iou
-from .kernels.iou import broadcast_shape
+from .iou import IoUKind, compute_dtype, prepare_iou
+from .kernels import fused_focal, fused_iou
 
 Reduction = Literal["none", "mean", "sum"]
 REDUCTIONS: tuple[str, ...] = ("none", "mean", "sum")
@@ -139,17 +138,10 @@ def iou_loss(
     Returns:
         Scalar, or ``(...)`` with ``reduction="none"``; float32 for half-precision inputs.
     """
-    check_modifiers(kind, alpha, inner_ratio, focaler, image_size)
-    check_eps(eps)
-    p, t = prepare_pair(pred, target, fmt, validate, names=("pred", "target"))
-    try:
-        shape = broadcast_shape(p.shape, t.shape)
-    except RuntimeError:
-        raise ValueError(
-            f"pred {tuple(pred.shape)} and target {tuple(target.shape)} do not broadcast"
-        ) from None
+    p, t, shape, mods = prepare_iou(
+        pred, target, kind, fmt, eps, validate, alpha, inner_ratio, focaler, image_size, ("pred", "target")
+    )
     count = math.prod(shape[:-1])
-    mods = Modifiers(float(alpha), inner_ratio, focaler, _image_wh(image_size))
     return _fused_reduce(
         lambda reduce: fused_iou(p, t, kind, eps, True, reduce, mods), count, weight, reduction, avg_factor
     )
@@ -225,8 +217,7 @@ def sigmoid_focal_loss(
         Scalar, or ``(*)`` with ``reduction="none"``. float16/bfloat16 logits are computed in
         float32: ``1 − p_t`` underflows in half precision and ``exp`` overflows.
     """
-    if not (finite_number(gamma) and gamma >= 0):
-        raise ValueError(f"gamma must be a finite number >= 0, got {gamma}")
+    check_number("gamma", gamma, low=0)
     if not (finite_number(alpha) and alpha <= 1):
         raise ValueError(f"alpha must be <= 1 (or < 0 to disable), got {alpha}")
     if pos_weight is not None:
@@ -273,8 +264,7 @@ def quality_focal_loss(
         reduction, weight, avg_factor: see :func:`weight_reduce`.
         validate: check logits are finite and targets lie in [0, 1] (one host sync).
     """
-    if not (finite_number(beta) and beta >= 0):
-        raise ValueError(f"beta must be a finite number >= 0, got {beta}")
+    check_number("beta", beta, low=0)
     x, t = _logits_and_targets(logits, targets, validate)
     loss = F.binary_cross_entropy_with_logits(x, t, reduction="none")
     if beta != 0:
@@ -312,10 +302,8 @@ def varifocal_loss(
         reduction, weight, avg_factor: see :func:`weight_reduce`.
         validate: check logits are finite and targets lie in [0, 1] (one host sync).
     """
-    if not (finite_number(alpha) and alpha >= 0):
-        raise ValueError(f"alpha must be a finite number >= 0, got {alpha}")
-    if not (finite_number(gamma) and gamma >= 0):
-        raise ValueError(f"gamma must be a finite number >= 0, got {gamma}")
+    check_number("alpha", alpha, low=0)
+    check_number("gamma", gamma, low=0)
     x, t = _logits_and_targets(logits, targets, validate)
     p = torch.sigmoid(x)
     negative = alpha * p.clamp(min=torch.finfo(x.dtype).tiny) ** gamma
@@ -364,8 +352,7 @@ def smooth_l1_loss(
         raise ValueError(
             f"target must have the shape of pred {tuple(pred.shape)}, got {tuple(target.shape)}"
         )
-    if not sigma > 0:
-        raise ValueError(f"sigma must be > 0, got {sigma}")
+    check_sigma(sigma)
     for name, w in (("inside_weight", inside_weight), ("outside_weight", outside_weight)):
         if isinstance(w, Tensor):
             check_broadcasts_to(name, w, pred.shape, "the shape of pred")

@@ -1,25 +1,54 @@
-"""``torch.nn.Module`` twins of the functional losses: they store hyper-parameters and call them."""
+"""``torch.nn.Module`` twins of the functional losses: they store hyper-parameters and call them.
+
+As in ``torch.nn``, the functional does the work and the Module stores its hyper-parameters: every twin
+derives from one small base, :class:`_LossModule` (the counterpart of ``torch.nn.modules.loss._Loss``),
+which validates and stores ``reduction`` and ``validate``, hands them with the call's ``weight`` and
+``avg_factor`` to the functional, and prints the stored hyper-parameters in ``repr``.
+"""
 
 from __future__ import annotations
 
-import math
+import inspect
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from . import losses
-from .boxes import BOX_FORMATS, BoxFormat
-from .checks import check_eps, check_modifiers, check_one_of
-from .iou import IoUKind, iou_xyxy, prepare_pair
+from .boxes import BoxFormat
+from .checks import check_number, check_one_of, check_sigma, check_unit
+from .iou import IoUKind, iou_options, iou_xyxy, prepare_iou
 from .losses import REDUCTIONS, Reduction
 
 
-def _check_reduction(reduction: str) -> None:
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+class _LossModule(nn.Module):
+    """Base of the twins: validates and stores ``reduction`` (one of ``"none" | "mean" | "sum"``) and
+    ``validate``; each twin stores its own hyper-parameters under their constructor names."""
+
+    def __init__(self, reduction: Reduction = "mean", validate: bool = True) -> None:
+        super().__init__()
+        check_one_of("reduction", reduction, REDUCTIONS)
+        self.reduction, self.validate = reduction, validate
+
+    def _keywords(self, weight: Tensor | None, avg_factor: float | Tensor | None) -> dict[str, Any]:
+        """The keyword arguments every functional takes: the stored ``reduction`` and ``validate``
+        with the call's ``weight`` and ``avg_factor``."""
+        return dict(reduction=self.reduction, weight=weight, avg_factor=avg_factor, validate=self.validate)
+
+    def extra_repr(self) -> str:
+        """``name=value`` for each constructor parameter in order: positional ones always, keyword-only
+        ones (switches and modifiers) when set away from their default; ``None`` and tensors (buffers,
+        listed by ``state_dict``) are left out."""
+        shown = []
+        for p in inspect.signature(type(self)).parameters.values():
+            v = getattr(self, p.name, None)
+            if v is None or isinstance(v, Tensor) or (p.kind is p.KEYWORD_ONLY and v == p.default):
+                continue
+            shown.append(f"{p.name}={v!r}")
+        return ", ".join(shown)
 
 
-class IoULoss(nn.Module):
+class IoULoss(_LossModule):
     """Module form of :func:`detloss.iou_loss`: ``1 − bbox_iou(pred, target, kind, ...)``, with the
     IoU-family modifiers ``alpha``, ``inner_ratio``, ``focaler`` and MPDIoU's ``image_size``."""
 
@@ -36,34 +65,22 @@ class IoULoss(nn.Module):
         focaler: tuple[float, float] | None = None,
         image_size: float | tuple[float, float] | None = None,
     ) -> None:
-        super().__init__()
-        check_modifiers(kind, alpha, inner_ratio, focaler, image_size)
-        check_eps(eps)
-        check_one_of("fmt", fmt, BOX_FORMATS)
-        _check_reduction(reduction)
-        self.kind, self.fmt, self.eps, self.reduction = kind, fmt, eps, reduction
-        self.validate = validate
-        self.modifiers = dict(alpha=alpha, inner_ratio=inner_ratio, focaler=focaler, image_size=image_size)
+        super().__init__(reduction, validate)
+        iou_options(kind, fmt, eps, alpha, inner_ratio, focaler, image_size)
+        self.kind, self.fmt, self.eps = kind, fmt, eps
+        self.alpha, self.inner_ratio, self.focaler, self.image_size = alpha, inner_ratio, focaler, image_size
 
     def forward(
-        self,
-        pred: Tensor,
-        target: Tensor,
-        weight: Tensor | None = None,
-        avg_factor: float | Tensor | None = None,
+        self, pred: Tensor, target: Tensor,
+        weight: Tensor | None = None, avg_factor: float | Tensor | None = None,
     ) -> Tensor:
         return losses.iou_loss(
-            pred, target, self.kind, self.fmt, self.eps,
-            reduction=self.reduction, weight=weight, avg_factor=avg_factor, validate=self.validate,
-            **self.modifiers,
+            pred, target, self.kind, self.fmt, self.eps, **self._keywords(weight, avg_factor),
+            alpha=self.alpha, inner_ratio=self.inner_ratio, focaler=self.focaler, image_size=self.image_size,
         )
 
-    def extra_repr(self) -> str:
-        mods = "".join(f", {k}={v!r}" for k, v in self.modifiers.items() if v not in (None, 1.0))
-        return f"kind={self.kind!r}, fmt={self.fmt!r}, eps={self.eps}, reduction={self.reduction!r}{mods}"
 
-
-class WIoULoss(nn.Module):
+class WIoULoss(_LossModule):
     """Wise-IoU v3 (Tong et al. 2023): Wise-IoU v1 with dynamic non-monotonic focusing.
 
     With L = 1 − IoU (plain IoU, detached) and a running mean μ of L (buffer ``iou_mean``, starts at
@@ -90,27 +107,20 @@ class WIoULoss(nn.Module):
         *,
         validate: bool = True,
     ) -> None:
-        super().__init__()
-        for name, v in (("alpha", alpha), ("delta", delta)):
-            if not (math.isfinite(v) and v > 0):
-                raise ValueError(f"{name} must be a finite number > 0, got {v}")
-        if not 0 <= momentum <= 1:
-            raise ValueError(f"momentum must lie in [0, 1], got {momentum}")
-        check_eps(eps)
-        check_one_of("fmt", fmt, BOX_FORMATS)
-        _check_reduction(reduction)
-        self.alpha, self.delta, self.momentum = alpha, delta, momentum
-        self.fmt, self.eps, self.reduction, self.validate = fmt, eps, reduction, validate
+        super().__init__(reduction, validate)
+        check_number("alpha", alpha, low=0, open_low=True)
+        check_number("delta", delta, low=0, open_low=True)
+        check_unit("momentum", momentum)
+        iou_options("wiou", fmt, eps)
+        self.alpha, self.delta, self.momentum, self.fmt, self.eps = alpha, delta, momentum, fmt, eps
         self.register_buffer("iou_mean", torch.tensor(1.0))
 
     def forward(
-        self,
-        pred: Tensor,
-        target: Tensor,
-        weight: Tensor | None = None,
-        avg_factor: float | Tensor | None = None,
+        self, pred: Tensor, target: Tensor,
+        weight: Tensor | None = None, avg_factor: float | Tensor | None = None,
     ) -> Tensor:
-        p, t = prepare_pair(pred, target, self.fmt, self.validate, names=("pred", "target"))
+        p, t, _, _ = prepare_iou(pred, target, "wiou", self.fmt, self.eps, self.validate,
+                                 names=("pred", "target"))
         with torch.no_grad():
             l_iou = 1.0 - iou_xyxy(p, t, "iou", self.eps)
             if self.training and l_iou.numel():
@@ -123,14 +133,8 @@ class WIoULoss(nn.Module):
             reduction=self.reduction, weight=w, avg_factor=avg_factor, validate=False,
         )
 
-    def extra_repr(self) -> str:
-        return (
-            f"alpha={self.alpha}, delta={self.delta}, momentum={self.momentum}, fmt={self.fmt!r}, "
-            f"eps={self.eps}, reduction={self.reduction!r}"
-        )
 
-
-class SigmoidFocalLoss(nn.Module):
+class SigmoidFocalLoss(_LossModule):
     """Module form of :func:`detloss.sigmoid_focal_loss`; ``pos_weight`` is kept as a buffer."""
 
     pos_weight: Tensor | None
@@ -144,29 +148,21 @@ class SigmoidFocalLoss(nn.Module):
         *,
         validate: bool = True,
     ) -> None:
-        super().__init__()
-        _check_reduction(reduction)
-        self.alpha, self.gamma, self.reduction = alpha, gamma, reduction
-        self.validate = validate
+        super().__init__(reduction, validate)
+        self.alpha, self.gamma = alpha, gamma
         self.register_buffer("pos_weight", pos_weight)
 
     def forward(
-        self,
-        logits: Tensor,
-        targets: Tensor,
-        weight: Tensor | None = None,
-        avg_factor: float | Tensor | None = None,
+        self, logits: Tensor, targets: Tensor,
+        weight: Tensor | None = None, avg_factor: float | Tensor | None = None,
     ) -> Tensor:
         return losses.sigmoid_focal_loss(
             logits, targets, self.alpha, self.gamma, pos_weight=self.pos_weight,
-            reduction=self.reduction, weight=weight, avg_factor=avg_factor, validate=self.validate,
+            **self._keywords(weight, avg_factor),
         )
 
-    def extra_repr(self) -> str:
-        return f"alpha={self.alpha}, gamma={self.gamma}, reduction={self.reduction!r}"
 
-
-class SmoothL1Loss(nn.Module):
+class SmoothL1Loss(_LossModule):
     """Module form of :func:`detloss.smooth_l1_loss` (smooth L1 with ``sigma``)."""
 
     def __init__(
@@ -178,57 +174,36 @@ class SmoothL1Loss(nn.Module):
         *,
         validate: bool = True,
     ) -> None:
-        super().__init__()
-        _check_reduction(reduction)
-        if not sigma > 0:
-            raise ValueError(f"sigma must be > 0, got {sigma}")
-        self.sigma, self.reduction = sigma, reduction
-        self.inside_weight, self.outside_weight = inside_weight, outside_weight
-        self.validate = validate
+        super().__init__(reduction, validate)
+        check_sigma(sigma)
+        self.sigma, self.inside_weight, self.outside_weight = sigma, inside_weight, outside_weight
 
     def forward(
-        self,
-        pred: Tensor,
-        target: Tensor,
-        weight: Tensor | None = None,
-        avg_factor: float | Tensor | None = None,
+        self, pred: Tensor, target: Tensor,
+        weight: Tensor | None = None, avg_factor: float | Tensor | None = None,
     ) -> Tensor:
         return losses.smooth_l1_loss(
             pred, target, self.sigma, self.inside_weight, self.outside_weight,
-            reduction=self.reduction, weight=weight, avg_factor=avg_factor, validate=self.validate,
+            **self._keywords(weight, avg_factor),
         )
 
-    def extra_repr(self) -> str:
-        return f"sigma={self.sigma}, reduction={self.reduction!r}"
 
-
-class QualityFocalLoss(nn.Module):
+class QualityFocalLoss(_LossModule):
     """Module form of :func:`detloss.quality_focal_loss` (GFL's QFL, elementwise)."""
 
     def __init__(self, beta: float = 2.0, reduction: Reduction = "mean", *, validate: bool = True) -> None:
-        super().__init__()
-        _check_reduction(reduction)
-        if not (math.isfinite(beta) and beta >= 0):
-            raise ValueError(f"beta must be a finite number >= 0, got {beta}")
-        self.beta, self.reduction, self.validate = beta, reduction, validate
+        super().__init__(reduction, validate)
+        check_number("beta", beta, low=0)
+        self.beta = beta
 
     def forward(
-        self,
-        logits: Tensor,
-        targets: Tensor,
-        weight: Tensor | None = None,
-        avg_factor: float | Tensor | None = None,
+        self, logits: Tensor, targets: Tensor,
+        weight: Tensor | None = None, avg_factor: float | Tensor | None = None,
     ) -> Tensor:
-        return losses.quality_focal_loss(
-            logits, targets, self.beta,
-            reduction=self.reduction, weight=weight, avg_factor=avg_factor, validate=self.validate,
-        )
-
-    def extra_repr(self) -> str:
-        return f"beta={self.beta}, reduction={self.reduction!r}"
+        return losses.quality_focal_loss(logits, targets, self.beta, **self._keywords(weight, avg_factor))
 
 
-class VarifocalLoss(nn.Module):
+class VarifocalLoss(_LossModule):
     """Module form of :func:`detloss.varifocal_loss` (VarifocalNet's VFL, elementwise)."""
 
     def __init__(
@@ -240,52 +215,28 @@ class VarifocalLoss(nn.Module):
         *,
         validate: bool = True,
     ) -> None:
-        super().__init__()
-        _check_reduction(reduction)
-        for name, v in (("alpha", alpha), ("gamma", gamma)):
-            if not (math.isfinite(v) and v >= 0):
-                raise ValueError(f"{name} must be a finite number >= 0, got {v}")
+        super().__init__(reduction, validate)
+        check_number("alpha", alpha, low=0)
+        check_number("gamma", gamma, low=0)
         self.alpha, self.gamma, self.iou_weighted = alpha, gamma, iou_weighted
-        self.reduction, self.validate = reduction, validate
 
     def forward(
-        self,
-        logits: Tensor,
-        targets: Tensor,
-        weight: Tensor | None = None,
-        avg_factor: float | Tensor | None = None,
+        self, logits: Tensor, targets: Tensor,
+        weight: Tensor | None = None, avg_factor: float | Tensor | None = None,
     ) -> Tensor:
         return losses.varifocal_loss(
-            logits, targets, self.alpha, self.gamma, self.iou_weighted,
-            reduction=self.reduction, weight=weight, avg_factor=avg_factor, validate=self.validate,
-        )
-
-    def extra_repr(self) -> str:
-        return (
-            f"alpha={self.alpha}, gamma={self.gamma}, iou_weighted={self.iou_weighted}, "
-            f"reduction={self.reduction!r}"
+            logits, targets, self.alpha, self.gamma, self.iou_weighted, **self._keywords(weight, avg_factor)
         )
 
 
-class DistributionFocalLoss(nn.Module):
+class DistributionFocalLoss(_LossModule):
     """Module form of :func:`detloss.distribution_focal_loss` (GFL's DFL over the last dimension's bins)."""
 
     def __init__(self, reduction: Reduction = "mean", *, validate: bool = True) -> None:
-        super().__init__()
-        _check_reduction(reduction)
-        self.reduction, self.validate = reduction, validate
+        super().__init__(reduction, validate)
 
     def forward(
-        self,
-        logits: Tensor,
-        targets: Tensor,
-        weight: Tensor | None = None,
-        avg_factor: float | Tensor | None = None,
+        self, logits: Tensor, targets: Tensor,
+        weight: Tensor | None = None, avg_factor: float | Tensor | None = None,
     ) -> Tensor:
-        return losses.distribution_focal_loss(
-            logits, targets, reduction=self.reduction, weight=weight, avg_factor=avg_factor,
-            validate=self.validate,
-        )
-
-    def extra_repr(self) -> str:
-        return f"reduction={self.reduction!r}"
+        return losses.distribution_focal_loss(logits, targets, **self._keywords(weight, avg_factor))
