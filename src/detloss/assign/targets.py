@@ -12,7 +12,6 @@ from torch import Tensor
 
 from ..checks import check_boxes, check_class_ids, check_finite, check_num_classes, check_one_of
 
-
 TargetFormat = Literal["xyxy", "cxcywh"]
 
 
