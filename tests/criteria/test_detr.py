@@ -172,7 +172,7 @@ def test_options_reach_the_port(preset):
     out = DETRLoss(3, preset, **kw)(logits, boxes, targets)
     total, _ = loop_port(preset, logits, boxes, targets, 3, **kw)
     assert rel(out.total, total) < 1e-12
-    scaled = DETRLoss(3, preset, cls_weight=0.5, bbox_weight=1.0, giou_weight=3.0, **kw)(
+    scaled = DETRLoss(3, preset, cls=0.5, bbox=1.0, giou=3.0, **kw)(
         logits, boxes, targets
     )
     (_, _, _), (cw, bw, gw), _ = TABLE[preset]
