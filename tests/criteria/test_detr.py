@@ -251,12 +251,12 @@ def test_per_image_gradient_is_the_image_part_of_the_total_gradient(preset):
 # ----------------------------------------------------------------------------- padded targets
 def _padded(targets, permute=False):
     """PaddedTargets of the cxcywh targets; with ``permute`` the real rows come last (the mask counts,
-    not the row order)."""
+    not the row order) and the labels are int32 (any integer dtype)."""
     pt = pad_targets(targets, 3, fmt="cxcywh", dtype=torch.float64)
     if not permute:
         return pt
     order = torch.arange(pt.mask.shape[1]).flip(0)
-    return PaddedTargets(pt.boxes[:, order], pt.labels[:, order], pt.mask[:, order])
+    return PaddedTargets(pt.boxes[:, order], pt.labels[:, order].int(), pt.mask[:, order])
 
 
 @pytest.mark.parametrize("permute", [False, True])

@@ -483,12 +483,13 @@ def test_arguments_after_priors_are_keyword_only():
 
 
 def _padded_like(targets, permute):
-    """The targets as PaddedTargets; with ``permute`` the real rows are not first (mask read, not counts)."""
+    """The targets as PaddedTargets; with ``permute`` the real rows are not first (mask read, not counts)
+    and the labels int32 (any integer dtype)."""
     pt = pad_targets(targets, 4, dtype=D)
     if not permute:
         return pt
     order = torch.arange(pt.mask.shape[1]).flip(0)
-    return PaddedTargets(pt.boxes[:, order], pt.labels[:, order], pt.mask[:, order])
+    return PaddedTargets(pt.boxes[:, order], pt.labels[:, order].int(), pt.mask[:, order])
 
 
 @pytest.mark.parametrize("permute", [False, True])

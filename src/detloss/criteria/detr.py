@@ -170,7 +170,7 @@ class DETRLoss(nn.Module):
         x, pred = logits.to(dtype), boxes.to(dtype)
         num_layers, batch, num_queries, _ = x.shape
         if isinstance(targets, PaddedTargets):
-            padded = PaddedTargets(targets.boxes.to(dtype), targets.labels, targets.mask)
+            padded = PaddedTargets(targets.boxes.to(dtype), targets.labels.long(), targets.mask)
             counts: Tensor | list[int] = padded.mask  # read with the matching cost, in its transfer
         else:
             padded = pad_targets(
@@ -269,7 +269,9 @@ class DETRLoss(nn.Module):
         return ce.view(cls_target.shape).sum(2) / norm[:, None]
 
     # ------------------------------------------------------------------------------------------ checks
-    def _check_preds(self, logits: Tensor, boxes: Tensor, targets: Sequence) -> tuple[Tensor, Tensor]:
+    def _check_preds(
+        self, logits: Tensor, boxes: Tensor, targets: Sequence[Mapping[str, Tensor]] | PaddedTargets
+    ) -> tuple[Tensor, Tensor]:
         check_tensor("logits", logits)
         check_tensor("boxes", boxes)
         listed = isinstance(targets, Sequence) and not isinstance(targets, Mapping)
@@ -309,8 +311,7 @@ class DETRLoss(nn.Module):
         targets' values (:func:`detloss.assign.targets.targets_ok`: finite, w > 0, h > 0, class ids
         in [0, C)); the offending index is searched only on failure."""
         ok = torch.isfinite(x).all() & torch.isfinite(pred).all()
-        listed = not isinstance(targets, PaddedTargets)
-        if listed:
+        if not isinstance(targets, PaddedTargets):
             tgt_ok = targets_ok(padded.boxes, padded.labels, self.num_classes, "cxcywh") | ~padded.mask
             ok = ok & tgt_ok.all()
         if bool(ok):

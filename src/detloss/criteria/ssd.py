@@ -152,7 +152,7 @@ class SSDLoss(nn.Module):
         priors = self.priors.to(dtype=dtype, device=loc.device)
         if padded_in:
             check_padded_targets(targets, batch)
-            padded = PaddedTargets(targets.boxes.to(dtype), targets.labels, targets.mask)
+            padded = PaddedTargets(targets.boxes.to(dtype), targets.labels.long(), targets.mask)
         else:
             padded = pad_targets(
                 targets, self.num_classes, dtype=dtype, device=loc.device, validate=self.validate
