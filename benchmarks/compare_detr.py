@@ -9,7 +9,7 @@ installed (the side venv). References called, on the same inputs:
   defaults, ``auxiliary_loss=True``);
 - ``"deformable"``: ``DeformableDetrForObjectDetectionLoss`` with ``class_cost=2`` (the original
   repository's; transformers' config default is 1) — transformers weights its ``loss_ce`` by a fixed
-  1, so detloss runs with ``cls_weight=1`` for the comparison (its default is the original's 2);
+  1, so detloss runs with ``cls=1`` for the comparison (its default is the original's 2);
 - ``"rtdetr"``: ``RTDetrForObjectDetectionLoss`` (RTDetrConfig defaults, no denoising); its encoder
   proposals (``enc_topk_logits`` / ``enc_topk_bboxes``) are detloss's layer 0, the L decoder layers
   follow (``auxiliary_outputs_*`` keys).
@@ -49,7 +49,7 @@ except ImportError as err:  # a peer that is not installed is reported, not sile
     sys.exit(0)
 
 PRESETS = ("detr", "deformable", "rtdetr")
-OURS_KW = {"detr": {}, "deformable": {"cls_weight": 1.0}, "rtdetr": {}}
+OURS_KW = {"detr": {}, "deformable": {"cls": 1.0}, "rtdetr": {}}
 REF_KEYS = {"detr": "loss_ce", "deformable": "loss_ce", "rtdetr": "loss_vfl"}
 
 

@@ -7,7 +7,7 @@ The parent runs the same model on the whole batch in one process and compares:
 - YOLOv3, YOLOv4, SSD (batch means, normalised by global counts): DDP gradient == single gradient.
 - DETRLoss (the box count N averaged over the ranks): the "deformable" and "rtdetr" presets, and the
   box losses of "detr" (its class loss is a weighted mean over each rank's queries, as the
-  references, so it is run with ``cls_weight=0``): DDP gradient == single gradient.
+  references, so it is run with ``cls=0``): DDP gradient == single gradient.
 - YOLOv5 and YOLOv8 (``total = (...) · B`` with the per-rank B): K · DDP gradient == single
   gradient, the factor YOLOv5's and ultralytics' trainers apply (``loss * WORLD_SIZE``).
 
@@ -36,7 +36,7 @@ YOLO_GRIDS = {"YOLOv3": (8, 4, 2), "YOLOv4": (2, 4), "YOLOv5": (8, 4, 2), "YOLOv
 DETR_CASES = {
     "DETR-deformable": {"preset": "deformable"},
     "DETR-rtdetr": {"preset": "rtdetr"},
-    "DETR-boxes": {"preset": "detr", "cls_weight": 0.0},
+    "DETR-boxes": {"preset": "detr", "cls": 0.0},
 }
 QUERIES, LAYERS = 6, 2
 DDP_FACTOR = {
@@ -222,7 +222,7 @@ def test_ddp_matches_single_process_on_the_whole_batch(ddp_gradients, name):
     single, _ = gradients(name, model, crit, feats, targets, slice(None))
     averaged, _ = ddp_gradients[name, True]
     for g_single, g_ddp in zip(single, averaged, strict=True):
-        # DETR-boxes (cls_weight=0) leaves the class heads without gradient
+        # DETR-boxes (cls=0) leaves the class heads without gradient
         assert g_single.abs().max() > 0 or name == "DETR-boxes"
         torch.testing.assert_close(DDP_FACTOR[name] * g_ddp, g_single, rtol=1e-10, atol=1e-12)
 

@@ -74,6 +74,34 @@ def check_boxes(name: str, boxes: object, finite: bool = True) -> Tensor:
     return boxes
 
 
+def check_padded_targets(targets: object, batch: int) -> None:
+    """The shapes and dtypes of a padded batch of targets (:class:`detloss.assign.PaddedTargets`):
+    ``boxes`` ``(B, M, 4)`` floating, ``labels`` ``(B, M)`` integer, ``mask`` ``(B, M)`` bool, with B
+    the predictions' batch size. Reads no value (no sync): a criterion given padded targets trusts
+    their values.
+
+    Raises:
+        TypeError: a field that is not a tensor or has the wrong dtype.
+        ValueError: a wrong shape.
+    """
+    boxes = check_tensor("targets.boxes", getattr(targets, "boxes", None))
+    labels = check_tensor("targets.labels", getattr(targets, "labels", None))
+    mask = check_tensor("targets.mask", getattr(targets, "mask", None))
+    if not boxes.is_floating_point():
+        raise TypeError(f"targets.boxes must have a floating dtype, got {boxes.dtype}")
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise TypeError(f"targets.labels must be an integer tensor, got {labels.dtype}")
+    if mask.dtype != torch.bool:
+        raise TypeError(f"targets.mask must be a bool tensor, got {mask.dtype}")
+    if boxes.dim() != 3 or boxes.shape[0] != batch or boxes.shape[2] != 4:
+        raise ValueError(f"targets.boxes must have shape (B={batch}, M, 4), got {tuple(boxes.shape)}")
+    if labels.shape != boxes.shape[:2] or mask.shape != boxes.shape[:2]:
+        raise ValueError(
+            f"targets.labels and targets.mask must have shape (B, M) = {tuple(boxes.shape[:2])}, got "
+            f"{tuple(labels.shape)} and {tuple(mask.shape)}"
+        )
+
+
 def check_broadcasts_to(name: str, t: Tensor, shape: torch.Size, what: str) -> None:
     """Raise ``ValueError`` unless ``t`` broadcasts to ``shape`` without enlarging it (a ``(N, 1)``
     weight against a ``(N,)`` loss would silently produce ``(N, N)``)."""
@@ -138,6 +166,12 @@ def check_number(
         what = "".join(f" {b}" for b in bounds[:1]) + "".join(f" and {b}" for b in bounds[1:])
         raise ValueError(f"{name} must be a finite number{what}, got {value!r}")
     return float(value)
+
+
+def check_gain(name: str, value: object) -> float:
+    """A loss gain (the weight of one component of a criterion): a finite number >= 0, not a bool;
+    returns it as a float."""
+    return check_number(name, value, low=0.0)
 
 
 _MIN_EPS = torch.finfo(torch.float32).tiny  # a smaller eps is 0 in float32: 0/0 on zero-area boxes

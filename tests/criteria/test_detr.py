@@ -1,7 +1,9 @@
-"""DETRLoss against a plain per-layer, per-image, per-query loop port of API.md's preset table.
+"""DETRLoss against a plain per-layer, per-image, per-query loop port of the three presets.
 
-The port below is written from the table (costs, class losses, normalisations, defaults) with scalar
-formulas and scipy's solver on each image's cost block; it shares no code with detloss. On top: a
+The port below is written from the preset table of docs/detr.md (costs, class losses,
+normalisations, defaults of facebookresearch/detr, fundamentalvision/Deformable-DETR and
+lyuwenyu/RT-DETR, as transformers' losses compute them) with scalar formulas and scipy's solver on
+each image's cost block; it shares no code with detloss. On top: a
 hand-computed case, gradcheck in float64, images without targets, the sync and op budget, and the
 input checks.
 """
@@ -16,13 +18,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import detloss.assign.hungarian as hungarian
+from detloss.assign import PaddedTargets, pad_targets
 from detloss.criteria import DETRLoss
 from detloss.profiling import DispatchCounter
 
 linear_sum_assignment = pytest.importorskip("scipy.optimize").linear_sum_assignment  # detloss[detr]
 
 PRESETS = ("detr", "deformable", "rtdetr")
-# preset → (class, bbox, giou) costs, (cls, bbox, giou) weights, focal alpha (API.md's table)
+# preset → (class, bbox, giou) costs, (cls, bbox, giou) gains, focal alpha: the defaults of the original
+# repositories (facebookresearch/detr, fundamentalvision/Deformable-DETR, lyuwenyu/RT-DETR), written
+# here from docs/detr.md's preset table, not read from detloss
 TABLE = {
     "detr": ((1.0, 5.0, 2.0), (1.0, 5.0, 2.0), None),
     "deformable": ((2.0, 5.0, 2.0), (2.0, 5.0, 2.0), 0.25),
@@ -68,15 +73,18 @@ def loop_port(
     cost_gamma=2.0,
     focal_gamma=2.0,
 ):
-    """(total, per-layer [cls, bbox, giou] weighted) as plain floats; the matching by scipy per block."""
+    """(total, per-layer [cls, bbox, giou] with gains, per-image shares summed over the layers) as plain
+    floats; the matching by scipy per block. An image's share: its queries' class loss and its targets'
+    box losses, over the batch's normalisers."""
     (cc, bc, gc), (cw, bw, gw), alpha = TABLE[preset]
     lg, bx = logits.tolist(), boxes.tolist()
     num_layers, batch, num_queries = len(lg), len(lg[0]), len(lg[0][0])
     tgt = [(t["boxes"].tolist(), t["labels"].tolist()) for t in targets]
     n_boxes = max(sum(len(lab) for _, lab in tgt), 1)
-    layers = []
+    layers, per_image = [], [0.0] * batch
     for layer in range(num_layers):
         cls_sum = ce_weight = l1_sum = giou_sum = 0.0
+        cls_img, box_img = [0.0] * batch, [0.0] * batch  # box_img: bw·L1 + gw·(1 − GIoU), summed
         for image in range(batch):
             x, p = lg[layer][image], bx[layer][image]
             tb, lab = tgt[image]
@@ -100,8 +108,10 @@ def loop_port(
                 rows, cols = linear_sum_assignment(cost.numpy())
                 match = {int(r): int(c) for r, c in zip(rows, cols, strict=True)}
             for q, j in match.items():
-                l1_sum += sum(abs(p[q][k] - tb[j][k]) for k in range(4))
-                giou_sum += 1 - iou_and_giou(p[q], tb[j])[1]
+                l1 = sum(abs(p[q][k] - tb[j][k]) for k in range(4))
+                g = 1 - iou_and_giou(p[q], tb[j])[1]
+                l1_sum, giou_sum = l1_sum + l1, giou_sum + g
+                box_img[image] += bw * l1 + gw * g
             for q in range(num_queries):
                 j = match.get(q)
                 if preset == "detr":
@@ -109,6 +119,7 @@ def loop_port(
                     w = 1.0 if j is not None else eos_coef
                     log_z = max(x[q]) + math.log(sum(math.exp(v - max(x[q])) for v in x[q]))
                     cls_sum += w * (log_z - x[q][t])
+                    cls_img[image] += w * (log_z - x[q][t])
                     ce_weight += w
                     continue
                 iou = iou_and_giou(p[q], tb[j])[0] if j is not None else 0.0
@@ -118,14 +129,18 @@ def loop_port(
                     if preset == "deformable":
                         p_t = s * t + (1 - s) * (1 - t)
                         a_t = alpha * t + (1 - alpha) * (1 - t)
-                        cls_sum += bce(x[q][c], t) * a_t * (1 - p_t) ** focal_gamma
+                        term = bce(x[q][c], t) * a_t * (1 - p_t) ** focal_gamma
                     else:  # rtdetr: varifocal with the IoU as the positive's target
                         score = t * iou
                         weight = alpha * s**focal_gamma * (1 - t) + score
-                        cls_sum += weight * bce(x[q][c], score)
-        cls = cls_sum / ce_weight if preset == "detr" else cls_sum / n_boxes
-        layers.append([cw * cls, bw * l1_sum / n_boxes, gw * giou_sum / n_boxes])
-    return sum(map(sum, layers)), layers
+                        term = weight * bce(x[q][c], score)
+                    cls_sum += term
+                    cls_img[image] += term
+        cls_norm = ce_weight if preset == "detr" else n_boxes
+        layers.append([cw * cls_sum / cls_norm, bw * l1_sum / n_boxes, gw * giou_sum / n_boxes])
+        for image in range(batch):
+            per_image[image] += cw * cls_img[image] / cls_norm + box_img[image] / n_boxes
+    return sum(map(sum, layers)), layers, per_image
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -154,7 +169,7 @@ def rel(a, b):
 def test_matches_the_loop_port(preset, seed):
     logits, boxes, targets = make(preset, seed=seed)
     out = DETRLoss(3, preset)(logits, boxes, targets)
-    total, layers = loop_port(preset, logits, boxes, targets, 3)
+    total, layers, _ = loop_port(preset, logits, boxes, targets, 3)
     assert rel(out.total, total) < 1e-12
     assert len(out.layers) == len(layers)
     for ours, ref in zip(out.layers, layers, strict=True):
@@ -170,9 +185,9 @@ def test_options_reach_the_port(preset):
     logits, boxes, targets = make(preset, Q=5, counts=(3, 1, 2), seed=4)
     kw = {"eos_coef": 0.3, "cost_alpha": 0.4, "cost_gamma": 1.5, "focal_gamma": 1.0}
     out = DETRLoss(3, preset, **kw)(logits, boxes, targets)
-    total, _ = loop_port(preset, logits, boxes, targets, 3, **kw)
+    total, _, _ = loop_port(preset, logits, boxes, targets, 3, **kw)
     assert rel(out.total, total) < 1e-12
-    scaled = DETRLoss(3, preset, cls_weight=0.5, bbox_weight=1.0, giou_weight=3.0, **kw)(
+    scaled = DETRLoss(3, preset, cls=0.5, bbox=1.0, giou=3.0, **kw)(
         logits, boxes, targets
     )
     (_, _, _), (cw, bw, gw), _ = TABLE[preset]
@@ -192,6 +207,110 @@ def test_a_hand_computed_case():
     # CE: query 1 → class 0 with weight 1: log 2; query 0 → no-object (weight 0.1): log(1 + e²) − 0
     ce1, ce0 = math.log(2.0), math.log1p(math.exp(2.0))
     assert float(out.components["cls"]) == pytest.approx((ce1 + 0.1 * ce0) / 1.1, rel=1e-14)
+
+
+# ----------------------------------------------------------------------------- per-image shares
+@pytest.mark.parametrize("preset", PRESETS)
+def test_per_image_shares_match_the_loop_port(preset):
+    logits, boxes, targets = make(preset, seed=20)  # image 1 has no targets
+    out = DETRLoss(3, preset)(logits, boxes, targets)
+    _, _, shares = loop_port(preset, logits, boxes, targets, 3)
+    assert out.per_image.shape == (3,)
+    for got, want in zip(out.per_image, shares, strict=True):
+        assert rel(got, want) < 1e-12, (float(got), want)
+    # the image without targets: only its queries' no-object (or all-negative) class loss, not 0
+    assert len(targets[1]["labels"]) == 0 and shares[1] > 0
+    assert rel(out.per_image.sum(), float(out.total.detach())) < 1e-10
+
+
+def test_per_image_of_a_batch_of_one_is_the_total():
+    logits, boxes, targets = make("deformable", B=1, counts=(3,), seed=21)
+    out = DETRLoss(3, "deformable")(logits, boxes, targets)
+    assert out.per_image.shape == (1,)
+    assert rel(out.per_image[0], float(out.total.detach())) < 1e-14
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_per_image_gradient_is_the_image_part_of_the_total_gradient(preset):
+    logits, boxes, targets = make(preset, seed=22)
+    out = DETRLoss(3, preset)(logits, boxes, targets)
+    total_grads = torch.autograd.grad(out.total, (logits, boxes), retain_graph=True)
+    summed = [torch.zeros_like(logits), torch.zeros_like(boxes)]
+    for b in range(3):
+        grads = torch.autograd.grad(out.per_image[b], (logits, boxes), retain_graph=True)
+        others = torch.arange(3) != b
+        for g, acc in zip(grads, summed, strict=True):
+            assert (g[:, others] == 0).all()  # (L, B, …): image b's rows only
+            acc += g
+        assert grads[0][:, b].abs().sum() > 0  # every image's queries carry a class loss
+    assert (summed[1][:, 1] == 0).all()  # image 1 has no targets: no box gradient
+    for got, want in zip(summed, total_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-15)
+
+
+# ----------------------------------------------------------------------------- padded targets
+def _padded(targets, permute=False):
+    """PaddedTargets of the cxcywh targets; with ``permute`` the real rows come last (the mask counts,
+    not the row order) and the labels are int32 (any integer dtype)."""
+    pt = pad_targets(targets, 3, fmt="cxcywh", dtype=torch.float64)
+    if not permute:
+        return pt
+    order = torch.arange(pt.mask.shape[1]).flip(0)
+    return PaddedTargets(pt.boxes[:, order], pt.labels[:, order].int(), pt.mask[:, order])
+
+
+@pytest.mark.parametrize("permute", [False, True])
+@pytest.mark.parametrize("preset", PRESETS)
+def test_padded_targets_give_the_list_result(preset, permute):
+    logits, boxes, targets = make(preset, seed=23)
+    crit = DETRLoss(3, preset)
+    want, got = crit(logits, boxes, targets), crit(logits, boxes, _padded(targets, permute))
+    torch.testing.assert_close(got.total, want.total, rtol=1e-14, atol=0)
+    torch.testing.assert_close(got.per_image, want.per_image, rtol=1e-14, atol=0)
+    for a, b in zip(got.layers, want.layers, strict=True):
+        for k in ("cls", "bbox", "giou"):
+            torch.testing.assert_close(a[k], b[k], rtol=1e-14, atol=0)
+    g_got = torch.autograd.grad(got.total, (logits, boxes))
+    g_want = torch.autograd.grad(want.total, (logits, boxes))
+    for a, b in zip(g_got, g_want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-14, atol=0)
+
+
+def test_padded_targets_mask_travels_with_the_cost(monkeypatch):
+    # the host needs each image's real targets: the mask is copied in the cost's one transfer
+    calls = []
+    original = hungarian.to_host
+    monkeypatch.setattr(hungarian, "to_host", lambda *t: calls.append([x.shape for x in t]) or original(*t))
+    logits, boxes, targets = make("detr", L=2, B=3, Q=6, counts=(2, 0, 4), dtype=torch.float32, seed=24)
+    padded = _padded(targets)
+    with DispatchCounter() as c:
+        DETRLoss(3, "detr", validate=False)(logits, boxes, padded).total.backward()
+    assert c.syncs == 0, c.sync_ops
+    assert calls == [[(3, 4), (2, 3, 6, 4)]]
+
+
+def test_padded_targets_shapes_are_checked():
+    logits, boxes, targets = make("detr", seed=25)
+    pt = _padded(targets)
+    crit = DETRLoss(3, "detr")
+    with pytest.raises(ValueError, match=r"targets.boxes must have shape \(B=3, M, 4\), got \(2, 4, 4\)"):
+        crit(logits, boxes, PaddedTargets(pt.boxes[:2], pt.labels[:2], pt.mask[:2]))
+    with pytest.raises(TypeError, match="targets.labels must be an integer tensor"):
+        crit(logits, boxes, PaddedTargets(pt.boxes, pt.labels.double(), pt.mask))
+
+
+# ----------------------------------------------------------------------------- gains
+def test_gain_keywords_are_the_component_keys():
+    crit = DETRLoss(3, "rtdetr", cls=0.5, bbox=1.0, giou=3.0)
+    assert crit.gains == {"cls": 0.5, "bbox": 1.0, "giou": 3.0}
+    assert DETRLoss(3, "rtdetr").gains == {"cls": 1.0, "bbox": 5.0, "giou": 2.0}  # None: the preset's
+    for old in ("cls_weight", "bbox_weight", "giou_weight"):
+        with pytest.raises(TypeError, match=old):
+            DETRLoss(3, **{old: 1.0})
+    with pytest.raises(ValueError, match="giou must be a finite number >= 0"):
+        DETRLoss(3, giou=-1.0)
+    with pytest.raises(ValueError, match="class_cost must be a finite number >= 0"):
+        DETRLoss(3, class_cost=float("nan"))
 
 
 # ----------------------------------------------------------------------------- gradients
@@ -234,7 +353,7 @@ def test_images_without_targets(preset):
             and torch.isfinite(logits.grad).all()
             and torch.isfinite(boxes.grad).all()
         )
-        total, _ = loop_port(preset, logits, boxes, targets, 3)
+        total, _, _ = loop_port(preset, logits, boxes, targets, 3)
         assert rel(out.total, total) < 1e-12
         if not any(counts):
             assert float(out.components["bbox"]) == 0.0 and float(out.components["giou"]) == 0.0
@@ -269,7 +388,7 @@ def test_validate_false_and_reduce_across_ranks_without_a_group_change_nothing(p
 def test_one_host_round_trip_and_no_other_sync(preset, monkeypatch):
     calls = []
     original = hungarian.to_host
-    monkeypatch.setattr(hungarian, "to_host", lambda cost: calls.append(cost.shape) or original(cost))
+    monkeypatch.setattr(hungarian, "to_host", lambda *ts: calls.append(ts[-1].shape) or original(*ts))
     logits, boxes, targets = make(preset, L=3, B=4, Q=10, counts=(2, 0, 4, 1), dtype=torch.float32, seed=9)
     crit = DETRLoss(3, preset, validate=False)
     with DispatchCounter() as c:

@@ -9,7 +9,14 @@ import pytest
 import torch
 from torch import nn
 
-from detloss.assign import PRIOR_IGNORED, PRIOR_NEGATIVE, hard_negative_mask, match_priors, pad_targets
+from detloss.assign import (
+    PRIOR_IGNORED,
+    PRIOR_NEGATIVE,
+    PaddedTargets,
+    hard_negative_mask,
+    match_priors,
+    pad_targets,
+)
 from detloss.boxes import convert
 from detloss.criteria import SSDLoss, l2_weight_decay
 
@@ -103,9 +110,11 @@ def ref_loss(
     normalize="mean",
     count_ignored_as_positive=False,
 ):
+    """(conf, loc, per-image shares of conf + loc): each image's sums over the batch's counts."""
     pri = priors.tolist()
     pri_xyxy = [[cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2] for cx, cy, w, h in pri]
     ce_sum, n_kept, sl1_sum, n_pos = 0.0, 0, 0.0, 0
+    ce_img, sl1_img = [0.0] * len(targets), [0.0] * len(targets)
     for i, t in enumerate(targets):
         boxes, labels = t["boxes"].tolist(), t["labels"].tolist()
         matched = ref_match(boxes, pri_xyxy, thr, ignore)
@@ -117,7 +126,8 @@ def ref_loss(
         kept_neg = sorted(neg, key=lambda q: (bg[q], q))[:k]
         for q in pos + kept_neg:
             c = labels[matched[q]] + 1 if matched[q] >= 0 else 0
-            ce_sum = ce_sum + torch.logsumexp(conf[i, q], 0) - conf[i, q, c]
+            ce = torch.logsumexp(conf[i, q], 0) - conf[i, q, c]
+            ce_sum, ce_img[i] = ce_sum + ce, ce_img[i] + ce
             n_kept += 1
         for q in pos:
             x1, y1, x2, y2 = boxes[matched[q]]
@@ -132,15 +142,21 @@ def ref_loss(
             for c in range(4):
                 d = loc[i, q, c] - tgt[c]
                 s2 = sigma * sigma
-                sl1_sum = sl1_sum + (0.5 * s2 * d * d if abs(d.item()) < 1 / s2 else d.abs() - 0.5 / s2)
+                sl1 = 0.5 * s2 * d * d if abs(d.item()) < 1 / s2 else d.abs() - 0.5 / s2
+                sl1_sum, sl1_img[i] = sl1_sum + sl1, sl1_img[i] + sl1
             n_pos += 1
     zero = loc.sum() * 0
     if normalize == "positives":
         n = max(n_pos, 1)
-        return zero + ce_sum / n, zero + sl1_sum / n
+        shares = [zero + (c + s) / n for c, s in zip(ce_img, sl1_img, strict=True)]
+        return zero + ce_sum / n, zero + sl1_sum / n, shares
     conf_loss = zero + (ce_sum / n_kept * (ratio + 1) if n_kept else 0.0)
     loc_loss = zero + (sl1_sum / n_pos if n_pos else 0.0)
-    return conf_loss, loc_loss
+    shares = [
+        zero + (c / n_kept * (ratio + 1) if n_kept else 0.0) + (s / n_pos if n_pos else 0.0)
+        for c, s in zip(ce_img, sl1_img, strict=True)
+    ]
+    return conf_loss, loc_loss, shares
 
 
 def random_targets(gen, bs, nc, max_boxes=6):
@@ -180,7 +196,7 @@ def test_matches_loop_port_of_original(seed, kwargs):
     out = crit((loc, conf), targets)
     grads = torch.autograd.grad(out.total, (loc, conf))
     ref_kwargs = {"match_threshold": "thr", "neg_pos_ratio": "ratio", "ignore_threshold": "ignore"}
-    ref_conf, ref_loc = ref_loss(
+    ref_conf, ref_loc, _ = ref_loss(
         loc, conf, targets, priors, **{ref_kwargs.get(k, k): v for k, v in kwargs.items()}
     )
     torch.testing.assert_close(out.components["conf"], ref_conf, rtol=1e-10, atol=0)
@@ -385,6 +401,126 @@ def test_bad_inputs():
         SSDLoss(3, torch.tensor([[0.5, 0.5, 0.1, 0.1], [0.5, 0.5, 0.0, 0.1]]))
     with pytest.raises(ValueError, match="ignore_threshold"):
         SSDLoss(3, priors, ignore_threshold=0.6)
+
+
+# ----------------------------------------------------------------------------------------------
+# Gains, per-image shares, padded targets
+# ----------------------------------------------------------------------------------------------
+
+
+def _inputs(seed, bs=4, nc=4):
+    gen = torch.Generator().manual_seed(seed)
+    priors = small_priors()
+    targets = random_targets(gen, bs, nc)  # image 1 has no targets
+    loc = torch.randn(bs, len(priors), 4, generator=gen, dtype=D, requires_grad=True)
+    conf = torch.randn(bs, len(priors), nc + 1, generator=gen, dtype=D, requires_grad=True)
+    return priors, targets, loc, conf
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{}, {"normalize": "positives"}, {"ignore_threshold": 0.2, "count_ignored_as_positive": True}],
+)
+def test_per_image_shares_match_the_loop_port(kwargs):
+    priors, targets, loc, conf = _inputs(11)
+    out = SSDLoss(4, priors, **kwargs)((loc, conf), targets)
+    ref_kwargs = {("ignore" if k == "ignore_threshold" else k): v for k, v in kwargs.items()}
+    _, _, shares = ref_loss(loc, conf, targets, priors, **ref_kwargs)
+    assert out.per_image.shape == (4,)
+    torch.testing.assert_close(out.per_image, torch.stack(shares), rtol=1e-10, atol=0)
+    # an image without targets has no positives, so it keeps no negatives: its share is exactly 0
+    assert targets[1]["boxes"].shape[0] == 0 and out.per_image[1].item() == 0.0
+    assert (out.per_image[[0, 2, 3]] > 0).all()
+    torch.testing.assert_close(out.per_image.sum(), out.total, rtol=1e-10, atol=0)
+
+
+def test_per_image_of_a_batch_of_one_is_the_total():
+    priors, targets, loc, conf = _inputs(12, bs=1)
+    out = SSDLoss(4, priors)((loc, conf), targets)
+    assert out.per_image.shape == (1,) and out.total.item() > 0
+    torch.testing.assert_close(out.per_image[0], out.total, rtol=1e-14, atol=0)
+
+
+@pytest.mark.parametrize("normalize", ["mean", "positives"])
+def test_per_image_gradient_is_the_image_part_of_the_total_gradient(normalize):
+    priors, targets, loc, conf = _inputs(13)
+    out = SSDLoss(4, priors, normalize=normalize)((loc, conf), targets)
+    total_grads = torch.autograd.grad(out.total, (loc, conf), retain_graph=True)
+    summed = [torch.zeros_like(loc), torch.zeros_like(conf)]
+    for b in range(4):
+        grads = torch.autograd.grad(out.per_image[b], (loc, conf), retain_graph=True)
+        for g, acc in zip(grads, summed, strict=True):
+            others = torch.arange(4) != b
+            assert (g[others] == 0).all()
+            acc += g
+        if b != 1:  # image 1 has no targets: no positives, no kept negatives, no gradient
+            assert grads[1][b].abs().sum() > 0
+    for got, want in zip(summed, total_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-15)
+
+
+def test_gains_scale_their_components():
+    priors, targets, loc, conf = _inputs(14)
+    base = SSDLoss(4, priors)((loc, conf), targets)
+    out = SSDLoss(4, priors, loc=2.5, conf=0.5)((loc, conf), targets)
+    torch.testing.assert_close(out.components["loc"], 2.5 * base.components["loc"], rtol=1e-12, atol=0)
+    torch.testing.assert_close(out.components["conf"], 0.5 * base.components["conf"], rtol=1e-12, atol=0)
+    torch.testing.assert_close(out.total, out.components["loc"] + out.components["conf"], rtol=1e-14, atol=0)
+    torch.testing.assert_close(out.per_image.sum(), out.total, rtol=1e-10, atol=0)
+    # a gain of 0 drops its component (0, not NaN), also with nothing to normalise by
+    empty = [{"boxes": torch.zeros(0, 4, dtype=D), "labels": torch.zeros(0, dtype=torch.long)}] * 4
+    for tg in (targets, empty):
+        zero = SSDLoss(4, priors, loc=0.0)((loc, conf), tg)
+        assert zero.components["loc"].item() == 0.0 and torch.isfinite(zero.per_image).all()
+    for bad in (-1.0, float("nan"), float("inf"), True):
+        with pytest.raises(ValueError, match="conf must be a finite number >= 0"):
+            SSDLoss(4, priors, conf=bad)
+
+
+def test_arguments_after_priors_are_keyword_only():
+    with pytest.raises(TypeError):
+        SSDLoss(4, small_priors(), (0.1, 0.1, 0.2, 0.2))
+
+
+def _padded_like(targets, permute):
+    """The targets as PaddedTargets; with ``permute`` the real rows are not first (mask read, not counts)
+    and the labels int32 (any integer dtype)."""
+    pt = pad_targets(targets, 4, dtype=D)
+    if not permute:
+        return pt
+    order = torch.arange(pt.mask.shape[1]).flip(0)
+    return PaddedTargets(pt.boxes[:, order], pt.labels[:, order].int(), pt.mask[:, order])
+
+
+@pytest.mark.parametrize("permute", [False, True])
+def test_padded_targets_give_the_list_result(permute):
+    priors, targets, loc, conf = _inputs(15)
+    crit = SSDLoss(4, priors, ignore_threshold=0.3)
+    want = crit((loc, conf), targets)
+    got = crit((loc, conf), _padded_like(targets, permute))
+    # the same matching: box indices differ with the permutation, the matched boxes do not
+    torch.testing.assert_close(got.total, want.total, rtol=1e-14, atol=0)
+    torch.testing.assert_close(got.per_image, want.per_image, rtol=1e-14, atol=0)
+    for k in ("loc", "conf"):
+        torch.testing.assert_close(got.components[k], want.components[k], rtol=1e-14, atol=0)
+    g_want = torch.autograd.grad(want.total, (loc, conf))
+    g_got = torch.autograd.grad(got.total, (loc, conf))
+    for a, b in zip(g_got, g_want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-14, atol=0)
+
+
+def test_padded_targets_with_wrong_shapes_are_refused():
+    priors, targets, loc, conf = _inputs(16)
+    pt = pad_targets(targets, 4, dtype=D)
+    crit = SSDLoss(4, priors)
+    with pytest.raises(ValueError, match=r"loc must have shape \(B=3, P=80, 4\)"):  # B from the targets
+        crit((loc, conf), PaddedTargets(pt.boxes[:3], pt.labels[:3], pt.mask[:3]))
+    with pytest.raises(ValueError, match=r"targets.boxes must have shape \(B=4, M, 4\)"):
+        crit((loc, conf), PaddedTargets(pt.boxes[..., :3], pt.labels, pt.mask))
+    with pytest.raises(TypeError, match="targets.mask must be a bool tensor"):
+        crit((loc, conf), PaddedTargets(pt.boxes, pt.labels, pt.mask.long()))
+    with pytest.raises(ValueError, match="targets.labels and targets.mask"):
+        crit((loc, conf), PaddedTargets(pt.boxes, pt.labels[:, :1], pt.mask))
 
 
 class _Net(nn.Module):

@@ -31,11 +31,17 @@ def require_scipy():
     return require("scipy.optimize", "detr", "scipy").linear_sum_assignment
 
 
-def to_host(cost: Tensor) -> np.ndarray:
-    """The one device → host transfer of a matching (a function of its own so tests can count it)."""
-    if cost.dtype not in (torch.float32, torch.float64):
-        cost = cost.float()  # numpy has no bfloat16; the solver works in float64 anyway
-    return cost.detach().cpu().numpy()
+def to_host(*tensors: Tensor) -> list[np.ndarray]:
+    """The one device → host transfer of a matching (a function of its own so tests can count it):
+    the cost last, after the counts or column mask when they are tensors. One synchronisation: every
+    copy but the last is queued without blocking (into pinned memory) and the last one blocks, which
+    on one stream completes the earlier copies too."""
+    out = []
+    for i, t in enumerate(tensors):
+        if t.dtype in (torch.float16, torch.bfloat16):
+            t = t.float()  # numpy has no bfloat16; the solver works in float64 anyway
+        out.append(t.detach().to("cpu", non_blocking=i < len(tensors) - 1))
+    return [t.numpy() for t in out]
 
 
 def to_device(matches: np.ndarray, device: torch.device) -> Tensor:
@@ -66,12 +72,11 @@ def _finite_block(block: np.ndarray, pairs: int) -> np.ndarray:
     return np.where(bad, big, block)
 
 
-def _check_finite(host: np.ndarray, n: np.ndarray, names: tuple[str, ...]) -> None:
-    """ValueError at the first non-finite cost of a real column; one vectorised pass."""
+def _check_finite(host: np.ndarray, real: np.ndarray, names: tuple[str, ...]) -> None:
+    """ValueError at the first non-finite cost of a real column (``real`` ``(…, M)``); one pass."""
     import numpy as np
 
-    real = np.arange(host.shape[-1]) < n[..., None, None]  # (…, 1, M)
-    bad = ~np.isfinite(host) & real
+    bad = ~np.isfinite(host) & real[..., None, :]
     if bad.any():
         *idx, q, t = (int(i) for i in np.argwhere(bad)[0])
         where = "".join(f"{k} {i}, " for k, i in zip(names, idx, strict=True))
@@ -103,11 +108,12 @@ def hungarian_match(
 
     Args:
         cost: ``(…, Q, M_max)`` matching cost of each block (for a DETR criterion ``(L, B, Q, M_max)``:
-            layer, image, query, target); columns at and beyond a block's count are padding and
-            never read.
-        counts: the number of real targets per block, ``(…)`` or broadcastable to the leading dims
-            (e.g. ``(B,)`` against ``(L, B, Q, M_max)``; an int for one block); ints, or a tensor (its values
-            are then read on the host: one more synchronisation; criteria pass host ints).
+            layer, image, query, target); the padding columns are never read.
+        counts: the real targets of each block: the number ``(…)`` of leading real columns, or
+            broadcastable to the leading dims (e.g. ``(B,)`` against ``(L, B, Q, M_max)``; an int for
+            one block), as host ints (criteria know them from the shapes); or a tensor, integer
+            counts or a bool mask ``(…, M_max)`` of the real columns (any positions, broadcastable),
+            read on the host in the same synchronisation as the cost.
         validate: raise ``ValueError`` naming the layer, image, query and target of the first
             non-finite cost. With ``False``, non-finite costs are matched only where nothing else
             can be (as the references: they replace them by a large finite value).
@@ -117,7 +123,7 @@ def hungarian_match(
     Returns:
         ``(…, M_max)`` int64 on ``cost``'s device: the query matched to each target, −1 for padding
         and for targets left unmatched (more targets than queries). Each block's pairs are
-        ``scipy.optimize.linear_sum_assignment``'s on the block ``cost[…, :, :count]``.
+        ``scipy.optimize.linear_sum_assignment``'s on the block's real columns ``cost[…, :, real]``.
 
     Raises:
         ImportError: scipy is not installed.
@@ -130,31 +136,47 @@ def hungarian_match(
     if cost.dim() < 2 or not cost.is_floating_point():
         raise ValueError(f"cost must be a floating tensor (..., Q, M), got {cost.dtype} {tuple(cost.shape)}")
     lead, (num_queries, width) = cost.shape[:-2], cost.shape[-2:]
+    is_mask = isinstance(counts, Tensor) and counts.dtype == torch.bool
     if isinstance(counts, Tensor):
-        counts = counts.tolist()
-    counts = np.asarray(counts, dtype=np.int64)
-    if counts.size == 1 and counts.ndim > len(lead):  # [n] for a single (Q, M) block
-        counts = counts.reshape(())
-    try:
-        n = np.broadcast_to(counts, lead)
-    except ValueError:
-        raise ValueError(
-            f"counts of shape {np.shape(counts)} does not broadcast to cost's leading dims {tuple(lead)}"
-        ) from None
-    if n.size and (n.min() < 0 or n.max() > width):
-        raise ValueError(f"counts must lie in [0, {width}] (cost's last dim), got {n.min()}…{n.max()}")
+        if counts.is_floating_point() or counts.is_complex():
+            raise TypeError(f"counts must be an integer or bool tensor, got {counts.dtype}")
+        counts, host = to_host(counts, cost)  # the one transfer there
+    else:
+        (host,) = to_host(cost)  # the one transfer there
+    if is_mask:
+        try:
+            real = np.broadcast_to(counts, (*lead, width))
+        except ValueError:
+            raise ValueError(
+                f"the column mask of shape {counts.shape} does not broadcast to {(*lead, width)}"
+            ) from None
+    else:
+        counts = np.asarray(counts, dtype=np.int64)
+        if counts.size == 1 and counts.ndim > len(lead):  # [n] for a single (Q, M) block
+            counts = counts.reshape(())
+        try:
+            n = np.broadcast_to(counts, lead)
+        except ValueError:
+            raise ValueError(
+                f"counts of shape {np.shape(counts)} does not broadcast to cost's leading dims {tuple(lead)}"
+            ) from None
+        if n.size and (n.min() < 0 or n.max() > width):
+            raise ValueError(f"counts must lie in [0, {width}] (cost's last dim), got {n.min()}…{n.max()}")
+        real = np.arange(width) < n[..., None]
 
-    host = to_host(cost)  # the one transfer there
     if validate:
-        _check_finite(host, n, _dim_names(len(lead)))
-    jobs = [idx for idx in np.ndindex(*lead) if n[idx] and num_queries]
+        _check_finite(host, real, _dim_names(len(lead)))
+    jobs = [idx for idx in np.ndindex(*lead) if num_queries and real[idx].any()]
 
     def solve_chunk(chunk: list[tuple[int, ...]]) -> list[tuple[tuple[int, ...], np.ndarray, np.ndarray]]:
         out = []
         for idx in chunk:
-            m = int(n[idx])
-            block = host[idx][:, :m] if validate else _finite_block(host[idx][:, :m], min(num_queries, m))
-            out.append((idx, *solve(block)))
+            cols = np.flatnonzero(real[idx])
+            block = host[idx][:, cols]
+            if not validate:
+                block = _finite_block(block, min(num_queries, len(cols)))
+            rows, picked = solve(block)
+            out.append((idx, rows, cols[picked]))
         return out
 
     threads = min(torch.get_num_threads() if num_threads is None else int(num_threads), len(jobs))

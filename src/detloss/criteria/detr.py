@@ -10,7 +10,6 @@ targets only, ``(L, B, Q, M_max)``, and all layers reach the host in one transfe
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -20,8 +19,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..assign.hungarian import hungarian_match, require_scipy
+from ..assign.targets import PaddedTargets, pad_targets, raise_bad_target, targets_ok
 from ..boxes import convert
-from ..checks import check_class_ids, check_finite, check_num_classes, check_tensor
+from ..checks import check_finite, check_gain, check_num_classes, check_padded_targets, check_tensor
 from ..distributed import global_count
 from ..iou import compute_dtype, iou_xyxy
 from ..kernels import iou_forward
@@ -30,7 +30,7 @@ from .result import LossResult
 
 Preset = Literal["detr", "deformable", "rtdetr"]
 
-# preset → (class, bbox, giou) match costs, (cls, bbox, giou) loss weights, focal_alpha: the defaults
+# preset → (class, bbox, giou) match costs, (cls, bbox, giou) loss gains, focal_alpha: the defaults
 # of the original repositories (facebookresearch/detr, fundamentalvision/Deformable-DETR, lyuwenyu/RT-DETR)
 PRESETS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float], float | None]] = {
     "detr": ((1.0, 5.0, 2.0), (1.0, 5.0, 2.0), None),
@@ -45,8 +45,8 @@ _TINY = torch.finfo(torch.float32).tiny
 
 @dataclass
 class SetLossResult(LossResult):
-    """:class:`LossResult` plus ``layers``: per decoder layer, ``{"cls", "bbox", "giou"}`` (weighted),
-    in input layer order; ``components`` are their sums over the layers."""
+    """:class:`LossResult` plus ``layers``: per decoder layer, ``{"cls", "bbox", "giou"}`` (gains
+    applied), in input layer order; ``components`` are their sums over the layers."""
 
     layers: list[dict[str, Tensor]] = field(default_factory=list)
 
@@ -57,26 +57,27 @@ class DETRLoss(nn.Module):
     Per layer l, with the Hungarian matching σ_l of queries to each image's targets::
 
         cost(q, j) = class_cost·C_cls(q, j) + bbox_cost·‖b_q − b_j‖₁ − giou_cost·GIoU(b_q, b_j)
-        L_l = cls_weight·L_cls + bbox_weight·Σ_j ‖b_σ(j) − b_j‖₁ / N + giou_weight·Σ_j (1 − GIoU) / N
+        L_l = cls·L_cls + bbox·Σ_j ‖b_σ(j) − b_j‖₁ / N + giou·Σ_j (1 − GIoU) / N
 
     with N = max(number of target boxes in the batch, 1) (averaged over the ranks with
     ``reduce_across_ranks``). Presets (``None`` arguments take the preset's value):
 
     - ``"detr"`` (C′ = C + 1, no-object last): C_cls = −softmax(x)[class]; L_cls = cross-entropy over
       all B·Q queries (unmatched ones → no-object, weighted ``eos_coef``), PyTorch's weighted mean.
-      Costs 1/5/2, weights 1/5/2.
+      Costs 1/5/2, gains 1/5/2.
     - ``"deformable"`` (C′ = C): C_cls = α_c(1−p)^γ_c·(−log(p + 1e-8)) − (1−α_c)p^γ_c·(−log(1 − p + 1e-8)),
       p = σ(x) of the target's class; L_cls = sigmoid focal loss (``focal_alpha`` 0.25, ``focal_gamma``)
-      on the one-hot of the matched classes, summed over B·Q·C, / N. Costs 2/5/2, weights 2/5/2.
+      on the one-hot of the matched classes, summed over B·Q·C, / N. Costs 2/5/2, gains 2/5/2.
     - ``"rtdetr"`` (C′ = C): the focal cost; L_cls = varifocal: BCE-with-logits(x, t·IoU) weighted by
       α·p^γ·(1 − t) + t·IoU, t the one-hot, IoU of the matched pair and p detached (``focal_alpha``
-      0.75), summed over B·Q·C, / N. Costs 2/5/2, weights 1/5/2.
+      0.75), summed over B·Q·C, / N. Costs 2/5/2, gains 1/5/2.
 
     Args:
         num_classes: C, the object classes (without no-object).
         preset: ``"detr" | "deformable" | "rtdetr"``.
-        class_cost, bbox_cost, giou_cost: matching cost weights.
-        cls_weight, bbox_weight, giou_weight: loss weights.
+        class_cost, bbox_cost, giou_cost: matching cost weights (transformers' names).
+        cls, bbox, giou: loss gains, the keys of ``components`` (transformers' ``weight_dict`` of
+            ``loss_ce``, ``loss_bbox``, ``loss_giou``).
         eos_coef: the no-object class weight of ``"detr"``'s cross-entropy.
         cost_alpha, cost_gamma: α_c, γ_c of the focal matching cost.
         focal_alpha, focal_gamma: α, γ of the focal / varifocal class loss.
@@ -88,11 +89,17 @@ class DETRLoss(nn.Module):
     Call:
         logits: ``(L, B, Q, C′)`` (or ``(B, Q, C′)`` for one layer), the last layer the final one.
         boxes: ``(L, B, Q, 4)`` predicted boxes, cxcywh normalised to [0, 1].
-        targets: B dicts ``{"boxes": (n, 4) cxcywh in [0, 1], "labels": (n,) int64}``; n may be 0.
+        targets: B dicts ``{"boxes": (n, 4) cxcywh normalised to [0, 1], "labels": (n,) int64}``; n may
+            be 0. Or a :class:`detloss.assign.PaddedTargets` of such boxes already on the device (skips
+            the padding and the targets' value checks; its shapes are checked, and its mask travels to
+            the host with the matching cost).
 
     Returns:
         :class:`SetLossResult`: ``total``, ``components`` ``{"cls", "bbox", "giou"}`` summed over the
-        layers, ``layers`` the per-layer dicts. float32 for half-precision inputs.
+        layers, ``layers`` the per-layer dicts, ``per_image`` ``(B,)`` each image's share summed over
+        the layers: its queries' class loss and its targets' box losses over the batch's
+        normalisers (N; ``"detr"``: Σ w of the layer's queries), so ``per_image.sum() == total``.
+        float32 for half-precision inputs.
 
     A call is one graph with one host round trip (the matching) with ``validate=False``; ``validate=True``
     adds one synchronisation for the input checks.
@@ -106,9 +113,9 @@ class DETRLoss(nn.Module):
         class_cost: float | None = None,
         bbox_cost: float | None = None,
         giou_cost: float | None = None,
-        cls_weight: float | None = None,
-        bbox_weight: float | None = None,
-        giou_weight: float | None = None,
+        cls: float | None = None,
+        bbox: float | None = None,
+        giou: float | None = None,
         eos_coef: float = 0.1,
         cost_alpha: float = 0.25,
         cost_gamma: float = 2.0,
@@ -122,16 +129,15 @@ class DETRLoss(nn.Module):
         check_num_classes(num_classes)
         if preset not in PRESETS:
             raise ValueError(f"preset must be one of {tuple(PRESETS)}, got {preset!r}")
-        costs, weights, alpha = PRESETS[preset]
-        pick = lambda given, default: float(default if given is None else given)  # noqa: E731
+        costs, gains, alpha = PRESETS[preset]
         self.num_classes, self.preset = num_classes, preset
-        self.class_cost, self.bbox_cost, self.giou_cost = map(pick, (class_cost, bbox_cost, giou_cost), costs)
-        self.cls_weight, self.bbox_weight, self.giou_weight = map(
-            pick, (cls_weight, bbox_weight, giou_weight), weights
-        )
-        for name in ("class_cost", "bbox_cost", "giou_cost", "cls_weight", "bbox_weight", "giou_weight"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        given = (class_cost, bbox_cost, giou_cost, cls, bbox, giou)
+        names = ("class_cost", "bbox_cost", "giou_cost", "cls", "bbox", "giou")
+        value = [  # None takes the preset's value
+            check_gain(n, d if v is None else v) for n, v, d in zip(names, given, costs + gains, strict=True)
+        ]
+        self.class_cost, self.bbox_cost, self.giou_cost = value[:3]
+        self.gains = dict(zip(names[3:], value[3:], strict=True))
         if self.class_cost == self.bbox_cost == self.giou_cost == 0:
             raise ValueError("class_cost, bbox_cost and giou_cost cannot all be 0")
         if not 0 <= eos_coef:
@@ -143,7 +149,9 @@ class DETRLoss(nn.Module):
             float(cost_alpha),
             float(cost_gamma),
         )
-        self.focal_alpha = float(pick(focal_alpha, alpha if alpha is not None else 0.25))
+        if focal_alpha is None:
+            focal_alpha = 0.25 if alpha is None else alpha
+        self.focal_alpha = float(focal_alpha)
         self.focal_gamma = float(focal_gamma)
         if not 0 <= self.focal_alpha <= 1:
             raise ValueError(f"focal_alpha must lie in [0, 1], got {self.focal_alpha}")
@@ -155,15 +163,23 @@ class DETRLoss(nn.Module):
 
     # ------------------------------------------------------------------------------------------ call
     def forward(
-        self, logits: Tensor, boxes: Tensor, targets: Sequence[Mapping[str, Tensor]]
+        self, logits: Tensor, boxes: Tensor, targets: Sequence[Mapping[str, Tensor]] | PaddedTargets
     ) -> SetLossResult:
         logits, boxes = self._check_preds(logits, boxes, targets)
         dtype = compute_dtype(logits)  # fp16/bf16 heads: computed in float32
         x, pred = logits.to(dtype), boxes.to(dtype)
-        num_layers, _, num_queries, _ = x.shape
-        tgt_boxes, labels, valid_tgt, counts = _pad_targets(targets, dtype, x.device)  # (B, M, 4), (B, M)
+        num_layers, batch, num_queries, _ = x.shape
+        if isinstance(targets, PaddedTargets):
+            padded = PaddedTargets(targets.boxes.to(dtype), targets.labels.long(), targets.mask)
+            counts: Tensor | list[int] = padded.mask  # read with the matching cost, in its transfer
+        else:
+            padded = pad_targets(
+                targets, self.num_classes, fmt="cxcywh", dtype=dtype, device=x.device, validate=False
+            )
+            counts = [int(t["boxes"].shape[0]) for t in targets]  # known from the shapes: no sync
+        tgt_boxes, labels, valid_tgt = padded.boxes, padded.labels, padded.mask  # (B, M, 4), (B, M)
         if self.validate:
-            self._check_values(x, pred, targets, tgt_boxes, labels, valid_tgt)
+            self._check_values(x, pred, targets, padded)
 
         # 1. matching on each image's own cost block, all layers in one round trip
         with torch.no_grad():
@@ -177,14 +193,14 @@ class DETRLoss(nn.Module):
         pred_xyxy, tgt_xyxy = convert(pred_m, "cxcywh", "xyxy"), convert(tgt_boxes, "cxcywh", "xyxy")
         num_boxes = global_count(valid_tgt.sum().to(dtype), self.reduce_across_ranks, 1.0)
         zero = x.new_zeros(())
-        l1 = torch.where(matched, (pred_m - tgt_boxes).abs().sum(-1), zero).sum((1, 2)) / num_boxes
+        l1 = torch.where(matched, (pred_m - tgt_boxes).abs().sum(-1), zero).sum(2) / num_boxes  # (L, B)
         giou = iou_xyxy(pred_xyxy, tgt_xyxy, "giou", _TINY)
-        giou = torch.where(matched, 1.0 - giou, zero).sum((1, 2)) / num_boxes
+        giou = torch.where(matched, 1.0 - giou, zero).sum(2) / num_boxes
 
         # 3. the class target of every query: the matched target's class, else C (no-object);
         # unmatched targets scatter into a spare slot Q that is dropped (order-free, no collisions)
         slot = torch.where(matched, query, num_queries)  # (L, B, M)
-        cls_target = x.new_full((num_layers, x.shape[1], num_queries + 1), self.num_classes, dtype=torch.long)
+        cls_target = x.new_full((num_layers, batch, num_queries + 1), self.num_classes, dtype=torch.long)
         cls_target = cls_target.scatter(2, slot, labels.expand_as(slot))[..., :num_queries]  # (L, B, Q)
         if self.preset == "detr":
             cls = self._cross_entropy(x, cls_target)
@@ -195,22 +211,24 @@ class DETRLoss(nn.Module):
             if self.preset == "deformable":
                 cls = sigmoid_focal_loss(
                     x, onehot, self.focal_alpha, self.focal_gamma, reduction="none", validate=False
-                ).sum((1, 2, 3))
+                ).sum((2, 3))
             else:
                 with torch.no_grad():
                     iou = iou_xyxy(pred_xyxy, tgt_xyxy, "iou", _TINY)  # (L, B, M)
                     score = x.new_zeros(slot.shape[:2] + (num_queries + 1,)).scatter(2, slot, iou)
                 score = score[..., :num_queries, None] * onehot  # (L, B, Q, C): IoU at the matched class
-                cls = _rtdetr_varifocal(x, onehot, score, self.focal_alpha, self.focal_gamma).sum((1, 2, 3))
+                cls = _rtdetr_varifocal(x, onehot, score, self.focal_alpha, self.focal_gamma).sum((2, 3))
             cls = cls / num_boxes
 
-        # 4. weights, per layer and summed
-        per_layer = torch.stack((self.cls_weight * cls, self.bbox_weight * l1, self.giou_weight * giou), 1)
+        # 4. gains; each image's share over the batch's normalisers, summed per layer and over layers
+        g = self.gains
+        shares = torch.stack((g["cls"] * cls, g["bbox"] * l1, g["giou"] * giou), 2)  # (L, B, 3)
+        per_layer = shares.sum(1)  # (L, 3)
         names = ("cls", "bbox", "giou")
         sums = per_layer.sum(0)
         components = dict(zip(names, sums.unbind(), strict=True))
         layers = [dict(zip(names, row.unbind(), strict=True)) for row in per_layer.unbind()]
-        return SetLossResult(sums.sum(), components, layers=layers)
+        return SetLossResult(sums.sum(), components, per_image=shares.sum((0, 2)), layers=layers)
 
     def _cost(self, x: Tensor, pred: Tensor, tgt_boxes: Tensor, labels: Tensor) -> Tensor:
         """``(L, B, Q, M)`` matching cost of every query with its own image's targets (no gradient)."""
@@ -241,19 +259,24 @@ class DETRLoss(nn.Module):
         return cost.sub_(giou, alpha=self.giou_cost)
 
     def _cross_entropy(self, x: Tensor, cls_target: Tensor) -> Tensor:
-        """Per layer: Σ w_t·CE / Σ w_t over the B·Q queries (``F.cross_entropy``'s weighted mean)."""
+        """``(L, B)``: per layer and image, Σ_q w_t·CE over the image's queries / Σ w_t over the layer's
+        B·Q queries; summed over the images, ``F.cross_entropy``'s weighted mean of the layer."""
         weight = self.class_weight.to(device=x.device, dtype=x.dtype)  # a criterion left on the CPU works too
         ce = F.cross_entropy(x.flatten(0, 2), cls_target.flatten(), weight=weight, reduction="none")
         # the floor only matters without queries (B = 0) or with eos_coef = 0 and nothing matched:
         # 0 there, where F.cross_entropy gives 0/0
-        return ce.view(cls_target.shape).sum((1, 2)) / weight[cls_target].sum((1, 2)).clamp(min=_TINY)
+        norm = weight[cls_target].sum((1, 2)).clamp(min=_TINY)  # (L,)
+        return ce.view(cls_target.shape).sum(2) / norm[:, None]
 
     # ------------------------------------------------------------------------------------------ checks
-    def _check_preds(self, logits: Tensor, boxes: Tensor, targets: Sequence) -> tuple[Tensor, Tensor]:
+    def _check_preds(
+        self, logits: Tensor, boxes: Tensor, targets: Sequence[Mapping[str, Tensor]] | PaddedTargets
+    ) -> tuple[Tensor, Tensor]:
         check_tensor("logits", logits)
         check_tensor("boxes", boxes)
-        if isinstance(targets, Mapping) or not isinstance(targets, Sequence):
-            raise TypeError(f"targets must be a list of dicts, got {type(targets).__name__}")
+        listed = isinstance(targets, Sequence) and not isinstance(targets, Mapping)
+        if not (listed or isinstance(targets, PaddedTargets)):
+            raise TypeError(f"targets must be a list of dicts or PaddedTargets, got {type(targets).__name__}")
         for name, t in (("logits", logits), ("boxes", boxes)):
             if not t.is_floating_point():
                 raise TypeError(f"{name} must have a floating dtype, got {t.dtype}")
@@ -271,74 +294,32 @@ class DETRLoss(nn.Module):
                 f"boxes must have shape (L, B, Q, 4) = {tuple(logits.shape[:3]) + (4,)}, "
                 f"got {tuple(boxes.shape)}"
             )
-        if logits.shape[1] != len(targets):
+        if isinstance(targets, PaddedTargets):
+            check_padded_targets(targets, logits.shape[1])
+        elif logits.shape[1] != len(targets):
             raise ValueError(f"logits has batch size {logits.shape[1]} but targets has {len(targets)} images")
-        for i, t in enumerate(targets):
-            if not isinstance(t, Mapping) or "boxes" not in t or "labels" not in t:
-                raise TypeError(f"targets[{i}] must be a dict with 'boxes' and 'labels'")
-            b, lab = t["boxes"], t["labels"]
-            check_tensor(f"targets[{i}]['boxes']", b)
-            if not b.is_floating_point():
-                raise TypeError(f"targets[{i}]['boxes'] must have a floating dtype, got {b.dtype}")
-            if (
-                not isinstance(lab, Tensor)
-                or lab.is_floating_point()
-                or lab.is_complex()
-                or lab.dtype == torch.bool
-            ):
-                raise TypeError(f"targets[{i}]['labels'] must be an integer tensor")
-            if b.dim() != 2 or b.shape[-1] != 4 or lab.shape != b.shape[:1]:
-                raise ValueError(
-                    f"targets[{i}]: boxes must be (n, 4) cxcywh and labels (n,), got "
-                    f"{tuple(b.shape)} and {tuple(lab.shape)}"
-                )
         return logits, boxes
 
     def _check_values(
-        self, x: Tensor, pred: Tensor, targets: Sequence, tgt_boxes: Tensor, labels: Tensor, valid: Tensor
+        self,
+        x: Tensor,
+        pred: Tensor,
+        targets: Sequence[Mapping[str, Tensor]] | PaddedTargets,
+        padded: PaddedTargets,
     ) -> None:
-        """One combined check and one sync; the offending index is searched only on failure."""
-        box_ok = torch.isfinite(tgt_boxes).all(-1) & (tgt_boxes[..., 2] > 0) & (tgt_boxes[..., 3] > 0)
-        tgt_ok = (box_ok & (labels >= 0) & (labels < self.num_classes)) | ~valid
-        if bool(tgt_ok.all() & torch.isfinite(x).all() & torch.isfinite(pred).all()):
+        """One combined check and one sync: finite predictions and (targets given as a list) the padded
+        targets' values (:func:`detloss.assign.targets.targets_ok`: finite, w > 0, h > 0, class ids
+        in [0, C)); the offending index is searched only on failure."""
+        ok = torch.isfinite(x).all() & torch.isfinite(pred).all()
+        if not isinstance(targets, PaddedTargets):
+            tgt_ok = targets_ok(padded.boxes, padded.labels, self.num_classes, "cxcywh") | ~padded.mask
+            ok = ok & tgt_ok.all()
+        if bool(ok):
             return
         check_finite("logits", x)
         check_finite("boxes", pred)
-        for i, t in enumerate(targets):
-            b = t["boxes"].to(tgt_boxes.dtype)
-            check_finite(f"targets[{i}]['boxes'] (as {b.dtype})", b)
-            check_class_ids(f"targets[{i}]['labels']", t["labels"], self.num_classes)
-            bad = (b[:, 2] <= 0) | (b[:, 3] <= 0)
-            if bool(bad.any()):
-                j = int(bad.nonzero()[0, 0])
-                raise ValueError(
-                    f"targets[{i}]['boxes'][{j}] = {b[j].tolist()} has zero or negative width or height "
-                    "(cxcywh boxes need w > 0 and h > 0)"
-                )
-
-
-def _pad_targets(
-    targets: Sequence[Mapping[str, Tensor]], dtype: torch.dtype, device: torch.device
-) -> tuple[Tensor, Tensor, Tensor, list[int]]:
-    """Targets padded to ``(B, M_max, 4)`` cxcywh and ``(B, M_max)`` labels with a mask, and the host
-    counts. The sizes are the tensors' shapes, so nothing is read back from the device (unlike a
-    boolean-mask scatter), and the op count does not grow with B: one concatenation and one
-    ``index_copy`` into the flat padded rows."""
-    counts = [int(t["boxes"].shape[0]) for t in targets]
-    batch, m, total = len(counts), max(counts, default=0), sum(counts)
-    boxes = torch.zeros(batch * m, 4, dtype=dtype, device=device)
-    labels = torch.zeros(batch * m, dtype=torch.long, device=device)
-    # row of box k of image b: b·M + (k − start_b); counts and shifts reach the device in one copy
-    starts = itertools.accumulate(counts[:-1], initial=0) if batch else ()
-    shifts = [b * m - s for b, s in enumerate(starts)]
-    n, shift = torch.tensor(counts + shifts, dtype=torch.long, device=device).view(2, batch)
-    valid = torch.arange(m, device=device) < n[:, None]
-    if total:
-        rows = torch.arange(total, device=device) + shift.repeat_interleave(n, output_size=total)
-        boxes.index_copy_(0, rows, torch.cat([t["boxes"] for t in targets]).to(device=device, dtype=dtype))
-        cat_labels = torch.cat([t["labels"] for t in targets]).to(device=device, dtype=torch.long)
-        labels.index_copy_(0, rows, cat_labels)
-    return boxes.view(batch, m, 4), labels.view(batch, m), valid, counts
+        boxes, labels = [t["boxes"] for t in targets], [t["labels"] for t in targets]
+        raise_bad_target(boxes, labels, self.num_classes, padded.boxes.dtype, "cxcywh")
 
 
 def _rtdetr_varifocal(x: Tensor, onehot: Tensor, score: Tensor, alpha: float, gamma: float) -> Tensor:

@@ -3,9 +3,9 @@
 With the matches of :func:`detloss.assign.match_priors`, the targets encoded by
 :func:`detloss.codecs.encode_ssd` and the negatives kept by :func:`detloss.assign.hard_negative_mask`::
 
-    conf = (ratio + 1) · Σ_kept CE(conf_p, class_p) / #kept      kept = positives + hard negatives
-    loc  = Σ_pos Σ_4 smoothL1_σ(loc_p − t_p) / #pos
-    total = conf + loc
+    conf = g_conf · (ratio + 1) · Σ_kept CE(conf_p, class_p) / #kept      kept = positives + hard negatives
+    loc  = g_loc · Σ_pos Σ_4 smoothL1_σ(loc_p − t_p) / #pos
+    total = conf + loc                                                  (the gains g default to 1)
 
 ``normalize="positives"`` gives the SSD paper's ``(Σ_kept CE + Σ_pos Σ_4 smoothL1) / max(#pos, 1)``
 (as ssd.pytorch). A sum over an empty set divided by its zero count is 0. Details: docs/ssd.md.
@@ -20,16 +20,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..assign import PRIOR_NEGATIVE, hard_negative_mask, match_priors, pad_targets
+from ..assign import PRIOR_NEGATIVE, PaddedTargets, hard_negative_mask, match_priors, pad_targets
 from ..boxes import convert
-from ..checks import check_boxes, check_num_classes, check_tensor
+from ..checks import check_boxes, check_gain, check_num_classes, check_padded_targets, check_tensor
 from ..codecs import SSD_VARIANCES, encode_ssd
 from ..distributed import global_count
 from ..iou import compute_dtype
-from ..losses import smooth_l1_loss, weight_reduce
+from ..losses import smooth_l1_loss
 from .result import LossResult
 
 Normalize = Literal["mean", "positives"]
+
+_EPS = torch.finfo(torch.float32).eps  # the floor of a count that may be 0 (as weight_reduce's avg_factor)
 
 
 class SSDLoss(nn.Module):
@@ -51,24 +53,31 @@ class SSDLoss(nn.Module):
         count_ignored_as_positive: SSD.TensorFlow's train_ssd.py counts positives with
             ``count_nonzero(cls_targets)``, which includes ignored priors (label −1), when sizing
             the hard negatives; True reproduces that (it only matters with an ignore band).
+        loc, conf: gains of the two components (the original has none: both 1).
+        validate: check targets (finite, positive size, class range) in :func:`detloss.assign.pad_targets`.
         reduce_across_ranks: under DistributedDataParallel, normalise by the batch counts
             (#kept, #positives) averaged over the ranks (:func:`detloss.distributed.global_count`),
             so DDP's gradient average equals the single-process gradient of the whole batch.
             The hard-negative count k stays per image. No effect without a process group.
-        validate: check targets (finite, positive size, class range) in :func:`detloss.assign.pad_targets`.
 
     Call:
         preds: ``(loc (B, P, 4), conf (B, P, C + 1))``, loc offsets in (cx, cy, w, h) order.
-        targets: B dicts ``{"boxes": (n, 4) xyxy, "labels": (n,) int64 in [0, C)}``.
+        targets: B dicts ``{"boxes": (n, 4) xyxy, "labels": (n,) int64 in [0, C)}``, the boxes in the
+            priors' units (input pixels, or [0, 1] if the priors are normalised); or a
+            :class:`detloss.assign.PaddedTargets` of such boxes already on the device (skips the
+            padding and its value checks; its shapes are checked).
 
     Returns:
-        :class:`LossResult` with ``total = conf + loc`` and components ``{"loc", "conf"}``.
+        :class:`LossResult` with ``total = conf + loc``, components ``{"loc", "conf"}`` (gains
+        applied) and ``per_image`` ``(B,)``: image b's share, its kept priors' CE and its positives'
+        smooth L1 over the same batch counts, so ``per_image.sum() == total``.
     """
 
     def __init__(
         self,
         num_classes: int,
         priors: Tensor,
+        *,
         variances: Sequence[float] = SSD_VARIANCES,
         match_threshold: float = 0.5,
         neg_pos_ratio: float = 3,
@@ -76,8 +85,10 @@ class SSDLoss(nn.Module):
         ignore_threshold: float | None = None,
         normalize: Normalize = "mean",
         count_ignored_as_positive: bool = False,
-        reduce_across_ranks: bool = False,
+        loc: float = 1.0,
+        conf: float = 1.0,
         validate: bool = True,
+        reduce_across_ranks: bool = False,
     ) -> None:
         super().__init__()
         check_num_classes(num_classes)
@@ -110,6 +121,7 @@ class SSDLoss(nn.Module):
         self.match_threshold, self.ignore_threshold = float(match_threshold), ignore_threshold
         self.neg_pos_ratio, self.sigma, self.normalize = neg_pos_ratio, float(sigma), normalize
         self.count_ignored_as_positive = bool(count_ignored_as_positive)
+        self.gains = {"loc": check_gain("loc", loc), "conf": check_gain("conf", conf)}
         self.reduce_across_ranks = bool(reduce_across_ranks)
         self.validate = bool(validate)
 
@@ -128,15 +140,23 @@ class SSDLoss(nn.Module):
                 )
         return loc, conf
 
-    def forward(self, preds: Sequence[Tensor], targets: Sequence[Mapping[str, Tensor]]) -> LossResult:
-        loc, conf = self._check_preds(preds, len(targets))
+    def forward(
+        self, preds: Sequence[Tensor], targets: Sequence[Mapping[str, Tensor]] | PaddedTargets
+    ) -> LossResult:
+        padded_in = isinstance(targets, PaddedTargets)
+        batch = targets.boxes.shape[0] if padded_in else len(targets)
+        loc, conf = self._check_preds(preds, batch)
         dtype, conf_dtype = compute_dtype(loc), compute_dtype(conf)
         dtype = dtype if dtype == conf_dtype else torch.promote_types(dtype, conf_dtype)
         loc, conf = loc.to(dtype), conf.to(dtype)  # fp16/bf16: softmax and log in float32
         priors = self.priors.to(dtype=dtype, device=loc.device)
-        padded = pad_targets(
-            targets, self.num_classes, dtype=dtype, device=loc.device, validate=self.validate
-        )
+        if padded_in:
+            check_padded_targets(targets, batch)
+            padded = PaddedTargets(targets.boxes.to(dtype), targets.labels.long(), targets.mask)
+        else:
+            padded = pad_targets(
+                targets, self.num_classes, dtype=dtype, device=loc.device, validate=self.validate
+            )
 
         # 1. match: (B, P) box index, PRIOR_NEGATIVE or PRIOR_IGNORED
         matched = match_priors(
@@ -162,20 +182,27 @@ class SSDLoss(nn.Module):
         counted = matched != PRIOR_NEGATIVE if self.count_ignored_as_positive else positive
         kept = positive | hard_negative_mask(bg_prob, counted, negative, self.neg_pos_ratio)
 
+        # 4. per image: its sums over the batch's counts (each term a sum over its images, so the
+        # per-image shares add up to the components and carry no other image's gradient)
         ce = F.cross_entropy(conf.reshape(-1, conf.shape[-1]), cls_t.reshape(-1), reduction="none")
-        ce = ce.view(bsz, num_priors)
-        sl1 = smooth_l1_loss(loc, loc_t, self.sigma, reduction="none", validate=False).sum(-1)  # (B, P)
+        ce = (ce.view(bsz, num_priors) * kept.to(dtype)).sum(1)  # (B,)
+        sl1 = smooth_l1_loss(loc, loc_t, self.sigma, reduction="none", validate=False)  # (B, P, 4)
+        sl1 = (sl1.sum(-1) * positive.to(dtype)).sum(1)  # (B,)
+        g_conf, g_loc = self.gains["conf"], self.gains["loc"]
         if self.normalize == "mean":
-            num_pos = global_count(positive.sum(), self.reduce_across_ranks).to(dtype)
-            num_kept = global_count(kept.sum(), self.reduce_across_ranks).to(dtype)
-            conf_loss = weight_reduce(ce, kept.to(dtype), avg_factor=num_kept)
-            conf_loss = conf_loss * (self.neg_pos_ratio + 1.0)
-            loc_loss = weight_reduce(sl1, positive.to(dtype), avg_factor=num_pos)
+            # both counts are 0 only without positives, where both sums are 0: 0 / eps = 0
+            num_pos = global_count(positive.sum(), self.reduce_across_ranks).to(dtype).clamp(min=_EPS)
+            num_kept = global_count(kept.sum(), self.reduce_across_ranks).to(dtype).clamp(min=_EPS)
+            conf_div, loc_div = num_kept / ((self.neg_pos_ratio + 1.0) * g_conf), num_pos / g_loc
         else:  # max(#pos, 1) of the whole batch, also under DDP (at_least clamps the global sum)
             n = global_count(positive.sum(), self.reduce_across_ranks, at_least=1.0).to(dtype)
-            conf_loss = weight_reduce(ce, kept.to(dtype), avg_factor=n)
-            loc_loss = weight_reduce(sl1, positive.to(dtype), avg_factor=n)
-        return LossResult(conf_loss + loc_loss, {"loc": loc_loss, "conf": conf_loss})
+            conf_div, loc_div = n / g_conf, n / g_loc
+        # the factors go into the divisors, which carry no gradient (a gain of 0: a divisor of inf)
+        conf_img, loc_img = ce / conf_div, sl1 / loc_div
+        conf_loss, loc_loss = conf_img.sum(), loc_img.sum()
+        return LossResult(
+            conf_loss + loc_loss, {"loc": loc_loss, "conf": conf_loss}, per_image=conf_img + loc_img
+        )
 
 
 def l2_weight_decay(

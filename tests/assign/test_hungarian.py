@@ -85,6 +85,41 @@ def test_counts_broadcast_and_tensor_counts():
         hungarian_match(torch.ones(3, 3, dtype=torch.long), [3])
 
 
+def test_a_column_mask_solves_the_real_columns_wherever_they_are():
+    g = torch.Generator().manual_seed(3)
+    cost = torch.rand(2, 3, 5, 4, generator=g, dtype=torch.float64)
+    mask = torch.tensor([[True, False, True, False], [False, False, False, False], [False, True, True, True]])
+    got = hungarian_match(cost, mask)
+    assert (got[:, ~mask] == -1).all()  # padding columns: −1 wherever they are
+    for layer, image in itertools.product(range(2), range(3)):
+        cols = mask[image].nonzero().flatten()
+        if len(cols):  # the block of the real columns, compacted, gives the same pairs
+            compact = hungarian_match(cost[layer, image][:, cols], [len(cols)])
+            assert torch.equal(got[layer, image, cols], compact)
+    # a prefix mask is the same as the counts
+    prefix = torch.arange(4) < torch.tensor([2, 0, 3])[:, None]
+    assert torch.equal(hungarian_match(cost, prefix), hungarian_match(cost, [2, 0, 3]))
+    with pytest.raises(ValueError, match="column mask"):
+        hungarian_match(cost, mask[:, :3])
+    with pytest.raises(TypeError, match="integer or bool"):
+        hungarian_match(cost, torch.tensor([2.0, 0.0, 3.0]))
+    # validate names the masked-in column only: a NaN in a padding column is never read
+    cost[0, 0, 1, 1] = float("nan")
+    assert torch.equal(hungarian_match(cost, mask)[0, 0], got[0, 0])
+    cost[0, 0, 1, 2] = float("nan")
+    with pytest.raises(ValueError, match=r"layer 0, image 0, query 1, target 2"):
+        hungarian_match(cost, mask)
+
+
+def test_tensor_counts_travel_with_the_cost(monkeypatch):
+    # one call of the transfer function for the counts and the cost together, the cost last
+    calls = []
+    original = hungarian.to_host
+    monkeypatch.setattr(hungarian, "to_host", lambda *t: calls.append([x.shape for x in t]) or original(*t))
+    hungarian_match(torch.rand(2, 3, 4, 5), torch.tensor([5, 0, 2]))
+    assert calls == [[(3,), (2, 3, 4, 5)]]
+
+
 def test_non_finite_costs_raise_with_validate_naming_layer_image_query():
     cost = torch.rand(2, 3, 4, 2, dtype=torch.float64)
     cost[1, 2, 3, 1] = float("nan")

@@ -65,6 +65,31 @@ def test_bad_boxes_name_image_and_box(boxes, match):
         pad_targets(targets, 2)
 
 
+def test_cxcywh_format_checks_width_and_height():
+    # (cx, cy, w, h) = (5, 5, 2, 1) is a valid cxcywh box, though as xyxy x2 < x1
+    ok = _t([[5, 5, 2, 1]], [0])
+    assert pad_targets([ok], 1, fmt="cxcywh").boxes.tolist() == [[[5, 5, 2, 1]]]  # padded, not converted
+    with pytest.raises(ValueError, match=r"targets\[0\]\['boxes'\]\[0\].*\(xyxy boxes need x2 > x1"):
+        pad_targets([ok], 1)
+    bad = _t([[0.5, 0.5, 0.2, 0.1], [0.5, 0.5, 0.2, 0.0]], [0, 0])
+    with pytest.raises(ValueError, match=r"targets\[1\]\['boxes'\]\[1\].*\(cxcywh boxes need w > 0"):
+        pad_targets([ok, bad], 1, fmt="cxcywh")
+    with pytest.raises(ValueError, match="fmt must be one of"):
+        pad_targets([ok], 1, fmt="xywh")
+    with pytest.raises(ValueError, match="input_size"):
+        pad_targets([ok], 1, fmt="cxcywh", input_size=(8, 8))
+
+
+def test_mixed_dtypes_are_concatenated_then_cast_once():
+    # float64 and float16 boxes into float32: the same values as casting each image on its own
+    a = torch.tensor([[0.1, 0.2, 0.30000001, 0.4]], dtype=torch.float64)
+    b = torch.tensor([[0.5, 0.5, 0.7, 0.9]], dtype=torch.float16)
+    lab = torch.tensor([0])
+    out = pad_targets([{"boxes": a, "labels": lab}, {"boxes": b, "labels": lab}], 1)
+    assert out.boxes.dtype == torch.float32
+    assert torch.equal(out.boxes[0, 0], a[0].float()) and torch.equal(out.boxes[1, 0], b[0].float())
+
+
 def test_validate_false_skips_value_checks():
     out = pad_targets([_t([[1, 1, 1, 3]], [7])], 2, validate=False)
     assert out.labels.tolist() == [[7]]
