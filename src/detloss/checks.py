@@ -124,6 +124,22 @@ def check_unit(name: str, value: float) -> None:
         raise ValueError(f"{name} must lie in [0, 1], got {value!r}")
 
 
+def check_number(
+    name: str, value: object, *, low: float | None = None, high: float | None = None, open_low: bool = False
+) -> float:
+    """Raise ``ValueError`` unless ``value`` is a finite number (not a bool) with ``low <= value``
+    (``low < value`` if ``open_low``) and ``value <= high``, each bound where given; return it as a float."""
+    ok = is_number(value) and (high is None or value <= high)
+    if ok and low is not None:
+        ok = value > low if open_low else value >= low
+    if not ok:
+        bounds = [f"{'>' if open_low else '>='} {low}"] if low is not None else []
+        bounds += [f"<= {high}"] if high is not None else []
+        what = "".join(f" {b}" for b in bounds[:1]) + "".join(f" and {b}" for b in bounds[1:])
+        raise ValueError(f"{name} must be a finite number{what}, got {value!r}")
+    return float(value)
+
+
 _MIN_EPS = torch.finfo(torch.float32).tiny  # a smaller eps is 0 in float32: 0/0 on zero-area boxes
 
 
