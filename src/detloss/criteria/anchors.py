@@ -4,6 +4,14 @@ from __future__ import annotations
 
 import torch
 
+#: The standard COCO anchors (input pixels), three per scale for strides 8, 16, 32 (YOLOv3's, and
+#: YOLOv5's default P3–P5 anchors).
+COCO_ANCHORS: tuple[tuple[tuple[int, int], ...], ...] = (
+    ((10, 13), (16, 30), (33, 23)),
+    ((30, 61), (62, 45), (59, 119)),
+    ((116, 90), (156, 198), (373, 326)),
+)
+
 
 def anchor_table(anchors: object, num_scales: int) -> tuple[tuple[tuple[float, float], ...], ...]:
     """Anchors ``(S, A, 2)``, flat ``(S·A, 2)`` or YAML-style ``(S, 2·A)`` (YOLOv5's

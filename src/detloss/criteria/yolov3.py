@@ -10,17 +10,10 @@ from ..assign import build_yolov3_targets
 from ..checks import check_unit, positive_ints
 from ..iou import IoUKind
 from ..labels import one_hot
-from .anchors import anchor_table
+from .anchors import COCO_ANCHORS, anchor_table
 from .darknet import DarknetLoss, yolo_terms
 from .result import LossResult
 from .targets import Targets
-
-#: The standard COCO anchors (input pixels), three per scale for strides 8, 16, 32.
-COCO_ANCHORS: tuple[tuple[tuple[int, int], ...], ...] = (
-    ((10, 13), (16, 30), (33, 23)),
-    ((30, 61), (62, 45), (59, 119)),
-    ((116, 90), (156, 198), (373, 326)),
-)
 
 
 class YOLOv3Loss(DarknetLoss):

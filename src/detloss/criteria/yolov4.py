@@ -94,14 +94,15 @@ class YOLOv4Loss(DarknetLoss):
             without a process group.
 
     Call:
-        preds: one ``(B, A·(5+C), H, W)`` raw head output per stride.
+        preds: the raw head outputs ``(B, A·(5+C), H, W)`` in the order of ``strides`` (the presets
+            list the coarsest scale first, as the original's heads), A = the anchors per mask.
         targets: B dicts ``{"boxes": (n, 4) xyxy input pixels, "labels": (n,) int64}``, or a
-            :class:`detloss.assign.PaddedTargets` (boxes ``(B, M, 4)`` xyxy input pixels) already on
-            the device (skips the padding and its checks).
+            :class:`detloss.assign.PaddedTargets` of boxes ``(B, M, 4)``, xyxy input pixels, on the
+            heads' device (taken as they are: no padding, no checks).
 
     Returns:
-        :class:`LossResult` with components ``{"box", "obj", "cls"}`` (gains applied) and
-        ``per_image`` ``(B,)``. float16/bfloat16 heads are computed in float32.
+        :class:`LossResult`: ``total``, the components ``{"box", "obj", "cls"}`` (each divided by N
+        and multiplied by its gain) and ``per_image`` ``(B,)``; half-precision heads give float32.
     """
 
     def __init__(

@@ -30,7 +30,7 @@ from ..checks import check_eps, check_num_classes, check_number, check_unit, pos
 from ..codecs import decode_yolov5
 from ..distributed import global_count
 from ..iou import IoUKind, compute_dtype
-from .anchors import anchor_table
+from .anchors import COCO_ANCHORS, anchor_table
 from .box_iou import grid_box_iou, iou_options
 from .cache import ConstantCache
 from .heads import gather_head, split_yolo_heads
@@ -38,11 +38,8 @@ from .parts import check_gains, combine, focal_terms
 from .result import LossResult
 from .targets import Targets, as_padded, batch_size
 
-YOLOV5_ANCHORS: tuple[tuple[tuple[float, float], ...], ...] = (
-    ((10, 13), (16, 30), (33, 23)),
-    ((30, 61), (62, 45), (59, 119)),
-    ((116, 90), (156, 198), (373, 326)),
-)
+#: yolov5s.yaml's P3–P5 anchors: YOLOv3's COCO anchors.
+YOLOV5_ANCHORS: tuple[tuple[tuple[float, float], ...], ...] = COCO_ANCHORS
 YOLOV5_STRIDES: tuple[int, ...] = (8, 16, 32)
 # ComputeLoss.balance: {3: [4.0, 1.0, 0.4]}.get(nl, [4.0, 1.0, 0.25, 0.06, 0.02])
 _BALANCE_3 = (4.0, 1.0, 0.4)
