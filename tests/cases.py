@@ -132,38 +132,38 @@ def cases() -> tuple[CriterionCase, ...]:
     """YOLOv3Loss, YOLOv4Loss "yolov4" and "tiny", YOLOv5Loss, YOLOv8Loss and SSDLoss at their
     training sizes.
 
-    ``ops_target`` is a regression bound a few percent above the measured count (325, 350, 342, 274,
-    542 and 110 ops, in this order).
+    ``ops_target`` is a regression bound a few percent above the measured count with ``per_image``
+    (339, 367, 359, 300, 555 and 113 ops, in this order).
     """
     priors = ssd300_priors()
     v3, v4, tiny = (8, 16, 32), PRESETS["yolov4"][2], PRESETS["tiny"][2]
     return (
         CriterionCase(
-            "YOLOv3Loss 416", lambda v: YOLOv3Loss(80, validate=v), yolo_inputs(416, v3, 3 * 85, 80), 340
+            "YOLOv3Loss 416", lambda v: YOLOv3Loss(80, validate=v), yolo_inputs(416, v3, 3 * 85, 80), 350
         ),
         CriterionCase(
             "YOLOv4Loss yolov4 416",
             lambda v: YOLOv4Loss(80, "yolov4", validate=v),
             yolo_inputs(416, v4, 3 * 85, 80),
-            365,
+            380,
         ),
         CriterionCase(
             "YOLOv4Loss tiny 416",
             lambda v: YOLOv4Loss(80, "tiny", validate=v),
             yolo_inputs(416, tiny, 3 * 85, 80),
-            355,
+            370,
         ),
         CriterionCase(
-            "YOLOv5Loss 640", lambda v: YOLOv5Loss(80, validate=v), yolo_inputs(640, v3, 3 * 85, 80), 285
+            "YOLOv5Loss 640", lambda v: YOLOv5Loss(80, validate=v), yolo_inputs(640, v3, 3 * 85, 80), 310
         ),
         CriterionCase(
             "YOLOv8Loss 640",
             lambda v: YOLOv8Loss(80, validate=v),
             yolo_inputs(640, v3, 4 * 16 + 80, 80),  # 4·reg_max + C channels
-            565,
+            570,
         ),
         CriterionCase(
-            "SSDLoss 8732", lambda v: SSDLoss(20, priors, validate=v), ssd_inputs(priors.shape[0], 20), 115
+            "SSDLoss 8732", lambda v: SSDLoss(20, priors, validate=v), ssd_inputs(priors.shape[0], 20), 118
         ),
     )
 

@@ -49,13 +49,6 @@ def decode_yolo(raw: Tensor, offset: Tensor, anchors: Tensor, stride: float) -> 
     return torch.cat((xy, wh), dim=-1)
 
 
-def decode_yolo_grid(raw: Tensor, anchors: Tensor, stride: float) -> Tensor:
-    """:func:`decode_yolo` over a head ``(B, A, H, W, K)`` with ``(A, 2)`` anchors → ``(B, A, H, W, 4)``."""
-    _, a, h, w, _ = raw.shape
-    grid = yolo_grid(h, w, dtype=raw.dtype, device=raw.device)  # (H, W, 2)
-    return decode_yolo(raw, grid, anchors.to(raw).view(1, a, 1, 1, 2), stride)
-
-
 # ---------------------------------------------------------------------------------------------
 # YOLOv5 (ultralytics/yolov5 utils/loss.py ComputeLoss, models/yolo.py Detect)
 # ---------------------------------------------------------------------------------------------

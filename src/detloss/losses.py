@@ -23,6 +23,7 @@ from .checks import (
     check_broadcasts_to,
     check_class_ids,
     check_finite,
+    check_num_classes,
     check_number,
     check_one_of,
     check_sigma,
@@ -31,6 +32,7 @@ from .checks import (
 )
 from .iou import IoUKind, compute_dtype, prepare_iou
 from .kernels import fused_focal, fused_iou
+from .labels import smoothed
 
 Reduction = Literal["none", "mean", "sum"]
 REDUCTIONS: tuple[str, ...] = ("none", "mean", "sum")
@@ -403,7 +405,7 @@ def smooth_labels(
         if targets.shape[-1] == 0:
             raise ValueError(f"one-hot targets need K >= 1 classes, got shape {tuple(targets.shape)}")
         k = targets.shape[-1]
-        if num_classes is not None and num_classes != k:
+        if num_classes is not None and check_num_classes(num_classes) != k:
             raise ValueError(f"num_classes={num_classes} but targets have {k} classes (last dim)")
         if validate:
             check_finite("targets", targets)
@@ -411,13 +413,11 @@ def smooth_labels(
     else:
         if num_classes is None:
             raise ValueError("num_classes is required when targets are class ids")
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        check_num_classes(num_classes)
         if validate:
             check_class_ids("targets", targets, num_classes)
-        k = num_classes
-        onehot = F.one_hot(targets.long(), k).to(torch.get_default_dtype())
-    return onehot * (1.0 - eps) + eps / k
+        onehot = F.one_hot(targets.long(), num_classes).to(torch.get_default_dtype())
+    return smoothed(onehot, eps)
 
 
 # --------------------------------------------------------------------------------------------------

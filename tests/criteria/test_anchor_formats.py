@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from detloss.criteria import YOLOv3Loss, YOLOv5Loss
-from detloss.criteria.common import anchor_table
+from detloss.criteria.anchors import anchor_table
 
 NESTED = [
     [[10, 13], [16, 30], [33, 23]],

@@ -4,12 +4,11 @@ size is the input size in the units of the boxes it compares, and bad options na
 
 from __future__ import annotations
 
-import importlib
-
 import pytest
 import torch
 
-import detloss.criteria.common as common
+import detloss.criteria.box_iou as box_iou
+import detloss.criteria.darknet as darknet
 from detloss.criteria import YOLOv3Loss, YOLOv4Loss, YOLOv5Loss, YOLOv8Loss
 from detloss.kernels import IOU_KINDS
 
@@ -95,16 +94,16 @@ def test_mpdiou_image_size_is_the_input_size_in_the_boxes_units(name, monkeypatc
     every target box the criterion compares, divided by the image size it passes, must be a ground-truth
     box's divided by the input size (or a zero padding row)."""
     calls = []
-    original = common.iou_xyxy
+    original = darknet.iou_xyxy
 
     def spy(b1, b2, kind, eps, **kw):
         if kind == "mpdiou":
             calls.append((b2.detach().reshape(-1, 4), kw["image_size"]))
         return original(b1, b2, kind, eps, **kw)
 
-    for module in (common, importlib.import_module(CRITERIA[name][0].__module__)):
-        if hasattr(module, "iou_xyxy"):  # YOLOv3/v4 reach it through common.yolo_terms
-            monkeypatch.setattr(module, "iou_xyxy", spy)
+    # YOLOv3/v4 reach it through darknet.yolo_terms, YOLOv5/v8 through box_iou.grid_box_iou
+    for module in (darknet, box_iou):
+        monkeypatch.setattr(module, "iou_xyxy", spy)
     *_, targets = run(name, iou_kind="mpdiou")
     boxes = torch.cat([t["boxes"] for t in targets])
     truth = (boxes[:, 2:] - boxes[:, :2]) / torch.tensor([W, H], dtype=D)

@@ -224,7 +224,7 @@ def test_hand_ignored_prediction_and_batch_mean():
 def test_gains_and_focal_option():
     t = [_t([4, 0, 36, 32], [1])]
     base = one_scale()(_zeros(1, 2, [2]), t)
-    gained = one_scale(box_gain=2.0, obj_gain=0.5, cls_gain=3.0)(_zeros(1, 2, [2]), t)
+    gained = one_scale(box=2.0, obj=0.5, cls=3.0)(_zeros(1, 2, [2]), t)
     for k, g in (("box", 2.0), ("obj", 0.5), ("cls", 3.0)):
         assert gained.components[k].item() == pytest.approx(g * base.components[k].item(), rel=1e-12)
     plain = one_scale(obj_gamma=0.0)(_zeros(1, 2, [2]), t)  # no focal factor: 12 · log 2
@@ -421,7 +421,7 @@ def test_gradients_match_loop_port():
 
 
 def test_gather_at_cells_gradcheck_with_shared_cells():
-    from detloss.assign import gather_at_cells
+    from detloss.criteria.heads import gather_at_cells
 
     gen = torch.Generator().manual_seed(2)
     head = torch.randn(2, 3, 6, 4, 5, generator=gen, dtype=torch.float64, requires_grad=True)

@@ -233,7 +233,7 @@ def test_hand_label_smoothing_and_ignore():
 def test_options_gains_focal_iou_kind():
     t = [_t([4, 0, 36, 32], [1])]
     base = one_scale()(_zeros(1, 2, [2]), t)
-    gained = one_scale(box_gain=2.0, obj_gain=0.5, cls_gain=3.0)(_zeros(1, 2, [2]), t)
+    gained = one_scale(box=2.0, obj=0.5, cls=3.0)(_zeros(1, 2, [2]), t)
     for k, g in (("box", 2.0), ("obj", 0.5), ("cls", 3.0)):
         assert gained.components[k].item() == pytest.approx(g * base.components[k].item(), rel=1e-12)
     focal = one_scale(obj_gamma=2.0)(_zeros(1, 2, [2]), t)  # |t − 0.5|² = 1/4 everywhere

@@ -4,28 +4,25 @@ Everything here works on whole batches: targets are padded to ``(B, M, 4)`` with
 so no criterion loops over images or boxes in Python. One module per concept:
 
 - :mod:`.targets`: :func:`pad_targets` and :class:`PaddedTargets`;
-- :mod:`.yolo`: YOLOv3/v4/v5 target building;
+- :mod:`.collisions`: "later write wins" where candidates share a target slot;
+- :mod:`.darknet`: YOLOv3/v4 target building and the ignore test's best IoU;
+- :mod:`.yolov5`: YOLOv5's neighbour-cell matches;
 - :mod:`.ssd`: SSD prior matching and hard negative mining;
 - :mod:`.hungarian`: one-to-one set matching for DETR-family criteria (scipy, optional);
 - :mod:`.tal`: task-aligned assignment (YOLOv8 / YOLO11).
 """
 
+from .collisions import resolve_collisions
+from .darknet import YoloAssignment, best_iou_with, build_yolov3_targets, build_yolov4_targets
 from .hungarian import hungarian_match
 from .ssd import PRIOR_IGNORED, PRIOR_NEGATIVE, hard_negative_mask, match_priors
 from .tal import TaskAlignedAssignment, task_aligned_assign
 from .targets import PaddedTargets, pad_targets
-from .yolo import (
-    YoloAssignment,
+from .yolov5 import (
     YOLOv5Candidates,
     YOLOv5Layout,
     YOLOv5Matches,
-    best_iou_with,
-    build_yolov3_targets,
-    build_yolov4_targets,
     build_yolov5_targets,
-    gather_at_cells,
-    gather_head,
-    resolve_collisions,
     yolov5_candidates,
     yolov5_layout,
 )
@@ -43,8 +40,6 @@ __all__ = [
     "build_yolov3_targets",
     "build_yolov4_targets",
     "build_yolov5_targets",
-    "gather_at_cells",
-    "gather_head",
     "hard_negative_mask",
     "hungarian_match",
     "match_priors",

@@ -6,21 +6,15 @@ from collections.abc import Mapping, Sequence
 from typing import Literal
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from ..assign import build_yolov4_targets, pad_targets
-from ..checks import check_eps, check_num_classes, positive_ints
+from ..assign import build_yolov4_targets
+from ..checks import check_unit, positive_ints
 from ..distributed import global_count
-from ..iou import IoUKind, compute_dtype
-from .common import (
-    ConstantCache,
-    focal_sum,
-    iou_options,
-    split_yolo_heads,
-    yolo_tables,
-    yolo_terms,
-)
+from ..iou import IoUKind
+from .darknet import DarknetLoss, yolo_terms
 from .result import LossResult
+from .targets import Targets
 
 #: name → (anchors in input pixels, anchor mask per scale, strides); scale order = preds order.
 PRESETS: dict[str, tuple[tuple[tuple[int, int], ...], tuple[tuple[int, ...], ...], tuple[int, ...]]] = {
@@ -53,7 +47,7 @@ def _masks_by_stride(strides: Sequence[int], num_anchors: int) -> tuple[tuple[in
     return tuple(tuple(range(rank[i] * per, (rank[i] + 1) * per)) for i in range(len(strides)))
 
 
-class YOLOv4Loss(nn.Module):
+class YOLOv4Loss(DarknetLoss):
     """YOLOv4 loss as yolov4-tiny-tf2 computes it; the default preset is YOLOv4-tiny.
 
     Targets from :func:`detloss.assign.build_yolov4_targets` (best anchor by centred w-h IoU, written
@@ -66,7 +60,8 @@ class YOLOv4Loss(nn.Module):
         cls    = resp · Σ_c BCE(t_c, y·(1 − ε) + ε/C)                 y the class vector, ε = label_smoothing
 
     ``total = Σ_scales (box + obj + cls) / N`` with ``N = Σ_scales max(#resp on the scale, 1)`` when
-    ``normalize`` (default), else the batch size; each component is divided by the same N.
+    ``normalize`` (default), else the batch size; each component is divided by the same N, and so is
+    image b's share, ``per_image[b]``, the same sums over its own cells.
 
     CIoU is computed in coordinates proportional to the original's normalised ones (x / W_in,
     y / H_in, times max(W_in, H_in)), so non-square inputs get the original's distance and aspect
@@ -90,13 +85,24 @@ class YOLOv4Loss(nn.Module):
             dict (``alpha``, ``inner_ratio`` or ``focaler``, e.g. ``{"alpha": 3.0}``); ``iou_kind="mpdiou"``
             takes the input size as its image size.
         obj_gamma, obj_alpha: focal weighting of the objectness (option; default off: γ = 0, α < 0).
-        box_gain, obj_gain, cls_gain: multiply each term (option; default 1).
+        box, obj, cls: the gains, multiplying each component (option; default 1).
         validate: check targets (finite, positive size, class range, centre inside the input).
         reduce_across_ranks: under DistributedDataParallel, N is computed from the counts summed over
             the ranks, ``Σ_scales max(Σ_ranks #resp, 1) / K`` on each of K ranks (the batch size
             likewise with ``normalize=False``; :func:`detloss.distributed.global_count`), so DDP's
             gradient average equals the single-process gradient of the whole batch. No effect
             without a process group.
+
+    Call:
+        preds: the raw head outputs ``(B, A·(5+C), H, W)`` in the order of ``strides`` (the presets
+            list the coarsest scale first, as the original's heads), A = the anchors per mask.
+        targets: B dicts ``{"boxes": (n, 4) xyxy input pixels, "labels": (n,) int64}``, or a
+            :class:`detloss.assign.PaddedTargets` of boxes ``(B, M, 4)``, xyxy input pixels, on the
+            heads' device (taken as they are: no padding, no checks).
+
+    Returns:
+        :class:`LossResult`: ``total``, the components ``{"box", "obj", "cls"}`` (each divided by N
+        and multiplied by its gain) and ``per_image`` ``(B,)``; half-precision heads give float32.
     """
 
     def __init__(
@@ -116,16 +122,14 @@ class YOLOv4Loss(nn.Module):
         iou_modifiers: Mapping[str, object] | None = None,
         obj_gamma: float = 0.0,
         obj_alpha: float = -1.0,
-        box_gain: float = 1.0,
-        obj_gain: float = 1.0,
-        cls_gain: float = 1.0,
+        box: float = 1.0,
+        obj: float = 1.0,
+        cls: float = 1.0,
         validate: bool = True,
         reduce_across_ranks: bool = False,
     ) -> None:
-        super().__init__()
         if preset not in PRESETS:
             raise ValueError(f"preset must be one of {tuple(PRESETS)}, got {preset!r}")
-        check_num_classes(num_classes)
         p_anchors, p_masks, p_strides = PRESETS[preset]
         flat = torch.as_tensor(p_anchors if anchors is None else anchors, dtype=torch.float64).reshape(-1, 2)
         if flat.shape[0] == 0 or not bool((flat > 0).all()):
@@ -141,48 +145,26 @@ class YOLOv4Loss(nn.Module):
         for i, m in enumerate(masks):
             if any(not 0 <= k < flat.shape[0] for k in m) or len(set(m)) != len(m):
                 raise ValueError(f"anchor_masks[{i}] = {m} must hold distinct ids in [0, {flat.shape[0]})")
-        for name, v in (("ignore_thresh", ignore_thresh), ("label_smoothing", label_smoothing)):
-            if not 0 <= v <= 1:
-                raise ValueError(f"{name} must lie in [0, 1], got {v}")
-        self.iou_modifiers = iou_options(iou_kind, iou_modifiers)
-        check_eps(iou_eps)
-        if obj_gamma < 0 or obj_alpha > 1:
-            raise ValueError(f"need obj_gamma >= 0 and obj_alpha <= 1, got {obj_gamma}, {obj_alpha}")
-        self.num_classes = num_classes
         self.anchors = tuple((float(w), float(h)) for w, h in flat.tolist())
-        self.anchor_masks, self.strides = masks, strides
-        self.ignore_thresh, self.label_smoothing = ignore_thresh, label_smoothing
+        super().__init__(
+            num_classes, strides, [[self.anchors[i] for i in m] for m in masks],
+            label_smoothing=label_smoothing, iou_kind=iou_kind, iou_eps=iou_eps, iou_modifiers=iou_modifiers,
+            obj_gamma=obj_gamma, obj_alpha=obj_alpha, gains={"box": box, "obj": obj, "cls": cls},
+            validate=validate, reduce_across_ranks=reduce_across_ranks,
+        )
+        check_unit("ignore_thresh", ignore_thresh)
+        self.anchor_masks, self.ignore_thresh = masks, ignore_thresh
         self.normalize, self.floor_centre = normalize, floor_centre
-        self.iou_kind, self.iou_eps = iou_kind, iou_eps
-        self.obj_gamma, self.obj_alpha = obj_gamma, obj_alpha
-        self.gains = {"box": box_gain, "obj": obj_gain, "cls": cls_gain}
-        self.validate = validate
-        self.reduce_across_ranks = reduce_across_ranks
-        self._constants = ConstantCache()
 
-    def forward(self, preds: Sequence[Tensor], targets: Sequence[Mapping[str, Tensor]]) -> LossResult:
+    def forward(self, preds: Sequence[Tensor], targets: Targets) -> LossResult:
+        x = self._inputs(preds, targets)
+        tg, (in_h, in_w), dtype, dev = x.targets, x.input_size, x.views[0].dtype, x.views[0].device
         c, a_count = self.num_classes, len(self.anchor_masks[0])
-        views = split_yolo_heads(preds, [a_count] * len(self.strides), c, self.strides, len(targets))
-        dtype = compute_dtype(views[0])
-        views = [v.to(dtype) for v in views]  # half precision computed in float32
-        dev = views[0].device
-        grids = [(v.shape[2], v.shape[3]) for v in views]
-        in_h, in_w = grids[0][0] * self.strides[0], grids[0][1] * self.strides[0]
-        batch = len(targets)
-
-        tg = pad_targets(targets, c, dtype=dtype, device=dev, validate=self.validate, input_size=(in_h, in_w))
-        tables, anchors = self._constants.get(
-            (batch, tuple(grids), dtype, dev),
-            lambda: (
-                yolo_tables(
-                    batch, [[self.anchors[i] for i in m] for m in self.anchor_masks], self.strides, grids,
-                    5 + c, dtype, dev,
-                ),
-                torch.tensor(self.anchors, dtype=dtype, device=dev),  # (K, 2)
-            ),
+        anchors = self._constants.get(  # all K anchors (K, 2): the builder picks the best of them
+            ("anchors", dtype, dev), lambda: torch.tensor(self.anchors, dtype=dtype, device=dev)
         )
         asg = build_yolov4_targets(
-            tg.boxes, tg.mask, anchors, self.anchor_masks, grids, (in_h, in_w),
+            tg.boxes, tg.mask, anchors, self.anchor_masks, x.grids, x.input_size,
             floor_centre=self.floor_centre, validate=False,
         )
         b, m, s_count, _ = asg.assigned.shape
@@ -194,35 +176,26 @@ class YOLOv4Loss(nn.Module):
         label = tg.labels[:, :, None, None].expand_as(asg.owner).flatten(1)
         flat = holder.masked_fill(holder < 0, n) * c + label  # (holder, class) in a (N + 1, C) row
         multi = torch.zeros(b, (n + 1) * c, dtype=dtype, device=dev).scatter_(1, flat, 1.0)
-        cls_target = multi[:, : n * c].view(b, m, s_count, a_count, c)
-        if self.label_smoothing:
-            cls_target = cls_target * (1.0 - self.label_smoothing) + self.label_smoothing / c
+        cls_target = self._class_targets(multi[:, : n * c].view(b, m, s_count, a_count, c))
 
         side = max(in_w, in_h)
         unit = torch.tensor([side / in_w, side / in_h] * 2, dtype=dtype, device=dev)
         wh = asg.boxes[..., 2:] - asg.boxes[..., :2]
         box_scale = (2.0 - wh.prod(-1) / (in_w * in_h)).view(b, m, 1, 1)
         terms = yolo_terms(
-            views, asg.cell, asg.winner.to(dtype), tables,
+            x.views, asg.cell, asg.winner.to(dtype), x.tables,
             (asg.boxes * unit)[:, :, None, None], box_scale, cls_target, asg.held, asg.boxes,
             self.iou_kind, self.iou_eps, fill=-1.0, unit=unit,
-            iou_kw={**self.iou_modifiers, "image_size": float(max(in_w, in_h))},  # the units of `unit`
+            iou_kw={**self.iou_modifiers, "image_size": float(side)},  # the units of `unit`
         )
-        t = asg.occupied.to(dtype)  # (B, P): all scales' slots
-        ignore = terms.best_iou < self.ignore_thresh  # an image without boxes: all True
+        ignore = terms.best_iou < self.ignore_thresh  # (B, P): all scales' slots; all True without boxes
+        if self.normalize:  # N = Σ_s max(#responsible slots of scale s, 1); an occupied slot has one winner
+            per_scale = asg.winner.sum((0, 1, 3), dtype=dtype)
+            norm = global_count(per_scale, self.reduce_across_ranks, at_least=1.0).sum()
+        else:
+            norm = self._batch_norm(b, dev, dtype)
         # weight 1 on the responsible slots, the ignore mask elsewhere
-        obj = focal_sum(terms.obj_logit, t, (asg.occupied | ignore).to(dtype), self.obj_alpha, self.obj_gamma)
-        box, cls = terms.box, terms.cls
-        # N = Σ_s max(#responsible slots of scale s, 1); every occupied slot has exactly one winner
-        per_scale = asg.winner.sum((0, 1, 3), dtype=dtype)
-        num_pos = global_count(per_scale, self.reduce_across_ranks, at_least=1.0).sum()
-
-        norm = num_pos if self.normalize else max(batch, 1)
-        if self.reduce_across_ranks and not self.normalize:
-            norm = global_count(torch.tensor(float(batch), device=dev), True, at_least=1.0).to(dtype)
-        parts = {"box": box, "obj": obj, "cls": cls}
-        parts = {k: self.gains[k] * p / norm for k, p in parts.items()}
-        return LossResult(parts["box"] + parts["obj"] + parts["cls"], parts)
+        return self._result(terms, asg.occupied, asg.occupied | ignore, norm)
 
     def extra_repr(self) -> str:
         return (

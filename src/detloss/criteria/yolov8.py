@@ -10,6 +10,8 @@ score ŝ (0 for background). With S = max(Σ ŝ, 1) (all in grid units, ŝ summe
     cls = gain_cls · Σ_{a,c} BCE(x_ac, ŝ_a·[c = class_a]) / S
     total = (box + cls + dfl) · B
 
+Image b's share, ``per_image[b]``, is the same sums over its own anchors, divided by the same S, times B.
+
 Details and every difference from the original: docs/yolov8.md.
 """
 
@@ -22,16 +24,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..assign import PaddedTargets, pad_targets, task_aligned_assign
-from ..checks import check_num_classes, positive_ints
+from ..assign import task_aligned_assign
+from ..checks import check_eps, check_num_classes, check_number, positive_ints
 from ..codecs import decode_distances
 from ..distributed import global_count
-from ..iou import IoUKind, compute_dtype, iou_xyxy
+from ..iou import IoUKind, compute_dtype
 from ..losses import dfl_from_log_probs
-from .common import ConstantCache, check_heads, iou_options
+from .box_iou import grid_box_iou, iou_options
+from .cache import ConstantCache
+from .heads import check_heads
+from .parts import check_gains, combine
 from .result import LossResult
-
-_CIOU_EPS = 1e-7
+from .targets import Targets, as_padded, batch_size
 
 
 def anchor_points(
@@ -59,8 +63,8 @@ def _anchor_tables(
 
 class _HeadTerms(torch.autograd.Function):
     """The two reads of the heads that carry gradient, each level ``(B, 4·r + C, A_l)`` (box rows, then
-    class rows) read in place: Σ_{b,c,a} BCE(x, ŝ_a·[c = c_a]) over the class rows, computed as
-    Σ softplus(x) − Σ_a ŝ_a·x[c_a, a] (BCE(x, t) = softplus(x) − t·x; no ``(B, C, A)`` target), and
+    class rows) read in place: per image b, Σ_{c,a} BCE(x, ŝ_a·[c = c_a]) over the class rows, computed
+    as Σ softplus(x) − Σ_a ŝ_a·x[c_a, a] (BCE(x, t) = softplus(x) − t·x; no ``(B, C, A)`` target), and
     the box rows of the anchors ``idx`` ``(B, P)`` (indices over all levels). The backward writes
     each level's whole gradient into one new buffer: σ(x) − t on the class rows (the target's one
     entry per anchor scattered in place) and the positives' box gradients scattered into zeros,
@@ -76,7 +80,7 @@ class _HeadTerms(torch.autograd.Function):
         for lv, start, n, lab, sc in per_level:
             cls = lv[:, num_box:]
             hit = cls.gather(1, lab.unsqueeze(1)).squeeze(1)  # (B, A_l)
-            term = F.softplus(cls).sum() - (hit * sc).sum()
+            term = F.softplus(cls).sum((1, 2)) - (hit * sc).sum(1)  # (B,)
             cls_sum = term if cls_sum is None else cls_sum + term
             inside = (idx >= start) & (idx < start + n)  # (B, P): the positives on this level
             index = (idx - start).clamp_(0, n - 1).unsqueeze(1).expand(-1, num_box, -1)
@@ -85,7 +89,7 @@ class _HeadTerms(torch.autograd.Function):
             local.append((index, inside))
         ctx.save_for_backward(labels, scores, *levels)
         ctx.local, ctx.num_box = local, num_box
-        return cls_sum, box  # scalar, (B, 4·r, P)
+        return cls_sum, box  # (B,), (B, 4·r, P)
 
     @staticmethod
     def backward(ctx, grad_cls: Tensor, grad_box: Tensor):
@@ -96,7 +100,7 @@ class _HeadTerms(torch.autograd.Function):
         per_level = zip(levels, labels.split(sizes, 1), scores.split(sizes, 1), ctx.local, strict=True)
         for lv, lab, sc, (index, inside) in per_level:
             grad = lv.sigmoid()  # the box rows are overwritten below
-            grad[:, n:].scatter_add_(1, lab.unsqueeze(1), -sc.unsqueeze(1)).mul_(grad_cls)
+            grad[:, n:].scatter_add_(1, lab.unsqueeze(1), -sc.unsqueeze(1)).mul_(grad_cls.view(-1, 1, 1))
             grad[:, :n].zero_().scatter_add_(2, index, grad_box * inside.unsqueeze(1))
             grads.append(grad)
         return (None, None, None, None, *grads)
@@ -116,6 +120,7 @@ class YOLOv8Loss(nn.Module):
         iou_kind, iou_modifiers: the box loss's IoU (option; default the original's CIoU): any kind of
             :func:`detloss.bbox_iou` and its keyword modifiers as a dict, e.g. ``{"alpha": 3.0}``;
             ``"mpdiou"`` takes the input size as its image size. The assigner keeps CIoU.
+        iou_eps: the box loss's IoU eps (the original's 1e-7).
         validate: check targets (finite, positive size, class range) in :func:`detloss.assign.pad_targets`.
         reduce_across_ranks: under DistributedDataParallel, S becomes max(Σ_ranks Σ ŝ, 1) / world size
             (:func:`detloss.distributed.global_count`), so DDP's gradient average equals the
@@ -126,11 +131,12 @@ class YOLOv8Loss(nn.Module):
         preds: one raw head output per stride, ``(B, 4·reg_max + C, H, W)``: the box distributions
             (left, top, right, bottom, reg_max bins each) first, then the class logits.
         targets: B dicts ``{"boxes": (n, 4) xyxy input pixels, "labels": (n,) int64}``, or a
-            :class:`detloss.assign.PaddedTargets` already on the device (skips the padding and its checks).
+            :class:`detloss.assign.PaddedTargets` (boxes ``(B, M, 4)`` xyxy input pixels) already on
+            the device (skips the padding and its checks).
 
     Returns:
-        :class:`LossResult` with components ``{"box", "cls", "dfl"}`` (gains applied) and
-        ``total = (box + cls + dfl) · B``.
+        :class:`LossResult` with components ``{"box", "cls", "dfl"}`` (gains applied),
+        ``total = (box + cls + dfl) · B`` and ``per_image`` ``(B,)``.
     """
 
     def __init__(
@@ -147,6 +153,7 @@ class YOLOv8Loss(nn.Module):
         beta: float = 6.0,
         min_side: float | None = None,
         iou_kind: IoUKind = "ciou",
+        iou_eps: float = 1e-7,
         iou_modifiers: Mapping[str, object] | None = None,
         validate: bool = True,
         reduce_across_ranks: bool = False,
@@ -160,36 +167,28 @@ class YOLOv8Loss(nn.Module):
                 f"reg_max must be >= 2 (ultralytics' reg_max = 1 L1 variant is not supported), got {reg_max}"
             )
         (self.topk,) = positive_ints("topk", (topk,))
-        for name, v in (("box", box), ("cls", cls), ("dfl", dfl), ("alpha", alpha), ("beta", beta)):
-            if not (isinstance(v, (int, float)) and v >= 0 and v == v and v != float("inf")):
-                raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+        self.gains = check_gains(box=box, cls=cls, dfl=dfl)
+        self.alpha = check_number("alpha", alpha, low=0.0)
+        self.beta = check_number("beta", beta, low=0.0)
         if min_side is None:
             min_side = self.strides[1] if len(self.strides) > 1 else self.strides[0]
-        if not min_side >= 0:
-            raise ValueError(f"min_side must be >= 0, got {min_side!r}")
-        self.iou_kind, self.iou_modifiers = iou_kind, iou_options(iou_kind, iou_modifiers)
+        self.min_side = check_number("min_side", min_side, low=0.0)
+        check_eps(iou_eps, "iou_eps")
+        self.iou_kind, self.iou_eps = iou_kind, float(iou_eps)
+        self.iou_modifiers = iou_options(iou_kind, iou_modifiers)
         self.num_classes = num_classes
-        self.gains = {"box": float(box), "cls": float(cls), "dfl": float(dfl)}
-        self.alpha, self.beta, self.min_side = float(alpha), float(beta), float(min_side)
         self.validate, self.reduce_across_ranks = bool(validate), bool(reduce_across_ranks)
         self._constants = ConstantCache()
 
-    def forward(
-        self, preds: Sequence[Tensor], targets: Sequence[Mapping[str, Tensor]] | PaddedTargets
-    ) -> LossResult:
-        padded_in = isinstance(targets, PaddedTargets)
+    def forward(self, preds: Sequence[Tensor], targets: Targets) -> LossResult:
         channels, layout = 4 * self.reg_max + self.num_classes, f"4*{self.reg_max}+{self.num_classes}"
-        batch = targets.boxes.shape[0] if padded_in else len(targets)
+        batch = batch_size(targets)
         n = len(self.strides)
         sizes = check_heads(preds, [channels] * n, [layout] * n, self.strides, batch)
         image_size = (sizes[0][1] * self.strides[0], sizes[0][0] * self.strides[0])  # (w, h) pixels
         dtype = compute_dtype(preds[0])  # fp16/bf16 heads: the loss is computed in float32
         device = preds[0].device
-        padded = (
-            targets
-            if padded_in
-            else pad_targets(targets, self.num_classes, dtype=dtype, device=device, validate=self.validate)
-        )
+        padded = as_padded(targets, self.num_classes, dtype=dtype, device=device, validate=self.validate)
         bsz, r = preds[0].shape[0], self.reg_max
         points, stride, points_px, anchor_ids = self._constants.get(
             (tuple(sizes), dtype, device), lambda: _anchor_tables(sizes, self.strides, dtype, device)
@@ -212,7 +211,7 @@ class YOLOv8Loss(nn.Module):
                 [lv[:, num_box:] for lv in levels],
                 pred_px,
                 points_px,
-                padded.boxes.to(dtype),
+                padded.boxes,
                 padded.labels,
                 padded.mask,
                 topk=self.topk,
@@ -237,22 +236,14 @@ class YOLOv8Loss(nn.Module):
         w = weight.gather(1, idx) * used  # (B, P)
         pts, st = points[idx], stride[idx]  # (B, P, 2), (B, P, 1)
         target = a.boxes.gather(1, idx.unsqueeze(-1).expand(-1, -1, 4)) / st  # grid units
-        cls, logits = _HeadTerms.apply(num_box, a.labels, weight, idx, *levels)  # Σ BCE, (B, 4·r, P)
+        cls, logits = _HeadTerms.apply(num_box, a.labels, weight, idx, *levels)  # (B,) Σ BCE, (B, 4·r, P)
         logits = logits.view(bsz, 4, r, cap).permute(0, 3, 1, 2)  # (B, P, 4, r)
         pred_boxes = decode_distances(logits, pts)  # (B, P, 4) xyxy, grid units
-        if self.iou_kind == "mpdiou":  # its corner distances over the input size: in pixels
-            iou = iou_xyxy(pred_boxes * st, target * st, "mpdiou", _CIOU_EPS, image_size=image_size,
-                           **self.iou_modifiers)
-        else:
-            iou = iou_xyxy(pred_boxes, target, self.iou_kind, _CIOU_EPS, **self.iou_modifiers)
-        box = ((1.0 - iou) * w).sum()
+        iou = grid_box_iou(
+            pred_boxes, target, self.iou_kind, self.iou_eps, self.iou_modifiers, st, image_size
+        )
+        box = ((1.0 - iou) * w).sum(1)  # (B,)
         ltrb = torch.cat((pts - target[..., :2], target[..., 2:] - pts), -1)
         ltrb = ltrb.clamp(0.0, r - 1 - 0.01)  # keeps i + 1 a valid bin: the original's clamp
-        dfl = (dfl_from_log_probs(F.log_softmax(logits, dim=-1), ltrb).mean(-1) * w).sum()
-        parts = {
-            "box": box / norm * self.gains["box"],
-            "cls": cls / norm * self.gains["cls"],
-            "dfl": dfl / norm * self.gains["dfl"],
-        }
-        total = (parts["box"] + parts["cls"] + parts["dfl"]) * bsz
-        return LossResult(total, parts)
+        dfl = (dfl_from_log_probs(F.log_softmax(logits, dim=-1), ltrb).mean(-1) * w).sum(1)  # (B,)
+        return combine({"box": box, "cls": cls, "dfl": dfl}, self.gains, norm, scale=bsz)
