@@ -80,7 +80,8 @@ def ref_terms(b1, b2, kind, eps=1e-7, inner_ratio=None):
 
 
 def ref_value(b1, b2, kind, alpha=1.0, inner_ratio=None, focaler=None, eps=1e-7):
-    """The API.md formulas: value_kind − IoU + IoU_modified, or iou^α − Σ term^α."""
+    """The modifiers' formulas (Inner-IoU, Focaler-IoU: value_kind − IoU + IoU_modified; Alpha-IoU:
+    iou^α − Σ term^α), written from the papers."""
     if kind == "wiou":  # 1 − exp(ρ²/(W_g² + H_g²)*)·(1 − IoU), the denominator detached
         cw, ch, rho2 = ref_enclosing(b1, b2)
         iou = ref_terms(b1, b2, "iou", eps)[0]

@@ -14,12 +14,14 @@ from detloss import iou_loss, sigmoid_focal_loss, smooth_l1_loss, smooth_labels
 from detloss.losses import weight_reduce
 from tests.helpers import random_boxes
 
-# --------------------------------------------------------------------------- seed 004 worked example
+# ------------------------------------- worked example of a TensorFlow 2 classification-loss tutorial
+# ("图像分类任务中的损失函数", loss functions in image classification): these logits and labels, its
+# label_smoothing(eps=0.1) and its printed sigmoid cross-entropy table.
 LOGITS_004 = [[0.7, 1.2, 0.3], [0.4, 0.2, 0.9], [0.6, 0.3, 0.4]]
 LABELS_004 = [1, 2, 0]
 
 
-def test_seed_004_printed_tables():
+def test_classification_tutorial_printed_tables():
     x = torch.tensor(LOGITS_004, dtype=torch.float64)
     y = torch.tensor(LABELS_004)
     smoothed = smooth_labels(y, 0.1, num_classes=3)
@@ -27,13 +29,13 @@ def test_seed_004_printed_tables():
     hi, lo = 0.9 + 0.1 / 3, 0.1 / 3
     expected = torch.tensor([[lo, hi, lo], [lo, lo, hi], [hi, lo, lo]], dtype=torch.float64)
     torch.testing.assert_close(smoothed.double(), expected, rtol=0, atol=1e-7)
-    # the seed's printed sigmoid cross-entropy table
+    # the tutorial's printed sigmoid cross-entropy table
     printed_bce = torch.tensor(
         [[1.0798527, 0.34328249, 0.84435523], [0.89968193, 0.7914722, 0.40115389],
          [0.47748795, 0.84435523, 0.89968193]], dtype=torch.float64)
     bce = F.binary_cross_entropy_with_logits(x, smoothed.double(), reduction="none")
     torch.testing.assert_close(bce, printed_bce, rtol=0, atol=1e-6)
-    # the seed's hand computation of entry (0, 0), 1.07985271089 (a float32 result: 1e-7 agreement)
+    # the tutorial's hand computation of entry (0, 0), 1.07985271089 (a float32 result: 1e-7 agreement)
     p = 1 / (1 + math.exp(-0.7))
     assert -(lo * math.log(p) + (1 - lo) * math.log(1 - p)) == pytest.approx(1.07985271089, abs=1e-7)
     # the printed softmax cross-entropy, from the ids and from the one-hot labels
@@ -103,7 +105,8 @@ def _focal_hard(x: float, t: int, alpha: float, gamma: float) -> float:
 
 
 def _focal_soft(x: float, t: float, alpha: float, gamma: float, pw: float = 1.0) -> float:
-    """The YOLOv5 FocalLoss wrapper (seed 001): BCE(x, t) * alpha_t * (1 - p_t)^gamma."""
+    """The YOLOv5 FocalLoss wrapper (ultralytics/yolov5 utils/loss.py):
+    BCE(x, t) * alpha_t * (1 - p_t)^gamma."""
     p = 1 / (1 + math.exp(-x))
     bce = -(pw * t * math.log(p) + (1 - t) * math.log(1 - p))
     p_t = t * p + (1 - t) * (1 - p)
@@ -225,15 +228,16 @@ def test_focal_errors():
 
 
 # --------------------------------------------------------------------------- smooth L1
-def _smooth_l1_seed003(p: float, t: float, sigma: float, inside: float, outside: float) -> float:
-    """Seed 003 (SSD, TensorFlow): 0.5 (sigma d)^2 if |d| < 1/sigma^2 else |d| - 0.5/sigma^2."""
+def _smooth_l1_ssd_tf(p: float, t: float, sigma: float, inside: float, outside: float) -> float:
+    """SSD.TensorFlow's modified_smooth_l1 (inside/outside weights, sigma):
+    0.5 (sigma d)^2 if |d| < 1/sigma^2 else |d| - 0.5/sigma^2."""
     d = inside * (p - t)
     s2 = sigma * sigma
     return outside * (0.5 * s2 * d * d if abs(d) < 1 / s2 else abs(d) - 0.5 / s2)
 
 
 @pytest.mark.parametrize("sigma", [0.5, 1.0, 3.0, 10.0])
-def test_smooth_l1_matches_seed_003(sigma):
+def test_smooth_l1_matches_ssd_tensorflow(sigma):
     p = torch.randn(10, 4, dtype=torch.float64) * 2
     t = torch.randn(10, 4, dtype=torch.float64)
     inside = torch.rand(10, 4, dtype=torch.float64) * 2
@@ -241,14 +245,14 @@ def test_smooth_l1_matches_seed_003(sigma):
     out = smooth_l1_loss(p, t, sigma, inside, outside, reduction="none")
     flat_o = outside.expand(10, 4)
     ref = torch.tensor(
-        [[_smooth_l1_seed003(v, w, sigma, i, o) for v, w, i, o in zip(a, b, c, d, strict=True)]
+        [[_smooth_l1_ssd_tf(v, w, sigma, i, o) for v, w, i, o in zip(a, b, c, d, strict=True)]
          for a, b, c, d in zip(p.tolist(), t.tolist(), inside.tolist(), flat_o.tolist(), strict=True)],
         dtype=torch.float64,
     )
     torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
     # scalar weights
     out = smooth_l1_loss(p, t, sigma, 0.5, 2.0, reduction="none")
-    ref = torch.tensor([[_smooth_l1_seed003(a, b, sigma, 0.5, 2.0) for a, b in zip(r, s, strict=True)]
+    ref = torch.tensor([[_smooth_l1_ssd_tf(a, b, sigma, 0.5, 2.0) for a, b in zip(r, s, strict=True)]
                         for r, s in zip(p.tolist(), t.tolist(), strict=True)], dtype=torch.float64)
     torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
     # sigma = 1 with unit weights is PyTorch's smooth L1 with beta = 1
