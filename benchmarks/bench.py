@@ -30,8 +30,8 @@ with ``validate=False`` (and ``syncs`` with ``validate=True``); eager and
 extra CUDA memory of one eager step (CUDA only).
 
 **Loop ports** (``--ports``): the criteria against the naive per-image / per-box loop ports of the
-originals that the test suite checks them against (``tests/criteria/test_yolov3.py``, ``test_yolov4.py``,
-``test_yolov5.py``, ``test_ssd.py``: tensorflow-yolov3, yolov4-tiny-tf2, ultralytics/yolov5
+originals that the test suite checks them against (``tests/reference/yolov3.py``, ``yolov4.py``,
+``yolov5.py``, ``ssd.py``: tensorflow-yolov3, yolov4-tiny-tf2, ultralytics/yolov5
 ``ComputeLoss``, SSD.TensorFlow, written without detloss), timed with ``time.perf_counter`` in
 interleaved rounds: ``ours`` (``validate=True``), ``ours nv`` (``validate=False``), ``pad``
 (:func:`detloss.assign.pad_targets` alone, validated / not), ``naive`` (a port slower than ``--slow``
@@ -554,7 +554,7 @@ def criterion_table(rows: Sequence[CriterionRow]) -> str:
 
 
 # =================================================================================================
-# Criteria against the tests' loop ports of the originals
+# Criteria against the tests' loop ports of the originals (tests/reference/)
 # =================================================================================================
 
 
@@ -572,7 +572,7 @@ class PortCase:
 
 def _port_yolov3(size: int, b: int = 16, c: int = 80, n: int = 20) -> PortCase:
     from detloss.criteria import YOLOv3Loss
-    from tests.criteria import test_yolov3
+    from tests.reference.yolov3 import ref_loss
 
     preds, targets = _yolo_batch(torch.Generator().manual_seed(size), b, c, size, (8, 16, 32), n)
     crit = {v: YOLOv3Loss(c, validate=v) for v in (True, False)}
@@ -582,13 +582,13 @@ def _port_yolov3(size: int, b: int = 16, c: int = 80, n: int = 20) -> PortCase:
         targets,
         c,
         lambda v: crit[v](preds, targets).total,
-        lambda: sum(test_yolov3.ref_loss(preds, targets, c)),
+        lambda: sum(ref_loss(preds, targets, c)),
     )
 
 
 def _port_yolov4_tiny(size: int = 416, b: int = 16, c: int = 80, n: int = 20) -> PortCase:
     from detloss.criteria import YOLOv4Loss
-    from tests.criteria import test_yolov4
+    from tests.reference.yolov4 import ref_loss
 
     preds, targets = _yolo_batch(torch.Generator().manual_seed(size + 4), b, c, size, (32, 16), n)
     crit = {v: YOLOv4Loss(c, "tiny", validate=v) for v in (True, False)}
@@ -599,31 +599,31 @@ def _port_yolov4_tiny(size: int = 416, b: int = 16, c: int = 80, n: int = 20) ->
         c,
         lambda v: crit[v](preds, targets).total,
         # the port with CIoU's α held constant, as detloss does (the TF original differentiates it)
-        lambda: test_yolov4.ref_loss(preds, targets, c, alpha_grad=False),
+        lambda: ref_loss(preds, targets, c, alpha_grad=False),
     )
 
 
 def _port_yolov5(size: int = 640, b: int = 16, c: int = 80, n: int = 20) -> PortCase:
     from detloss.criteria import YOLOV5_ANCHORS, YOLOv5Loss
-    from tests.criteria import test_yolov5
+    from tests.reference.yolov5 import HYP, reference_loss
 
     preds, targets = _yolo_batch(torch.Generator().manual_seed(size + 5), b, c, size, (8, 16, 32), n)
     crit = {v: YOLOv5Loss(c, validate=v) for v in (True, False)}
-    hyp = test_yolov5.HYP
+    hyp = HYP
     return PortCase(
         f"YOLOv5Loss B={b} {size}² C={c} {n} boxes/img",
         preds,
         targets,
         c,
         lambda v: crit[v](preds, targets).total,
-        lambda: test_yolov5.reference_loss(preds, targets, c, YOLOV5_ANCHORS, (8, 16, 32), hyp)[0],
+        lambda: reference_loss(preds, targets, c, YOLOV5_ANCHORS, (8, 16, 32), hyp)[0],
     )
 
 
 def _port_ssd300(b: int = 32, c: int = 20, n: int = 10) -> PortCase:
     from detloss.criteria import SSDLoss
     from tests.cases import ssd300_priors, ssd_targets
-    from tests.criteria import test_ssd
+    from tests.reference.ssd import ref_loss
 
     gen = torch.Generator().manual_seed(300)
     priors = ssd300_priors()
@@ -637,7 +637,7 @@ def _port_ssd300(b: int = 32, c: int = 20, n: int = 10) -> PortCase:
         targets,
         c,
         lambda v: crit[v]((loc, conf), targets).total,
-        lambda: sum(test_ssd.ref_loss(loc, conf, targets, priors)),
+        lambda: sum(ref_loss(loc, conf, targets, priors)[:2]),  # conf + loc (the third: per-image shares)
     )
 
 

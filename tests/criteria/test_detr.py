@@ -1,7 +1,7 @@
 """DETRLoss against a plain per-layer, per-image, per-query loop port of the three presets.
 
-The port below is written from the preset table of docs/detr.md (costs, class losses,
-normalisations, defaults of facebookresearch/detr, fundamentalvision/Deformable-DETR and
+The port (tests/reference/detr.py) is written from the preset table of docs/detr.md (costs, class
+losses, normalisations, defaults of facebookresearch/detr, fundamentalvision/Deformable-DETR and
 lyuwenyu/RT-DETR, as transformers' losses compute them) with scalar formulas and scipy's solver on
 each image's cost block; it shares no code with detloss. On top: a
 hand-computed case, gradcheck in float64, images without targets, the sync and op budget, and the
@@ -21,128 +21,11 @@ import detloss.assign.hungarian as hungarian
 from detloss.assign import PaddedTargets, pad_targets
 from detloss.criteria import DETRLoss
 from detloss.profiling import DispatchCounter
+from tests.reference.detr import TABLE, loop_port
 
-linear_sum_assignment = pytest.importorskip("scipy.optimize").linear_sum_assignment  # detloss[detr]
+pytest.importorskip("scipy.optimize")  # detloss[detr]: the loop port solves with scipy
 
 PRESETS = ("detr", "deformable", "rtdetr")
-# preset → (class, bbox, giou) costs, (cls, bbox, giou) gains, focal alpha: the defaults of the original
-# repositories (facebookresearch/detr, fundamentalvision/Deformable-DETR, lyuwenyu/RT-DETR), written
-# here from docs/detr.md's preset table, not read from detloss
-TABLE = {
-    "detr": ((1.0, 5.0, 2.0), (1.0, 5.0, 2.0), None),
-    "deformable": ((2.0, 5.0, 2.0), (2.0, 5.0, 2.0), 0.25),
-    "rtdetr": ((2.0, 5.0, 2.0), (1.0, 5.0, 2.0), 0.75),
-}
-
-
-# ----------------------------------------------------------------------------- the loop port
-def corners(b):
-    cx, cy, w, h = b
-    return cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2
-
-
-def iou_and_giou(a, b):
-    ax1, ay1, ax2, ay2 = corners(a)
-    bx1, by1, bx2, by2 = corners(b)
-    iw = max(min(ax2, bx2) - max(ax1, bx1), 0.0)
-    ih = max(min(ay2, by2) - max(ay1, by1), 0.0)
-    inter = iw * ih
-    union = (ax2 - ax1) * (ay2 - ay1) + (bx2 - bx1) * (by2 - by1) - inter
-    enclose = (max(ax2, bx2) - min(ax1, bx1)) * (max(ay2, by2) - min(ay1, by1))
-    iou = inter / union
-    return iou, iou - (enclose - union) / enclose
-
-
-def bce(x, t):
-    """−(t·log σ(x) + (1 − t)·log(1 − σ(x))), written stably."""
-    return max(x, 0.0) - x * t + math.log1p(math.exp(-abs(x)))
-
-
-def sigmoid(x):
-    return 1.0 / (1.0 + math.exp(-x))
-
-
-def loop_port(
-    preset,
-    logits,
-    boxes,
-    targets,
-    num_classes,
-    eos_coef=0.1,
-    cost_alpha=0.25,
-    cost_gamma=2.0,
-    focal_gamma=2.0,
-):
-    """(total, per-layer [cls, bbox, giou] with gains, per-image shares summed over the layers) as plain
-    floats; the matching by scipy per block. An image's share: its queries' class loss and its targets'
-    box losses, over the batch's normalisers."""
-    (cc, bc, gc), (cw, bw, gw), alpha = TABLE[preset]
-    lg, bx = logits.tolist(), boxes.tolist()
-    num_layers, batch, num_queries = len(lg), len(lg[0]), len(lg[0][0])
-    tgt = [(t["boxes"].tolist(), t["labels"].tolist()) for t in targets]
-    n_boxes = max(sum(len(lab) for _, lab in tgt), 1)
-    layers, per_image = [], [0.0] * batch
-    for layer in range(num_layers):
-        cls_sum = ce_weight = l1_sum = giou_sum = 0.0
-        cls_img, box_img = [0.0] * batch, [0.0] * batch  # box_img: bw·L1 + gw·(1 − GIoU), summed
-        for image in range(batch):
-            x, p = lg[layer][image], bx[layer][image]
-            tb, lab = tgt[image]
-            match = {}  # query → target
-            if lab:
-                cost = torch.zeros(num_queries, len(lab), dtype=torch.float64)
-                for q in range(num_queries):
-                    if preset == "detr":
-                        e = [math.exp(v - max(x[q])) for v in x[q]]
-                        prob = [v / sum(e) for v in e]
-                    for j, c in enumerate(lab):
-                        if preset == "detr":
-                            c_cls = -prob[c]
-                        else:
-                            s = sigmoid(x[q][c])
-                            pos = cost_alpha * (1 - s) ** cost_gamma * -math.log(s + 1e-8)
-                            neg = (1 - cost_alpha) * s**cost_gamma * -math.log(1 - s + 1e-8)
-                            c_cls = pos - neg
-                        l1 = sum(abs(p[q][k] - tb[j][k]) for k in range(4))
-                        cost[q, j] = bc * l1 + cc * c_cls - gc * iou_and_giou(p[q], tb[j])[1]
-                rows, cols = linear_sum_assignment(cost.numpy())
-                match = {int(r): int(c) for r, c in zip(rows, cols, strict=True)}
-            for q, j in match.items():
-                l1 = sum(abs(p[q][k] - tb[j][k]) for k in range(4))
-                g = 1 - iou_and_giou(p[q], tb[j])[1]
-                l1_sum, giou_sum = l1_sum + l1, giou_sum + g
-                box_img[image] += bw * l1 + gw * g
-            for q in range(num_queries):
-                j = match.get(q)
-                if preset == "detr":
-                    t = lab[j] if j is not None else num_classes  # no-object last
-                    w = 1.0 if j is not None else eos_coef
-                    log_z = max(x[q]) + math.log(sum(math.exp(v - max(x[q])) for v in x[q]))
-                    cls_sum += w * (log_z - x[q][t])
-                    cls_img[image] += w * (log_z - x[q][t])
-                    ce_weight += w
-                    continue
-                iou = iou_and_giou(p[q], tb[j])[0] if j is not None else 0.0
-                for c in range(num_classes):
-                    t = 1.0 if (j is not None and lab[j] == c) else 0.0
-                    s = sigmoid(x[q][c])
-                    if preset == "deformable":
-                        p_t = s * t + (1 - s) * (1 - t)
-                        a_t = alpha * t + (1 - alpha) * (1 - t)
-                        term = bce(x[q][c], t) * a_t * (1 - p_t) ** focal_gamma
-                    else:  # rtdetr: varifocal with the IoU as the positive's target
-                        score = t * iou
-                        weight = alpha * s**focal_gamma * (1 - t) + score
-                        term = weight * bce(x[q][c], score)
-                    cls_sum += term
-                    cls_img[image] += term
-        cls_norm = ce_weight if preset == "detr" else n_boxes
-        layers.append([cw * cls_sum / cls_norm, bw * l1_sum / n_boxes, gw * giou_sum / n_boxes])
-        for image in range(batch):
-            per_image[image] += cw * cls_img[image] / cls_norm + box_img[image] / n_boxes
-    return sum(map(sum, layers)), layers, per_image
-
-
 # ----------------------------------------------------------------------------- inputs
 def make(preset, L=2, B=3, Q=6, C=3, counts=(2, 0, 4), dtype=torch.float64, seed=0):
     g = torch.Generator().manual_seed(seed)
