@@ -1,4 +1,4 @@
-"""Issue 12 item 4: the default path (no ``set_compile``, validation on) against its peers, fwd+bwd.
+"""The default path (no ``set_compile``, validation on) against its peers, forward + backward.
 
 Run in the side venv (torchvision): ``PYTHONPATH=src <side-venv>/bin/python benchmarks/default_path.py``.
 Prints medians (interleaved rounds, one process) and the ratio peer time / detloss time (> 1: detloss

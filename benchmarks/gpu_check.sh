@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check of issue 12, one prepared run (< 8 minutes on one GPU): the test suite on CUDA, then
+# The GPU check, one prepared run (< 8 minutes on one GPU): the test suite on CUDA, then
 # every criterion timed eager and under torch.compile(mode="reduce-overhead") (CUDA graphs), and the
 # yolov5 package's ComputeLoss side by side where it is installed.
 #

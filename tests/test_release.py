@@ -188,9 +188,20 @@ def test_docs_reference_every_public_module():
 
 
 def test_the_project_speaks_of_itself():
-    """Sources and docs point at the project's own files, never at ones outside the repository."""
-    outside = re.compile(r"shared/|ORIGINALS\.md|API\.md|CONVENTIONS\.md|\bseed 0\d\d\b|/work/")
-    files = [ROOT / "README.md", *(ROOT / "docs").rglob("*.md"), *(ROOT / "src").rglob("*.py")]
+    """Sources, tests, benchmarks and docs point at the project's own files, never at documents outside
+    the repository, and say why rather than which issue asked for something."""
+    outside = re.compile(
+        r"shared/|ORIGINALS\.md|API\.md|CONVENTIONS\.md|\bseed 0\d\d\b|/work/|\b[Ii]ssue \d+\b"
+    )
+    files = [
+        ROOT / "README.md",
+        *(ROOT / "docs").rglob("*.md"),
+        *(ROOT / "src").rglob("*.py"),
+        *(p for p in (ROOT / "tests").rglob("*.py") if p != Path(__file__).resolve()),
+        *(ROOT / "benchmarks").rglob("*.py"),
+        *(ROOT / "benchmarks").rglob("*.md"),
+        *(ROOT / "benchmarks").rglob("*.sh"),
+    ]
     hits = [
         f"{path.relative_to(ROOT)}:{n}"
         for path in files
