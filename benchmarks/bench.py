@@ -817,7 +817,7 @@ def _losses(args: argparse.Namespace) -> int:
             print(f"unknown case(s) {unknown}; known: {', '.join((*IOU_KINDS, *VARIANTS))}, focal")
             return 2
     env = environment()
-    print(f"detloss bench — {env['date']}, torch {env['torch']}, torchvision {env['torchvision']}")
+    print(f"benchmarks/bench.py — {env['date']}, torch {env['torch']}, torchvision {env['torchvision']}")
     print(f"CPU {env['cpu']} ({env['cores']} cores), {args.threads} threads, float32, fwd+bwd medians\n")
     rows = loss_rows(
         names,
