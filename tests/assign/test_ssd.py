@@ -114,15 +114,10 @@ def test_box_overlapping_no_prior_forces_prior_zero():
     assert match_priors(t, PRIORS, 0.5).tolist() == [[0, NEG, 0, NEG]]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="match_priors: a real box overlapping no prior forces prior 0 through IoU·forced = 0 for every "
-    "box, and a padding row (IoU −1 · 0 = −0.0) placed before it ties and wins: prior 0 is matched to a "
-    "padding index",
-)
 def test_padding_row_never_matched_by_forced_zero_iou():
     # PaddedTargets lets the real boxes sit anywhere under the mask; here row 0 is padding and row 1 a
-    # real box overlapping no prior, which forces p0. Prior 0 must go to box 1, never to the padding row.
+    # real box overlapping no prior, which forces p0 with IoU 0. Prior 0 must go to box 1, never to the
+    # padding row (an IoU·mask product once tied the two at 0 and −0.0, and the first row won).
     boxes = torch.tensor([[[0, 0, 0, 0], [20, 20, 21, 21]]], dtype=torch.float32)
     t = PaddedTargets(boxes, torch.zeros(1, 2, dtype=torch.int64), torch.tensor([[False, True]]))
     assert match_priors(t, PRIORS, 0.5).tolist() == [[1, NEG, NEG, NEG]]

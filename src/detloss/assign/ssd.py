@@ -68,7 +68,10 @@ def match_priors(
 
         best_prior = iou.argmax(2, keepdim=True)  # (B, M, 1), first on ties
         forced = torch.zeros_like(iou, dtype=torch.bool).scatter_(2, best_prior, targets.mask[..., None])
-        forced_box = (iou * forced).max(1).indices  # (B, P) highest IoU of the forcers (IoU >= 0 there)
+        # (B, P) highest IoU·forced, as the original's argmax (a real box that does not force a prior
+        # ties at 0 with a forcer of IoU 0, and the first wins); padding rows at −1 never win
+        forced_iou = (iou * forced).masked_fill(~targets.mask[..., None], -1.0)
+        forced_box = forced_iou.max(1).indices
         return torch.where(forced.any(1), forced_box, matched)
 
 
