@@ -161,4 +161,11 @@ def decode_distances(logits: Tensor, anchor_points: Tensor, *, channels_first: b
         dist = (torch.matmul(bins, e) / e.sum(bin_dim)).transpose(-1, -2)
     else:
         dist = e.matmul(bins) / e.sum(bin_dim)
-    return torch.cat((anchor_points - dist[..., :2], anchor_points + dist[..., 2:]), dim=-1)
+    return distances_to_boxes(dist, anchor_points)
+
+
+def distances_to_boxes(distances: Tensor, anchor_points: Tensor) -> Tensor:
+    """xyxy boxes ``(..., 4)`` from side distances ``(..., 4)`` (left, top, right, bottom) around
+    anchor points ``(..., 2)`` (broadcastable), all in one unit: ``(x − l, y − t, x + r, y + b)``.
+    The distances are used as they are (YOLO26's raw head outputs may be negative)."""
+    return torch.cat((anchor_points - distances[..., :2], anchor_points + distances[..., 2:]), dim=-1)

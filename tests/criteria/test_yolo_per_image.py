@@ -24,6 +24,8 @@ CRITERIA = {
     "YOLOv4": (lambda **kw: YOLOv4Loss(C, **kw), lambda crit: 3 * (5 + C)),
     "YOLOv5": (lambda **kw: YOLOv5Loss(C, **kw), lambda crit: 3 * (5 + C)),
     "YOLOv8": (lambda **kw: YOLOv8Loss(C, reg_max=4, **kw), lambda crit: 4 * crit.reg_max + C),
+    # YOLO26's one-to-one branch: raw distances and L1, top-1 after the contests
+    "YOLO26": (lambda **kw: YOLOv8Loss(C, reg_max=1, topk=7, topk2=1, **kw), lambda crit: 4 + C),
 }
 
 

@@ -249,7 +249,13 @@ def test_errors():
     with pytest.raises(TypeError, match="list"):
         crit(preds[0], targets)
     with pytest.raises(ValueError, match="reg_max"):
-        YOLOv8Loss(3, reg_max=1)
+        YOLOv8Loss(3, reg_max=0)
+    with pytest.raises(ValueError, match="dfl"):
+        YOLOv8Loss(3, reg_max=1, dfl=1.0)
+    with pytest.raises(ValueError, match="l1"):
+        YOLOv8Loss(3, reg_max=16, l1=1.0)
+    with pytest.raises(ValueError, match="topk2"):
+        YOLOv8Loss(3, topk2=0)
     with pytest.raises(ValueError, match="strides"):
         YOLOv8Loss(3, strides=(8, 0))
     with pytest.raises(ValueError, match="num_classes"):

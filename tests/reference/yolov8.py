@@ -4,6 +4,13 @@ listed in docs/yolov8.md ("Formulas"): candidates strictly inside the box widene
 top-k by α/β alignment metric, contested anchors to the box of highest CIoU (first on ties), scores
 normalised by each box's max CIoU / max metric, DFL targets clamped to ``reg_max − 1.01``. Loops over
 images, boxes and positive anchors; nothing from detloss.
+
+Also the one-to-one branch of ultralytics' end-to-end loss (``E2ELoss``, utils/loss.py and utils/tal.py
+of 8.4.190): ``topk2`` (after the contests each box keeps its ``topk2`` positives of largest alignment,
+when ``topk2 != topk``; the scores are normalised over those) and ``reg_max = 1`` (the box channels are
+the raw ltrb distances in grid units; the regression term is the L1 of prediction and unclamped target
+distances × stride, left/right over the input width and top/bottom over its height, averaged over the
+sides and weighted by the target score, under the ``dfl`` gain, named l1).
 """
 
 from __future__ import annotations
@@ -39,7 +46,17 @@ def naive_ciou(b1, b2, eps=1e-7):
 
 
 def naive_loss(
-    preds, targets, nc, strides, reg_max, topk=10, alpha=0.5, beta=6.0, gains=(7.5, 0.5, 1.5), min_side=None
+    preds,
+    targets,
+    nc,
+    strides,
+    reg_max,
+    topk=10,
+    alpha=0.5,
+    beta=6.0,
+    gains=(7.5, 0.5, 1.5),
+    min_side=None,
+    topk2=None,
 ):
     if min_side is None:
         min_side = strides[1] if len(strides) > 1 else strides[0]
@@ -53,13 +70,17 @@ def naive_loss(
                 pts.append((x + 0.5, y + 0.5))
                 st.append(s)
     pts, st = torch.tensor(pts, dtype=D), torch.tensor(st, dtype=D)[:, None]
+    h_img, w_img = preds[0].shape[2] * strides[0], preds[0].shape[3] * strides[0]
     flat = torch.cat([p.flatten(2) for p in preds], 2).transpose(1, 2)  # (B, A, no)
     n_anchor = pts.shape[0]
     k = min(topk, n_anchor)
     box_sum = cls_sum = dfl_sum = score_sum = 0.0
     for b, t in enumerate(targets):
         dist_logits, cls_logits = flat[b, :, : 4 * r].reshape(-1, 4, r), flat[b, :, 4 * r :]
-        dist = dist_logits.softmax(-1) @ torch.arange(r, dtype=D)
+        if r == 1:  # the raw distances
+            dist = dist_logits[..., 0]
+        else:
+            dist = dist_logits.softmax(-1) @ torch.arange(r, dtype=D)
         pred = torch.cat((pts - dist[:, :2], pts + dist[:, 2:]), 1)  # grid units
         pred_px = (pred * st).detach()
         prob = cls_logits.detach().sigmoid()
@@ -95,6 +116,13 @@ def naive_loss(
                         best = j
                 owner[a] = best
         positives = [a for a in range(n_anchor) if owner[a] >= 0]
+        if topk2 is not None and topk2 != topk:  # each box keeps its topk2 best positives
+            kept = []
+            for j in range(m):
+                mine = [a for a in positives if owner[a] == j]
+                mine.sort(key=lambda a: (-float(metric[j, a]), a))
+                kept += mine[:topk2]
+            positives = sorted(kept)
         max_u = {j: 0.0 for j in range(m)}
         max_t = {j: 0.0 for j in range(m)}
         for a in positives:
@@ -109,18 +137,24 @@ def naive_loss(
             score_sum += score
             gt = boxes[j] / st[a]
             box_sum = box_sum + (1 - naive_ciou(pred[a], gt)) * score
-            ltrb = torch.cat((pts[a] - gt[:2], gt[2:] - pts[a])).clamp(0, r - 1.01)
-            logp = dist_logits[a].log_softmax(-1)
+            ltrb = torch.cat((pts[a] - gt[:2], gt[2:] - pts[a]))
             side = 0.0
-            for s in range(4):
-                i = int(math.floor(float(ltrb[s])))
-                side = side - ((i + 1 - ltrb[s]) * logp[s, i] + (ltrb[s] - i) * logp[s, i + 1])
+            if r == 1:
+                size = (w_img, h_img, w_img, h_img)
+                for s in range(4):
+                    side = side + abs(dist[a, s] * st[a, 0] / size[s] - ltrb[s] * st[a, 0] / size[s])
+            else:
+                ltrb = ltrb.clamp(0, r - 1.01)
+                logp = dist_logits[a].log_softmax(-1)
+                for s in range(4):
+                    i = int(math.floor(float(ltrb[s])))
+                    side = side - ((i + 1 - ltrb[s]) * logp[s, i] + (ltrb[s] - i) * logp[s, i + 1])
             dfl_sum = dfl_sum + side / 4 * score
         cls_sum = cls_sum + F.binary_cross_entropy_with_logits(cls_logits, target, reduction="sum")
     norm = max(score_sum, 1.0)
     parts = {
         "box": box_sum / norm * gains[0],
         "cls": cls_sum / norm * gains[1],
-        "dfl": dfl_sum / norm * gains[2],
+        "l1" if r == 1 else "dfl": dfl_sum / norm * gains[2],
     }
-    return (parts["box"] + parts["cls"] + parts["dfl"]) * len(targets), parts
+    return sum(parts.values()) * len(targets), parts

@@ -9,8 +9,10 @@ For every image b, box m (padded to M with a mask) and anchor point a::
     selected(m, a)  = a is among the top-k anchors of t(m, ·) (over all anchors) and a candidate
     owner(a)        = the single box selecting a; when several do, the box of highest u(·, a) over
                       ALL boxes (first on ties; box 0 when every u is 0)
+    kept(a)         = with ``topk2`` (≠ topk): a is among the topk2 positives of largest t(owner, ·)
+                      of its owner (lower anchor index first on ties); the others become background
     score(a)        = t(owner, a) · max_a' u(owner, a') / (max_a' t(owner, a') + eps)
-                      (both maxima over the owner's positive anchors)
+                      (both maxima over the owner's positive anchors, after ``topk2``)
 
 Nothing of shape ``(B, M, A, ·)`` is built: the pairwise quantities are ``(B, m_block, A)`` blocks of
 boxes, each reduced (top-k over anchors, the running best box per anchor) before the next block, so
@@ -194,6 +196,22 @@ def _per_level(labels: Tensor, levels: Sequence[Tensor]) -> list[Tensor]:
     return list(labels.split([level.shape[-1] for level in levels], -1))
 
 
+def _top_per_box(metric: Tensor, gt_index: Tensor, foreground: Tensor, m_max: int, k: int) -> Tensor:
+    """``(B, A)`` bool: the positives among the ``k`` of largest ``metric`` of their box (lower anchor
+    index first on ties). Every anchor is ranked within its box by two stable sorts (by metric, then
+    by box): no per-box table of anchors, no data-dependent shape."""
+    bsz, num_anchors = metric.shape
+    group = torch.where(foreground, gt_index, m_max)  # background anchors form a last group
+    order = metric.argsort(dim=1, descending=True, stable=True)
+    order = order.gather(1, group.gather(1, order).argsort(dim=1, stable=True))  # by (box, −t, index)
+    counts = torch.zeros(bsz, m_max + 1, dtype=torch.int64, device=metric.device)
+    counts.scatter_add_(1, group, torch.ones_like(group))
+    first = counts.cumsum(1) - counts  # position of each group's first anchor in the sorted order
+    rank_sorted = torch.arange(num_anchors, device=metric.device) - first.gather(1, group.gather(1, order))
+    rank = torch.empty_like(rank_sorted).scatter_(1, order, rank_sorted)
+    return foreground & (rank < k)
+
+
 @torch.no_grad()
 def task_aligned_assign(
     scores: Tensor | Sequence[Tensor],
@@ -204,6 +222,7 @@ def task_aligned_assign(
     gt_mask: Tensor,
     *,
     topk: int = 10,
+    topk2: int | None = None,
     alpha: float = 0.5,
     beta: float = 6.0,
     min_side: float = 0.0,
@@ -225,6 +244,10 @@ def task_aligned_assign(
         gt_labels: ``(B, M)`` int64 classes in ``[0, C)``.
         gt_mask: ``(B, M)`` bool, True for real boxes.
         topk: anchors per box (at most A are taken).
+        topk2: after the contests, each box keeps only its ``topk2`` positives of largest alignment
+            t (ultralytics' ``tal_topk2``; the one-to-one branch of YOLOv10 / YOLO26 uses 1); the
+            target scores are normalised over the positives kept. ``None``, or equal to ``topk``
+            (as in the original), keeps them all.
         alpha, beta: exponents of the score and of the CIoU in the metric.
         min_side: box sides shorter than this are widened to it for the candidate test
             (ultralytics 8.4.190: its second stride; 0 disables).
@@ -305,6 +328,12 @@ def task_aligned_assign(
     u = torch.where(contested, best_u, u).mul_(foreground)
     s = _class_scores(levels, _per_level(labels.unsqueeze(1), levels)).squeeze(1)
     metric = score_pow(s).mul_(_power(u, beta))
+    if topk2 is not None and topk2 != topk:
+        foreground = _top_per_box(metric, gt_index, foreground, m_max, topk2)
+        gt_index = gt_index * foreground  # background anchors point at box 0, as above
+        boxes = gt_boxes.gather(1, gt_index.unsqueeze(-1).expand(-1, -1, 4))
+        labels = gt_labels.gather(1, gt_index)
+        u, metric = u * foreground, metric * foreground
     # per box: max over its positive anchors (order-free scatter of maxima; 0 for boxes without any)
     zeros = gt_boxes.new_zeros(bsz, m_max, dtype=dtype)
     max_metric = zeros.scatter_reduce(1, gt_index, metric, "amax", include_self=True)

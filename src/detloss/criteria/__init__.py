@@ -1,6 +1,7 @@
 """Detector criteria: one file per detector, each reproducing its original implementation."""
 
 from .detr import DETRLoss, SetLossResult
+from .end_to_end import E2EResult, EndToEndLoss, yolo26_loss, yolov10_loss
 from .result import LossResult
 from .ssd import SSDLoss, l2_weight_decay
 from .yolov3 import YOLOv3Loss
@@ -12,6 +13,8 @@ __all__ = [
     "YOLOV5_ANCHORS",
     "YOLOV5_STRIDES",
     "DETRLoss",
+    "E2EResult",
+    "EndToEndLoss",
     "LossResult",
     "SSDLoss",
     "SetLossResult",
@@ -20,5 +23,7 @@ __all__ = [
     "YOLOv5Loss",
     "YOLOv8Loss",
     "l2_weight_decay",
+    "yolo26_loss",
+    "yolov10_loss",
     "yolov5_scaled_gains",
 ]

@@ -123,3 +123,53 @@ def gather_head(head: Tensor, flat_index: Tensor, obj_channel: int = 4) -> tuple
     """The objectness plane ``(B, A, H, W)`` of a head ``(B, A, K, H, W)`` and its values at
     ``flat_index`` (any shape, indices into the head's contiguous memory); one gradient buffer."""
     return _HeadAtCells.apply(head, obj_channel, flat_index)
+
+
+def check_head_dict(
+    preds: object, box_channels: int, num_classes: int, strides: Sequence[int], batch_size: int
+) -> list[tuple[int, int]]:
+    """Check the mapping an ultralytics head hands its loss, ``{"boxes": (B, box_channels, A),
+    "scores": (B, C, A), "feats": [one (B, ·, H_l, W_l) map per stride]}`` (the levels concatenated
+    along A in stride order, A = Σ H_l·W_l), whose input size ``stride × (H_l, W_l)`` agrees across
+    levels. Returns the grid sizes ``(H_l, W_l)``."""
+    missing = [k for k in ("boxes", "scores", "feats") if k not in preds]  # type: ignore[operator]
+    if missing:
+        raise ValueError(
+            f"preds: a mapping of heads needs the keys 'boxes', 'scores', 'feats'; missing {missing}"
+        )
+    boxes, scores, feats = preds["boxes"], preds["scores"], preds["feats"]  # type: ignore[index]
+    if isinstance(feats, Tensor) or not isinstance(feats, Sequence):
+        raise TypeError("preds['feats'] must be a list with one feature map per stride")
+    if len(feats) != len(strides):
+        raise ValueError(f"preds['feats'] has {len(feats)} levels, the criterion has {len(strides)} strides")
+    sizes, input_size = [], None
+    for i, (f, s) in enumerate(zip(feats, strides, strict=True)):
+        check_tensor(f"preds['feats'][{i}]", f)
+        if f.dim() != 4:
+            raise ValueError(f"preds['feats'][{i}] must have shape (B, channels, H, W), got {tuple(f.shape)}")
+        size = (f.shape[2] * s, f.shape[3] * s)
+        if input_size is None:
+            input_size = size
+        elif size != input_size:
+            raise ValueError(
+                f"preds['feats'][{i}] grid {tuple(f.shape[2:])} × stride {s} gives input size {size}, "
+                f"but preds['feats'][0] gives {input_size}: strides and grids disagree"
+            )
+        sizes.append((f.shape[2], f.shape[3]))
+    num_anchors = sum(h * w for h, w in sizes)
+    for key, rows in (("boxes", box_channels), ("scores", num_classes)):
+        t = check_tensor(f"preds['{key}']", preds[key])  # type: ignore[index]
+        if not t.is_floating_point():
+            raise TypeError(f"preds['{key}'] must have a floating dtype, got {t.dtype}")
+        if t.dim() != 3 or t.shape[1] != rows or t.shape[2] != num_anchors:
+            raise ValueError(
+                f"preds['{key}'] must have shape (B, {rows}, A={num_anchors}) (A from preds['feats']), "
+                f"got {tuple(t.shape)}"
+            )
+        if t.shape[0] != batch_size:
+            raise ValueError(
+                f"preds['{key}'] has batch size {t.shape[0]} but targets has {batch_size} images"
+            )
+    if boxes.dtype != scores.dtype or boxes.device != scores.device:
+        raise ValueError("preds['boxes'] and preds['scores'] must share dtype and device")
+    return sizes

@@ -10,6 +10,9 @@ score ŝ (0 for background). With S = max(Σ ŝ, 1) (all in grid units, ŝ summe
     cls = gain_cls · Σ_{a,c} BCE(x_ac, ŝ_a·[c = class_a]) / S
     total = (box + cls + dfl) · B
 
+With ``reg_max = 1`` (YOLO26) the box channels are the raw distances and ``l1`` replaces ``dfl``
+(:class:`YOLOv8Loss`). The heads come per stride or as ultralytics' ``{"boxes", "scores", "feats"}``.
+
 Image b's share, ``per_image[b]``, is the same sums over its own anchors, divided by the same S, times B.
 
 Details and every difference from the original: docs/yolov8.md.
@@ -18,21 +21,22 @@ Details and every difference from the original: docs/yolov8.md.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from itertools import accumulate
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..assign import task_aligned_assign
+from ..assign import PaddedTargets, task_aligned_assign
 from ..checks import check_eps, check_num_classes, check_number, positive_ints
-from ..codecs import decode_distances
+from ..codecs import decode_distances, distances_to_boxes
 from ..distributed import global_count
 from ..iou import IoUKind, compute_dtype
 from ..losses import dfl_from_log_probs
 from .box_iou import grid_box_iou, iou_options
 from .cache import ConstantCache
-from .heads import check_heads
+from .heads import check_head_dict, check_heads
 from .parts import check_gains, combine
 from .result import LossResult
 from .targets import Targets, as_padded, batch_size
@@ -62,59 +66,88 @@ def _anchor_tables(
 
 
 class _HeadTerms(torch.autograd.Function):
-    """The two reads of the heads that carry gradient, each level ``(B, 4·r + C, A_l)`` (box rows, then
-    class rows) read in place: per image b, Σ_{c,a} BCE(x, ŝ_a·[c = c_a]) over the class rows, computed
-    as Σ softplus(x) − Σ_a ŝ_a·x[c_a, a] (BCE(x, t) = softplus(x) − t·x; no ``(B, C, A)`` target), and
-    the box rows of the anchors ``idx`` ``(B, P)`` (indices over all levels). The backward writes
-    each level's whole gradient into one new buffer: σ(x) − t on the class rows (the target's one
-    entry per anchor scattered in place) and the positives' box gradients scattered into zeros,
-    instead of a concatenated copy of the heads and a gradient per read.
+    """The two reads of the heads that carry gradient, read in place from the head tensors: per
+    image b, Σ_{c,a} BCE(x, ŝ_a·[c = c_a]) over the class rows, computed as Σ softplus(x) −
+    Σ_a ŝ_a·x[c_a, a] (BCE(x, t) = softplus(x) − t·x; no ``(B, C, A)`` target), and the box rows of
+    the anchors ``idx`` ``(B, P)`` (indices over all anchors). Each head tensor ``(B, rows, A_t)``
+    covers the anchors ``start … start + A_t − 1`` and holds ``num_box`` box rows (possibly 0) first,
+    then the class rows if ``has_cls``: ``parts[t] = (start, num_box, has_cls)``; a per-stride head
+    is one tensor per level with both, ultralytics' mapping is ``boxes`` and ``scores`` over all
+    anchors. The backward writes each tensor's whole gradient into one new buffer: σ(x) − t on the
+    class rows (the target's one entry per anchor scattered in place) and the positives' box gradients
+    scattered into zeros, instead of a concatenated copy of the heads and a gradient per read.
     ``F.softplus`` returns x above x = 20, where BCE adds log1p(e^−x) < 2.1e-9."""
 
     @staticmethod
-    def forward(ctx, num_box: int, labels: Tensor, scores: Tensor, idx: Tensor, *levels: Tensor):
-        sizes = [lv.shape[-1] for lv in levels]
-        starts = accumulate(sizes[:-1], initial=0)
+    def forward(ctx, parts, labels: Tensor, scores: Tensor, idx: Tensor, *heads: Tensor):
         cls_sum, box, local = None, None, []
-        per_level = zip(levels, starts, sizes, labels.split(sizes, 1), scores.split(sizes, 1), strict=True)
-        for lv, start, n, lab, sc in per_level:
-            cls = lv[:, num_box:]
-            hit = cls.gather(1, lab.unsqueeze(1)).squeeze(1)  # (B, A_l)
-            term = F.softplus(cls).sum((1, 2)) - (hit * sc).sum(1)  # (B,)
-            cls_sum = term if cls_sum is None else cls_sum + term
-            inside = (idx >= start) & (idx < start + n)  # (B, P): the positives on this level
-            index = (idx - start).clamp_(0, n - 1).unsqueeze(1).expand(-1, num_box, -1)
-            rows = lv[:, :num_box].gather(2, index)  # a slot of another level reads a stand-in row
-            box = rows if box is None else torch.where(inside.unsqueeze(1), rows, box)
-            local.append((index, inside))
-        ctx.save_for_backward(labels, scores, *levels)
-        ctx.local, ctx.num_box = local, num_box
+        for t, (start, num_box, has_cls) in zip(heads, parts, strict=True):
+            n = t.shape[-1]
+            if has_cls:
+                cls, lab, sc = t[:, num_box:], labels[:, start : start + n], scores[:, start : start + n]
+                hit = cls.gather(1, lab.unsqueeze(1)).squeeze(1)  # (B, A_t)
+                term = F.softplus(cls).sum((1, 2)) - (hit * sc).sum(1)  # (B,)
+                cls_sum = term if cls_sum is None else cls_sum + term
+            if num_box:
+                inside = (idx >= start) & (idx < start + n)  # (B, P): the positives in this tensor
+                index = (idx - start).clamp_(0, n - 1).unsqueeze(1).expand(-1, num_box, -1)
+                rows = t[:, :num_box].gather(2, index)  # a slot of another level reads a stand-in row
+                box = rows if box is None else torch.where(inside.unsqueeze(1), rows, box)
+                local.append((index, inside))
+            else:
+                local.append(None)
+        ctx.save_for_backward(labels, scores, *heads)
+        ctx.local, ctx.parts = local, parts
         return cls_sum, box  # (B,), (B, 4·r, P)
 
     @staticmethod
     def backward(ctx, grad_cls: Tensor, grad_box: Tensor):
-        labels, scores, *levels = ctx.saved_tensors
-        n = ctx.num_box
-        sizes = [lv.shape[-1] for lv in levels]
+        labels, scores, *heads = ctx.saved_tensors
         grads = []
-        per_level = zip(levels, labels.split(sizes, 1), scores.split(sizes, 1), ctx.local, strict=True)
-        for lv, lab, sc, (index, inside) in per_level:
-            grad = lv.sigmoid()  # the box rows are overwritten below
-            grad[:, n:].scatter_add_(1, lab.unsqueeze(1), -sc.unsqueeze(1)).mul_(grad_cls.view(-1, 1, 1))
-            grad[:, :n].zero_().scatter_add_(2, index, grad_box * inside.unsqueeze(1))
+        for t, (start, n, has_cls), loc in zip(heads, ctx.parts, ctx.local, strict=True):
+            if has_cls:
+                lab, sc = labels[:, start : start + t.shape[-1]], scores[:, start : start + t.shape[-1]]
+                grad = t.sigmoid()  # the box rows are overwritten below
+                grad[:, n:].scatter_add_(1, lab.unsqueeze(1), -sc.unsqueeze(1)).mul_(grad_cls.view(-1, 1, 1))
+            else:
+                grad = torch.zeros_like(t)
+            if loc is not None:
+                index, inside = loc
+                grad[:, :n].zero_().scatter_add_(2, index, grad_box * inside.unsqueeze(1))
             grads.append(grad)
         return (None, None, None, None, *grads)
 
 
+@dataclass
+class _Heads:
+    """A call's heads, read in place: the autograd inputs ``tensors`` with their ``parts`` (see
+    :class:`_HeadTerms`), the box rows ``(B, 4·r, A_t)`` and class rows ``(B, C, A_t)`` pieces with the
+    first anchor of each, and the grid sizes."""
+
+    tensors: list[Tensor]
+    parts: tuple[tuple[int, int, bool], ...]
+    box: list[tuple[int, Tensor]]
+    cls: list[Tensor]
+    sizes: list[tuple[int, int]]
+
+
 class YOLOv8Loss(nn.Module):
-    """The YOLOv8 / YOLO11 detection loss (ultralytics ``v8DetectionLoss``, 8.4.190).
+    """The YOLOv8 / YOLO11 detection loss (ultralytics ``v8DetectionLoss``, 8.4.190), and each branch of
+    the end-to-end YOLOv10 / YOLO26 loss (:class:`detloss.criteria.EndToEndLoss`).
 
     Args:
         num_classes: C.
         strides: input pixels per cell, one per scale (the first scale's grid × stride is the input size).
-        reg_max: bins per box side (≥ 2; the distances cover 0 … reg_max − 1 cells).
-        box, cls, dfl: loss gains (ultralytics' hyp ``box``, ``cls``, ``dfl``).
+        reg_max: bins per box side (the distances cover 0 … reg_max − 1 cells), or 1 (YOLO26): the
+            four box channels are the ltrb distances in grid units, used raw, and the regression term
+            is ``l1`` instead of ``dfl``.
+        box, cls: loss gains (ultralytics' hyp ``box``, ``cls``).
+        dfl: the DFL gain (hyp ``dfl``; default 1.5); ``reg_max >= 2`` only.
+        l1: the L1 gain (ultralytics uses hyp ``dfl`` for it; default 1.5); ``reg_max = 1`` only.
         topk, alpha, beta: task-aligned assigner (top-k anchors per box, metric s^α · CIoU^β).
+        topk2: after the contests each box keeps only its ``topk2`` positives of largest alignment
+            (ultralytics' ``tal_topk2``; the one-to-one branch uses topk 7, topk2 1); applies only
+            when it differs from ``topk``, as in the original.
         min_side: box sides below it are widened to it for the candidate test only; ``None`` = the
             second stride (the first if there is one scale), as 8.4.190; 0 = the older behaviour.
         iou_kind, iou_modifiers: the box loss's IoU (option; default the original's CIoU): any kind of
@@ -128,15 +161,23 @@ class YOLOv8Loss(nn.Module):
             rank). No effect without a process group.
 
     Call:
-        preds: one raw head output per stride, ``(B, 4·reg_max + C, H, W)``: the box distributions
-            (left, top, right, bottom, reg_max bins each) first, then the class logits.
+        preds: one raw head output per stride, ``(B, 4·reg_max + C, H, W)``: the box channels (left,
+            top, right, bottom, reg_max bins each) first, then the class logits; or the mapping an
+            ultralytics head hands its loss, ``{"boxes": (B, 4·reg_max, A), "scores": (B, C, A),
+            "feats": [per-stride maps (B, ·, H_l, W_l)]}`` (levels concatenated along A in stride
+            order, grid sizes read from ``feats``): same values and gradients.
         targets: B dicts ``{"boxes": (n, 4) xyxy input pixels, "labels": (n,) int64}``, or a
             :class:`detloss.assign.PaddedTargets` (boxes ``(B, M, 4)`` xyxy input pixels) already on
             the device (skips the padding and its checks).
 
+    With ``reg_max = 1``, p and t the predicted and target ltrb distances (grid units, t not clamped:
+    negative for an anchor outside its box), s the anchor's stride and (W, H) the input size::
+
+        l1 = gain_l1 · Σ_a ŝ_a · mean_sides |p − t|·s / (W, H, W, H) / S
+
     Returns:
-        :class:`LossResult` with components ``{"box", "cls", "dfl"}`` (gains applied),
-        ``total = (box + cls + dfl) · B`` and ``per_image`` ``(B,)``.
+        :class:`LossResult` with components ``{"box", "cls", "dfl"}`` (``{"box", "cls", "l1"}`` with
+        ``reg_max = 1``; gains applied), ``total = (box + cls + dfl | l1) · B`` and ``per_image`` ``(B,)``.
     """
 
     def __init__(
@@ -147,11 +188,13 @@ class YOLOv8Loss(nn.Module):
         *,
         box: float = 7.5,
         cls: float = 0.5,
-        dfl: float = 1.5,
+        dfl: float | None = None,
+        l1: float | None = None,
         iou_kind: IoUKind = "ciou",
         iou_eps: float = 1e-7,
         iou_modifiers: Mapping[str, object] | None = None,
         topk: int = 10,
+        topk2: int | None = None,
         alpha: float = 0.5,
         beta: float = 6.0,
         min_side: float | None = None,
@@ -162,12 +205,20 @@ class YOLOv8Loss(nn.Module):
         check_num_classes(num_classes)
         self.strides = positive_ints("strides", strides)
         (self.reg_max,) = positive_ints("reg_max", (reg_max,))
-        if self.reg_max < 2:
-            raise ValueError(
-                f"reg_max must be >= 2 (ultralytics' reg_max = 1 L1 variant is not supported), got {reg_max}"
-            )
         (self.topk,) = positive_ints("topk", (topk,))
-        self.gains = check_gains(box=box, cls=cls, dfl=dfl)
+        self.topk2 = None if topk2 is None else positive_ints("topk2", (topk2,))[0]
+        if self.reg_max == 1:
+            if dfl is not None:
+                raise ValueError("dfl: reg_max = 1 has no DFL; its regression term's gain is l1")
+            self.regression = "l1"
+            self.gains = check_gains(box=box, cls=cls, l1=1.5 if l1 is None else l1)
+        else:
+            if l1 is not None:
+                raise ValueError(
+                    f"l1: the L1 term is reg_max = 1's; with reg_max = {reg_max} the gain is dfl"
+                )
+            self.regression = "dfl"
+            self.gains = check_gains(box=box, cls=cls, dfl=1.5 if dfl is None else dfl)
         self.alpha = check_number("alpha", alpha, low=0.0)
         self.beta = check_number("beta", beta, low=0.0)
         if min_side is None:
@@ -180,46 +231,75 @@ class YOLOv8Loss(nn.Module):
         self.validate, self.reduce_across_ranks = bool(validate), bool(reduce_across_ranks)
         self._constants = ConstantCache()
 
-    def forward(self, preds: Sequence[Tensor], targets: Targets) -> LossResult:
-        channels, layout = 4 * self.reg_max + self.num_classes, f"4*{self.reg_max}+{self.num_classes}"
-        batch = batch_size(targets)
+    def read_heads(self, preds: Sequence[Tensor] | Mapping[str, object], batch: int) -> _Heads:
+        """Check the heads (either layout) and view them in place (no copy of the heads)."""
+        num_box = 4 * self.reg_max
+        if isinstance(preds, Mapping):
+            sizes = check_head_dict(preds, num_box, self.num_classes, self.strides, batch)
+            dtype = compute_dtype(preds["boxes"])  # fp16/bf16 heads: the loss is computed in float32
+            boxes, scores = preds["boxes"].to(dtype), preds["scores"].to(dtype)
+            return _Heads([boxes, scores], ((0, num_box, False), (0, 0, True)), [(0, boxes)], [scores], sizes)
+        channels, layout = num_box + self.num_classes, f"4*{self.reg_max}+{self.num_classes}"
         n = len(self.strides)
         sizes = check_heads(preds, [channels] * n, [layout] * n, self.strides, batch)
-        image_size = (sizes[0][1] * self.strides[0], sizes[0][0] * self.strides[0])  # (w, h) pixels
-        dtype = compute_dtype(preds[0])  # fp16/bf16 heads: the loss is computed in float32
-        device = preds[0].device
-        padded = as_padded(targets, self.num_classes, dtype=dtype, device=device, validate=self.validate)
-        bsz, r = preds[0].shape[0], self.reg_max
-        points, stride, points_px, anchor_ids = self._constants.get(
+        dtype = compute_dtype(preds[0])
+        levels = [p.to(dtype).flatten(2) for p in preds]  # (B, 4·r + C, H·W) views
+        starts = list(accumulate([h * w for h, w in sizes[:-1]], initial=0))
+        return _Heads(
+            levels,
+            tuple((s, num_box, True) for s in starts),
+            [(s, lv[:, :num_box]) for s, lv in zip(starts, levels, strict=True)],
+            [lv[:, num_box:] for lv in levels],
+            sizes,
+        )
+
+    def anchor_tables(
+        self, sizes: Sequence[tuple[int, int]], dtype: torch.dtype, device: torch.device
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The per-layout constants (:func:`_anchor_tables`), built once per layout."""
+        return self._constants.get(
             (tuple(sizes), dtype, device), lambda: _anchor_tables(sizes, self.strides, dtype, device)
         )
 
-        # each level (B, 4·r + C, H·W) read in place: no concatenated copy of the heads
-        levels = [p.to(dtype).flatten(2) for p in preds]
-        num_anchors, num_box = points.shape[0], 4 * r
-        per_level = [h * w for h, w in sizes]
+    def forward(self, preds: Sequence[Tensor] | Mapping[str, object], targets: Targets) -> LossResult:
+        heads = self.read_heads(preds, batch_size(targets))
+        ref = heads.tensors[0]
+        padded = as_padded(
+            targets, self.num_classes, dtype=ref.dtype, device=ref.device, validate=self.validate
+        )
+        return self.loss(heads, padded, self.anchor_tables(heads.sizes, ref.dtype, ref.device))
+
+    def loss(
+        self, heads: _Heads, padded: PaddedTargets, tables: tuple[Tensor, Tensor, Tensor, Tensor]
+    ) -> LossResult:
+        """The loss of checked heads (:meth:`read_heads`) on padded targets in the heads' dtype, with
+        the layout's anchor tables (:meth:`anchor_tables`)."""
+        points, stride, points_px, anchor_ids = tables
+        bsz, r = heads.tensors[0].shape[0], self.reg_max
+        num_anchors, device = points.shape[0], points.device
+        h0, w0 = heads.sizes[0]
+        image_size = (w0 * self.strides[0], h0 * self.strides[0])  # (w, h) pixels
 
         with torch.no_grad():  # the assigner sees detached predictions, in input pixels
-            pred_px = torch.cat(
-                [
-                    decode_distances(lv[:, :num_box].unflatten(1, (4, r)), pts, channels_first=True)
-                    for lv, pts in zip(levels, points.split(per_level), strict=True)
-                ],
-                1,
-            ) * stride  # (B, A, 4)
+            decoded = [
+                self._decode(rows, points[start : start + rows.shape[-1]], channels_first=True)
+                for start, rows in heads.box
+            ]
+            pred_px = (decoded[0] if len(decoded) == 1 else torch.cat(decoded, 1)) * stride  # (B, A, 4)
             a = task_aligned_assign(
-                [lv[:, num_box:] for lv in levels],
+                heads.cls,
                 pred_px,
                 points_px,
                 padded.boxes,
                 padded.labels,
                 padded.mask,
                 topk=self.topk,
+                topk2=self.topk2,
                 alpha=self.alpha,
                 beta=self.beta,
                 min_side=self.min_side,
                 logits=True,
-                grid_sizes=sizes,
+                grid_sizes=heads.sizes,
             )
             # Box terms only at the positives, gathered into a fixed number of slots per image: every
             # positive was selected by a box, so there are at most M·topk (a shape, not a value).
@@ -236,14 +316,28 @@ class YOLOv8Loss(nn.Module):
         w = weight.gather(1, idx) * used  # (B, P)
         pts, st = points[idx], stride[idx]  # (B, P, 2), (B, P, 1)
         target = a.boxes.gather(1, idx.unsqueeze(-1).expand(-1, -1, 4)) / st  # grid units
-        cls, logits = _HeadTerms.apply(num_box, a.labels, weight, idx, *levels)  # (B,) Σ BCE, (B, 4·r, P)
-        logits = logits.view(bsz, 4, r, cap).permute(0, 3, 1, 2)  # (B, P, 4, r)
-        pred_boxes = decode_distances(logits, pts)  # (B, P, 4) xyxy, grid units
+        cls, rows = _HeadTerms.apply(heads.parts, a.labels, weight, idx, *heads.tensors)  # (B,), (B, 4·r, P)
+        rows = rows.view(bsz, 4, r, cap).permute(0, 3, 1, 2)  # (B, P, 4, r)
+        pred_boxes = self._decode(rows, pts)  # (B, P, 4) xyxy, grid units
         iou = grid_box_iou(
             pred_boxes, target, self.iou_kind, self.iou_eps, self.iou_modifiers, st, image_size
         )
         box = ((1.0 - iou) * w).sum(1)  # (B,)
-        ltrb = torch.cat((pts - target[..., :2], target[..., 2:] - pts), -1)
-        ltrb = ltrb.clamp(0.0, r - 1 - 0.01)  # keeps i + 1 a valid bin: the original's clamp
-        dfl = (dfl_from_log_probs(F.log_softmax(logits, dim=-1), ltrb).mean(-1) * w).sum(1)  # (B,)
-        return combine({"box": box, "cls": cls, "dfl": dfl}, self.gains, norm, scale=bsz)
+        ltrb = torch.cat((pts - target[..., :2], target[..., 2:] - pts), -1)  # (B, P, 4) grid units
+        if r == 1:  # YOLO26: L1 of the raw distances, in input pixels over the input's width / height
+            w_px, h_px = image_size
+            scale = st / st.new_tensor((w_px, h_px, w_px, h_px))  # (B, P, 4)
+            reg = (((rows.squeeze(-1) - ltrb) * scale).abs().mean(-1) * w).sum(1)  # (B,)
+        else:
+            ltrb = ltrb.clamp(0.0, r - 1 - 0.01)  # keeps i + 1 a valid bin: the original's clamp
+            reg = (dfl_from_log_probs(F.log_softmax(rows, dim=-1), ltrb).mean(-1) * w).sum(1)  # (B,)
+        return combine({"box": box, "cls": cls, self.regression: reg}, self.gains, norm, scale=bsz)
+
+    def _decode(self, rows: Tensor, points: Tensor, *, channels_first: bool = False) -> Tensor:
+        """xyxy boxes from box rows: ``(B, 4·r, A)`` with ``channels_first`` → ``(B, A, 4)``, else
+        ``(B, P, 4, r)`` → ``(B, P, 4)``; the DFL expectation for r ≥ 2, the raw distances for r = 1."""
+        if self.reg_max == 1:
+            return distances_to_boxes(rows.transpose(1, 2) if channels_first else rows.squeeze(-1), points)
+        if channels_first:
+            rows = rows.unflatten(1, (4, self.reg_max))
+        return decode_distances(rows, points, channels_first=channels_first)
