@@ -102,6 +102,86 @@ def check_padded_targets(targets: object, batch: int) -> None:
         )
 
 
+def _grid_sizes(name: str, maps: Sequence[Tensor], strides: Sequence[int]) -> list[tuple[int, int]]:
+    """The grids ``(H_l, W_l)`` of maps ``(B, ·, H_l, W_l)`` named ``name[l]``, whose input size
+    ``stride × (H_l, W_l)`` must agree across the levels."""
+    sizes = [(int(m.shape[2]), int(m.shape[3])) for m in maps]
+    for i, ((h, w), s) in enumerate(zip(sizes, strides, strict=True)):
+        size, first = (h * s, w * s), (sizes[0][0] * strides[0], sizes[0][1] * strides[0])
+        if size != first:
+            raise ValueError(
+                f"{name}[{i}] grid {(h, w)} × stride {s} gives input size {size}, "
+                f"but {name}[0] gives {first}: strides and grids disagree"
+            )
+    return sizes
+
+
+def check_heads(
+    preds: Sequence[Tensor],
+    channels: Sequence[int],
+    layouts: Sequence[str],
+    strides: Sequence[int],
+    batch_size: int,
+) -> list[tuple[int, int]]:
+    """Check raw head outputs, one ``(B, channels[i], H, W)`` floating tensor per stride, whose input
+    size ``stride × (H, W)`` agrees across scales; ``layouts[i]`` spells head i's channels in the
+    error messages (e.g. ``"3*(5+80)"``). Returns the grid sizes ``(H, W)``."""
+    if isinstance(preds, Tensor) or not isinstance(preds, Sequence):
+        raise TypeError("preds must be a list with one tensor per scale")
+    if len(preds) != len(strides):
+        raise ValueError(f"preds has {len(preds)} scales, the criterion has {len(strides)} strides")
+    for i, (p, c, layout) in enumerate(zip(preds, channels, layouts, strict=True)):
+        check_tensor(f"preds[{i}]", p)
+        if not p.is_floating_point():
+            raise TypeError(f"preds[{i}] must have a floating dtype, got {p.dtype}")
+        if p.dim() != 4 or p.shape[1] != c:
+            raise ValueError(f"preds[{i}] must have shape (B, {layout}={c}, H, W), got {tuple(p.shape)}")
+        if p.shape[0] != batch_size:
+            raise ValueError(f"preds[{i}] has batch size {p.shape[0]} but targets has {batch_size} images")
+    return _grid_sizes("preds", preds, strides)
+
+
+def check_head_dict(
+    preds: object, box_channels: int, num_classes: int, strides: Sequence[int], batch_size: int
+) -> list[tuple[int, int]]:
+    """Check the mapping an ultralytics head hands its loss, ``{"boxes": (B, box_channels, A),
+    "scores": (B, C, A), "feats": [one (B, ·, H_l, W_l) map per stride]}`` (the levels concatenated
+    along A in stride order, A = Σ H_l·W_l), whose input size ``stride × (H_l, W_l)`` agrees across
+    levels. Returns the grid sizes ``(H_l, W_l)``."""
+    missing = [k for k in ("boxes", "scores", "feats") if k not in preds]  # type: ignore[operator]
+    if missing:
+        raise ValueError(
+            f"preds: a mapping of heads needs the keys 'boxes', 'scores', 'feats'; missing {missing}"
+        )
+    boxes, scores, feats = preds["boxes"], preds["scores"], preds["feats"]  # type: ignore[index]
+    if isinstance(feats, Tensor) or not isinstance(feats, Sequence):
+        raise TypeError("preds['feats'] must be a list with one feature map per stride")
+    if len(feats) != len(strides):
+        raise ValueError(f"preds['feats'] has {len(feats)} levels, the criterion has {len(strides)} strides")
+    for i, f in enumerate(feats):
+        check_tensor(f"preds['feats'][{i}]", f)
+        if f.dim() != 4:
+            raise ValueError(f"preds['feats'][{i}] must have shape (B, channels, H, W), got {tuple(f.shape)}")
+    sizes = _grid_sizes("preds['feats']", feats, strides)
+    num_anchors = sum(h * w for h, w in sizes)
+    for key, rows in (("boxes", box_channels), ("scores", num_classes)):
+        t = check_tensor(f"preds['{key}']", preds[key])  # type: ignore[index]
+        if not t.is_floating_point():
+            raise TypeError(f"preds['{key}'] must have a floating dtype, got {t.dtype}")
+        if t.dim() != 3 or t.shape[1] != rows or t.shape[2] != num_anchors:
+            raise ValueError(
+                f"preds['{key}'] must have shape (B, {rows}, A={num_anchors}) (A from preds['feats']), "
+                f"got {tuple(t.shape)}"
+            )
+        if t.shape[0] != batch_size:
+            raise ValueError(
+                f"preds['{key}'] has batch size {t.shape[0]} but targets has {batch_size} images"
+            )
+    if boxes.dtype != scores.dtype or boxes.device != scores.device:
+        raise ValueError("preds['boxes'] and preds['scores'] must share dtype and device")
+    return sizes
+
+
 def check_broadcasts_to(name: str, t: Tensor, shape: torch.Size, what: str) -> None:
     """Raise ``ValueError`` unless ``t`` broadcasts to ``shape`` without enlarging it (a ``(N, 1)``
     weight against a ``(N,)`` loss would silently produce ``(N, N)``)."""

@@ -1,5 +1,6 @@
-"""Reading raw YOLO head outputs: their checks, their ``(B, A, H, W, K)`` views, and gathers of the
-rows at given cells whose backward fills one gradient buffer per head."""
+"""Reading raw YOLO head outputs: their ``(B, A, H, W, K)`` views, and gathers of the rows at given
+cells whose backward fills one gradient buffer per head (the heads' checks are in
+:mod:`detloss.checks`)."""
 
 from __future__ import annotations
 
@@ -8,42 +9,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ..checks import check_tensor
-
-
-def check_heads(
-    preds: Sequence[Tensor],
-    channels: Sequence[int],
-    layouts: Sequence[str],
-    strides: Sequence[int],
-    batch_size: int,
-) -> list[tuple[int, int]]:
-    """Check raw head outputs, one ``(B, channels[i], H, W)`` floating tensor per stride, whose input
-    size ``stride × (H, W)`` agrees across scales; ``layouts[i]`` spells head i's channels in the
-    error messages (e.g. ``"3*(5+80)"``). Returns the grid sizes ``(H, W)``."""
-    if isinstance(preds, Tensor) or not isinstance(preds, Sequence):
-        raise TypeError("preds must be a list with one tensor per scale")
-    if len(preds) != len(strides):
-        raise ValueError(f"preds has {len(preds)} scales, the criterion has {len(strides)} strides")
-    sizes, input_size = [], None
-    for i, (p, c, layout, s) in enumerate(zip(preds, channels, layouts, strides, strict=True)):
-        check_tensor(f"preds[{i}]", p)
-        if not p.is_floating_point():
-            raise TypeError(f"preds[{i}] must have a floating dtype, got {p.dtype}")
-        if p.dim() != 4 or p.shape[1] != c:
-            raise ValueError(f"preds[{i}] must have shape (B, {layout}={c}, H, W), got {tuple(p.shape)}")
-        if p.shape[0] != batch_size:
-            raise ValueError(f"preds[{i}] has batch size {p.shape[0]} but targets has {batch_size} images")
-        size = (p.shape[2] * s, p.shape[3] * s)
-        if input_size is None:
-            input_size = size
-        elif size != input_size:
-            raise ValueError(
-                f"preds[{i}] grid {tuple(p.shape[2:])} × stride {s} gives input size {size}, "
-                f"but preds[0] gives {input_size}: strides and grids disagree"
-            )
-        sizes.append((p.shape[2], p.shape[3]))
-    return sizes
+from ..checks import check_heads
 
 
 def split_yolo_heads(
@@ -123,53 +89,3 @@ def gather_head(head: Tensor, flat_index: Tensor, obj_channel: int = 4) -> tuple
     """The objectness plane ``(B, A, H, W)`` of a head ``(B, A, K, H, W)`` and its values at
     ``flat_index`` (any shape, indices into the head's contiguous memory); one gradient buffer."""
     return _HeadAtCells.apply(head, obj_channel, flat_index)
-
-
-def check_head_dict(
-    preds: object, box_channels: int, num_classes: int, strides: Sequence[int], batch_size: int
-) -> list[tuple[int, int]]:
-    """Check the mapping an ultralytics head hands its loss, ``{"boxes": (B, box_channels, A),
-    "scores": (B, C, A), "feats": [one (B, ·, H_l, W_l) map per stride]}`` (the levels concatenated
-    along A in stride order, A = Σ H_l·W_l), whose input size ``stride × (H_l, W_l)`` agrees across
-    levels. Returns the grid sizes ``(H_l, W_l)``."""
-    missing = [k for k in ("boxes", "scores", "feats") if k not in preds]  # type: ignore[operator]
-    if missing:
-        raise ValueError(
-            f"preds: a mapping of heads needs the keys 'boxes', 'scores', 'feats'; missing {missing}"
-        )
-    boxes, scores, feats = preds["boxes"], preds["scores"], preds["feats"]  # type: ignore[index]
-    if isinstance(feats, Tensor) or not isinstance(feats, Sequence):
-        raise TypeError("preds['feats'] must be a list with one feature map per stride")
-    if len(feats) != len(strides):
-        raise ValueError(f"preds['feats'] has {len(feats)} levels, the criterion has {len(strides)} strides")
-    sizes, input_size = [], None
-    for i, (f, s) in enumerate(zip(feats, strides, strict=True)):
-        check_tensor(f"preds['feats'][{i}]", f)
-        if f.dim() != 4:
-            raise ValueError(f"preds['feats'][{i}] must have shape (B, channels, H, W), got {tuple(f.shape)}")
-        size = (f.shape[2] * s, f.shape[3] * s)
-        if input_size is None:
-            input_size = size
-        elif size != input_size:
-            raise ValueError(
-                f"preds['feats'][{i}] grid {tuple(f.shape[2:])} × stride {s} gives input size {size}, "
-                f"but preds['feats'][0] gives {input_size}: strides and grids disagree"
-            )
-        sizes.append((f.shape[2], f.shape[3]))
-    num_anchors = sum(h * w for h, w in sizes)
-    for key, rows in (("boxes", box_channels), ("scores", num_classes)):
-        t = check_tensor(f"preds['{key}']", preds[key])  # type: ignore[index]
-        if not t.is_floating_point():
-            raise TypeError(f"preds['{key}'] must have a floating dtype, got {t.dtype}")
-        if t.dim() != 3 or t.shape[1] != rows or t.shape[2] != num_anchors:
-            raise ValueError(
-                f"preds['{key}'] must have shape (B, {rows}, A={num_anchors}) (A from preds['feats']), "
-                f"got {tuple(t.shape)}"
-            )
-        if t.shape[0] != batch_size:
-            raise ValueError(
-                f"preds['{key}'] has batch size {t.shape[0]} but targets has {batch_size} images"
-            )
-    if boxes.dtype != scores.dtype or boxes.device != scores.device:
-        raise ValueError("preds['boxes'] and preds['scores'] must share dtype and device")
-    return sizes

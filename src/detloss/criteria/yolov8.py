@@ -29,14 +29,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..assign import PaddedTargets, task_aligned_assign
-from ..checks import check_eps, check_num_classes, check_number, positive_ints
+from ..checks import check_eps, check_head_dict, check_heads, check_num_classes, check_number, positive_ints
 from ..codecs import decode_distances, distances_to_boxes
 from ..distributed import global_count
 from ..iou import IoUKind, compute_dtype
 from ..losses import dfl_from_log_probs
 from .box_iou import grid_box_iou, iou_options
 from .cache import ConstantCache
-from .heads import check_head_dict, check_heads
 from .parts import check_gains, combine
 from .result import LossResult
 from .targets import Targets, as_padded, batch_size
