@@ -118,7 +118,8 @@ def rotated_bbox_iou(
 
     Returns:
         ``(...)`` of the broadcast shape, in the input dtype. Ranges: iou [0, 1], probiou
-        [0, 1 − √eps), kld and gwd (0, 1).
+        [1 − √(1 + eps), 1 − √(1 − e^(−eps) + eps)] ≈ [−eps/2, 1 − √(2·eps)] (as ultralytics'),
+        kld and gwd (0, 1).
 
     Example:
         >>> a = torch.tensor([0.0, 0.0, 1.0, 1.0, 0.0]); b = torch.tensor([0.5, 0.0, 1.0, 1.0, 0.0])

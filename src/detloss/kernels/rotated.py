@@ -246,8 +246,11 @@ def polygon_iou(boxes1: Tensor, boxes2: Tensor, eps: float = 1e-7) -> Tensor:
     rel = torch.where(valid_sorted[..., None], rel, rel[..., :1, :])
     nxt = torch.roll(rel, -1, dims=-2)
     inter = 0.5 * (rel[..., 0] * nxt[..., 1] - rel[..., 1] * nxt[..., 0]).sum(-1)
-    inter = inter.clamp(min=0)
-    union = 4.0 * (hw1 * hh1 + hw2 * hh2) - inter
+    area1, area2 = 4.0 * hw1 * hh1, 4.0 * hw2 * hh2
+    # 0 ≤ I ≤ min(A₁, A₂): rounding of nearly coincident edges (cos(π/2) ≠ 0 in float) must not
+    # give an IoU above 1
+    inter = torch.minimum(inter.clamp(min=0), torch.minimum(area1, area2))
+    union = area1 + area2 - inter
     return inter / (union + eps)
 
 
