@@ -201,11 +201,12 @@ def box_convert_rotated(boxes: Tensor, in_fmt: RotatedBoxFormat, out_fmt: Rotate
 
     so a parallelogram keeps its area and a mirrored corner order gives a negative height. θ is
     returned as atan2 gives it, not canonicalised (ultralytics' ``xyxyxyxy2xywhr`` fits
-    ``cv2.minAreaRect`` and folds the angle into [0, π/2)): compare angles modulo 2π.
+    ``cv2.minAreaRect``, makes w the longer side and folds θ into [−π/4, 3π/4)): compare angles
+    modulo 2π.
 
     Example:
         >>> box_convert_rotated(torch.tensor([1.0, 2.0, 4.0, 2.0, 0.0]), "xywhr", "xyxyxyxy")
-        tensor([3., 3., 3., 1., -1., 1., -1., 3.])
+        tensor([ 3.,  3.,  3.,  1., -1.,  1., -1.,  3.])
     """
     check_tensor("boxes", boxes)
     check_one_of("in_fmt", in_fmt, tuple(ROTATED_BOX_FORMATS))
