@@ -361,3 +361,20 @@ def test_corners_bad_input():
         box_convert_rotated(torch.rand(2, 5), "xyxyxyxy", "xywhr")
     with pytest.raises(ValueError, match="out_fmt must be one of"):
         box_convert_rotated(torch.rand(2, 5), "xywhr", "xyxy")
+
+
+wild = st.one_of(st.just(0.0), st.floats(-1e4, 1e4, allow_nan=False), st.floats(-1e-6, 1e-6, allow_nan=False))
+wild_box = st.tuples(wild, wild, wild, wild, st.floats(-100, 100, allow_nan=False)).map(list)
+
+
+@given(wild_box, wild_box, st.sampled_from([torch.float32, F64]))
+def test_finite_on_any_finite_boxes(p, q, dtype):
+    """Negative, zero, tiny and huge sides, far-apart centres, large angles: finite values and
+    gradients for every kind (negative sides are clamped at 0 by the exact IoU and by mmrotate's
+    Gaussians, squared by ProbIoU)."""
+    for kind in KINDS:
+        b1, b2 = t(p, dtype=dtype, grad=True), t(q, dtype=dtype, grad=True)
+        v = rotated_bbox_iou(b1, b2, kind)
+        v.sum().backward()
+        assert torch.isfinite(v).all(), kind
+        assert torch.isfinite(b1.grad).all() and torch.isfinite(b2.grad).all(), kind

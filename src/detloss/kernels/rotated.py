@@ -62,7 +62,7 @@ def _relative(boxes1: Tensor, boxes2: Tensor) -> tuple[Tensor, Tensor, Tensor, T
     return c1 * ox + s1 * oy, c1 * oy - s1 * ox, torch.cos(phi), torch.sin(phi)
 
 
-def _half_sqrt(side: Tensor, scale: float, floor: float) -> Tensor:
+def _std(side: Tensor, scale: float, floor: float) -> Tensor:
     """``√(side²·scale + floor)`` with a finite gradient at ``side = 0`` (``|side|·√scale`` when the floor
     is 0, where autograd's sqrt′(0) = ∞ would meet the square's 0 and give NaN)."""
     if floor == 0.0:
@@ -101,8 +101,8 @@ def probiou(boxes1: Tensor, boxes2: Tensor, eps: float = 1e-7, floor: float = 0.
     a, b = p1 + xx, q1 + yy  # S = [[a, xy], [xy, b]] in the first box's frame
     det_s = p1 * q1 + p2 * q2 + p1 * yy + q1 * xx
     t12 = 0.25 * (b * dx.square() + a * dy.square() - 2.0 * xy * dx * dy) / (det_s + eps)
-    root = (_half_sqrt(w1, 1 / 12, floor) * _half_sqrt(h1, 1 / 12, floor)
-            * _half_sqrt(w2, 1 / 12, floor) * _half_sqrt(h2, 1 / 12, floor))
+    root = (_std(w1, 1 / 12, floor) * _std(h1, 1 / 12, floor)
+            * _std(w2, 1 / 12, floor) * _std(h2, 1 / 12, floor))
     t3 = 0.5 * torch.log(det_s / (4.0 * root + eps) + eps)
     bd = (t12 + t3).clamp(eps, 100.0)
     return 1.0 - torch.sqrt(1.0 - torch.exp(-bd) + eps)
