@@ -378,3 +378,14 @@ def test_finite_on_any_finite_boxes(p, q, dtype):
         v.sum().backward()
         assert torch.isfinite(v).all(), kind
         assert torch.isfinite(b1.grad).all() and torch.isfinite(b2.grad).all(), kind
+
+
+@pytest.mark.parametrize("kind", ["probiou", "kld", "gwd"])
+def test_float32_slivers_agree_with_float64(kind):
+    """No cancellation of large variances: a 1e4 × 1e-4 sliver in float32 gives the float64 value
+    (the matrix forms of the originals lose it to rounding: NaN or noise)."""
+    p = [[0.0, 0.0, 1e4, 1e-4, 0.7], [0.0, 0.0, 2e3, 0.5, 0.2], [3.0, 1.0, 1e-3, 50.0, -1.0]]
+    q = [[1.0, 0.5, 1e4, 1e-4, 0.7 + 1e-6], [5.0, 2.0, 2e3, 0.7, 0.2 + 1e-3], [3.0, 1.5, 2e-3, 40.0, -1.0]]
+    want = rotated_bbox_iou(t(*p), t(*q), kind)
+    got = rotated_bbox_iou(t(*p, dtype=torch.float32), t(*q, dtype=torch.float32), kind)
+    torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-6)

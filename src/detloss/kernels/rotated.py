@@ -154,15 +154,33 @@ def gwd_similarity(boxes1: Tensor, boxes2: Tensor, eps: float = 1e-7, floor: flo
         sim = 1 / (1 + ln(1 + d))
 
     mmrotate's clamps, with ``eps`` in place of its fixed 1e-7; ``√(det Σ₁·det Σ₂)`` is computed as
-    ``√(p₁q₁)·√(p₂q₂)`` (no float32 overflow of the product of four variances).
+    ``√p₁·√q₁·√p₂·√q₂`` (no float32 overflow of the product of four variances), and the Bures term
+    ``tr Σ₁ + tr Σ₂ − 2·√(tr(Σ₁Σ₂) + 2T)`` as a ratio of sums of squares (no cancellation).
     """
     dx, dy, c, s = _relative(boxes1, boxes2)
     p1, q1 = _gd_variances(boxes1, floor)
     p2, q2 = _gd_variances(boxes2, floor)
-    xx, yy, _ = _rotated_second(p2, q2, c, s)
-    det_root = (torch.sqrt(p1 * q1) * torch.sqrt(p2 * q2)).clamp(min=math.sqrt(eps))
-    coupling = torch.sqrt((p1 * xx + q1 * yy + 2.0 * det_root).clamp(min=eps))
-    w2 = dx.square() + dy.square() + p1 + q1 + p2 + q2 - 2.0 * coupling
+    a1, b1, a2, b2 = torch.sqrt(p1), torch.sqrt(q1), torch.sqrt(p2), torch.sqrt(q2)
+    c2, s2 = c.square(), s.square()
+    # tr(Σ₁Σ₂) + 2√(det Σ₁ det Σ₂) = c²·A² + s²·B² with A = a₁a₂ + b₁b₂, B = a₁b₂ + b₁a₂ (a = √p,
+    # b = √q), so the Bures term X − 2√F (X = tr Σ₁ + tr Σ₂) is (X² − 4F) / (X + 2√F) with
+    # X² − 4F = c²(X − 2A)(X + 2A) + s²(X − 2B)(X + 2B), each factor a sum of squares: no
+    # cancellation of two large traces (a float32 sliver's W² is otherwise rounding noise)
+    x = p1 + q1 + p2 + q2
+    aa, bb = a1 * a2 + b1 * b2, a1 * b2 + b1 * a2
+    f = c2 * aa.square() + s2 * bb.square()
+    num = (c2 * ((a1 - a2).square() + (b1 - b2).square()) * ((a1 + a2).square() + (b1 + b2).square())
+           + s2 * ((a1 - b2).square() + (b1 - a2).square()) * ((a1 + b2).square() + (b1 + a2).square()))
+    root_f = torch.sqrt(f)
+    bures = num / (x + 2.0 * root_f)
+    # mmrotate's clamps, √max(·, eps) on T and max(·, eps) on F, as a correction that is exactly 0
+    # where they do not bind
+    det = a1 * b1 * a2 * b2
+    det_root = det.clamp(min=math.sqrt(eps))
+    gap = det_root - det  # ≥ 0
+    f_clamped = (f + 2.0 * gap).clamp(min=eps)
+    shift = torch.where(f + 2.0 * gap >= eps, -2.0 * gap, f - eps)  # f − f_clamped
+    w2 = dx.square() + dy.square() + bures + 2.0 * shift / (root_f + torch.sqrt(f_clamped))
     scale = 2.0 * torch.sqrt(torch.sqrt(det_root.clamp(min=eps)).clamp(min=eps)).clamp(min=eps)
     return _log1p_similarity(torch.sqrt(w2.clamp(min=eps)) / scale)
 
