@@ -136,6 +136,17 @@ def test_gaussian_distances_equal_the_papers(kind):
         assert relerr(g, f(p, q)) < 1e-10
 
 
+@pytest.mark.parametrize("kind", ["kld", "gwd"])
+def test_gaussian_distances_of_small_boxes_where_the_clamps_bind(kind):
+    # sides ≈ 0.01: √(det Σ₁ det Σ₂) ≈ 1e-9 < √eps, mmrotate's clamp of it decides GWD's value
+    rng = random.Random(7)
+    b1, b2 = random_rboxes(50, rng, 0.005, 0.02, 0.02), random_rboxes(50, rng, 0.005, 0.02, 0.02)
+    f = ref.kld_similarity if kind == "kld" else ref.gwd_similarity
+    got = rotated_bbox_iou(torch.tensor(b1, dtype=F64), torch.tensor(b2, dtype=F64), kind)
+    for g, p, q in zip(got.tolist(), b1, b2, strict=True):
+        assert relerr(g, f(p, q)) < 1e-9
+
+
 def test_kld_is_the_targets_divergence_from_the_prediction():
     pred, target = [0.0, 0.0, 2.0, 1.0, 0.0], [0.5, 0.2, 4.0, 3.0, 0.6]
     fwd = rotated_bbox_iou(t(pred), t(target), "kld").item()

@@ -128,7 +128,11 @@ def gwd_similarity(pred: list[float], target: list[float], eps: float = 1e-7) ->
     mt, st = _gd(target)
     root = np.real(sqrtm(sp))
     cross = np.real(sqrtm(root @ st @ root))
-    w2 = float((mp - mt) @ (mp - mt) + np.trace(sp + st - 2 * cross))
-    det_root = max(math.sqrt(max(np.linalg.det(sp) * np.linalg.det(st), 0.0)), math.sqrt(eps))
+    det = math.sqrt(max(np.linalg.det(sp) * np.linalg.det(st), 0.0))
+    det_root = max(det, math.sqrt(eps))
+    # mmrotate's coupling √max(tr(Σ_pΣ_t) + 2·max(√(det Σ_p det Σ_t), √eps), eps), where
+    # tr(Σ_pΣ_t) + 2√(det Σ_p det Σ_t) = tr((Σ_p^½ Σ_t Σ_p^½)^½)²
+    coupling = math.sqrt(max(float(np.trace(cross)) ** 2 + 2 * (det_root - det), eps))
+    w2 = float((mp - mt) @ (mp - mt) + np.trace(sp + st) - 2 * coupling)
     scale = 2 * max(math.sqrt(max(math.sqrt(max(det_root, eps)), eps)), eps)
     return _log1p_similarity(math.sqrt(max(w2, eps)) / scale)
