@@ -18,11 +18,13 @@ from .losses import (
     smooth_labels,
     varifocal_loss,
 )
+from .rotated import box_convert_rotated, rotated_bbox_iou, rotated_box_iou, rotated_iou_loss
 
 __all__ = [
     "bbox_iou",
     "box_area",
     "box_convert",
+    "box_convert_rotated",
     "box_iou",
     "compile_enabled",
     "distribution_focal_loss",
@@ -30,6 +32,9 @@ __all__ = [
     "nn",
     "profiling",
     "quality_focal_loss",
+    "rotated_bbox_iou",
+    "rotated_box_iou",
+    "rotated_iou_loss",
     "set_compile",
     "sigmoid_focal_loss",
     "smooth_l1_loss",

@@ -74,6 +74,23 @@ def check_boxes(name: str, boxes: object, finite: bool = True) -> Tensor:
     return boxes
 
 
+def check_rotated_boxes(name: str, boxes: object, finite: bool = True) -> Tensor:
+    """Validate oriented boxes ``(..., 5)`` xywhr of floating dtype; optionally check they are finite.
+
+    Raises:
+        TypeError: not a tensor, or not a floating dtype.
+        ValueError: last dimension is not 5, or (``finite=True``) a NaN/Inf value, with its index.
+    """
+    boxes = check_tensor(name, boxes)
+    if not boxes.is_floating_point():
+        raise TypeError(f"{name} must have a floating dtype, got {boxes.dtype}")
+    if boxes.dim() == 0 or boxes.shape[-1] != 5:
+        raise ValueError(f"{name} must have shape (..., 5) (x, y, w, h, angle), got {tuple(boxes.shape)}")
+    if finite:
+        check_finite(name, boxes)
+    return boxes
+
+
 def check_padded_targets(targets: object, batch: int) -> None:
     """The shapes and dtypes of a padded batch of targets (:class:`detloss.assign.PaddedTargets`):
     ``boxes`` ``(B, M, 4)`` floating, ``labels`` ``(B, M)`` integer, ``mask`` ``(B, M)`` bool, with B

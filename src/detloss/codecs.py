@@ -169,3 +169,66 @@ def distances_to_boxes(distances: Tensor, anchor_points: Tensor) -> Tensor:
     anchor points ``(..., 2)`` (broadcastable), all in one unit: ``(x − l, y − t, x + r, y + b)``.
     The distances are used as they are (YOLO26's raw head outputs may be negative)."""
     return torch.cat((anchor_points - distances[..., :2], anchor_points + distances[..., 2:]), dim=-1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Oriented distances (YOLOv8 / YOLO11 OBB: ltrb measured along the box's own axes)
+# ---------------------------------------------------------------------------------------------
+
+
+def decode_rotated_distances(distances: Tensor, angle: Tensor, anchor_points: Tensor) -> Tensor:
+    """Decode ltrb distances measured in the box's rotated frame into xywhr boxes (ultralytics'
+    ``dist2rbox``, with the angle appended).
+
+    The distances run from the anchor along the box's axes (``l``/``r`` along the width axis at angle
+    θ, ``t``/``b`` along the height axis); the centre is the anchor plus the rotated mid-offset::
+
+        (x_f, y_f) = ((r − l)/2, (b − t)/2)
+        centre     = anchor + R(θ)·(x_f, y_f) = anchor + (x_f cos θ − y_f sin θ, x_f sin θ + y_f cos θ)
+        w, h       = l + r, t + b
+
+    With θ = 0 the box is :func:`decode_distances`'s ``(x − l, y − t, x + r, y + b)`` in cxcywh.
+
+    Args:
+        distances: ``(..., 4)`` (l, t, r, b), in the anchors' units.
+        angle: ``(...)`` θ in radians, broadcastable against ``distances[..., 0]``.
+        anchor_points: ``(..., 2)`` anchor (x, y), broadcastable against ``distances[..., :2]``.
+
+    Returns:
+        ``(..., 5)`` xywhr boxes.
+    """
+    lt, rb = distances[..., :2], distances[..., 2:]
+    half = 0.5 * (rb - lt)
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    x = half[..., 0] * cos - half[..., 1] * sin
+    y = half[..., 0] * sin + half[..., 1] * cos
+    centre = anchor_points + torch.stack((x, y), dim=-1)
+    wh = lt + rb
+    centre, wh = torch.broadcast_tensors(centre, wh)
+    theta = angle.expand(centre.shape[:-1])[..., None]
+    return torch.cat((centre, wh, theta.to(centre.dtype)), dim=-1)
+
+
+def encode_rotated_distances(boxes: Tensor, anchor_points: Tensor) -> Tensor:
+    """The inverse of :func:`decode_rotated_distances`: an anchor's ltrb distances to the sides of an
+    xywhr box, measured in the box's rotated frame (ultralytics' ``rbox2dist``, unclamped)::
+
+        (d_x, d_y) = R(−θ)·(centre − anchor)
+        l, t, r, b = w/2 − d_x, h/2 − d_y, w/2 + d_x, h/2 + d_y
+
+    Negative for an anchor outside the box (a DFL target clamps them to its bins).
+
+    Args:
+        boxes: ``(..., 5)`` xywhr boxes.
+        anchor_points: ``(..., 2)`` anchor (x, y), broadcastable against ``boxes[..., :2]``.
+
+    Returns:
+        ``(..., 4)`` (l, t, r, b).
+    """
+    off = boxes[..., :2] - anchor_points
+    theta = boxes[..., 4]
+    cos, sin = torch.cos(theta), torch.sin(theta)
+    dx = off[..., 0] * cos + off[..., 1] * sin
+    dy = off[..., 1] * cos - off[..., 0] * sin
+    hw, hh = 0.5 * boxes[..., 2], 0.5 * boxes[..., 3]
+    return torch.stack((hw - dx, hh - dy, hw + dx, hh + dy), dim=-1)
