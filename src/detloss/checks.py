@@ -8,7 +8,7 @@ Never ``assert``: an assertion vanishes under ``python -O`` and syncs silently o
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -117,6 +117,87 @@ def check_padded_targets(targets: object, batch: int) -> None:
             f"targets.labels and targets.mask must have shape (B, M) = {tuple(boxes.shape[:2])}, got "
             f"{tuple(labels.shape)} and {tuple(mask.shape)}"
         )
+
+
+def check_set_predictions(
+    names: tuple[str, str], logits: object, boxes: object, dims: str, width: int, what: str
+) -> tuple[Tensor, Tensor]:
+    """Set-prediction logits ``(*dims, C′)`` and boxes ``(*dims, 4)`` of a DETR-family entry.
+
+    Args:
+        names: the two arguments' names, e.g. ``("logits", "boxes")`` or ``("enc_logits", "enc_boxes")``.
+        dims: the leading dims as written in the message, e.g. ``"L, B, Q"``; their number is checked.
+        width: C′, the logits' last dim; ``what`` says what it is (``"C"``, ``"C + 1 (no-object last)"``).
+
+    Raises:
+        TypeError: not a tensor, or not floating.
+        ValueError: a wrong number of dims, a wrong class width, boxes not of the logits' leading shape.
+    """
+    logits = check_tensor(names[0], logits)
+    boxes = check_tensor(names[1], boxes)
+    for name, t in zip(names, (logits, boxes), strict=True):
+        if not t.is_floating_point():
+            raise TypeError(f"{name} must have a floating dtype, got {t.dtype}")
+    ndim = len(dims.split(",")) + 1
+    if logits.dim() != ndim or logits.shape[-1] != width:
+        raise ValueError(f"{names[0]} must have shape ({dims}, {what} = {width}), got {tuple(logits.shape)}")
+    if boxes.shape != logits.shape[:-1] + (4,):
+        raise ValueError(
+            f"{names[1]} must have shape ({dims}, 4) = {tuple(logits.shape[:-1]) + (4,)}, "
+            f"got {tuple(boxes.shape)}"
+        )
+    return logits, boxes
+
+
+def check_dn_meta(
+    meta: object, counts: Sequence[int] | None, num_dn: int, num_queries: int
+) -> tuple[list[Tensor], int]:
+    """Contrastive-denoising metadata, transformers' ``denoising_meta_values``: shapes only (no sync).
+
+    Args:
+        meta: a dict with ``"dn_positive_idx"`` (B integer tensors, image b's holding its
+            ``n_b·dn_num_group`` positive denoising queries, group-major), ``"dn_num_group"`` (an int
+            >= 1) and optionally ``"dn_num_split"`` (``[Q_dn, Q]``, checked against the inputs).
+        counts: the targets per image when known on the host (a list of targets), else ``None``
+            (padded targets: the counts are checked with the values).
+        num_dn, num_queries: Q_dn of ``dn_logits`` and Q of ``logits``.
+
+    Returns:
+        ``(dn_positive_idx as a list, dn_num_group)``.
+    """
+    if not isinstance(meta, Mapping) or "dn_positive_idx" not in meta or "dn_num_group" not in meta:
+        raise TypeError(
+            "dn_meta must be a dict with 'dn_positive_idx' and 'dn_num_group' (transformers' "
+            "denoising_meta_values)"
+        )
+    groups = meta["dn_num_group"]  # a host int (transformers'): a tensor here would cost a sync
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+        raise ValueError(f"dn_meta['dn_num_group'] must be an int >= 1, got {groups!r}")
+    idx = meta["dn_positive_idx"]
+    if isinstance(idx, Tensor) or not isinstance(idx, Sequence):
+        raise TypeError("dn_meta['dn_positive_idx'] must be a list or tuple of B tensors (one per image)")
+    idx = list(idx)
+    if counts is not None and len(idx) != len(counts):
+        raise ValueError(f"dn_meta['dn_positive_idx'] has {len(idx)} images but targets has {len(counts)}")
+    for b, t in enumerate(idx):
+        name = f"dn_meta['dn_positive_idx'][{b}]"
+        t = check_tensor(name, t)
+        if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool or t.dim() != 1:
+            raise TypeError(f"{name} must be a 1-D integer tensor, got {t.dtype} {tuple(t.shape)}")
+        if t.shape[0] % groups:
+            raise ValueError(f"{name} has {t.shape[0]} queries, not a multiple of dn_num_group = {groups}")
+        if counts is not None and t.shape[0] != counts[b] * groups:
+            raise ValueError(
+                f"{name} has {t.shape[0]} queries, expected n·dn_num_group = {counts[b]}·{groups} "
+                f"(image {b}'s targets times the groups)"
+            )
+    split = meta.get("dn_num_split")
+    if split is not None and [int(v) for v in split] != [num_dn, num_queries]:
+        raise ValueError(
+            f"dn_meta['dn_num_split'] = {list(split)} but dn_logits has Q_dn = {num_dn} and logits Q = "
+            f"{num_queries}: pass the denoising and the matching queries apart"
+        )
+    return idx, groups
 
 
 def _grid_sizes(name: str, maps: Sequence[Tensor], strides: Sequence[int]) -> list[tuple[int, int]]:

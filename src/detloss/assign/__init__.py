@@ -14,7 +14,7 @@ so no criterion loops over images or boxes in Python. One module per concept:
 
 from .collisions import resolve_collisions
 from .darknet import YoloAssignment, best_iou_with, build_yolov3_targets, build_yolov4_targets
-from .hungarian import hungarian_match
+from .hungarian import hungarian_match, hungarian_match_all
 from .ssd import PRIOR_IGNORED, PRIOR_NEGATIVE, hard_negative_mask, match_priors
 from .tal import TaskAlignedAssignment, task_aligned_assign
 from .targets import PaddedTargets, pad_targets
@@ -42,6 +42,7 @@ __all__ = [
     "build_yolov5_targets",
     "hard_negative_mask",
     "hungarian_match",
+    "hungarian_match_all",
     "match_priors",
     "pad_targets",
     "resolve_collisions",

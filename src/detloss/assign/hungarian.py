@@ -72,14 +72,18 @@ def _finite_block(block: np.ndarray, pairs: int) -> np.ndarray:
     return np.where(bad, big, block)
 
 
-def _check_finite(host: np.ndarray, real: np.ndarray, names: tuple[str, ...]) -> None:
+def _check_finite(
+    host: np.ndarray, real: np.ndarray, names: tuple[str, ...], prefix: tuple[str, ...] = ()
+) -> None:
     """ValueError at the first non-finite cost of a real column (``real`` ``(…, M)``); one pass."""
     import numpy as np
 
     bad = ~np.isfinite(host) & real[..., None, :]
     if bad.any():
         *idx, q, t = (int(i) for i in np.argwhere(bad)[0])
-        where = "".join(f"{k} {i}, " for k, i in zip(names, idx, strict=True))
+        where = "".join(f"{p}, " for p in prefix) + "".join(
+            f"{k} {i}, " for k, i in zip(names, idx, strict=True)
+        )
         raise ValueError(
             f"cost has a non-finite value ({host[(*idx, q, t)]}) at {where}query {q}, target {t}: "
             "a NaN or Inf prediction or target"
@@ -128,55 +132,74 @@ def hungarian_match(
     Raises:
         ImportError: scipy is not installed.
     """
+    return hungarian_match_all([cost], counts, validate=validate, num_threads=num_threads)[0]
+
+
+def hungarian_match_all(
+    costs: Sequence[Tensor],
+    counts: int | Sequence[int] | Tensor,
+    *,
+    validate: bool = True,
+    num_threads: int | None = None,
+) -> list[Tensor]:
+    """:func:`hungarian_match` of several cost tensors in one round trip: one device → host transfer
+    of every block (and of ``counts`` when it is a tensor), one host → device transfer of every match.
+
+    A DETR criterion's entries differ in their query count (decoder layers ``(L, B, Q, M)``, encoder
+    proposals ``(1, B, Q_e, M)``): they cannot be stacked, yet they need not cost a transfer each.
+
+    Args:
+        costs: ``(…_k, Q_k, M_k)`` each, on one device; the leading dims and Q may differ.
+        counts: as :func:`hungarian_match`'s, broadcast to each cost's leading dims (a bool mask to
+            ``(…_k, M_k)``).
+        validate, num_threads: as :func:`hungarian_match`'s; a non-finite cost names its cost tensor
+            too when there are several.
+
+    Returns:
+        One ``(…_k, M_k)`` int64 tensor of matched query indices per cost (views of one transfer).
+    """
     solve = require_scipy()
     import numpy as np  # present wherever scipy is
 
-    if not isinstance(cost, Tensor):
-        raise TypeError(f"cost must be a torch.Tensor, got {type(cost).__name__}")
-    if cost.dim() < 2 or not cost.is_floating_point():
-        raise ValueError(f"cost must be a floating tensor (..., Q, M), got {cost.dtype} {tuple(cost.shape)}")
-    lead, (num_queries, width) = cost.shape[:-2], cost.shape[-2:]
+    if isinstance(costs, Tensor) or not isinstance(costs, Sequence) or not costs:
+        raise TypeError("costs must be a non-empty list of torch.Tensor")
+    for k, cost in enumerate(costs):
+        name = "cost" if len(costs) == 1 else f"costs[{k}]"
+        if not isinstance(cost, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(cost).__name__}")
+        if cost.dim() < 2 or not cost.is_floating_point():
+            raise ValueError(
+                f"{name} must be a floating tensor (..., Q, M), got {cost.dtype} {tuple(cost.shape)}"
+            )
     is_mask = isinstance(counts, Tensor) and counts.dtype == torch.bool
     if isinstance(counts, Tensor):
         if counts.is_floating_point() or counts.is_complex():
             raise TypeError(f"counts must be an integer or bool tensor, got {counts.dtype}")
-        counts, host = to_host(counts, cost)  # the one transfer there
+        counts, *hosts = to_host(counts, *costs)  # the one transfer there
     else:
-        (host,) = to_host(cost)  # the one transfer there
-    if is_mask:
-        try:
-            real = np.broadcast_to(counts, (*lead, width))
-        except ValueError:
-            raise ValueError(
-                f"the column mask of shape {counts.shape} does not broadcast to {(*lead, width)}"
-            ) from None
-    else:
-        counts = np.asarray(counts, dtype=np.int64)
-        if counts.size == 1 and counts.ndim > len(lead):  # [n] for a single (Q, M) block
-            counts = counts.reshape(())
-        try:
-            n = np.broadcast_to(counts, lead)
-        except ValueError:
-            raise ValueError(
-                f"counts of shape {np.shape(counts)} does not broadcast to cost's leading dims {tuple(lead)}"
-            ) from None
-        if n.size and (n.min() < 0 or n.max() > width):
-            raise ValueError(f"counts must lie in [0, {width}] (cost's last dim), got {n.min()}…{n.max()}")
-        real = np.arange(width) < n[..., None]
+        hosts = to_host(*costs)  # the one transfer there
 
-    if validate:
-        _check_finite(host, real, _dim_names(len(lead)))
-    jobs = [idx for idx in np.ndindex(*lead) if num_queries and real[idx].any()]
+    jobs, reals = [], []
+    for k, (cost, host) in enumerate(zip(costs, hosts, strict=True)):
+        lead, (num_queries, width) = cost.shape[:-2], cost.shape[-2:]
+        real = _real_columns(counts, is_mask, tuple(lead), width)
+        if validate:
+            prefix = () if len(costs) == 1 else (f"costs[{k}]",)
+            _check_finite(host, real, _dim_names(len(lead)), prefix)
+        reals.append(real)
+        jobs += [(k, idx) for idx in np.ndindex(*lead) if num_queries and real[idx].any()]
 
-    def solve_chunk(chunk: list[tuple[int, ...]]) -> list[tuple[tuple[int, ...], np.ndarray, np.ndarray]]:
+    Solved = tuple[int, tuple[int, ...], np.ndarray, np.ndarray]  # cost, block, rows, columns
+
+    def solve_chunk(chunk: list[tuple[int, tuple[int, ...]]]) -> list[Solved]:
         out = []
-        for idx in chunk:
-            cols = np.flatnonzero(real[idx])
-            block = host[idx][:, cols]
+        for k, idx in chunk:
+            cols = np.flatnonzero(reals[k][idx])
+            block = hosts[k][idx][:, cols]
             if not validate:
-                block = _finite_block(block, min(num_queries, len(cols)))
+                block = _finite_block(block, min(block.shape[0], len(cols)))
             rows, picked = solve(block)
-            out.append((idx, rows, cols[picked]))
+            out.append((k, idx, rows, cols[picked]))
         return out
 
     threads = min(torch.get_num_threads() if num_threads is None else int(num_threads), len(jobs))
@@ -185,7 +208,37 @@ def hungarian_match(
         solved = [r for part in _executor(threads).map(solve_chunk, chunks) for r in part]
     else:
         solved = solve_chunk(jobs)
-    matches = np.full((*lead, width), -1, dtype=np.int64)
-    for idx, rows, cols in solved:
-        matches[idx][cols] = rows
-    return to_device(matches, cost.device)  # the one transfer back
+    # every cost's matches in one flat array: one transfer back, split into views on the device
+    shapes = [(*c.shape[:-2], c.shape[-1]) for c in costs]
+    sizes = [int(np.prod(s)) for s in shapes]
+    flat = np.full(sum(sizes), -1, dtype=np.int64)
+    matches = [m.reshape(s) for m, s in zip(np.split(flat, np.cumsum(sizes)[:-1]), shapes, strict=True)]
+    for k, idx, rows, cols in solved:
+        matches[k][idx][cols] = rows
+    device = to_device(flat, costs[0].device)  # the one transfer back
+    return [part.view(s) for part, s in zip(device.split(sizes), shapes, strict=True)]
+
+
+def _real_columns(counts: object, is_mask: bool, lead: tuple[int, ...], width: int) -> np.ndarray:
+    """``(…, M)`` bool: the real columns of each block, from a column mask or per-block counts."""
+    import numpy as np
+
+    if is_mask:
+        try:
+            return np.broadcast_to(counts, (*lead, width))
+        except ValueError:
+            raise ValueError(
+                f"the column mask of shape {np.shape(counts)} does not broadcast to {(*lead, width)}"
+            ) from None
+    counts = np.asarray(counts, dtype=np.int64)
+    if counts.size == 1 and counts.ndim > len(lead):  # [n] for a single (Q, M) block
+        counts = counts.reshape(())
+    try:
+        n = np.broadcast_to(counts, lead)
+    except ValueError:
+        raise ValueError(
+            f"counts of shape {np.shape(counts)} does not broadcast to cost's leading dims {lead}"
+        ) from None
+    if n.size and (n.min() < 0 or n.max() > width):
+        raise ValueError(f"counts must lie in [0, {width}] (cost's last dim), got {n.min()}…{n.max()}")
+    return np.arange(width) < n[..., None]

@@ -1,11 +1,12 @@
 """DETR-family set criterion: Hungarian matching per decoder layer, then class and box losses.
 
-Reproduces transformers 5.x's ``ForObjectDetectionLoss`` (DETR), ``DeformableDetrForObjectDetectionLoss``
-(Deformable DETR, DINO) and ``RTDetrLoss`` (RT-DETR, without denoising groups and encoder-proposal
-losses) on the same inputs. Unlike the references, which build the cost between every query and every
-target of the batch and copy it to the host once per layer, the cost here is built for each image's own
-targets only, ``(L, B, Q, M_max)``, and all layers reach the host in one transfer
-(:func:`detloss.assign.hungarian_match`); everything else is one graph over layers and images.
+Reproduces transformers 5.24's ``ForObjectDetectionLoss`` (DETR), ``DeformableDetrForObjectDetectionLoss``
+(Deformable DETR, DINO) and ``RTDetrForObjectDetectionLoss`` (RT-DETR: decoder layers, encoder proposals
+and contrastive denoising groups) on the same inputs. Unlike the references, which build the cost between
+every query and every target of the batch and copy it to the host once per layer, the cost here is built
+for each image's own targets only, ``(L, B, Q, M_max)``, and every entry (layers, encoder) reaches the
+host in one transfer (:func:`detloss.assign.hungarian_match_all`); denoising entries have fixed matches;
+everything else is one graph over entries and images.
 """
 
 from __future__ import annotations
@@ -18,10 +19,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..assign.hungarian import hungarian_match, require_scipy
+from ..assign.hungarian import hungarian_match_all, require_scipy
 from ..assign.targets import PaddedTargets, pad_targets, raise_bad_target, targets_ok
 from ..boxes import convert
-from ..checks import check_finite, check_gain, check_num_classes, check_padded_targets, check_tensor
+from ..checks import (
+    check_dn_meta,
+    check_finite,
+    check_gain,
+    check_num_classes,
+    check_padded_targets,
+    check_set_predictions,
+)
 from ..distributed import global_count
 from ..iou import compute_dtype, iou_xyxy
 from ..kernels import iou_forward
@@ -43,12 +51,61 @@ PRESETS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float],
 _TINY = torch.finfo(torch.float32).tiny
 
 
+# the class term's key in transformers' loss dictionary, per preset
+_CLASS_KEY = {"detr": "loss_ce", "deformable": "loss_ce", "rtdetr": "loss_vfl"}
+_TERMS = ("cls", "bbox", "giou")
+
+
 @dataclass
 class SetLossResult(LossResult):
-    """:class:`LossResult` plus ``layers``: per decoder layer, ``{"cls", "bbox", "giou"}`` (gains
-    applied), in input layer order; ``components`` are their sums over the layers."""
+    """:class:`LossResult` plus the per-entry terms.
+
+    Attributes:
+        layers: per decoder layer, ``{"cls", "bbox", "giou"}`` (gains applied), in input layer order.
+        entries: the other entries, by name, in the same form: ``"enc"`` (encoder proposals) and
+            ``"dn_0"`` … ``"dn_{L_dn−1}"`` (denoising groups of each decoder layer), those given.
+        preset: the criterion's preset (names the keys of :meth:`loss_dict`).
+        unweighted: ``(E, 3)`` the same terms without the gains, rows in the order layers, ``entries``.
+
+    ``components`` are the sums over every layer and entry; ``total`` their sum.
+    """
 
     layers: list[dict[str, Tensor]] = field(default_factory=list)
+    entries: dict[str, dict[str, Tensor]] = field(default_factory=dict)
+    preset: str = "detr"
+    unweighted: Tensor | None = field(default=None, repr=False)
+
+    def loss_dict(self) -> dict[str, Tensor]:
+        """The terms under transformers 5.24's loss-dictionary keys, in its order.
+
+        The last layer is unsuffixed (``loss_vfl``/``loss_ce``, ``loss_bbox``, ``loss_giou``), then:
+
+        - ``"rtdetr"`` (``RTDetrLoss``: weighted by ``weight_dict``, as ``components``): layer i < L − 1
+          ``…_aux_{i}``, the encoder ``…_aux_{L−1}`` (transformers appends it to the auxiliary
+          outputs), denoising layer i ``…_dn_{i}``; ``sum(d.values()) == total``.
+        - ``"detr"``, ``"deformable"`` (``ForObjectDetectionLoss``, ``DeformableDetrForObjectDetectionLoss``:
+          unweighted, transformers applies ``weight_dict`` outside the dictionary): layer i < L − 1
+          ``…_{i}``; entries without a transformers counterpart keep their name: ``…_enc``, ``…_dn_{i}``.
+          ``cardinality_error`` (a gradient-free count) is not computed.
+        """
+        weighted = self.preset == "rtdetr"
+        keys = (_CLASS_KEY[self.preset], "loss_bbox", "loss_giou")
+        num_layers = len(self.layers)
+        names = [f"layer_{i}" for i in range(num_layers)] + list(self.entries)
+        rows = self.layers + list(self.entries.values())
+        raw = self.unweighted.unbind() if self.unweighted is not None and not weighted else None
+        suffix = {f"layer_{num_layers - 1}": ""}
+        aux = "_aux_" if weighted else "_"
+        suffix.update({f"layer_{i}": f"{aux}{i}" for i in range(num_layers - 1)})
+        suffix["enc"] = f"_aux_{num_layers - 1}" if weighted else "_enc"
+        out: dict[str, Tensor] = {}
+        order = [names[num_layers - 1]] + names[: num_layers - 1] + names[num_layers:]  # main first
+        for name in order:
+            e = names.index(name)
+            values = rows[e].values() if raw is None else raw[e].unbind()
+            for key, value in zip(keys, values, strict=True):
+                out[key + suffix.get(name, f"_{name}")] = value
+        return out
 
 
 class DETRLoss(nn.Module):
@@ -163,49 +220,137 @@ class DETRLoss(nn.Module):
 
     # ------------------------------------------------------------------------------------------ call
     def forward(
-        self, logits: Tensor, boxes: Tensor, targets: Sequence[Mapping[str, Tensor]] | PaddedTargets
+        self,
+        logits: Tensor,
+        boxes: Tensor,
+        targets: Sequence[Mapping[str, Tensor]] | PaddedTargets,
+        *,
+        enc_logits: Tensor | None = None,
+        enc_boxes: Tensor | None = None,
+        dn_logits: Tensor | None = None,
+        dn_boxes: Tensor | None = None,
+        dn_meta: Mapping[str, object] | None = None,
     ) -> SetLossResult:
         logits, boxes = self._check_preds(logits, boxes, targets)
+        num_layers, batch, num_queries, _ = logits.shape
+        listed = not isinstance(targets, PaddedTargets)
+        host_counts = [int(t["boxes"].shape[0]) for t in targets] if listed else None  # from the shapes
+        enc = self._check_entry(("enc_logits", "enc_boxes"), enc_logits, enc_boxes, "B, Q_e", batch)
+        dn = self._check_entry(("dn_logits", "dn_boxes"), dn_logits, dn_boxes, "L_dn, B, Q_dn", batch)
+        if (dn is None) != (dn_meta is None):
+            raise ValueError("dn_logits, dn_boxes and dn_meta go together: pass all three or none")
+        if dn is not None:
+            dn_idx, groups = check_dn_meta(dn_meta, host_counts, dn[0].shape[2], num_queries)
+            if len(dn_idx) != batch:
+                raise ValueError(
+                    f"dn_meta['dn_positive_idx'] has {len(dn_idx)} images but logits has {batch}"
+                )
         dtype = compute_dtype(logits)  # fp16/bf16 heads: computed in float32
         x, pred = logits.to(dtype), boxes.to(dtype)
-        num_layers, batch, num_queries, _ = x.shape
-        if isinstance(targets, PaddedTargets):
-            padded = PaddedTargets(targets.boxes.to(dtype), targets.labels.long(), targets.mask)
-            counts: Tensor | list[int] = padded.mask  # read with the matching cost, in its transfer
-        else:
+        if listed:
             padded = pad_targets(
                 targets, self.num_classes, fmt="cxcywh", dtype=dtype, device=x.device, validate=False
             )
-            counts = [int(t["boxes"].shape[0]) for t in targets]  # known from the shapes: no sync
+            counts: Tensor | list[int] = host_counts
+        else:
+            padded = PaddedTargets(targets.boxes.to(dtype), targets.labels.long(), targets.mask)
+            counts = padded.mask  # read with the matching cost, in its transfer
         tgt_boxes, labels, valid_tgt = padded.boxes, padded.labels, padded.mask  # (B, M, 4), (B, M)
+        if dn is not None:
+            dn_query, dn_flat = self._dn_queries(dn_idx, groups, valid_tgt)  # (B, G·M)
         if self.validate:
-            self._check_values(x, pred, targets, padded)
+            entries = ((("enc_logits", "enc_boxes"), enc, 1), (("dn_logits", "dn_boxes"), dn, 0))
+            # the encoder's tensors as given, (B, Q_e, ·), so a bad value is named by the input's index
+            extra = [
+                (n, t[0] if e else t)
+                for ns, pair, e in entries
+                if pair is not None
+                for n, t in zip(ns, pair, strict=True)
+            ]
+            dn_check = (
+                None if dn is None else (dn_flat, dn[0].shape[2], groups, [int(t.shape[0]) for t in dn_idx])
+            )
+            self._check_values(x, pred, targets, padded, extra, dn_check)
 
-        # 1. matching on each image's own cost block, all layers in one round trip
+        # 1. the Hungarian entries: decoder layers and encoder proposals, stacked where their query
+        # counts agree (one pass over both), every cost block to the host in one round trip
+        stacks = [(x, pred)]
+        if enc is not None:
+            ex, eb = enc[0].to(dtype), enc[1].to(dtype)
+            if ex.shape[2] == num_queries:
+                stacks = [(torch.cat((x, ex)), torch.cat((pred, eb)))]
+            else:
+                stacks.append((ex, eb))
         with torch.no_grad():
-            cost = self._cost(x, pred, tgt_boxes, labels)  # (L, B, Q, M)
-        match = hungarian_match(cost, counts, validate=self.validate)  # (L, B, M) query per target, −1
-
-        # 2. the matched pairs, gathered by the match index (masks instead of ragged lists)
-        matched = match >= 0  # (L, B, M)
-        query = match.clamp(min=0)
-        pred_m = pred.gather(2, query[..., None].expand(-1, -1, -1, 4))  # (L, B, M, 4)
-        pred_xyxy, tgt_xyxy = convert(pred_m, "cxcywh", "xyxy"), convert(tgt_boxes, "cxcywh", "xyxy")
+            costs = [self._cost(sx, sp, tgt_boxes, labels) for sx, sp in stacks]  # (E_k, B, Q_k, M)
+        matches = hungarian_match_all(costs, counts, validate=self.validate)  # (E_k, B, M) query, −1
         num_boxes = global_count(valid_tgt.sum().to(dtype), self.reduce_across_ranks, 1.0)
+        terms = [
+            self._terms(sx, sp, m, tgt_boxes, labels, num_boxes)
+            for (sx, sp), m in zip(stacks, matches, strict=True)
+        ]
+
+        # 2. denoising: fixed matches (group g's positive query of each target), normaliser N·G
+        if dn is not None:
+            dx, dp = dn[0].to(dtype), dn[1].to(dtype)
+            query = dn_query.expand(dx.shape[0], -1, -1)  # (L_dn, B, G·M)
+            rep_boxes, rep_labels = tgt_boxes.repeat(1, groups, 1), labels.repeat(1, groups)
+            terms.append(self._terms(dx, dp, query, rep_boxes, rep_labels, num_boxes * groups))
+
+        # 3. gains; each image's share over the batch's normalisers, summed per entry and over entries
+        raw = torch.cat(terms) if len(terms) > 1 else terms[0]  # (E, B, 3) unweighted
+        g = self.gains
+        shares = torch.stack((g["cls"] * raw[..., 0], g["bbox"] * raw[..., 1], g["giou"] * raw[..., 2]), 2)
+        per_entry = shares.sum(1)  # (E, 3)
+        sums = per_entry.sum(0)
+        rows = [dict(zip(_TERMS, row.unbind(), strict=True)) for row in per_entry.unbind()]
+        names = (["enc"] if enc is not None else []) + (
+            [f"dn_{i}" for i in range(dn[0].shape[0])] if dn is not None else []
+        )
+        return SetLossResult(
+            sums.sum(),
+            dict(zip(_TERMS, sums.unbind(), strict=True)),
+            per_image=shares.sum((0, 2)),
+            layers=rows[:num_layers],
+            entries=dict(zip(names, rows[num_layers:], strict=True)),
+            preset=self.preset,
+            unweighted=raw.sum(1),
+        )
+
+    def _terms(
+        self, x: Tensor, pred: Tensor, match: Tensor, tgt_boxes: Tensor, labels: Tensor, num_boxes: Tensor
+    ) -> Tensor:
+        """``(E, B, 3)``: each entry's and image's class, L1 and GIoU terms (no gains) over the batch's
+        normalisers, given the matches.
+
+        Args:
+            x, pred: ``(E, B, Q, C′)`` logits and ``(E, B, Q, 4)`` cxcywh boxes of E entries.
+            match: ``(E, B, K)`` the query matched to each target slot, −1 for none (padding, left over).
+            tgt_boxes, labels: ``(B, K, 4)`` and ``(B, K)``, the target of each slot (a denoising
+                entry's slots are the targets repeated once per group).
+            num_boxes: the normaliser of the box terms and of the focal class terms (N, or N·G).
+        """
+        num_entries, batch, num_queries, _ = x.shape
+        dtype = x.dtype
+        # the matched pairs, gathered by the match index (masks instead of ragged lists)
+        matched = match >= 0  # (E, B, K)
+        query = match.clamp(min=0)
+        pred_m = pred.gather(2, query[..., None].expand(-1, -1, -1, 4))  # (E, B, K, 4)
+        pred_xyxy, tgt_xyxy = convert(pred_m, "cxcywh", "xyxy"), convert(tgt_boxes, "cxcywh", "xyxy")
         zero = x.new_zeros(())
-        l1 = torch.where(matched, (pred_m - tgt_boxes).abs().sum(-1), zero).sum(2) / num_boxes  # (L, B)
+        l1 = torch.where(matched, (pred_m - tgt_boxes).abs().sum(-1), zero).sum(2) / num_boxes  # (E, B)
         giou = iou_xyxy(pred_xyxy, tgt_xyxy, "giou", _TINY)
         giou = torch.where(matched, 1.0 - giou, zero).sum(2) / num_boxes
 
-        # 3. the class target of every query: the matched target's class, else C (no-object);
-        # unmatched targets scatter into a spare slot Q that is dropped (order-free, no collisions)
-        slot = torch.where(matched, query, num_queries)  # (L, B, M)
-        cls_target = x.new_full((num_layers, batch, num_queries + 1), self.num_classes, dtype=torch.long)
-        cls_target = cls_target.scatter(2, slot, labels.expand_as(slot))[..., :num_queries]  # (L, B, Q)
+        # the class target of every query: the matched target's class, else C (no-object);
+        # unmatched slots scatter into a spare slot Q that is dropped (order-free, no collisions)
+        slot = torch.where(matched, query, num_queries)  # (E, B, K)
+        cls_target = x.new_full((num_entries, batch, num_queries + 1), self.num_classes, dtype=torch.long)
+        cls_target = cls_target.scatter(2, slot, labels.expand_as(slot))[..., :num_queries]  # (E, B, Q)
         if self.preset == "detr":
             cls = self._cross_entropy(x, cls_target)
         else:
-            # (L, B, Q, C); no-object (C) is all zeros. A comparison, not F.one_hot: that reads the
+            # (E, B, Q, C); no-object (C) is all zeros. A comparison, not F.one_hot: that reads the
             # class range back from the device
             onehot = (cls_target[..., None] == torch.arange(self.num_classes, device=x.device)).to(dtype)
             if self.preset == "deformable":
@@ -214,21 +359,45 @@ class DETRLoss(nn.Module):
                 ).sum((2, 3))
             else:
                 with torch.no_grad():
-                    iou = iou_xyxy(pred_xyxy, tgt_xyxy, "iou", _TINY)  # (L, B, M)
+                    iou = iou_xyxy(pred_xyxy, tgt_xyxy, "iou", _TINY)  # (E, B, K)
                     score = x.new_zeros(slot.shape[:2] + (num_queries + 1,)).scatter(2, slot, iou)
-                score = score[..., :num_queries, None] * onehot  # (L, B, Q, C): IoU at the matched class
+                score = score[..., :num_queries, None] * onehot  # (E, B, Q, C): IoU at the matched class
                 cls = _rtdetr_varifocal(x, onehot, score, self.focal_alpha, self.focal_gamma).sum((2, 3))
             cls = cls / num_boxes
+        return torch.stack((cls, l1, giou), 2)
 
-        # 4. gains; each image's share over the batch's normalisers, summed per layer and over layers
-        g = self.gains
-        shares = torch.stack((g["cls"] * cls, g["bbox"] * l1, g["giou"] * giou), 2)  # (L, B, 3)
-        per_layer = shares.sum(1)  # (L, 3)
-        names = ("cls", "bbox", "giou")
-        sums = per_layer.sum(0)
-        components = dict(zip(names, sums.unbind(), strict=True))
-        layers = [dict(zip(names, row.unbind(), strict=True)) for row in per_layer.unbind()]
-        return SetLossResult(sums.sum(), components, per_image=shares.sum((0, 2)), layers=layers)
+    def _dn_queries(self, positive_idx: list[Tensor], groups: int, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """``(B, G·M)`` the denoising query of each (group, target) slot, −1 for padding, slot
+        g·M + r for padded row r; and the concatenated indices ``(Σ_b G·n_b,)`` (for the checks).
+
+        ``positive_idx[b]`` lists image b's positive queries group-major: element k is group
+        k // n_b's query for image b's target k mod n_b (transformers' ``get_cdn_matched_indices``
+        pairs it with ``arange(n_b).tile(G)``). Its position in the padded ``(B, G, M)`` is known from
+        the shapes alone, so the host computes it (no device read); the targets' rank among the real
+        rows of ``mask`` then maps target k mod n_b to its padded row (rows of a list of targets are
+        in order; a :class:`PaddedTargets` may hold them anywhere).
+        """
+        import numpy as np  # a detloss requirement
+
+        batch, width = mask.shape
+        lengths = np.array([int(t.shape[0]) for t in positive_idx], dtype=np.int64)
+        n = lengths // groups
+        if batch and n.max() > width:
+            raise ValueError(
+                f"dn_meta['dn_positive_idx'][{int(n.argmax())}] has {int(lengths.max())} queries: "
+                f"more than dn_num_group × the {width} target slots"
+            )
+        image = np.repeat(np.arange(batch), lengths)
+        k = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        n_k = np.maximum(np.repeat(n, lengths), 1)
+        dest = torch.from_numpy(image * groups * width + (k // n_k) * width + k % n_k).to(mask.device)
+        flat = torch.cat([t.reshape(-1) for t in positive_idx]).to(device=mask.device, dtype=torch.long)
+        by_rank = (
+            flat.new_full((batch * groups * width,), -1).scatter(0, dest, flat).view(batch, groups, width)
+        )
+        rank = (mask.cumsum(1) - 1).clamp(min=0)  # (B, M): the rank of each real row among its image's
+        by_row = by_rank.gather(2, rank[:, None].expand(-1, groups, -1))
+        return torch.where(mask[:, None], by_row, -1).flatten(1), flat
 
     def _cost(self, x: Tensor, pred: Tensor, tgt_boxes: Tensor, labels: Tensor) -> Tensor:
         """``(L, B, Q, M)`` matching cost of every query with its own image's targets (no gradient)."""
@@ -269,35 +438,42 @@ class DETRLoss(nn.Module):
         return ce.view(cls_target.shape).sum(2) / norm[:, None]
 
     # ------------------------------------------------------------------------------------------ checks
+    def _width(self) -> tuple[int, str]:
+        if self.preset == "detr":
+            return self.num_classes + 1, "C + 1 (no-object last)"
+        return self.num_classes, "C"
+
     def _check_preds(
         self, logits: Tensor, boxes: Tensor, targets: Sequence[Mapping[str, Tensor]] | PaddedTargets
     ) -> tuple[Tensor, Tensor]:
-        check_tensor("logits", logits)
-        check_tensor("boxes", boxes)
         listed = isinstance(targets, Sequence) and not isinstance(targets, Mapping)
         if not (listed or isinstance(targets, PaddedTargets)):
             raise TypeError(f"targets must be a list of dicts or PaddedTargets, got {type(targets).__name__}")
-        for name, t in (("logits", logits), ("boxes", boxes)):
-            if not t.is_floating_point():
-                raise TypeError(f"{name} must have a floating dtype, got {t.dtype}")
-        if logits.dim() == 3 and boxes.dim() == 3:  # one layer
-            logits, boxes = logits[None], boxes[None]
-        width = self.num_classes + (self.preset == "detr")
-        what = "C + 1 (no-object last)" if self.preset == "detr" else "C"
-        if logits.dim() != 4 or logits.shape[-1] != width:
-            raise ValueError(
-                f"logits must have shape (L, B, Q, {what} = {width}) for preset {self.preset!r}, "
-                f"got {tuple(logits.shape)}"
-            )
-        if boxes.shape != logits.shape[:3] + (4,):
-            raise ValueError(
-                f"boxes must have shape (L, B, Q, 4) = {tuple(logits.shape[:3]) + (4,)}, "
-                f"got {tuple(boxes.shape)}"
-            )
+        if isinstance(logits, Tensor) and isinstance(boxes, Tensor) and logits.dim() == 3 == boxes.dim():
+            logits, boxes = logits[None], boxes[None]  # one layer
+        width, what = self._width()
+        logits, boxes = check_set_predictions(("logits", "boxes"), logits, boxes, "L, B, Q", width, what)
         if isinstance(targets, PaddedTargets):
             check_padded_targets(targets, logits.shape[1])
         elif logits.shape[1] != len(targets):
             raise ValueError(f"logits has batch size {logits.shape[1]} but targets has {len(targets)} images")
+        return logits, boxes
+
+    def _check_entry(
+        self, names: tuple[str, str], logits: Tensor | None, boxes: Tensor | None, dims: str, batch: int
+    ) -> tuple[Tensor, Tensor] | None:
+        """An optional entry's logits and boxes: both or neither, its batch the decoder's; ``enc``'s
+        ``(B, Q_e, ·)`` returned as one entry ``(1, B, Q_e, ·)``."""
+        if logits is None and boxes is None:
+            return None
+        if logits is None or boxes is None:
+            raise ValueError(f"{names[0]} and {names[1]} go together: pass both or neither")
+        width, what = self._width()
+        logits, boxes = check_set_predictions(names, logits, boxes, dims, width, what)
+        if logits.dim() == 3:
+            logits, boxes = logits[None], boxes[None]
+        if logits.shape[1] != batch:
+            raise ValueError(f"{names[0]} has batch size {logits.shape[1]} but logits has {batch}")
         return logits, boxes
 
     def _check_values(
@@ -306,18 +482,47 @@ class DETRLoss(nn.Module):
         pred: Tensor,
         targets: Sequence[Mapping[str, Tensor]] | PaddedTargets,
         padded: PaddedTargets,
+        extra: Sequence[tuple[str, Tensor]] = (),
+        dn: tuple[Tensor, int, int, list[int]] | None = None,
     ) -> None:
-        """One combined check and one sync: finite predictions and (targets given as a list) the padded
-        targets' values (:func:`detloss.assign.targets.targets_ok`: finite, w > 0, h > 0, class ids
-        in [0, C)); the offending index is searched only on failure."""
+        """One combined check and one sync: finite predictions (``extra``: the encoder's and denoising
+        logits and boxes), the padded targets' values when given as a list
+        (:func:`detloss.assign.targets.targets_ok`: finite, w > 0, h > 0, class ids in [0, C)), and
+        the denoising indices (``dn``: concatenated indices, Q_dn, G, lengths) in [0, Q_dn) with, for
+        padded targets, n_b·G of them per image; the offending index is searched only on failure."""
         ok = torch.isfinite(x).all() & torch.isfinite(pred).all()
+        for _, t in extra:
+            ok = ok & torch.isfinite(t).all()
         if not isinstance(targets, PaddedTargets):
             tgt_ok = targets_ok(padded.boxes, padded.labels, self.num_classes, "cxcywh") | ~padded.mask
             ok = ok & tgt_ok.all()
+        if dn is not None:
+            flat, num_dn, groups, lengths = dn
+            ok = ok & ((flat >= 0) & (flat < num_dn)).all()
+            if isinstance(targets, PaddedTargets):
+                want = torch.tensor(lengths, device=flat.device)
+                ok = ok & (padded.mask.sum(1) * groups == want).all()
         if bool(ok):
             return
         check_finite("logits", x)
         check_finite("boxes", pred)
+        for name, t in extra:
+            check_finite(name, t)
+        if dn is not None:
+            flat, num_dn, groups, lengths = dn
+            bad = ((flat < 0) | (flat >= num_dn)).nonzero()
+            if bad.numel():
+                k = int(bad[0, 0])
+                b = int(torch.searchsorted(torch.tensor(lengths).cumsum(0), k, right=True))
+                raise ValueError(
+                    f"dn_meta['dn_positive_idx'][{b}] holds query {int(flat[k])}, "
+                    f"outside [0, Q_dn = {num_dn})"
+                )
+            if isinstance(targets, PaddedTargets):
+                raise ValueError(
+                    f"dn_meta['dn_positive_idx'] has {lengths} queries per image, but targets.mask counts "
+                    f"{(padded.mask.sum(1) * groups).tolist()} = targets × dn_num_group"
+                )
         boxes, labels = [t["boxes"] for t in targets], [t["labels"] for t in targets]
         raise_bad_target(boxes, labels, self.num_classes, padded.boxes.dtype, "cxcywh")
 
