@@ -22,7 +22,6 @@ TABLE = {
 }
 
 
-
 def corners(b):
     cx, cy, w, h = b
     return cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2
@@ -50,84 +49,125 @@ def sigmoid(x):
     return 1.0 / (1.0 + math.exp(-x))
 
 
-def loop_port(
+def entry_terms(
     preset,
-    logits,
-    boxes,
-    targets,
+    x_entry,
+    p_entry,
+    tgt,
     num_classes,
+    n_norm,
+    fixed=None,
     eos_coef=0.1,
     cost_alpha=0.25,
     cost_gamma=2.0,
     focal_gamma=2.0,
 ):
-    """(total, per-layer [cls, bbox, giou] with gains, per-image shares summed over the layers) as plain
-    floats; the matching by scipy per block. An image's share: its queries' class loss and its targets'
-    box losses, over the batch's normalisers."""
+    """One entry (a decoder layer, the encoder proposals or a denoising layer): ([cls, bbox, giou] with
+    gains, per-image shares) as plain floats. ``fixed``: per image a dict query → target (denoising:
+    no matching); else scipy's matching of each image's cost block. ``n_norm``: the box count
+    normaliser of this entry (N, or N·G for denoising)."""
     from scipy.optimize import linear_sum_assignment  # detloss[detr]
 
     (cc, bc, gc), (cw, bw, gw), alpha = TABLE[preset]
-    lg, bx = logits.tolist(), boxes.tolist()
-    num_layers, batch, num_queries = len(lg), len(lg[0]), len(lg[0][0])
+    batch, num_queries = len(x_entry), len(x_entry[0])
+    cls_sum = ce_weight = l1_sum = giou_sum = 0.0
+    cls_img, box_img = [0.0] * batch, [0.0] * batch  # box_img: bw·L1 + gw·(1 − GIoU), summed
+    for image in range(batch):
+        x, p = x_entry[image], p_entry[image]
+        tb, lab = tgt[image]
+        match = {}  # query → target
+        if fixed is not None:
+            match = fixed[image]
+        elif lab:
+            cost = torch.zeros(num_queries, len(lab), dtype=torch.float64)
+            for q in range(num_queries):
+                if preset == "detr":
+                    e = [math.exp(v - max(x[q])) for v in x[q]]
+                    prob = [v / sum(e) for v in e]
+                for j, c in enumerate(lab):
+                    if preset == "detr":
+                        c_cls = -prob[c]
+                    else:
+                        s = sigmoid(x[q][c])
+                        pos = cost_alpha * (1 - s) ** cost_gamma * -math.log(s + 1e-8)
+                        neg = (1 - cost_alpha) * s**cost_gamma * -math.log(1 - s + 1e-8)
+                        c_cls = pos - neg
+                    l1 = sum(abs(p[q][k] - tb[j][k]) for k in range(4))
+                    cost[q, j] = bc * l1 + cc * c_cls - gc * iou_and_giou(p[q], tb[j])[1]
+            rows, cols = linear_sum_assignment(cost.numpy())
+            match = {int(r): int(c) for r, c in zip(rows, cols, strict=True)}
+        for q, j in match.items():
+            l1 = sum(abs(p[q][k] - tb[j][k]) for k in range(4))
+            g = 1 - iou_and_giou(p[q], tb[j])[1]
+            l1_sum, giou_sum = l1_sum + l1, giou_sum + g
+            box_img[image] += bw * l1 + gw * g
+        for q in range(num_queries):
+            j = match.get(q)
+            if preset == "detr":
+                t = lab[j] if j is not None else num_classes  # no-object last
+                w = 1.0 if j is not None else eos_coef
+                log_z = max(x[q]) + math.log(sum(math.exp(v - max(x[q])) for v in x[q]))
+                cls_sum += w * (log_z - x[q][t])
+                cls_img[image] += w * (log_z - x[q][t])
+                ce_weight += w
+                continue
+            iou = iou_and_giou(p[q], tb[j])[0] if j is not None else 0.0
+            for c in range(num_classes):
+                t = 1.0 if (j is not None and lab[j] == c) else 0.0
+                s = sigmoid(x[q][c])
+                if preset == "deformable":
+                    p_t = s * t + (1 - s) * (1 - t)
+                    a_t = alpha * t + (1 - alpha) * (1 - t)
+                    term = bce(x[q][c], t) * a_t * (1 - p_t) ** focal_gamma
+                else:  # rtdetr: varifocal with the IoU as the positive's target
+                    score = t * iou
+                    weight = alpha * s**focal_gamma * (1 - t) + score
+                    term = weight * bce(x[q][c], score)
+                cls_sum += term
+                cls_img[image] += term
+    cls_norm = ce_weight if preset == "detr" else n_norm
+    terms = [cw * cls_sum / cls_norm, bw * l1_sum / n_norm, gw * giou_sum / n_norm]
+    shares = [cw * cls_img[b] / cls_norm + box_img[b] / n_norm for b in range(batch)]
+    return terms, shares
+
+
+def loop_port(preset, logits, boxes, targets, num_classes, **kw):
+    """(total, per-layer [cls, bbox, giou] with gains, per-image shares summed over the layers) as plain
+    floats; the matching by scipy per block. An image's share: its queries' class loss and its targets'
+    box losses, over the batch's normalisers."""
+    total, entries, per_image = loop_port_entries(preset, logits, boxes, targets, num_classes, **kw)
+    return total, list(entries.values()), per_image
+
+
+def loop_port_entries(
+    preset, logits, boxes, targets, num_classes, enc=None, dn=None, dn_positive_idx=None, dn_groups=1, **kw
+):
+    """The whole loss of a DETR-family training step: (total, {entry name: [cls, bbox, giou]}, per-image
+    shares). Entries: decoder layers ``layer_i`` (``logits`` ``(L, B, Q, C′)``), ``enc`` (``enc`` =
+    (logits ``(B, Q_e, C′)``, boxes), matched like a layer), ``dn_i`` (``dn`` = (logits
+    ``(L_dn, B, Q_dn, C′)``, boxes)): contrastive denoising, no matching — element k of
+    ``dn_positive_idx[b]`` is the query of target k mod n_b (group k // n_b), as transformers'
+    ``get_cdn_matched_indices`` pairs ``dn_positive_idx[b]`` with ``arange(n_b).tile(G)`` — and the
+    normaliser N·G with G = ``dn_groups``."""
     tgt = [(t["boxes"].tolist(), t["labels"].tolist()) for t in targets]
     n_boxes = max(sum(len(lab) for _, lab in tgt), 1)
-    layers, per_image = [], [0.0] * batch
-    for layer in range(num_layers):
-        cls_sum = ce_weight = l1_sum = giou_sum = 0.0
-        cls_img, box_img = [0.0] * batch, [0.0] * batch  # box_img: bw·L1 + gw·(1 − GIoU), summed
-        for image in range(batch):
-            x, p = lg[layer][image], bx[layer][image]
-            tb, lab = tgt[image]
-            match = {}  # query → target
-            if lab:
-                cost = torch.zeros(num_queries, len(lab), dtype=torch.float64)
-                for q in range(num_queries):
-                    if preset == "detr":
-                        e = [math.exp(v - max(x[q])) for v in x[q]]
-                        prob = [v / sum(e) for v in e]
-                    for j, c in enumerate(lab):
-                        if preset == "detr":
-                            c_cls = -prob[c]
-                        else:
-                            s = sigmoid(x[q][c])
-                            pos = cost_alpha * (1 - s) ** cost_gamma * -math.log(s + 1e-8)
-                            neg = (1 - cost_alpha) * s**cost_gamma * -math.log(1 - s + 1e-8)
-                            c_cls = pos - neg
-                        l1 = sum(abs(p[q][k] - tb[j][k]) for k in range(4))
-                        cost[q, j] = bc * l1 + cc * c_cls - gc * iou_and_giou(p[q], tb[j])[1]
-                rows, cols = linear_sum_assignment(cost.numpy())
-                match = {int(r): int(c) for r, c in zip(rows, cols, strict=True)}
-            for q, j in match.items():
-                l1 = sum(abs(p[q][k] - tb[j][k]) for k in range(4))
-                g = 1 - iou_and_giou(p[q], tb[j])[1]
-                l1_sum, giou_sum = l1_sum + l1, giou_sum + g
-                box_img[image] += bw * l1 + gw * g
-            for q in range(num_queries):
-                j = match.get(q)
-                if preset == "detr":
-                    t = lab[j] if j is not None else num_classes  # no-object last
-                    w = 1.0 if j is not None else eos_coef
-                    log_z = max(x[q]) + math.log(sum(math.exp(v - max(x[q])) for v in x[q]))
-                    cls_sum += w * (log_z - x[q][t])
-                    cls_img[image] += w * (log_z - x[q][t])
-                    ce_weight += w
-                    continue
-                iou = iou_and_giou(p[q], tb[j])[0] if j is not None else 0.0
-                for c in range(num_classes):
-                    t = 1.0 if (j is not None and lab[j] == c) else 0.0
-                    s = sigmoid(x[q][c])
-                    if preset == "deformable":
-                        p_t = s * t + (1 - s) * (1 - t)
-                        a_t = alpha * t + (1 - alpha) * (1 - t)
-                        term = bce(x[q][c], t) * a_t * (1 - p_t) ** focal_gamma
-                    else:  # rtdetr: varifocal with the IoU as the positive's target
-                        score = t * iou
-                        weight = alpha * s**focal_gamma * (1 - t) + score
-                        term = weight * bce(x[q][c], score)
-                    cls_sum += term
-                    cls_img[image] += term
-        cls_norm = ce_weight if preset == "detr" else n_boxes
-        layers.append([cw * cls_sum / cls_norm, bw * l1_sum / n_boxes, gw * giou_sum / n_boxes])
-        for image in range(batch):
-            per_image[image] += cw * cls_img[image] / cls_norm + box_img[image] / n_boxes
-    return sum(map(sum, layers)), layers, per_image
+    batch = len(tgt)
+    stacks = [
+        (f"layer_{i}", lg, bx, n_boxes, None)
+        for i, (lg, bx) in enumerate(zip(logits.tolist(), boxes.tolist(), strict=True))
+    ]
+    if enc is not None:
+        stacks.append(("enc", enc[0].tolist(), enc[1].tolist(), n_boxes, None))
+    if dn is not None:
+        fixed = []
+        for b in range(batch):
+            n = len(tgt[b][1])
+            fixed.append({int(q): k % n for k, q in enumerate(dn_positive_idx[b].tolist())})
+        for i, (lg, bx) in enumerate(zip(dn[0].tolist(), dn[1].tolist(), strict=True)):
+            stacks.append((f"dn_{i}", lg, bx, n_boxes * dn_groups, fixed))
+    entries, per_image = {}, [0.0] * batch
+    for name, lg, bx, norm, fixed in stacks:
+        terms, shares = entry_terms(preset, lg, bx, tgt, num_classes, norm, fixed, **kw)
+        entries[name] = terms
+        per_image = [a + b for a, b in zip(per_image, shares, strict=True)]
+    return sum(map(sum, entries.values())), entries, per_image
