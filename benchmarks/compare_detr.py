@@ -13,6 +13,12 @@ installed (the side venv). References called, on the same inputs:
 - ``"rtdetr"``: ``RTDetrForObjectDetectionLoss`` (RTDetrConfig defaults, no denoising); its encoder
   proposals (``enc_topk_logits`` / ``enc_topk_bboxes``) are detloss's layer 0, the L decoder layers
   follow (``auxiliary_outputs_*`` keys).
+- ``"rtdetr" step`` (``--skip-step`` leaves it out): the whole training step's loss,
+  ``RTDetrForObjectDetectionLoss`` with ``denoising_meta_values`` and the encoder's top-k outputs, on
+  inputs shaped like an RT-DETR step (Q = 300, L = 6, 80 classes, 20 targets per image, the
+  denoising groups laid out as ``get_contrastive_denoising_training_group`` makes them); detloss gets
+  the same tensors split into decoder / denoising queries (``enc_logits``, ``dn_logits``, ``dn_meta``)
+  and its ``loss_dict()`` is compared key by key.
 
 Values: float64, max relative error per component summed over layers, of every per-layer value, of
 the total and of the gradients (max |Δ| / max |g|). Speed: float32, forward + backward with the
@@ -150,9 +156,9 @@ def count(fn, lg, bx, tg):
     calls = {"n": 0}
     original = hungarian.to_host
 
-    def counted(cost):
+    def counted(*tensors):
         calls["n"] += 1
-        return original(cost)
+        return original(*tensors)
 
     hungarian.to_host = counted
     try:
@@ -188,6 +194,139 @@ def speed(preset, L, B, Q, C, n, repeats):
     return med, ops_ours, ops_ref
 
 
+# ----------------------------------------------------------------------------- the whole RT-DETR step
+def make_step(B, L=6, Q=300, C=80, n=20, dtype=torch.float64, seed=0, num_denoising=100):
+    """Model-shaped outputs of an RT-DETR training step: ``outputs_class`` ``(B, L, Q_dn + Q, C)`` and
+    ``outputs_coord`` (denoising queries first, as the decoder emits them), the encoder's top-k
+    ``(B, Q, ·)``, targets with n boxes per image (one image with n // 2), and ``denoising_meta_values``
+    as ``get_contrastive_denoising_training_group`` builds it: G = num_denoising // max n groups of
+    2·max n queries, positives first, so ``dn_positive_idx[b] = [2·M·g + j for g, j < n_b]``."""
+    g = torch.Generator().manual_seed(seed)
+    counts = [n] * B
+    counts[-1] = n // 2
+    m = max(counts)
+    groups = max(num_denoising // m, 1)
+    q_dn = 2 * m * groups
+
+    def rand(*shape, sig=False):
+        t = torch.randn(*shape, generator=g, dtype=torch.float64)
+        return (t.sigmoid() if sig else t).to(dtype).requires_grad_()
+
+    oc, ob = rand(B, L, q_dn + Q, C), rand(B, L, q_dn + Q, 4, sig=True)
+    el, eb = rand(B, Q, C), rand(B, Q, 4, sig=True)
+    labels = []
+    for k in counts:
+        ctr = torch.rand(k, 2, generator=g, dtype=torch.float64) * 0.6 + 0.2
+        wh = torch.rand(k, 2, generator=g, dtype=torch.float64) * 0.3 + 0.02
+        labels.append(
+            {
+                "boxes": torch.cat((ctr, wh), -1).to(dtype),
+                "class_labels": torch.randint(0, C, (k,), generator=g),
+            }
+        )
+    pos = tuple(torch.arange(m * 2 * groups).view(groups, 2 * m)[:, :k].reshape(-1) for k in counts)
+    meta = {"dn_positive_idx": pos, "dn_num_group": groups, "dn_num_split": [q_dn, Q]}
+    return (oc, ob, el, eb), labels, meta
+
+
+def step_fns(C, L):
+    config = RTDetrConfig(num_labels=C, auxiliary_loss=True, decoder_layers=L)
+
+    def ref(inputs, labels, meta):
+        oc, ob, el, eb = inputs
+        total, d, _ = RTDetrForObjectDetectionLoss(
+            oc[:, -1], labels, oc.device, ob[:, -1], config, oc, ob,
+            enc_topk_logits=el, enc_topk_bboxes=eb, denoising_meta_values=meta,
+        )  # fmt: skip
+        return total, d
+
+    def ours(crit, inputs, targets, meta):
+        oc, ob, el, eb = inputs
+        q_dn = meta["dn_num_split"][0]
+        dec_c, dn_c = oc[:, :, q_dn:].transpose(0, 1), oc[:, :, :q_dn].transpose(0, 1)  # (L, B, ·, ·)
+        dec_b, dn_b = ob[:, :, q_dn:].transpose(0, 1), ob[:, :, :q_dn].transpose(0, 1)
+        return crit(
+            dec_c, dec_b, targets, enc_logits=el, enc_boxes=eb, dn_logits=dn_c, dn_boxes=dn_b, dn_meta=meta
+        )
+
+    return ref, ours
+
+
+def compare_step(B_values=(2, 4, 8), L=6, Q=300, C=80, n=20):
+    """Worst relative errors over batch sizes: total, every loss-dict key, gradients of the four inputs;
+    and the main term with the denoising queries left in (transformers 5.24 drops them)."""
+    ref, ours = step_fns(C, L)
+    crit = DETRLoss(C, "rtdetr")
+    worst = {}
+    torch.set_default_dtype(torch.float64)
+    for B in B_values:
+        inputs, labels, meta = make_step(B, L, Q, C, n, seed=B)
+        targets = [{"boxes": t["boxes"], "labels": t["class_labels"]} for t in labels]
+        total, d = ref(inputs, labels, meta)
+        out = ours(crit, inputs, targets, meta)
+        mine = out.loss_dict()
+        assert list(mine) == list(d), (list(mine)[:6], list(d)[:6])
+        errs = {"total": rel(out.total.detach(), total.detach()), "keys": len(d)}
+        errs["every key"] = max(rel(mine[k].detach(), d[k].detach()) for k in d)
+        for name, a, b in zip(
+            ("grad class", "grad coord", "grad enc logits", "grad enc boxes"),
+            torch.autograd.grad(out.total, inputs),
+            torch.autograd.grad(total, inputs),
+            strict=True,
+        ):
+            errs[name] = rel(a, b)
+        # with the denoising queries inside the main (Hungarian) term the last layer's value moves
+        oc, ob = inputs[0], inputs[1]
+        with_dn = crit(oc[:, -1:].transpose(0, 1), ob[:, -1:].transpose(0, 1), targets)
+        main = sum(d[k] for k in ("loss_vfl", "loss_bbox", "loss_giou"))
+        errs["main with dn queries"] = rel(with_dn.total.detach(), main.detach())
+        for k, v in errs.items():
+            worst[k] = max(worst.get(k, 0.0), v)
+    torch.set_default_dtype(torch.float32)
+    return worst
+
+
+def speed_step(B, repeats, L=6, Q=300, C=80, n=20):
+    ref, ours = step_fns(C, L)
+    inputs, labels, meta = make_step(B, L, Q, C, n, dtype=torch.float32)
+    targets = [{"boxes": t["boxes"], "labels": t["class_labels"]} for t in labels]
+    ours_v, ours_nv = DETRLoss(C, "rtdetr"), DETRLoss(C, "rtdetr", validate=False)
+    fns = {
+        "ours": lambda: torch.autograd.grad(ours(ours_v, inputs, targets, meta).total, inputs),
+        "ours nv": lambda: torch.autograd.grad(ours(ours_nv, inputs, targets, meta).total, inputs),
+        "transformers": lambda: torch.autograd.grad(ref(inputs, labels, meta)[0], inputs),
+    }
+    for f in fns.values():
+        f()  # warm-up
+    times = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+    counts = {}
+    for k, fn in (
+        ("ours", lambda: ours(ours_nv, inputs, targets, meta).total),
+        ("transformers", lambda: ref(inputs, labels, meta)[0]),
+    ):
+        calls = {"n": 0}
+        original = hungarian.to_host
+
+        def counted(*t, _o=original, _c=calls):
+            _c["n"] += 1
+            return _o(*t)
+
+        hungarian.to_host = counted
+        try:
+            with DispatchCounter() as c:
+                fn().backward()
+        finally:
+            hungarian.to_host = original
+        counts[k] = (c.ops, c.syncs, calls["n"])
+    return med, counts
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=9)
@@ -195,12 +334,18 @@ def main():
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--skip-values", action="store_true")
     ap.add_argument("--cases", default="sparse,dense", help="comma-separated: sparse, dense")
+    ap.add_argument("--skip-step", action="store_true", help="leave out the whole RT-DETR step")
+    ap.add_argument("--skip-presets", action="store_true", help="only the whole RT-DETR step")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     import transformers
 
     threads = torch.get_num_threads()
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, {threads} threads")
+    if not args.skip_step:
+        run_step(args)
+    if args.skip_presets:
+        return
     if not args.skip_values:
         print("\nvalues (float64, L=4, B=4, Q=30, C=7, 6 targets/img, one image empty; max rel err, 3 seeds)")
         keys = ("total", "cls", "bbox", "giou", "layers", "grad logits", "grad boxes")
@@ -212,8 +357,10 @@ def main():
         return
     print("\nspeed: float32, forward + backward incl. matching, median ms over interleaved rounds")
     print("ours = validate=True, nv = validate=False; ratio = transformers / ours; per call: aten ops,")
-    print("host syncs seen by DispatchCounter (+ device -> host cost transfers: ours 1, transformers 1 per "
-          "layer)")
+    print(
+        "host syncs seen by DispatchCounter (+ device -> host cost transfers: ours 1, transformers 1 per "
+        "layer)"
+    )
     cases = {
         "sparse": ("B=8 Q=300 L=6 C=91 20/img", 6, 8, 300, 91, 20),
         "dense": ("B=4 Q=300 L=6 C=2 200/img", 6, 4, 300, 2, 200),
@@ -232,6 +379,32 @@ def main():
                 f"{t / med['ours']:>6.1f}x{t / med['ours nv']:>8.1f}x{o_ops:>6}{r_ops:>8}"
                 f"{f'{o_sync}+{o_tr}':>7}{f'{r_sync}+{L}':>8}"
             )
+
+
+def run_step(args):
+    if not args.skip_values:
+        print(
+            "\nthe whole RT-DETR step (float64, Q=300, L=6, C=80, 20 targets/img, last image 10, dn groups "
+            "as the model makes them; max rel err over B = 2, 4, 8)"
+        )
+        w = compare_step()
+        for k, v in w.items():
+            print(f"  {k:<22}{v:>10.2e}" if k != "keys" else f"  {k:<22}{v:>10}")
+    if args.skip_speed:
+        return
+    print("\nthe whole RT-DETR step, float32 fwd+bwd, median ms (interleaved); ops, syncs+cost transfers")
+    for B in (2, 8):
+        med, c = speed_step(B, args.repeats)
+        t = med["transformers"]
+        print(
+            f"  B={B}: ours {med['ours']:.1f} nv {med['ours nv']:.1f} transformers {t:.1f} "
+            f"ratio {t / med['ours']:.1f}x (nv {t / med['ours nv']:.1f}x); ops {c['ours'][0]} vs "
+            f"{c['transformers'][0]}; syncs {c['ours'][1]}+{c['ours'][2]} vs {c['transformers'][1]}+"
+            f"{L_MATCHER_CALLS}"
+        )
+
+
+L_MATCHER_CALLS = 7  # transformers' matcher calls per step: the 6 layers and the encoder, one .cpu() each
 
 
 if __name__ == "__main__":

@@ -150,16 +150,28 @@ class DETRLoss(nn.Module):
             be 0. Or a :class:`detloss.assign.PaddedTargets` of such boxes already on the device (skips
             the padding and the targets' value checks; its shapes are checked, and its mask travels to
             the host with the matching cost).
+        enc_logits, enc_boxes: ``(B, Q_e, C′)``, ``(B, Q_e, 4)``, optional: encoder proposals (RT-DETR's
+            ``enc_topk_logits`` / ``enc_topk_bboxes``), matched and weighted like one more layer.
+        dn_logits, dn_boxes: ``(L_dn, B, Q_dn, C′)``, ``(L_dn, B, Q_dn, 4)``, optional: the decoder's
+            contrastive denoising queries (split from the matching ones), with
+        dn_meta: transformers' ``denoising_meta_values``: ``dn_positive_idx`` (B tensors, image b's
+            ``n_b·G`` positive queries group-major, element k the query of target k mod n_b),
+            ``dn_num_group`` G, optionally ``dn_num_split`` ``[Q_dn, Q]`` (checked). No matching:
+            each positive takes its target, every other query is a negative; the box count is N·G::
+
+                L_dn,l = cls·L_cls(σ_dn) + bbox·Σ_{g,j} ‖b_σ(g,j) − b_j‖₁ / (N·G)
+                         + giou·Σ_{g,j} (1 − GIoU(b_σ(g,j), b_j)) / (N·G)
 
     Returns:
         :class:`SetLossResult`: ``total``, ``components`` ``{"cls", "bbox", "giou"}`` summed over the
-        layers, ``layers`` the per-layer dicts, ``per_image`` ``(B,)`` each image's share summed over
-        the layers: its queries' class loss and its targets' box losses over the batch's
-        normalisers (N; ``"detr"``: Σ w of the layer's queries), so ``per_image.sum() == total``.
+        layers and entries, ``layers`` the per-layer dicts, ``entries`` ``{"enc", "dn_0", …}`` those
+        given, ``per_image`` ``(B,)`` each image's share summed over them: its queries' class loss and
+        its targets' box losses over the batch's normalisers (N, N·G; ``"detr"``: Σ w of the entry's
+        queries), so ``per_image.sum() == total``; ``loss_dict()`` transformers' dictionary.
         float32 for half-precision inputs.
 
-    A call is one graph with one host round trip (the matching) with ``validate=False``; ``validate=True``
-    adds one synchronisation for the input checks.
+    A call is one graph with one host round trip (the matching of every layer and the encoder) with
+    ``validate=False``; ``validate=True`` adds one synchronisation for the input checks.
     """
 
     def __init__(
