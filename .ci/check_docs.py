@@ -17,7 +17,7 @@ import zlib
 from pathlib import Path
 
 MODULES = ("detloss", "detloss.nn", "detloss.criteria", "detloss.assign", "detloss.codecs",
-           "detloss.distributed", "detloss.profiling")
+           "detloss.distributed", "detloss.profiling", "detloss.integrations.ultralytics")
 
 
 def inventory(site: Path) -> set[str]:
