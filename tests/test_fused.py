@@ -20,7 +20,6 @@ import detloss
 from detloss import kernels
 from detloss.iou import iou_xyxy
 from detloss.kernels import IOU_KINDS, Modifiers, focal_forward, focal_value_and_grad, fused_focal, runtime
-from detloss.kernels import iou as iou_kernels
 
 IMAGE = (40.0, 30.0)  # MPDIoU's image size in these tests
 
@@ -39,9 +38,9 @@ def always_the_function(request, monkeypatch):
     """These tests check the hand-derived backward: route every size through the autograd.Function
     (eager inputs of 2^12 to 2^21 boxes otherwise take autograd of the same formula), with its parts
     kept from the forward (as small inputs run) or recomputed in the backward (as large ones run)."""
-    monkeypatch.setattr(iou_kernels, "PLAIN_AUTOGRAD_MAX_BOXES", -1)
+    monkeypatch.setattr(runtime, "PLAIN_AUTOGRAD_MAX_BOXES", -1)
     if request.param == "recomputed":
-        monkeypatch.setattr(iou_kernels, "KEPT_PARTS_MAX_BOXES", -1)
+        monkeypatch.setattr(runtime, "KEPT_PARTS_MAX_BOXES", -1)
     return request.param
 
 
@@ -459,8 +458,8 @@ def test_the_three_eager_paths_agree(kind, monkeypatch, always_the_function):
     b2 = torch.cat((torch.minimum(b2[:, :2], b2[:, 2:]), torch.maximum(b2[:, :2], b2[:, 2:])), -1)
     results = []
     for kept, autograd in ((1 << 12, -1), (-1, -1), (-1, 1 << 18)):
-        monkeypatch.setattr(iou_kernels, "KEPT_PARTS_MAX_BOXES", kept)
-        monkeypatch.setattr(iou_kernels, "PLAIN_AUTOGRAD_MAX_BOXES", autograd)
+        monkeypatch.setattr(runtime, "KEPT_PARTS_MAX_BOXES", kept)
+        monkeypatch.setattr(runtime, "PLAIN_AUTOGRAD_MAX_BOXES", autograd)
         a, b = b1.clone().requires_grad_(), b2.clone().requires_grad_()
         out = fused_iou(a, b, kind, loss=True)
         fused = "FusedIoU" in out.grad_fn.name()
@@ -475,7 +474,7 @@ def test_the_three_eager_paths_agree(kind, monkeypatch, always_the_function):
         torch.testing.assert_close(g2, g21, rtol=1e-9, atol=1e-12)
 
 
-@pytest.mark.parametrize("n", [64, 3 * 8192])  # below and above geometry.CLAMP_MAX_NUMEL
+@pytest.mark.parametrize("n", [64, 3 * 8192])  # below and above runtime.CLAMP_MAX_NUMEL
 def test_low_high_forms_agree_with_relu_at_ties(n):
     """Under autograd, small tensors take ``clamp`` with a tensor bound and large ones the relu
     form: both give relu's values and gradients exactly, ties included (half the pairs tie)."""
