@@ -129,8 +129,11 @@ def kind_value(kind: str, p: Parts, eps: float, mods: Modifiers) -> Tensor:
 
 
 def sum_sq(t: Tensor) -> Tensor:
-    """Squared length over the axis planes: ``(2, ...)`` → x² + y² ``(...)``."""
-    return (t * t).sum(0)
+    """Squared length over the axis planes: ``(2, ...)`` → x² + y² ``(...)``, as two ops (a square
+    and an ``addcmul``): ``(t * t).sum(0)`` was 2.5-4x slower, a reduction over the outer dimension
+    (zero fill, then two passes)."""
+    x, y = t.unbind(0)
+    return torch.addcmul(x * x, y, y)
 
 
 def _power(t: Tensor, a: float) -> Tensor:
