@@ -8,7 +8,7 @@ One file per concept, the geometry once:
 
 - :mod:`.geometry`: axis planes of the corners, overlap, enclosing box, centre offset;
 - :mod:`.iou`: the IoU family's forward formulas (kinds, modifiers, the parts they share);
-- :mod:`.iou_backward`: the hand-derived backward of the plain kinds;
+- :mod:`.iou_grad`: the hand-derived backward of the plain kinds (:func:`iou_backward`);
 - :mod:`.iou_function`: the fused Function, its blocked runners and which path runs, :func:`fused_iou`;
 - :mod:`.focal`: the sigmoid focal loss, :func:`fused_focal`;
 - :mod:`.runtime`: eager or ``torch.compile`` (:func:`set_compile`), and every measured size
@@ -20,8 +20,8 @@ against live in the tests (``tests/test_fused.py``), not in the package.
 
 from .focal import focal_forward, focal_value_and_grad, fused_focal
 from .iou import IOU_KINDS, PLAIN, Modifiers, iou_forward
-from .iou_backward import iou_backward
 from .iou_function import fused_iou
+from .iou_grad import iou_backward
 from .runtime import compile_enabled, set_compile
 
 __all__ = [

@@ -19,7 +19,7 @@ elements); the same values, exact at ties. On a tie the gradient goes to one sid
 first argument, ``high`` to its second) instead of half to each. :func:`clamp0` is ``clamp(min=0)``
 with a backward of one op.
 
-The hand-derived backward (:func:`detloss.kernels.iou_backward.parts_backward`) follows autograd's
+The hand-derived backward (:func:`detloss.kernels.iou_grad.parts_backward`) follows autograd's
 conventions of these formulas exactly, so that hand-derived and autograd gradients agree at the
 kinks: ``clamp(min=0)`` passes the gradient where its input is >= 0, and :func:`low` / :func:`high`
 send it to one side on a tie.

@@ -3,7 +3,7 @@
 Every kind is an IoU term minus penalty terms built from the shared geometry of
 :mod:`detloss.kernels.geometry` (overlap, enclosing box, centre offset, corners); a modifier changes
 the IoU term or raises each term to a power, it never repeats the geometry. :class:`Parts` is what a
-kind's value and its hand-derived gradient (:mod:`.iou_backward`) share; the autograd Function and
+kind's value and its hand-derived gradient (:mod:`.iou_grad`) share; the autograd Function and
 the choice of execution path are in :mod:`.iou_function`.
 """
 

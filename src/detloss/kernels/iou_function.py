@@ -4,12 +4,12 @@ Which path runs (eager, the default; the size thresholds and their measurements 
 :mod:`.runtime`):
 
 - plain kinds (``IOU_KINDS``, no modifier), up to ``KEPT_PARTS_MAX_BOXES`` boxes: :class:`_FusedIoU`
-  keeping the forward's :class:`~.iou.Parts` for :func:`~.iou_backward.parts_backward` (no autograd
+  keeping the forward's :class:`~.iou.Parts` for :func:`~.iou_grad.parts_backward` (no autograd
   graph: the fewest launches);
 - plain kinds up to ``PLAIN_AUTOGRAD_MAX_BOXES`` boxes: autograd of :func:`~.iou.iou_forward` itself
   (its backward reuses the forward's temporaries: fastest at these sizes);
 - plain kinds above it: :class:`_FusedIoU` recomputing the parts in the backward
-  (:func:`~.iou_backward.iou_backward`), in cache-sized blocks, keeping only the two box tensors
+  (:func:`~.iou_grad.iou_backward`), in cache-sized blocks, keeping only the two box tensors
   (4-7x less memory, and faster);
 - modifiers (``alpha``, ``inner_ratio``, ``focaler``): autograd of :func:`~.iou.iou_forward` at every
   size. A hand-derived backward does not pay there: the modifiers are used on the matched boxes of a
@@ -41,7 +41,7 @@ from .iou import (
     kind_value,
     output,
 )
-from .iou_backward import iou_backward, parts_backward
+from .iou_grad import iou_backward, parts_backward
 
 
 def _iou_forward_blocked(
