@@ -62,6 +62,16 @@ def corners(b: Tensor, ndim: int) -> Corners:
     return torch.stack((x1, y1)), torch.stack((x2, y2))
 
 
+def planes(x: Tensor, y: Tensor) -> Tensor:
+    """Per-axis tensors x, y of one shape ``(...)`` → the axis planes ``(2, ...)``."""
+    if torch.compiler.is_compiling():
+        # inductor makes every cat on the CPU a buffer of its own, filled in a loop of its own; a
+        # select on the axis index is elementwise and fuses into the kernel's loop
+        axis = torch.arange(2, device=x.device).view((2,) + (1,) * x.dim())
+        return torch.where(axis == 0, x, y)
+    return torch.stack((x, y))
+
+
 def boxes_of(lo: Tensor, hi: Tensor) -> Tensor:
     """The inverse of :func:`corners`: axis planes lo, hi ``(2, ...)`` → ``(..., 4)`` (x1, y1, x2, y2)."""
     if torch.compiler.is_compiling():

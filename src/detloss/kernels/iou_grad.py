@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .geometry import area, boxes_of, high
+from .geometry import area, boxes_of, high, planes
 from .iou import FOUR_OVER_PI2, SIOU_THETA, Parts, aspect, ciou_alpha, iou_parts, sum_sq
 
 
@@ -98,10 +98,10 @@ def parts_backward(
             g_diff = -g * alpha * (2.0 * FOUR_OVER_PI2) * diff
             # d atan(w/(h+eps)) = ((h+eps)·dw − w·dh) / ((h+eps)² + w²)
             r1 = g_diff / (h1e * h1e + w1 * w1)
-            g_s1 = torch.stack((-r1 * h1e, r1 * w1))
+            g_s1 = planes(-r1 * h1e, r1 * w1)
             if need[1]:
                 r2 = g_diff / (h2e * h2e + w2 * w2)
-                g_s2 = torch.stack((r2 * h2e, -r2 * w2))
+                g_s2 = planes(r2 * h2e, -r2 * w2)
         elif kind == "eiou":
             ce2 = c * c + eps
             dwh = s1 - s2
