@@ -106,7 +106,8 @@ def iou_parts(b1: Tensor, b2: Tensor, kind: str, eps: float) -> Parts:
 
 
 def corner_parts(k1: Corners, k2: Corners, kind: str, eps: float) -> Parts:
-    """:class:`Parts` of boxes given by their broadcastable axis planes (:func:`geometry.corners`)."""
+    """:class:`Parts` of boxes given by their broadcastable axis planes
+    (:func:`~detloss.kernels.geometry.corners`)."""
     ov = overlap(k1, k2, eps)
     enclose = enclosing(k1, k2, ov) if kind in _ENCLOSING_KINDS else None
     offset = centre_offset(k1, k2) if kind in _OFFSET_KINDS else None
@@ -183,7 +184,6 @@ def _penalties(kind: str, p: Parts, eps: float, mods: Modifiers) -> list[Tensor]
     elif kind == "eiou":
         terms += ((ov.sides1 - ov.sides2) ** 2 / (c * c + eps)).unbind(0)
     return terms
-
 
 
 def aspect(sides: Tensor, eps: float) -> Tensor:
