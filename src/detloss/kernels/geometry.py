@@ -135,9 +135,10 @@ def overlap(k1: Corners, k2: Corners, eps: float) -> Overlap:
 
 
 def area(sides: Tensor) -> Tensor:
-    """w·h of sides ``(2, ...)``: the two planes multiplied. Not ``prod(0)``: a reduction over the
-    outer dimension (zero fill, then two passes, 1.4x the time of a multiply at 4e6 elements), and
-    under autograd its backward tests for zeros on the host."""
+    """w·h of sides ``(2, ...)``: ``prod(0)`` without autograd (one op); under autograd the two
+    planes multiplied (prod's backward tests for zeros on the host)."""
+    if not (sides.requires_grad and torch.is_grad_enabled()):
+        return sides.prod(0)
     w, h = sides.unbind(0)
     return w * h
 

@@ -186,10 +186,9 @@ def _penalties(kind: str, p: Parts, eps: float, mods: Modifiers) -> list[Tensor]
     return terms
 
 
-def aspect(sides: Tensor, eps: float) -> Tensor:
-    """The aspect angle atan(w / (h + eps)) of clamped sides ``(2, ...)`` → ``(...)`` (CIoU's v)."""
-    w, h = sides.unbind(0)
-    return torch.atan(w / (h + eps))
+def aspect(w: Tensor, h_eps: Tensor) -> Tensor:
+    """CIoU's aspect angle atan(w / (h + eps)) of a box's clamped width and its height plus eps."""
+    return torch.atan(w / h_eps)
 
 
 def ciou_alpha(v: Tensor, iou: Tensor, eps: float) -> Tensor:
@@ -202,7 +201,8 @@ def ciou_penalty(ov: Overlap, eps: float) -> Tensor:
     """CIoU's aspect penalty α_v·v ``(...)``, v = 4/π²·(aspect₂ − aspect₁)², α_v (:func:`ciou_alpha`)
     held constant in the gradient. The angles are taken per box (``ov``'s sides broadcast), so for a
     pairwise grid they cost one atan per box, not per pair."""
-    diff = aspect(ov.sides2, eps) - aspect(ov.sides1, eps)
+    (w1, h1), (w2, h2) = ov.sides1.unbind(0), ov.sides2.unbind(0)
+    diff = aspect(w2, h2 + eps) - aspect(w1, h1 + eps)
     v = FOUR_OVER_PI2 * diff * diff
     return ciou_alpha(v, ov.iou, eps).detach() * v
 

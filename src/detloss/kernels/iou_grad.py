@@ -93,7 +93,7 @@ def parts_backward(
             # − α·v with α constant; v = k·(atan(w₂/(h₂+eps)) − atan(w₁/(h₁+eps)))²
             (w1, h1), (w2, h2) = s1.unbind(0), s2.unbind(0)
             h1e, h2e = h1 + eps, h2 + eps
-            diff = aspect(s2, eps) - aspect(s1, eps)
+            diff = aspect(w2, h2e) - aspect(w1, h1e)
             alpha = ciou_alpha(FOUR_OVER_PI2 * diff * diff, iou, eps)
             g_diff = -g * alpha * (2.0 * FOUR_OVER_PI2) * diff
             # d atan(w/(h+eps)) = ((h+eps)·dw − w·dh) / ((h+eps)² + w²)
