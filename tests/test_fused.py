@@ -20,7 +20,6 @@ import detloss
 from detloss import kernels
 from detloss.iou import iou_xyxy
 from detloss.kernels import IOU_KINDS, Modifiers, focal_forward, focal_value_and_grad, fused_focal, runtime
-from detloss.kernels import iou as iou_kernels
 
 IMAGE = (40.0, 30.0)  # MPDIoU's image size in these tests
 
@@ -39,9 +38,9 @@ def always_the_function(request, monkeypatch):
     """These tests check the hand-derived backward: route every size through the autograd.Function
     (eager inputs of 2^12 to 2^21 boxes otherwise take autograd of the same formula), with its parts
     kept from the forward (as small inputs run) or recomputed in the backward (as large ones run)."""
-    monkeypatch.setattr(iou_kernels, "PLAIN_AUTOGRAD_MAX_BOXES", -1)
+    monkeypatch.setattr(runtime, "PLAIN_AUTOGRAD_MAX_BOXES", -1)
     if request.param == "recomputed":
-        monkeypatch.setattr(iou_kernels, "KEPT_PARTS_MAX_BOXES", -1)
+        monkeypatch.setattr(runtime, "KEPT_PARTS_MAX_BOXES", -1)
     return request.param
 
 
@@ -55,7 +54,9 @@ def _high(a, b):
     return b + torch.relu(a - b)
 
 
-def plain_iou(boxes1, boxes2, kind="iou", eps=1e-7):
+def plain_iou(boxes1, boxes2, kind="iou", eps=1e-7, held=None, with_held=False):
+    """The reference value. CIoU's α_v and WIoU's c² are constants of the gradient: computed here and
+    detached, or ``held`` (a tensor) in their place; ``with_held``: also return the one computed."""
     x1, y1, x2, y2 = boxes1.unbind(-1)
     u1, v1, u2, v2 = boxes2.unbind(-1)
     w1, h1 = (x2 - x1).clamp(min=0), (y2 - y1).clamp(min=0)
@@ -83,8 +84,9 @@ def plain_iou(boxes1, boxes2, kind="iou", eps=1e-7):
     dy = 0.5 * ((v1 + v2) - (y1 + y2))
     rho2 = dx * dx + dy * dy
     if kind == "wiou":
-        r = torch.exp(rho2 / (cw * cw + ch * ch + eps).detach())
-        return 1.0 - r * (1.0 - iou)
+        c2 = (cw * cw + ch * ch + eps).detach() if held is None else held
+        value = 1.0 - torch.exp(rho2 / c2) * (1.0 - iou)
+        return (value, c2) if with_held else value
     if kind == "siou":
         angle = 2.0 * (dx * dy).abs() / (rho2 + eps)
         gamma = 2.0 - angle
@@ -100,8 +102,9 @@ def plain_iou(boxes1, boxes2, kind="iou", eps=1e-7):
     if kind == "ciou":
         v = K * (torch.atan(w2 / (h2 + eps)) - torch.atan(w1 / (h1 + eps))) ** 2
         with torch.no_grad():
-            alpha = v / ((1.0 - iou) + v + eps)
-        return diou - alpha * v
+            alpha = v / ((1.0 - iou) + v + eps) if held is None else held
+        value = diou - alpha * v
+        return (value, alpha) if with_held else value
     return diou - (w1 - w2) ** 2 / (cw * cw + eps) - (h1 - h2) ** 2 / (ch * ch + eps)
 
 
@@ -178,9 +181,22 @@ def test_fused_iou_gradcheck(kind):
     gen = torch.Generator().manual_seed(1)
     b1 = random_boxes(6, gen).requires_grad_(True)
     b2 = random_boxes(6, gen).requires_grad_(True)
-    if kind in ("ciou", "wiou"):  # α_v, WIoU's c²: constants of the gradient; checked against autograd
+    if kind not in ("ciou", "wiou"):
+        assert torch.autograd.gradcheck(lambda a, b: fused_iou(a, b, kind), (b1, b2))
         return
-    assert torch.autograd.gradcheck(lambda a, b: fused_iou(a, b, kind), (b1, b2))
+    # CIoU's α_v and WIoU's c² are held constant in the gradient, so finite differences of the value
+    # see a derivative the fused gradient leaves out. Checked instead: g = fused − plain + plain with
+    # the constant frozen at (b1, b2). Its value is the frozen formula (fused = plain in value), whose
+    # finite differences are the derivative with the constant held; its analytic gradient is the fused
+    # one (autograd of plain, constant detached, equals that of the frozen plain at the point).
+    _, frozen = plain_iou(b1.detach(), b2.detach(), kind, with_held=True)
+
+    def held_fixed(a, b):
+        return fused_iou(a, b, kind) - plain_iou(a, b, kind) + plain_iou(a, b, kind, held=frozen)
+
+    assert torch.autograd.gradcheck(held_fixed, (b1, b2))
+    # the check can fail: without the frozen term (the held quantity free) it does
+    assert not torch.autograd.gradcheck(lambda a, b: fused_iou(a, b, kind), (b1, b2), raise_exception=False)
 
 
 @pytest.mark.parametrize("kind", IOU_KINDS)
@@ -459,8 +475,8 @@ def test_the_three_eager_paths_agree(kind, monkeypatch, always_the_function):
     b2 = torch.cat((torch.minimum(b2[:, :2], b2[:, 2:]), torch.maximum(b2[:, :2], b2[:, 2:])), -1)
     results = []
     for kept, autograd in ((1 << 12, -1), (-1, -1), (-1, 1 << 18)):
-        monkeypatch.setattr(iou_kernels, "KEPT_PARTS_MAX_BOXES", kept)
-        monkeypatch.setattr(iou_kernels, "PLAIN_AUTOGRAD_MAX_BOXES", autograd)
+        monkeypatch.setattr(runtime, "KEPT_PARTS_MAX_BOXES", kept)
+        monkeypatch.setattr(runtime, "PLAIN_AUTOGRAD_MAX_BOXES", autograd)
         a, b = b1.clone().requires_grad_(), b2.clone().requires_grad_()
         out = fused_iou(a, b, kind, loss=True)
         fused = "FusedIoU" in out.grad_fn.name()
@@ -475,7 +491,7 @@ def test_the_three_eager_paths_agree(kind, monkeypatch, always_the_function):
         torch.testing.assert_close(g2, g21, rtol=1e-9, atol=1e-12)
 
 
-@pytest.mark.parametrize("n", [64, 3 * 8192])  # below and above geometry.CLAMP_MAX_NUMEL
+@pytest.mark.parametrize("n", [64, 3 * 8192])  # below and above runtime.CLAMP_MAX_NUMEL
 def test_low_high_forms_agree_with_relu_at_ties(n):
     """Under autograd, small tensors take ``clamp`` with a tensor bound and large ones the relu
     form: both give relu's values and gradients exactly, ties included (half the pairs tie)."""

@@ -3,8 +3,8 @@ with the Alpha-IoU, Inner-IoU and Focaler-IoU modifiers.
 
 Every variant is an IoU term minus penalties built from the same quantities — intersection, union,
 enclosing box, centre offset, corners — which :func:`iou_xyxy` computes once and then branches on
-``kind`` (:mod:`detloss.kernels.iou`). :func:`bbox_iou` applies it elementwise (broadcasting),
-:func:`box_iou` pairwise.
+``kind`` (:mod:`detloss.kernels.iou`, run by :mod:`detloss.kernels.iou_function`). :func:`bbox_iou`
+applies it elementwise (broadcasting), :func:`box_iou` pairwise.
 
 Numerics: every denominator carries ``eps`` so that zero-area, identical, concentric and far-apart
 boxes give finite values and finite gradients; widths and heights are clamped at 0, so an inverted
@@ -43,7 +43,8 @@ def iou_xyxy(
 
     The library's criteria call this after validating their inputs once (and the modifiers with
     :func:`detloss.checks.check_modifiers` at construction); users call :func:`bbox_iou`. It runs
-    the kernel of :mod:`detloss.kernels.iou`; the formulas are in :func:`detloss.kernels.iou_forward`.
+    the kernel of :mod:`detloss.kernels.iou_function`; the formulas are in
+    :func:`detloss.kernels.iou_forward`.
     The keyword modifiers are :func:`bbox_iou`'s; ``image_size`` is used by ``kind="mpdiou"`` only
     and ignored by the other kinds (so a criterion may always pass its input size).
     """

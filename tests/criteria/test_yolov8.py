@@ -13,7 +13,6 @@ import torch.nn.functional as F
 import detloss.assign.tal as tal
 from detloss.assign import pad_targets, task_aligned_assign
 from detloss.criteria import YOLOv8Loss
-from detloss.iou import iou_xyxy
 from detloss.profiling import DispatchCounter
 from tests.reference.yolov8 import naive_ciou, naive_loss
 
@@ -187,18 +186,6 @@ def test_hand_case_contest_and_topk():
     torch.testing.assert_close(
         a3.scores[0, 0].max(), u_a * (1 - 1e-9 / (0.5**0.5 * u_a**6 + 1e-9)), rtol=1e-9, atol=0
     )
-
-
-def test_pairwise_ciou_matches_iou_xyxy():
-    g = torch.Generator().manual_seed(0)
-    a = torch.rand(3, 1, 50, 2, generator=g, dtype=D) * 50
-    b = torch.rand(3, 7, 1, 2, generator=g, dtype=D) * 50
-    pa = torch.cat((a, a + 1 + 20 * torch.rand(3, 1, 50, 2, generator=g, dtype=D)), -1)
-    pb = torch.cat((b, b + 1 + 20 * torch.rand(3, 7, 1, 2, generator=g, dtype=D)), -1)
-    got = tal._pairwise_ciou(
-        tal._BoxTerms(pa[:, 0], 1e-7).expand(1), tal._BoxTerms(pb[:, :, 0], 1e-7).expand(2), 1e-7
-    )
-    torch.testing.assert_close(got, iou_xyxy(pa, pb, "ciou", 1e-7).clamp(min=0), rtol=1e-12, atol=1e-14)
 
 
 # ----------------------------------------------------------------------------------------------

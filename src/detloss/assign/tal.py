@@ -30,8 +30,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..kernels.geometry import coordinate_planes
-from ..kernels.iou import FOUR_OVER_PI2
+from ..kernels.geometry import Corners, corners
+from ..kernels.iou import PLAIN, corner_parts, kind_value
 
 PAIR_BLOCK = 1 << 21  # (B, m_block, A) elements per block: 8 MB per float32 temporary
 INSIDE_EPS = 1e-9  # an anchor centre must lie more than this inside the box
@@ -57,62 +57,19 @@ class TaskAlignedAssignment:
     scores: Tensor
 
 
-class _BoxTerms:
-    """The per-box factors of the pairwise CIoU (everything that depends on one box only)."""
-
-    def __init__(self, boxes: Tensor, eps: float) -> None:
-        x1, y1, x2, y2 = coordinate_planes(boxes).unbind(-1)  # contiguous: the pairs broadcast
-        w, h = (x2 - x1).clamp(min=0), (y2 - y1).clamp(min=0)
-        self.x1, self.y1, self.x2, self.y2 = x1, y1, x2, y2
-        self.area = w * h
-        self.area_eps = self.area + eps
-        self.cx, self.cy = (x1 + x2) / 2, (y1 + y2) / 2
-        self.aspect = torch.atan(w / (h + eps))
-
-    def expand(self, dim: int) -> _BoxTerms:
-        out = _BoxTerms.__new__(_BoxTerms)
-        for k, v in vars(self).items():
-            setattr(out, k, v.unsqueeze(dim))
-        return out
-
-    def split(self, size: int) -> list[_BoxTerms]:
-        """The terms of consecutive blocks of ``size`` boxes (dimension 1): one split per term."""
-        parts = {k: v.split(size, 1) for k, v in vars(self).items()}
-        out = []
-        for i in range(len(next(iter(parts.values())))):
-            block = _BoxTerms.__new__(_BoxTerms)
-            for k, v in parts.items():
-                setattr(block, k, v[i])
-            out.append(block)
-        return out
+def _planes(boxes: Tensor, dim: int) -> Corners:
+    """Axis planes (:func:`detloss.kernels.geometry.corners`) of ``(B, n, 4)`` boxes with a unit
+    dimension inserted at ``dim`` (1: ``(2, B, 1, n)``, the anchors; 2: ``(2, B, n, 1)``, the boxes),
+    so that the two broadcast to the ``(B, m, A)`` grid; contiguous, made once per call."""
+    return corners(boxes.unsqueeze(dim), 4)
 
 
-def _pairwise_ciou(p: _BoxTerms, g: _BoxTerms, eps: float) -> Tensor:
-    """CIoU of every broadcast pair of boxes, clamped at 0, without gradient.
-
-    The formula of :func:`detloss.iou.iou_xyxy` (``kind="ciou"``: I/(U + eps) − ρ²/(c² + eps) − α·v,
-    v = 4/π²·(atan(w₂/(h₂ + eps)) − atan(w₁/(h₁ + eps)))², α = v/((1 − iou) + v + eps)), factored for
-    the (box, anchor) grid: areas, centres and the atan of each aspect are computed once per box and
-    per anchor, and the pairwise work is ~30 in-place arithmetic ops (the per-pair atan was 8× the cost
-    of the rest; the test suite holds this to ``iou_xyxy``).
-    """
-    inter = torch.minimum(p.x2, g.x2).sub_(torch.maximum(p.x1, g.x1)).clamp_(min=0)
-    inter.mul_(torch.minimum(p.y2, g.y2).sub_(torch.maximum(p.y1, g.y1)).clamp_(min=0))
-    iou = (p.area + g.area_eps).sub_(inter)  # union + eps
-    iou = inter.div_(iou)
-    cw = torch.maximum(p.x2, g.x2).sub_(torch.minimum(p.x1, g.x1))
-    ch = torch.maximum(p.y2, g.y2).sub_(torch.minimum(p.y1, g.y1))
-    c2 = cw.mul_(cw).addcmul_(ch, ch).add_(eps)
-    del ch
-    dx = g.cx - p.cx
-    dy = g.cy - p.cy
-    penalty = dx.mul_(dx).addcmul_(dy, dy).div_(c2)  # ρ² / (c² + eps)
-    del dy
-    v = (g.aspect - p.aspect).square_().mul_(FOUR_OVER_PI2)
-    alpha = torch.sub(v, iou).add_(1.0 + eps)  # (1 − iou) + v + eps, as v − iou + (1 + eps)
-    alpha = torch.div(v, alpha, out=alpha)
-    penalty.addcmul_(alpha, v)
-    return iou.sub_(penalty).clamp_(min=0)
+def _pairwise_ciou(pred: Corners, gt: Corners, eps: float) -> Tensor:
+    """CIoU of every broadcast pair of boxes given by their axis planes, clamped at 0, without
+    gradient: the kernel's formula (:func:`detloss.kernels.iou_forward`, ``kind="ciou"``) on its
+    parts. Every per-box quantity (sides, areas, centres, the aspect angles of CIoU's v) is computed
+    on the unbroadcast planes, once per box and per anchor; only the pairwise terms are ``(B, m, A)``."""
+    return kind_value("ciou", corner_parts(pred, gt, "ciou", eps), eps, PLAIN).clamp_(min=0)
 
 
 def _power(x: Tensor, p: float) -> Tensor:
@@ -279,7 +236,7 @@ def task_aligned_assign(
             pred_boxes.new_zeros(bsz, num_anchors, 4),
             pred_boxes.new_zeros(bsz, num_anchors),
         )
-    pred = _BoxTerms(pred_boxes, iou_eps).expand(1)  # (B, 1, A)
+    pred = _planes(pred_boxes, 1)  # (2, B, 1, A) each
     box_range = torch.arange(m_max, device=dev)
 
     count = torch.zeros(bsz, num_anchors, dtype=torch.int64, device=dev)  # boxes selecting each anchor
@@ -297,12 +254,12 @@ def task_aligned_assign(
     # blocks of boxes (a function of M only): bounded memory; every per-box table is split once
     block = max(1, PAIR_BLOCK // max(1, bsz * num_anchors))
     candidates = _Inside(anchor_points, gt_boxes, gt_mask, min_side, grid_sizes).blocks(block)
-    gt_terms = _BoxTerms(gt_boxes, iou_eps).expand(2).split(block)  # (B, m, 1) each
+    gt_planes = zip(*(plane.split(block, 2) for plane in _planes(gt_boxes, 2)), strict=True)  # (2, B, m, 1)
     gt_classes = gt_labels.unsqueeze(-1).expand(-1, -1, num_anchors)  # (B, M, A) view
     class_blocks = zip(*(lab.split(block, 1) for lab in _per_level(gt_classes, levels)), strict=True)
     box_ids = box_range.view(-1, 1).split(block)
     for start, cand, gt, classes, ids in zip(
-        range(0, m_max, block), candidates, gt_terms, class_blocks, box_ids, strict=True
+        range(0, m_max, block), candidates, gt_planes, class_blocks, box_ids, strict=True
     ):
         u = _pairwise_ciou(pred, gt, iou_eps).mul_(cand)  # (B, m, A)
         s = score_pow(_class_scores(levels, classes))  # (B, m, A): s^α
@@ -324,7 +281,7 @@ def task_aligned_assign(
     labels = gt_labels.gather(1, gt_index)
     # u and t of each anchor with its owner, recomputed per anchor (B, A) instead of kept per pair;
     # a contested anchor's owner has u = best_u (box 0 with u = 0 may even be no candidate)
-    u = _pairwise_ciou(pred, _BoxTerms(boxes.unsqueeze(1), iou_eps), iou_eps).squeeze(1)
+    u = _pairwise_ciou(pred, _planes(boxes, 1), iou_eps).squeeze(1)
     u = torch.where(contested, best_u, u).mul_(foreground)
     s = _class_scores(levels, _per_level(labels.unsqueeze(1), levels)).squeeze(1)
     metric = score_pow(s).mul_(_power(u, beta))

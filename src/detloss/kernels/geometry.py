@@ -2,22 +2,24 @@
 centre offset.
 
 The forward helpers work on **axis planes**: a box tensor ``(..., 4)`` becomes its low corner
-``lo = (x1, y1)`` and high corner ``hi = (x2, y2)``, each ``(2, ...)`` with the axes stacked in front
-and every plane contiguous. One elementwise op then covers both axes (half the launches of per
-coordinate ops, the cost that dominates at detection sizes of 10³-10⁴ boxes); products across the
-axes are :func:`area`, sums across them (squared distances) ``sum(0)``. ``torch.stack`` of the
-stride-4 coordinate views builds the planes as fast as a copy, and the later ops run on contiguous
-memory (ops on ``(..., 2)`` corner pairs, an inner loop of two, ran several times slower). Widths
-are clamped at 0, so an inverted box (x2 < x1) is empty; the enclosing box spans all four corners
-of both boxes.
+``lo = (x1, y1)`` and high corner ``hi = (x2, y2)``, each ``(2, ...)`` with the axes in front. One
+elementwise op then covers both axes (half the launches of per coordinate ops, the cost that
+dominates at detection sizes of 10³-10⁴ boxes); products across the axes are :func:`area`, sums
+across them (squared distances) ``sum(0)``. How the planes are built depends on the path, never the
+formulas (:func:`corners`, :func:`boxes_of`): eagerly ``torch.stack`` of the stride-4 coordinate
+views makes contiguous planes as fast as a copy, and the later ops run on contiguous memory (ops on
+``(..., 2)`` corner pairs, an inner loop of two, ran several times slower); compiled, the planes are
+strided views of the boxes, which inductor fuses into one loop over the boxes. Widths are clamped at
+0, so an inverted box (x2 < x1) is empty; the enclosing box spans all four corners of both boxes.
 
 Minimum and maximum are :func:`low` and :func:`high`: under autograd ``clamp`` with a tensor bound on
-small tensors (fewest launches) and the ``relu`` form on large ones (a backward of one op where
-``torch.minimum``'s takes five: measured 5x faster fwd+bwd at 1e5 elements); the same values, exact
-at ties. On a tie the gradient goes to one side (``low`` to its first argument, ``high`` to its
-second) instead of half to each. :func:`clamp0` is ``clamp(min=0)`` with a backward of one op.
+small tensors (fewest launches; up to ``runtime.CLAMP_MAX_NUMEL``) and the ``relu`` form on large
+ones (a backward of one op where ``torch.minimum``'s takes five: 5x faster fwd+bwd at 1e5
+elements); the same values, exact at ties. On a tie the gradient goes to one side (``low`` to its
+first argument, ``high`` to its second) instead of half to each. :func:`clamp0` is ``clamp(min=0)``
+with a backward of one op.
 
-The hand-derived backward (:func:`detloss.kernels.iou.parts_backward`) follows autograd's
+The hand-derived backward (:func:`detloss.kernels.iou_grad.parts_backward`) follows autograd's
 conventions of these formulas exactly, so that hand-derived and autograd gradients agree at the
 kinks: ``clamp(min=0)`` passes the gradient where its input is >= 0, and :func:`low` / :func:`high`
 send it to one side on a tie.
@@ -29,6 +31,8 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor
+
+from . import runtime
 
 Corners = tuple[Tensor, Tensor]  # lo = (x1, y1), hi = (x2, y2), each (2, ...)
 
@@ -50,8 +54,31 @@ def corners(b: Tensor, ndim: int) -> Corners:
     once the axes stand in front)."""
     if b.dim() < ndim:
         b = b.view((1,) * (ndim - b.dim()) + b.shape)
+    if torch.compiler.is_compiling():
+        # strided views, no copy: inductor materialises every stacked plane in a buffer of its own
+        # (one loop each, then the kernel), where views fuse into the kernel's one loop
+        return b[..., :2].movedim(-1, 0), b[..., 2:].movedim(-1, 0)
     x1, y1, x2, y2 = b.unbind(-1)
     return torch.stack((x1, y1)), torch.stack((x2, y2))
+
+
+def planes(x: Tensor, y: Tensor) -> Tensor:
+    """Per-axis tensors x, y of one shape ``(...)`` → the axis planes ``(2, ...)``."""
+    if torch.compiler.is_compiling():
+        # inductor makes every cat on the CPU a buffer of its own, filled in a loop of its own; a
+        # select on the axis index is elementwise and fuses into the kernel's loop
+        axis = torch.arange(2, device=x.device).view((2,) + (1,) * x.dim())
+        return torch.where(axis == 0, x, y)
+    return torch.stack((x, y))
+
+
+def boxes_of(lo: Tensor, hi: Tensor) -> Tensor:
+    """The inverse of :func:`corners`: axis planes lo, hi ``(2, ...)`` → ``(..., 4)`` (x1, y1, x2, y2)."""
+    if torch.compiler.is_compiling():
+        # one plane per coordinate, stacked last: inductor fuses the whole backward into one loop over
+        # the boxes writing four strided outputs, where a cat of planes ran a loop of two inner lanes
+        return torch.stack((*lo.unbind(0), *hi.unbind(0)), -1)
+    return torch.cat((lo, hi)).movedim(0, -1)
 
 
 def coordinate_planes(b: Tensor) -> Tensor:
@@ -76,14 +103,8 @@ def _needs_grad(a: Tensor, b: Tensor) -> bool:
     return torch.is_grad_enabled() and (a.requires_grad or b.requires_grad)
 
 
-# Up to this many elements a min/max under autograd is ``torch.clamp`` with a tensor bound: one op
-# forward and two backward (the launches dominate); above it the relu form, whose kernels are faster
-# (measured fwd+bwd, 1 thread: equal at 2-8k elements, relu 4x faster at 64k).
-CLAMP_MAX_NUMEL = 8192
-
-
 def _small(a: Tensor, b: Tensor) -> bool:
-    return max(a.numel(), b.numel()) <= CLAMP_MAX_NUMEL
+    return max(a.numel(), b.numel()) <= runtime.CLAMP_MAX_NUMEL
 
 
 def low(a: Tensor, b: Tensor) -> Tensor:
