@@ -8,12 +8,14 @@ Never ``assert``: an assertion vanishes under ``python -O`` and syncs silently o
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor
 
 from .kernels import IOU_KINDS
+from .kernels.iou import broadcast_shape
 
 
 def check_tensor(name: str, t: object) -> Tensor:
@@ -57,38 +59,48 @@ def check_finite(name: str, t: Tensor) -> None:
     raise ValueError(f"{name} has a non-finite value ({t[tuple(bad)].item()}) at index {tuple(bad)}")
 
 
-def check_boxes(name: str, boxes: object, finite: bool = True) -> Tensor:
-    """Validate a box tensor ``(..., 4)`` of floating dtype; optionally check it is finite.
+def check_boxes(name: str, boxes: object, finite: bool = True, size: int = 4) -> Tensor:
+    """Validate a box tensor ``(..., size)`` of floating dtype (4: axis-aligned, 5: xywhr);
+    optionally check it is finite.
 
     Raises:
         TypeError: not a tensor, or not a floating dtype.
-        ValueError: last dimension is not 4, or (``finite=True``) a NaN/Inf value, with its index.
+        ValueError: last dimension is not ``size``, or (``finite=True``) a NaN/Inf value, with its index.
     """
     boxes = check_tensor(name, boxes)
     if not boxes.is_floating_point():
         raise TypeError(f"{name} must have a floating dtype, got {boxes.dtype}")
-    if boxes.dim() == 0 or boxes.shape[-1] != 4:
-        raise ValueError(f"{name} must have shape (..., 4), got {tuple(boxes.shape)}")
+    if boxes.dim() == 0 or boxes.shape[-1] != size:
+        layout = " (x, y, w, h, angle)" if size == 5 else ""
+        raise ValueError(f"{name} must have shape (..., {size}){layout}, got {tuple(boxes.shape)}")
     if finite:
         check_finite(name, boxes)
     return boxes
 
 
-def check_rotated_boxes(name: str, boxes: object, finite: bool = True) -> Tensor:
-    """Validate oriented boxes ``(..., 5)`` xywhr of floating dtype; optionally check they are finite.
+def check_box_pair(
+    names: tuple[str, str], boxes1: object, boxes2: object, validate: bool, size: int = 4
+) -> tuple[int, ...]:
+    """Check two box tensors ``(..., size)`` of one elementwise call and return their broadcast shape.
 
-    Raises:
-        TypeError: not a tensor, or not a floating dtype.
-        ValueError: last dimension is not 5, or (``finite=True``) a NaN/Inf value, with its index.
+    With ``validate``, their finiteness is one sum each and one host sync (NaN and ±Inf make the sum
+    non-finite), tested on the host; the offending index is only searched when it fails.
     """
-    boxes = check_tensor(name, boxes)
-    if not boxes.is_floating_point():
-        raise TypeError(f"{name} must have a floating dtype, got {boxes.dtype}")
-    if boxes.dim() == 0 or boxes.shape[-1] != 5:
-        raise ValueError(f"{name} must have shape (..., 5) (x, y, w, h, angle), got {tuple(boxes.shape)}")
-    if finite:
-        check_finite(name, boxes)
-    return boxes
+    check_boxes(names[0], boxes1, finite=False, size=size)
+    check_boxes(names[1], boxes2, finite=False, size=size)
+    if validate:
+        acc = torch.float64 if torch.float64 in (boxes1.dtype, boxes2.dtype) else torch.float32
+        with torch.no_grad():
+            total = float(boxes1.sum(dtype=acc) + boxes2.sum(dtype=acc))
+        if not math.isfinite(total):  # a bad value, or finite values whose sum overflowed
+            check_finite(names[0], boxes1)
+            check_finite(names[1], boxes2)
+    try:
+        return broadcast_shape(boxes1.shape, boxes2.shape)
+    except RuntimeError:
+        raise ValueError(
+            f"{names[0]} {tuple(boxes1.shape)} and {names[1]} {tuple(boxes2.shape)} do not broadcast"
+        ) from None
 
 
 def check_padded_targets(targets: object, batch: int) -> None:

@@ -13,17 +13,15 @@ xyxy box (x2 < x1) behaves as an empty box, and the enclosing box spans all corn
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import torch
 from torch import Tensor
 
 from .boxes import BOX_FORMATS, BoxFormat, convert
-from .checks import check_boxes, check_eps, check_finite, check_modifiers, check_one_of
+from .checks import check_box_pair, check_boxes, check_eps, check_modifiers, check_one_of
 from .kernels import IOU_KINDS as IOU_KINDS  # the kinds, public beside IoUKind
 from .kernels import Modifiers, fused_iou
-from .kernels.iou import broadcast_shape
 
 IoUKind = Literal["iou", "giou", "diou", "ciou", "eiou", "siou", "wiou", "mpdiou"]
 
@@ -103,30 +101,15 @@ def prepare_iou(
     :func:`detloss.iou_loss`, the Module twins): :func:`iou_options`, then the two ``(..., 4)`` box
     tensors (errors use ``names``), upcast to :func:`compute_dtype`, converted to xyxy.
 
-    The finiteness check of both inputs (``validate``) is one sum each and one host sync (NaN and
-    ±Inf make the sum non-finite), tested on the host; the offending index is only searched when it
-    fails.
+    The finiteness check of both inputs (``validate``) is :func:`detloss.checks.check_box_pair`'s
+    single host sync.
 
     Returns:
         ``(b1, b2, shape, mods)``: the xyxy boxes, their broadcast shape ``(..., 4)`` and the
         modifiers for :func:`detloss.kernels.fused_iou`.
     """
     mods = iou_options(kind, fmt, eps, alpha, inner_ratio, focaler, image_size)
-    check_boxes(names[0], boxes1, finite=False)
-    check_boxes(names[1], boxes2, finite=False)
-    if validate:
-        acc = torch.float64 if torch.float64 in (boxes1.dtype, boxes2.dtype) else torch.float32
-        with torch.no_grad():
-            total = float(boxes1.sum(dtype=acc) + boxes2.sum(dtype=acc))
-        if not math.isfinite(total):  # a bad value, or finite values whose sum overflowed
-            check_finite(names[0], boxes1)
-            check_finite(names[1], boxes2)
-    try:
-        shape = broadcast_shape(boxes1.shape, boxes2.shape)
-    except RuntimeError:
-        raise ValueError(
-            f"{names[0]} {tuple(boxes1.shape)} and {names[1]} {tuple(boxes2.shape)} do not broadcast"
-        ) from None
+    shape = check_box_pair(names, boxes1, boxes2, validate)
     dtype = torch.promote_types(compute_dtype(boxes1), compute_dtype(boxes2))
     return convert(boxes1.to(dtype), fmt, "xyxy"), convert(boxes2.to(dtype), fmt, "xyxy"), shape, mods
 

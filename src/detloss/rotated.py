@@ -12,15 +12,13 @@ check, the only host sync; the computation itself has none (fixed-size candidate
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import torch
 from torch import Tensor
 
-from .checks import check_eps, check_finite, check_number, check_one_of, check_rotated_boxes, check_tensor
+from .checks import check_box_pair, check_boxes, check_eps, check_number, check_one_of, check_tensor
 from .iou import compute_dtype
-from .kernels.iou import broadcast_shape
 from .kernels.rotated import ROTATED_KINDS as ROTATED_KINDS
 from .kernels.rotated import rotated_corners, rotated_similarity
 from .losses import Reduction, weight_reduce
@@ -71,21 +69,7 @@ def prepare_rotated(
         broadcast shape ``(..., 5)``.
     """
     rotated_options(kind, eps, floor)
-    check_rotated_boxes(names[0], boxes1, finite=False)
-    check_rotated_boxes(names[1], boxes2, finite=False)
-    if validate:
-        acc = torch.float64 if torch.float64 in (boxes1.dtype, boxes2.dtype) else torch.float32
-        with torch.no_grad():
-            total = float(boxes1.sum(dtype=acc) + boxes2.sum(dtype=acc))
-        if not math.isfinite(total):  # a bad value, or finite values whose sum overflowed
-            check_finite(names[0], boxes1)
-            check_finite(names[1], boxes2)
-    try:
-        shape = broadcast_shape(boxes1.shape, boxes2.shape)
-    except RuntimeError:
-        raise ValueError(
-            f"{names[0]} {tuple(boxes1.shape)} and {names[1]} {tuple(boxes2.shape)} do not broadcast"
-        ) from None
+    shape = check_box_pair(names, boxes1, boxes2, validate, size=5)
     dtype = torch.promote_types(compute_dtype(boxes1), compute_dtype(boxes2))
     return boxes1.to(dtype), boxes2.to(dtype), shape
 
@@ -150,10 +134,10 @@ def rotated_box_iou(
         torch.Size([0, 1])
     """
     for name, b in (("boxes1", boxes1), ("boxes2", boxes2)):
-        if check_rotated_boxes(name, b, finite=False).dim() != 2:
+        if check_boxes(name, b, finite=False, size=5).dim() != 2:
             raise ValueError(f"{name} must have shape (N, 5), got {tuple(b.shape)}")
         if validate:  # here, so a bad value's index is reported in the caller's (N, 5) layout
-            check_rotated_boxes(name, b)
+            check_boxes(name, b, size=5)
     return rotated_bbox_iou(boxes1[:, None, :], boxes2[None, :, :], kind, eps, floor=floor, validate=False)
 
 
