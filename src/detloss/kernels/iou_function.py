@@ -41,7 +41,7 @@ from .iou import (
     kind_value,
     output,
 )
-from .iou_grad import iou_backward, parts_backward
+from .iou_grad import Grads, Need, iou_backward, parts_backward
 
 
 def _iou_forward_blocked(
@@ -62,15 +62,9 @@ def _iou_forward_blocked(
 
 
 def _iou_backward_blocked(
-    b1: Tensor,
-    b2: Tensor,
-    grad: Tensor,
-    kind: str,
-    eps: float,
-    loss: bool,
-    need: tuple[bool, bool],
+    b1: Tensor, b2: Tensor, grad: Tensor, kind: str, eps: float, loss: bool, need: Need,
     image_size: tuple[float, float] | None,
-) -> tuple[Tensor | None, Tensor | None]:
+) -> Grads:
     """:func:`iou_backward` over blocks of rows (inputs of one shape; broadcast pairs run whole)."""
     block = runtime.EAGER_BLOCK
     if b1.shape != b2.shape or b1.numel() <= 4 * block:

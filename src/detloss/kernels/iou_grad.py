@@ -15,31 +15,23 @@ from torch import Tensor
 from .geometry import area, boxes_of, high, planes
 from .iou import FOUR_OVER_PI2, SIOU_THETA, Parts, aspect, ciou_alpha, iou_parts, sum_sq
 
+Need = tuple[bool, bool]  # whether each of the two boxes needs its gradient
+Grads = tuple[Tensor | None, Tensor | None]  # the two gradients, None where not needed
+
 
 def iou_backward(
-    b1: Tensor,
-    b2: Tensor,
-    grad: Tensor,
-    kind: str,
-    eps: float,
-    loss: bool,
-    need: tuple[bool, bool],
+    b1: Tensor, b2: Tensor, grad: Tensor, kind: str, eps: float, loss: bool, need: Need,
     image_size: tuple[float, float] | None = None,
-) -> tuple[Tensor | None, Tensor | None]:
+) -> Grads:
     """Hand-derived gradient of :func:`iou_forward` (plain kinds) w.r.t. ``b1`` and ``b2``: the parts
     recomputed (:func:`iou_parts`), then :func:`parts_backward`."""
     return parts_backward(iou_parts(b1, b2, kind, eps), grad, kind, eps, loss, need, image_size)
 
 
 def parts_backward(
-    p: Parts,
-    grad: Tensor,
-    kind: str,
-    eps: float,
-    loss: bool,
-    need: tuple[bool, bool],
+    p: Parts, grad: Tensor, kind: str, eps: float, loss: bool, need: Need,
     image_size: tuple[float, float] | None = None,
-) -> tuple[Tensor | None, Tensor | None]:
+) -> Grads:
     """Hand-derived gradient of the plain kinds' value w.r.t. both boxes, from its :class:`Parts`.
 
     ``grad`` is the adjoint of the output: ``(...)``, or a scalar for the reduced forward (it
