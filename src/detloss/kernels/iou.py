@@ -15,7 +15,18 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from .geometry import Corners, Overlap, area, centre_offset, corners, enclosing, high, overlap, scaled
+from .geometry import (
+    Corners,
+    Overlap,
+    area,
+    centre_offset,
+    corners,
+    enclosing,
+    high,
+    overlap,
+    reusable,
+    scaled,
+)
 
 IOU_KINDS: tuple[str, ...] = ("iou", "giou", "diou", "ciou", "eiou", "siou", "wiou", "mpdiou")
 FOUR_OVER_PI2 = 4.0 / math.pi**2
@@ -122,10 +133,11 @@ def kind_value(kind: str, p: Parts, eps: float, mods: Modifiers) -> Tensor:
     val = _iou_term(p.ov.iou, p.k1, p.k2, eps, mods)
     terms = _penalties(kind, p, eps, mods)
     if terms:
-        total = _power(terms[0], mods.alpha)
+        total = _power(terms[0], mods.alpha)  # a fresh tensor: without autograd, summed into in place
+        reuse = reusable(val, total)
         for t in terms[1:]:
-            total = total + _power(t, mods.alpha)
-        val = val - total
+            total = total.add_(_power(t, mods.alpha)) if reuse else total + _power(t, mods.alpha)
+        val = torch.sub(val, total, out=total) if reuse else val - total
     return val
 
 
@@ -134,7 +146,7 @@ def sum_sq(t: Tensor) -> Tensor:
     and an ``addcmul``): ``(t * t).sum(0)`` was 2.5-4x slower, a reduction over the outer dimension
     (zero fill, then two passes)."""
     x, y = t.unbind(0)
-    return torch.addcmul(x * x, y, y)
+    return (x * x).addcmul_(y, y) if reusable(t) else torch.addcmul(x * x, y, y)
 
 
 def _power(t: Tensor, a: float) -> Tensor:
@@ -178,7 +190,7 @@ def _penalties(kind: str, p: Parts, eps: float, mods: Modifiers) -> list[Tensor]
         omega = (s1 - s2).abs() / (high(s1, s2) + eps)
         sw, sh = ((1.0 - torch.exp(-omega)) ** SIOU_THETA).unbind(0)
         return [0.5 * (((2.0 - ex) - ey) + (sw + sh))]
-    terms = [rho2 / (sum_sq(c) + eps)]
+    terms = [rho2.div_(sum_sq(c).add_(eps)) if reusable(d, c) else rho2 / (sum_sq(c) + eps)]
     if kind == "ciou":
         terms.append(ciou_penalty(ov, eps))
     elif kind == "eiou":
@@ -194,6 +206,9 @@ def aspect(w: Tensor, h_eps: Tensor) -> Tensor:
 def ciou_alpha(v: Tensor, iou: Tensor, eps: float) -> Tensor:
     """CIoU's trade-off α_v = v / ((1 − iou) + v + eps). (1 − iou) comes first: 1 + eps rounds to 1
     in float32 for eps < 6e-8, and v − iou + (1 + eps) gave 0/0 on identical boxes."""
+    if reusable(v, iou):
+        den = (1.0 - iou).add_(v).add_(eps)
+        return torch.div(v, den, out=den)
     return v / ((1.0 - iou) + v + eps)
 
 
@@ -203,6 +218,9 @@ def ciou_penalty(ov: Overlap, eps: float) -> Tensor:
     pairwise grid they cost one atan per box, not per pair."""
     (w1, h1), (w2, h2) = ov.sides1.unbind(0), ov.sides2.unbind(0)
     diff = aspect(w2, h2 + eps) - aspect(w1, h1 + eps)
+    if reusable(diff, ov.iou):
+        v = diff.square_().mul_(FOUR_OVER_PI2)
+        return ciou_alpha(v, ov.iou, eps).mul_(v)
     v = FOUR_OVER_PI2 * diff * diff
     return ciou_alpha(v, ov.iou, eps).detach() * v
 
