@@ -222,7 +222,8 @@ def test_kinks_finite_and_equal_to_the_formula(kind, mods):
 @pytest.mark.parametrize("kind", ["giou", "diou", "mpdiou"])
 def test_kinks_gradcheck(kind):
     """Finite differences next to the kinks, nudged off the exact ties and zero sides by < 3e-3 (at a
-    kink there is no derivative; the conventions there are autograd's, checked in test_fused.py)."""
+    kink there is no derivative; the conventions there are autograd's, checked in
+    tests/kernels/test_fused.py)."""
     b1, b2 = kinks()
     b1 = (b1 + 1e-3 * torch.arange(36, dtype=torch.float64).reshape(9, 4) / 36).requires_grad_()
     b2 = (b2 + 5e-4 + 2e-3 * torch.arange(36, dtype=torch.float64).reshape(9, 4) / 36).requires_grad_()

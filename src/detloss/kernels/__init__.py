@@ -15,7 +15,7 @@ One file per concept, the geometry once:
   threshold that chooses among the execution paths.
 
 There is one implementation of each formula; the plain autograd references the kernels are tested
-against live in the tests (``tests/test_fused.py``), not in the package.
+against live in the tests (``tests/kernels/test_fused.py``), not in the package.
 """
 
 from .focal import focal_forward, focal_value_and_grad, fused_focal
