@@ -43,7 +43,7 @@ def check_wheel(path: Path, ver: str) -> None:
     meta = email.message_from_bytes(zipfile.ZipFile(path).read(info + "METADATA"))
     assert meta["Version"] == ver, (meta["Version"], ver)
     required = [r for r in meta.get_all("Requires-Dist", []) if "extra ==" not in r]
-    assert [re.split(r"[<>=!~ ;\[]", r)[0] for r in required] == ["torch"], required
+    assert [re.split(r"[<>=!~ ;\[]", r)[0] for r in required] == ["torch", "numpy"], required
     assert f"{info}licenses/LICENSE" in names, "the wheel lacks the license file"
     print(f"{path.name}: {len(names)} files, the detloss sources only (no bench*.py, no tests), py.typed, "
           f"requires {required}")
