@@ -17,7 +17,8 @@ import zlib
 from pathlib import Path
 
 MODULES = ("detloss", "detloss.nn", "detloss.criteria", "detloss.assign", "detloss.codecs",
-           "detloss.distributed", "detloss.profiling", "detloss.integrations.ultralytics")
+           "detloss.distributed", "detloss.profiling", "detloss.integrations.ultralytics",
+           "detloss.integrations.transformers")
 
 
 def inventory(site: Path) -> set[str]:

@@ -1,0 +1,219 @@
+"""detloss.integrations.transformers without transformers: the module imports no framework, the preset
+of each model family, and the loss function's mapping of transformers' arguments (hand-made tensors and
+config namespaces) against calling DETRLoss directly."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from detloss.criteria import DETRLoss
+from detloss.integrations.transformers import (
+    DetrLossFunction,
+    criterion_from_config,
+    preset_for,
+    use_detloss,
+)
+
+C, L, B, Q = 4, 3, 2, 12
+DETR_CONFIG = dict(
+    num_labels=C, class_cost=1.0, bbox_cost=5.0, giou_cost=2.0, bbox_loss_coefficient=5.0,
+    giou_loss_coefficient=2.0, eos_coefficient=0.1, focal_alpha=0.25, auxiliary_loss=True,
+)  # fmt: skip
+RTDETR_CONFIG = dict(
+    num_labels=C, matcher_class_cost=2.0, matcher_bbox_cost=5.0, matcher_giou_cost=2.0, matcher_alpha=0.25,
+    matcher_gamma=2.0, weight_loss_vfl=1.0, weight_loss_bbox=5.0, weight_loss_giou=2.0,
+    focal_loss_alpha=0.75, focal_loss_gamma=2.0, use_focal_loss=True, auxiliary_loss=True,
+)  # fmt: skip
+
+
+def fake_model(name: str, **config: object) -> object:
+    """An object of a class named like transformers' model, with a config (what use_detloss reads)."""
+    return type(name, (), {"config": SimpleNamespace(**config)})()
+
+
+def labels(seed: int = 0) -> list[dict[str, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for n in (3, 0):
+        boxes = torch.cat(
+            (torch.rand(n, 2, generator=g) * 0.5 + 0.25, torch.rand(n, 2, generator=g) * 0.3 + 0.05), 1
+        )
+        out.append({"class_labels": torch.randint(0, C, (n,), generator=g), "boxes": boxes.double()})
+    return out
+
+
+def predictions(width: int, queries: int = Q, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(L, B, queries, width, generator=g, dtype=torch.float64)
+    boxes = torch.rand(L, B, queries, 4, generator=g, dtype=torch.float64) * 0.4 + 0.1
+    return logits, boxes
+
+
+def targets(lab: list[dict[str, torch.Tensor]]) -> list[dict[str, torch.Tensor]]:
+    return [{"boxes": t["boxes"], "labels": t["class_labels"]} for t in lab]
+
+
+def test_import_does_not_import_transformers() -> None:
+    code = "import sys, detloss.integrations.transformers; assert 'transformers' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize(
+    ("name", "preset"),
+    [
+        ("DetrForObjectDetection", "detr"),
+        ("DeformableDetrForObjectDetection", "deformable"),
+        ("RTDetrForObjectDetection", "rtdetr"),
+        ("RTDetrV2ForObjectDetection", "rtdetr"),
+    ],
+)
+def test_preset_for_each_family(name: str, preset: str) -> None:
+    assert preset_for(fake_model(name)) == preset
+    subclass = type("MyModel", (type(fake_model(name)),), {})
+    assert preset_for(subclass()) == preset
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "DFineForObjectDetection",
+        "Deimv2ForObjectDetection",
+        "LwDetrForObjectDetection",
+        "RfDetrForObjectDetection",
+    ],
+)
+def test_other_families_not_implemented(name: str) -> None:
+    with pytest.raises(NotImplementedError, match=name):
+        use_detloss(fake_model(name, **RTDETR_CONFIG))
+
+
+def test_unknown_model_is_a_type_error() -> None:
+    with pytest.raises(TypeError, match="YolosForObjectDetection"):
+        use_detloss(fake_model("YolosForObjectDetection"))
+
+
+def test_use_detloss_sets_loss_function() -> None:
+    model = fake_model("RTDetrForObjectDetection", **RTDETR_CONFIG)
+    assert use_detloss(model, validate=False) is model
+    assert isinstance(model.loss_function, DetrLossFunction)
+    assert (model.loss_function.preset, model.loss_function.validate) == ("rtdetr", False)
+
+
+def test_use_detloss_rejects_softmax_rtdetr() -> None:
+    model = fake_model("RTDetrForObjectDetection", **{**RTDETR_CONFIG, "use_focal_loss": False})
+    with pytest.raises(ValueError, match="use_focal_loss"):
+        use_detloss(model)
+
+
+@pytest.mark.parametrize("preset", ["detr", "deformable"])
+@pytest.mark.parametrize("aux", [True, False])
+def test_detr_and_deformable_mapping(preset: str, aux: bool) -> None:
+    config = SimpleNamespace(**{**DETR_CONFIG, "auxiliary_loss": aux, "bbox_loss_coefficient": 3.0})
+    width = C + 1 if preset == "detr" else C
+    oc, ob = predictions(width)
+    lab = labels()
+    fn = DetrLossFunction(preset)
+    loss, loss_dict, aux_out = fn(
+        oc[-1], lab, "cpu", ob[-1], config, oc if aux else None, ob if aux else None
+    )
+
+    crit = DETRLoss(C, preset, class_cost=1.0, cls=1.0, bbox=3.0, giou=2.0, eos_coef=0.1, focal_alpha=0.25)
+    ref = crit(oc if aux else oc[-1:], ob if aux else ob[-1:], targets(lab))
+    torch.testing.assert_close(loss, ref.total)
+    terms = ref.loss_dict()
+    n = L if aux else 1
+    suffixes = [""] + [f"_{i}" for i in range(n - 1)]
+    keys = ("loss_ce", "loss_bbox", "loss_giou", "cardinality_error")
+    assert list(loss_dict) == [k + s for s in suffixes for k in keys]
+    for key, value in terms.items():
+        torch.testing.assert_close(loss_dict[key], value)
+    # transformers' total: loss_ce·1 + loss_bbox·bbox_loss_coefficient + loss_giou·giou_loss_coefficient
+    weights = {"loss_ce": 1.0, "loss_bbox": 3.0, "loss_giou": 2.0, "cardinality_error": 0.0}
+    torch.testing.assert_close(loss, sum(v * weights[k.rstrip("_0123456789")] for k, v in loss_dict.items()))
+    # cardinality: mean over images of |queries predicted non-empty − targets|
+    layers = oc if aux else oc[-1:]
+    for i, s in enumerate(suffixes):
+        layer = layers[(i - 1) % n]
+        found = layer.argmax(-1) != C if preset == "detr" else layer.sigmoid().max(-1).values > 0.5
+        want = (found.sum(1).float() - torch.tensor([3.0, 0.0])).abs().mean()
+        torch.testing.assert_close(loss_dict["cardinality_error" + s], want)
+    if aux:
+        assert len(aux_out) == L - 1
+        assert all(a["logits"] is not None and a["logits"].shape == (B, Q, width) for a in aux_out)
+        torch.testing.assert_close(aux_out[0]["pred_boxes"], ob[0])
+    else:
+        assert aux_out is None
+
+
+def dn_meta(groups: int = 2) -> tuple[dict[str, object], int]:
+    """Denoising groups as RT-DETR lays them out: G groups of 2·max n queries, positives first."""
+    counts, m = (3, 0), 3
+    pos = tuple(torch.arange(m * 2 * groups).view(groups, 2 * m)[:, :k].reshape(-1) for k in counts)
+    q_dn = 2 * m * groups
+    return {"dn_positive_idx": pos, "dn_num_group": groups, "dn_num_split": [q_dn, Q]}, q_dn
+
+
+def test_rtdetr_mapping_with_denoising_and_encoder() -> None:
+    config = SimpleNamespace(**{**RTDETR_CONFIG, "weight_loss_bbox": 4.0})
+    meta, q_dn = dn_meta()
+    oc, ob = predictions(C, q_dn + Q)  # (L, B, Q_dn + Q, ·)
+    g = torch.Generator().manual_seed(3)
+    enc_l = torch.randn(B, Q, C, generator=g, dtype=torch.float64)
+    enc_b = torch.rand(B, Q, 4, generator=g, dtype=torch.float64) * 0.4 + 0.1
+    lab = labels()
+    oc_t, ob_t = oc.transpose(0, 1), ob.transpose(0, 1)  # transformers' (B, L, ·, ·)
+    loss, loss_dict, aux_out = DetrLossFunction("rtdetr")(
+        oc_t[:, -1], lab, "cpu", ob_t[:, -1], config, oc_t, ob_t,
+        enc_topk_logits=enc_l, enc_topk_bboxes=enc_b, denoising_meta_values=meta, predicted_corners=None,
+    )  # fmt: skip
+
+    crit = DETRLoss(C, "rtdetr", bbox=4.0)
+    ref = crit(
+        oc[:, :, q_dn:], ob[:, :, q_dn:], targets(lab), enc_logits=enc_l, enc_boxes=enc_b,
+        dn_logits=oc[:, :, :q_dn], dn_boxes=ob[:, :, :q_dn], dn_meta=meta,
+    )  # fmt: skip
+    torch.testing.assert_close(loss, ref.total)
+    assert list(loss_dict) == list(ref.loss_dict())
+    assert len(loss_dict) == 3 * (L + 1 + L)  # layers, encoder, denoising layers
+    for key, value in ref.loss_dict().items():
+        torch.testing.assert_close(loss_dict[key], value)
+    torch.testing.assert_close(loss, sum(loss_dict.values()))  # weighted, as transformers' RT-DETR
+    assert len(aux_out) == L  # L − 1 decoder layers, then the encoder proposals
+    torch.testing.assert_close(aux_out[0]["logits"], oc[0, :, q_dn:])
+    assert aux_out[-1]["logits"] is enc_l and aux_out[-1]["pred_boxes"] is enc_b
+
+
+def test_rtdetr_without_auxiliary_loss_drops_denoising_queries() -> None:
+    config = SimpleNamespace(**{**RTDETR_CONFIG, "auxiliary_loss": False})
+    meta, q_dn = dn_meta()
+    oc, ob = predictions(C, q_dn + Q)
+    lab = labels()
+    loss, loss_dict, aux_out = DetrLossFunction("rtdetr")(
+        oc[-1], lab, "cpu", ob[-1], config, denoising_meta_values=meta
+    )
+    ref = DETRLoss(C, "rtdetr")(oc[-1, :, q_dn:], ob[-1, :, q_dn:], targets(lab))
+    torch.testing.assert_close(loss, ref.total)
+    assert list(loss_dict) == ["loss_vfl", "loss_bbox", "loss_giou"] and aux_out is None
+
+
+def test_config_values_reach_the_criterion() -> None:
+    crit = criterion_from_config(SimpleNamespace(**{**DETR_CONFIG, "eos_coefficient": 0.3}), "detr")
+    assert (crit.class_cost, crit.gains["bbox"], crit.eos_coef, crit.gains["cls"]) == (1.0, 5.0, 0.3, 1.0)
+    crit = criterion_from_config(SimpleNamespace(**{**RTDETR_CONFIG, "focal_loss_alpha": 0.6}), "rtdetr")
+    assert (crit.focal_alpha, crit.cost_alpha, crit.class_cost) == (0.6, 0.25, 2.0)
+    with pytest.raises(ValueError, match="preset"):
+        DetrLossFunction("dfine")  # type: ignore[arg-type]
+
+
+def test_labels_are_checked() -> None:
+    oc, ob = predictions(C + 1)
+    config = SimpleNamespace(**DETR_CONFIG)
+    with pytest.raises(KeyError, match=r"labels\[0\]"):
+        DetrLossFunction("detr")(oc[-1], [{"boxes": ob[0, 0]}], "cpu", ob[-1], config, oc, ob)
+    with pytest.raises(TypeError, match="labels"):
+        DetrLossFunction("detr")(oc[-1], {"boxes": ob[0, 0]}, "cpu", ob[-1], config, oc, ob)
