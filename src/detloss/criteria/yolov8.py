@@ -67,67 +67,83 @@ def _anchor_tables(
 class _HeadTerms(torch.autograd.Function):
     """The two reads of the heads that carry gradient, read in place from the head tensors: per
     image b, Σ_{c,a} BCE(x, ŝ_a·[c = c_a]) over the class rows, computed as Σ softplus(x) −
-    Σ_a ŝ_a·x[c_a, a] (BCE(x, t) = softplus(x) − t·x; no ``(B, C, A)`` target), and the box rows of
-    the anchors ``idx`` ``(B, P)`` (indices over all anchors). Each head tensor ``(B, rows, A_t)``
-    covers the anchors ``start … start + A_t − 1`` and holds ``num_box`` box rows (possibly 0) first,
-    then the class rows if ``has_cls``: ``parts[t] = (start, num_box, has_cls)``; a per-stride head
-    is one tensor per level with both, ultralytics' mapping is ``boxes`` and ``scores`` over all
-    anchors. The backward writes each tensor's whole gradient into one new buffer: σ(x) − t on the
-    class rows (the target's one entry per anchor scattered in place) and the positives' box gradients
-    scattered into zeros, instead of a concatenated copy of the heads and a gradient per read.
-    ``F.softplus`` returns x above x = 20, where BCE adds log1p(e^−x) < 2.1e-9."""
+    Σ_a ŝ_a·x[c_a, a] (BCE(x, t) = softplus(x) − t·x; no ``(B, C, A)`` target), and the box rows
+    (the angle row too for oriented boxes) of the anchors ``idx`` ``(B, P)`` (indices over all
+    anchors). Each head tensor ``(B, rows, A_t)`` covers the anchors ``start … start + A_t − 1``:
+    ``parts[t] = (start, segments, classes)`` with ``segments`` a tuple of ``(lo, hi, dst)``, its
+    rows ``lo … hi − 1`` read into the output rows ``dst …``, and ``classes`` its class rows
+    ``(lo, hi)`` or None. Every row of a tensor is in a segment or its class rows. A per-stride head
+    is one tensor per level with both; ultralytics' mapping is ``boxes`` (and ``angle``) and
+    ``scores`` over all anchors. The backward writes each tensor's whole gradient into one new
+    buffer: σ(x) − t on the class rows (the target's one entry per anchor scattered in place) and
+    the positives' row gradients scattered into zeros, instead of a concatenated copy of the heads
+    and a gradient per read. ``F.softplus`` returns x above x = 20, where BCE adds
+    log1p(e^−x) < 2.1e-9."""
 
     @staticmethod
-    def forward(ctx, parts, labels: Tensor, scores: Tensor, idx: Tensor, *heads: Tensor):
-        cls_sum, box, local = None, None, []
-        for t, (start, num_box, has_cls) in zip(heads, parts, strict=True):
+    def forward(ctx, parts, num_rows: int, labels: Tensor, scores: Tensor, idx: Tensor, *heads: Tensor):
+        cls_sum, local = None, []
+        box = heads[0].new_zeros(idx.shape[0], num_rows, idx.shape[1])  # (B, rows, P)
+        for t, (start, segments, classes) in zip(heads, parts, strict=True):
             n = t.shape[-1]
-            if has_cls:
-                cls, lab, sc = t[:, num_box:], labels[:, start : start + n], scores[:, start : start + n]
+            if classes is not None:
+                lab, sc = labels[:, start : start + n], scores[:, start : start + n]
+                cls = t[:, classes[0] : classes[1]]
                 hit = cls.gather(1, lab.unsqueeze(1)).squeeze(1)  # (B, A_t)
                 term = F.softplus(cls).sum((1, 2)) - (hit * sc).sum(1)  # (B,)
                 cls_sum = term if cls_sum is None else cls_sum + term
-            if num_box:
+            if segments:
                 inside = (idx >= start) & (idx < start + n)  # (B, P): the positives in this tensor
-                index = (idx - start).clamp_(0, n - 1).unsqueeze(1).expand(-1, num_box, -1)
-                rows = t[:, :num_box].gather(2, index)  # a slot of another level reads a stand-in row
-                box = rows if box is None else torch.where(inside.unsqueeze(1), rows, box)
+                index = (idx - start).clamp_(0, n - 1).unsqueeze(1)  # (B, 1, P)
+                for lo, hi, dst in segments:  # a slot of another tensor keeps its row
+                    rows = t[:, lo:hi].gather(2, index.expand(-1, hi - lo, -1))
+                    out = box[:, dst : dst + hi - lo]
+                    out.copy_(torch.where(inside.unsqueeze(1), rows, out))
                 local.append((index, inside))
             else:
                 local.append(None)
         ctx.save_for_backward(labels, scores, *heads)
         ctx.local, ctx.parts = local, parts
-        return cls_sum, box  # (B,), (B, 4·r, P)
+        return cls_sum, box  # (B,), (B, rows, P)
 
     @staticmethod
     def backward(ctx, grad_cls: Tensor, grad_box: Tensor):
         labels, scores, *heads = ctx.saved_tensors
         grads = []
-        for t, (start, n, has_cls), loc in zip(heads, ctx.parts, ctx.local, strict=True):
-            if has_cls:
+        for t, (start, segments, classes), loc in zip(heads, ctx.parts, ctx.local, strict=True):
+            if classes is not None:
                 lab, sc = labels[:, start : start + t.shape[-1]], scores[:, start : start + t.shape[-1]]
-                grad = t.sigmoid()  # the box rows are overwritten below
-                grad[:, n:].scatter_add_(1, lab.unsqueeze(1), -sc.unsqueeze(1)).mul_(grad_cls.view(-1, 1, 1))
+                grad = t.sigmoid()  # the segments' rows are overwritten below
+                grad[:, classes[0] : classes[1]].scatter_add_(1, lab.unsqueeze(1), -sc.unsqueeze(1)).mul_(
+                    grad_cls.view(-1, 1, 1)
+                )
             else:
-                grad = torch.zeros_like(t)
+                grad = torch.empty_like(t)  # every row is a segment's
             if loc is not None:
                 index, inside = loc
-                grad[:, :n].zero_().scatter_add_(2, index, grad_box * inside.unsqueeze(1))
+                g = grad_box * inside.unsqueeze(1)
+                for lo, hi, dst in segments:
+                    grad[:, lo:hi].zero_().scatter_add_(
+                        2, index.expand(-1, hi - lo, -1), g[:, dst : dst + hi - lo]
+                    )
             grads.append(grad)
-        return (None, None, None, None, *grads)
+        return (None, None, None, None, None, *grads)
 
 
 @dataclass
 class _Heads:
-    """A call's heads, read in place: the autograd inputs ``tensors`` with their ``parts`` (see
-    :class:`_HeadTerms`), the box rows ``(B, 4·r, A_t)`` and class rows ``(B, C, A_t)`` pieces with the
-    first anchor of each, and the grid sizes."""
+    """A call's heads, read in place: the autograd inputs ``tensors`` with their ``parts`` and the
+    number of rows gathered per positive (see :class:`_HeadTerms`), the box rows ``(B, 4·r, A_t)``,
+    class rows ``(B, C, A_t)`` and (oriented boxes) angle rows ``(B, 1, A_t)`` pieces with the first
+    anchor of each, and the grid sizes."""
 
     tensors: list[Tensor]
-    parts: tuple[tuple[int, int, bool], ...]
+    parts: tuple[tuple[int, tuple[tuple[int, int, int], ...], tuple[int, int] | None], ...]
+    num_rows: int
     box: list[tuple[int, Tensor]]
     cls: list[Tensor]
     sizes: list[tuple[int, int]]
+    angle: list[tuple[int, Tensor]]
 
 
 class YOLOv8Loss(nn.Module):
@@ -230,26 +246,41 @@ class YOLOv8Loss(nn.Module):
         self.validate, self.reduce_across_ranks = bool(validate), bool(reduce_across_ranks)
         self._constants = ConstantCache()
 
+    #: the targets' box format, and whether the heads carry an angle channel after the classes
+    box_format = "xyxy"
+    angled = False
+
     def read_heads(self, preds: Sequence[Tensor] | Mapping[str, object], batch: int) -> _Heads:
         """Check the heads (either layout) and view them in place (no copy of the heads)."""
-        num_box = 4 * self.reg_max
+        num_box, num_cls, ang = 4 * self.reg_max, self.num_classes, int(self.angled)
+        box_seg = ((0, num_box, 0),)
         if isinstance(preds, Mapping):
-            sizes = check_head_dict(preds, num_box, self.num_classes, self.strides, batch)
+            sizes = check_head_dict(preds, num_box, num_cls, self.strides, batch, angle=self.angled)
             dtype = compute_dtype(preds["boxes"])  # fp16/bf16 heads: the loss is computed in float32
             boxes, scores = preds["boxes"].to(dtype), preds["scores"].to(dtype)
-            return _Heads([boxes, scores], ((0, num_box, False), (0, 0, True)), [(0, boxes)], [scores], sizes)
-        channels, layout = num_box + self.num_classes, f"4*{self.reg_max}+{self.num_classes}"
+            tensors, parts = [boxes, scores], [(0, box_seg, None), (0, (), (0, num_cls))]
+            angle = []
+            if self.angled:
+                angle = [(0, preds["angle"].to(dtype))]
+                tensors.append(angle[0][1])
+                parts.append((0, ((0, 1, num_box),), None))
+            return _Heads(tensors, tuple(parts), num_box + ang, [(0, boxes)], [scores], sizes, angle)
+        channels = num_box + num_cls + ang
+        layout = f"4*{self.reg_max}+{num_cls}" + ("+1" if ang else "")
         n = len(self.strides)
         sizes = check_heads(preds, [channels] * n, [layout] * n, self.strides, batch)
         dtype = compute_dtype(preds[0])
-        levels = [p.to(dtype).flatten(2) for p in preds]  # (B, 4·r + C, H·W) views
+        levels = [p.to(dtype).flatten(2) for p in preds]  # (B, 4·r + C [+ 1], H·W) views
         starts = list(accumulate([h * w for h, w in sizes[:-1]], initial=0))
+        segments = box_seg + (((num_box + num_cls, channels, num_box),) if ang else ())
         return _Heads(
             levels,
-            tuple((s, num_box, True) for s in starts),
+            tuple((s, segments, (num_box, num_box + num_cls)) for s in starts),
+            num_box + ang,
             [(s, lv[:, :num_box]) for s, lv in zip(starts, levels, strict=True)],
-            [lv[:, num_box:] for lv in levels],
+            [lv[:, num_box : num_box + num_cls] for lv in levels],
             sizes,
+            [(s, lv[:, channels - 1 :]) for s, lv in zip(starts, levels, strict=True)] if ang else [],
         )
 
     def anchor_tables(
@@ -264,7 +295,12 @@ class YOLOv8Loss(nn.Module):
         heads = self.read_heads(preds, batch_size(targets))
         ref = heads.tensors[0]
         padded = as_padded(
-            targets, self.num_classes, dtype=ref.dtype, device=ref.device, validate=self.validate
+            targets,
+            self.num_classes,
+            dtype=ref.dtype,
+            device=ref.device,
+            validate=self.validate,
+            fmt=self.box_format,
         )
         return self.loss(heads, padded, self.anchor_tables(heads.sizes, ref.dtype, ref.device))
 
@@ -315,7 +351,9 @@ class YOLOv8Loss(nn.Module):
         w = weight.gather(1, idx) * used  # (B, P)
         pts, st = points[idx], stride[idx]  # (B, P, 2), (B, P, 1)
         target = a.boxes.gather(1, idx.unsqueeze(-1).expand(-1, -1, 4)) / st  # grid units
-        cls, rows = _HeadTerms.apply(heads.parts, a.labels, weight, idx, *heads.tensors)  # (B,), (B, 4·r, P)
+        cls, rows = _HeadTerms.apply(
+            heads.parts, heads.num_rows, a.labels, weight, idx, *heads.tensors
+        )  # (B,), (B, 4·r, P)
         rows = rows.view(bsz, 4, r, cap).permute(0, 3, 1, 2)  # (B, P, 4, r)
         pred_boxes = self._decode(rows, pts)  # (B, P, 4) xyxy, grid units
         iou = grid_box_iou(
