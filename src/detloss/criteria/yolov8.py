@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from ..assign import PaddedTargets, task_aligned_assign
 from ..checks import check_eps, check_head_dict, check_heads, check_num_classes, check_number, positive_ints
-from ..codecs import decode_distances, distances_to_boxes
+from ..codecs import distances_to_boxes, expected_distances
 from ..distributed import global_count
 from ..iou import IoUKind, compute_dtype
 from ..losses import dfl_from_log_probs
@@ -62,6 +62,19 @@ def _anchor_tables(
     input pixels ``(A, 2)`` and the anchor indices ``(A,)``."""
     points, stride = anchor_points(sizes, strides, dtype=dtype, device=device)
     return points, stride, points * stride, torch.arange(points.shape[0], device=device)
+
+
+def positive_slots(foreground: Tensor, cap: int, anchor_ids: Tensor) -> tuple[Tensor, Tensor]:
+    """The positives gathered into a fixed number of slots per image, ``min(A, cap)`` (every
+    positive was selected by a box, so there are at most M·topk: a shape, not a value): the anchor
+    of each slot ``(B, P)`` (0 for an unused slot) and whether the slot is used ``(B, P)``."""
+    bsz, num_anchors = foreground.shape
+    cap = min(num_anchors, cap)
+    slot = torch.where(foreground, foreground.cumsum(1) - 1, cap)  # rank among the positives, or a dump slot
+    idx = torch.zeros(bsz, cap + 1, dtype=torch.int64, device=foreground.device)
+    idx = idx.scatter_(1, slot, anchor_ids.expand(bsz, -1))[:, :cap]
+    used = torch.arange(cap, device=foreground.device) < foreground.sum(1, keepdim=True)
+    return idx, used
 
 
 class _HeadTerms(torch.autograd.Function):
@@ -311,7 +324,6 @@ class YOLOv8Loss(nn.Module):
         the layout's anchor tables (:meth:`anchor_tables`)."""
         points, stride, points_px, anchor_ids = tables
         bsz, r = heads.tensors[0].shape[0], self.reg_max
-        num_anchors, device = points.shape[0], points.device
         h0, w0 = heads.sizes[0]
         image_size = (w0 * self.strides[0], h0 * self.strides[0])  # (w, h) pixels
 
@@ -336,19 +348,12 @@ class YOLOv8Loss(nn.Module):
                 logits=True,
                 grid_sizes=heads.sizes,
             )
-            # Box terms only at the positives, gathered into a fixed number of slots per image: every
-            # positive was selected by a box, so there are at most M·topk (a shape, not a value).
-            cap = min(num_anchors, padded.boxes.shape[1] * self.topk)
-            fg = a.foreground
-            slot = torch.where(fg, fg.cumsum(1) - 1, cap)  # (B, A): rank among the positives, or a dump slot
-            idx = torch.zeros(bsz, cap + 1, dtype=torch.int64, device=device)
-            idx = idx.scatter_(1, slot, anchor_ids.expand(bsz, -1))
-            idx = idx[:, :cap]  # (B, P) anchor of each slot
-            used = torch.arange(cap, device=device) < fg.sum(1, keepdim=True)  # (B, P)
+            idx, used = positive_slots(a.foreground, padded.boxes.shape[1] * self.topk, anchor_ids)
         weight = a.scores  # (B, A): ŝ, the target score summed over the classes; 0 on background
         norm = global_count(weight.sum(), self.reduce_across_ranks, at_least=1.0)
 
         w = weight.gather(1, idx) * used  # (B, P)
+        cap = idx.shape[1]
         pts, st = points[idx], stride[idx]  # (B, P, 2), (B, P, 1)
         target = a.boxes.gather(1, idx.unsqueeze(-1).expand(-1, -1, 4)) / st  # grid units
         cls, rows = _HeadTerms.apply(
@@ -361,20 +366,33 @@ class YOLOv8Loss(nn.Module):
         )
         box = ((1.0 - iou) * w).sum(1)  # (B,)
         ltrb = torch.cat((pts - target[..., :2], target[..., 2:] - pts), -1)  # (B, P, 4) grid units
-        if r == 1:  # YOLO26: L1 of the raw distances, in input pixels over the input's width / height
-            w_px, h_px = image_size
-            scale = st / st.new_tensor((w_px, h_px, w_px, h_px))  # (B, P, 4)
-            reg = (((rows.squeeze(-1) - ltrb) * scale).abs().mean(-1) * w).sum(1)  # (B,)
-        else:
-            ltrb = ltrb.clamp(0.0, r - 1 - 0.01)  # keeps i + 1 a valid bin: the original's clamp
-            reg = (dfl_from_log_probs(F.log_softmax(rows, dim=-1), ltrb).mean(-1) * w).sum(1)  # (B,)
+        reg = self.regression_sums(rows, ltrb, w, st, image_size)
         return combine({"box": box, "cls": cls, self.regression: reg}, self.gains, norm, scale=bsz)
 
-    def _decode(self, rows: Tensor, points: Tensor, *, channels_first: bool = False) -> Tensor:
-        """xyxy boxes from box rows: ``(B, 4·r, A)`` with ``channels_first`` → ``(B, A, 4)``, else
-        ``(B, P, 4, r)`` → ``(B, P, 4)``; the DFL expectation for r ≥ 2, the raw distances for r = 1."""
+    def regression_sums(
+        self, rows: Tensor, ltrb: Tensor, w: Tensor, st: Tensor, image_size: tuple[int, int]
+    ) -> Tensor:
+        """Per image ``(B,)``: Σ_p w_p · mean_sides of the DFL of the box rows ``(B, P, 4, r)`` against
+        the target distances ``ltrb`` ``(B, P, 4)`` (grid units) clamped to [0, r − 1.01], or with
+        r = 1 the L1 of the raw distances in input pixels over the input's (W, H, W, H) = image_size
+        (``st``: ``(B, P, 1)`` the slots' strides; ``ltrb`` not clamped)."""
+        if self.reg_max == 1:  # YOLO26: L1 of the raw distances, in pixels over the input's width / height
+            w_px, h_px = image_size
+            scale = st / st.new_tensor((w_px, h_px, w_px, h_px))  # (B, P, 4)
+            return (((rows.squeeze(-1) - ltrb) * scale).abs().mean(-1) * w).sum(1)
+        ltrb = ltrb.clamp(0.0, self.reg_max - 1 - 0.01)  # keeps i + 1 a valid bin: the original's clamp
+        return (dfl_from_log_probs(F.log_softmax(rows, dim=-1), ltrb).mean(-1) * w).sum(1)
+
+    def distances(self, rows: Tensor, *, channels_first: bool = False) -> Tensor:
+        """ltrb distances (grid units) from box rows: ``(B, 4·r, A)`` with ``channels_first`` →
+        ``(B, A, 4)``, else ``(B, P, 4, r)`` → ``(B, P, 4)``; the DFL expectation for r ≥ 2, the raw
+        distances for r = 1."""
         if self.reg_max == 1:
-            return distances_to_boxes(rows.transpose(1, 2) if channels_first else rows.squeeze(-1), points)
+            return rows.transpose(1, 2) if channels_first else rows.squeeze(-1)
         if channels_first:
             rows = rows.unflatten(1, (4, self.reg_max))
-        return decode_distances(rows, points, channels_first=channels_first)
+        return expected_distances(rows, channels_first=channels_first)
+
+    def _decode(self, rows: Tensor, points: Tensor, *, channels_first: bool = False) -> Tensor:
+        """xyxy boxes from box rows (:meth:`distances`) around ``points``."""
+        return distances_to_boxes(self.distances(rows, channels_first=channels_first), points)
