@@ -252,16 +252,23 @@ def check_heads(
 
 
 def check_head_dict(
-    preds: object, box_channels: int, num_classes: int, strides: Sequence[int], batch_size: int
+    preds: object,
+    box_channels: int,
+    num_classes: int,
+    strides: Sequence[int],
+    batch_size: int,
+    angle: bool = False,
 ) -> list[tuple[int, int]]:
     """Check the mapping an ultralytics head hands its loss, ``{"boxes": (B, box_channels, A),
-    "scores": (B, C, A), "feats": [one (B, ·, H_l, W_l) map per stride]}`` (the levels concatenated
-    along A in stride order, A = Σ H_l·W_l), whose input size ``stride × (H_l, W_l)`` agrees across
-    levels. Returns the grid sizes ``(H_l, W_l)``."""
-    missing = [k for k in ("boxes", "scores", "feats") if k not in preds]  # type: ignore[operator]
+    "scores": (B, C, A), "feats": [one (B, ·, H_l, W_l) map per stride]}`` (and with ``angle`` the
+    oriented head's ``"angle": (B, 1, A)``; the levels concatenated along A in stride order,
+    A = Σ H_l·W_l), whose input size ``stride × (H_l, W_l)`` agrees across levels. Returns the grid
+    sizes ``(H_l, W_l)``."""
+    keys = ("boxes", "scores", "feats") + (("angle",) if angle else ())
+    missing = [k for k in keys if k not in preds]  # type: ignore[operator]
     if missing:
         raise ValueError(
-            f"preds: a mapping of heads needs the keys 'boxes', 'scores', 'feats'; missing {missing}"
+            f"preds: a mapping of heads needs the keys {', '.join(repr(k) for k in keys)}; missing {missing}"
         )
     boxes, scores, feats = preds["boxes"], preds["scores"], preds["feats"]  # type: ignore[index]
     if isinstance(feats, Tensor) or not isinstance(feats, Sequence):
@@ -274,7 +281,8 @@ def check_head_dict(
             raise ValueError(f"preds['feats'][{i}] must have shape (B, channels, H, W), got {tuple(f.shape)}")
     sizes = _grid_sizes("preds['feats']", feats, strides)
     num_anchors = sum(h * w for h, w in sizes)
-    for key, rows in (("boxes", box_channels), ("scores", num_classes)):
+    rows_of = [("boxes", box_channels), ("scores", num_classes)] + ([("angle", 1)] if angle else [])
+    for key, rows in rows_of:
         t = check_tensor(f"preds['{key}']", preds[key])  # type: ignore[index]
         if not t.is_floating_point():
             raise TypeError(f"preds['{key}'] must have a floating dtype, got {t.dtype}")
@@ -287,8 +295,10 @@ def check_head_dict(
             raise ValueError(
                 f"preds['{key}'] has batch size {t.shape[0]} but targets has {batch_size} images"
             )
-    if boxes.dtype != scores.dtype or boxes.device != scores.device:
-        raise ValueError("preds['boxes'] and preds['scores'] must share dtype and device")
+    others = [scores, preds["angle"]] if angle else [scores]  # type: ignore[index]
+    if any(t.dtype != boxes.dtype or t.device != boxes.device for t in others):
+        names = " and ".join(f"preds[{k!r}]" for k in keys if k != "feats")
+        raise ValueError(f"{names} must share dtype and device")
     return sizes
 
 

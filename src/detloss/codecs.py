@@ -152,16 +152,27 @@ def decode_distances(logits: Tensor, anchor_points: Tensor, *, channels_first: b
     Returns:
         ``(..., 4)`` xyxy boxes in the same units; with ``channels_first``, ``(..., A, 4)``.
     """
+    return distances_to_boxes(expected_distances(logits, channels_first=channels_first), anchor_points)
+
+
+def expected_distances(logits: Tensor, *, channels_first: bool = False) -> Tensor:
+    """The distances of :func:`decode_distances` (and of the oriented heads), before they become
+    boxes: ``d_s = Σ_i i · softmax(logits_s)_i`` per side.
+
+    Args:
+        logits: ``(..., 4, n)``, or with ``channels_first`` ``(..., 4, n, A)`` read in place.
+
+    Returns:
+        ``(..., 4)`` (l, t, r, b); with ``channels_first``, ``(..., A, 4)``.
+    """
     bin_dim = -2 if channels_first else -1
     bins = torch.arange(logits.shape[bin_dim], dtype=logits.dtype, device=logits.device)
     # the softmax's numerator and denominator apart, so that a strided head is read without a copy;
     # the shift is constant to autograd (the expectation does not depend on it)
     e = (logits - logits.detach().amax(bin_dim, keepdim=True)).exp_()
     if channels_first:  # (n,) @ (..., 4, n, A) → (..., 4, A), the sides moved last
-        dist = (torch.matmul(bins, e) / e.sum(bin_dim)).transpose(-1, -2)
-    else:
-        dist = e.matmul(bins) / e.sum(bin_dim)
-    return distances_to_boxes(dist, anchor_points)
+        return (torch.matmul(bins, e) / e.sum(bin_dim)).transpose(-1, -2)
+    return e.matmul(bins) / e.sum(bin_dim)
 
 
 def distances_to_boxes(distances: Tensor, anchor_points: Tensor) -> Tensor:

@@ -19,7 +19,14 @@ boxes, each reduced (top-k over anchors, the running best box per anchor) before
 the peak memory does not grow with the number of boxes. No host synchronisation, no data-dependent
 shape: the blocks depend on M only, the selections are order-free scatters.
 
-Details and differences from ultralytics' ``TaskAlignedAssigner`` (8.4.190): docs/yolov8.md.
+With ``rotated=True`` (oriented boxes, xywhr; ultralytics' ``RotatedTaskAlignedAssigner``) the same
+steps run with u = max(ProbIoU(box_m, pred_a), 0) (:func:`detloss.kernels.rotated.probiou`, floor 0)
+and candidate(m, a) = the anchor lies in the rotated rectangle, inclusive of its edges and without a
+margin: with a, b, d three consecutive corners, 0 ≤ (p − a)·(b − a) ≤ |b − a|² and
+0 ≤ (p − a)·(d − a) ≤ |d − a|² (sides below ``min_side`` widened first, as above).
+
+Details and differences from ultralytics' ``TaskAlignedAssigner`` (8.4.190): docs/yolov8.md, and for
+the rotated one docs/obb.md.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from torch import Tensor
 
 from ..kernels.geometry import Corners, corners
 from ..kernels.iou import PLAIN, corner_parts, kind_value
+from ..kernels.rotated import probiou, rotated_corners
 
 PAIR_BLOCK = 1 << 21  # (B, m_block, A) elements per block: 8 MB per float32 temporary
 INSIDE_EPS = 1e-9  # an anchor centre must lie more than this inside the box
@@ -45,7 +53,8 @@ class TaskAlignedAssignment:
         foreground: ``(B, A)`` bool, True for positive anchors.
         gt_index: ``(B, A)`` int64 index into the padded boxes (0 for background anchors).
         labels: ``(B, A)`` int64 class of the assigned box (that of box 0 for background anchors).
-        boxes: ``(B, A, 4)`` xyxy assigned box (box 0 for background anchors).
+        boxes: ``(B, A, 4)`` xyxy assigned box (``(B, A, 5)`` xywhr when rotated; box 0 for background
+            anchors).
         scores: ``(B, A)`` target score of the assigned class (0 for background anchors); the
             classification target is ``scores`` on the one-hot of ``labels``.
     """
@@ -140,6 +149,40 @@ def _between(xy: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
     return ((xy - lo) > INSIDE_EPS).logical_and_((hi - xy) > INSIDE_EPS)
 
 
+class _InsideRotated:
+    """Which anchor points lie in each valid rotated box (xywhr, sides widened to ``min_side``),
+    edges included, per block of boxes: ``blocks(size)`` yields ``(B, m, A)`` bool. Each block's
+    test is the projections of ``p − a`` on the edges ``ab`` and ``ad`` (a, b, d: consecutive corners
+    of :func:`detloss.kernels.rotated.rotated_corners`), in ultralytics' order of operations."""
+
+    def __init__(self, anchor_points: Tensor, boxes: Tensor, valid: Tensor, min_side: float) -> None:
+        if min_side > 0:  # widened for this test only, as the axis-aligned one
+            boxes = torch.cat((boxes[..., :2], boxes[..., 2:4].clamp(min=min_side), boxes[..., 4:]), -1)
+        a, b, _, d = rotated_corners(boxes).unsqueeze(-2).unbind(-3)  # (B, M, 1, 2) each
+        self.a, self.ab, self.ad = a, b - a, d - a
+        self.valid = valid.unsqueeze(-1)
+        self.points = anchor_points
+
+    def blocks(self, size: int) -> Iterator[Tensor]:
+        """``(B, m, A)`` bool per block of ``size`` boxes, in order."""
+        x, y = self.points.unbind(-1)
+        for a, ab, ad, valid in zip(
+            *(t.split(size, 1) for t in (self.a, self.ab, self.ad, self.valid)), strict=True
+        ):
+            px, py = x - a[..., 0], y - a[..., 1]  # (B, m, A)
+            inside = valid.expand_as(px).clone()
+            for edge in (ab, ad):
+                dot = px * edge[..., 0] + py * edge[..., 1]
+                inside.logical_and_(dot >= 0).logical_and_(dot <= edge.square().sum(-1))
+            yield inside
+
+
+def _pairwise_probiou(gt: Tensor, pred: Tensor, eps: float) -> Tensor:
+    """ProbIoU (floor 0) of broadcast xywhr boxes, clamped at 0, without gradient: ``(B, m, 1, 5)``
+    boxes against ``(B, 1, A, 5)`` predictions → ``(B, m, A)``."""
+    return probiou(gt, pred, eps).clamp_(min=0)
+
+
 def _class_scores(levels: Sequence[Tensor], labels: Sequence[Tensor]) -> Tensor:
     """``(B, m, A)``: every anchor's score of the classes ``labels``, read from the channels-first
     class rows ``(B, C, A_l)`` of every level; ``labels`` holds one ``(B, m, A_l)`` index (an expanded
@@ -187,6 +230,7 @@ def task_aligned_assign(
     iou_eps: float = 1e-7,
     logits: bool = False,
     grid_sizes: Sequence[tuple[int, int]] | None = None,
+    rotated: bool = False,
 ) -> TaskAlignedAssignment:
     """Assign anchor points to padded ground-truth boxes by the task-aligned metric (module docstring).
 
@@ -195,9 +239,10 @@ def task_aligned_assign(
             used without a copy), or the channels-first pieces ``(B, C, A_l)`` of a multi-level
             head, anchor blocks in the order of ``anchor_points`` (read in place: no
             concatenated copy of the class rows).
-        pred_boxes: ``(B, A, 4)`` predicted xyxy boxes, in the units of ``gt_boxes``.
+        pred_boxes: ``(B, A, 4)`` predicted xyxy boxes (``(B, A, 5)`` xywhr with ``rotated``), in the
+            units of ``gt_boxes``.
         anchor_points: ``(A, 2)`` anchor centres (x, y), same units.
-        gt_boxes: ``(B, M, 4)`` xyxy boxes (padding rows arbitrary).
+        gt_boxes: ``(B, M, 4)`` xyxy boxes (``(B, M, 5)`` xywhr with ``rotated``; padding rows arbitrary).
         gt_labels: ``(B, M)`` int64 classes in ``[0, C)``.
         gt_mask: ``(B, M)`` bool, True for real boxes.
         topk: anchors per box (at most A are taken).
@@ -209,11 +254,13 @@ def task_aligned_assign(
         min_side: box sides shorter than this are widened to it for the candidate test
             (ultralytics 8.4.190: its second stride; 0 disables).
         eps: in the score normalisation (ultralytics' 1e-9).
-        iou_eps: the CIoU's eps (that of :func:`detloss.iou.iou_xyxy`).
+        iou_eps: the CIoU's eps (that of :func:`detloss.iou.iou_xyxy`), or ProbIoU's with ``rotated``.
         logits: ``scores`` are logits. The sigmoid (and the power α) is applied to the entries the
             metric reads (the boxes' classes, ``B·M·A`` values) when M ≤ C, else once to all ``B·A·C``.
         grid_sizes: when ``anchor_points`` are the row-major cell centres of these (H, W) grids one
-            after the other (as YOLOv8's), the candidate test is computed per row and column.
+            after the other (as YOLOv8's), the candidate test is computed per row and column
+            (axis-aligned boxes only).
+        rotated: oriented boxes (module docstring): ProbIoU and the inclusive rotated candidate test.
 
     Returns:
         :class:`TaskAlignedAssignment`. Images without boxes (or M = 0) get only background.
@@ -224,7 +271,7 @@ def task_aligned_assign(
         raise ValueError(
             f"scores cover {sum(lv.shape[-1] for lv in levels)} anchors, pred_boxes {num_anchors}"
         )
-    m_max = gt_boxes.shape[1]
+    m_max, size = gt_boxes.shape[1], gt_boxes.shape[-1]
     dev, dtype = pred_boxes.device, pred_boxes.dtype
     k = min(topk, num_anchors)
     if m_max == 0:  # no box in the whole batch (a shape, not a value: no sync)
@@ -233,10 +280,30 @@ def task_aligned_assign(
             zero.bool(),
             zero,
             zero.clone(),
-            pred_boxes.new_zeros(bsz, num_anchors, 4),
+            pred_boxes.new_zeros(bsz, num_anchors, size),
             pred_boxes.new_zeros(bsz, num_anchors),
         )
-    pred = _planes(pred_boxes, 1)  # (2, B, 1, A) each
+    # the two parametrised steps, the candidate test and the pairwise similarity u:
+    # pair(gt_block, pred) → (B, m, A); the boxes (B, M, ·) in the form pair reads, split per block
+    if rotated:
+        pred = pred_boxes.unsqueeze(1)  # (B, 1, A, 5)
+        inside = _InsideRotated(anchor_points, gt_boxes, gt_mask, min_side)
+
+        def pair(gt: Tensor, pr: Tensor) -> Tensor:
+            return _pairwise_probiou(gt, pr, iou_eps)
+
+        def box_form(boxes: Tensor, dim: int) -> Tensor:
+            return boxes.unsqueeze(dim)
+    else:
+        pred = _planes(pred_boxes, 1)  # (2, B, 1, A) each
+        inside = _Inside(anchor_points, gt_boxes, gt_mask, min_side, grid_sizes)
+
+        def pair(gt: Corners, pr: Corners) -> Tensor:
+            return _pairwise_ciou(pr, gt, iou_eps)
+
+        def box_form(boxes: Tensor, dim: int) -> Corners:
+            return _planes(boxes, dim)
+
     box_range = torch.arange(m_max, device=dev)
 
     count = torch.zeros(bsz, num_anchors, dtype=torch.int64, device=dev)  # boxes selecting each anchor
@@ -253,15 +320,19 @@ def task_aligned_assign(
 
     # blocks of boxes (a function of M only): bounded memory; every per-box table is split once
     block = max(1, PAIR_BLOCK // max(1, bsz * num_anchors))
-    candidates = _Inside(anchor_points, gt_boxes, gt_mask, min_side, grid_sizes).blocks(block)
-    gt_planes = zip(*(plane.split(block, 2) for plane in _planes(gt_boxes, 2)), strict=True)  # (2, B, m, 1)
+    candidates = inside.blocks(block)
+    gt_form = box_form(gt_boxes, 2)  # (B, M, 1, 5), or the planes (2, B, M, 1)
+    if rotated:
+        gt_planes = gt_form.split(block, 1)
+    else:
+        gt_planes = zip(*(plane.split(block, 2) for plane in gt_form), strict=True)
     gt_classes = gt_labels.unsqueeze(-1).expand(-1, -1, num_anchors)  # (B, M, A) view
     class_blocks = zip(*(lab.split(block, 1) for lab in _per_level(gt_classes, levels)), strict=True)
     box_ids = box_range.view(-1, 1).split(block)
     for start, cand, gt, classes, ids in zip(
         range(0, m_max, block), candidates, gt_planes, class_blocks, box_ids, strict=True
     ):
-        u = _pairwise_ciou(pred, gt, iou_eps).mul_(cand)  # (B, m, A)
+        u = pair(gt, pred).mul_(cand)  # (B, m, A)
         s = score_pow(_class_scores(levels, classes))  # (B, m, A): s^α
         metric = s.mul_(_power(u, beta))  # 0 off the candidates (u = 0 there)
         top = metric.topk(k, dim=-1).indices  # (B, m, k), over all anchors as ultralytics does
@@ -277,18 +348,18 @@ def task_aligned_assign(
     foreground = count > 0
     contested = count > 1
     gt_index = torch.where(contested, best_box, owner)
-    boxes = gt_boxes.gather(1, gt_index.unsqueeze(-1).expand(-1, -1, 4))  # (B, A, 4)
+    boxes = gt_boxes.gather(1, gt_index.unsqueeze(-1).expand(-1, -1, size))  # (B, A, 4 | 5)
     labels = gt_labels.gather(1, gt_index)
     # u and t of each anchor with its owner, recomputed per anchor (B, A) instead of kept per pair;
     # a contested anchor's owner has u = best_u (box 0 with u = 0 may even be no candidate)
-    u = _pairwise_ciou(pred, _planes(boxes, 1), iou_eps).squeeze(1)
+    u = pair(box_form(boxes, 1), pred).squeeze(1)
     u = torch.where(contested, best_u, u).mul_(foreground)
     s = _class_scores(levels, _per_level(labels.unsqueeze(1), levels)).squeeze(1)
     metric = score_pow(s).mul_(_power(u, beta))
     if topk2 is not None and topk2 != topk:
         foreground = _top_per_box(metric, gt_index, foreground, m_max, topk2)
         gt_index = gt_index * foreground  # background anchors point at box 0, as above
-        boxes = gt_boxes.gather(1, gt_index.unsqueeze(-1).expand(-1, -1, 4))
+        boxes = gt_boxes.gather(1, gt_index.unsqueeze(-1).expand(-1, -1, size))
         labels = gt_labels.gather(1, gt_index)
         u, metric = u * foreground, metric * foreground
     # per box: max over its positive anchors (order-free scatter of maxima; 0 for boxes without any)

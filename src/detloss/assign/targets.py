@@ -12,7 +12,7 @@ from torch import Tensor
 
 from ..checks import check_boxes, check_class_ids, check_finite, check_num_classes, check_one_of
 
-TargetFormat = Literal["xyxy", "cxcywh"]
+TargetFormat = Literal["xyxy", "cxcywh", "xywhr"]
 
 
 @dataclass
@@ -53,8 +53,9 @@ def pad_targets(
     Args:
         targets: B dicts ``{"boxes": (n, 4) float, "labels": (n,) int64}``; n may be 0.
         num_classes: class ids must lie in ``[0, num_classes)``.
-        fmt: the boxes' format, for the validation: ``"xyxy"`` (x2 > x1, y2 > y1) or ``"cxcywh"``
-            (w > 0, h > 0). The boxes are padded as they are, not converted.
+        fmt: the boxes' format, for the validation: ``"xyxy"`` (x2 > x1, y2 > y1), ``"cxcywh"``
+            (w > 0, h > 0) or ``"xywhr"`` (``(n, 5)`` oriented boxes, w > 0, h > 0). The boxes are
+            padded as they are, not converted.
         dtype, device: of the returned boxes.
         validate: check finiteness, positive width and height, and class ranges (the shape and
             type checks always run), in one host sync for the whole batch.
@@ -73,7 +74,8 @@ def pad_targets(
     if isinstance(targets, Mapping) or not isinstance(targets, Sequence):
         raise TypeError(f"targets must be a list of dicts, got {type(targets).__name__}")
     check_num_classes(num_classes)
-    check_one_of("fmt", fmt, ("xyxy", "cxcywh"))
+    check_one_of("fmt", fmt, ("xyxy", "cxcywh", "xywhr"))
+    size = 5 if fmt == "xywhr" else 4
     if input_size is not None and fmt != "xyxy":
         raise ValueError(f"input_size (the centre check) needs fmt='xyxy', got fmt={fmt!r}")
     if not dtype.is_floating_point:
@@ -82,7 +84,7 @@ def pad_targets(
     for i, t in enumerate(targets):
         if not isinstance(t, Mapping) or "boxes" not in t or "labels" not in t:
             raise TypeError(f"targets[{i}] must be a dict with 'boxes' and 'labels'")
-        b = check_boxes(f"targets[{i}]['boxes']", t["boxes"], finite=False)
+        b = check_boxes(f"targets[{i}]['boxes']", t["boxes"], finite=False, size=size)
         lab = t["labels"]
         integer = isinstance(lab, Tensor) and not (
             lab.is_floating_point() or lab.is_complex() or lab.dtype == torch.bool
@@ -91,7 +93,7 @@ def pad_targets(
             raise TypeError(f"targets[{i}]['labels'] must be an integer tensor")
         if b.dim() != 2 or lab.shape != b.shape[:1]:
             raise ValueError(
-                f"targets[{i}]: boxes must be (n, 4) {fmt} and labels (n,), got "
+                f"targets[{i}]: boxes must be (n, {size}) {fmt} and labels (n,), got "
                 f"{tuple(b.shape)} and {tuple(lab.shape)}"
             )
         boxes.append(b)
@@ -100,7 +102,7 @@ def pad_targets(
     if device is None and boxes:
         device = boxes[0].device
     if not batch:
-        empty = torch.zeros(0, 0, 4, dtype=dtype, device=device)
+        empty = torch.zeros(0, 0, size, dtype=dtype, device=device)
         return PaddedTargets(empty, torch.zeros(0, 0, dtype=torch.int64, device=device), empty[..., 0].bool())
     if validate:
         _check_values(boxes, labels, num_classes, dtype, fmt, input_size)
@@ -129,7 +131,7 @@ def targets_ok(boxes: Tensor, labels: Tensor, num_classes: int, fmt: TargetForma
 
 
 def _positive_size(boxes: Tensor, fmt: TargetFormat) -> Tensor:
-    """``(...)`` bool: xyxy x2 > x1 and y2 > y1, or cxcywh w > 0 and h > 0 (False for NaN)."""
+    """``(...)`` bool: xyxy x2 > x1 and y2 > y1, or cxcywh / xywhr w > 0 and h > 0 (False for NaN)."""
     if fmt == "xyxy":
         return (boxes[..., 2] > boxes[..., 0]) & (boxes[..., 3] > boxes[..., 1])
     return (boxes[..., 2] > 0) & (boxes[..., 3] > 0)

@@ -8,6 +8,7 @@ from .yolov3 import YOLOv3Loss
 from .yolov4 import YOLOv4Loss
 from .yolov5 import YOLOV5_ANCHORS, YOLOV5_STRIDES, YOLOv5Loss, yolov5_scaled_gains
 from .yolov8 import YOLOv8Loss
+from .yolov8_obb import YOLOv8OBBLoss
 
 __all__ = [
     "YOLOV5_ANCHORS",
@@ -22,6 +23,7 @@ __all__ = [
     "YOLOv4Loss",
     "YOLOv5Loss",
     "YOLOv8Loss",
+    "YOLOv8OBBLoss",
     "l2_weight_decay",
     "yolo26_loss",
     "yolov10_loss",

@@ -109,7 +109,14 @@ class EndToEndLoss(nn.Module):
         ref = heads_m.tensors[0]
         dtype, device = ref.dtype, ref.device
         validate = self.one2many.validate or self.one2one.validate
-        padded = as_padded(targets, self.one2many.num_classes, dtype=dtype, device=device, validate=validate)
+        padded = as_padded(
+            targets,
+            self.one2many.num_classes,
+            dtype=dtype,
+            device=device,
+            validate=validate,
+            fmt=self.one2many.box_format,
+        )
         tables = self.one2many.anchor_tables(heads_m.sizes, dtype, device)  # one table for both branches
         out_m = self.one2many.loss(heads_m, padded, tables)
         if heads_o.tensors[0].dtype != dtype:  # a branch in another precision: its own copies

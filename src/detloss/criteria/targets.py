@@ -8,8 +8,10 @@ import torch
 from torch import Tensor
 
 from ..assign import PaddedTargets, pad_targets
+from ..assign.targets import TargetFormat
 
-#: B dicts ``{"boxes": (n, 4) xyxy input pixels, "labels": (n,) int64}``, or the padded batch.
+#: B dicts ``{"boxes": (n, 4) xyxy input pixels, "labels": (n,) int64}`` (``(n, 5)`` xywhr for the
+#: oriented criteria), or the padded batch.
 Targets = Sequence[Mapping[str, Tensor]] | PaddedTargets
 
 
@@ -26,6 +28,7 @@ def as_padded(
     device: torch.device,
     validate: bool,
     input_size: tuple[int, int] | None = None,
+    fmt: TargetFormat = "xyxy",
 ) -> PaddedTargets:
     """The targets as :class:`PaddedTargets` with boxes in ``dtype``: a list of dicts goes through
     :func:`detloss.assign.pad_targets` (and its checks, with ``validate``); padded targets are taken
@@ -33,5 +36,5 @@ def as_padded(
     if isinstance(targets, PaddedTargets):
         return PaddedTargets(targets.boxes.to(dtype), targets.labels, targets.mask)
     return pad_targets(
-        targets, num_classes, dtype=dtype, device=device, validate=validate, input_size=input_size
+        targets, num_classes, fmt=fmt, dtype=dtype, device=device, validate=validate, input_size=input_size
     )

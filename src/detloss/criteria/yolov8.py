@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from ..assign import PaddedTargets, task_aligned_assign
 from ..checks import check_eps, check_head_dict, check_heads, check_num_classes, check_number, positive_ints
-from ..codecs import decode_distances, distances_to_boxes
+from ..codecs import distances_to_boxes, expected_distances
 from ..distributed import global_count
 from ..iou import IoUKind, compute_dtype
 from ..losses import dfl_from_log_probs
@@ -64,70 +64,99 @@ def _anchor_tables(
     return points, stride, points * stride, torch.arange(points.shape[0], device=device)
 
 
+def positive_slots(foreground: Tensor, cap: int, anchor_ids: Tensor) -> tuple[Tensor, Tensor]:
+    """The positives gathered into a fixed number of slots per image, ``min(A, cap)`` (every
+    positive was selected by a box, so there are at most M·topk: a shape, not a value): the anchor
+    of each slot ``(B, P)`` (0 for an unused slot) and whether the slot is used ``(B, P)``."""
+    bsz, num_anchors = foreground.shape
+    cap = min(num_anchors, cap)
+    slot = torch.where(foreground, foreground.cumsum(1) - 1, cap)  # rank among the positives, or a dump slot
+    idx = torch.zeros(bsz, cap + 1, dtype=torch.int64, device=foreground.device)
+    idx = idx.scatter_(1, slot, anchor_ids.expand(bsz, -1))[:, :cap]
+    used = torch.arange(cap, device=foreground.device) < foreground.sum(1, keepdim=True)
+    return idx, used
+
+
 class _HeadTerms(torch.autograd.Function):
     """The two reads of the heads that carry gradient, read in place from the head tensors: per
     image b, Σ_{c,a} BCE(x, ŝ_a·[c = c_a]) over the class rows, computed as Σ softplus(x) −
-    Σ_a ŝ_a·x[c_a, a] (BCE(x, t) = softplus(x) − t·x; no ``(B, C, A)`` target), and the box rows of
-    the anchors ``idx`` ``(B, P)`` (indices over all anchors). Each head tensor ``(B, rows, A_t)``
-    covers the anchors ``start … start + A_t − 1`` and holds ``num_box`` box rows (possibly 0) first,
-    then the class rows if ``has_cls``: ``parts[t] = (start, num_box, has_cls)``; a per-stride head
-    is one tensor per level with both, ultralytics' mapping is ``boxes`` and ``scores`` over all
-    anchors. The backward writes each tensor's whole gradient into one new buffer: σ(x) − t on the
-    class rows (the target's one entry per anchor scattered in place) and the positives' box gradients
-    scattered into zeros, instead of a concatenated copy of the heads and a gradient per read.
-    ``F.softplus`` returns x above x = 20, where BCE adds log1p(e^−x) < 2.1e-9."""
+    Σ_a ŝ_a·x[c_a, a] (BCE(x, t) = softplus(x) − t·x; no ``(B, C, A)`` target), and the box rows
+    (the angle row too for oriented boxes) of the anchors ``idx`` ``(B, P)`` (indices over all
+    anchors). Each head tensor ``(B, rows, A_t)`` covers the anchors ``start … start + A_t − 1``:
+    ``parts[t] = (start, segments, classes)`` with ``segments`` a tuple of ``(lo, hi, dst)``, its
+    rows ``lo … hi − 1`` read into the output rows ``dst …``, and ``classes`` its class rows
+    ``(lo, hi)`` or None. Every row of a tensor is in a segment or its class rows. A per-stride head
+    is one tensor per level with both; ultralytics' mapping is ``boxes`` (and ``angle``) and
+    ``scores`` over all anchors. The backward writes each tensor's whole gradient into one new
+    buffer: σ(x) − t on the class rows (the target's one entry per anchor scattered in place) and
+    the positives' row gradients scattered into zeros, instead of a concatenated copy of the heads
+    and a gradient per read. ``F.softplus`` returns x above x = 20, where BCE adds
+    log1p(e^−x) < 2.1e-9."""
 
     @staticmethod
-    def forward(ctx, parts, labels: Tensor, scores: Tensor, idx: Tensor, *heads: Tensor):
-        cls_sum, box, local = None, None, []
-        for t, (start, num_box, has_cls) in zip(heads, parts, strict=True):
+    def forward(ctx, parts, num_rows: int, labels: Tensor, scores: Tensor, idx: Tensor, *heads: Tensor):
+        cls_sum, local = None, []
+        box = heads[0].new_zeros(idx.shape[0], num_rows, idx.shape[1])  # (B, rows, P)
+        for t, (start, segments, classes) in zip(heads, parts, strict=True):
             n = t.shape[-1]
-            if has_cls:
-                cls, lab, sc = t[:, num_box:], labels[:, start : start + n], scores[:, start : start + n]
+            if classes is not None:
+                lab, sc = labels[:, start : start + n], scores[:, start : start + n]
+                cls = t[:, classes[0] : classes[1]]
                 hit = cls.gather(1, lab.unsqueeze(1)).squeeze(1)  # (B, A_t)
                 term = F.softplus(cls).sum((1, 2)) - (hit * sc).sum(1)  # (B,)
                 cls_sum = term if cls_sum is None else cls_sum + term
-            if num_box:
+            if segments:
                 inside = (idx >= start) & (idx < start + n)  # (B, P): the positives in this tensor
-                index = (idx - start).clamp_(0, n - 1).unsqueeze(1).expand(-1, num_box, -1)
-                rows = t[:, :num_box].gather(2, index)  # a slot of another level reads a stand-in row
-                box = rows if box is None else torch.where(inside.unsqueeze(1), rows, box)
+                index = (idx - start).clamp_(0, n - 1).unsqueeze(1)  # (B, 1, P)
+                for lo, hi, dst in segments:  # a slot of another tensor keeps its row
+                    rows = t[:, lo:hi].gather(2, index.expand(-1, hi - lo, -1))
+                    out = box[:, dst : dst + hi - lo]
+                    out.copy_(torch.where(inside.unsqueeze(1), rows, out))
                 local.append((index, inside))
             else:
                 local.append(None)
         ctx.save_for_backward(labels, scores, *heads)
         ctx.local, ctx.parts = local, parts
-        return cls_sum, box  # (B,), (B, 4·r, P)
+        return cls_sum, box  # (B,), (B, rows, P)
 
     @staticmethod
     def backward(ctx, grad_cls: Tensor, grad_box: Tensor):
         labels, scores, *heads = ctx.saved_tensors
         grads = []
-        for t, (start, n, has_cls), loc in zip(heads, ctx.parts, ctx.local, strict=True):
-            if has_cls:
+        for t, (start, segments, classes), loc in zip(heads, ctx.parts, ctx.local, strict=True):
+            if classes is not None:
                 lab, sc = labels[:, start : start + t.shape[-1]], scores[:, start : start + t.shape[-1]]
-                grad = t.sigmoid()  # the box rows are overwritten below
-                grad[:, n:].scatter_add_(1, lab.unsqueeze(1), -sc.unsqueeze(1)).mul_(grad_cls.view(-1, 1, 1))
+                grad = t.sigmoid()  # the segments' rows are overwritten below
+                grad[:, classes[0] : classes[1]].scatter_add_(1, lab.unsqueeze(1), -sc.unsqueeze(1)).mul_(
+                    grad_cls.view(-1, 1, 1)
+                )
             else:
-                grad = torch.zeros_like(t)
+                grad = torch.empty_like(t)  # every row is a segment's
             if loc is not None:
                 index, inside = loc
-                grad[:, :n].zero_().scatter_add_(2, index, grad_box * inside.unsqueeze(1))
+                g = grad_box * inside.unsqueeze(1)
+                for lo, hi, dst in segments:
+                    grad[:, lo:hi].zero_().scatter_add_(
+                        2, index.expand(-1, hi - lo, -1), g[:, dst : dst + hi - lo]
+                    )
             grads.append(grad)
-        return (None, None, None, None, *grads)
+        return (None, None, None, None, None, *grads)
 
 
 @dataclass
 class _Heads:
-    """A call's heads, read in place: the autograd inputs ``tensors`` with their ``parts`` (see
-    :class:`_HeadTerms`), the box rows ``(B, 4·r, A_t)`` and class rows ``(B, C, A_t)`` pieces with the
-    first anchor of each, and the grid sizes."""
+    """A call's heads, read in place: the autograd inputs ``tensors`` with their ``parts`` and the
+    number of rows gathered per positive (see :class:`_HeadTerms`), the box rows ``(B, 4·r, A_t)``,
+    class rows ``(B, C, A_t)`` and (oriented boxes) angle rows ``(B, 1, A_t)`` pieces with the first
+    anchor of each, and the grid sizes."""
 
     tensors: list[Tensor]
-    parts: tuple[tuple[int, int, bool], ...]
+    parts: tuple[tuple[int, tuple[tuple[int, int, int], ...], tuple[int, int] | None], ...]
+    num_rows: int
     box: list[tuple[int, Tensor]]
     cls: list[Tensor]
     sizes: list[tuple[int, int]]
+    angle: list[tuple[int, Tensor]]
 
 
 class YOLOv8Loss(nn.Module):
@@ -230,26 +259,41 @@ class YOLOv8Loss(nn.Module):
         self.validate, self.reduce_across_ranks = bool(validate), bool(reduce_across_ranks)
         self._constants = ConstantCache()
 
+    #: the targets' box format, and whether the heads carry an angle channel after the classes
+    box_format = "xyxy"
+    angled = False
+
     def read_heads(self, preds: Sequence[Tensor] | Mapping[str, object], batch: int) -> _Heads:
         """Check the heads (either layout) and view them in place (no copy of the heads)."""
-        num_box = 4 * self.reg_max
+        num_box, num_cls, ang = 4 * self.reg_max, self.num_classes, int(self.angled)
+        box_seg = ((0, num_box, 0),)
         if isinstance(preds, Mapping):
-            sizes = check_head_dict(preds, num_box, self.num_classes, self.strides, batch)
+            sizes = check_head_dict(preds, num_box, num_cls, self.strides, batch, angle=self.angled)
             dtype = compute_dtype(preds["boxes"])  # fp16/bf16 heads: the loss is computed in float32
             boxes, scores = preds["boxes"].to(dtype), preds["scores"].to(dtype)
-            return _Heads([boxes, scores], ((0, num_box, False), (0, 0, True)), [(0, boxes)], [scores], sizes)
-        channels, layout = num_box + self.num_classes, f"4*{self.reg_max}+{self.num_classes}"
+            tensors, parts = [boxes, scores], [(0, box_seg, None), (0, (), (0, num_cls))]
+            angle = []
+            if self.angled:
+                angle = [(0, preds["angle"].to(dtype))]
+                tensors.append(angle[0][1])
+                parts.append((0, ((0, 1, num_box),), None))
+            return _Heads(tensors, tuple(parts), num_box + ang, [(0, boxes)], [scores], sizes, angle)
+        channels = num_box + num_cls + ang
+        layout = f"4*{self.reg_max}+{num_cls}" + ("+1" if ang else "")
         n = len(self.strides)
         sizes = check_heads(preds, [channels] * n, [layout] * n, self.strides, batch)
         dtype = compute_dtype(preds[0])
-        levels = [p.to(dtype).flatten(2) for p in preds]  # (B, 4·r + C, H·W) views
+        levels = [p.to(dtype).flatten(2) for p in preds]  # (B, 4·r + C [+ 1], H·W) views
         starts = list(accumulate([h * w for h, w in sizes[:-1]], initial=0))
+        segments = box_seg + (((num_box + num_cls, channels, num_box),) if ang else ())
         return _Heads(
             levels,
-            tuple((s, num_box, True) for s in starts),
+            tuple((s, segments, (num_box, num_box + num_cls)) for s in starts),
+            num_box + ang,
             [(s, lv[:, :num_box]) for s, lv in zip(starts, levels, strict=True)],
-            [lv[:, num_box:] for lv in levels],
+            [lv[:, num_box : num_box + num_cls] for lv in levels],
             sizes,
+            [(s, lv[:, channels - 1 :]) for s, lv in zip(starts, levels, strict=True)] if ang else [],
         )
 
     def anchor_tables(
@@ -264,7 +308,12 @@ class YOLOv8Loss(nn.Module):
         heads = self.read_heads(preds, batch_size(targets))
         ref = heads.tensors[0]
         padded = as_padded(
-            targets, self.num_classes, dtype=ref.dtype, device=ref.device, validate=self.validate
+            targets,
+            self.num_classes,
+            dtype=ref.dtype,
+            device=ref.device,
+            validate=self.validate,
+            fmt=self.box_format,
         )
         return self.loss(heads, padded, self.anchor_tables(heads.sizes, ref.dtype, ref.device))
 
@@ -275,7 +324,6 @@ class YOLOv8Loss(nn.Module):
         the layout's anchor tables (:meth:`anchor_tables`)."""
         points, stride, points_px, anchor_ids = tables
         bsz, r = heads.tensors[0].shape[0], self.reg_max
-        num_anchors, device = points.shape[0], points.device
         h0, w0 = heads.sizes[0]
         image_size = (w0 * self.strides[0], h0 * self.strides[0])  # (w, h) pixels
 
@@ -300,22 +348,17 @@ class YOLOv8Loss(nn.Module):
                 logits=True,
                 grid_sizes=heads.sizes,
             )
-            # Box terms only at the positives, gathered into a fixed number of slots per image: every
-            # positive was selected by a box, so there are at most M·topk (a shape, not a value).
-            cap = min(num_anchors, padded.boxes.shape[1] * self.topk)
-            fg = a.foreground
-            slot = torch.where(fg, fg.cumsum(1) - 1, cap)  # (B, A): rank among the positives, or a dump slot
-            idx = torch.zeros(bsz, cap + 1, dtype=torch.int64, device=device)
-            idx = idx.scatter_(1, slot, anchor_ids.expand(bsz, -1))
-            idx = idx[:, :cap]  # (B, P) anchor of each slot
-            used = torch.arange(cap, device=device) < fg.sum(1, keepdim=True)  # (B, P)
+            idx, used = positive_slots(a.foreground, padded.boxes.shape[1] * self.topk, anchor_ids)
         weight = a.scores  # (B, A): ŝ, the target score summed over the classes; 0 on background
         norm = global_count(weight.sum(), self.reduce_across_ranks, at_least=1.0)
 
         w = weight.gather(1, idx) * used  # (B, P)
+        cap = idx.shape[1]
         pts, st = points[idx], stride[idx]  # (B, P, 2), (B, P, 1)
         target = a.boxes.gather(1, idx.unsqueeze(-1).expand(-1, -1, 4)) / st  # grid units
-        cls, rows = _HeadTerms.apply(heads.parts, a.labels, weight, idx, *heads.tensors)  # (B,), (B, 4·r, P)
+        cls, rows = _HeadTerms.apply(
+            heads.parts, heads.num_rows, a.labels, weight, idx, *heads.tensors
+        )  # (B,), (B, 4·r, P)
         rows = rows.view(bsz, 4, r, cap).permute(0, 3, 1, 2)  # (B, P, 4, r)
         pred_boxes = self._decode(rows, pts)  # (B, P, 4) xyxy, grid units
         iou = grid_box_iou(
@@ -323,20 +366,33 @@ class YOLOv8Loss(nn.Module):
         )
         box = ((1.0 - iou) * w).sum(1)  # (B,)
         ltrb = torch.cat((pts - target[..., :2], target[..., 2:] - pts), -1)  # (B, P, 4) grid units
-        if r == 1:  # YOLO26: L1 of the raw distances, in input pixels over the input's width / height
-            w_px, h_px = image_size
-            scale = st / st.new_tensor((w_px, h_px, w_px, h_px))  # (B, P, 4)
-            reg = (((rows.squeeze(-1) - ltrb) * scale).abs().mean(-1) * w).sum(1)  # (B,)
-        else:
-            ltrb = ltrb.clamp(0.0, r - 1 - 0.01)  # keeps i + 1 a valid bin: the original's clamp
-            reg = (dfl_from_log_probs(F.log_softmax(rows, dim=-1), ltrb).mean(-1) * w).sum(1)  # (B,)
+        reg = self.regression_sums(rows, ltrb, w, st, image_size)
         return combine({"box": box, "cls": cls, self.regression: reg}, self.gains, norm, scale=bsz)
 
-    def _decode(self, rows: Tensor, points: Tensor, *, channels_first: bool = False) -> Tensor:
-        """xyxy boxes from box rows: ``(B, 4·r, A)`` with ``channels_first`` → ``(B, A, 4)``, else
-        ``(B, P, 4, r)`` → ``(B, P, 4)``; the DFL expectation for r ≥ 2, the raw distances for r = 1."""
+    def regression_sums(
+        self, rows: Tensor, ltrb: Tensor, w: Tensor, st: Tensor, image_size: tuple[int, int]
+    ) -> Tensor:
+        """Per image ``(B,)``: Σ_p w_p · mean_sides of the DFL of the box rows ``(B, P, 4, r)`` against
+        the target distances ``ltrb`` ``(B, P, 4)`` (grid units) clamped to [0, r − 1.01], or with
+        r = 1 the L1 of the raw distances in input pixels over the input's (W, H, W, H) = image_size
+        (``st``: ``(B, P, 1)`` the slots' strides; ``ltrb`` not clamped)."""
+        if self.reg_max == 1:  # YOLO26: L1 of the raw distances, in pixels over the input's width / height
+            w_px, h_px = image_size
+            scale = st / st.new_tensor((w_px, h_px, w_px, h_px))  # (B, P, 4)
+            return (((rows.squeeze(-1) - ltrb) * scale).abs().mean(-1) * w).sum(1)
+        ltrb = ltrb.clamp(0.0, self.reg_max - 1 - 0.01)  # keeps i + 1 a valid bin: the original's clamp
+        return (dfl_from_log_probs(F.log_softmax(rows, dim=-1), ltrb).mean(-1) * w).sum(1)
+
+    def distances(self, rows: Tensor, *, channels_first: bool = False) -> Tensor:
+        """ltrb distances (grid units) from box rows: ``(B, 4·r, A)`` with ``channels_first`` →
+        ``(B, A, 4)``, else ``(B, P, 4, r)`` → ``(B, P, 4)``; the DFL expectation for r ≥ 2, the raw
+        distances for r = 1."""
         if self.reg_max == 1:
-            return distances_to_boxes(rows.transpose(1, 2) if channels_first else rows.squeeze(-1), points)
+            return rows.transpose(1, 2) if channels_first else rows.squeeze(-1)
         if channels_first:
             rows = rows.unflatten(1, (4, self.reg_max))
-        return decode_distances(rows, points, channels_first=channels_first)
+        return expected_distances(rows, channels_first=channels_first)
+
+    def _decode(self, rows: Tensor, points: Tensor, *, channels_first: bool = False) -> Tensor:
+        """xyxy boxes from box rows (:meth:`distances`) around ``points``."""
+        return distances_to_boxes(self.distances(rows, channels_first=channels_first), points)

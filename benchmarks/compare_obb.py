@@ -1,0 +1,208 @@
+"""YOLOv8OBBLoss side by side with ultralytics' ``v8OBBLoss`` (8.4.190): values, gradients, time, syncs.
+
+Run in the side venv (torch + ultralytics 8.4.190; never a dependency of detloss)::
+
+    PYTHONPATH=src <side-venv>/bin/python benchmarks/compare_obb.py [--skip-time]
+
+1. Agreement (float64, ``torch.set_default_dtype(torch.float64)`` so that ultralytics' own target and
+   loss tensors are float64 too): relative error of the total and of every component, and of the
+   gradients of the heads (max |Δgrad| / max |grad|), with detloss fed the per-stride heads and the
+   ultralytics mapping built from them; targets include boxes below 2 px (dropped by both) and an
+   image without boxes.
+2. Time (float32, 2 threads, interleaved rounds, medians) of forward + backward and the aten ops and
+   host syncs of one step (:class:`detloss.profiling.DispatchCounter`), at B = 8, 1024 px, C = 15,
+   30 boxes per image.
+
+ultralytics is AGPL-3.0: it is only called here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import time
+from types import SimpleNamespace
+
+import torch
+from torch import nn
+
+from detloss.assign import pad_targets
+from detloss.criteria import YOLOv8OBBLoss
+
+STRIDES = (8, 16, 32)
+
+
+def make_heads(b, size, c, reg_max, g, dtype, raw_angle=False):
+    """Per-stride heads ``(B, 4·reg_max + C + 1, H, W)``; the angle channel is the v8/11 head's
+    (σ(z) − ¼)·π of a normal z (or z itself, YOLO26), the leaf holds it directly."""
+    preds = []
+    for s in STRIDES:
+        h = size // s
+        box = torch.randn(b, 4 * reg_max, h, h, generator=g, dtype=torch.float64)
+        if reg_max == 1:
+            box = 0.2 + 6 * torch.rand(b, 4, h, h, generator=g, dtype=torch.float64)
+        cls = torch.randn(b, c, h, h, generator=g, dtype=torch.float64) - 3.0
+        z = torch.randn(b, 1, h, h, generator=g, dtype=torch.float64)
+        angle = z if raw_angle else (z.sigmoid() - 0.25) * math.pi
+        preds.append(torch.cat((box, cls, angle), 1).to(dtype).requires_grad_())
+    return preds
+
+
+def make_targets(b, size, c, n, lo, hi, g, dtype, empty=(), tiny=0):
+    """xywhr targets as the data sets canonicalise them (w the longer side, θ in [−π/4, 3π/4)),
+    ``tiny`` of them per image with a side below 2 px."""
+    targets = []
+    for i in range(b):
+        k = 0 if i in empty else n
+        wh = lo + (hi - lo) * torch.rand(k, 2, generator=g, dtype=torch.float64)
+        wh = torch.stack((wh.amax(1), wh.amin(1)), 1)
+        if k and tiny:
+            wh[:tiny, 1] = 0.5 + torch.rand(tiny, generator=g, dtype=torch.float64)
+        xy = wh.amax(1, keepdim=True) / 2 + torch.rand(k, 2, generator=g, dtype=torch.float64) * (
+            size - wh.amax(1, keepdim=True)
+        )
+        theta = (torch.rand(k, 1, generator=g, dtype=torch.float64) - 0.25) * math.pi
+        labels = torch.randint(0, c, (k,), generator=g)
+        targets.append({"boxes": torch.cat((xy, wh, theta), 1).to(dtype), "labels": labels})
+    return targets
+
+
+class _FakeModel(nn.Module):
+    """What ``v8OBBLoss.__init__`` reads from a model: args (gains), model[-1] (stride, nc, reg_max)
+    and a parameter for the device."""
+
+    def __init__(self, nc, reg_max):
+        super().__init__()
+        self.p = nn.Parameter(torch.zeros(1))
+        self.args = SimpleNamespace(box=7.5, cls=0.5, dfl=1.5, angle=1.0)
+        self.model = [
+            SimpleNamespace(stride=torch.tensor(STRIDES, dtype=torch.float32), nc=nc, reg_max=reg_max)
+        ]
+
+
+def _batch(targets, size):
+    dt = torch.get_default_dtype()
+    idx, cls, boxes = [], [], []
+    scale = torch.tensor([size, size, size, size, 1.0], dtype=dt)
+    for i, t in enumerate(targets):
+        bx = t["boxes"].to(dt)
+        idx.append(torch.full((len(bx),), float(i)))
+        cls.append(t["labels"].to(dt))
+        boxes.append(bx / scale)
+    return {"batch_idx": torch.cat(idx), "cls": torch.cat(cls)[:, None], "bboxes": torch.cat(boxes)}
+
+
+def mapping(preds, reg_max, c):
+    r4 = 4 * reg_max
+    return {
+        "boxes": torch.cat([p[:, :r4].flatten(2) for p in preds], 2),
+        "scores": torch.cat([p[:, r4 : r4 + c].flatten(2) for p in preds], 2),
+        "angle": torch.cat([p[:, r4 + c :].flatten(2) for p in preds], 2),
+        "feats": preds,
+    }
+
+
+def ultralytics_obb(nc, reg_max):
+    from ultralytics.utils.loss import v8OBBLoss
+
+    return v8OBBLoss(_FakeModel(nc, reg_max))
+
+
+AGREE = [
+    # (label, reg_max, b, size, c, n, lo, hi, tiny, raw angle, layout)
+    ("v8/11-OBB, 15 boxes", 16, 4, 320, 15, 15, 4, 200, 2, False, "per-stride"),
+    ("v8/11-OBB, mapping layout", 16, 4, 320, 15, 15, 4, 200, 2, False, "mapping"),
+    ("v8/11-OBB, dense 80, small", 16, 2, 256, 5, 80, 2, 40, 5, False, "per-stride"),
+    ("reg_max 1 (YOLO26-OBB head), raw angle", 1, 4, 320, 15, 15, 4, 200, 2, True, "per-stride"),
+]
+
+
+def _rel(a, b):
+    a, b = float(torch.as_tensor(a).detach()), float(torch.as_tensor(b).detach())
+    return abs(a - b) / abs(b) if b != 0 else abs(a - b)
+
+
+def agreement(seeds=3):
+    torch.set_default_dtype(torch.float64)
+    rows = []
+    for label, r, b, size, c, n, lo, hi, tiny, raw, layout in AGREE:
+        worst: dict[str, float] = {}
+
+        def note(key, value, worst=worst):
+            worst[key] = max(worst.get(key, 0.0), value)
+
+        for seed in range(seeds):
+            g = torch.Generator().manual_seed(seed)
+            preds = make_heads(b, size, c, r, g, torch.float64, raw)
+            targets = make_targets(b, size, c, n, lo, hi, g, torch.float64, empty=(1,), tiny=tiny)
+            ul = ultralytics_obb(c, r)
+            vec, _ = ul(mapping(preds, r, c), _batch(targets, size))
+            ul_grads = torch.autograd.grad(vec.sum(), preds)
+            crit = YOLOv8OBBLoss(c, STRIDES, r)
+            out = crit(mapping(preds, r, c) if layout == "mapping" else preds, targets)
+            grads = torch.autograd.grad(out.total, preds)
+            note("total", _rel(out.total, vec.sum()))
+            for i, k in enumerate(["box", "cls", "l1" if r == 1 else "dfl", "angle"]):
+                note(k, _rel(out.components[k], vec[i] / b))
+            for a, bb in zip(grads, ul_grads, strict=True):
+                note("grad", float((a - bb).abs().max() / bb.abs().max().clamp(min=1e-300)))
+        rows.append((label, worst))
+    torch.set_default_dtype(torch.float32)
+    return rows
+
+
+def timing(rounds=7):
+    from detloss.profiling import DispatchCounter
+
+    torch.set_num_threads(2)
+    b, size, c, n = 8, 1024, 15, 30
+    g = torch.Generator().manual_seed(0)
+    preds = make_heads(b, size, c, 16, g, torch.float32)
+    targets = make_targets(b, size, c, n, 6, 300, g, torch.float32, tiny=1)
+    batch = _batch(targets, size)
+    ul = ultralytics_obb(c, 16)
+    ours, ours_nv = YOLOv8OBBLoss(c), YOLOv8OBBLoss(c, validate=False)
+    padded = pad_targets(targets, c, fmt="xywhr", validate=False)
+    steps = {
+        "ultralytics v8OBBLoss": lambda: ul(mapping(preds, 16, c), batch)[0].sum(),
+        "detloss (validate=True)": lambda: ours(preds, targets).total,
+        "detloss (validate=False, padded)": lambda: ours_nv(preds, padded).total,
+    }
+    times: dict[str, list[float]] = {k: [] for k in steps}
+    for fn in steps.values():
+        torch.autograd.grad(fn(), preds)  # warm-up
+    for _ in range(rounds):
+        for k, fn in steps.items():
+            t0 = time.perf_counter()
+            torch.autograd.grad(fn(), preds)
+            times[k].append(time.perf_counter() - t0)
+    counts = {}
+    for k, fn in steps.items():
+        with DispatchCounter() as cnt:
+            torch.autograd.grad(fn(), preds)
+        counts[k] = (cnt.ops, cnt.syncs, dict(cnt.sync_ops))
+    return {k: statistics.median(v) for k, v in times.items()}, counts
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--skip-time", action="store_true")
+    ap.add_argument("--seeds", type=int, default=3)
+    args = ap.parse_args()
+    print("Agreement with ultralytics 8.4.190 v8OBBLoss (float64; relative errors, worst over seeds)")
+    for label, worst in agreement(args.seeds):
+        print(f"  {label}")
+        print("    " + ", ".join(f"{k} {v:.1e}" for k, v in worst.items()))
+    if args.skip_time:
+        return
+    med, counts = timing()
+    base = med["ultralytics v8OBBLoss"]
+    print("\nOBB fwd+bwd, B=8, 1024 px, C=15, 30 boxes/image, float32, 2 threads (medians)")
+    for k, t in med.items():
+        ops, syncs, which = counts[k]
+        print(f"  {k:34s} {t * 1e3:8.1f} ms  ×{base / t:4.2f}  ops {ops:5d}  syncs {syncs} {which or ''}")
+
+
+if __name__ == "__main__":
+    main()
