@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..assign import PaddedTargets, task_aligned_assign
+from ..assign import PaddedTargets, TaskAlignedAssignment, task_aligned_assign
 from ..checks import check_eps, check_head_dict, check_heads, check_num_classes, check_number, positive_ints
 from ..codecs import distances_to_boxes, expected_distances
 from ..distributed import global_count
@@ -304,6 +304,14 @@ class YOLOv8Loss(nn.Module):
             (tuple(sizes), dtype, device), lambda: _anchor_tables(sizes, self.strides, dtype, device)
         )
 
+    def _assign(self, scores, pred_px, points_px, boxes, labels, mask, **options) -> TaskAlignedAssignment:
+        """:func:`detloss.assign.task_aligned_assign` with this criterion's settings (``options``: the
+        box family's own keywords)."""
+        return task_aligned_assign(
+            scores, pred_px, points_px, boxes, labels, mask, topk=self.topk, topk2=self.topk2,
+            alpha=self.alpha, beta=self.beta, min_side=self.min_side, logits=True, **options,
+        )
+
     def forward(self, preds: Sequence[Tensor] | Mapping[str, object], targets: Targets) -> LossResult:
         heads = self.read_heads(preds, batch_size(targets))
         ref = heads.tensors[0]
@@ -333,21 +341,8 @@ class YOLOv8Loss(nn.Module):
                 for start, rows in heads.box
             ]
             pred_px = (decoded[0] if len(decoded) == 1 else torch.cat(decoded, 1)) * stride  # (B, A, 4)
-            a = task_aligned_assign(
-                heads.cls,
-                pred_px,
-                points_px,
-                padded.boxes,
-                padded.labels,
-                padded.mask,
-                topk=self.topk,
-                topk2=self.topk2,
-                alpha=self.alpha,
-                beta=self.beta,
-                min_side=self.min_side,
-                logits=True,
-                grid_sizes=heads.sizes,
-            )
+            boxes, labels, mask = padded.boxes, padded.labels, padded.mask
+            a = self._assign(heads.cls, pred_px, points_px, boxes, labels, mask, grid_sizes=heads.sizes)
             idx, used = positive_slots(a.foreground, padded.boxes.shape[1] * self.topk, anchor_ids)
         weight = a.scores  # (B, A): ŝ, the target score summed over the classes; 0 on background
         norm = global_count(weight.sum(), self.reduce_across_ranks, at_least=1.0)

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ..assign import PaddedTargets, task_aligned_assign
+from ..assign import PaddedTargets
 from ..checks import check_gain, check_number
 from ..codecs import decode_rotated_distances, encode_rotated_distances
 from ..distributed import global_count
@@ -81,11 +81,7 @@ class YOLOv8OBBLoss(YOLOv8Loss):
     angled = True
 
     def __init__(
-        self,
-        num_classes: int,
-        strides: Sequence[int] = (8, 16, 32),
-        reg_max: int = 16,
-        *,
+        self, num_classes: int, strides: Sequence[int] = (8, 16, 32), reg_max: int = 16, *,
         box: float = 7.5,
         cls: float = 0.5,
         dfl: float | None = None,
@@ -137,21 +133,7 @@ class YOLOv8OBBLoss(YOLOv8Loss):
             theta = torch.cat([rows[:, 0] for _, rows in heads.angle], 1)  # (B, A)
             pred = decode_rotated_distances(dist, theta, points)  # (B, A, 5) grid units
             pred_px = torch.cat((pred[..., :4] * stride, pred[..., 4:]), -1)
-            a = task_aligned_assign(
-                heads.cls,
-                pred_px,
-                points_px,
-                gt,
-                padded.labels,
-                mask,
-                topk=self.topk,
-                topk2=self.topk2,
-                alpha=self.alpha,
-                beta=self.beta,
-                min_side=self.min_side,
-                logits=True,
-                rotated=True,
-            )
+            a = self._assign(heads.cls, pred_px, points_px, gt, padded.labels, mask, rotated=True)
             idx, used = positive_slots(a.foreground, gt.shape[1] * self.topk, anchor_ids)
         weight = a.scores  # (B, A): ŝ; 0 on background
         norm = global_count(weight.sum(), self.reduce_across_ranks, at_least=1.0)
