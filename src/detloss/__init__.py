@@ -13,12 +13,13 @@ from .losses import (
     distribution_focal_loss,
     iou_loss,
     quality_focal_loss,
+    rotated_iou_loss,
     sigmoid_focal_loss,
     smooth_l1_loss,
     smooth_labels,
     varifocal_loss,
 )
-from .rotated import box_convert_rotated, rotated_bbox_iou, rotated_box_iou, rotated_iou_loss
+from .rotated import box_convert_rotated, rotated_bbox_iou, rotated_box_iou
 
 __all__ = [
     "bbox_iou",

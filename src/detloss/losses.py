@@ -33,6 +33,7 @@ from .checks import (
 from .iou import IoUKind, compute_dtype, prepare_iou
 from .kernels import fused_focal, fused_iou
 from .labels import smoothed
+from .rotated import RotatedKind, prepare_rotated, rotated_similarity
 
 Reduction = Literal["none", "mean", "sum"]
 REDUCTIONS: tuple[str, ...] = ("none", "mean", "sum")
@@ -147,6 +148,39 @@ def iou_loss(
     return _fused_reduce(
         lambda reduce: fused_iou(p, t, kind, eps, True, reduce, mods), count, weight, reduction, avg_factor
     )
+
+
+def rotated_iou_loss(
+    pred: Tensor,
+    target: Tensor,
+    kind: RotatedKind = "probiou",
+    eps: float = 1e-7,
+    *,
+    floor: float = 0.0,
+    reduction: Reduction = "mean",
+    weight: Tensor | None = None,
+    avg_factor: float | Tensor | None = None,
+    validate: bool = True,
+) -> Tensor:
+    """Oriented box regression loss: ``1 − rotated_bbox_iou(pred, target, kind, eps, floor=floor)``.
+
+    Args:
+        pred: ``(..., 5)`` predicted xywhr boxes.
+        target: ``(..., 5)`` target xywhr boxes, broadcastable against ``pred``.
+        kind, eps, floor, validate: as :func:`rotated_bbox_iou`.
+        reduction, weight, avg_factor: see :func:`detloss.losses.weight_reduce`.
+
+    Returns:
+        Scalar, or ``(...)`` with ``reduction="none"``; float32 for half-precision inputs.
+
+    Example:
+        >>> p = torch.tensor([[0.0, 0.0, 4.0, 2.0, 0.3]]); t = torch.tensor([[0.5, 0.0, 4.0, 2.0, 0.0]])
+        >>> float(rotated_iou_loss(p, t, kind="kld")) > 0
+        True
+    """
+    p, t, _ = prepare_rotated(pred, target, kind, eps, floor, validate, ("pred", "target"))
+    return weight_reduce(1.0 - rotated_similarity(p, t, kind, eps, floor), weight, reduction, avg_factor)
+
 
 
 def _logits_and_targets(logits: Tensor, targets: Tensor, validate: bool) -> tuple[Tensor, Tensor]:

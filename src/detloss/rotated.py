@@ -1,5 +1,6 @@
-"""Oriented (rotated) boxes: the exact rotated IoU, ProbIoU, the KLD and GWD similarities, their loss,
-and the conversion between xywhr and corners.
+"""Oriented (rotated) boxes: the exact rotated IoU, ProbIoU, the KLD and GWD similarities, and the
+conversion between xywhr and corners (their loss, :func:`detloss.rotated_iou_loss`, is in
+:mod:`detloss.losses` beside :func:`detloss.iou_loss`).
 
 Boxes are ``(..., 5)`` **xywhr**: centre x, centre y, width, height and θ in radians, the
 counter-clockwise rotation of the width axis from the x axis (OpenCV's and ultralytics' xywhr; in
@@ -21,7 +22,6 @@ from .checks import check_box_pair, check_boxes, check_eps, check_number, check_
 from .iou import compute_dtype
 from .kernels.rotated import ROTATED_KINDS as ROTATED_KINDS
 from .kernels.rotated import rotated_corners, rotated_similarity
-from .losses import Reduction, weight_reduce
 
 __all__ = [
     "ROTATED_BOX_FORMATS",
@@ -30,7 +30,6 @@ __all__ = [
     "box_convert_rotated",
     "rotated_bbox_iou",
     "rotated_box_iou",
-    "rotated_iou_loss",
 ]
 
 RotatedKind = Literal["iou", "probiou", "kld", "gwd"]
@@ -139,38 +138,6 @@ def rotated_box_iou(
         if validate:  # here, so a bad value's index is reported in the caller's (N, 5) layout
             check_boxes(name, b, size=5)
     return rotated_bbox_iou(boxes1[:, None, :], boxes2[None, :, :], kind, eps, floor=floor, validate=False)
-
-
-def rotated_iou_loss(
-    pred: Tensor,
-    target: Tensor,
-    kind: RotatedKind = "probiou",
-    eps: float = 1e-7,
-    *,
-    floor: float = 0.0,
-    reduction: Reduction = "mean",
-    weight: Tensor | None = None,
-    avg_factor: float | Tensor | None = None,
-    validate: bool = True,
-) -> Tensor:
-    """Oriented box regression loss: ``1 − rotated_bbox_iou(pred, target, kind, eps, floor=floor)``.
-
-    Args:
-        pred: ``(..., 5)`` predicted xywhr boxes.
-        target: ``(..., 5)`` target xywhr boxes, broadcastable against ``pred``.
-        kind, eps, floor, validate: as :func:`rotated_bbox_iou`.
-        reduction, weight, avg_factor: see :func:`detloss.losses.weight_reduce`.
-
-    Returns:
-        Scalar, or ``(...)`` with ``reduction="none"``; float32 for half-precision inputs.
-
-    Example:
-        >>> p = torch.tensor([[0.0, 0.0, 4.0, 2.0, 0.3]]); t = torch.tensor([[0.5, 0.0, 4.0, 2.0, 0.0]])
-        >>> float(rotated_iou_loss(p, t, kind="kld")) > 0
-        True
-    """
-    p, t, _ = prepare_rotated(pred, target, kind, eps, floor, validate, ("pred", "target"))
-    return weight_reduce(1.0 - rotated_similarity(p, t, kind, eps, floor), weight, reduction, avg_factor)
 
 
 def box_convert_rotated(boxes: Tensor, in_fmt: RotatedBoxFormat, out_fmt: RotatedBoxFormat) -> Tensor:
