@@ -403,9 +403,7 @@ def smooth_l1_loss(
         if not t.is_floating_point():
             raise TypeError(f"{name} must have a floating dtype, got {t.dtype}")
     if pred.shape != target.shape:
-        raise ValueError(
-            f"target must have the shape of pred {tuple(pred.shape)}, got {tuple(target.shape)}"
-        )
+        raise ValueError(f"target must have the shape of pred {tuple(pred.shape)}, got {tuple(target.shape)}")
     check_sigma(sigma)
     for name, w in (("inside_weight", inside_weight), ("outside_weight", outside_weight)):
         if isinstance(w, Tensor):
