@@ -19,6 +19,10 @@ installed (the side venv). References called, on the same inputs:
   denoising groups laid out as ``get_contrastive_denoising_training_group`` makes them); detloss gets
   the same tensors split into decoder / denoising queries (``enc_logits``, ``dn_logits``, ``dn_meta``)
   and its ``loss_dict()`` is compared key by key.
+- ``"lwdetr"`` (``--skip-lwdetr`` leaves it out): ``LwDetrForObjectDetectionLoss`` (LwDetrConfig
+  defaults: 13 groups, IA-BCE) on model-shaped outputs (13 × 300 queries, L = 3–6 layers, the encoder's
+  ``(B, 13·300, C)`` proposals, 80 classes, 20 targets per image); every key of ``loss_dict()``,
+  the total and the gradients; speed and syncs in float32.
 
 Values: float64, max relative error per component summed over layers, of every per-layer value, of
 the total and of the gradients (max |Δ| / max |g|). Speed: float32, forward + backward with the
@@ -46,9 +50,10 @@ from detloss.criteria import DETRLoss  # noqa: E402
 from detloss.profiling import DispatchCounter  # noqa: E402
 
 try:
-    from transformers import DeformableDetrConfig, DetrConfig, RTDetrConfig
+    from transformers import DeformableDetrConfig, DetrConfig, LwDetrConfig, RTDetrConfig
     from transformers.loss.loss_deformable_detr import DeformableDetrForObjectDetectionLoss
     from transformers.loss.loss_for_object_detection import ForObjectDetectionLoss
+    from transformers.loss.loss_lw_detr import LwDetrForObjectDetectionLoss
     from transformers.loss.loss_rt_detr import RTDetrForObjectDetectionLoss
 except ImportError as err:  # a peer that is not installed is reported, not silently dropped
     print(f"transformers not available ({err}): nothing to compare")
@@ -336,12 +341,18 @@ def main():
     ap.add_argument("--cases", default="sparse,dense", help="comma-separated: sparse, dense")
     ap.add_argument("--skip-step", action="store_true", help="leave out the whole RT-DETR step")
     ap.add_argument("--skip-presets", action="store_true", help="only the whole RT-DETR step")
+    ap.add_argument("--skip-lwdetr", action="store_true", help="leave out LW-DETR")
+    ap.add_argument("--only-lwdetr", action="store_true", help="only LW-DETR")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     import transformers
 
     threads = torch.get_num_threads()
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, {threads} threads")
+    if not args.skip_lwdetr:
+        run_lw(args)
+    if args.only_lwdetr:
+        return
     if not args.skip_step:
         run_step(args)
     if args.skip_presets:
@@ -401,6 +412,132 @@ def run_step(args):
             f"ratio {t / med['ours']:.1f}x (nv {t / med['ours nv']:.1f}x); ops {c['ours'][0]} vs "
             f"{c['transformers'][0]}; syncs {c['ours'][1]}+{c['ours'][2]} vs {c['transformers'][1]}+"
             f"{L_MATCHER_CALLS}"
+        )
+
+
+# ----------------------------------------------------------------------------- LW-DETR / RF-DETR
+def make_lw(B, L, G=13, Q=300, C=80, n=20, dtype=torch.float64, seed=0):
+    """LW-DETR's training outputs: ``outputs_class`` ``(L, B, G·Q, C)`` / ``outputs_coord`` (the last
+    layer is ``logits`` / ``pred_boxes``), the encoder's ``(B, G·Q, ·)``; n targets per image (the
+    last image n // 2)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def rand(*shape, sig=False):
+        t = torch.randn(*shape, generator=g, dtype=torch.float64)
+        return (t.sigmoid() if sig else t).to(dtype).requires_grad_()
+
+    inputs = (
+        rand(L, B, G * Q, C),
+        rand(L, B, G * Q, 4, sig=True),
+        rand(B, G * Q, C),
+        rand(B, G * Q, 4, sig=True),
+    )
+    labels = []
+    for b in range(B):
+        k = n if b < B - 1 else n // 2
+        ctr = torch.rand(k, 2, generator=g, dtype=torch.float64) * 0.6 + 0.2
+        wh = torch.rand(k, 2, generator=g, dtype=torch.float64) * 0.3 + 0.02
+        labels.append(
+            {
+                "boxes": torch.cat((ctr, wh), -1).to(dtype),
+                "class_labels": torch.randint(0, C, (k,), generator=g),
+            }
+        )
+    return inputs, labels
+
+
+def lw_fns(C, L):
+    config = LwDetrConfig(num_labels=C, decoder_layers=L)
+
+    def ref(inputs, labels):
+        oc, ob, el, eb = inputs
+        total, d, _ = LwDetrForObjectDetectionLoss(oc[-1], labels, oc.device, ob[-1], config, oc, ob, el, eb)
+        return total, d
+
+    def ours(crit, inputs, targets):
+        oc, ob, el, eb = inputs
+        return crit(oc, ob, targets, enc_logits=el, enc_boxes=eb)
+
+    return ref, ours
+
+
+def compare_lw(cases=((2, 6), (4, 4), (8, 3)), C=80):
+    """Worst relative errors over (B, L): total, every loss-dict key, gradients of the four inputs."""
+    worst = {}
+    torch.set_default_dtype(torch.float64)
+    for B, L in cases:
+        ref, ours = lw_fns(C, L)
+        inputs, labels = make_lw(B, L, C=C, seed=B)
+        targets = [{"boxes": t["boxes"], "labels": t["class_labels"]} for t in labels]
+        total, d = ref(inputs, labels)
+        out = ours(DETRLoss(C, "lwdetr"), inputs, targets)
+        mine = out.loss_dict()
+        d = {k: v for k, v in d.items() if not k.startswith("cardinality_error")}  # a count, not computed
+        assert list(mine) == list(d), (list(mine)[:6], list(d)[:6])
+        errs = {"total": rel(out.total.detach(), total.detach()), "keys": len(d)}
+        errs["every key"] = max(rel(mine[k].detach(), d[k].detach()) for k in d)
+        for name, a, b in zip(
+            ("grad class", "grad coord", "grad enc logits", "grad enc boxes"),
+            torch.autograd.grad(out.total, inputs),
+            torch.autograd.grad(total, inputs),
+            strict=True,
+        ):
+            errs[name] = rel(a, b)
+        for k, v in errs.items():
+            worst[k] = max(worst.get(k, 0.0), v)
+    torch.set_default_dtype(torch.float32)
+    return worst
+
+
+def speed_lw(B, L, repeats, C=80):
+    ref, ours = lw_fns(C, L)
+    inputs, labels = make_lw(B, L, C=C, dtype=torch.float32)
+    targets = [{"boxes": t["boxes"], "labels": t["class_labels"]} for t in labels]
+    ours_v, ours_nv = DETRLoss(C, "lwdetr"), DETRLoss(C, "lwdetr", validate=False)
+    fns = {
+        "ours": lambda: torch.autograd.grad(ours(ours_v, inputs, targets).total, inputs),
+        "ours nv": lambda: torch.autograd.grad(ours(ours_nv, inputs, targets).total, inputs),
+        "transformers": lambda: torch.autograd.grad(ref(inputs, labels)[0], inputs),
+    }
+    for f in fns.values():
+        f()  # warm-up
+    times = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+    counts = {}
+    for k, fn in (
+        ("ours", lambda: ours(ours_nv, inputs, targets).total),
+        ("transformers", lambda: ref(inputs, labels)[0]),
+    ):
+        with DispatchCounter() as c:
+            fn().backward()
+        counts[k] = (c.ops, c.syncs)
+    return med, counts
+
+
+def run_lw(args):
+    if not args.skip_values:
+        print(
+            "\nLW-DETR (float64, 13 groups × 300 queries, C=80, 20 targets/img, last image 10, encoder "
+            "proposals; max rel err over (B, L) = (2, 6), (4, 4), (8, 3))"
+        )
+        w = compare_lw()
+        for k, v in w.items():
+            print(f"  {k:<22}{v:>10.2e}" if k != "keys" else f"  {k:<22}{v:>10}")
+    if args.skip_speed:
+        return
+    print("\nLW-DETR, float32 fwd+bwd, L=6, median ms (interleaved); ops, syncs")
+    for B in (2, 8):
+        med, c = speed_lw(B, 6, args.repeats)
+        t = med["transformers"]
+        print(
+            f"  B={B}: ours {med['ours']:.1f} nv {med['ours nv']:.1f} transformers {t:.1f} "
+            f"ratio {t / med['ours']:.1f}x (nv {t / med['ours nv']:.1f}x); ops {c['ours'][0]} vs "
+            f"{c['transformers'][0]}; syncs {c['ours'][1]} vs {c['transformers'][1]}"
         )
 
 

@@ -11,6 +11,7 @@ from .iou import bbox_iou, box_iou
 from .kernels import compile_enabled, set_compile
 from .losses import (
     distribution_focal_loss,
+    ia_bce_loss,
     iou_loss,
     quality_focal_loss,
     rotated_iou_loss,
@@ -29,6 +30,7 @@ __all__ = [
     "box_iou",
     "compile_enabled",
     "distribution_focal_loss",
+    "ia_bce_loss",
     "iou_loss",
     "nn",
     "profiling",

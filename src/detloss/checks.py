@@ -103,6 +103,24 @@ def check_box_pair(
         ) from None
 
 
+def check_query_groups(value: object, preset: str, default: int) -> int:
+    """``group_detr`` of a DETR criterion: an int >= 1 for ``"lwdetr"`` (None: ``default``), None or 1
+    for the other presets (they match every query against the targets once); returns it."""
+    if value is None:
+        return default if preset == "lwdetr" else 1
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"group_detr must be an int >= 1, got {value!r}")
+    if preset != "lwdetr" and value != 1:
+        raise ValueError(f"group_detr applies to preset 'lwdetr' only, got {value} with {preset!r}")
+    return value
+
+
+def check_group_size(name: str, num_queries: int, groups: int) -> None:
+    """Each of ``groups`` query groups needs at least one of the entry's ``num_queries`` queries."""
+    if num_queries < groups:
+        raise ValueError(f"{name} has {num_queries} queries, fewer than group_detr = {groups} groups")
+
+
 def check_padded_targets(targets: object, batch: int) -> None:
     """The shapes and dtypes of a padded batch of targets (:class:`detloss.assign.PaddedTargets`):
     ``boxes`` ``(B, M, 4)`` floating, ``labels`` ``(B, M)`` integer, ``mask`` ``(B, M)`` bool, with B
@@ -414,8 +432,15 @@ def check_modifiers(
         ok = isinstance(focaler, (tuple, list)) and len(focaler) == 2 and all(map(is_number, focaler))
         if not (ok and 0 <= focaler[0] < focaler[1] <= 1):
             raise ValueError(f"focaler must be (d, u) with 0 <= d < u <= 1, got {focaler!r}")
-    active = [n for n, on in (("alpha", alpha != 1), ("inner_ratio", inner_ratio is not None),
-                              ("focaler", focaler is not None)) if on]
+    active = [
+        n
+        for n, on in (
+            ("alpha", alpha != 1),
+            ("inner_ratio", inner_ratio is not None),
+            ("focaler", focaler is not None),
+        )
+        if on
+    ]
     if len(active) > 1:
         raise ValueError(f"at most one IoU modifier per call, got {' and '.join(active)}")
     if kind == "wiou" and active:

@@ -1,5 +1,5 @@
 """Elementwise losses: IoU-family box loss, sigmoid focal loss, GFL's quality focal loss, varifocal
-loss, smooth L1 with sigma, label smoothing.
+loss, LW-DETR's IoU-aware BCE, smooth L1 with sigma, label smoothing.
 
 Every loss takes the same keyword-only ``reduction``, ``weight`` and ``avg_factor`` and hands them to
 one helper, :func:`weight_reduce` (unweighted sums and means of the fused losses are summed inside
@@ -348,6 +348,58 @@ def varifocal_loss(
     return weight_reduce(loss, weight, reduction, avg_factor)
 
 
+def ia_bce_loss(
+    logits: Tensor,
+    positive: Tensor,
+    iou: Tensor,
+    alpha: float = 0.25,
+    gamma: float = 2.0,
+    *,
+    reduction: Reduction = "mean",
+    weight: Tensor | None = None,
+    avg_factor: float | Tensor | None = None,
+    validate: bool = True,
+) -> Tensor:
+    """IoU-aware BCE (IA-BCE, LW-DETR, Chen et al. 2024), elementwise, with p = sigmoid(x)::
+
+        positive (a matched query's target class):
+            t    = max(p^α · IoU^(1 − α), 0.01)      (detached: a target, no gradient)
+            loss = BCE(p, t) = −t·log p − (1 − t)·log(1 − p)
+        every other (query, class):
+            loss = −p^γ · log(1 − p)                 (the gradient flows through p^γ)
+
+    transformers 5.24's ``LwDetrImageLoss.loss_labels`` (α = ``focal_alpha``, γ = 2). log p and
+    log(1 − p) are evaluated as ``logsigmoid(±x)``: finite where a saturated p (σ(x) rounded to 0 or
+    1) makes the reference's ``log`` ±inf. Plain autograd.
+
+    Args:
+        logits: ``(*)`` raw scores; float16/bfloat16 are computed in float32.
+        positive: ``(*)`` bool (or 0/1), the matched (query, class) pairs.
+        iou: broadcastable to ``(*)``, values in [0, 1]: the IoU of each positive's predicted and
+            target box (read at the positives only).
+        alpha: the quality exponent in [0, 1]; gamma: the negatives' focusing exponent >= 0 (p is
+            clamped at float tiny so γ < 1 keeps finite gradients at p → 0).
+        reduction, weight, avg_factor: see :func:`weight_reduce`.
+        validate: check logits are finite and IoUs lie in [0, 1] (one host sync).
+    """
+    check_number("alpha", alpha, low=0, high=1)
+    check_number("gamma", gamma, low=0)
+    check_tensor("logits", logits)
+    check_tensor("positive", positive)
+    check_tensor("iou", iou)
+    check_broadcasts_to("positive", positive, logits.shape, "logits")
+    check_broadcasts_to("iou", iou, logits.shape, "logits")
+    x, q = _logits_and_targets(logits, iou.expand(logits.shape), validate)
+    pos = positive.to(torch.bool)
+    p = torch.sigmoid(x)
+    with torch.no_grad():
+        t = (p**alpha * q ** (1.0 - alpha)).clamp(min=0.01)
+    pos_weight = torch.where(pos, t, 0.0)
+    neg_weight = torch.where(pos, 1.0 - t, p.clamp(min=torch.finfo(x.dtype).tiny) ** gamma)
+    loss = -(pos_weight * F.logsigmoid(x) + neg_weight * F.logsigmoid(-x))
+    return weight_reduce(loss, weight, reduction, avg_factor)
+
+
 def smooth_l1_loss(
     pred: Tensor,
     target: Tensor,
@@ -385,9 +437,7 @@ def smooth_l1_loss(
         if not t.is_floating_point():
             raise TypeError(f"{name} must have a floating dtype, got {t.dtype}")
     if pred.shape != target.shape:
-        raise ValueError(
-            f"target must have the shape of pred {tuple(pred.shape)}, got {tuple(target.shape)}"
-        )
+        raise ValueError(f"target must have the shape of pred {tuple(pred.shape)}, got {tuple(target.shape)}")
     check_sigma(sigma)
     for name, w in (("inside_weight", inside_weight), ("outside_weight", outside_weight)):
         if isinstance(w, Tensor):

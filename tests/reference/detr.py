@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 # preset → (class, bbox, giou) costs, (cls, bbox, giou) gains, focal alpha: the defaults of the original
@@ -19,6 +20,7 @@ TABLE = {
     "detr": ((1.0, 5.0, 2.0), (1.0, 5.0, 2.0), None),
     "deformable": ((2.0, 5.0, 2.0), (2.0, 5.0, 2.0), 0.25),
     "rtdetr": ((2.0, 5.0, 2.0), (1.0, 5.0, 2.0), 0.75),
+    "lwdetr": ((2.0, 5.0, 2.0), (1.0, 5.0, 2.0), 0.25),  # Atten4Vis/LW-DETR
 }
 
 
@@ -61,14 +63,19 @@ def entry_terms(
     cost_alpha=0.25,
     cost_gamma=2.0,
     focal_gamma=2.0,
+    group_detr=1,
+    focal_alpha=None,
 ):
     """One entry (a decoder layer, the encoder proposals or a denoising layer): ([cls, bbox, giou] with
     gains, per-image shares) as plain floats. ``fixed``: per image a dict query → target (denoising:
     no matching); else scipy's matching of each image's cost block. ``n_norm``: the box count
-    normaliser of this entry (N, or N·G for denoising)."""
+    normaliser of this entry (N, or N·G for denoising). ``group_detr`` G ("lwdetr"): queries
+    [g·S, (g + 1)·S), S = Q // G, are matched to all of the image's targets for each g on its own, the
+    box costs from the boxes rounded to float32 and summed in float32."""
     from scipy.optimize import linear_sum_assignment  # detloss[detr]
 
     (cc, bc, gc), (cw, bw, gw), alpha = TABLE[preset]
+    alpha = alpha if focal_alpha is None else focal_alpha
     batch, num_queries = len(x_entry), len(x_entry[0])
     cls_sum = ce_weight = l1_sum = giou_sum = 0.0
     cls_img, box_img = [0.0] * batch, [0.0] * batch  # box_img: bw·L1 + gw·(1 − GIoU), summed
@@ -78,6 +85,24 @@ def entry_terms(
         match = {}  # query → target
         if fixed is not None:
             match = fixed[image]
+        elif lab and preset == "lwdetr":
+            size = num_queries // group_detr
+            for g in range(group_detr):
+                cost = torch.zeros(size, len(lab), dtype=torch.float64)
+                for r in range(size):
+                    q = g * size + r
+                    pf = [np.float32(v) for v in p[q]]
+                    for j, c in enumerate(lab):
+                        s = sigmoid(x[q][c])
+                        pos = cost_alpha * (1 - s) ** cost_gamma * -math.log(s + 1e-8)
+                        neg = (1 - cost_alpha) * s**cost_gamma * -math.log(1 - s + 1e-8)
+                        tf = [np.float32(v) for v in tb[j]]
+                        l1 = np.float32(0.0)
+                        for k in range(4):
+                            l1 = np.float32(l1 + abs(pf[k] - tf[k]))
+                        cost[r, j] = bc * float(l1) + cc * (pos - neg) - gc * float(iou_and_giou(pf, tf)[1])
+                rows, cols = linear_sum_assignment(cost.numpy())
+                match.update({g * size + int(r): int(c) for r, c in zip(rows, cols, strict=True)})
         elif lab:
             cost = torch.zeros(num_queries, len(lab), dtype=torch.float64)
             for q in range(num_queries):
@@ -115,7 +140,13 @@ def entry_terms(
             for c in range(num_classes):
                 t = 1.0 if (j is not None and lab[j] == c) else 0.0
                 s = sigmoid(x[q][c])
-                if preset == "deformable":
+                if preset == "lwdetr":  # IA-BCE
+                    if t:
+                        quality = max(s**alpha * iou ** (1 - alpha), 0.01)
+                        term = bce(x[q][c], quality)
+                    else:
+                        term = s**focal_gamma * bce(x[q][c], 0.0)
+                elif preset == "deformable":
                     p_t = s * t + (1 - s) * (1 - t)
                     a_t = alpha * t + (1 - alpha) * (1 - t)
                     term = bce(x[q][c], t) * a_t * (1 - p_t) ** focal_gamma
@@ -148,16 +179,19 @@ def loop_port_entries(
     ``(L_dn, B, Q_dn, C′)``, boxes)): contrastive denoising, no matching — element k of
     ``dn_positive_idx[b]`` is the query of target k mod n_b (group k // n_b), as transformers'
     ``get_cdn_matched_indices`` pairs ``dn_positive_idx[b]`` with ``arange(n_b).tile(G)`` — and the
-    normaliser N·G with G = ``dn_groups``."""
+    normaliser N·G with G = ``dn_groups``. ``group_detr`` (in ``kw``): LW-DETR's query groups, the
+    matched entries' normaliser max(G·Σn, 1)."""
     tgt = [(t["boxes"].tolist(), t["labels"].tolist()) for t in targets]
     n_boxes = max(sum(len(lab) for _, lab in tgt), 1)
+    groups = kw.get("group_detr", 1)
+    n_match = max(sum(len(lab) for _, lab in tgt) * groups, 1)  # "lwdetr": G·Σn
     batch = len(tgt)
     stacks = [
-        (f"layer_{i}", lg, bx, n_boxes, None)
+        (f"layer_{i}", lg, bx, n_match, None)
         for i, (lg, bx) in enumerate(zip(logits.tolist(), boxes.tolist(), strict=True))
     ]
     if enc is not None:
-        stacks.append(("enc", enc[0].tolist(), enc[1].tolist(), n_boxes, None))
+        stacks.append(("enc", enc[0].tolist(), enc[1].tolist(), n_match, None))
     if dn is not None:
         fixed = []
         for b in range(batch):

@@ -26,25 +26,31 @@ from ..checks import (
     check_dn_meta,
     check_finite,
     check_gain,
+    check_group_size,
     check_num_classes,
     check_padded_targets,
+    check_query_groups,
     check_set_predictions,
 )
 from ..distributed import global_count
 from ..iou import compute_dtype, iou_xyxy
 from ..kernels import iou_forward
-from ..losses import sigmoid_focal_loss
+from ..losses import ia_bce_loss, sigmoid_focal_loss
 from .result import LossResult
 
-Preset = Literal["detr", "deformable", "rtdetr"]
+Preset = Literal["detr", "deformable", "rtdetr", "lwdetr"]
 
 # preset → (class, bbox, giou) match costs, (cls, bbox, giou) loss gains, focal_alpha: the defaults
-# of the original repositories (facebookresearch/detr, fundamentalvision/Deformable-DETR, lyuwenyu/RT-DETR)
+# of the original repositories (facebookresearch/detr, fundamentalvision/Deformable-DETR, lyuwenyu/RT-DETR,
+# Atten4Vis/LW-DETR; transformers' LwDetrConfig has the same)
 PRESETS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float], float | None]] = {
     "detr": ((1.0, 5.0, 2.0), (1.0, 5.0, 2.0), None),
     "deformable": ((2.0, 5.0, 2.0), (2.0, 5.0, 2.0), 0.25),
     "rtdetr": ((2.0, 5.0, 2.0), (1.0, 5.0, 2.0), 0.75),
+    "lwdetr": ((2.0, 5.0, 2.0), (1.0, 5.0, 2.0), 0.25),
 }
+# LW-DETR's query groups (transformers' LwDetrConfig.group_detr)
+_LWDETR_GROUPS = 13
 
 # The references' GIoU and IoU have no eps; float32's smallest normal keeps degenerate boxes finite
 # (0/tiny = 0) and changes no other value: it is below any union or enclosing area that rounds to > 0.
@@ -52,7 +58,7 @@ _TINY = torch.finfo(torch.float32).tiny
 
 
 # the class term's key in transformers' loss dictionary, per preset
-_CLASS_KEY = {"detr": "loss_ce", "deformable": "loss_ce", "rtdetr": "loss_vfl"}
+_CLASS_KEY = {"detr": "loss_ce", "deformable": "loss_ce", "rtdetr": "loss_vfl", "lwdetr": "loss_ce"}
 _TERMS = ("cls", "bbox", "giou")
 
 
@@ -83,9 +89,10 @@ class SetLossResult(LossResult):
         - ``"rtdetr"`` (``RTDetrLoss``: weighted by ``weight_dict``, as ``components``): layer i < L − 1
           ``…_aux_{i}``, the encoder ``…_aux_{L−1}`` (transformers appends it to the auxiliary
           outputs), denoising layer i ``…_dn_{i}``; ``sum(d.values()) == total``.
-        - ``"detr"``, ``"deformable"`` (``ForObjectDetectionLoss``, ``DeformableDetrForObjectDetectionLoss``:
-          unweighted, transformers applies ``weight_dict`` outside the dictionary): layer i < L − 1
-          ``…_{i}``; entries without a transformers counterpart keep their name: ``…_enc``, ``…_dn_{i}``.
+        - ``"detr"``, ``"deformable"``, ``"lwdetr"`` (``ForObjectDetectionLoss``,
+          ``DeformableDetrForObjectDetectionLoss``, ``LwDetrForObjectDetectionLoss``: unweighted,
+          transformers applies ``weight_dict`` outside the dictionary): layer i < L − 1 ``…_{i}``, the
+          encoder ``…_enc`` (LW-DETR's key; DETR and Deformable have none), ``…_dn_{i}``.
           ``cardinality_error`` (a gradient-free count) is not computed.
         """
         weighted = self.preset == "rtdetr"
@@ -128,6 +135,12 @@ class DETRLoss(nn.Module):
     - ``"rtdetr"`` (C′ = C): the focal cost; L_cls = varifocal: BCE-with-logits(x, t·IoU) weighted by
       α·p^γ·(1 − t) + t·IoU, t the one-hot, IoU of the matched pair and p detached (``focal_alpha``
       0.75), summed over B·Q·C, / N. Costs 2/5/2, gains 1/5/2.
+    - ``"lwdetr"`` (LW-DETR, RF-DETR; C′ = C): the Q queries form G = ``group_detr`` groups of
+      S = ⌊Q/G⌋ consecutive queries (a remainder is never matched), each group matched to all targets
+      on its own (each target matched G times, every group's cost in the one round trip), N = G·Σn;
+      the focal cost with the L1 and GIoU costs of the boxes rounded to float32 (as transformers);
+      L_cls = IA-BCE (:func:`detloss.ia_bce_loss`, α = ``focal_alpha`` 0.25, γ = ``focal_gamma``)
+      summed over B·Q·C, / N. Costs 2/5/2, gains 1/5/2.
 
     Args:
         num_classes: C, the object classes (without no-object).
@@ -142,6 +155,8 @@ class DETRLoss(nn.Module):
             width and height, class ids in [0, C)) in one host synchronisation, and finite costs.
         reduce_across_ranks: N summed over the ranks of a process group and divided by the world
             size (:func:`detloss.distributed.global_count`, at least 1 before dividing).
+        group_detr: G, the query groups of ``"lwdetr"`` (13, transformers' default; the criterion is
+            always in transformers' training mode, G groups whatever the model's mode); 1 otherwise.
 
     Call:
         logits: ``(L, B, Q, C′)`` (or ``(B, Q, C′)`` for one layer), the last layer the final one.
@@ -192,6 +207,7 @@ class DETRLoss(nn.Module):
         focal_gamma: float = 2.0,
         validate: bool = True,
         reduce_across_ranks: bool = False,
+        group_detr: int | None = None,
     ) -> None:
         super().__init__()
         require_scipy()
@@ -225,6 +241,7 @@ class DETRLoss(nn.Module):
         if not 0 <= self.focal_alpha <= 1:
             raise ValueError(f"focal_alpha must lie in [0, 1], got {self.focal_alpha}")
         self.validate, self.reduce_across_ranks = bool(validate), bool(reduce_across_ranks)
+        self.group_detr = check_query_groups(group_detr, preset, _LWDETR_GROUPS)
         # float64, cast per call: eos_coef stays exact for float64 logits
         class_weight = torch.ones(num_classes + 1, dtype=torch.float64)
         class_weight[-1] = self.eos_coef
@@ -293,12 +310,24 @@ class DETRLoss(nn.Module):
                 stacks = [(torch.cat((x, ex)), torch.cat((pred, eb)))]
             else:
                 stacks.append((ex, eb))
+        for name, (sx, _) in zip(("logits", "enc_logits"), stacks, strict=False):
+            check_group_size(name if len(stacks) > 1 else "logits", sx.shape[2], self.group_detr)
+        # with G query groups each group is a block of its own, (E_k, G, B, S, M), and each target has
+        # G slots, group-major (slot g·M + r: group g's match of target row r)
+        groups_q = self.group_detr
         with torch.no_grad():
-            costs = [self._cost(sx, sp, tgt_boxes, labels) for sx, sp in stacks]  # (E_k, B, Q_k, M)
-        matches = hungarian_match_all(costs, counts, validate=self.validate)  # (E_k, B, M) query, −1
-        num_boxes = global_count(valid_tgt.sum().to(dtype), self.reduce_across_ranks, 1.0)
+            costs = [self._group_cost(self._cost(sx, sp, tgt_boxes, labels)) for sx, sp in stacks]
+        matches = hungarian_match_all(costs, counts, validate=self.validate)  # (E_k, G, B, M) query, −1
+        matches = [self._ungroup(m, sx.shape[2]) for m, (sx, _) in zip(matches, stacks, strict=True)]
+        count = valid_tgt.sum().to(dtype)
+        num_boxes = global_count(count, self.reduce_across_ranks, 1.0)
+        if groups_q > 1:  # N = G·Σn, clamped at 1 as a whole (not G·max(Σn, 1))
+            match_boxes = global_count(count * groups_q, self.reduce_across_ranks, 1.0)
+            slot_boxes, slot_labels = tgt_boxes.repeat(1, groups_q, 1), labels.repeat(1, groups_q)
+        else:
+            match_boxes, slot_boxes, slot_labels = num_boxes, tgt_boxes, labels
         terms = [
-            self._terms(sx, sp, m, tgt_boxes, labels, num_boxes)
+            self._terms(sx, sp, m, slot_boxes, slot_labels, match_boxes)
             for (sx, sp), m in zip(stacks, matches, strict=True)
         ]
 
@@ -373,8 +402,20 @@ class DETRLoss(nn.Module):
                 with torch.no_grad():
                     iou = iou_xyxy(pred_xyxy, tgt_xyxy, "iou", _TINY)  # (E, B, K)
                     score = x.new_zeros(slot.shape[:2] + (num_queries + 1,)).scatter(2, slot, iou)
-                score = score[..., :num_queries, None] * onehot  # (E, B, Q, C): IoU at the matched class
-                cls = _rtdetr_varifocal(x, onehot, score, self.focal_alpha, self.focal_gamma).sum((2, 3))
+                score = score[..., :num_queries, None]  # (E, B, Q, 1): each query's matched IoU
+                if self.preset == "lwdetr":
+                    cls = ia_bce_loss(
+                        x,
+                        onehot > 0,
+                        score,
+                        self.focal_alpha,
+                        self.focal_gamma,
+                        reduction="none",
+                        validate=False,
+                    ).sum((2, 3))
+                else:  # IoU at the matched class
+                    cls = _rtdetr_varifocal(x, onehot, score * onehot, self.focal_alpha, self.focal_gamma)
+                    cls = cls.sum((2, 3))
             cls = cls / num_boxes
         return torch.stack((cls, l1, giou), 2)
 
@@ -425,9 +466,13 @@ class DETRLoss(nn.Module):
             neg = (1 - a) * p**g * -(1 - p + 1e-8).log()
             pos = a * (1 - p) ** g * -(p + 1e-8).log()
             class_cost = pos - neg if m < num_logits else (pos - neg).gather(3, index)
+        if self.preset == "lwdetr":
+            # transformers' LW-DETR matcher rounds the boxes to float32 for both box costs (cdist once
+            # took float32 only); the class cost keeps the logits' dtype
+            pred, tgt_boxes = pred.float(), tgt_boxes.float()
         tgt = tgt_boxes.expand(num_layers, -1, -1, -1)
-        cost = torch.cdist(pred, tgt, p=1).mul_(self.bbox_cost)  # (L, B, Q, M): L1 over the 4 coordinates
-        cost.add_(class_cost, alpha=self.class_cost)
+        l1 = torch.cdist(pred, tgt, p=1).to(x.dtype)  # (L, B, Q, M): L1 over the 4 coordinates
+        cost = l1.mul_(self.bbox_cost).add_(class_cost, alpha=self.class_cost)
         # the plain GIoU formula (no autograd needed here; broadcasting avoids materialising box pairs)
         giou = iou_forward(
             convert(pred, "cxcywh", "xyxy")[:, :, :, None],
@@ -437,7 +482,24 @@ class DETRLoss(nn.Module):
             False,
             False,
         )
-        return cost.sub_(giou, alpha=self.giou_cost)
+        return cost.sub_(giou.to(x.dtype), alpha=self.giou_cost)
+
+    def _group_cost(self, cost: Tensor) -> Tensor:
+        """``(E, B, Q, M)`` → ``(E, G, B, S, M)``: the first G·S queries, S = ⌊Q/G⌋, as G blocks
+        (G = 1: unchanged)."""
+        groups = self.group_detr
+        if groups == 1:
+            return cost
+        size = cost.shape[2] // groups
+        return cost[:, :, : groups * size].unflatten(2, (groups, size)).transpose(1, 2)
+
+    def _ungroup(self, match: Tensor, num_queries: int) -> Tensor:
+        """``(E, G, B, M)`` group-local matches → ``(E, B, G·M)`` query indices, slot g·M + r."""
+        groups = self.group_detr
+        if groups == 1:
+            return match
+        offset = torch.arange(groups, device=match.device)[:, None, None] * (num_queries // groups)
+        return torch.where(match >= 0, match + offset, -1).transpose(1, 2).flatten(2)
 
     def _cross_entropy(self, x: Tensor, cls_target: Tensor) -> Tensor:
         """``(L, B)``: per layer and image, Σ_q w_t·CE over the image's queries / Σ w_t over the layer's
