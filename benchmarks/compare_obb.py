@@ -69,13 +69,13 @@ def make_targets(b, size, c, n, lo, hi, g, dtype, empty=(), tiny=0):
 
 
 class _FakeModel(nn.Module):
-    """What ``v8OBBLoss.__init__`` reads from a model: args (gains), model[-1] (stride, nc, reg_max)
-    and a parameter for the device."""
+    """What ``v8OBBLoss.__init__`` reads from a model: args (gains; ``epochs`` for ``E2ELoss``),
+    model[-1] (stride, nc, reg_max) and a parameter for the device."""
 
-    def __init__(self, nc, reg_max):
+    def __init__(self, nc, reg_max, epochs=100):
         super().__init__()
         self.p = nn.Parameter(torch.zeros(1))
-        self.args = SimpleNamespace(box=7.5, cls=0.5, dfl=1.5, angle=1.0)
+        self.args = SimpleNamespace(box=7.5, cls=0.5, dfl=1.5, angle=1.0, epochs=epochs)
         self.model = [
             SimpleNamespace(stride=torch.tensor(STRIDES, dtype=torch.float32), nc=nc, reg_max=reg_max)
         ]
@@ -152,6 +152,63 @@ def agreement(seeds=3):
     return rows
 
 
+def ultralytics_e2e_obb(nc, epochs, epoch):
+    """YOLO26-OBB's criterion as ultralytics builds it (``E2ELoss(model, v8OBBLoss)``), stepped to
+    ``epoch`` the way its trainer does (``update()`` at each epoch's end)."""
+    from ultralytics.utils.loss import E2ELoss, v8OBBLoss
+
+    crit = E2ELoss(_FakeModel(nc, 1, epochs), v8OBBLoss)
+    for _ in range(epoch):
+        crit.update()
+    return crit
+
+
+AGREE_E2E = [
+    # (label, b, size, c, n, lo, hi, tiny, epochs, epoch)
+    ("YOLO26-OBB E2E, epoch 0 of 30", 4, 320, 15, 15, 4, 200, 2, 30, 0),
+    ("YOLO26-OBB E2E, epoch 17 of 30, dense 60", 2, 256, 5, 60, 2, 60, 4, 30, 17),
+    ("YOLO26-OBB E2E, epoch 29 of 30", 4, 320, 15, 15, 4, 200, 2, 30, 29),
+]
+
+
+def agreement_e2e(seeds=3):
+    """detloss's ``yolo26_loss(task="obb")`` against ``E2ELoss(v8OBBLoss)``: the total, the weighted
+    components (the loss vector / B), the logged items (the one-to-one branch's) and the gradients
+    of both branches' heads (raw angles)."""
+    from detloss.criteria import yolo26_loss
+
+    torch.set_default_dtype(torch.float64)
+    rows = []
+    for label, b, size, c, n, lo, hi, tiny, epochs, epoch in AGREE_E2E:
+        worst: dict[str, float] = {}
+
+        def note(key, value, worst=worst):
+            worst[key] = max(worst.get(key, 0.0), value)
+
+        for seed in range(seeds):
+            g = torch.Generator().manual_seed(100 + seed)
+            pm = make_heads(b, size, c, 1, g, torch.float64, raw_angle=True)
+            po = make_heads(b, size, c, 1, g, torch.float64, raw_angle=True)
+            targets = make_targets(b, size, c, n, lo, hi, g, torch.float64, empty=(1,), tiny=tiny)
+            ul = ultralytics_e2e_obb(c, epochs, epoch)
+            heads = {"one2many": mapping(pm, 1, c), "one2one": mapping(po, 1, c)}
+            vec, items = ul(heads, _batch(targets, size))
+            ul_grads = torch.autograd.grad(vec.sum(), pm + po)
+            crit = yolo26_loss(c, task="obb", epochs=epochs)
+            out = crit({"one2many": pm, "one2one": po}, targets, epoch=epoch)
+            grads = torch.autograd.grad(out.total, pm + po)
+            note("total", _rel(out.total, vec.sum()))
+            one2one = out.branches["one2one"].components
+            for i, k in enumerate(["box", "cls", "l1", "angle"]):
+                note(k, _rel(out.components[k], vec[i] / b))
+                note("items", _rel(one2one[k], items[f"{k}_loss"]))
+            for a, bb in zip(grads, ul_grads, strict=True):
+                note("grad", float((a - bb).abs().max() / bb.abs().max().clamp(min=1e-300)))
+        rows.append((label, worst))
+    torch.set_default_dtype(torch.float32)
+    return rows
+
+
 def timing(rounds=7):
     from detloss.profiling import DispatchCounter
 
@@ -190,8 +247,11 @@ def main():
     ap.add_argument("--skip-time", action="store_true")
     ap.add_argument("--seeds", type=int, default=3)
     args = ap.parse_args()
-    print("Agreement with ultralytics 8.4.190 v8OBBLoss (float64; relative errors, worst over seeds)")
-    for label, worst in agreement(args.seeds):
+    print(
+        "Agreement with ultralytics 8.4.190 v8OBBLoss and E2ELoss(v8OBBLoss) "
+        "(float64; relative errors, worst over seeds)"
+    )
+    for label, worst in agreement(args.seeds) + agreement_e2e(args.seeds):
         print(f"  {label}")
         print("    " + ", ".join(f"{k} {v:.1e}" for k, v in worst.items()))
     if args.skip_time:

@@ -5,20 +5,23 @@ Run in a side environment with ultralytics (never a dependency of detloss; AGPL-
     PYTHONPATH=src <side-venv>/bin/python benchmarks/ultralytics_integration.py [--models yolov8n yolo26n]
         [--skip-train] [--epochs 2]
 
-1. Agreement: yolov8n, yolo11n, yolov10n and yolo26n built from ultralytics' yaml files (no weights,
-   80 classes), one training-mode forward at 160 px (B = 4, one image without boxes), ultralytics'
-   criterion (``model.init_criterion()``) and :class:`UltralyticsCriterion` on the same predictions
-   and batch: relative error of the loss vector, of the items, and of every parameter's gradient
-   (max over parameters of max |Δg| / max |g|, with max |g| floored at 1e-6 of the largest over all
-   parameters, as some gradients are round-off), in float32 and float64 (the model cast with
-   ``.double()``, torch's default dtype float64 so that ultralytics' own tensors are too); the
-   end-to-end models at epochs 0 and 4 of 10. Then the time of the criterion's call and of a whole
-   forward + loss + backward (medians of interleaved rounds).
+1. Agreement: yolov8n, yolo11n, yolov10n and yolo26n, and the oriented-box yolov8n-obb, yolo11n-obb
+   and yolo26n-obb (xywhr boxes, θ in [−π/4, 3π/4), one box per image below 2 px), built from
+   ultralytics' yaml files (no weights, 80 classes), one training-mode forward at 160 px (B = 4, one
+   image without boxes), ultralytics' criterion (``model.init_criterion()``) and
+   :class:`UltralyticsCriterion` on the same predictions and batch: relative error of the loss
+   vector, of the items, and of every parameter's gradient (max over parameters of max |Δg| / max
+   |g|, with max |g| floored at 1e-6 of the largest over all parameters, as some gradients are
+   round-off), in float32 and float64 (the model cast with ``.double()``, torch's default dtype
+   float64 so that ultralytics' own tensors are too); the end-to-end models (yolo26n-obb too) at
+   epochs 0 and 4 of 10. Then the time of the criterion's call and of a whole forward + loss +
+   backward (medians of interleaved rounds).
 2. Training: ``model.train(...)`` on a synthetic YOLO-format data set (coloured rectangles on noise,
    16 train / 8 val images, 3 classes) written to a temporary directory, 160 px, batch 4, CPU,
    ``workers=0``, with ultralytics' own trainer and with ``DetlossDetectionTrainer``, each in its own
    process: median step time (``on_train_batch_start`` → ``on_train_batch_end``, first step left
-   out), the process's peak resident memory, the last items and the validation mAP50-95.
+   out), the process's peak resident memory, the last items and the validation mAP50-95 (detection
+   models only: the data set has no oriented boxes).
 """
 
 from __future__ import annotations
@@ -38,12 +41,16 @@ os.environ.setdefault("YOLO_VERBOSE", "False")
 
 import torch  # noqa: E402
 
-MODELS = ("yolov8n", "yolo11n", "yolov10n", "yolo26n")
+MODELS = ("yolov8n", "yolo11n", "yolov10n", "yolo26n", "yolov8n-obb", "yolo11n-obb", "yolo26n-obb")
+#: the end-to-end heads (one-to-one branch, ``E2ELoss``)
+E2E = ("yolov10n", "yolo26n", "yolo26n-obb")
 SIZE, BATCH = 160, 4
 
 
-def synthetic_batch(b: int, g: torch.Generator, dtype: torch.dtype) -> dict:
-    """ultralytics' batch dict: images and 2–7 normalised xywh boxes per image, image 1 empty."""
+def synthetic_batch(b: int, g: torch.Generator, dtype: torch.dtype, obb: bool = False) -> dict:
+    """ultralytics' batch dict: images and 2–7 normalised xywh boxes per image, image 1 empty; with
+    ``obb`` xywhr boxes as an OBB data set gives them (w ≥ h, θ in [−π/4, 3π/4)), the first of each
+    image 1 px high (below the 2 px both criteria drop)."""
     idx, cls, boxes = [], [], []
     for i in range(b):
         n = 0 if i == 1 else int(torch.randint(2, 8, (1,), generator=g))
@@ -51,6 +58,13 @@ def synthetic_batch(b: int, g: torch.Generator, dtype: torch.dtype) -> dict:
         xy = wh / 2 + torch.rand(n, 2, generator=g, dtype=torch.float64) * (1 - wh)
         idx.append(torch.full((n,), float(i)))
         cls.append(torch.randint(0, 80, (n, 1), generator=g).double())
+        if obb:
+            wh = torch.stack((wh.amax(1), wh.amin(1)), 1)
+            if n:
+                wh[0, 1] = 1.0 / SIZE
+            theta = (torch.rand(n, 1, generator=g, dtype=torch.float64) - 0.25) * torch.pi
+            boxes.append(torch.cat((xy, wh, theta), 1))
+            continue
         boxes.append(torch.cat((xy, wh), 1))
     return {
         "img": torch.rand(b, 3, SIZE, SIZE, generator=g, dtype=torch.float64).to(dtype),
@@ -66,7 +80,7 @@ def build(name: str, dtype: torch.dtype):
     from ultralytics import YOLO
 
     model = YOLO(f"{name}.yaml", verbose=False).model.to(dtype).train()
-    model.args = SimpleNamespace(box=7.5, cls=0.5, dfl=1.5, epochs=10)
+    model.args = SimpleNamespace(box=7.5, cls=0.5, dfl=1.5, angle=1.0, epochs=10)
     return model
 
 
@@ -83,7 +97,7 @@ def agreement(name: str, dtype: torch.dtype, epoch: int) -> dict:
     try:
         torch.manual_seed(0)
         model = build(name, dtype)
-        batch = synthetic_batch(BATCH, torch.Generator().manual_seed(1), dtype)
+        batch = synthetic_batch(BATCH, torch.Generator().manual_seed(1), dtype, obb=name.endswith("-obb"))
         theirs, ours = model.init_criterion(), UltralyticsCriterion(model)
         for _ in range(epoch):
             if hasattr(theirs, "update"):
@@ -124,7 +138,7 @@ def timing(name: str, rounds: int = 9) -> dict:
 
     torch.manual_seed(0)
     model = build(name, torch.float32)
-    batch = synthetic_batch(BATCH, torch.Generator().manual_seed(1), torch.float32)
+    batch = synthetic_batch(BATCH, torch.Generator().manual_seed(1), torch.float32, obb=name.endswith("-obb"))
     crits = {"ultralytics": model.init_criterion(), "detloss": UltralyticsCriterion(model)}
     times: dict[str, list[float]] = {f"{k} {w}": [] for k in crits for w in ("loss", "step")}
     for _ in range(rounds + 1):
@@ -230,7 +244,7 @@ def main() -> None:
         print(f"agreement at {SIZE} px, B = {BATCH} (relative errors; detloss vs ultralytics' criterion)")
         print(f"{'model':9} {'dtype':8} {'epoch':>5} {'loss':>9} {'items':>9} {'grads':>9}  keys")
         for name in args.models:
-            e2e = name in ("yolov10n", "yolo26n")
+            e2e = name in E2E
             for dtype in (torch.float32, torch.float64):
                 for epoch in (0, 4) if e2e else (0,):
                     r = agreement(name, dtype, epoch)
@@ -248,7 +262,7 @@ def main() -> None:
         env = {**os.environ, "YOLO_CONFIG_DIR": str(Path(tmp) / "config")}
         print(f"\ntraining: {args.epochs} epochs, 16 train / 8 val images, {SIZE} px, batch {BATCH}, CPU, "
               "each run in its own process")
-        for name in args.models:
+        for name in (m for m in args.models if not m.endswith("-obb")):  # a detection data set
             for trainer in ("ultralytics", "detloss"):
                 cmd = [sys.executable, __file__, "--epochs", str(args.epochs), "--train-one", name, trainer,
                        str(data), str(Path(tmp) / "runs")]

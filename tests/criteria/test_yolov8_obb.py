@@ -182,3 +182,23 @@ def test_errors():
         crit({"boxes": preds[0], "scores": preds[0], "feats": preds}, targets)
     with pytest.raises(ValueError):
         YOLOv8OBBLoss(3, min_size=-1.0)
+
+
+@pytest.mark.slow  # cold compile (over a minute on two cores)
+def test_compile_fullgraph_matches_eager():
+    """One graph: ``torch.compile(fullgraph=True)`` traces the whole criterion (no break, which would
+    raise) and gives eager's components and gradients; a tiny box and an empty image included."""
+    preds, targets = make_case(b=3, size=64, n=5, reg_max=16, seed=3, tiny=1, empty=(2,))
+    preds = [p.detach().float().requires_grad_() for p in preds]
+    targets = [{"boxes": t["boxes"].float(), "labels": t["labels"]} for t in targets]
+    padded = pad_targets(targets, 3, validate=False, fmt="xywhr")
+    crit = YOLOv8OBBLoss(3, reg_max=16, validate=False)
+    eager = crit(preds, padded)
+    g_eager = torch.autograd.grad(eager.total, preds)
+    out = torch.compile(crit, fullgraph=True)(preds, padded)
+    assert set(out.components) == {"box", "cls", "dfl", "angle"}
+    for key in eager.components:
+        torch.testing.assert_close(out.components[key], eager.components[key], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.per_image, eager.per_image, rtol=1e-5, atol=1e-6)
+    for a, b in zip(torch.autograd.grad(out.total, preds), g_eager, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)

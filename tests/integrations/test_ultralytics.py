@@ -79,9 +79,11 @@ def test_use_detloss_on_yolo_object_and_model():
     assert loss.shape == (3,) and list(items) == ["box_loss", "cls_loss", "dfl_loss"]
 
 
-def test_obb_and_segment_models_refused():
-    with pytest.raises(NotImplementedError, match="OBB"):
-        use_detloss(ultralytics.YOLO("yolo26n-obb.yaml", verbose=False))
+def test_obb_models_taken_segment_refused():
+    crit = use_detloss(ultralytics.YOLO("yolo26n-obb.yaml", verbose=False)).model.criterion
+    assert isinstance(crit, UltralyticsCriterion) and crit.obb and crit.end_to_end
+    crit = use_detloss(ultralytics.YOLO("yolo11n-obb.yaml", verbose=False).model).criterion
+    assert crit.obb and not crit.end_to_end and crit.loss_names[-1] == "angle_loss"
     with pytest.raises(NotImplementedError, match="Segment"):
         use_detloss(ultralytics.YOLO("yolov8n-seg.yaml", verbose=False).model)
 

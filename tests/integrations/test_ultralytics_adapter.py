@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from detloss.criteria import EndToEndLoss, YOLOv8Loss
+from detloss.criteria import EndToEndLoss, YOLOv8Loss, YOLOv8OBBLoss
 from detloss.integrations.ultralytics import (
     MAX_BOXES_KEY,
     UltralyticsCriterion,
@@ -35,6 +35,10 @@ class Detect(nn.Module):
 
 
 class OBB(Detect):
+    pass
+
+
+class OBB26(OBB):
     pass
 
 
@@ -133,8 +137,6 @@ def test_batch_to_targets_errors():
 
 
 def test_heads_the_adapter_refuses():
-    with pytest.raises(NotImplementedError, match="oriented-box \\(OBB\\) models are not supported yet"):
-        UltralyticsCriterion(FakeModel(OBB()))
     with pytest.raises(NotImplementedError, match="the head Segment is not supported"):
         UltralyticsCriterion(FakeModel(Segment()))
     with pytest.raises(TypeError, match="expected an ultralytics DetectionModel"):
@@ -245,3 +247,87 @@ def test_adapter_is_not_a_module_and_copies_with_its_model():
     assert not any("criterion" in k for k in model.state_dict())
     clone = copy.deepcopy(model)  # ultralytics' EMA is a deep copy of the model
     assert clone.criterion is not model.criterion and clone.criterion.model is clone
+
+
+# ----------------------------------------------------------------------------------------------
+# Oriented boxes (ultralytics' OBB / OBB26 heads, v8OBBLoss and E2ELoss(v8OBBLoss))
+# ----------------------------------------------------------------------------------------------
+
+
+def obb_batch() -> dict:
+    """ultralytics' OBB batch: normalised xywhr (x, w over W = 96; y, h over H = 64; θ radians) for
+    three images, image 1 empty, the rows of batch_idx not sorted; the last box is 1.5 px high."""
+    return {
+        "batch_idx": torch.tensor([2.0, 0.0, 2.0, 0.0]),
+        "cls": torch.tensor([[1.0], [0.0], [2.0], [2.0]]),
+        "bboxes": torch.tensor(
+            [
+                [0.5, 0.5, 0.25, 0.5, 0.3],
+                [0.25, 0.25, 0.125, 0.25, -0.5],
+                [0.75, 0.5, 0.5, 0.25, 2.0],
+                [0.5, 0.75, 0.25, 1.5 / 64, 0.0],
+            ]
+        ),
+    }
+
+
+def test_batch_to_targets_xywhr_by_hand():
+    out = batch_to_targets(obb_batch(), (64, 96), 3)
+    expected = torch.zeros(3, 2, 5)
+    expected[0, 0] = torch.tensor([24.0, 16.0, 12.0, 16.0, -0.5])
+    expected[0, 1] = torch.tensor([48.0, 48.0, 24.0, 1.5, 0.0])  # kept: the criterion masks it
+    expected[2, 0] = torch.tensor([48.0, 32.0, 24.0, 32.0, 0.3])
+    expected[2, 1] = torch.tensor([72.0, 32.0, 48.0, 16.0, 2.0])
+    torch.testing.assert_close(out.boxes, expected, rtol=0, atol=0)
+    assert out.labels.tolist() == [[0, 2], [0, 0], [1, 2]]
+    assert out.mask.tolist() == [[True, True], [False, False], [True, True]]
+    empty = {"batch_idx": torch.zeros(0), "cls": torch.zeros(0, 1), "bboxes": torch.zeros(0, 5)}
+    assert batch_to_targets(empty, (64, 64), 2, dtype=torch.float64).boxes.shape == (2, 0, 5)
+    with pytest.raises(ValueError, match="last dimension"):
+        batch_to_targets({**obb_batch(), "bboxes": torch.zeros(4, 6)}, (64, 96), 3)
+
+
+def obb_mapping(b, nc, reg_max, size, g, raw=False):
+    """The mapping ultralytics' OBB head hands its loss, ``{"boxes", "scores", "angle", "feats"}``."""
+    out = heads_mapping(b, nc, reg_max, size, g)
+    z = torch.randn(b, 1, out["boxes"].shape[-1], generator=g)
+    out["angle"] = (z if raw else (z.sigmoid() - 0.25) * torch.pi).requires_grad_()
+    return out
+
+
+def test_obb_values_are_yolov8obbloss():
+    g = torch.Generator().manual_seed(2)
+    args = SimpleNamespace(box=5.0, cls=0.25, dfl=2.0, angle=0.5, epochs=3)
+    crit = UltralyticsCriterion(FakeModel(OBB(nc=3, reg_max=16), args))
+    assert crit.obb and not crit.end_to_end
+    built = crit.criterion()
+    assert isinstance(built, YOLOv8OBBLoss) and built.gains["angle"] == 0.5 and built.min_size == 2.0
+    preds, batch = obb_mapping(3, 3, 16, 96, g), obb_batch()
+    loss, items = crit(preds, batch)
+    targets = batch_to_targets(batch, (96, 96), 3)
+    c = YOLOv8OBBLoss(3, STRIDES, 16, box=5.0, cls=0.25, dfl=2.0, angle=0.5)(preds, targets).components
+    vec = torch.stack((c["box"], c["cls"], c["dfl"], c["angle"]))
+    assert loss.shape == (4,)
+    torch.testing.assert_close(loss, vec * 3)
+    assert list(items) == ["box_loss", "cls_loss", "dfl_loss", "angle_loss"]
+    torch.testing.assert_close(torch.stack(list(items.values())), vec)
+
+
+def test_obb26_end_to_end_vector_and_items():
+    g = torch.Generator().manual_seed(3)
+    crit = UltralyticsCriterion(FakeModel(OBB26(nc=3, reg_max=1, end_to_end=True), hyp()))
+    crit.updates = 4
+    built = crit.criterion()
+    assert isinstance(built, EndToEndLoss) and isinstance(built.one2one, YOLOv8OBBLoss)
+    assert built.one2one.gains == {"box": 7.5, "cls": 0.5, "l1": 1.5, "angle": 1.0}  # defaults
+    preds = {"one2many": obb_mapping(3, 3, 1, 96, g, True), "one2one": obb_mapping(3, 3, 1, 96, g, True)}
+    loss, items = crit(preds, obb_batch())
+    targets = batch_to_targets(obb_batch(), (96, 96), 3)
+    w_m = 0.1 + 0.7 * (1 - 4 / 9)
+    vec = {}
+    for name, topk, topk2 in (("one2many", 10, None), ("one2one", 7, 1)):
+        c = YOLOv8OBBLoss(3, STRIDES, 1, topk=topk, topk2=topk2)(preds[name], targets).components
+        vec[name] = torch.stack((c["box"], c["cls"], c["l1"], c["angle"]))
+    torch.testing.assert_close(loss, vec["one2many"] * 3 * w_m + vec["one2one"] * 3 * (1 - w_m))
+    assert list(items) == ["box_loss", "cls_loss", "l1_loss", "angle_loss"]
+    torch.testing.assert_close(torch.stack(list(items.values())), vec["one2one"])

@@ -2,10 +2,12 @@
 documented behaviour (docs/obb.md "Formulas"): targets with a side below 2 px dropped; the rotated
 task-aligned assigner (u = max(ProbIoU, 0) with floor 0 in pixels, candidates inside the rotated
 rectangle after widening sides below ``min_side``, inclusive, by the projections on two edges; top-k,
-contests to the box of highest u, scores normalised per box); box loss 1 − ProbIoU with floor 0.01 in
-grid units; DFL (or L1 with ``reg_max = 1``) on ltrb targets in the target's rotated frame; the angle
-loss. ProbIoU here is the matrix form of Llerena et al. (covariances summed, determinant D = A·B − C²),
-not detloss's frame-relative one. Loops over images, boxes and positive anchors; nothing from detloss.
+contests to the box of highest u, with ``topk2`` each box's ``topk2`` positives of largest alignment
+kept (the one-to-one branch of ``E2ELoss``), scores normalised per box); box loss 1 − ProbIoU with
+floor 0.01 in grid units; DFL (or L1 with ``reg_max = 1``) on ltrb targets in the target's rotated
+frame; the angle loss. ProbIoU here is the matrix form of Llerena et al. (covariances summed,
+determinant D = A·B − C²), not detloss's frame-relative one. Loops over images, boxes and positive
+anchors; nothing from detloss.
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ def naive_obb_loss(
     gains=(7.5, 0.5, 1.5, 1.0),
     min_side=None,
     min_size=2.0,
+    topk2=None,
 ):
     if min_side is None:
         min_side = strides[1] if len(strides) > 1 else strides[0]
@@ -122,6 +125,13 @@ def naive_obb_loss(
                         best = j
                 owner[a] = best
         positives = [a for a in range(n_anchor) if owner[a] >= 0]
+        if topk2 is not None and topk2 != topk:  # each box keeps its topk2 positives of largest t
+            kept = []
+            for j in range(m):
+                mine = [a for a in positives if owner[a] == j]
+                mine.sort(key=lambda a: (-float(metric[j, a]), a))
+                kept += mine[:topk2]
+            positives = sorted(kept)
         max_u = {j: 0.0 for j in range(m)}
         max_t = {j: 0.0 for j in range(m)}
         for a in positives:

@@ -22,10 +22,11 @@ from dataclasses import dataclass, field
 
 from torch import Tensor, nn
 
-from ..checks import check_number, positive_ints
+from ..checks import check_number, check_one_of, positive_ints
 from .result import LossResult
 from .targets import Targets, as_padded, batch_size
 from .yolov8 import YOLOv8Loss
+from .yolov8_obb import YOLOv8OBBLoss
 
 #: the one-to-many weight at the first epoch and at the last (ultralytics' ``o2m`` and ``final_o2m``)
 O2M_START, O2M_END = 0.8, 0.1
@@ -44,7 +45,8 @@ def e2e_weights(epoch: float | Tensor, epochs: int) -> tuple[float | Tensor, flo
 
 
 class EndToEndLoss(nn.Module):
-    """The end-to-end YOLO loss (YOLOv10, YOLO26): two :class:`YOLOv8Loss` branches, weighted.
+    """The end-to-end YOLO loss (YOLOv10, YOLO26): two :class:`YOLOv8Loss` branches, weighted; or two
+    :class:`YOLOv8OBBLoss` branches (YOLO26-OBB; xywhr targets, components with ``"angle"``).
 
     Args:
         one2many: the one-to-many branch's criterion (the original: ``topk=10``).
@@ -57,8 +59,8 @@ class EndToEndLoss(nn.Module):
         preds: ``{"one2many": heads, "one2one": heads}``, each in either layout of
             :class:`YOLOv8Loss` (per-stride tensors, or ultralytics' ``{"boxes", "scores", "feats"}``),
             on the same grids.
-        targets: as :class:`YOLOv8Loss` (xyxy input pixels); padded and validated once for both
-            branches (validated when either branch has ``validate``).
+        targets: as the branches take them (xyxy input pixels; xywhr for OBB branches); padded and
+            validated once for both branches (validated when either branch has ``validate``).
         epoch: the current epoch e (0-based): an int, a float or a 0-dim tensor (no host sync).
 
     Returns:
@@ -74,6 +76,12 @@ class EndToEndLoss(nn.Module):
         for name, branch in (("one2many", one2many), ("one2one", one2one)):
             if not isinstance(branch, YOLOv8Loss):
                 raise TypeError(f"{name} must be a YOLOv8Loss, got {type(branch).__name__}")
+        if (one2many.box_format, one2many.angled) != (one2one.box_format, one2one.angled):
+            # the targets are padded once, and the heads read alike: one box family for both
+            raise TypeError(
+                f"one2one must take the boxes of one2many ({type(one2many).__name__}), "
+                f"got {type(one2one).__name__}"
+            )
         if one2many.num_classes != one2one.num_classes or one2many.strides != one2one.strides:
             raise ValueError(
                 "one2one must have the num_classes and strides of one2many: got "
@@ -151,15 +159,25 @@ class E2EResult(LossResult):
 def yolo26_loss(
     num_classes: int,
     *,
+    task: str = "detect",
     epochs: int = 100,
     strides: Sequence[int] = (8, 16, 32),
     validate: bool = True,
     **options: object,
 ) -> EndToEndLoss:
-    """YOLO26's detection loss as ultralytics 8.4.190 trains it: ``reg_max = 1`` (raw distances, L1),
-    one-to-many ``topk=10``, one-to-one ``topk=7, topk2=1``, the progressive schedule over ``epochs``.
-    ``options`` go to both branches (gains, ``alpha``, ``beta``, ``min_side``, ``iou_kind`` …)."""
-    return _e2e(num_classes, 1, epochs, strides, validate, options)
+    """YOLO26's loss as ultralytics 8.4.190 trains it: ``reg_max = 1`` (raw distances, L1), one-to-many
+    ``topk=10``, one-to-one ``topk=7, topk2=1``, the progressive schedule over ``epochs``.
+
+    ``task="detect"``: :class:`YOLOv8Loss` branches (xyxy targets); ``task="obb"`` (YOLO26-OBB, the
+    original's ``E2ELoss(model, v8OBBLoss)``): :class:`YOLOv8OBBLoss` branches (xywhr targets, the raw
+    angle, the angle gain 1.0 and ``min_size`` 2 px as in v8OBBLoss). ``options`` go to both branches
+    (gains, ``alpha``, ``beta``, ``min_side``, ``iou_kind`` for detect, ``angle``/``min_size`` for obb …)."""
+    check_one_of("task", task, tuple(_TASKS))
+    return _e2e(num_classes, 1, epochs, strides, validate, options, _TASKS[task])
+
+
+#: the branch criterion of each task of :func:`yolo26_loss`
+_TASKS: dict[str, type[YOLOv8Loss]] = {"detect": YOLOv8Loss, "obb": YOLOv8OBBLoss}
 
 
 def yolov10_loss(
@@ -189,7 +207,8 @@ def _e2e(
     strides: Sequence[int],
     validate: bool,
     options: Mapping[str, object],
+    cls: type[YOLOv8Loss] = YOLOv8Loss,
 ) -> EndToEndLoss:
-    one2many = YOLOv8Loss(num_classes, strides, reg_max, topk=10, validate=validate, **options)
-    one2one = YOLOv8Loss(num_classes, strides, reg_max, topk=7, topk2=1, validate=validate, **options)
+    one2many = cls(num_classes, strides, reg_max, topk=10, validate=validate, **options)
+    one2one = cls(num_classes, strides, reg_max, topk=7, topk2=1, validate=validate, **options)
     return EndToEndLoss(one2many, one2one, epochs=epochs)

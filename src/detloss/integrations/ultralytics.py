@@ -16,12 +16,14 @@ process, where callbacks registered on the ``YOLO`` object are not re-run)::
 
 The model's criterion (``model.criterion``, what ``DetectionModel.loss`` calls) becomes an
 :class:`UltralyticsCriterion`: YOLOv8 / YOLO11 detection heads train with
-:class:`detloss.criteria.YOLOv8Loss`, heads with a one-to-one branch (YOLOv10, YOLO26) with
-:class:`detloss.criteria.EndToEndLoss` in the configuration of ultralytics 8.4.190's ``E2ELoss``
-(one-to-many top-10; one-to-one top-7, then top-1 per box; the progressive weights). It returns what
-ultralytics' criterion returns, with the same values: the loss vector ``(box, cls, dfl | l1) · B`` the
-trainer sums, and the detached items ``{"box_loss", "cls_loss", "dfl_loss" | "l1_loss"}`` (gains
-applied, not · B; for an end-to-end head the one-to-one branch's).
+:class:`detloss.criteria.YOLOv8Loss`, their oriented-box heads (yolov8n-obb, yolo11n-obb) with
+:class:`detloss.criteria.YOLOv8OBBLoss`, heads with a one-to-one branch (YOLOv10, YOLO26, YOLO26-OBB)
+with :class:`detloss.criteria.EndToEndLoss` of those, in the configuration of ultralytics 8.4.190's
+``E2ELoss`` (one-to-many top-10; one-to-one top-7, then top-1 per box; the progressive weights). It
+returns what ultralytics' criterion returns, with the same values: the loss vector
+``(box, cls, dfl | l1[, angle]) · B`` the trainer sums, and the detached items ``{"box_loss",
+"cls_loss", "dfl_loss" | "l1_loss"[, "angle_loss"]}`` (gains applied, not · B; for an end-to-end head
+the one-to-one branch's).
 
 ultralytics (AGPL-3.0) is never a dependency of detloss: importing this module does not import it;
 :func:`use_detloss` and ``DetlossDetectionTrainer`` import it when used. ``DetlossDetectionTrainer``
@@ -39,7 +41,8 @@ import torch
 from torch import Tensor, nn
 
 from ..assign import PaddedTargets
-from ..criteria import EndToEndLoss, YOLOv8Loss
+from ..checks import check_one_of
+from ..criteria import EndToEndLoss, YOLOv8Loss, YOLOv8OBBLoss
 from ..criteria.result import LossResult
 
 __all__ = ["MAX_BOXES_KEY", "UltralyticsCriterion", "batch_to_targets", "use_detloss"]
@@ -49,10 +52,10 @@ __all__ = ["MAX_BOXES_KEY", "UltralyticsCriterion", "batch_to_targets", "use_det
 MAX_BOXES_KEY = "detloss_max_boxes"
 
 #: ultralytics' defaults (cfg/default.yaml) for a model without hyper-parameters.
-_DEFAULT_HYP = {"box": 7.5, "cls": 0.5, "dfl": 1.5, "epochs": 100}
+_DEFAULT_HYP = {"box": 7.5, "cls": 0.5, "dfl": 1.5, "angle": 1.0, "epochs": 100}
 
-#: The heads trained with ultralytics' ``v8DetectionLoss`` / ``E2ELoss`` (detection only).
-_DETECT_HEADS = ("Detect", "v10Detect")
+#: The heads trained with ultralytics' ``v8DetectionLoss`` / ``v8OBBLoss`` / ``E2ELoss`` of those.
+_DETECT_HEADS = ("Detect", "v10Detect", "OBB", "OBB26")
 
 
 def batch_to_targets(
@@ -63,12 +66,14 @@ def batch_to_targets(
     max_boxes: int | None = None,
     dtype: torch.dtype | None = None,
 ) -> PaddedTargets:
-    """ultralytics' batch dict as :class:`detloss.assign.PaddedTargets` (xyxy input pixels), on the
-    batch's device.
+    """ultralytics' batch dict as :class:`detloss.assign.PaddedTargets` on the batch's device: xyxy
+    input pixels, or xywhr (θ in radians, as given) for an oriented-box batch.
 
     Args:
         batch: ``{"batch_idx": (N,) image of each box, "cls": (N,) or (N, 1) class ids, "bboxes":
-            (N, 4) xywh normalised to [0, 1]}`` (the tensors of ultralytics' collate; other keys ignored).
+            (N, 4) xywh normalised to [0, 1], or (N, 5) xywhr (an OBB data set's: x, w over the width,
+            y, h over the height, θ radians)}`` (the tensors of ultralytics' collate; other keys
+            ignored).
         image_size: ``(H, W)`` of the input in pixels.
         batch_size: B, the number of images (an image may have no box).
         max_boxes: M, the padded width: at least the largest number of boxes in one image. Given, the
@@ -77,14 +82,19 @@ def batch_to_targets(
         dtype: the boxes' dtype (default: torch's default dtype, as ultralytics' padding).
 
     Each image's boxes keep their order in the batch, whatever the order of ``batch_idx``. The
-    arithmetic is ultralytics': the xywh are scaled to pixels, then the corners are centre ∓ half size.
+    arithmetic is ultralytics': the xywh are scaled to pixels, then the corners are centre ∓ half size;
+    xywhr boxes keep that form (x, w × W; y, h × H; θ untouched), as ultralytics' OBB padding.
+    Nothing is dropped: the OBB criteria mask boxes below their ``min_size``.
     """
     for key in ("batch_idx", "cls", "bboxes"):
         if key not in batch:
             raise KeyError(f"batch: ultralytics' batch dict needs the key {key!r}")
     idx = batch["batch_idx"].reshape(-1).long()
     labels = batch["cls"].reshape(-1).long()
-    xywh = batch["bboxes"].reshape(-1, 4)
+    bboxes = batch["bboxes"]
+    check_one_of("batch['bboxes'] last dimension", bboxes.shape[-1] if bboxes.dim() else None, (4, 5))
+    width = bboxes.shape[-1]
+    xywh = bboxes.reshape(-1, width)
     n, device = idx.shape[0], xywh.device
     dtype = torch.get_default_dtype() if dtype is None else dtype
     if max_boxes is None:
@@ -100,10 +110,14 @@ def batch_to_targets(
     rank = torch.empty_like(idx)
     rank[order] = torch.arange(n, device=device) - first[idx[order]]
     h, w = image_size
-    pixels = xywh.to(dtype) * torch.tensor([w, h, w, h], dtype=dtype, device=device)
-    half = pixels[:, 2:] / 2
-    boxes = torch.zeros(batch_size, max_boxes, 4, dtype=dtype, device=device)
-    boxes[idx, rank] = torch.cat((pixels[:, :2] - half, pixels[:, :2] + half), 1)
+    pixels = xywh[:, :4].to(dtype) * torch.tensor([w, h, w, h], dtype=dtype, device=device)
+    if width == 5:  # xywhr: the angle as it is
+        rows = torch.cat((pixels, xywh[:, 4:].to(dtype)), 1)
+    else:
+        half = pixels[:, 2:] / 2
+        rows = torch.cat((pixels[:, :2] - half, pixels[:, :2] + half), 1)
+    boxes = torch.zeros(batch_size, max_boxes, width, dtype=dtype, device=device)
+    boxes[idx, rank] = rows
     padded_labels = torch.zeros(batch_size, max_boxes, dtype=torch.long, device=device)
     padded_labels[idx, rank] = labels
     mask = torch.zeros(batch_size, max_boxes, dtype=torch.bool, device=device)
@@ -118,17 +132,18 @@ def _detection_head(model: nn.Module) -> nn.Module:
         raise TypeError(f"model: expected an ultralytics DetectionModel, got {type(model).__name__}")
     head = layers[-1]
     name = type(head).__name__
-    if any(c.__name__ == "OBB" for c in type(head).__mro__):
-        raise NotImplementedError(
-            f"model: oriented-box (OBB) models are not supported yet by detloss's ultralytics integration "
-            f"(head {name}); only detection heads ({', '.join(_DETECT_HEADS)}) are"
-        )
     if name not in _DETECT_HEADS:
         raise NotImplementedError(
             f"model: the head {name} is not supported by detloss's ultralytics integration; only "
-            f"detection heads ({', '.join(_DETECT_HEADS)}: YOLOv8, YOLO11, YOLOv10, YOLO26) are"
+            f"detection and oriented-box heads ({', '.join(_DETECT_HEADS)}: YOLOv8, YOLO11, YOLOv10, "
+            "YOLO26 and their OBB models) are"
         )
     return head
+
+
+def _is_obb(head: nn.Module) -> bool:
+    """An oriented-box head (ultralytics' ``OBB`` and its YOLO26 subclass ``OBB26``)."""
+    return any(c.__name__ == "OBB" for c in type(head).__mro__)
 
 
 def _hyp(args: object, name: str) -> float:
@@ -141,10 +156,11 @@ def _hyp(args: object, name: str) -> float:
 class UltralyticsCriterion:
     """detloss's criterion behind ultralytics' criterion interface (what ``DetectionModel.loss`` calls).
 
-    It reads the head (classes, ``reg_max``, strides, whether it has a one-to-one branch) when built
-    and the gains ``box``, ``cls``, ``dfl`` (the L1 gain when ``reg_max = 1``) and ``epochs`` from
-    ``model.args`` at each call, as ultralytics' criterion reads its hyper-parameters; the detloss
-    criterion is rebuilt only when they change. Not an ``nn.Module``, so it stays out of the model's
+    It reads the head (classes, ``reg_max``, strides, whether it has a one-to-one branch, whether it
+    is an oriented-box head) when built and the gains ``box``, ``cls``, ``dfl`` (the L1 gain when
+    ``reg_max = 1``), ``angle`` (OBB) and ``epochs`` from ``model.args`` at each call, as
+    ultralytics' criterion reads its hyper-parameters; the detloss criterion is rebuilt only when they
+    change. Not an ``nn.Module``, so it stays out of the model's
     ``state_dict`` (ultralytics strips it from checkpoints).
 
     The end-to-end weights follow ultralytics' schedule: :attr:`updates` counts the finished epochs
@@ -153,20 +169,20 @@ class UltralyticsCriterion:
     ``updates`` (:func:`detloss.criteria.end_to_end.e2e_weights`).
 
     Args:
-        model: an ultralytics ``DetectionModel`` (``model.model[-1]`` a ``Detect`` or ``v10Detect``
-            head); held, to read its ``args``.
+        model: an ultralytics ``DetectionModel`` or ``OBBModel`` (``model.model[-1]`` a ``Detect``,
+            ``v10Detect``, ``OBB`` or ``OBB26`` head); held, to read its ``args``.
 
     Call:
         preds: the head's training output (``{"boxes", "scores", "feats"}``, or ``{"one2many": …,
             "one2one": …}``), or the ``(inference, training output)`` pair of an evaluating model.
-        batch: ultralytics' batch dict (:func:`batch_to_targets`); with :data:`MAX_BOXES_KEY` the
-            padding needs no host read.
+        batch: ultralytics' batch dict (:func:`batch_to_targets`; xywhr ``bboxes`` for OBB); with
+            :data:`MAX_BOXES_KEY` the padding needs no host read.
 
     Returns:
-        ``(loss, items)``: the ``(3,)`` loss vector (box, cls, dfl | l1) · B in torch's default dtype
-        (end-to-end: w_o2m · one2many's + w_o2o · one2one's), and the detached components
-        ``{"box_loss", "cls_loss", "dfl_loss" | "l1_loss"}`` (gains applied, not · B; end-to-end: the
-        one-to-one branch's).
+        ``(loss, items)``: the loss vector (box, cls, dfl | l1) · B, ``(3,)``, or with ``angle``,
+        ``(4,)`` for OBB, in torch's default dtype (end-to-end: w_o2m · one2many's + w_o2o ·
+        one2one's), and the detached components ``{"box_loss", "cls_loss", "dfl_loss" | "l1_loss"}``
+        (and ``"angle_loss"``; gains applied, not · B; end-to-end: the one-to-one branch's).
     """
 
     def __init__(self, model: nn.Module) -> None:
@@ -176,8 +192,11 @@ class UltralyticsCriterion:
         self.reg_max = int(head.reg_max)
         self.strides = tuple(int(s) for s in torch.as_tensor(head.stride).tolist())
         self.end_to_end = getattr(head, "one2one_cv2", None) is not None
+        self.obb = _is_obb(head)
         self.regression = "dfl" if self.reg_max > 1 else "l1"
-        self.loss_names = ("box_loss", "cls_loss", f"{self.regression}_loss")
+        #: the components in ultralytics' order (its loss vector's), and the items' names
+        self.terms = ("box", "cls", self.regression) + (("angle",) if self.obb else ())
+        self.loss_names = tuple(f"{k}_loss" for k in self.terms)
         #: finished epochs: the end-to-end weights are those of epoch ``updates``
         self.updates = 0
         self._built: tuple[tuple[float, ...], YOLOv8Loss | EndToEndLoss] | None = None
@@ -196,17 +215,25 @@ class UltralyticsCriterion:
     def criterion(self) -> YOLOv8Loss | EndToEndLoss:
         """The detloss criterion for the model's current hyper-parameters."""
         args = getattr(self.model, "args", None)
-        key = tuple(float(_hyp(args, k)) for k in ("box", "cls", "dfl")) + (int(_hyp(args, "epochs")),)
+        key = tuple(float(_hyp(args, k)) for k in ("box", "cls", "dfl", "angle")) + (
+            int(_hyp(args, "epochs")),
+        )
         if self._built is None or self._built[0] != key:
             self._built = key, self._build(*key)
         return self._built[1]
 
-    def _build(self, box: float, cls: float, dfl: float, epochs: int) -> YOLOv8Loss | EndToEndLoss:
+    def _build(
+        self, box: float, cls: float, dfl: float, angle: float, epochs: int
+    ) -> YOLOv8Loss | EndToEndLoss:
         gains = {"box": box, "cls": cls, self.regression: dfl}
+        # ultralytics' v8OBBLoss: the angle term, and boxes below 2 px dropped (YOLOv8OBBLoss's min_size)
+        kind, extra = (YOLOv8OBBLoss, {"angle": angle}) if self.obb else (YOLOv8Loss, {})
 
         def branch(**assign: int) -> YOLOv8Loss:
             # the batch is converted here, checked by ultralytics' loader: no target validation
-            return YOLOv8Loss(self.num_classes, self.strides, self.reg_max, validate=False, **gains, **assign)
+            return kind(
+                self.num_classes, self.strides, self.reg_max, validate=False, **gains, **extra, **assign
+            )
 
         if not self.end_to_end:
             return branch(topk=10)
@@ -232,13 +259,14 @@ class UltralyticsCriterion:
             logged = crit(preds, targets)
             loss = self._vector(logged, b)
         dtype = torch.get_default_dtype()
-        items = (logged.components[k].detach().to(dtype) for k in ("box", "cls", self.regression))
+        items = (logged.components[k].detach().to(dtype) for k in self.terms)
         return loss, dict(zip(self.loss_names, items, strict=True))
 
     def _vector(self, out: LossResult, batch_size: int) -> Tensor:
-        """``(box, cls, dfl | l1) · B`` in torch's default dtype, as ultralytics allocates its vector."""
+        """``(box, cls, dfl | l1[, angle]) · B`` in torch's default dtype, as ultralytics allocates its
+        vector."""
         c = out.components
-        parts = torch.stack((c["box"], c["cls"], c[self.regression]))
+        parts = torch.stack([c[k] for k in self.terms])
         return parts.to(torch.get_default_dtype()) * batch_size
 
 
@@ -276,13 +304,16 @@ def _is_ultralytics(obj: object) -> bool:
 
 
 def use_detloss(model: Any) -> Any:
-    """Make an ultralytics YOLO detection model train with detloss's criterion; returns ``model``.
+    """Make an ultralytics YOLO detection or oriented-box model train with detloss's criterion;
+    returns ``model``.
 
     Args:
-        model: a ``YOLO`` object (``ultralytics.YOLO``), or its ``DetectionModel``. The head picks
-            the criterion: ``Detect`` (YOLOv8, YOLO11) → :class:`detloss.criteria.YOLOv8Loss`; a
-            head with a one-to-one branch (YOLOv10, YOLO26) → :class:`detloss.criteria.EndToEndLoss`
-            (ultralytics 8.4.190's configuration).
+        model: a ``YOLO`` object (``ultralytics.YOLO``), or its ``DetectionModel`` / ``OBBModel``. The
+            head picks the criterion: ``Detect`` (YOLOv8, YOLO11) → :class:`detloss.criteria.YOLOv8Loss`;
+            ``OBB`` (yolov8n-obb, yolo11n-obb) → :class:`detloss.criteria.YOLOv8OBBLoss` (the model's
+            ``box``, ``cls``, ``dfl``, ``angle``); a head with a one-to-one branch (YOLOv10, YOLO26,
+            YOLO26-OBB) → :class:`detloss.criteria.EndToEndLoss` of those (ultralytics 8.4.190's
+            configuration).
 
     On a ``DetectionModel`` it sets ``model.criterion`` (:class:`UltralyticsCriterion`), so
     ``model.loss(batch)`` is detloss's. On a ``YOLO`` object it does that for ``model.model`` and
@@ -292,7 +323,7 @@ def use_detloss(model: Any) -> Any:
 
     Raises:
         TypeError: ``model`` is not an ultralytics ``YOLO`` object or detection model.
-        NotImplementedError: an oriented-box (OBB), segmentation, pose or other non-detection model.
+        NotImplementedError: a segmentation, pose or other model that is neither detection nor OBB.
     """
     if not _is_ultralytics(model):
         raise TypeError(
