@@ -2,7 +2,7 @@
 
 Run in the side venv (torch + ultralytics 8.4.190; never a dependency of detloss)::
 
-    PYTHONPATH=src <side-venv>/bin/python benchmarks/compare_e2e.py [--skip-time]
+    PYTHONPATH=src <side-venv>/bin/python benchmarks/compare_e2e.py [--skip-time] [--memory]
 
 1. Agreement (float64, ``torch.set_default_dtype(torch.float64)`` so that ultralytics' own target
    tensors are float64 too): relative error of the total, of every weighted component, of every
@@ -13,6 +13,13 @@ Run in the side venv (torch + ultralytics 8.4.190; never a dependency of detloss
 2. Time (float32, 2 threads, interleaved rounds, medians) of forward + backward and the aten ops and
    host syncs of one step (:class:`detloss.profiling.DispatchCounter`), at B = 16, 640 px, C = 80,
    12 boxes per image.
+3. ``--memory`` (instead of 1 and 2): peak extra memory and forward + backward time of the YOLO26
+   configuration at B = 8, 640 px, C = 80, with 500 boxes per image (sides 6–64 px) and with 12. Memory
+   is measured the way ``benchmarks/bench.py`` measures it: each (implementation, boxes) in a fresh
+   subprocess, one warm-up step, then the growth of the peak resident set (VmHWM, reset through
+   ``/proc/self/clear_refs``) over the resident set before the step, with glibc's mmap threshold at
+   16 KiB so that freed blocks leave the resident set and cannot hide a later allocation. Times are
+   medians of interleaved rounds in this process (float32, 2 threads).
 
 ultralytics is AGPL-3.0: it is only called here.
 """
@@ -20,8 +27,13 @@ ultralytics is AGPL-3.0: it is only called here.
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
+import subprocess
+import sys
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import torch
@@ -209,11 +221,114 @@ def timing(rounds=15):
     return {k: statistics.median(v) for k, v in times.items()}, counts
 
 
+MEMORY_CASES = ((500, 6, 64), (12, 6, 64))  # (boxes per image, smallest side, largest side) in pixels
+MEMORY_B, MEMORY_SIZE, MEMORY_C = 8, 640, 80
+
+
+def _memory_step(impl, n, lo, hi, seed=0):
+    """One YOLO26 forward + backward (a closure) of ``impl`` ("ultralytics" or "detloss") on B = 8
+    heads of 640 px, C = 80, ``n`` boxes per image with sides in [lo, hi] pixels."""
+    b, size, c = MEMORY_B, MEMORY_SIZE, MEMORY_C
+    g = torch.Generator().manual_seed(seed)
+    pm, po = make_heads(b, size, c, 1, g, torch.float32), make_heads(b, size, c, 1, g, torch.float32)
+    targets = make_targets(b, size, c, n, lo, hi, g, torch.float32)
+    leaves = pm + po
+    if impl == "ultralytics":
+        ul, batch = ultralytics_e2e(c, 1, 100, 10), _batch(targets, size)
+
+        def total():
+            return ul({"one2many": _mapping(pm, 1), "one2one": _mapping(po, 1)}, batch)[0].sum()
+    else:
+        ours = ours_e2e(c, 1, 100)
+
+        def total():
+            return ours({"one2many": pm, "one2one": po}, targets, epoch=10).total
+
+    def step():
+        torch.autograd.grad(total(), leaves)
+
+    return step
+
+
+def _status_kib(field_name):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1])
+    raise OSError(f"no {field_name} in /proc/self/status")
+
+
+def _memory_worker(impl, n, lo, hi):
+    """Peak extra resident memory (MB) of one step after a warm-up step (``bench.py``'s method)."""
+    torch.set_num_threads(2)
+    step = _memory_step(impl, n, lo, hi)
+    step()  # warm-up: imports and the first-call allocations of these shapes
+    before = _status_kib("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:  # reset the peak mark (VmHWM) to the current RSS
+        f.write("5")
+    step()
+    return max(0, _status_kib("VmHWM") - before) / 1024.0
+
+
+def measure_memory(impl, n, lo, hi):
+    """:func:`_memory_worker` in a fresh Python process, so that no allocation of another run counts."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([p for p in sys.path if p] + [env.get("PYTHONPATH", "")])
+    # glibc serves blocks >= 16 KiB by mmap and unmaps them on free: the resident set follows the
+    # live tensors instead of keeping freed heap pages that a later allocation would reuse unseen
+    env["MALLOC_MMAP_THRESHOLD_"] = "16384"
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--memory-worker", json.dumps([impl, n, lo, hi])]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def memory_and_time(rounds=7):
+    """``{(impl, n): (peak extra MB, median fwd+bwd s)}`` for every case of :data:`MEMORY_CASES`."""
+    torch.set_num_threads(2)
+    impls = ("ultralytics", "detloss")
+    out = {}
+    for n, lo, hi in MEMORY_CASES:
+        steps = {impl: _memory_step(impl, n, lo, hi) for impl in impls}
+        times = {impl: [] for impl in impls}
+        for step in steps.values():
+            step()  # warm-up
+        for _ in range(rounds):  # interleaved, so that a change of the machine's load hits both alike
+            for impl, step in steps.items():
+                t0 = time.perf_counter()
+                step()
+                times[impl].append(time.perf_counter() - t0)
+        del steps
+        for impl in impls:
+            out[(impl, n)] = (measure_memory(impl, n, lo, hi), statistics.median(times[impl]))
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--skip-time", action="store_true")
     ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--memory", action="store_true", help="peak memory and time at 500 and 12 boxes/image")
+    ap.add_argument("--rounds", type=int, default=7, help="timing rounds of --memory (default 7)")
+    ap.add_argument("--memory-worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.memory_worker:
+        print(_memory_worker(*json.loads(args.memory_worker)))
+        return
+    if args.memory:
+        print(
+            f"YOLO26 fwd+bwd, B={MEMORY_B}, {MEMORY_SIZE} px, C={MEMORY_C}, float32, 2 threads: "
+            "peak extra RSS (fresh process each) and median time"
+        )
+        res = memory_and_time(args.rounds)
+        for n, lo, hi in MEMORY_CASES:
+            (mu, tu), (md, td) = res[("ultralytics", n)], res[("detloss", n)]
+            print(f"  {n} boxes/image (sides {lo}–{hi} px)")
+            print(f"    ultralytics E2ELoss  {mu:8.1f} MB  {tu * 1e3:8.1f} ms")
+            print(
+                f"    detloss EndToEndLoss {md:8.1f} MB  {td * 1e3:8.1f} ms   "
+                f"memory ×{md / mu:.3f}, time ×{td / tu:.2f} of ultralytics'"
+            )
+        return
     print("Agreement with ultralytics 8.4.190 (float64; relative errors, worst over seeds)")
     for label, worst in agreement(args.seeds):
         print(f"  {label}")

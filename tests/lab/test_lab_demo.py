@@ -114,3 +114,70 @@ def test_yolov8_head_and_decode_of_zero_logits():
     for index, centre, stride in ((0, 0.5, 8), (9, 1.5, 8), (64, 0.5, 16)):  # cells (0, 0), (1, 1); stride 16
         lo, hi = (centre - half) * stride, (centre + half) * stride
         assert boxes[0, index].tolist() == [lo, lo, hi, hi]
+
+
+def test_yolo26_has_a_one_to_one_head_on_detached_features():
+    spec = D.CRITERIA["yolo26"]
+    assert spec.one2one and spec.head_channels(3) == 4 + 3  # reg_max = 1: four raw distances
+    model = D.TinyDetector(3, width=8, head_channels=spec.head_channels(3), one2one=True)
+    out = model(torch.rand(2, 3, 64, 64))
+    assert set(out) == {"one2many", "one2one"}
+    for many, one in zip(out["one2many"], out["one2one"], strict=True):
+        assert many.shape == one.shape
+        assert torch.equal(many, one)  # the copy starts as the one-to-many head
+    # the one-to-one branch trains its own heads only: no gradient reaches the shared features
+    sum(o.sum() for o in out["one2one"]).backward()
+    assert all(p.grad is None for p in model.stem.parameters())
+    assert all(p.grad is not None for p in model.heads_o2o.parameters())
+    assert all(p.grad is None for p in model.heads.parameters())
+
+
+def test_yolo26_decodes_the_one_to_one_head_without_nms():
+    # one2one: zero logits except two cells whose boxes coincide; one2many: noise that must be ignored
+    spec = D.CRITERIA["yolo26"]
+    one = [torch.zeros(1, 7, 64 // s, 64 // s) for s in D.STRIDES]
+    one[0][0, :4, 0, 0] = 1.0  # cell (0, 0) of stride 8: centre (4, 4) ± 8 px → (-4, -4, 12, 12)
+    one[0][0, 4, 0, 0] = 5.0  # class 0, confident
+    one[0][0, 4, 0, 1] = 4.0  # cell (1, 0): class 0, slightly less confident
+    one[0][0, :4, 0, 1] = torch.tensor([2.0, 1.0, 0.0, 1.0])  # → (-4, -4, 12, 12) too
+    many = [torch.randn_like(o) * 10 for o in one]
+    boxes, scores = spec.decode({"one2many": many, "one2one": one}, 64)
+    assert boxes.shape == (1, 84, 4) and scores.shape == (1, 84, 3)
+    assert boxes[0, 0].tolist() == [-4.0, -4.0, 12.0, 12.0] == boxes[0, 1].tolist()
+    det = spec.select(boxes, scores)[0]
+    assert det["boxes"].shape == (100, 4)  # top-k of the 84 · 3 (anchor, class) pairs
+    assert det["labels"][:2].tolist() == [0, 0]
+    # both coinciding boxes are kept: NMS would have dropped the second
+    assert torch.equal(det["boxes"][0], det["boxes"][1])
+    assert det["scores"][:2].tolist() == pytest.approx(torch.sigmoid(torch.tensor([5.0, 4.0])).tolist())
+    assert bool((det["scores"][:-1] >= det["scores"][1:]).all())
+
+
+def test_yolo26_training_steps_its_schedule_and_lowers_the_loss():
+    # a few epochs on 16 images: the criterion sees each epoch, the loss falls, mAP comes from one2one
+    seen = []
+    crit = D.build_criterion("yolo26", 3, 64, epochs=4)
+    forward = crit.forward
+
+    def spy(preds, targets, epoch):
+        seen.append(epoch)
+        return forward(preds, targets, epoch)
+
+    crit.forward = spy
+    torch.manual_seed(0)
+    spec = D.CRITERIA["yolo26"]
+    data = D.make_shapes(16, 64, seed=0)
+    model = D.TinyDetector(3, width=8, head_channels=spec.head_channels(3), one2one=True)
+    history = D.train(model, crit, spec, data, epochs=4, batch=8, lr=3e-3, seed=0, show_progress=False)
+    assert seen == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert all(math.isfinite(v) for v in history["total"])
+    assert sum(history["total"][-2:]) < sum(history["total"][:2])
+    dets = D.detect(model, spec, data.images)
+    model.eval()
+    with torch.no_grad():  # what evaluation must be: the one-to-one head, top-k, no NMS
+        boxes, scores = D._yolo26_head_decode(model(data.images)["one2one"], 64)
+    expected = D.select_topk(boxes, scores)
+    assert len(dets) == 16 and all(d["boxes"].shape[0] == 100 for d in dets)
+    for d, e in zip(dets, expected, strict=True):
+        assert all(torch.equal(d[k], e[k]) for k in ("boxes", "scores", "labels"))
+    assert 0.0 <= D.coco_map(data.targets, dets, 3)["map50"] <= 1.0

@@ -2,8 +2,9 @@
 
 Pipeline: :func:`.data.make_shapes` (train and held-out test split from different seeds) →
 :class:`.model.TinyDetector` (strides 8, 16, 32; 3 anchors per scale, or an anchor-free DFL head for
-YOLOv8) → the chosen criterion →
-AdamW with a cosine schedule → decode + :func:`.model.select_detections` → pycocotools COCOeval.
+YOLOv8; plus a one-to-one copy of that head for YOLO26) → the chosen criterion →
+AdamW with a cosine schedule → decode + :func:`.model.select_detections` (NMS), or for YOLO26 the
+one-to-one head + :func:`.model.select_topk` (no NMS) → pycocotools COCOeval.
 
 Criteria are looked up in :data:`CRITERIA`. Each entry says how to build the criterion, how to hand it
 the network's raw outputs and how to decode those outputs into scored boxes, so a criterion is wired
@@ -27,9 +28,10 @@ from torch import Tensor
 from .. import codecs
 from ..boxes import convert
 from ..criteria import SSDLoss, YOLOv3Loss, YOLOv4Loss, YOLOv5Loss, YOLOv8Loss
+from ..criteria.end_to_end import yolo26_loss
 from .data import CLASSES, ShapesData, make_shapes
 from .evaluate import coco_map
-from .model import TinyDetector, select_detections
+from .model import TinyDetector, select_detections, select_topk
 
 STRIDES = (8, 16, 32)
 # (w, h) in input pixels per scale, fitted to the shapes' 10–34 px sides
@@ -49,17 +51,23 @@ class CriterionSpec:
     """How the demo drives one criterion.
 
     Attributes:
-        build: ``(num_classes, image size) → criterion``.
+        build: ``(num_classes, image size, epochs) → criterion``.
         preds: ``(raw outputs, image size) → what the criterion's forward takes as preds``.
         decode: ``(raw outputs, image size) → (boxes (B, N, 4) xyxy pixels, scores (B, N, C))``.
         head_channels: ``num_classes → channels per scale`` of the network's head (None: 3 anchors
             × (5 + C), the layout every anchor-based criterion reads).
+        one2one: the network has a second, one-to-one head (its outputs are then
+            ``{"one2many": …, "one2one": …}``) and the criterion takes the epoch (``epoch=e``, 0-based)
+            for its schedule.
+        select: ``(boxes, scores) → per-image detections``; NMS by default, top-k for one-to-one heads.
     """
 
-    build: Callable[[int, int], Any]
-    preds: Callable[[list[Tensor], int], Any]
-    decode: Callable[[list[Tensor], int], tuple[Tensor, Tensor]]
+    build: Callable[[int, int, int], Any]
+    preds: Callable[[Any, int], Any]
+    decode: Callable[[Any, int], tuple[Tensor, Tensor]]
     head_channels: Callable[[int], int] | None = None
+    one2one: bool = False
+    select: Callable[[Tensor, Tensor], list[dict[str, Tensor]]] = select_detections
 
 
 def _grid(h: int, w: int, like: Tensor) -> Tensor:
@@ -131,28 +139,45 @@ def _yolo_preds(outputs: list[Tensor], size: int) -> list[Tensor]:
     return outputs
 
 
-def _yolov8_decode(outputs: list[Tensor], size: int) -> tuple[Tensor, Tensor]:
-    """Anchor-free heads ``(B, 4·reg_max + C, H, W)`` → boxes (DFL expectation around each cell centre,
-    :func:`detloss.codecs.decode_distances`, times the stride) and per-class σ(cls)."""
-    boxes, scores = [], []
-    for out, stride in zip(outputs, STRIDES, strict=True):
-        b, _, h, w = out.shape
-        flat = out.flatten(2).transpose(1, 2)  # (B, H·W, 4·reg_max + C)
-        centres = (_grid(h, w, out).reshape(-1, 2) + 0.5)  # grid units
-        dist = flat[..., : 4 * V8_REG_MAX].reshape(b, h * w, 4, V8_REG_MAX)
-        boxes.append(codecs.decode_distances(dist, centres) * stride)
-        scores.append(flat[..., 4 * V8_REG_MAX :].sigmoid())
-    return torch.cat(boxes, 1), torch.cat(scores, 1)
+def _anchor_free_decode(reg_max: int) -> Callable[[list[Tensor], int], tuple[Tensor, Tensor]]:
+    """Anchor-free heads ``(B, 4·reg_max + C, H, W)`` → boxes around each cell centre (the DFL
+    expectation, :func:`detloss.codecs.decode_distances`, or with ``reg_max = 1`` the raw distances),
+    times the stride, and per-class σ(cls)."""
+
+    def decode(outputs: list[Tensor], size: int) -> tuple[Tensor, Tensor]:
+        boxes, scores = [], []
+        for out, stride in zip(outputs, STRIDES, strict=True):
+            b, _, h, w = out.shape
+            flat = out.flatten(2).transpose(1, 2)  # (B, H·W, 4·reg_max + C)
+            centres = _grid(h, w, out).reshape(-1, 2) + 0.5  # grid units
+            if reg_max == 1:
+                box = codecs.distances_to_boxes(flat[..., :4], centres)
+            else:
+                box = codecs.decode_distances(flat[..., : 4 * reg_max].reshape(b, h * w, 4, reg_max), centres)
+            boxes.append(box * stride)
+            scores.append(flat[..., 4 * reg_max :].sigmoid())
+        return torch.cat(boxes, 1), torch.cat(scores, 1)
+
+    return decode
+
+
+_yolov8_decode = _anchor_free_decode(V8_REG_MAX)
+_yolo26_head_decode = _anchor_free_decode(1)
+
+
+def _yolo26_decode(outputs: dict[str, list[Tensor]], size: int) -> tuple[Tensor, Tensor]:
+    """Detections come from the one-to-one head alone (the one-to-many head only helps training)."""
+    return _yolo26_head_decode(outputs["one2one"], size)
 
 
 CRITERIA: dict[str, CriterionSpec] = {
     "yolov3": CriterionSpec(
-        lambda c, size: YOLOv3Loss(num_classes=c, anchors=ANCHORS, strides=STRIDES),
+        lambda c, size, epochs: YOLOv3Loss(num_classes=c, anchors=ANCHORS, strides=STRIDES),
         _yolo_preds,
         _yolo_decoder(lambda raw, anc, grid, s: codecs.decode_yolo(raw, grid, anc, s)),
     ),
     "yolov4": CriterionSpec(
-        lambda c, size: YOLOv4Loss(
+        lambda c, size, epochs: YOLOv4Loss(
             num_classes=c,
             preset="yolov4",
             anchors=ANCHORS,
@@ -163,29 +188,38 @@ CRITERIA: dict[str, CriterionSpec] = {
         _yolo_decoder(lambda raw, anc, grid, s: codecs.decode_yolo(raw, grid, anc, s)),
     ),
     "yolov5": CriterionSpec(
-        lambda c, size: YOLOv5Loss(num_classes=c, anchors=ANCHORS, strides=STRIDES),
+        lambda c, size, epochs: YOLOv5Loss(num_classes=c, anchors=ANCHORS, strides=STRIDES),
         _yolo_preds,
         _yolo_decoder(lambda raw, anc, grid, s: codecs.decode_yolov5(raw, anc / s, grid, s)),
     ),
     "yolov8": CriterionSpec(
-        lambda c, size: YOLOv8Loss(num_classes=c, strides=STRIDES, reg_max=V8_REG_MAX),
+        lambda c, size, epochs: YOLOv8Loss(num_classes=c, strides=STRIDES, reg_max=V8_REG_MAX),
         _yolo_preds,
         _yolov8_decode,
         head_channels=lambda c: 4 * V8_REG_MAX + c,
     ),
+    "yolo26": CriterionSpec(
+        lambda c, size, epochs: yolo26_loss(c, epochs=epochs, strides=STRIDES),
+        _yolo_preds,
+        _yolo26_decode,
+        head_channels=lambda c: 4 + c,  # reg_max = 1: four raw distances
+        one2one=True,
+        select=select_topk,
+    ),
     "ssd": CriterionSpec(
-        lambda c, size: SSDLoss(num_classes=c, priors=ssd_priors(size)),
+        lambda c, size, epochs: SSDLoss(num_classes=c, priors=ssd_priors(size)),
         lambda outputs, size: _ssd_split(outputs),
         _ssd_decode,
     ),
 }
 
 
-def build_criterion(name: str, num_classes: int, size: int) -> Any:
-    """The :data:`CRITERIA` entry ``name`` for ``num_classes`` classes on ``size``-pixel images."""
+def build_criterion(name: str, num_classes: int, size: int, epochs: int = 30) -> Any:
+    """The :data:`CRITERIA` entry ``name`` for ``num_classes`` classes on ``size``-pixel images, trained
+    for ``epochs`` epochs (the length of YOLO26's schedule; the others ignore it)."""
     if name not in CRITERIA:
         raise ValueError(f"criterion must be one of {tuple(CRITERIA)}, got {name!r}")
-    return CRITERIA[name].build(num_classes, size)
+    return CRITERIA[name].build(num_classes, size, epochs)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -202,7 +236,7 @@ def detect(
     out: list[dict[str, Tensor]] = []
     for i in range(0, images.shape[0], batch):
         boxes, scores = spec.decode(model(images[i : i + batch]), images.shape[-1])
-        out.extend(select_detections(boxes, scores))
+        out.extend(spec.select(boxes, scores))
     return out
 
 
@@ -217,7 +251,10 @@ def train(
     seed: int,
     show_progress: bool = True,
 ) -> dict[str, list[float]]:
-    """AdamW + cosine decay with a short linear warm-up, horizontal flips; returns per-step loss parts."""
+    """AdamW + cosine decay with a short linear warm-up, horizontal flips; returns per-step loss parts.
+
+    A one-to-one criterion (``spec.one2one``) gets the epoch, so its branch weights move once per epoch.
+    """
     from ._util import progress
 
     g = torch.Generator().manual_seed(seed)
@@ -231,14 +268,15 @@ def train(
     history: dict[str, list[float]] = {}
     size = data.images.shape[-1]
     with progress(total=total, desc="train", unit="step", disable=not show_progress) as bar:
-        for _ in range(epochs):
+        for epoch in range(epochs):
             model.train()
             for idx in torch.randperm(len(data), generator=g).split(batch):
                 images, targets = data.subset(idx)
                 flip = torch.rand(len(idx), generator=g) < 0.5
                 images = torch.where(flip[:, None, None, None], images.flip(-1), images)
                 targets = [_flip(t, size) if f else t for t, f in zip(targets, flip.tolist(), strict=True)]
-                result = criterion(spec.preds(model(images), size), targets)
+                preds = spec.preds(model(images), size)
+                result = criterion(preds, targets, epoch=epoch) if spec.one2one else criterion(preds, targets)
                 opt.zero_grad(set_to_none=True)
                 result.total.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
@@ -350,12 +388,14 @@ def run(
     """Generate data, measure the untrained model, train, measure again; return metrics and history."""
     torch.manual_seed(seed)
     spec = CRITERIA[criterion]
-    crit = build_criterion(criterion, len(CLASSES), size)
+    crit = build_criterion(criterion, len(CLASSES), size, epochs)
     t0 = time.perf_counter()
     train_set = make_shapes(train_images, size, seed=seed)
     test_set = make_shapes(test_images, size, seed=seed + 10_000)  # disjoint stream: held out
     channels = None if spec.head_channels is None else spec.head_channels(len(CLASSES))
-    model = TinyDetector(len(CLASSES), num_anchors=3, width=width, head_channels=channels)
+    model = TinyDetector(
+        len(CLASSES), num_anchors=3, width=width, head_channels=channels, one2one=spec.one2one
+    )
     before = coco_map(test_set.targets, detect(model, spec, test_set.images), len(CLASSES))
     t1 = time.perf_counter()
     history = train(model, crit, spec, train_set, epochs, batch, lr, seed, show_progress)

@@ -4,10 +4,14 @@ The network is the same for every criterion: a strided conv backbone, a top-down
 and one 1×1 head per scale with ``A·(5 + C)`` channels. YOLO criteria read the channels as
 (tx, ty, tw, th, obj, cls…) per anchor; SSD reads the same ``A·(4 + (C + 1))`` channels as
 (loc×4, conf×(C + 1)) per prior, so only the interpretation differs. The anchor-free YOLOv8 head
-asks for ``4·reg_max + C`` channels per scale instead (``head_channels``).
+asks for ``4·reg_max + C`` channels per scale instead (``head_channels``). End-to-end YOLO (YOLO26) adds
+a second, one-to-one copy of the heads (``one2one``) whose detections need no NMS
+(:func:`select_topk`).
 """
 
 from __future__ import annotations
+
+import copy
 
 import torch
 import torch.nn.functional as F
@@ -22,10 +26,21 @@ def _conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
 
 class TinyDetector(nn.Module):
     """Input ``(B, 3, S, S)`` → one raw head output ``(B, A·(5+C), S/s, S/s)`` per stride s in (8, 16, 32)
-    (``head_channels`` channels instead of ``A·(5+C)`` when given)."""
+    (``head_channels`` channels instead of ``A·(5+C)`` when given).
+
+    With ``one2one`` the forward returns ``{"one2many": outputs, "one2one": outputs}``: the second set
+    comes from a copy of the heads applied to detached features, as ultralytics' end-to-end head does,
+    so the one-to-one loss trains its own heads without pulling the shared features away from the
+    one-to-many assignment.
+    """
 
     def __init__(
-        self, num_classes: int, num_anchors: int = 3, width: int = 32, head_channels: int | None = None
+        self,
+        num_classes: int,
+        num_anchors: int = 3,
+        width: int = 32,
+        head_channels: int | None = None,
+        one2one: bool = False,
     ) -> None:
         super().__init__()
         w = width
@@ -39,14 +54,20 @@ class TinyDetector(nn.Module):
         self.smooth3 = _conv(2 * w, 2 * w)
         out = num_anchors * (5 + num_classes) if head_channels is None else head_channels
         self.heads = nn.ModuleList(nn.Conv2d(c, out, 1) for c in (2 * w, 3 * w, 4 * w))
+        self.heads_o2o = copy.deepcopy(self.heads) if one2one else None
 
-    def forward(self, x: Tensor) -> list[Tensor]:
+    def forward(self, x: Tensor) -> list[Tensor] | dict[str, list[Tensor]]:
         c3 = self.down3(self.stem(x))
         c4 = self.down4(c3)
         p5 = self.down5(c4)
         p4 = self.smooth4(c4 + F.interpolate(self.lat4(p5), size=c4.shape[-2:], mode="nearest"))
         p3 = self.smooth3(c3 + F.interpolate(self.lat3(p4), size=c3.shape[-2:], mode="nearest"))
-        return [head(p) for head, p in zip(self.heads, (p3, p4, p5), strict=True)]
+        feats = (p3, p4, p5)
+        many = [head(p) for head, p in zip(self.heads, feats, strict=True)]
+        if self.heads_o2o is None:
+            return many
+        one = [head(p.detach()) for head, p in zip(self.heads_o2o, feats, strict=True)]
+        return {"one2many": many, "one2one": one}
 
 
 def batched_nms(boxes: Tensor, scores: Tensor, labels: Tensor, iou_threshold: float) -> Tensor:
@@ -113,3 +134,23 @@ def select_detections(
             }
         )
     return out
+
+
+def select_topk(boxes: Tensor, scores: Tensor, max_det: int = 100) -> list[dict[str, Tensor]]:
+    """NMS-free selection for one-to-one heads: per image the ``max_det`` best (box, class) pairs.
+
+    Every (anchor, class) score competes, as in ultralytics' end-to-end post-processing, so one box may
+    appear with two classes; nothing is suppressed, since a one-to-one head is trained to give each
+    object a single confident anchor.
+
+    Args:
+        boxes: ``(B, N, 4)`` xyxy pixels; scores ``(B, N, C)`` per-class probabilities.
+    Returns:
+        B dicts ``{"boxes": (k, 4), "scores": (k,), "labels": (k,)}``, k = min(max_det, N·C), scores
+        descending.
+    """
+    b, n, c = scores.shape
+    top = scores.reshape(b, n * c).topk(min(max_det, n * c), dim=1)  # sorted descending
+    anchor, labels = top.indices // c, top.indices % c
+    picked = boxes.gather(1, anchor[..., None].expand(-1, -1, 4))
+    return [{"boxes": picked[i], "scores": top.values[i], "labels": labels[i]} for i in range(b)]
