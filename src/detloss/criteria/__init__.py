@@ -1,6 +1,7 @@
 """Detector criteria: one file per detector, each reproducing its original implementation."""
 
 from .detr import DETRLoss, SetLossResult
+from .dfine import ddf_loss, dfine_bin_values, fgl_loss, fgl_targets
 from .end_to_end import E2EResult, EndToEndLoss, yolo26_loss, yolov10_loss
 from .result import LossResult
 from .ssd import SSDLoss, l2_weight_decay
@@ -24,6 +25,10 @@ __all__ = [
     "YOLOv5Loss",
     "YOLOv8Loss",
     "YOLOv8OBBLoss",
+    "ddf_loss",
+    "dfine_bin_values",
+    "fgl_loss",
+    "fgl_targets",
     "l2_weight_decay",
     "yolo26_loss",
     "yolov10_loss",
