@@ -179,6 +179,39 @@ def check_set_predictions(
     return logits, boxes
 
 
+def check_dfine_local(
+    names: tuple[str, str], corners: object, refs: object, logits: Tensor, prefix: str
+) -> tuple[Tensor, Tensor]:
+    """D-FINE's ``corners`` ``(L, B, Q, 4·(N + 1))`` and ``reference_points`` ``(L, B, Q, 4)`` beside
+    logits ``(L + 1, B, Q, C)`` (the model's L + 1 intermediate outputs: the pre-head prediction first).
+
+    Raises:
+        TypeError: not floating tensors.
+        ValueError: missing, or shapes that do not fit the logits, or N + 1 bins with N odd or <= 2.
+    """
+    if corners is None or refs is None:
+        raise ValueError(f"preset 'dfine' needs {names[0]} and {names[1]} with {prefix}logits")
+    corners, refs = check_tensor(names[0], corners), check_tensor(names[1], refs)
+    for name, t in zip(names, (corners, refs), strict=True):
+        if not t.is_floating_point():
+            raise TypeError(f"{name} must have a floating dtype, got {t.dtype}")
+    if logits.shape[0] < 2:
+        raise ValueError(
+            f"preset 'dfine' needs {prefix}logits with L + 1 >= 2 entries, got {tuple(logits.shape)}"
+        )
+    lead = (logits.shape[0] - 1,) + tuple(logits.shape[1:3])
+    width = corners.shape[-1] if corners.dim() == 4 else 0
+    bins = width // 4 - 1
+    if corners.dim() != 4 or tuple(corners.shape[:3]) != lead or width % 4 or bins <= 2 or bins % 2:
+        raise ValueError(
+            f"{names[0]} must have shape (L, B, Q, 4·(N + 1)) = {lead + ('4·(N + 1)',)} with N even > 2 "
+            f"({prefix}logits has the L + 1 entries {tuple(logits.shape)}), got {tuple(corners.shape)}"
+        )
+    if tuple(refs.shape) != lead + (4,):
+        raise ValueError(f"{names[1]} must have shape {lead + (4,)}, got {tuple(refs.shape)}")
+    return corners, refs
+
+
 def check_dn_meta(
     meta: object, counts: Sequence[int] | None, num_dn: int, num_queries: int
 ) -> tuple[list[Tensor], int]:

@@ -23,6 +23,7 @@ from ..assign.hungarian import hungarian_match_all, require_scipy
 from ..assign.targets import PaddedTargets, pad_targets, raise_bad_target, targets_ok
 from ..boxes import convert
 from ..checks import (
+    check_dfine_local,
     check_dn_meta,
     check_finite,
     check_gain,
@@ -36,9 +37,10 @@ from ..distributed import global_count
 from ..iou import compute_dtype, iou_xyxy
 from ..kernels import iou_forward
 from ..losses import ia_bce_loss, sigmoid_focal_loss
+from .dfine import ddf_loss, fgl_loss
 from .result import LossResult
 
-Preset = Literal["detr", "deformable", "rtdetr", "lwdetr"]
+Preset = Literal["detr", "deformable", "rtdetr", "lwdetr", "dfine"]
 
 # preset → (class, bbox, giou) match costs, (cls, bbox, giou) loss gains, focal_alpha: the defaults
 # of the original repositories (facebookresearch/detr, fundamentalvision/Deformable-DETR, lyuwenyu/RT-DETR,
@@ -48,7 +50,10 @@ PRESETS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float],
     "deformable": ((2.0, 5.0, 2.0), (2.0, 5.0, 2.0), 0.25),
     "rtdetr": ((2.0, 5.0, 2.0), (1.0, 5.0, 2.0), 0.75),
     "lwdetr": ((2.0, 5.0, 2.0), (1.0, 5.0, 2.0), 0.25),
+    "dfine": ((2.0, 5.0, 2.0), (1.0, 5.0, 2.0), 0.75),
 }
+# D-FINE's FGL and DDF gains (transformers' DFineConfig weight_loss_fgl, weight_loss_ddf)
+_DFINE_GAINS = (0.15, 1.5)
 # LW-DETR's query groups (transformers' LwDetrConfig.group_detr)
 _LWDETR_GROUPS = 13
 
@@ -58,8 +63,15 @@ _TINY = torch.finfo(torch.float32).tiny
 
 
 # the class term's key in transformers' loss dictionary, per preset
-_CLASS_KEY = {"detr": "loss_ce", "deformable": "loss_ce", "rtdetr": "loss_vfl", "lwdetr": "loss_ce"}
+_CLASS_KEY = {
+    "detr": "loss_ce",
+    "deformable": "loss_ce",
+    "rtdetr": "loss_vfl",
+    "lwdetr": "loss_ce",
+    "dfine": "loss_vfl",
+}
 _TERMS = ("cls", "bbox", "giou")
+_DFINE_TERMS = _TERMS + ("fgl", "ddf")
 
 
 @dataclass
@@ -95,8 +107,8 @@ class SetLossResult(LossResult):
           encoder ``…_enc`` (LW-DETR's key; DETR and Deformable have none), ``…_dn_{i}``.
           ``cardinality_error`` (a gradient-free count) is not computed.
         """
-        weighted = self.preset == "rtdetr"
-        keys = (_CLASS_KEY[self.preset], "loss_bbox", "loss_giou")
+        weighted = self.preset in ("rtdetr", "dfine")
+        keys = (_CLASS_KEY[self.preset], "loss_bbox", "loss_giou", "loss_fgl", "loss_ddf")
         num_layers = len(self.layers)
         names = [f"layer_{i}" for i in range(num_layers)] + list(self.entries)
         rows = self.layers + list(self.entries.values())
@@ -107,10 +119,13 @@ class SetLossResult(LossResult):
         suffix["enc"] = f"_aux_{num_layers - 1}" if weighted else "_enc"
         out: dict[str, Tensor] = {}
         order = [names[num_layers - 1]] + names[: num_layers - 1] + names[num_layers:]  # main first
+        # D-FINE: the main output and the encoder have no corners, so no FGL/DDF keys
+        plain = {names[num_layers - 1], "enc"}
         for name in order:
             e = names.index(name)
-            values = rows[e].values() if raw is None else raw[e].unbind()
-            for key, value in zip(keys, values, strict=True):
+            values = list(rows[e].values() if raw is None else raw[e].unbind())
+            values = values[:3] if name in plain else values
+            for key, value in zip(keys, values, strict=False):
                 out[key + suffix.get(name, f"_{name}")] = value
         return out
 
@@ -208,6 +223,10 @@ class DETRLoss(nn.Module):
         validate: bool = True,
         reduce_across_ranks: bool = False,
         group_detr: int | None = None,
+        fgl: float | None = None,
+        ddf: float | None = None,
+        up: float = 0.5,
+        reg_scale: float = 4.0,
     ) -> None:
         super().__init__()
         require_scipy()
@@ -242,6 +261,13 @@ class DETRLoss(nn.Module):
             raise ValueError(f"focal_alpha must lie in [0, 1], got {self.focal_alpha}")
         self.validate, self.reduce_across_ranks = bool(validate), bool(reduce_across_ranks)
         self.group_detr = check_query_groups(group_detr, preset, _LWDETR_GROUPS)
+        if preset == "dfine":
+            self.gains["fgl"] = check_gain("fgl", _DFINE_GAINS[0] if fgl is None else fgl)
+            self.gains["ddf"] = check_gain("ddf", _DFINE_GAINS[1] if ddf is None else ddf)
+        elif fgl is not None or ddf is not None:
+            raise ValueError("fgl and ddf are the gains of preset 'dfine'")
+        self.up, self.reg_scale = float(up), float(reg_scale)
+        self.terms = _DFINE_TERMS if preset == "dfine" else _TERMS
         # float64, cast per call: eos_coef stays exact for float64 logits
         class_weight = torch.ones(num_classes + 1, dtype=torch.float64)
         class_weight[-1] = self.eos_coef
@@ -259,8 +285,19 @@ class DETRLoss(nn.Module):
         dn_logits: Tensor | None = None,
         dn_boxes: Tensor | None = None,
         dn_meta: Mapping[str, object] | None = None,
+        corners: Tensor | None = None,
+        reference_points: Tensor | None = None,
+        dn_corners: Tensor | None = None,
+        dn_reference_points: Tensor | None = None,
     ) -> SetLossResult:
         logits, boxes = self._check_preds(logits, boxes, targets)
+        dfine = self.preset == "dfine"
+        if not dfine and not all(
+            t is None for t in (corners, reference_points, dn_corners, dn_reference_points)
+        ):
+            raise ValueError("corners and reference_points are inputs of preset 'dfine' only")
+        if dfine:
+            local = check_dfine_local(("corners", "reference_points"), corners, reference_points, logits, "")
         num_layers, batch, num_queries, _ = logits.shape
         listed = not isinstance(targets, PaddedTargets)
         host_counts = [int(t["boxes"].shape[0]) for t in targets] if listed else None  # from the shapes
@@ -268,6 +305,10 @@ class DETRLoss(nn.Module):
         dn = self._check_entry(("dn_logits", "dn_boxes"), dn_logits, dn_boxes, "L_dn, B, Q_dn", batch)
         if (dn is None) != (dn_meta is None):
             raise ValueError("dn_logits, dn_boxes and dn_meta go together: pass all three or none")
+        if dfine and dn is not None:
+            dn_local = check_dfine_local(
+                ("dn_corners", "dn_reference_points"), dn_corners, dn_reference_points, dn[0], "dn_"
+            )
         if dn is not None:
             dn_idx, groups = check_dn_meta(dn_meta, host_counts, dn[0].shape[2], num_queries)
             if len(dn_idx) != batch:
@@ -276,6 +317,21 @@ class DETRLoss(nn.Module):
                 )
         dtype = compute_dtype(logits)  # fp16/bf16 heads: computed in float32
         x, pred = logits.to(dtype), boxes.to(dtype)
+        if dfine:
+            # transformers' D-FINE clamps every box to [0, 1] before matching; of the L + 1 outputs,
+            # auxiliary entry k (k < L − 1) pairs with layer k's corners (entry L − 1 takes no part)
+            # and the last is the main output (no corners); the teacher is the last layer's corners
+            # with the main output's logits
+            pred = pred.clamp(0, 1)
+            last = x.shape[0] - 1
+            teacher_logits = x[last]
+            x, pred = torch.cat((x[: last - 1], x[last:])), torch.cat((pred[: last - 1], pred[last:]))
+            num_layers = last
+            if enc is not None:
+                enc = (enc[0], enc[1].clamp(0, 1))
+            if dn is not None:
+                dn_teacher_logits = dn[0][-1].to(dtype)
+                dn = (dn[0][:-1], dn[1][:-1].clamp(0, 1))
         if listed:
             padded = pad_targets(
                 targets, self.num_classes, fmt="cxcywh", dtype=dtype, device=x.device, validate=False
@@ -296,6 +352,10 @@ class DETRLoss(nn.Module):
                 if pair is not None
                 for n, t in zip(ns, pair, strict=True)
             ]
+            if dfine:
+                extra += [("corners", local[0]), ("reference_points", local[1])]
+                if dn is not None:
+                    extra += [("dn_corners", dn_local[0]), ("dn_reference_points", dn_local[1])]
             dn_check = (
                 None if dn is None else (dn_flat, dn[0].shape[2], groups, [int(t.shape[0]) for t in dn_idx])
             )
@@ -330,27 +390,41 @@ class DETRLoss(nn.Module):
             self._terms(sx, sp, m, slot_boxes, slot_labels, match_boxes)
             for (sx, sp), m in zip(stacks, matches, strict=True)
         ]
+        if dfine:  # FGL and DDF of the auxiliary entries; zeros for the main output and the encoder
+            aux = num_layers - 1
+            lc, lr = local[0].to(dtype), local[1].to(dtype)
+            loc = self._local(
+                pred[:aux], lc[:aux], lr[:aux], matches[0][:aux], tgt_boxes, lc[-1], teacher_logits, num_boxes
+            )
+            rest = sum(t.shape[0] for t in terms) - aux
+            loc = torch.cat((loc, loc.new_zeros(rest, batch, 2)))
+            terms = [torch.cat((torch.cat(terms) if len(terms) > 1 else terms[0], loc), 2)]
 
         # 2. denoising: fixed matches (group g's positive query of each target), normaliser N·G
         if dn is not None:
             dx, dp = dn[0].to(dtype), dn[1].to(dtype)
             query = dn_query.expand(dx.shape[0], -1, -1)  # (L_dn, B, G·M)
             rep_boxes, rep_labels = tgt_boxes.repeat(1, groups, 1), labels.repeat(1, groups)
-            terms.append(self._terms(dx, dp, query, rep_boxes, rep_labels, num_boxes * groups))
+            dn_terms = self._terms(dx, dp, query, rep_boxes, rep_labels, num_boxes * groups)
+            if dfine:
+                dc, dr = dn_local[0].to(dtype), dn_local[1].to(dtype)
+                loc = self._local(dp, dc, dr, query, rep_boxes, dc[-1], dn_teacher_logits, num_boxes * groups)
+                dn_terms = torch.cat((dn_terms, loc), 2)
+            terms.append(dn_terms)
 
         # 3. gains; each image's share over the batch's normalisers, summed per entry and over entries
-        raw = torch.cat(terms) if len(terms) > 1 else terms[0]  # (E, B, 3) unweighted
+        raw = torch.cat(terms) if len(terms) > 1 else terms[0]  # (E, B, T) unweighted
         g = self.gains
-        shares = torch.stack((g["cls"] * raw[..., 0], g["bbox"] * raw[..., 1], g["giou"] * raw[..., 2]), 2)
-        per_entry = shares.sum(1)  # (E, 3)
+        shares = torch.stack([g[t] * raw[..., i] for i, t in enumerate(self.terms)], 2)
+        per_entry = shares.sum(1)  # (E, T)
         sums = per_entry.sum(0)
-        rows = [dict(zip(_TERMS, row.unbind(), strict=True)) for row in per_entry.unbind()]
+        rows = [dict(zip(self.terms, row.unbind(), strict=True)) for row in per_entry.unbind()]
         names = (["enc"] if enc is not None else []) + (
             [f"dn_{i}" for i in range(dn[0].shape[0])] if dn is not None else []
         )
         return SetLossResult(
             sums.sum(),
-            dict(zip(_TERMS, sums.unbind(), strict=True)),
+            dict(zip(self.terms, sums.unbind(), strict=True)),
             per_image=shares.sum((0, 2)),
             layers=rows[:num_layers],
             entries=dict(zip(names, rows[num_layers:], strict=True)),
@@ -418,6 +492,46 @@ class DETRLoss(nn.Module):
                     cls = cls.sum((2, 3))
             cls = cls / num_boxes
         return torch.stack((cls, l1, giou), 2)
+
+    def _local(
+        self,
+        pred: Tensor,
+        corners: Tensor,
+        refs: Tensor,
+        match: Tensor,
+        tgt_boxes: Tensor,
+        teacher: Tensor,
+        teacher_logits: Tensor,
+        num_boxes: Tensor,
+    ) -> Tensor:
+        """``(E, B, 2)``: D-FINE's FGL (over the normaliser) and DDF shares of each entry and image.
+
+        Args:
+            pred, corners, refs: ``(E, B, Q, ·)`` boxes (clamped), corner logits, reference boxes.
+            match: ``(E, B, K)`` the query of each target slot, −1 for none; tgt_boxes ``(B, K, 4)``.
+            teacher, teacher_logits: ``(B, Q, ·)`` the last layer's corners and the main logits.
+        """
+        num_entries, batch, num_queries, width = corners.shape
+        matched = match >= 0
+        query = match.clamp(min=0)
+        c_m = corners.gather(2, query[..., None].expand(-1, -1, -1, width))
+        r_m = refs.gather(2, query[..., None].expand(-1, -1, -1, 4))
+        p_m = pred.gather(2, query[..., None].expand(-1, -1, -1, 4))
+        tgt = tgt_boxes.expand(num_entries, -1, -1, -1)
+        with torch.no_grad():
+            iou = iou_xyxy(convert(p_m, "cxcywh", "xyxy"), convert(tgt, "cxcywh", "xyxy"), "iou", _TINY)
+        fgl = fgl_loss(c_m, r_m, tgt, iou, up=self.up, reg_scale=self.reg_scale)
+        fgl = torch.where(matched, fgl, fgl.new_zeros(())).sum(2) / num_boxes
+        # DDF weights: the matched pair's IoU, every other query the teacher's max class probability;
+        # unmatched slots scatter into a spare column Q that is dropped
+        slot = torch.where(matched, query, num_queries)
+        with torch.no_grad():
+            conf = teacher_logits.sigmoid().amax(-1)  # (B, Q)
+            conf = torch.cat((conf, conf.new_zeros(batch, 1)), 1).expand(num_entries, -1, -1)
+            weight = conf.scatter(2, slot, iou)[..., :num_queries]
+            hit = torch.zeros_like(conf, dtype=torch.bool).scatter(2, slot, True)[..., :num_queries]
+        ddf = ddf_loss(corners, teacher.expand_as(corners), weight, hit, reduction="none")
+        return torch.stack((fgl, ddf), 2)
 
     def _dn_queries(self, positive_idx: list[Tensor], groups: int, mask: Tensor) -> tuple[Tensor, Tensor]:
         """``(B, G·M)`` the denoising query of each (group, target) slot, −1 for padding, slot
