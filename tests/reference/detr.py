@@ -65,6 +65,7 @@ def entry_terms(
     focal_gamma=2.0,
     group_detr=1,
     focal_alpha=None,
+    matches=None,
 ):
     """One entry (a decoder layer, the encoder proposals or a denoising layer): ([cls, bbox, giou] with
     gains, per-image shares) as plain floats. ``fixed``: per image a dict query → target (denoising:
@@ -121,6 +122,8 @@ def entry_terms(
                     cost[q, j] = bc * l1 + cc * c_cls - gc * iou_and_giou(p[q], tb[j])[1]
             rows, cols = linear_sum_assignment(cost.numpy())
             match = {int(r): int(c) for r, c in zip(rows, cols, strict=True)}
+        if matches is not None:  # the caller reads each image's matching (D-FINE's local terms)
+            matches.append(match)
         for q, j in match.items():
             l1 = sum(abs(p[q][k] - tb[j][k]) for k in range(4))
             g = 1 - iou_and_giou(p[q], tb[j])[1]

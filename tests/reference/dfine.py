@@ -72,3 +72,66 @@ def ddf(corners, teacher, weight, matched, temperature=5.0):
         for b in range(batch)
     ]
     return sum(shares), shares
+
+
+def _sigmoid(x):
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+def loop_port_dfine(
+    logits, boxes, corners, refs, targets, num_classes, enc=None, dn=None, dn_positive_idx=None, dn_groups=1
+):
+    """transformers 5.24's D-FINE loss as loops: (total, {entry: [vfl, bbox, giou, fgl, ddf] with gains},
+    per-image shares). ``logits``/``boxes`` ``(L + 1, B, Q, ·)`` (the pre-head output first), ``corners``
+    /``refs`` ``(L, B, Q, ·)``; auxiliary entry k < L − 1 takes logits/boxes k with corners/refs k, the
+    main entry (``layer_{L−1}``) logits/boxes L without FGL/DDF; the teacher: corners L − 1 with the
+    main logits. ``dn`` = (logits ``(L + 1, …)``, boxes, corners ``(L, …)``, refs): dn entry k takes
+    logits/boxes/corners k, its teacher dn corners L − 1 with dn logits L. Gains 1/5/2/0.15/1.5."""
+    from tests.reference.detr import entry_terms, iou_and_giou
+
+    tgt = [(t["boxes"].tolist(), t["labels"].tolist()) for t in targets]
+    n_boxes = max(sum(len(lab) for _, lab in tgt), 1)
+    batch = len(tgt)
+    lg, bx = logits.tolist(), boxes.clamp(0, 1).tolist()
+    num_layers = len(corners)
+    stacks = [
+        (f"layer_{k}", lg[k], bx[k], corners[k].tolist(), refs[k].tolist()) for k in range(num_layers - 1)
+    ]
+    stacks.append((f"layer_{num_layers - 1}", lg[num_layers], bx[num_layers], None, None))
+    teacher, teacher_logits = corners[-1].tolist(), lg[num_layers]
+    jobs = [(name, a, b, c, r, n_boxes, None, teacher, teacher_logits) for name, a, b, c, r in stacks]
+    if enc is not None:
+        jobs.append(
+            ("enc", enc[0].tolist(), enc[1].clamp(0, 1).tolist(), None, None, n_boxes, None, None, None)
+        )
+    if dn is not None:
+        fixed = []
+        for b in range(batch):
+            n = len(tgt[b][1])
+            fixed.append({int(q): k % n for k, q in enumerate(dn_positive_idx[b].tolist())})
+        dl, db, dc, dr = dn[0].tolist(), dn[1].clamp(0, 1).tolist(), dn[2].tolist(), dn[3].tolist()
+        for k in range(len(dc)):
+            jobs.append((f"dn_{k}", dl[k], db[k], dc[k], dr[k], n_boxes * dn_groups, fixed, dc[-1], dl[-1]))
+    entries, per_image = {}, [0.0] * batch
+    for name, a, b, c, r, norm, fixed, tch, tch_logits in jobs:
+        matches = []
+        terms, shares = entry_terms("rtdetr", a, b, tgt, num_classes, norm, fixed, matches=matches)
+        fgl = ddf_value = 0.0
+        if c is not None:
+            fgl_img = [0.0] * batch
+            weight = [
+                [max(_sigmoid(v) for v in tch_logits[i][q]) for q in range(len(a[i]))] for i in range(batch)
+            ]
+            matched = [[False] * len(a[i]) for i in range(batch)]
+            for i in range(batch):
+                for q, j in matches[i].items():
+                    iou = iou_and_giou(b[i][q], tgt[i][0][j])[0]
+                    fgl_img[i] += fgl_box(c[i][q], r[i][q], tgt[i][0][j], iou) / norm
+                    weight[i][q], matched[i][q] = iou, True
+            fgl = 0.15 * sum(fgl_img)
+            ddf_value, ddf_img = ddf(c, tch, weight, matched)
+            ddf_value *= 1.5
+            shares = [s + 0.15 * f + 1.5 * d for s, f, d in zip(shares, fgl_img, ddf_img, strict=True)]
+        entries[name] = terms + [fgl, ddf_value]
+        per_image = [x + y for x, y in zip(per_image, shares, strict=True)]
+    return sum(map(sum, entries.values())), entries, per_image
