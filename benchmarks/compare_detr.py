@@ -23,6 +23,13 @@ installed (the side venv). References called, on the same inputs:
   defaults: 13 groups, IA-BCE) on model-shaped outputs (13 × 300 queries, L = 3–6 layers, the encoder's
   ``(B, 13·300, C)`` proposals, 80 classes, 20 targets per image); every key of ``loss_dict()``,
   the total and the gradients; speed and syncs in float32.
+- ``"dfine"`` (``--skip-dfine`` leaves it out, ``--only-dfine``): ``DFineForObjectDetectionLoss``
+  (DFineConfig defaults) on a model-shaped D-FINE step (L = 6 layers, the L + 1 intermediate outputs,
+  corners ``(B, L, Q_dn + Q, 4·33)``, reference points, the encoder's top-k, denoising, Q = 300, 80
+  classes, 20 targets per image); every key, the total and the gradients in float64; speed and syncs in
+  float32. transformers' ``translate_gt`` writes float64 values into float32 tensors and fails for
+  float64 inputs, so here it gets its side distances rounded to float32 (its bin weights are float32
+  anyway): the float64 comparison carries that rounding (≈ 1e-7).
 
 Values: float64, max relative error per component summed over layers, of every per-layer value, of
 the total and of the gradients (max |Δ| / max |g|). Speed: float32, forward + backward with the
@@ -50,11 +57,16 @@ from detloss.criteria import DETRLoss  # noqa: E402
 from detloss.profiling import DispatchCounter  # noqa: E402
 
 try:
-    from transformers import DeformableDetrConfig, DetrConfig, LwDetrConfig, RTDetrConfig
+    import transformers.loss.loss_d_fine as _dfine_mod
+    from transformers import DeformableDetrConfig, DetrConfig, DFineConfig, LwDetrConfig, RTDetrConfig
+    from transformers.loss.loss_d_fine import DFineForObjectDetectionLoss
     from transformers.loss.loss_deformable_detr import DeformableDetrForObjectDetectionLoss
     from transformers.loss.loss_for_object_detection import ForObjectDetectionLoss
     from transformers.loss.loss_lw_detr import LwDetrForObjectDetectionLoss
     from transformers.loss.loss_rt_detr import RTDetrForObjectDetectionLoss
+
+    _translate_gt = _dfine_mod.translate_gt
+    _dfine_mod.translate_gt = lambda gt, *a: _translate_gt(gt.float(), *a)  # see the docstring
 except ImportError as err:  # a peer that is not installed is reported, not silently dropped
     print(f"transformers not available ({err}): nothing to compare")
     sys.exit(0)
@@ -343,12 +355,18 @@ def main():
     ap.add_argument("--skip-presets", action="store_true", help="only the whole RT-DETR step")
     ap.add_argument("--skip-lwdetr", action="store_true", help="leave out LW-DETR")
     ap.add_argument("--only-lwdetr", action="store_true", help="only LW-DETR")
+    ap.add_argument("--skip-dfine", action="store_true", help="leave out D-FINE")
+    ap.add_argument("--only-dfine", action="store_true", help="only D-FINE")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     import transformers
 
     threads = torch.get_num_threads()
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, {threads} threads")
+    if not args.skip_dfine:
+        run_dfine(args)
+    if args.only_dfine:
+        return
     if not args.skip_lwdetr:
         run_lw(args)
     if args.only_lwdetr:
@@ -533,6 +551,126 @@ def run_lw(args):
     print("\nLW-DETR, float32 fwd+bwd, L=6, median ms (interleaved); ops, syncs")
     for B in (2, 8):
         med, c = speed_lw(B, 6, args.repeats)
+        t = med["transformers"]
+        print(
+            f"  B={B}: ours {med['ours']:.1f} nv {med['ours nv']:.1f} transformers {t:.1f} "
+            f"ratio {t / med['ours']:.1f}x (nv {t / med['ours nv']:.1f}x); ops {c['ours'][0]} vs "
+            f"{c['transformers'][0]}; syncs {c['ours'][1]} vs {c['transformers'][1]}"
+        )
+
+
+# ----------------------------------------------------------------------------- D-FINE
+NUM_BINS = 32
+
+
+def make_dfine(B, L=6, Q=300, C=80, n=20, dtype=torch.float64, seed=0):
+    """A D-FINE step: the RT-DETR step's tensors with L + 1 intermediate outputs (the pre-head first),
+    ``predicted_corners`` ``(B, L, Q_dn + Q, 4·(N + 1))`` and ``initial_reference_points``; boxes spill
+    a little outside [0, 1] (the loss clamps them)."""
+    (oc, ob, el, eb), labels, meta = make_step(B, L + 1, Q, C, n, dtype, seed)
+    g = torch.Generator().manual_seed(seed + 100)
+    q_all = oc.shape[2]
+    with torch.no_grad():
+        ob.mul_(1.1).sub_(0.05)
+    corners = (torch.randn(B, L, q_all, 4 * (NUM_BINS + 1), generator=g, dtype=torch.float64) * 2).to(dtype)
+    refs = (torch.rand(B, L, q_all, 4, generator=g, dtype=torch.float64) * 0.5 + 0.2).to(dtype)
+    return (oc, ob, el, eb, corners.requires_grad_()), refs, labels, meta
+
+
+def dfine_fns(C, L):
+    config = DFineConfig(num_labels=C, decoder_layers=L)
+
+    def ref(inputs, refs, labels, meta):
+        oc, ob, el, eb, corners = inputs
+        total, d, _ = DFineForObjectDetectionLoss(
+            oc[:, -1], labels, oc.device, ob[:, -1], config, oc, ob, enc_topk_logits=el, enc_topk_bboxes=eb,
+            denoising_meta_values=meta, predicted_corners=corners, initial_reference_points=refs,
+        )  # fmt: skip
+        return total, d
+
+    def ours(crit, inputs, refs, targets, meta):
+        oc, ob, el, eb, corners = inputs
+        k = meta["dn_num_split"][0]
+
+        def split(t):  # (B, L, Q_dn + Q, ·) → decoder and denoising parts, (L, B, ·, ·)
+            return t[:, :, k:].transpose(0, 1), t[:, :, :k].transpose(0, 1)
+
+        (c, dc), (b, db), (co, dco), (r, dr) = split(oc), split(ob), split(corners), split(refs)
+        return crit(
+            c, b, targets, enc_logits=el, enc_boxes=eb, dn_logits=dc, dn_boxes=db, dn_meta=meta,
+            corners=co, reference_points=r, dn_corners=dco, dn_reference_points=dr,
+        )  # fmt: skip
+
+    return ref, ours
+
+
+def compare_dfine(B_values=(2, 4, 8), L=6, Q=300, C=80, n=20):
+    ref, ours = dfine_fns(C, L)
+    crit = DETRLoss(C, "dfine")
+    worst = {}
+    for B in B_values:
+        inputs, refs, labels, meta = make_dfine(B, L, Q, C, n, seed=B)
+        targets = [{"boxes": t["boxes"], "labels": t["class_labels"]} for t in labels]
+        total, d = ref(inputs, refs, labels, meta)
+        out = ours(crit, inputs, refs, targets, meta)
+        mine = out.loss_dict()
+        assert list(mine) == list(d), (list(mine)[:6], list(d)[:6])
+        errs = {"total": rel(out.total.detach(), total.detach()), "keys": len(d)}
+        errs["every key"] = max(rel(mine[k].detach(), d[k].detach()) for k in d)
+        names = ("grad class", "grad coord", "grad enc logits", "grad enc boxes", "grad corners")
+        mine_g, ref_g = torch.autograd.grad(out.total, inputs), torch.autograd.grad(total, inputs)
+        for name, a, b in zip(names, mine_g, ref_g, strict=True):
+            errs[name] = rel(a, b)
+        errs["per_image sum"] = rel(out.per_image.sum().detach(), total.detach())
+        for k, v in errs.items():
+            worst[k] = max(worst.get(k, 0.0), v)
+    return worst
+
+
+def speed_dfine(B, repeats, L=6, Q=300, C=80, n=20):
+    ref, ours = dfine_fns(C, L)
+    inputs, refs, labels, meta = make_dfine(B, L, Q, C, n, dtype=torch.float32)
+    targets = [{"boxes": t["boxes"], "labels": t["class_labels"]} for t in labels]
+    ours_v, ours_nv = DETRLoss(C, "dfine"), DETRLoss(C, "dfine", validate=False)
+    fns = {
+        "ours": lambda: torch.autograd.grad(ours(ours_v, inputs, refs, targets, meta).total, inputs),
+        "ours nv": lambda: torch.autograd.grad(ours(ours_nv, inputs, refs, targets, meta).total, inputs),
+        "transformers": lambda: torch.autograd.grad(ref(inputs, refs, labels, meta)[0], inputs),
+    }
+    for f in fns.values():
+        f()  # warm-up
+    times = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+    counts = {}
+    for k, fn in (
+        ("ours", lambda: ours(ours_nv, inputs, refs, targets, meta).total),
+        ("transformers", lambda: ref(inputs, refs, labels, meta)[0]),
+    ):
+        with DispatchCounter() as c:
+            fn().backward()
+        counts[k] = (c.ops, c.syncs)
+    return med, counts
+
+
+def run_dfine(args):
+    if not args.skip_values:
+        print(
+            "\nD-FINE step (float64, Q=300, L=6, C=80, 20 targets/img, last image 10, denoising, encoder; "
+            "max rel err over B = 2, 4, 8)"
+        )
+        w = compare_dfine()
+        for k, v in w.items():
+            print(f"  {k:<22}{v:>10.2e}" if k != "keys" else f"  {k:<22}{v:>10}")
+    if args.skip_speed:
+        return
+    print("\nD-FINE step, float32 fwd+bwd, median ms (interleaved); ops, syncs")
+    for B in (2, 8):
+        med, c = speed_dfine(B, args.repeats)
         t = med["transformers"]
         print(
             f"  B={B}: ours {med['ours']:.1f} nv {med['ours nv']:.1f} transformers {t:.1f} "
