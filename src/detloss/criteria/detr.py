@@ -156,6 +156,13 @@ class DETRLoss(nn.Module):
       the focal cost with the L1 and GIoU costs of the boxes rounded to float32 (as transformers);
       L_cls = IA-BCE (:func:`detloss.ia_bce_loss`, α = ``focal_alpha`` 0.25, γ = ``focal_gamma``)
       summed over B·Q·C, / N. Costs 2/5/2, gains 1/5/2.
+    - ``"dfine"`` (D-FINE; C′ = C): ``"rtdetr"``'s terms plus FGL (gain ``fgl`` 0.15) and DDF (gain
+      ``ddf`` 1.5) (:func:`detloss.criteria.fgl_loss`, :func:`detloss.criteria.ddf_loss`), as
+      transformers' ``DFineForObjectDetectionLoss``: ``logits``/``boxes`` hold the model's L + 1
+      outputs (the pre-head one first), ``corners``/``reference_points`` its L layers; auxiliary
+      entry k < L − 1 takes outputs k with corners k, the main (last) output has no FGL/DDF, output
+      L − 1 takes no part; the teacher is corners L − 1 with the main logits; boxes clamped to [0, 1].
+      Denoising alike (``dn_logits`` L + 1 entries, ``dn_corners`` L; entry k < L with corners k).
 
     Args:
         num_classes: C, the object classes (without no-object).
@@ -172,6 +179,8 @@ class DETRLoss(nn.Module):
             size (:func:`detloss.distributed.global_count`, at least 1 before dividing).
         group_detr: G, the query groups of ``"lwdetr"`` (13, transformers' default; the criterion is
             always in transformers' training mode, G groups whatever the model's mode); 1 otherwise.
+        fgl, ddf: ``"dfine"``'s FGL and DDF gains (``weight_loss_fgl``, ``weight_loss_ddf``).
+        up, reg_scale: ``"dfine"``'s bin parameters (D-FINE's ``up`` 0.5, ``reg_scale`` 4.0).
 
     Call:
         logits: ``(L, B, Q, C′)`` (or ``(B, Q, C′)`` for one layer), the last layer the final one.
@@ -191,6 +200,9 @@ class DETRLoss(nn.Module):
 
                 L_dn,l = cls·L_cls(σ_dn) + bbox·Σ_{g,j} ‖b_σ(g,j) − b_j‖₁ / (N·G)
                          + giou·Σ_{g,j} (1 − GIoU(b_σ(g,j), b_j)) / (N·G)
+
+        corners, reference_points: ``(L, B, Q, 4·(N + 1))``, ``(L, B, Q, 4)``: ``"dfine"`` only
+            (required there); dn_corners, dn_reference_points: the same of the denoising queries.
 
     Returns:
         :class:`SetLossResult`: ``total``, ``components`` ``{"cls", "bbox", "giou"}`` summed over the
