@@ -145,9 +145,11 @@ def _add_lab_commands(sub: argparse._SubParsersAction) -> None:
         description="Generate coloured shapes on textured backgrounds, train a tiny YOLO-style detector with "
         "the chosen criterion, evaluate mAP@0.5 and mAP@0.5:0.95 (pycocotools) on a held-out split.",
     )
-    p.add_argument("--criterion", choices=("yolov3", "yolov4", "yolov5", "yolov8", "yolo26", "ssd", "all"),
+    p.add_argument("--criterion",
+                   choices=("yolov3", "yolov4", "yolov5", "yolov8", "yolo26", "ssd", "obb", "all"),
                    default="yolov5",
-                   help="criterion to train with (default yolov5; 'all' runs each in turn)")
+                   help="criterion to train with (default yolov5; 'all' runs each in turn); obb: "
+                   "YOLOv8OBBLoss on rotated shapes, DOTA-protocol rotated mAP")
     p.add_argument("--epochs", type=int, default=30, help="training epochs (default 30)")
     p.add_argument("--train-images", type=int, default=512)
     p.add_argument("--test-images", type=int, default=128)
