@@ -124,3 +124,36 @@ def test_one_short_obb_epoch_is_finite(tmp_path, capsys):
     assert all(math.isfinite(v) for v in summary["final_loss"].values())
     assert set(summary["final_loss"]) >= {"box", "cls", "dfl", "angle"}
     assert 0.0 <= summary["trained"]["map50"] <= 1.0
+
+
+# ---------------------------------------------------------------- detloss plot --rotated
+
+
+def test_square_target_gives_gaussian_kinds_no_angle_gradient():
+    from detloss.lab import landscape as L
+
+    square = torch.tensor([0.0, 0.0, 2.0, 2.0, 0.0], dtype=torch.float64)
+    boxes, _, _ = L.rotated_grid(square, 1.0, 7)
+    for kind in ("probiou", "kld", "gwd"):
+        _, _, dtheta = L.evaluate_rotated(kind, boxes, square)
+        assert float(dtheta.max()) < 1e-12, kind
+    # the exact IoU sees the turn: two 2×2 squares at 45° overlap in a regular octagon
+    turned = torch.tensor([[0.0, 0.0, 2.0, 2.0, math.pi / 4]], dtype=torch.float64)
+    loss, _, dtheta = L.evaluate_rotated("iou", turned, square)
+    octagon = 8 * (math.sqrt(2) - 1)  # area of the overlap of two 2×2 squares at 45°
+    assert float(loss) == pytest.approx(1 - octagon / (8 - octagon), abs=1e-6)  # eps 1e-7 in the union
+    _, _, dtheta = L.evaluate_rotated("iou", turned + torch.tensor([0, 0, 0, 0, -0.2]), square)
+    assert float(dtheta) > 0.1
+    # an elongated target: every kind feels the turn
+    thin = torch.tensor([0.0, 0.0, 4.0, 1.0, 0.0], dtype=torch.float64)
+    boxes, _, _ = L.rotated_grid(thin, 1.0, 7)
+    for kind in L.ROTATED_SWEEP_KINDS:
+        assert float(L.evaluate_rotated(kind, boxes, thin)[2].max()) > 0.1, kind
+
+
+def test_cli_plot_rotated(tmp_path, capsys):
+    assert main(["plot", "--rotated", "--grid", "9", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "square" in out and "probiou" in out
+    for name in ("landscape_rotated_elongated.png", "landscape_rotated_square.png"):
+        assert (tmp_path / name).stat().st_size > 1000
