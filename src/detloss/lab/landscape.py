@@ -173,17 +173,22 @@ def rotated_grid(target: Tensor, extent: float, n: int) -> tuple[Tensor, Tensor,
 def plot_rotated(
     title: str, maps: dict[str, tuple[Tensor, Tensor, Tensor]], extent: list[float], path: Path
 ) -> Path:
-    """One column per kind; rows: loss, |grad|, |∂L/∂θ|; x: the shift, y: the turn (degrees)."""
+    """One column per kind; rows: loss, |grad|, |∂L/∂θ|; x: the shift, y: the turn (degrees).
+
+    The |∂L/∂θ| row shares one colour scale, so a kind whose angle gradient is round-off (1e−16) shows
+    black instead of having its noise stretched over the whole scale."""
     from ._util import pyplot, save
 
     plt = pyplot()
     kinds = list(maps)
     fig, axes = plt.subplots(3, len(kinds), figsize=(3.1 * len(kinds), 8.4), squeeze=False)
     names = (("loss", "viridis"), ("|grad|", "magma"), ("|dL/dθ|", "magma"))
+    theta_max = max(float(m[2].max()) for m in maps.values())
     for col, kind in enumerate(kinds):
         for row, (img, (name, cmap)) in enumerate(zip(maps[kind], names, strict=True)):
             ax = axes[row, col]
-            im = ax.imshow(img.numpy(), origin="lower", extent=extent, cmap=cmap, aspect="auto")
+            shared = {"vmin": 0.0, "vmax": theta_max} if row == 2 else {}
+            im = ax.imshow(img.numpy(), origin="lower", extent=extent, cmap=cmap, aspect="auto", **shared)
             ax.set_title(f"{kind} {name}", fontsize=9)
             ax.set_xlabel("dx", fontsize=7)
             ax.set_ylabel("Δθ (°)", fontsize=7)
