@@ -430,6 +430,7 @@ def plot_detections(
                 color=colours[c % 3],
                 fontsize=6,
                 bbox={"facecolor": "black", "alpha": 0.5, "pad": 0.5, "lw": 0},
+                clip_on=True,  # a wild box of an untrained net must not stretch the figure
             )
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
