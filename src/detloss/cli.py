@@ -134,6 +134,9 @@ def _add_lab_commands(sub: argparse._SubParsersAction) -> None:
                    help="centre offset of the scaled box (default 0.5 0.25)")
     p.add_argument("--range", type=float, default=3.0, help="offsets in [-R, R] (default 3)")
     p.add_argument("--grid", type=int, default=161, help="grid points per axis (default 161)")
+    p.add_argument("--rotated", action="store_true",
+                   help="the rotated kinds (iou, probiou, kld, gwd) as the box turns and shifts, against an "
+                   "elongated (--target-size) and a square target; --kinds and the box sizes are unused")
     p.add_argument("--out", default="lab_out", help="output folder for PNGs (default lab_out)")
     p.add_argument("--threads", type=int, default=0,
                    help="torch CPU threads (default: torch's choice; 1 is fastest on a busy machine)")
@@ -145,9 +148,11 @@ def _add_lab_commands(sub: argparse._SubParsersAction) -> None:
         description="Generate coloured shapes on textured backgrounds, train a tiny YOLO-style detector with "
         "the chosen criterion, evaluate mAP@0.5 and mAP@0.5:0.95 (pycocotools) on a held-out split.",
     )
-    p.add_argument("--criterion", choices=("yolov3", "yolov4", "yolov5", "yolov8", "yolo26", "ssd", "all"),
+    p.add_argument("--criterion",
+                   choices=("yolov3", "yolov4", "yolov5", "yolov8", "yolo26", "ssd", "obb", "all"),
                    default="yolov5",
-                   help="criterion to train with (default yolov5; 'all' runs each in turn)")
+                   help="criterion to train with (default yolov5; 'all' runs each in turn); obb: "
+                   "YOLOv8OBBLoss on rotated shapes, DOTA-protocol rotated mAP")
     p.add_argument("--epochs", type=int, default=30, help="training epochs (default 30)")
     p.add_argument("--train-images", type=int, default=512)
     p.add_argument("--test-images", type=int, default=128)

@@ -95,3 +95,83 @@ def make_shapes(
         images = torch.where(masks[:, j, None], colours[:, j, :, None, None], images)
     targets = [{"boxes": boxes[i][accepted[i]], "labels": kinds[i][accepted[i]]} for i in range(n)]
     return ShapesData(images, targets)
+
+
+# ------------------------------------------------------------------------------------------------
+# oriented shapes
+# ------------------------------------------------------------------------------------------------
+
+ROTATED_CLASSES = ("rectangle", "ellipse")
+
+
+def canonical_xywhr(boxes: Tensor) -> Tensor:
+    """The docs/obb.md convention for ``(..., 5)`` xywhr boxes: w the longer side, θ in [−π/4, 3π/4).
+
+    A box is the same box after swapping w and h and turning by π/2, and after turning by π, so every
+    box has exactly one such form (a square keeps the θ it has, folded into the range).
+    """
+    x, y, w, h, t = boxes.unbind(-1)
+    swap = h > w
+    w, h = torch.where(swap, h, w), torch.where(swap, w, h)
+    t = torch.where(swap, t + math.pi / 2, t)
+    t = torch.remainder(t + math.pi / 4, math.pi) - math.pi / 4
+    return torch.stack((x, y, w, h, t), -1)
+
+
+def _rotated_masks(kinds: Tensor, boxes: Tensor, size: int) -> Tensor:
+    """Boolean masks ``(N, K, S, S)`` of rotated rectangles (class 0) or ellipses (1) filling the
+    xywhr ``boxes (N, K, 5)``: each pixel centre is taken into the box's frame (u along the width
+    axis (cos θ, sin θ), v along the height axis)."""
+    c = torch.arange(size, dtype=torch.float32) + 0.5
+    x = c[None, None, None, :]
+    y = c[None, None, :, None]
+    cx, cy, w, h, t = (v[..., None, None] for v in boxes.unbind(-1))
+    dx, dy = x - cx, y - cy
+    u = (dx * t.cos() + dy * t.sin()) / (w / 2)
+    v = (-dx * t.sin() + dy * t.cos()) / (h / 2)
+    rectangle = (u.abs() <= 1) & (v.abs() <= 1)
+    ellipse = u.square() + v.square() <= 1
+    return torch.where(kinds[..., None, None] == 0, rectangle, ellipse)
+
+
+def make_rotated_shapes(
+    num_images: int,
+    size: int = 64,
+    seed: int = 0,
+    min_side: float = 6.0,
+    max_side: float = 34.0,
+    max_objects: int = 4,
+) -> ShapesData:
+    """Rotated rectangles and ellipses (:data:`ROTATED_CLASSES`) on the same textured backgrounds,
+    deterministic from ``seed``; targets ``{"boxes": (n, 5) xywhr input pixels, "labels": (n,)}``
+    in the :func:`canonical_xywhr` form.
+
+    The long side is drawn from [max(min_side, 12), max_side], the short one from [min_side, 0.8 · long]
+    (no square: its angle would be ambiguous), θ uniformly; the whole rotated box stays inside the
+    image, and shapes whose axis-aligned hulls overlap are dropped, so no shape hides another.
+    """
+    g = torch.Generator().manual_seed(seed)
+    n, k = num_images, _CANDIDATES
+    images, base = _backgrounds(g, n, size)
+    long = max(min_side, 12.0) + (max_side - max(min_side, 12.0)) * torch.rand(n, k, generator=g)
+    short = min_side + (0.8 * long - min_side).clamp(min=0) * torch.rand(n, k, generator=g)
+    theta = -math.pi / 4 + math.pi * torch.rand(n, k, generator=g)
+    # half extents of the rotated box's axis-aligned hull, so the centre can keep it inside the image
+    hx = 0.5 * (long * theta.cos().abs() + short * theta.sin().abs())
+    hy = 0.5 * (long * theta.sin().abs() + short * theta.cos().abs())
+    cx = hx + torch.rand(n, k, generator=g) * (size - 2 * hx).clamp(min=0)
+    cy = hy + torch.rand(n, k, generator=g) * (size - 2 * hy).clamp(min=0)
+    boxes = canonical_xywhr(torch.stack((cx, cy, long, short, theta), -1))
+    hull = torch.stack((cx - hx, cy - hy, cx + hx, cy + hy), -1)
+    kinds = torch.randint(0, len(ROTATED_CLASSES), (n, k), generator=g)
+    colours = torch.rand(n, k, 3, generator=g)
+    colours = torch.where((colours - base[:, None, :]).abs() < 0.25, 1 - colours, colours)
+    order = torch.arange(k, 0, -1, dtype=torch.float32).expand(n, k)
+    accepted = batched_nms(hull, order, torch.zeros(n, k, dtype=torch.int64), 0.0)
+    wanted = torch.randint(1, max_objects + 1, (n, 1), generator=g)
+    accepted &= accepted.cumsum(1) <= wanted
+    masks = _rotated_masks(kinds, boxes, size) & accepted[..., None, None]
+    for j in range(k):  # paint candidate slots in order
+        images = torch.where(masks[:, j, None], colours[:, j, :, None, None], images)
+    targets = [{"boxes": boxes[i][accepted[i]], "labels": kinds[i][accepted[i]]} for i in range(n)]
+    return ShapesData(images, targets)

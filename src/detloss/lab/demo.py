@@ -6,6 +6,12 @@ YOLOv8; plus a one-to-one copy of that head for YOLO26) → the chosen criterion
 AdamW with a cosine schedule → decode + :func:`.model.select_detections` (NMS), or for YOLO26 the
 one-to-one head + :func:`.model.select_topk` (no NMS) → pycocotools COCOeval.
 
+``obb`` trains :class:`detloss.criteria.YOLOv8OBBLoss` on rotated rectangles and ellipses
+(:func:`.data.make_rotated_shapes`, xywhr targets) with a head of ``4·reg_max + C + 1`` channels (the
+angle as the YOLOv8/11 head gives it), rotated NMS on the exact rotated IoU
+(:func:`.model.select_rotated`) and the DOTA protocol's mAP (:func:`.evaluate.rotated_map`); its
+mAP@.5:.95 column is then VOC AP averaged over the thresholds, not COCO's.
+
 Criteria are looked up in :data:`CRITERIA`. Each entry says how to build the criterion, how to hand it
 the network's raw outputs and how to decode those outputs into scored boxes, so a criterion is wired
 in one place.
@@ -27,11 +33,11 @@ from torch import Tensor
 
 from .. import codecs
 from ..boxes import convert
-from ..criteria import SSDLoss, YOLOv3Loss, YOLOv4Loss, YOLOv5Loss, YOLOv8Loss
+from ..criteria import SSDLoss, YOLOv3Loss, YOLOv4Loss, YOLOv5Loss, YOLOv8Loss, YOLOv8OBBLoss
 from ..criteria.end_to_end import yolo26_loss
-from .data import CLASSES, ShapesData, make_shapes
-from .evaluate import coco_map
-from .model import TinyDetector, select_detections, select_topk
+from .data import CLASSES, ROTATED_CLASSES, ShapesData, canonical_xywhr, make_rotated_shapes, make_shapes
+from .evaluate import coco_map, rotated_map
+from .model import TinyDetector, select_detections, select_rotated, select_topk
 
 STRIDES = (8, 16, 32)
 # (w, h) in input pixels per scale, fitted to the shapes' 10–34 px sides
@@ -60,6 +66,9 @@ class CriterionSpec:
             ``{"one2many": …, "one2one": …}``) and the criterion takes the epoch (``epoch=e``, 0-based)
             for its schedule.
         select: ``(boxes, scores) → per-image detections``; NMS by default, top-k for one-to-one heads.
+        rotated: oriented boxes: the data are :func:`.data.make_rotated_shapes` (xywhr targets, the
+            classes :data:`.data.ROTATED_CLASSES`), decode gives ``(B, N, 5)`` xywhr and the metric is
+            :func:`.evaluate.rotated_map` (DOTA) instead of COCO's.
     """
 
     build: Callable[[int, int, int], Any]
@@ -68,6 +77,17 @@ class CriterionSpec:
     head_channels: Callable[[int], int] | None = None
     one2one: bool = False
     select: Callable[[Tensor, Tensor], list[dict[str, Tensor]]] = select_detections
+    rotated: bool = False
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return ROTATED_CLASSES if self.rotated else CLASSES
+
+    def make_data(self, num_images: int, size: int, seed: int) -> ShapesData:
+        return (make_rotated_shapes if self.rotated else make_shapes)(num_images, size, seed=seed)
+
+    def metric(self, targets: list[dict[str, Tensor]], detections: list[dict[str, Tensor]]) -> dict[str, Any]:
+        return (rotated_map if self.rotated else coco_map)(targets, detections, len(self.classes))
 
 
 def _grid(h: int, w: int, like: Tensor) -> Tensor:
@@ -170,6 +190,28 @@ def _yolo26_decode(outputs: dict[str, list[Tensor]], size: int) -> tuple[Tensor,
     return _yolo26_head_decode(outputs["one2one"], size)
 
 
+def _obb_preds(outputs: list[Tensor], size: int) -> list[Tensor]:
+    """The YOLOv8/11 OBB head's angle: the last channel z becomes θ = (σ(z) − ¼)·π ∈ [−π/4, 3π/4), the
+    range of the canonical targets (docs/obb.md); the other channels pass raw."""
+    return [torch.cat((o[:, :-1], (o[:, -1:].sigmoid() - 0.25) * math.pi), 1) for o in outputs]
+
+
+def _obb_decode(outputs: list[Tensor], size: int) -> tuple[Tensor, Tensor]:
+    """OBB heads ``(B, 4·reg_max + C + 1, H, W)`` → xywhr boxes ``(B, N, 5)`` input pixels (the DFL
+    expectation decoded in each anchor's rotated frame, :func:`detloss.codecs.decode_rotated_distances`)
+    and per-class σ(cls)."""
+    boxes, scores = [], []
+    for out, stride in zip(_obb_preds(outputs, size), STRIDES, strict=True):
+        b, _, h, w = out.shape
+        flat = out.flatten(2).transpose(1, 2)  # (B, H·W, 4·reg_max + C + 1)
+        centres = _grid(h, w, out).reshape(-1, 2) + 0.5  # grid units
+        dist = codecs.expected_distances(flat[..., : 4 * V8_REG_MAX].reshape(b, h * w, 4, V8_REG_MAX))
+        box = codecs.decode_rotated_distances(dist, flat[..., -1], centres)
+        boxes.append(torch.cat((box[..., :4] * stride, box[..., 4:]), -1))
+        scores.append(flat[..., 4 * V8_REG_MAX : -1].sigmoid())
+    return torch.cat(boxes, 1), torch.cat(scores, 1)
+
+
 CRITERIA: dict[str, CriterionSpec] = {
     "yolov3": CriterionSpec(
         lambda c, size, epochs: YOLOv3Loss(num_classes=c, anchors=ANCHORS, strides=STRIDES),
@@ -210,6 +252,14 @@ CRITERIA: dict[str, CriterionSpec] = {
         lambda c, size, epochs: SSDLoss(num_classes=c, priors=ssd_priors(size)),
         lambda outputs, size: _ssd_split(outputs),
         _ssd_decode,
+    ),
+    "obb": CriterionSpec(
+        lambda c, size, epochs: YOLOv8OBBLoss(num_classes=c, strides=STRIDES, reg_max=V8_REG_MAX),
+        _obb_preds,
+        _obb_decode,
+        head_channels=lambda c: 4 * V8_REG_MAX + c + 1,
+        select=select_rotated,
+        rotated=True,
     ),
 }
 
@@ -274,7 +324,8 @@ def train(
                 images, targets = data.subset(idx)
                 flip = torch.rand(len(idx), generator=g) < 0.5
                 images = torch.where(flip[:, None, None, None], images.flip(-1), images)
-                targets = [_flip(t, size) if f else t for t, f in zip(targets, flip.tolist(), strict=True)]
+                flipper = _flip_rotated if spec.rotated else _flip
+                targets = [flipper(t, size) if f else t for t, f in zip(targets, flip.tolist(), strict=True)]
                 preds = spec.preds(model(images), size)
                 result = criterion(preds, targets, epoch=epoch) if spec.one2one else criterion(preds, targets)
                 opt.zero_grad(set_to_none=True)
@@ -296,6 +347,13 @@ def _flip(target: dict[str, Tensor], size: int) -> dict[str, Tensor]:
         "boxes": torch.stack([size - b[:, 2], b[:, 1], size - b[:, 0], b[:, 3]], -1),
         "labels": target["labels"],
     }
+
+
+def _flip_rotated(target: dict[str, Tensor], size: int) -> dict[str, Tensor]:
+    """A horizontal mirror of xywhr boxes: x → size − x and θ → −θ, back in the canonical form."""
+    b = target["boxes"]
+    mirrored = torch.stack((size - b[:, 0], b[:, 1], b[:, 2], b[:, 3], -b[:, 4]), -1)
+    return {"boxes": canonical_xywhr(mirrored), "labels": target["labels"]}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -333,9 +391,19 @@ def plot_detections(
     title: str,
     path: Path,
     score_threshold: float = 0.3,
+    classes: tuple[str, ...] = CLASSES,
 ) -> Path:
-    """Test images with ground truth (white, dashed) and detections above ``score_threshold`` (coloured)."""
+    """Test images with ground truth (white, dashed) and detections above ``score_threshold`` (coloured);
+    xyxy boxes as rectangles, xywhr boxes (last dimension 5) as their rotated outlines."""
+    from ..rotated import box_convert_rotated
     from ._util import pyplot, save
+
+    def outlines(boxes: Tensor) -> list[list[list[float]]]:
+        """Corner lists of xyxy or xywhr boxes."""
+        if boxes.shape[-1] == 5:
+            return box_convert_rotated(boxes.float(), "xywhr", "xyxyxyxy").reshape(-1, 4, 2).tolist()
+        x1, y1, x2, y2 = boxes.reshape(-1, 4).unbind(-1)
+        return torch.stack([x1, y1, x2, y1, x2, y2, x1, y2], -1).reshape(-1, 4, 2).tolist()
 
     plt = pyplot()
     n = images.shape[0]
@@ -347,21 +415,22 @@ def plot_detections(
         ax.axis("off")
     for ax, img, t, d in zip(axes.flat, images, targets, detections, strict=False):
         ax.imshow(img.permute(1, 2, 0).clamp(0, 1).numpy())
-        for x1, y1, x2, y2 in t["boxes"].tolist():
-            ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, ec="white", lw=1, ls="--"))
-        for (x1, y1, x2, y2), s, c in zip(
-            d["boxes"].tolist(), d["scores"].tolist(), d["labels"].tolist(), strict=True
-        ):
+        for corners in outlines(t["boxes"]):
+            ax.add_patch(plt.Polygon(corners, closed=True, fill=False, ec="white", lw=1, ls="--"))
+        scored = zip(outlines(d["boxes"]), d["scores"].tolist(), d["labels"].tolist(), strict=True)
+        for corners, s, c in scored:
             if s < score_threshold:
                 continue
-            ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, ec=colours[c % 3], lw=1.5))
+            ax.add_patch(plt.Polygon(corners, closed=True, fill=False, ec=colours[c % 3], lw=1.5))
+            x1, y1 = min(p[0] for p in corners), min(p[1] for p in corners)
             ax.text(
                 x1,
                 y1 - 1,
-                f"{CLASSES[c][:4]} {s:.2f}",
+                f"{classes[c][:4]} {s:.2f}",
                 color=colours[c % 3],
                 fontsize=6,
                 bbox={"facecolor": "black", "alpha": 0.5, "pad": 0.5, "lw": 0},
+                clip_on=True,  # a wild box of an untrained net must not stretch the figure
             )
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
@@ -388,20 +457,21 @@ def run(
     """Generate data, measure the untrained model, train, measure again; return metrics and history."""
     torch.manual_seed(seed)
     spec = CRITERIA[criterion]
-    crit = build_criterion(criterion, len(CLASSES), size, epochs)
+    classes = spec.classes
+    crit = build_criterion(criterion, len(classes), size, epochs)
     t0 = time.perf_counter()
-    train_set = make_shapes(train_images, size, seed=seed)
-    test_set = make_shapes(test_images, size, seed=seed + 10_000)  # disjoint stream: held out
-    channels = None if spec.head_channels is None else spec.head_channels(len(CLASSES))
+    train_set = spec.make_data(train_images, size, seed)
+    test_set = spec.make_data(test_images, size, seed + 10_000)  # disjoint stream: held out
+    channels = None if spec.head_channels is None else spec.head_channels(len(classes))
     model = TinyDetector(
-        len(CLASSES), num_anchors=3, width=width, head_channels=channels, one2one=spec.one2one
+        len(classes), num_anchors=3, width=width, head_channels=channels, one2one=spec.one2one
     )
-    before = coco_map(test_set.targets, detect(model, spec, test_set.images), len(CLASSES))
+    before = spec.metric(test_set.targets, detect(model, spec, test_set.images))
     t1 = time.perf_counter()
     history = train(model, crit, spec, train_set, epochs, batch, lr, seed, show_progress)
     t2 = time.perf_counter()
     detections = detect(model, spec, test_set.images)
-    after = coco_map(test_set.targets, detections, len(CLASSES))
+    after = spec.metric(test_set.targets, detections)
     return {
         "criterion": criterion,
         "epochs": epochs,
@@ -448,6 +518,7 @@ def main(args: argparse.Namespace) -> int:
             res["detections"][:k],
             f"{name}: test images, detections ≥ 0.3 (solid), ground truth (dashed)",
             out / f"demo_detections_{name}.png",
+            classes=CRITERIA[name].classes,
         )
         summary = {
             key: res[key]
