@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 
 from ..kernels.geometry import Corners, corners
-from ..kernels.iou import PLAIN, corner_parts, kind_value
+from ..kernels.iou import ciou_grid
 from ..kernels.rotated import probiou, rotated_corners
 
 PAIR_BLOCK = 1 << 21  # (B, m_block, A) elements per block: 8 MB per float32 temporary
@@ -76,9 +76,10 @@ def _planes(boxes: Tensor, dim: int) -> Corners:
 def _pairwise_ciou(pred: Corners, gt: Corners, eps: float) -> Tensor:
     """CIoU of every broadcast pair of boxes given by their axis planes, clamped at 0, without
     gradient: the kernel's formula (:func:`detloss.kernels.iou_forward`, ``kind="ciou"``) on its
-    parts. Every per-box quantity (sides, areas, centres, the aspect angles of CIoU's v) is computed
-    on the unbroadcast planes, once per box and per anchor; only the pairwise terms are ``(B, m, A)``."""
-    return kind_value("ciou", corner_parts(pred, gt, "ciou", eps), eps, PLAIN).clamp_(min=0)
+    parts, overwritten as they are spent (:func:`detloss.kernels.iou.ciou_grid`). Every per-box
+    quantity (sides, areas, centres, the aspect angles of CIoU's v) is computed on the unbroadcast
+    planes, once per box and per anchor; only the pairwise terms are ``(B, m, A)``."""
+    return ciou_grid(pred, gt, eps).clamp_(min=0)
 
 
 def _power(x: Tensor, p: float) -> Tensor:

@@ -178,7 +178,9 @@ def enclosing(k1: Corners, k2: Corners, ov: Overlap) -> Tensor:
 def centre_offset(k1: Corners, k2: Corners) -> Tensor:
     """Centre of box 2 minus centre of box 1 (target minus prediction), ``(2, ...)`` (dx, dy)."""
     if reusable(*k1, *k2):
-        return torch.sub(k2[0] + k2[1], k1[0] + k1[1]).mul_(0.5)
+        # halved per box, not per pair (the grid of pairs is the large one): the same values, as
+        # halving is exact; sub's alpha = 0.5 halves the other sum inside the subtraction
+        return torch.sub((k2[0] + k2[1]).mul_(0.5), k1[0] + k1[1], alpha=0.5)
     return 0.5 * ((k2[0] + k2[1]) - (k1[0] + k1[1]))
 
 
