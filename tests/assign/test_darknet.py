@@ -11,18 +11,7 @@ import torch
 
 from detloss.assign import best_iou_with, build_yolov3_targets, build_yolov4_targets
 from detloss.profiling import DispatchCounter
-
-
-def _pad(*images, dtype=torch.float64):
-    """Per-image xyxy box lists → (boxes (B, M, 4), mask (B, M)), real boxes first."""
-    m = max((len(b) for b in images), default=0)
-    boxes = torch.zeros(len(images), m, 4, dtype=dtype)
-    mask = torch.zeros(len(images), m, dtype=torch.bool)
-    for i, b in enumerate(images):
-        if b:
-            boxes[i, : len(b)] = torch.tensor(b, dtype=dtype)
-            mask[i, : len(b)] = True
-    return boxes, mask
+from tests.helpers import pad_by_hand
 
 
 def _hits(x):
@@ -54,7 +43,7 @@ BOX_C = [18, 2, 22, 6]
 
 
 def _v3(*images, **kw):
-    boxes, mask = _pad(*images)
+    boxes, mask = pad_by_hand(*images)
     return build_yolov3_targets(boxes, mask, V3_ANCHORS, V3_STRIDES, V3_GRIDS, **kw)
 
 
@@ -95,7 +84,7 @@ def test_yolov3_threshold_is_strict():
     # one scale (stride 8, 4 × 4) with two equal 16-px anchors (2 × 2 cells); the box [8, 8, 16, 16] is
     # 1 × 1 cells centred on its cell's centre, so IoU = 1 / (4 + 1e-6) with both (union + 1e-6).
     anchors = torch.tensor([[[16, 16], [16, 16]]], dtype=torch.float64)
-    boxes, mask = _pad([[8, 8, 16, 16]])
+    boxes, mask = pad_by_hand([[8, 8, 16, 16]])
     iou = 1 / (4 + 1e-6)
 
     def assigned(thresh):
@@ -125,7 +114,7 @@ def test_yolov3_later_box_wins_and_buffer_limit():
 
 def test_yolov3_centre_outside_the_input():
     # [30, 30, 40, 40]: centre (35, 35) outside the 32 × 32 input
-    boxes, mask = _pad([[30, 30, 40, 40]])
+    boxes, mask = pad_by_hand([[30, 30, 40, 40]])
     with pytest.raises(ValueError, match=r"targets\[0\]\['boxes'\]\[0\].*centre outside"):
         build_yolov3_targets(boxes, mask, V3_ANCHORS, V3_STRIDES, V3_GRIDS)
     # unchecked, the cell floor(35 / 8) = 4 is clamped into the grid: scale 0's box [3.75, 3.75, 5, 5]
@@ -136,16 +125,16 @@ def test_yolov3_centre_outside_the_input():
 
 
 def test_yolov3_empty_and_no_sync():
-    boxes, mask = _pad([], [])  # two images, M = 0
+    boxes, mask = pad_by_hand([], [])  # two images, M = 0
     asg = build_yolov3_targets(boxes, mask, V3_ANCHORS, V3_STRIDES, V3_GRIDS)
     assert asg.assigned.shape == (2, 0, 2, 2) and asg.held.shape == (2, 0, 2)
     assert asg.occupied.shape == (2, 40) and not asg.occupied.any()
     # boxes present but all masked out: nothing assigned either
-    boxes, mask = _pad([BOX_A])
+    boxes, mask = pad_by_hand([BOX_A])
     asg = build_yolov3_targets(boxes, ~mask, V3_ANCHORS, V3_STRIDES, V3_GRIDS)
     assert not asg.assigned.any() and not asg.occupied.any() and (asg.owner == -1).all()
     # unchecked it runs in the loss without reading a value back (the centre check is the one sync)
-    boxes, mask = _pad([BOX_A, BOX_B, BOX_C], [BOX_A])
+    boxes, mask = pad_by_hand([BOX_A, BOX_B, BOX_C], [BOX_A])
     with DispatchCounter() as c:
         asg = build_yolov3_targets(boxes, mask, V3_ANCHORS, V3_STRIDES, V3_GRIDS, validate=False)
     assert c.syncs == 0, c.sync_ops
@@ -162,7 +151,7 @@ V4_GRIDS = ((2, 2), (4, 4))
 
 
 def _v4(*images, **kw):
-    boxes, mask = _pad(*images)
+    boxes, mask = pad_by_hand(*images)
     return build_yolov4_targets(boxes, mask, V4_ANCHORS, V4_MASKS, V4_GRIDS, (32, 32), **kw)
 
 
@@ -208,7 +197,7 @@ def test_yolov4_floor_centre():
     # one 4 × 4 scale of a 30 × 30 input (7.5 px cells), one 3-px anchor. Box [6, 6, 9, 9], centre 7.5:
     # exactly 7.5 / 30 · 4 = 1 → cell (1, 1); floored to 7 as the data loader's (x1 + x2) // 2 does, the
     # box moves to [5.5, 5.5, 8.5, 8.5] and 7 / 30 · 4 = 0.93 → cell (0, 0)
-    boxes, mask = _pad([[6, 6, 9, 9]])
+    boxes, mask = pad_by_hand([[6, 6, 9, 9]])
     anchors = torch.tensor([[3.0, 3.0]], dtype=torch.float64)
     exact = build_yolov4_targets(boxes, mask, anchors, ((0,),), ((4, 4),), (30, 30))
     floored = build_yolov4_targets(boxes, mask, anchors, ((0,),), ((4, 4),), (30, 30), floor_centre=True)
@@ -222,7 +211,7 @@ def test_yolov4_empty_checks_and_no_sync():
     assert asg.occupied.shape == (2, 8 + 32)
     with pytest.raises(ValueError, match="centre outside"):
         _v4([[30, 30, 40, 40]])  # centre (35, 35) outside 32 × 32
-    boxes, mask = _pad([[12, 4, 28, 20], [0, 0, 32, 32]])
+    boxes, mask = pad_by_hand([[12, 4, 28, 20], [0, 0, 32, 32]])
     with DispatchCounter() as c:
         asg = build_yolov4_targets(boxes, mask, V4_ANCHORS, V4_MASKS, V4_GRIDS, (32, 32), validate=False)
     assert c.syncs == 0, c.sync_ops

@@ -9,20 +9,15 @@ import torch
 
 from detloss.assign import PRIOR_IGNORED, PRIOR_NEGATIVE, PaddedTargets, hard_negative_mask, match_priors
 from detloss.profiling import DispatchCounter
+from tests.helpers import pad_by_hand
 
 NEG, IGN = PRIOR_NEGATIVE, PRIOR_IGNORED
 
 
 def _targets(*images, dtype=torch.float32):
     """Pad per-image xyxy box lists by hand (real boxes first), labels all 0."""
-    m = max((len(b) for b in images), default=0)
-    boxes = torch.zeros(len(images), m, 4, dtype=dtype)
-    mask = torch.zeros(len(images), m, dtype=torch.bool)
-    for i, b in enumerate(images):
-        if b:
-            boxes[i, : len(b)] = torch.tensor(b, dtype=dtype)
-            mask[i, : len(b)] = True
-    return PaddedTargets(boxes, torch.zeros(len(images), m, dtype=torch.int64), mask)
+    boxes, mask = pad_by_hand(*images, dtype=dtype)
+    return PaddedTargets(boxes, torch.zeros(mask.shape, dtype=torch.int64), mask)
 
 
 # p0 and p1 overlap by half; p2 is apart; p3 is far from every box below

@@ -11,6 +11,7 @@ import torch
 from detloss.assign import pad_targets, task_aligned_assign
 from detloss.criteria import EndToEndLoss, YOLOv8Loss, yolo26_loss, yolov10_loss
 from detloss.profiling import DispatchCounter
+from tests.helpers import random_image_targets
 from tests.reference.yolov8 import naive_loss
 
 D = torch.float64
@@ -27,18 +28,7 @@ def make_case(b=2, size=64, nc=3, n=4, reg_max=1, seed=0, lo=3.0, hi=40.0, empty
         if reg_max == 1:
             p[:, :4] = 0.3 + 3 * torch.rand(b, 4, size // s, size // s, generator=g, dtype=D)
         preds.append(p.to(dtype).requires_grad_())
-    targets = []
-    for i in range(b):
-        k = 0 if i in empty else n
-        wh = lo + (hi - lo) * torch.rand(k, 2, generator=g, dtype=D)
-        xy = torch.rand(k, 2, generator=g, dtype=D) * (size - wh)
-        targets.append(
-            {
-                "boxes": torch.cat((xy, xy + wh), 1).to(dtype),
-                "labels": torch.randint(0, nc, (k,), generator=g),
-            }
-        )
-    return preds, targets
+    return preds, random_image_targets(g, b, n, size, nc, lo, hi, empty, dtype)
 
 
 def as_mapping(preds, reg_max, nc):

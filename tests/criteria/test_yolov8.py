@@ -14,6 +14,7 @@ import detloss.assign.tal as tal
 from detloss.assign import pad_targets, task_aligned_assign
 from detloss.criteria import YOLOv8Loss
 from detloss.profiling import DispatchCounter
+from tests.helpers import random_image_targets
 from tests.reference.yolov8 import naive_ciou, naive_loss
 
 D = torch.float64
@@ -29,18 +30,7 @@ def make_case(
         .requires_grad_()
         for s in strides
     ]
-    targets = []
-    for i in range(b):
-        k = 0 if i in empty else n
-        wh = lo + (hi - lo) * torch.rand(k, 2, generator=g, dtype=D)
-        xy = torch.rand(k, 2, generator=g, dtype=D) * (size - wh)
-        targets.append(
-            {
-                "boxes": torch.cat((xy, xy + wh), 1).to(dtype),
-                "labels": torch.randint(0, nc, (k,), generator=g),
-            }
-        )
-    return preds, targets
+    return preds, random_image_targets(g, b, n, size, nc, lo, hi, empty, dtype)
 
 
 def _check_against_naive(preds, targets, nc, strides, reg_max, **kw):
