@@ -45,6 +45,51 @@ def naive_ciou(b1, b2, eps=1e-7):
     return iou - rho2 / (c2 + eps) - alpha * v
 
 
+def aligned_positives(
+    u: torch.Tensor, metric: torch.Tensor, cand: torch.Tensor, k: int, topk: int, topk2: int | None
+) -> tuple[list[int], torch.Tensor, dict[int, float]]:
+    """The task-aligned assignment's last steps for one image, loop by loop, from the box × anchor
+    similarity ``u``, alignment ``metric`` and candidate mask ``cand`` ``(M, A)``: the top-k anchors
+    of each box (over all anchors; torch.topk's order on ties, as the original), kept when they are
+    candidates; an anchor taken by several boxes goes to the box of highest u (first on ties); with
+    ``topk2`` (≠ topk) each box keeps its topk2 positives of largest alignment; each positive's
+    target score = t · max u / (max t + 1e-9) over its box's positives. Returns the positive
+    anchors, each anchor's box (−1: background) and the scores."""
+    m, n_anchor = u.shape
+    selected = torch.zeros(m, n_anchor, dtype=torch.bool)
+    for j in range(m):
+        for a in metric[j].topk(k).indices.tolist():
+            selected[j, a] = bool(cand[j, a])
+    owner = torch.full((n_anchor,), -1)
+    for a in range(n_anchor):
+        boxes_of_a = selected[:, a].nonzero().flatten().tolist()
+        if len(boxes_of_a) == 1:
+            owner[a] = boxes_of_a[0]
+        elif len(boxes_of_a) > 1:  # the box of highest u over all boxes, first on ties
+            best = 0
+            for j in range(m):
+                if u[j, a] > u[best, a]:
+                    best = j
+            owner[a] = best
+    positives = [a for a in range(n_anchor) if owner[a] >= 0]
+    if topk2 is not None and topk2 != topk:
+        kept = []
+        for j in range(m):
+            mine = [a for a in positives if owner[a] == j]
+            mine.sort(key=lambda a: (-float(metric[j, a]), a))
+            kept += mine[:topk2]
+        positives = sorted(kept)
+    max_u = {j: 0.0 for j in range(m)}
+    max_t = {j: 0.0 for j in range(m)}
+    for a in positives:
+        j = int(owner[a])
+        max_u[j] = max(max_u[j], float(u[j, a]))
+        max_t[j] = max(max_t[j], float(metric[j, a]))
+    scores = {a: float(metric[owner[a], a]) * max_u[int(owner[a])] / (max_t[int(owner[a])] + 1e-9)
+              for a in positives}
+    return positives, owner, scores
+
+
 def naive_loss(
     preds,
     targets,
@@ -98,41 +143,11 @@ def naive_loss(
             c = naive_ciou(boxes[j].expand(n_anchor, 4), pred_px).clamp(min=0)
             u[j] = torch.where(cand[j], c, 0.0)
             metric[j] = torch.where(cand[j], prob[:, labels[j]] ** alpha * u[j] ** beta, 0.0)
-        # top-k anchors per box (over all anchors; torch.topk's order on ties, as the original), kept
-        # when they are candidates
-        selected = torch.zeros(m, n_anchor, dtype=torch.bool)
-        for j in range(m):
-            for a in metric[j].topk(k).indices.tolist():
-                selected[j, a] = bool(cand[j, a])
-        owner = torch.full((n_anchor,), -1)
-        for a in range(n_anchor):
-            boxes_of_a = selected[:, a].nonzero().flatten().tolist()
-            if len(boxes_of_a) == 1:
-                owner[a] = boxes_of_a[0]
-            elif len(boxes_of_a) > 1:  # the box of highest u over all boxes, first on ties
-                best = 0
-                for j in range(m):
-                    if u[j, a] > u[best, a]:
-                        best = j
-                owner[a] = best
-        positives = [a for a in range(n_anchor) if owner[a] >= 0]
-        if topk2 is not None and topk2 != topk:  # each box keeps its topk2 best positives
-            kept = []
-            for j in range(m):
-                mine = [a for a in positives if owner[a] == j]
-                mine.sort(key=lambda a: (-float(metric[j, a]), a))
-                kept += mine[:topk2]
-            positives = sorted(kept)
-        max_u = {j: 0.0 for j in range(m)}
-        max_t = {j: 0.0 for j in range(m)}
-        for a in positives:
-            j = int(owner[a])
-            max_u[j] = max(max_u[j], float(u[j, a]))
-            max_t[j] = max(max_t[j], float(metric[j, a]))
+        positives, owner, scores = aligned_positives(u, metric, cand, k, topk, topk2)
         target = torch.zeros(n_anchor, nc, dtype=D)
         for a in positives:
             j = int(owner[a])
-            score = float(metric[j, a]) * max_u[j] / (max_t[j] + 1e-9)
+            score = scores[a]
             target[a, labels[j]] = score
             score_sum += score
             gt = boxes[j] / st[a]

@@ -17,6 +17,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from tests.reference.yolov8 import aligned_positives
+
 D = torch.float64
 
 
@@ -109,39 +111,11 @@ def naive_obb_loss(
             c = naive_probiou(boxes[j].expand(n_anchor, 5), pred_px).clamp(min=0)
             u[j] = torch.where(cand[j], c, 0.0)
             metric[j] = torch.where(cand[j], prob[:, labels[j]] ** alpha * u[j] ** beta, 0.0)
-        selected = torch.zeros(m, n_anchor, dtype=torch.bool)
-        for j in range(m):
-            for a in metric[j].topk(k).indices.tolist():
-                selected[j, a] = bool(cand[j, a])
-        owner = torch.full((n_anchor,), -1)
-        for a in range(n_anchor):
-            boxes_of_a = selected[:, a].nonzero().flatten().tolist()
-            if len(boxes_of_a) == 1:
-                owner[a] = boxes_of_a[0]
-            elif len(boxes_of_a) > 1:
-                best = 0
-                for j in range(m):
-                    if u[j, a] > u[best, a]:
-                        best = j
-                owner[a] = best
-        positives = [a for a in range(n_anchor) if owner[a] >= 0]
-        if topk2 is not None and topk2 != topk:  # each box keeps its topk2 positives of largest t
-            kept = []
-            for j in range(m):
-                mine = [a for a in positives if owner[a] == j]
-                mine.sort(key=lambda a: (-float(metric[j, a]), a))
-                kept += mine[:topk2]
-            positives = sorted(kept)
-        max_u = {j: 0.0 for j in range(m)}
-        max_t = {j: 0.0 for j in range(m)}
-        for a in positives:
-            j = int(owner[a])
-            max_u[j] = max(max_u[j], float(u[j, a]))
-            max_t[j] = max(max_t[j], float(metric[j, a]))
+        positives, owner, scores = aligned_positives(u, metric, cand, k, topk, topk2)
         target = torch.zeros(n_anchor, nc, dtype=D)
         for a in positives:
             j = int(owner[a])
-            score = float(metric[j, a]) * max_u[j] / (max_t[j] + 1e-9)
+            score = scores[a]
             target[a, labels[j]] = score
             score_sum += score
             gt = torch.cat((boxes[j, :4] / st[a], boxes[j, 4:]))
