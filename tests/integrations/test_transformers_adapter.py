@@ -414,3 +414,26 @@ def test_dfine_errors() -> None:
     with pytest.raises(ValueError, match="max_num_bins"):
         config = SimpleNamespace(**{**DFINE_CONFIG, "max_num_bins": 16})
         fn(oc[:, -1], lab, "cpu", ob[:, -1], config, oc, ob, enc_l, enc_b, meta, corners, refs)
+    with pytest.raises(ValueError, match="L \\+ 1 outputs"):
+        config = SimpleNamespace(**DFINE_CONFIG)
+        fn(oc[:, -1], lab, "cpu", ob[:, -1], config, oc[:, 1:], ob[:, 1:], enc_l, enc_b, meta, corners, refs)
+
+
+def test_dfine_eval_mode_has_the_main_output_and_the_encoder() -> None:
+    # in eval mode the decoder returns its evaluation layer alone: (B, 1, Q, ·), corners (B, 1, Q, ·)
+    oc, ob, corners, refs, enc_l, enc_b = dfine_inputs(0)
+    oc, ob, corners, refs = oc[:, -1:], ob[:, -1:], corners[:, -1:], refs[:, -1:]
+    lab, config = labels(), SimpleNamespace(**DFINE_CONFIG)
+    loss, loss_dict, aux_out = DetrLossFunction("dfine")(
+        oc[:, -1], lab, "cpu", ob[:, -1], config, oc, ob, enc_l, enc_b, None, corners, refs
+    )
+    ref = DETRLoss(C, "rtdetr")(
+        oc[:, -1][None],
+        ob[:, -1][None].clamp(0, 1),
+        targets(lab),
+        enc_logits=enc_l,
+        enc_boxes=enc_b.clamp(0, 1),
+    )
+    torch.testing.assert_close(loss, ref.total)
+    assert list(loss_dict) == [k + s for s in ("", "_aux_0") for k in ("loss_vfl", "loss_bbox", "loss_giou")]
+    assert len(aux_out) == 1 and aux_out[0]["logits"] is enc_l

@@ -57,6 +57,7 @@ _NOT_YET = (
     "RfDetrForInstanceSegmentation",
 )
 
+
 def preset_for(model: Any) -> Preset:
     """The :class:`~detloss.criteria.DETRLoss` preset of a transformers detection model, from its class
     name (or a base class's, so subclasses keep their family).
@@ -380,7 +381,8 @@ class DetrLossFunction:
         """``DFineForObjectDetectionLoss``: the denoising queries dropped from the matched ones, every
         box clamped to [0, 1]; with ``auxiliary_loss`` the decoder's L + 1 outputs ``(B, L + 1, Q, ·)``
         with its L layers' corners, the encoder proposals and the denoising groups (FGL and DDF on the
-        auxiliary and denoising entries), without it the main output's three terms alone."""
+        auxiliary and denoising entries), without it the main output's three terms alone. In eval mode
+        (one decoder output) the main output and the encoder proposals, without FGL and DDF."""
         num_dn = dn_meta["dn_num_split"][0] if dn_meta is not None else 0
         if not config.auxiliary_loss:  # transformers: RT-DETR's terms of the clamped main output
             criterion = criterion_from_config(config, "rtdetr", validate=self.validate)
@@ -396,6 +398,21 @@ class DetrLossFunction:
             raise ValueError(
                 f"predicted_corners has {corners.shape[-1]} values per query but config.max_num_bins = "
                 f"{config.max_num_bins} needs 4·(max_num_bins + 1) = {4 * (config.max_num_bins + 1)}"
+            )
+        if outputs_class.shape[1] == 1 and dn_meta is None:
+            # eval mode: the decoder returns its evaluation layer alone, so transformers' auxiliary
+            # entries are the encoder's alone (no corners: no FGL / DDF); RT-DETR's terms, clamped
+            criterion = criterion_from_config(config, "rtdetr", validate=self.validate)
+            enc = {"logits": enc_logits, "pred_boxes": enc_boxes.clamp(0, 1)}
+            result = criterion(
+                logits[None], pred_boxes[None].clamp(0, 1), targets, enc_logits=enc_logits,
+                enc_boxes=enc["pred_boxes"],
+            )  # fmt: skip
+            return result.total, result.loss_dict(), [enc]
+        if outputs_class.shape[1] != corners.shape[1] + 1:
+            raise ValueError(
+                f"outputs_class must hold the decoder's L + 1 outputs beside predicted_corners' L layers, "
+                f"got {tuple(outputs_class.shape)} and {tuple(corners.shape)}"
             )
         criterion = criterion_from_config(config, "dfine", validate=self.validate)
         k = num_dn
