@@ -58,9 +58,17 @@ from detloss.profiling import DispatchCounter  # noqa: E402
 
 try:
     import transformers.loss.loss_d_fine as _dfine_mod
-    from transformers import DeformableDetrConfig, DetrConfig, DFineConfig, LwDetrConfig, RTDetrConfig
+    from transformers import (
+        DeformableDetrConfig,
+        Deimv2Config,
+        DetrConfig,
+        DFineConfig,
+        LwDetrConfig,
+        RTDetrConfig,
+    )
     from transformers.loss.loss_d_fine import DFineForObjectDetectionLoss
     from transformers.loss.loss_deformable_detr import DeformableDetrForObjectDetectionLoss
+    from transformers.loss.loss_deimv2 import Deimv2ForObjectDetectionLoss
     from transformers.loss.loss_for_object_detection import ForObjectDetectionLoss
     from transformers.loss.loss_lw_detr import LwDetrForObjectDetectionLoss
     from transformers.loss.loss_rt_detr import RTDetrForObjectDetectionLoss
@@ -357,12 +365,18 @@ def main():
     ap.add_argument("--only-lwdetr", action="store_true", help="only LW-DETR")
     ap.add_argument("--skip-dfine", action="store_true", help="leave out D-FINE")
     ap.add_argument("--only-dfine", action="store_true", help="only D-FINE")
+    ap.add_argument("--skip-deimv2", action="store_true", help="leave out DEIMv2")
+    ap.add_argument("--only-deimv2", action="store_true", help="only DEIMv2")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     import transformers
 
     threads = torch.get_num_threads()
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, {threads} threads")
+    if not args.skip_deimv2:
+        run_dfine(args, "deimv2")
+    if args.only_deimv2:
+        return
     if not args.skip_dfine:
         run_dfine(args)
     if args.only_dfine:
@@ -577,15 +591,33 @@ def make_dfine(B, L=6, Q=300, C=80, n=20, dtype=torch.float64, seed=0):
     return (oc, ob, el, eb, corners.requires_grad_()), refs, labels, meta
 
 
-def dfine_fns(C, L):
-    config = DFineConfig(num_labels=C, decoder_layers=L)
+def _stable_argsort(*args, **kwargs):
+    return _argsort(*args, **{**kwargs, "stable": True})
+
+
+_argsort = torch.argsort
+
+
+def dfine_fns(C, L, preset="dfine"):
+    """D-FINE's or DEIMv2's loss function and ours. DEIMv2's union sorts its pairs by count with an
+    unstable sort (ties broken arbitrarily); for a comparison the reference runs with a stable sort,
+    which gives detloss's rule (the lowest target among equal counts)."""
+    if preset == "dfine":
+        config, loss_fn = DFineConfig(num_labels=C, decoder_layers=L), DFineForObjectDetectionLoss
+    else:
+        config, loss_fn = Deimv2Config(num_labels=C, decoder_layers=L), Deimv2ForObjectDetectionLoss
 
     def ref(inputs, refs, labels, meta):
         oc, ob, el, eb, corners = inputs
-        total, d, _ = DFineForObjectDetectionLoss(
-            oc[:, -1], labels, oc.device, ob[:, -1], config, oc, ob, enc_topk_logits=el, enc_topk_bboxes=eb,
-            denoising_meta_values=meta, predicted_corners=corners, initial_reference_points=refs,
-        )  # fmt: skip
+        torch.argsort = _stable_argsort
+        try:
+            total, d, _ = loss_fn(
+                oc[:, -1], labels, oc.device, ob[:, -1], config, oc, ob, enc_topk_logits=el,
+                enc_topk_bboxes=eb, denoising_meta_values=meta, predicted_corners=corners,
+                initial_reference_points=refs,
+            )  # fmt: skip
+        finally:
+            torch.argsort = _argsort
         return total, d
 
     def ours(crit, inputs, refs, targets, meta):
@@ -604,9 +636,9 @@ def dfine_fns(C, L):
     return ref, ours
 
 
-def compare_dfine(B_values=(2, 4, 8), L=6, Q=300, C=80, n=20):
-    ref, ours = dfine_fns(C, L)
-    crit = DETRLoss(C, "dfine")
+def compare_dfine(B_values=(2, 4, 8), L=6, Q=300, C=80, n=20, preset="dfine"):
+    ref, ours = dfine_fns(C, L, preset)
+    crit = DETRLoss(C, preset)
     worst = {}
     for B in B_values:
         inputs, refs, labels, meta = make_dfine(B, L, Q, C, n, seed=B)
@@ -627,11 +659,11 @@ def compare_dfine(B_values=(2, 4, 8), L=6, Q=300, C=80, n=20):
     return worst
 
 
-def speed_dfine(B, repeats, L=6, Q=300, C=80, n=20):
-    ref, ours = dfine_fns(C, L)
+def speed_dfine(B, repeats, L=6, Q=300, C=80, n=20, preset="dfine"):
+    ref, ours = dfine_fns(C, L, preset)
     inputs, refs, labels, meta = make_dfine(B, L, Q, C, n, dtype=torch.float32)
     targets = [{"boxes": t["boxes"], "labels": t["class_labels"]} for t in labels]
-    ours_v, ours_nv = DETRLoss(C, "dfine"), DETRLoss(C, "dfine", validate=False)
+    ours_v, ours_nv = DETRLoss(C, preset), DETRLoss(C, preset, validate=False)
     fns = {
         "ours": lambda: torch.autograd.grad(ours(ours_v, inputs, refs, targets, meta).total, inputs),
         "ours nv": lambda: torch.autograd.grad(ours(ours_nv, inputs, refs, targets, meta).total, inputs),
@@ -657,20 +689,21 @@ def speed_dfine(B, repeats, L=6, Q=300, C=80, n=20):
     return med, counts
 
 
-def run_dfine(args):
+def run_dfine(args, preset="dfine"):
+    name = {"dfine": "D-FINE", "deimv2": "DEIMv2"}[preset]
     if not args.skip_values:
         print(
-            "\nD-FINE step (float64, Q=300, L=6, C=80, 20 targets/img, last image 10, denoising, encoder; "
+            f"\n{name} step (float64, Q=300, L=6, C=80, 20 targets/img, last image 10, denoising, encoder; "
             "max rel err over B = 2, 4, 8)"
         )
-        w = compare_dfine()
+        w = compare_dfine(preset=preset)
         for k, v in w.items():
             print(f"  {k:<22}{v:>10.2e}" if k != "keys" else f"  {k:<22}{v:>10}")
     if args.skip_speed:
         return
-    print("\nD-FINE step, float32 fwd+bwd, median ms (interleaved); ops, syncs")
+    print(f"\n{name} step, float32 fwd+bwd, median ms (interleaved); ops, syncs")
     for B in (2, 8):
-        med, c = speed_dfine(B, args.repeats)
+        med, c = speed_dfine(B, args.repeats, preset=preset)
         t = med["transformers"]
         print(
             f"  B={B}: ours {med['ours']:.1f} nv {med['ours nv']:.1f} transformers {t:.1f} "
