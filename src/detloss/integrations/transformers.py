@@ -48,14 +48,12 @@ _PRESETS: dict[str, Preset] = {
     "DFineForObjectDetection": "dfine",
     "LwDetrForObjectDetection": "lwdetr",
     "RfDetrForObjectDetection": "lwdetr",  # transformers maps it to LwDetrForObjectDetectionLoss
+    "Deimv2ForObjectDetection": "deimv2",
 }
 
 #: DETR-family models whose loss has no detloss preset yet (RF-DETR's segmentation model adds
 #: mask costs and mask losses).
-_NOT_YET = (
-    "Deimv2ForObjectDetection",
-    "RfDetrForInstanceSegmentation",
-)
+_NOT_YET = ("RfDetrForInstanceSegmentation",)
 
 
 def preset_for(model: Any) -> Preset:
@@ -105,6 +103,16 @@ _CONFIG_FIELDS: dict[str, dict[str, str]] = {
     "rtdetr": _RTDETR_FIELDS,
     "dfine": _RTDETR_FIELDS
     | {"fgl": "weight_loss_fgl", "ddf": "weight_loss_ddf", "up": "up", "reg_scale": "reg_scale"},
+    "deimv2": {k: v for k, v in _RTDETR_FIELDS.items() if k not in ("cls", "focal_alpha")}
+    | {
+        "cls": "weight_loss_mal",
+        "focal_alpha": "mal_alpha",  # None: MAL without α, α = 1
+        "fgl": "weight_loss_fgl",
+        "ddf": "weight_loss_ddf",
+        "up": "up",
+        "reg_scale": "reg_scale",
+        "dense_one_to_one": "use_dense_one_to_one",
+    },
     "lwdetr": _COSTS
     | {
         "cls": "class_loss_coefficient",
@@ -157,9 +165,11 @@ def criterion_from_config(
     """
     if preset not in _CONFIG_FIELDS:
         raise ValueError(f"preset must be one of {tuple(_CONFIG_FIELDS)}, got {preset!r}")
-    if preset in ("rtdetr", "dfine") and not getattr(config, "use_focal_loss", True):
+    if preset in ("rtdetr", "dfine", "deimv2") and not getattr(config, "use_focal_loss", True):
         raise ValueError("config.use_focal_loss=False (a softmax matching cost) has no detloss preset")
     kwargs = {arg: _config_value(config, field, preset) for arg, field in _CONFIG_FIELDS[preset].items()}
+    if preset == "deimv2" and kwargs["focal_alpha"] is None:  # transformers: weight p^γ·(1 − t) + t
+        kwargs["focal_alpha"] = 1.0
     return DETRLoss(
         _config_value(config, "num_labels", preset),
         preset,
@@ -257,7 +267,7 @@ class DetrLossFunction:
                 criterion, logits, pred_boxes, config, targets, outputs_class, outputs_coord,
                 enc_logits, enc_boxes, denoising_meta_values,
             )  # fmt: skip
-        if self.preset == "dfine":
+        if self.preset in ("dfine", "deimv2"):
             return self._dfine(
                 logits, pred_boxes, config, targets, outputs_class, outputs_coord, enc_logits, enc_boxes,
                 denoising_meta_values, predicted_corners, initial_reference_points,
@@ -378,50 +388,65 @@ class DetrLossFunction:
         corners: Tensor | None,
         refs: Tensor | None,
     ) -> tuple[Tensor, dict[str, Tensor], list[dict[str, Tensor]] | None]:
-        """``DFineForObjectDetectionLoss``: the denoising queries dropped from the matched ones, every
-        box clamped to [0, 1]; with ``auxiliary_loss`` the decoder's L + 1 outputs ``(B, L + 1, Q, ·)``
-        with its L layers' corners, the encoder proposals and the denoising groups (FGL and DDF on the
-        auxiliary and denoising entries), without it the main output's three terms alone. In eval mode
-        (one decoder output) the main output and the encoder proposals, without FGL and DDF."""
+        """``DFineForObjectDetectionLoss`` (``"dfine"``) and ``Deimv2ForObjectDetectionLoss``
+        (``"deimv2"``): every box clamped to [0, 1]; with ``auxiliary_loss`` the denoising queries
+        dropped from the matched ones, the decoder's L + 1 outputs ``(B, L + 1, Q, ·)`` with its L
+        layers' corners, the encoder proposals and the denoising groups (FGL and DDF on the auxiliary
+        and denoising entries). In eval mode (one decoder output) the main output and the encoder
+        proposals, without FGL and DDF. Without ``auxiliary_loss`` the main output alone: D-FINE's
+        without its denoising queries, RT-DETR's three terms; DEIMv2's with them (transformers drops
+        them only with ``auxiliary_loss``), MAL and the boxes."""
         num_dn = dn_meta["dn_num_split"][0] if dn_meta is not None else 0
-        if not config.auxiliary_loss:  # transformers: RT-DETR's terms of the clamped main output
+        aux = bool(config.auxiliary_loss)
+        if not aux and self.preset == "dfine":  # transformers: RT-DETR's terms of the clamped main output
             criterion = criterion_from_config(config, "rtdetr", validate=self.validate)
             result = criterion(logits[:, num_dn:], pred_boxes[:, num_dn:].clamp(0, 1), targets)
             return result.total, result.loss_dict(), None
-        given = (outputs_class, outputs_coord, enc_logits, enc_boxes, corners, refs)
-        if any(t is None for t in given):
+        given = (outputs_class, outputs_coord, enc_logits, enc_boxes) if aux else ()
+        if any(t is None for t in given + (corners, refs)):
             raise ValueError(
-                "config.auxiliary_loss is set but outputs_class, outputs_coord, enc_topk_logits, "
-                "enc_topk_bboxes, predicted_corners or initial_reference_points is None"
+                (
+                    "config.auxiliary_loss is set but outputs_class, outputs_coord, enc_topk_logits, "
+                    if aux
+                    else ""
+                )
+                + "predicted_corners or initial_reference_points is None"
             )
         if corners.shape[-1] != 4 * (config.max_num_bins + 1):
             raise ValueError(
                 f"predicted_corners has {corners.shape[-1]} values per query but config.max_num_bins = "
                 f"{config.max_num_bins} needs 4·(max_num_bins + 1) = {4 * (config.max_num_bins + 1)}"
             )
-        if outputs_class.shape[1] == 1 and dn_meta is None:
-            # eval mode: the decoder returns its evaluation layer alone, so transformers' auxiliary
-            # entries are the encoder's alone (no corners: no FGL / DDF); RT-DETR's terms, clamped
-            criterion = criterion_from_config(config, "rtdetr", validate=self.validate)
-            enc = {"logits": enc_logits, "pred_boxes": enc_boxes.clamp(0, 1)}
+        criterion = criterion_from_config(config, self.preset, validate=self.validate)
+        if not aux:
+            # DEIMv2 without auxiliary entries: the main output, all its queries; it also fills the
+            # slot L − 1 of the criterion's L + 1 outputs (which takes no part), beside the last
+            # layer's corners (no FGL / DDF without auxiliary entries)
+            co, rf = corners[:, -1:].transpose(0, 1), refs[:, -1:].transpose(0, 1)
             result = criterion(
-                logits[None], pred_boxes[None].clamp(0, 1), targets, enc_logits=enc_logits,
-                enc_boxes=enc["pred_boxes"],
+                torch.stack((logits, logits)), torch.stack((pred_boxes, pred_boxes)), targets,
+                corners=co, reference_points=rf,
             )  # fmt: skip
-            return result.total, result.loss_dict(), [enc]
-        if outputs_class.shape[1] != corners.shape[1] + 1:
+            return result.total, result.loss_dict(), None
+        # eval mode: the decoder returns its evaluation layer alone (one output beside one layer's
+        # corners), so transformers' auxiliary entries are the encoder's alone; that output fills
+        # the slot L − 1 of the criterion's L + 1 outputs, which takes no part
+        one_output = outputs_class.shape[1] == corners.shape[1]
+        if not one_output and outputs_class.shape[1] != corners.shape[1] + 1:
             raise ValueError(
                 f"outputs_class must hold the decoder's L + 1 outputs beside predicted_corners' L layers, "
                 f"got {tuple(outputs_class.shape)} and {tuple(corners.shape)}"
             )
-        criterion = criterion_from_config(config, "dfine", validate=self.validate)
         k = num_dn
         oc, ob, co, rf = outputs_class[:, :, k:], outputs_coord[:, :, k:], corners[:, :, k:], refs[:, :, k:]
+        head_c, head_b = (oc, ob) if one_output else (oc[:, :-1], ob[:, :-1])
         # the final output from logits / pred_boxes (what transformers' final term differentiates)
-        layers_c = torch.cat((oc[:, :-1].transpose(0, 1), logits[None, :, k:]))
-        layers_b = torch.cat((ob[:, :-1].transpose(0, 1), pred_boxes[None, :, k:]))
+        layers_c = torch.cat((head_c.transpose(0, 1), logits[None, :, k:]))
+        layers_b = torch.cat((head_b.transpose(0, 1), pred_boxes[None, :, k:]))
         dn: dict[str, Any] = {}
         if dn_meta is not None:
+            if one_output:
+                raise ValueError("denoising_meta_values with one decoder output (eval mode) is not supported")
             dn = {
                 "dn_logits": outputs_class[:, :, :k].transpose(0, 1),
                 "dn_boxes": outputs_coord[:, :, :k].transpose(0, 1),
