@@ -12,7 +12,7 @@ One call::
 ``labels``) to a :class:`DetrLossFunction`: the same signature and return value as transformers 5.24's
 own loss functions, ``(loss, loss_dict, auxiliary_outputs)``, with the same values: the weighted total,
 the per-term dictionary under the same keys (unweighted, with ``cardinality_error``, for DETR,
-Deformable DETR, LW-DETR and RF-DETR; weighted for the RT-DETR family and D-FINE) and the same
+Deformable DETR, LW-DETR and RF-DETR; weighted for the RT-DETR family, D-FINE and DEIMv2) and the same
 auxiliary outputs. The matching costs, gains and focal parameters are read from the config the model
 passes at each call.
 
@@ -20,7 +20,8 @@ Models (by class name): ``DetrForObjectDetection`` (preset ``"detr"``),
 ``DeformableDetrForObjectDetection`` (``"deformable"``), ``RTDetrForObjectDetection`` and
 ``RTDetrV2ForObjectDetection`` (``"rtdetr"``: decoder layers, encoder proposals and, in training, the
 contrastive denoising groups), ``DFineForObjectDetection`` (``"dfine"``: RT-DETR's entries plus the
-FGL and DDF terms of the decoder's corner distributions), ``LwDetrForObjectDetection`` and
+FGL and DDF terms of the decoder's corner distributions), ``Deimv2ForObjectDetection``
+(``"deimv2"``: D-FINE's entries with MAL and the dense one-to-one union), ``LwDetrForObjectDetection`` and
 ``RfDetrForObjectDetection`` (``"lwdetr"``: transformers computes RF-DETR's detection loss with
 LW-DETR's function; the query groups, IA-BCE and the encoder proposals).
 
@@ -61,8 +62,8 @@ def preset_for(model: Any) -> Preset:
     name (or a base class's, so subclasses keep their family).
 
     Raises:
-        NotImplementedError: a DETR-family model (DEIMv2, RF-DETR's instance segmentation) whose preset
-            does not exist yet.
+        NotImplementedError: a DETR-family model (RF-DETR's instance segmentation) whose preset does
+            not exist yet.
         TypeError: any other model.
     """
     for cls in type(model).__mro__:
@@ -152,6 +153,9 @@ def criterion_from_config(
       the bin parameters ``up`` and ``reg_scale`` (transformers' ``DFineLoss`` reads both from the
       config, not from the decoder's ``up`` parameter); ``max_num_bins`` is checked against the
       corners at each call. Needs ``use_focal_loss``.
+    - ``"deimv2"``: ``"dfine"``'s fields with the class gain ``weight_loss_mal`` and MAL's α
+      ``mal_alpha`` (None, transformers' default: no α, i.e. 1) instead of ``weight_loss_vfl`` and
+      ``focal_loss_alpha`` (MAL's γ is ``focal_loss_gamma``), and ``use_dense_one_to_one``.
     - ``"lwdetr"`` (LW-DETR, RF-DETR): ``class_cost``, ``bbox_cost``, ``giou_cost``; gains
       ``class_loss_coefficient``, ``bbox_loss_coefficient``, ``giou_loss_coefficient``;
       ``focal_alpha`` (IA-BCE's α; its γ = 2 and the matcher's α = 0.25, γ = 2 are fixed);
@@ -160,7 +164,7 @@ def criterion_from_config(
     ``validate`` and ``reduce_across_ranks`` are :class:`~detloss.criteria.DETRLoss`'s.
 
     Raises:
-        ValueError: an unknown preset, or ``use_focal_loss=False`` (RT-DETR, D-FINE).
+        ValueError: an unknown preset, or ``use_focal_loss=False`` (RT-DETR, D-FINE, DEIMv2).
         AttributeError: the config lacks a field the preset reads (named).
     """
     if preset not in _CONFIG_FIELDS:
@@ -187,7 +191,7 @@ def _aux(outputs_class: Tensor, outputs_coord: Tensor) -> list[dict[str, Tensor]
 
 def _distributed() -> bool:
     """Whether a torch.distributed process group is up (transformers then averages DETR's, Deformable
-    DETR's and LW-DETR's box count over the ranks; RT-DETR's and D-FINE's it does not)."""
+    DETR's and LW-DETR's box count over the ranks; RT-DETR's, D-FINE's and DEIMv2's it does not)."""
     dist = torch.distributed
     return dist.is_available() and dist.is_initialized()
 
@@ -198,12 +202,12 @@ class DetrLossFunction:
     Called as the model's ``forward`` calls ``self.loss_function``; returns ``(loss, loss_dict,
     auxiliary_outputs)`` as transformers 5.24's ``ForObjectDetectionLoss`` (``"detr"``),
     ``DeformableDetrForObjectDetectionLoss`` (``"deformable"``), ``RTDetrForObjectDetectionLoss``
-    (``"rtdetr"``), ``DFineForObjectDetectionLoss`` (``"dfine"``) or ``LwDetrForObjectDetectionLoss``
-    (``"lwdetr"``, LW-DETR and RF-DETR) does. Not an ``nn.Module``, so assigning it to a model registers
-    no submodule.
+    (``"rtdetr"``), ``DFineForObjectDetectionLoss`` (``"dfine"``), ``Deimv2ForObjectDetectionLoss``
+    (``"deimv2"``) or ``LwDetrForObjectDetectionLoss`` (``"lwdetr"``, LW-DETR and RF-DETR) does. Not an
+    ``nn.Module``, so assigning it to a model registers no submodule.
 
     Args:
-        preset: ``"detr" | "deformable" | "rtdetr" | "dfine" | "lwdetr"``.
+        preset: ``"detr" | "deformable" | "rtdetr" | "dfine" | "deimv2" | "lwdetr"``.
         validate: :class:`~detloss.criteria.DETRLoss`'s input checks (one host synchronisation).
     """
 
@@ -235,22 +239,22 @@ class DetrLossFunction:
         **kwargs: Any,
     ) -> tuple[Tensor, dict[str, Tensor], list[dict[str, Tensor]] | None]:
         """transformers' loss-function call (``device`` is unused: the inputs say where to compute;
-        other keyword arguments, e.g. the attention flags D-FINE forwards, are not used by these losses).
+        other keyword arguments, e.g. the attention flags D-FINE and DEIMv2 forward, are not used).
 
         Args:
-            logits, pred_boxes: the final layer, ``(B, Q, C′)`` and ``(B, Q, 4)`` (RT-DETR, D-FINE in
+            logits, pred_boxes: the final layer, ``(B, Q, C′)`` and ``(B, Q, 4)`` (RT-DETR, D-FINE, DEIMv2 in
                 training: denoising queries first, split by ``denoising_meta_values["dn_num_split"]``;
                 LW-DETR in training: G·Q queries, ``group_detr`` groups).
             labels: B dicts ``{"class_labels": (n,), "boxes": (n, 4) cxcywh normalised}``.
             config: the model's config (costs, gains, ``num_labels``, ``auxiliary_loss``).
             outputs_class, outputs_coord: every decoder layer, ``(L, B, Q, ·)`` (DETR, Deformable,
-                LW-DETR) or ``(B, L, Q, ·)`` (RT-DETR; D-FINE ``(B, L + 1, Q, ·)``, the pre-head
+                LW-DETR) or ``(B, L, Q, ·)`` (RT-DETR; D-FINE, DEIMv2 ``(B, L + 1, Q, ·)``, the pre-head
                 prediction first), used with ``config.auxiliary_loss``.
             enc_topk_logits, enc_topk_bboxes: the encoder proposals ``(B, Q_e, ·)``: RT-DETR's and
                 D-FINE's top-k; LW-DETR's ``enc_outputs_class`` / ``enc_outputs_coord`` (passed in
                 these positions by the model, or by those keywords), always part of its loss.
-            denoising_meta_values: RT-DETR's and D-FINE's denoising groups (training only).
-            predicted_corners, initial_reference_points: D-FINE's ``(B, L, Q, 4·(N + 1))`` corner
+            denoising_meta_values: RT-DETR's, D-FINE's and DEIMv2's denoising groups (training only).
+            predicted_corners, initial_reference_points: D-FINE's and DEIMv2's ``(B, L, Q, 4·(N + 1))`` corner
                 distributions and ``(B, L, Q, 4)`` reference points.
         """
         if not isinstance(labels, Sequence) or isinstance(labels, Mapping):
@@ -481,13 +485,13 @@ def use_detloss(model: Any, *, validate: bool = True) -> Any:
     Args:
         model: a transformers ``DetrForObjectDetection``, ``DeformableDetrForObjectDetection``,
             ``RTDetrForObjectDetection``, ``RTDetrV2ForObjectDetection``, ``DFineForObjectDetection``,
-            ``LwDetrForObjectDetection`` or ``RfDetrForObjectDetection``.
+            ``Deimv2ForObjectDetection``, ``LwDetrForObjectDetection`` or ``RfDetrForObjectDetection``.
         validate: :class:`~detloss.criteria.DETRLoss`'s input checks (one host synchronisation per call).
 
     Raises:
-        NotImplementedError: DEIMv2, RF-DETR's instance segmentation (no preset yet).
+        NotImplementedError: RF-DETR's instance segmentation (no preset yet).
         TypeError: any other model.
-        ValueError: a config without a preset (RT-DETR or D-FINE with ``use_focal_loss=False``).
+        ValueError: a config without a preset (RT-DETR, D-FINE or DEIMv2 with ``use_focal_loss=False``).
     """
     preset = preset_for(model)
     criterion_from_config(model.config, preset, validate=validate)  # a config it cannot use fails here
