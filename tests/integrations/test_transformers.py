@@ -2,8 +2,9 @@
 CI): on small models with random weights, in training mode (denoising on where the model has it), the
 same loss, loss dictionary, auxiliary outputs and gradients as the model's built-in loss.
 
-float64, except D-FINE: transformers' D-FINE loss fails for float64 inputs (its ``translate_gt``
-writes float64 values into float32 tensors), so D-FINE runs in float32 with float32 tolerances."""
+float64, except D-FINE and DEIMv2: transformers' D-FINE loss (DEIMv2's extends it) fails for float64
+inputs (its ``translate_gt`` writes float64 values into float32 tensors), so they run in float32 with
+float32 tolerances."""
 
 from __future__ import annotations
 
@@ -40,7 +41,9 @@ def build_lw(name: str):
     return transformers.RfDetrForObjectDetection(config)
 
 
-def build(name: str):
+def build(name: str, **extra: object):
+    """A small model of family ``name`` with random weights (seed 0); ``extra`` config fields for
+    D-FINE and DEIMv2."""
     torch.manual_seed(0)
     if name in ("lwdetr", "rfdetr"):
         return build_lw(name)
@@ -60,11 +63,13 @@ def build(name: str):
         )
         return transformers.DeformableDetrForObjectDetection(config)
     rt = dict(encoder_hidden_dim=32, decoder_in_channels=[32] * 3, num_denoising=8, **small)
-    if name == "dfine":
-        config = transformers.DFineConfig(
-            encoder_in_channels=[16] * 3, max_num_bins=8, lqe_hidden_dim=8, decoder_n_points=2, **heads, **rt
-        )
-        return transformers.DFineForObjectDetection(config)
+    if name in ("dfine", "deimv2"):
+        config_cls, model_cls = {
+            "dfine": (transformers.DFineConfig, transformers.DFineForObjectDetection),
+            "deimv2": (transformers.Deimv2Config, transformers.Deimv2ForObjectDetection),
+        }[name]
+        local = dict(encoder_in_channels=[16] * 3, max_num_bins=8, lqe_hidden_dim=8, decoder_n_points=2)
+        return model_cls(config_cls(**local, **heads, **rt, **extra))
     return transformers.RTDetrForObjectDetection(transformers.RTDetrConfig(**rt))
 
 
@@ -78,21 +83,25 @@ def step(model, pixels, labels):
     return out.loss.detach(), {k: v.detach() for k, v in out.loss_dict.items()}, grads, aux
 
 
-# float64: values to roundoff; float32 (D-FINE): the same matches, sums in another order
+# float64: values to roundoff; float32 (D-FINE, DEIMv2): the same matches, sums in another order
 TOLERANCES = {torch.float64: (1e-10, 1e-12, 1e-10), torch.float32: (1e-5, 1e-6, 1e-4)}
 
 
-# eval mode with labels: D-FINE's decoder returns one output, LW-DETR's one query group (its loss
-# still splits the queries into group_detr groups)
+# eval mode with labels: D-FINE's and DEIMv2's decoder returns one output, LW-DETR's one query group
+# (its loss still splits the queries into group_detr groups)
+# DEIMv2 without auxiliary_loss keeps its denoising queries in the main output; without the dense
+# one-to-one union and with MAL's alpha
 @pytest.mark.parametrize(
-    ("name", "training"),
-    [(n, True) for n in ("detr", "deformable", "rtdetr", "dfine", "lwdetr", "rfdetr")]
-    + [("dfine", False), ("lwdetr", False)],
+    ("name", "training", "extra"),
+    [(n, True, {}) for n in ("detr", "deformable", "rtdetr", "dfine", "deimv2", "lwdetr", "rfdetr")]
+    + [("dfine", False, {}), ("deimv2", False, {}), ("lwdetr", False, {})]
+    + [("deimv2", True, {"auxiliary_loss": False})]
+    + [("deimv2", True, {"use_dense_one_to_one": False, "mal_alpha": 0.3})],
 )
-def test_same_loss_dict_and_gradients_as_builtin(name: str, training: bool) -> None:
-    dtype = torch.float32 if name == "dfine" else torch.float64
+def test_same_loss_dict_and_gradients_as_builtin(name: str, training: bool, extra: dict) -> None:
+    dtype = torch.float32 if name in ("dfine", "deimv2") else torch.float64
     rtol, atol, grad_tol = TOLERANCES[dtype]
-    model = build(name).train(training).to(dtype)
+    model = build(name, **extra).train(training).to(dtype)
     g = torch.Generator().manual_seed(1)
     pixels = torch.randn(2, 3, 64, 64, generator=g, dtype=torch.float64).to(dtype)
     labels = [

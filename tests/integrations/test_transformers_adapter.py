@@ -33,6 +33,7 @@ NUM_BINS = 8
 DFINE_CONFIG = dict(
     RTDETR_CONFIG, weight_loss_fgl=0.15, weight_loss_ddf=1.5, up=0.5, reg_scale=4.0, max_num_bins=NUM_BINS
 )
+DEIMV2_CONFIG = dict(DFINE_CONFIG, weight_loss_mal=1.0, mal_alpha=None, use_dense_one_to_one=True)
 LWDETR_CONFIG = dict(
     num_labels=C, class_cost=2.0, bbox_cost=5.0, giou_cost=2.0, class_loss_coefficient=1.0,
     bbox_loss_coefficient=5.0, giou_loss_coefficient=2.0, focal_alpha=0.25, group_detr=3,
@@ -80,6 +81,7 @@ def test_import_does_not_import_transformers() -> None:
         ("RTDetrForObjectDetection", "rtdetr"),
         ("RTDetrV2ForObjectDetection", "rtdetr"),
         ("DFineForObjectDetection", "dfine"),
+        ("Deimv2ForObjectDetection", "deimv2"),
         ("LwDetrForObjectDetection", "lwdetr"),
         ("RfDetrForObjectDetection", "lwdetr"),
     ],
@@ -90,7 +92,7 @@ def test_preset_for_each_family(name: str, preset: str) -> None:
     assert preset_for(subclass()) == preset
 
 
-@pytest.mark.parametrize("name", ["Deimv2ForObjectDetection", "RfDetrForInstanceSegmentation"])
+@pytest.mark.parametrize("name", ["RfDetrForInstanceSegmentation"])
 def test_other_families_not_implemented(name: str) -> None:
     with pytest.raises(NotImplementedError, match=name):
         use_detloss(fake_model(name, **RTDETR_CONFIG))
@@ -244,6 +246,17 @@ def test_every_dfine_and_lwdetr_field_reaches_the_criterion() -> None:
         LWDETR_CONFIG, class_cost=2.5, bbox_cost=4.5, giou_cost=1.5, class_loss_coefficient=1.2,
         bbox_loss_coefficient=4.0, giou_loss_coefficient=2.5, focal_alpha=0.3, group_detr=4,
     )  # fmt: skip
+    deim = dict(dfine, weight_loss_mal=1.3, mal_alpha=None, use_dense_one_to_one=False)
+    crit = criterion_from_config(SimpleNamespace(**deim), "deimv2")
+    assert (crit.preset, crit.class_cost, crit.cost_alpha, crit.cost_gamma) == ("deimv2", 2.5, 0.3, 1.5)
+    assert crit.gains == {"cls": 1.3, "bbox": 4.0, "giou": 2.5, "fgl": 0.2, "ddf": 1.7}
+    # mal_alpha None: MAL without alpha (1); its gamma is focal_loss_gamma; focal_loss_alpha unused
+    assert (crit.focal_alpha, crit.focal_gamma, crit.up, crit.reg_scale) == (1.0, 1.8, 0.6, 3.0)
+    assert crit.dense_one_to_one is False
+    crit = criterion_from_config(
+        SimpleNamespace(**{**deim, "mal_alpha": 0.4, "use_dense_one_to_one": True}), "deimv2"
+    )
+    assert (crit.focal_alpha, crit.dense_one_to_one) == (0.4, True)
     crit = criterion_from_config(SimpleNamespace(**lw), "lwdetr")
     assert (crit.preset, crit.class_cost, crit.bbox_cost, crit.giou_cost) == ("lwdetr", 2.5, 4.5, 1.5)
     assert crit.gains == {"cls": 1.2, "bbox": 4.0, "giou": 2.5}
@@ -258,6 +271,8 @@ def test_every_dfine_and_lwdetr_field_reaches_the_criterion() -> None:
     [
         ("DFineForObjectDetection", DFINE_CONFIG, "weight_loss_ddf"),
         ("DFineForObjectDetection", DFINE_CONFIG, "up"),
+        ("Deimv2ForObjectDetection", DEIMV2_CONFIG, "mal_alpha"),
+        ("Deimv2ForObjectDetection", DEIMV2_CONFIG, "use_dense_one_to_one"),
         ("LwDetrForObjectDetection", LWDETR_CONFIG, "group_detr"),
         ("RfDetrForObjectDetection", LWDETR_CONFIG, "class_loss_coefficient"),
     ],
@@ -268,9 +283,10 @@ def test_a_missing_config_field_is_named(name: str, config: dict[str, object], f
         use_detloss(fake_model(name, **config))
 
 
-def test_use_detloss_rejects_softmax_dfine() -> None:
+@pytest.mark.parametrize("name", ["DFineForObjectDetection", "Deimv2ForObjectDetection"])
+def test_use_detloss_rejects_softmax_dfine_and_deimv2(name: str) -> None:
     with pytest.raises(ValueError, match="use_focal_loss"):
-        use_detloss(fake_model("DFineForObjectDetection", **{**DFINE_CONFIG, "use_focal_loss": False}))
+        use_detloss(fake_model(name, **{**DEIMV2_CONFIG, "use_focal_loss": False}))
 
 
 def lw_inputs(groups: int = 3, per_group: int = 4) -> tuple[torch.Tensor, ...]:
@@ -354,13 +370,14 @@ def dfine_inputs(q_dn: int) -> tuple[torch.Tensor, ...]:
     return oc, ob, corners, refs, enc_l, enc_b
 
 
+@pytest.mark.parametrize("preset", ["dfine", "deimv2"])
 @pytest.mark.parametrize("denoising", [True, False])
-def test_dfine_mapping(denoising: bool) -> None:
-    config = SimpleNamespace(**{**DFINE_CONFIG, "weight_loss_fgl": 0.3})
+def test_dfine_and_deimv2_mapping(preset: str, denoising: bool) -> None:
+    config = SimpleNamespace(**{**DEIMV2_CONFIG, "weight_loss_fgl": 0.3})
     meta, q_dn = dn_meta() if denoising else (None, 0)
     oc, ob, corners, refs, enc_l, enc_b = dfine_inputs(q_dn)
     lab = labels()
-    loss, loss_dict, aux_out = DetrLossFunction("dfine")(
+    loss, loss_dict, aux_out = DetrLossFunction(preset)(
         oc[:, -1], lab, "cpu", ob[:, -1], config, oc, ob, enc_topk_logits=enc_l, enc_topk_bboxes=enc_b,
         denoising_meta_values=meta, predicted_corners=corners, initial_reference_points=refs,
     )  # fmt: skip
@@ -370,7 +387,7 @@ def test_dfine_mapping(denoising: bool) -> None:
 
     (c, dc), (b, db), (co, dco), (r, dr) = split(oc), split(ob), split(corners), split(refs)
     dn = dict(dn_logits=dc, dn_boxes=db, dn_meta=meta, dn_corners=dco, dn_reference_points=dr)
-    crit = DETRLoss(C, "dfine", fgl=0.3)
+    crit = DETRLoss(C, preset, fgl=0.3)  # DEIMv2: MAL without alpha, the dense one-to-one union
     ref = crit(
         c, b, targets(lab), enc_logits=enc_l, enc_boxes=enc_b, corners=co, reference_points=r,
         **(dn if denoising else {}),
@@ -381,6 +398,7 @@ def test_dfine_mapping(denoising: bool) -> None:
         torch.testing.assert_close(loss_dict[key], value)
     torch.testing.assert_close(loss, sum(loss_dict.values()))  # weighted, as transformers' D-FINE
     assert "loss_fgl_aux_0" in loss_dict and "loss_fgl" not in loss_dict
+    assert ("loss_mal" if preset == "deimv2" else "loss_vfl") in loss_dict
     assert ("loss_ddf_dn_0" in loss_dict) == denoising
     # transformers' auxiliary outputs: L − 1 layers with their corners and the teacher, then the encoder
     assert len(aux_out) == L
@@ -437,3 +455,30 @@ def test_dfine_eval_mode_has_the_main_output_and_the_encoder() -> None:
     torch.testing.assert_close(loss, ref.total)
     assert list(loss_dict) == [k + s for s in ("", "_aux_0") for k in ("loss_vfl", "loss_bbox", "loss_giou")]
     assert len(aux_out) == 1 and aux_out[0]["logits"] is enc_l
+
+
+def test_deimv2_without_auxiliary_loss_keeps_the_denoising_queries() -> None:
+    # transformers' DEIMv2 drops the denoising queries only with auxiliary_loss (D-FINE always)
+    config = SimpleNamespace(**{**DEIMV2_CONFIG, "auxiliary_loss": False})
+    meta, q_dn = dn_meta()
+    oc, ob, corners, refs, *_ = dfine_inputs(q_dn)
+    lab = labels()
+    fn = DetrLossFunction("deimv2")
+    loss, loss_dict, aux_out = fn(
+        oc[:, -1], lab, "cpu", ob[:, -1], config, denoising_meta_values=meta, predicted_corners=corners,
+        initial_reference_points=refs,
+    )  # fmt: skip
+    assert list(loss_dict) == ["loss_mal", "loss_bbox", "loss_giou"] and aux_out is None
+    # the main output alone (all its queries), MAL and the boxes over its matching: it also fills the
+    # criterion's non-participating slot L − 1
+    main_c, main_b = oc[:, -1], ob[:, -1]
+    ref = DETRLoss(C, "deimv2")(
+        torch.stack((main_c, main_c)), torch.stack((main_b, main_b)), targets(lab),
+        corners=corners[:, -1:].transpose(0, 1), reference_points=refs[:, -1:].transpose(0, 1),
+    )  # fmt: skip
+    torch.testing.assert_close(loss, ref.total)
+    dropped = fn(oc[:, -1, q_dn:], lab, "cpu", ob[:, -1, q_dn:], config, None, None, None, None, None,
+                 corners[:, :, q_dn:], refs[:, :, q_dn:])  # fmt: skip
+    assert not torch.equal(dropped[0], loss)
+    with pytest.raises(ValueError, match="predicted_corners"):
+        fn(oc[:, -1], lab, "cpu", ob[:, -1], config, denoising_meta_values=meta)

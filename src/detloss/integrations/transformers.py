@@ -435,7 +435,7 @@ class DetrLossFunction:
         # eval mode: the decoder returns its evaluation layer alone (one output beside one layer's
         # corners), so transformers' auxiliary entries are the encoder's alone; that output fills
         # the slot L − 1 of the criterion's L + 1 outputs, which takes no part
-        one_output = outputs_class.shape[1] == corners.shape[1]
+        one_output = outputs_class.shape[1] == corners.shape[1] == 1
         if not one_output and outputs_class.shape[1] != corners.shape[1] + 1:
             raise ValueError(
                 f"outputs_class must hold the decoder's L + 1 outputs beside predicted_corners' L layers, "
