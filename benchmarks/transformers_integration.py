@@ -3,8 +3,9 @@
     HF_HUB_OFFLINE=1 PYTHONPATH=src <side-venv>/bin/python benchmarks/transformers_integration.py
 
 transformers (Apache-2.0) is a peer here, never a dependency: this script runs only where it is
-installed (the side venv). For DETR, Deformable DETR, RT-DETR, RT-DETR v2 and D-FINE, a small config
-(a tiny ResNet backbone, 3 decoder layers, 10 queries, 5 classes; RT-DETR and D-FINE with denoising),
+installed (the side venv). For DETR, Deformable DETR, RT-DETR, RT-DETR v2, D-FINE and DEIMv2, a small
+config (a tiny ResNet backbone, 3 decoder layers, 10 queries, 5 classes; RT-DETR, D-FINE and DEIMv2 with
+denoising),
 for LW-DETR and RF-DETR a tiny ViT / DINOv2 backbone, 3 decoder layers and 3 query groups of 10 queries,
 with random weights, in training mode: a forward with labels and a backward with the model's built-in
 loss, then the same (same seed, same inputs) after ``use_detloss(model)``. Values: float64 (the model
@@ -13,10 +14,11 @@ every parameter's gradient (max |Δ| over all parameters / max |g| over all para
 parameter, the worst, over the parameters whose gradient is not zero up to roundoff: > 1e-10 · the
 largest, which leaves out the attention key biases, mathematically 0, ~1e-21 from either loss; in
 float32 > 1e-5 · the largest).
-transformers' D-FINE loss fails for float64 inputs (``translate_gt`` writes float64 values into float32
-tensors), so for the float64 row its ``translate_gt`` gets its inputs rounded to float32 (as
-benchmarks/compare_detr.py does; its FGL targets then carry that rounding, ≈ 1e-8), and the row
-``dfine f32`` compares the unpatched loss in float32. Speed: float32, the loss function alone
+transformers' D-FINE loss (and DEIMv2's, which extends it) fails for float64 inputs (``translate_gt``
+writes float64 values into float32 tensors), so for their float64 rows its ``translate_gt`` gets its
+inputs rounded to float32 (as benchmarks/compare_detr.py does; the FGL targets then carry that
+rounding, ≈ 1e-8), and the rows ``dfine f32`` and ``deimv2 f32`` compare the unpatched losses in
+float32. Speed: float32, the loss function alone
 (forward + backward on the model's own outputs, captured from a training step), median ms over
 interleaved rounds, 2 threads; aten ops and host syncs (:class:`detloss.profiling.DispatchCounter`),
 and matcher host transfers (detloss: calls of ``detloss.assign.hungarian.to_host``; transformers:
@@ -107,12 +109,14 @@ def build(name: str):
         )
         return T.DeformableDetrForObjectDetection(config)
     rt = dict(encoder_hidden_dim=32, decoder_in_channels=[32] * 3, num_denoising=12, **small)
-    if name == "dfine":
+    if name in ("dfine", "deimv2"):
         heads = {"encoder_attention_heads": 2, "decoder_attention_heads": 2}
-        config = T.DFineConfig(
-            encoder_in_channels=[16] * 3, max_num_bins=8, lqe_hidden_dim=8, decoder_n_points=2, **heads, **rt
-        )
-        return T.DFineForObjectDetection(config)
+        config_cls, model_cls = {
+            "dfine": (T.DFineConfig, T.DFineForObjectDetection),
+            "deimv2": (T.Deimv2Config, T.Deimv2ForObjectDetection),
+        }[name]
+        local = dict(encoder_in_channels=[16] * 3, max_num_bins=8, lqe_hidden_dim=8, decoder_n_points=2)
+        return model_cls(config_cls(**local, **heads, **rt))
     config_cls, model_cls = {
         "rtdetr": (T.RTDetrConfig, T.RTDetrForObjectDetection),
         "rtdetr_v2": (T.RTDetrV2Config, T.RTDetrV2ForObjectDetection),
@@ -206,7 +210,7 @@ def captured_call(name: str):
 MATCHERS = (
     loss_for_object_detection.HungarianMatcher,
     loss_deformable_detr.DeformableDetrHungarianMatcher,
-    loss_rt_detr.RTDetrHungarianMatcher,  # RT-DETR's and D-FINE's
+    loss_rt_detr.RTDetrHungarianMatcher,  # RT-DETR's, D-FINE's and DEIMv2's
     loss_lw_detr.LwDetrHungarianMatcher,  # LW-DETR's and RF-DETR's
 )
 
@@ -260,7 +264,7 @@ def speed(name: str, repeats: int = 15):
 def main() -> None:
     torch.set_num_threads(2)
     print(f"torch {torch.__version__}, transformers {T.__version__}, {torch.get_num_threads()} threads")
-    names = ("detr", "deformable", "rtdetr", "rtdetr_v2", "dfine", "lwdetr", "rfdetr")
+    names = ("detr", "deformable", "rtdetr", "rtdetr_v2", "dfine", "deimv2", "lwdetr", "rfdetr")
     print(
         f"\nagreement, float64, B={B}, {SIZE}x{SIZE}, 3 decoder layers, 10 queries (LW-DETR, RF-DETR: "
         f"3 groups of 10), {C} classes (max rel err)"
@@ -269,7 +273,7 @@ def main() -> None:
         f"{'model':<12}{'keys':>6}{'total':>11}{'every key':>11}{'gradients':>11}{'per param':>11}"
         f"{'params':>8}"
     )
-    rows = [(n, torch.float64) for n in names] + [("dfine f32", torch.float32)]
+    rows = [(n, torch.float64) for n in names] + [(f"{n} f32", torch.float32) for n in ("dfine", "deimv2")]
     for label, dtype in rows:
         a = agreement(label.split()[0], dtype)
         print(
