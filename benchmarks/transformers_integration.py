@@ -3,26 +3,27 @@
     HF_HUB_OFFLINE=1 PYTHONPATH=src <side-venv>/bin/python benchmarks/transformers_integration.py
 
 transformers (Apache-2.0) is a peer here, never a dependency: this script runs only where it is
-installed (the side venv). For DETR, Deformable DETR, RT-DETR, RT-DETR v2, D-FINE and DEIMv2, a small
-config (a tiny ResNet backbone, 3 decoder layers, 10 queries, 5 classes; RT-DETR, D-FINE and DEIMv2 with
-denoising),
-for LW-DETR and RF-DETR a tiny ViT / DINOv2 backbone, 3 decoder layers and 3 query groups of 10 queries,
-with random weights, in training mode: a forward with labels and a backward with the model's built-in
-loss, then the same (same seed, same inputs) after ``use_detloss(model)``. Values: float64 (the model
-cast), max relative error of the total, of every loss-dictionary key (same key set required) and of
-every parameter's gradient (max |Δ| over all parameters / max |g| over all parameters; and per
-parameter, the worst, over the parameters whose gradient is not zero up to roundoff: > 1e-10 · the
-largest, which leaves out the attention key biases, mathematically 0, ~1e-21 from either loss; in
-float32 > 1e-5 · the largest).
-transformers' D-FINE loss (and DEIMv2's, which extends it) fails for float64 inputs (``translate_gt``
-writes float64 values into float32 tensors), so for their float64 rows its ``translate_gt`` gets its
-inputs rounded to float32 (as benchmarks/compare_detr.py does; the FGL targets then carry that
-rounding, ≈ 1e-8), and the rows ``dfine f32`` and ``deimv2 f32`` compare the unpatched losses in
-float32. Speed: float32, the loss function alone
-(forward + backward on the model's own outputs, captured from a training step), median ms over
-interleaved rounds, 2 threads; aten ops and host syncs (:class:`detloss.profiling.DispatchCounter`),
-and matcher host transfers (detloss: calls of ``detloss.assign.hungarian.to_host``; transformers:
-calls of its matcher, one ``.cpu()`` of the cost each).
+installed (the side venv). Small models with random weights, in training mode: for DETR, Deformable
+DETR, RT-DETR, RT-DETR v2, D-FINE and DEIMv2 a tiny ResNet backbone, 3 decoder layers, 10 queries, 5
+classes (RT-DETR, D-FINE and DEIMv2 with denoising); for LW-DETR and RF-DETR a tiny ViT / DINOv2
+backbone, 3 decoder layers and 3 query groups of 10 queries. A forward with labels and a backward with
+the model's built-in loss, then the same (same seed, same inputs) after ``use_detloss(model)``.
+
+Values: float64 (the model cast), max relative error of the total, of every loss-dictionary key (same
+key set required) and of every parameter's gradient (max |Δ| over all parameters / max |g| over all
+parameters; and per parameter, the worst, over the parameters whose gradient is not zero up to
+roundoff: > 1e-10 · the largest, which leaves out the attention key biases, mathematically 0, ~1e-21
+from either loss; in float32 > 1e-5 · the largest). transformers' D-FINE loss (and DEIMv2's, which
+extends it) fails for float64 inputs (``translate_gt`` writes float64 values into float32 tensors), so
+for their float64 rows its ``translate_gt`` gets its inputs rounded to float32 (as
+benchmarks/compare_detr.py does; the FGL targets then carry that rounding, ≈ 1e-8), and the rows
+``dfine f32`` and ``deimv2 f32`` compare the unpatched losses in float32.
+
+Speed: float32, the loss function alone (forward + backward on the model's own outputs, captured from
+a training step), median ms over interleaved rounds, 2 threads; aten ops and host syncs
+(:class:`detloss.profiling.DispatchCounter`), and matcher host transfers (detloss: calls of
+``detloss.assign.hungarian.to_host``; transformers: calls of its matcher, one ``.cpu()`` of the cost
+each).
 """
 
 from __future__ import annotations
