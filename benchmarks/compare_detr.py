@@ -42,6 +42,7 @@ the matcher's device → host copy
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import sys
@@ -212,15 +213,16 @@ def speed(preset, L, B, Q, C, n, repeats):
 
 
 # ----------------------------------------------------------------------------- the whole RT-DETR step
-def make_step(B, L=6, Q=300, C=80, n=20, dtype=torch.float64, seed=0, num_denoising=100):
+def make_step(B, L=6, Q=300, C=80, n=20, dtype=torch.float64, seed=0, num_denoising=100, full=False):
     """Model-shaped outputs of an RT-DETR training step: ``outputs_class`` ``(B, L, Q_dn + Q, C)`` and
     ``outputs_coord`` (denoising queries first, as the decoder emits them), the encoder's top-k
-    ``(B, Q, ·)``, targets with n boxes per image (one image with n // 2), and ``denoising_meta_values``
+    ``(B, Q, ·)``, targets with n boxes per image (the last image n // 2 unless ``full``), and ``denoising_meta_values``
     as ``get_contrastive_denoising_training_group`` builds it: G = num_denoising // max n groups of
     2·max n queries, positives first, so ``dn_positive_idx[b] = [2·M·g + j for g, j < n_b]``."""
     g = torch.Generator().manual_seed(seed)
     counts = [n] * B
-    counts[-1] = n // 2
+    if not full:
+        counts[-1] = n // 2
     m = max(counts)
     groups = max(num_denoising // m, 1)
     q_dn = 2 * m * groups
@@ -357,12 +359,25 @@ def main():
     ap.add_argument("--only-lwdetr", action="store_true", help="only LW-DETR")
     ap.add_argument("--skip-dfine", action="store_true", help="leave out D-FINE")
     ap.add_argument("--only-dfine", action="store_true", help="only D-FINE")
+    ap.add_argument("--speed", action="store_true", help="only the speed table of the model-shaped losses")
+    ap.add_argument("--half", action="store_true", help="only float16 / bfloat16 against float32")
+    ap.add_argument("--batch", type=int, default=8, help="--speed's B")
+    ap.add_argument("--half-batch", type=int, default=4, help="--half's B")
+    ap.add_argument("--families", default="", help="--speed: comma-separated subset of rtdetr,dfine,lwdetr")
+    ap.add_argument("--profile", action="store_true", help="--speed: torch.profiler table of detloss")
+    ap.add_argument("--verbose", action="store_true", help="--speed: sync ops and min/max times")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     import transformers
 
     threads = torch.get_num_threads()
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, {threads} threads")
+    if args.speed or args.half:
+        if args.speed:
+            run_speed(args)
+        if args.half:
+            run_half(args)
+        return
     if not args.skip_dfine:
         run_dfine(args)
     if args.only_dfine:
@@ -434,7 +449,7 @@ def run_step(args):
 
 
 # ----------------------------------------------------------------------------- LW-DETR / RF-DETR
-def make_lw(B, L, G=13, Q=300, C=80, n=20, dtype=torch.float64, seed=0):
+def make_lw(B, L, G=13, Q=300, C=80, n=20, dtype=torch.float64, seed=0, full=False):
     """LW-DETR's training outputs: ``outputs_class`` ``(L, B, G·Q, C)`` / ``outputs_coord`` (the last
     layer is ``logits`` / ``pred_boxes``), the encoder's ``(B, G·Q, ·)``; n targets per image (the
     last image n // 2)."""
@@ -452,7 +467,7 @@ def make_lw(B, L, G=13, Q=300, C=80, n=20, dtype=torch.float64, seed=0):
     )
     labels = []
     for b in range(B):
-        k = n if b < B - 1 else n // 2
+        k = n if b < B - 1 or full else n // 2
         ctr = torch.rand(k, 2, generator=g, dtype=torch.float64) * 0.6 + 0.2
         wh = torch.rand(k, 2, generator=g, dtype=torch.float64) * 0.3 + 0.02
         labels.append(
@@ -563,11 +578,11 @@ def run_lw(args):
 NUM_BINS = 32
 
 
-def make_dfine(B, L=6, Q=300, C=80, n=20, dtype=torch.float64, seed=0):
+def make_dfine(B, L=6, Q=300, C=80, n=20, dtype=torch.float64, seed=0, full=False):
     """A D-FINE step: the RT-DETR step's tensors with L + 1 intermediate outputs (the pre-head first),
     ``predicted_corners`` ``(B, L, Q_dn + Q, 4·(N + 1))`` and ``initial_reference_points``; boxes spill
     a little outside [0, 1] (the loss clamps them)."""
-    (oc, ob, el, eb), labels, meta = make_step(B, L + 1, Q, C, n, dtype, seed)
+    (oc, ob, el, eb), labels, meta = make_step(B, L + 1, Q, C, n, dtype, seed, full=full)
     g = torch.Generator().manual_seed(seed + 100)
     q_all = oc.shape[2]
     with torch.no_grad():
@@ -677,6 +692,274 @@ def run_dfine(args):
             f"ratio {t / med['ours']:.1f}x (nv {t / med['ours nv']:.1f}x); ops {c['ours'][0]} vs "
             f"{c['transformers'][0]}; syncs {c['ours'][1]} vs {c['transformers'][1]}"
         )
+
+
+# ----------------------------------------------------------------------------- --speed and --half
+def families(B, C=80, n=20, L=6, Q=300, lw_layers=(3, 6), dtype=torch.float32, seed=0, which=None):
+    """The model-shaped training losses, float32 inputs built as the models emit them, n targets in
+    every image: name → (description, preset, tensors, ours(crit, tensors), ref(tensors)).
+
+    ``tensors`` are the model outputs (a dict of float tensors; those that need a gradient have one);
+    ``ours`` returns detloss's :class:`SetLossResult`, ``ref`` transformers' total."""
+    out = {}
+    want = set(which) if which else None
+
+    def wanted(name):
+        return want is None or name.split(" ")[0] in want
+
+    if wanted("rtdetr"):
+        ref_s, ours_s = step_fns(C, L)
+        (oc, ob, el, eb), labels, meta = make_step(B, L, Q, C, n, dtype, seed, full=True)
+        targets = [{"boxes": t["boxes"], "labels": t["class_labels"]} for t in labels]
+        q_dn = meta["dn_num_split"][0]
+        out["rtdetr"] = (
+            f"L={L} Q={Q}+{q_dn} dn (G={meta['dn_num_group']}), enc",
+            "rtdetr",
+            {"outputs_class": oc, "outputs_coord": ob, "enc_logits": el, "enc_boxes": eb},
+            lambda crit, t, _o=ours_s, _tg=targets, _m=meta: _o(crit, tuple(t.values()), _tg, _m),
+            lambda t, _r=ref_s, _l=labels, _m=meta: _r(tuple(t.values()), _l, _m)[0],
+        )
+    if wanted("dfine"):
+        ref_d, ours_d = dfine_fns(C, L)
+        (oc, ob, el, eb, co), refs, labels, meta = make_dfine(B, L, Q, C, n, dtype, seed, full=True)
+        targets = [{"boxes": t["boxes"], "labels": t["class_labels"]} for t in labels]
+        q_dn = meta["dn_num_split"][0]
+        names = ("outputs_class", "outputs_coord", "enc_logits", "enc_boxes", "corners")
+        out["dfine"] = (
+            f"L={L} Q={Q}+{q_dn} dn (G={meta['dn_num_group']}), enc, corners 4x33",
+            "dfine",
+            dict(zip(names, (oc, ob, el, eb, co), strict=True)) | {"reference_points": refs},
+            lambda crit, t, _o=ours_d, _tg=targets, _m=meta: _o(
+                crit, tuple(t[k] for k in names), t["reference_points"], _tg, _m
+            ),
+            lambda t, _r=ref_d, _l=labels, _m=meta: _r(tuple(t[k] for k in names), t["reference_points"], _l, _m)[
+                0
+            ],
+        )
+    for lw_l in lw_layers:
+        if not wanted("lwdetr"):
+            break
+        ref_l, ours_l = lw_fns(C, lw_l)
+        (oc, ob, el, eb), labels = make_lw(B, lw_l, Q=Q, C=C, n=n, dtype=dtype, seed=seed, full=True)
+        targets = [{"boxes": t["boxes"], "labels": t["class_labels"]} for t in labels]
+        out[f"lwdetr L={lw_l}"] = (
+            f"L={lw_l} Q=13x{Q}={13 * Q}, enc" + (" (LwDetrConfig default L)" if lw_l == 3 else ""),
+            "lwdetr",
+            {"outputs_class": oc, "outputs_coord": ob, "enc_logits": el, "enc_boxes": eb},
+            lambda crit, t, _o=ours_l, _tg=targets: _o(crit, tuple(t.values()), _tg),
+            lambda t, _r=ref_l, _l=labels: _r(tuple(t.values()), _l)[0],
+        )
+    return out
+
+
+def _grad_inputs(tensors):
+    return tuple(t for t in tensors.values() if t.requires_grad)
+
+
+def _count_sync(fn):
+    """(aten ops, host syncs, matcher cost transfers) of one forward + backward."""
+    calls = {"n": 0}
+    original = hungarian.to_host
+
+    def counted(*t):
+        calls["n"] += 1
+        return original(*t)
+
+    hungarian.to_host = counted
+    try:
+        with DispatchCounter() as c:
+            fn().backward()
+    finally:
+        hungarian.to_host = original
+    return c.ops, c.syncs, calls["n"], c.sync_ops
+
+
+def run_speed(args):
+    """One table: forward + backward of each family's whole training loss, detloss against transformers,
+    medians of interleaved rounds; ops and syncs of one call of each."""
+    B = args.batch
+    fams = families(B, which=args.families.split(",") if args.families else None)
+    print(
+        f"\n--speed: float32 forward + backward (torch.autograd.grad w.r.t. every model output), B={B}, "
+        f"C=80, 20 targets/img, {torch.get_num_threads()} threads, median of {args.repeats} interleaved "
+        "rounds; detloss = DETRLoss (validate=True), nv = validate=False; ratio = transformers / detloss; "
+        "syncs = DispatchCounter syncs (+ matcher cost transfers: detloss's to_host calls; transformers "
+        "one .cpu() per matched layer, not seen by the counter on the CPU)"
+    )
+    head = (
+        f"{'family':<14}{'shape':<50}{'detloss':>9}{'nv':>9}{'transf.':>10}{'ratio':>7}{'nv':>7}"
+        f"{'ops':>6}{'transf.':>8}{'syncs':>7}{'nv':>5}{'transf.':>8}"
+    )
+    print(head)
+    rows = []
+    for name, (shape, preset, tensors, ours, ref) in fams.items():
+        crit_v, crit_nv = DETRLoss(80, preset), DETRLoss(80, preset, validate=False)
+        grads = _grad_inputs(tensors)
+        fns = {
+            "detloss": lambda: torch.autograd.grad(ours(crit_v, tensors).total, grads),
+            "nv": lambda: torch.autograd.grad(ours(crit_nv, tensors).total, grads),
+            "transformers": lambda: torch.autograd.grad(ref(tensors), grads),
+        }
+        for f in fns.values():
+            f()  # warm-up
+        times = {k: [] for k in fns}
+        for _ in range(args.repeats):
+            for k, f in fns.items():
+                t0 = time.perf_counter()
+                f()
+                times[k].append(time.perf_counter() - t0)
+        med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+        c_v = _count_sync(lambda: ours(crit_v, tensors).total)
+        c_nv = _count_sync(lambda: ours(crit_nv, tensors).total)
+        c_r = _count_sync(lambda: ref(tensors))
+        t = med["transformers"]
+        print(
+            f"{name:<14}{shape:<50}{med['detloss']:>9.1f}{med['nv']:>9.1f}{t:>10.1f}"
+            f"{t / med['detloss']:>6.1f}x{t / med['nv']:>6.1f}x{c_nv[0]:>6}{c_r[0]:>8}"
+            f"{f'{c_v[1]}+{c_v[2]}':>7}{f'{c_nv[1]}+{c_nv[2]}':>5}{c_r[1]:>8}",
+            flush=True,
+        )
+        rows.append((name, med, c_v, c_nv, c_r))
+        if args.verbose:
+            print(f"    transformers' syncs by op: {dict(c_r[3])}; detloss (validate=True): {dict(c_v[3])}")
+            spread = {k: (min(v) * 1e3, max(v) * 1e3) for k, v in times.items()}
+            print("    min / max ms: " + ", ".join(f"{k} {a:.0f}/{b:.0f}" for k, (a, b) in spread.items()))
+        if args.profile:
+            profile_family(name, lambda: torch.autograd.grad(ours(crit_nv, tensors).total, grads))
+    return rows
+
+
+def profile_family(name, fn, top=18):
+    """Where detloss's forward + backward goes: torch.profiler's self CPU time per op, and the host
+    time of the matching (cost transfer + solver) measured around ``hungarian_match_all``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    import detloss.criteria.detr as detr_mod
+
+    spent = {"match": 0.0}
+    original = detr_mod.hungarian_match_all
+
+    def timed(*a, **k):
+        t0 = time.perf_counter()
+        try:
+            return original(*a, **k)
+        finally:
+            spent["match"] += time.perf_counter() - t0
+
+    fn()
+    detr_mod.hungarian_match_all = timed
+    try:
+        t0 = time.perf_counter()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            fn()
+        wall = time.perf_counter() - t0
+    finally:
+        detr_mod.hungarian_match_all = original
+    print(
+        f"    profile of detloss (validate=False), {name}: wall {wall * 1e3:.1f} ms under the profiler, "
+        f"hungarian_match_all (transfer + scipy) {spent['match'] * 1e3:.1f} ms"
+    )
+    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top, max_name_column_width=44)
+    print("\n".join("    " + line for line in table.splitlines()))
+
+
+def _cast(tensors, dtype):
+    return {k: v.detach().to(dtype).requires_grad_(v.requires_grad) for k, v in tensors.items()}
+
+
+def half_families(B, C=80, n=20, L=6, Q=300, seed=0):
+    """--half's cases: the "detr" and "deformable" presets (decoder layers only), and the model-shaped
+    RT-DETR, D-FINE and LW-DETR (L = 3) losses of :func:`families`."""
+    out = {}
+    for preset in ("detr", "deformable"):
+        lg, bx, tg = make_inputs(preset, L, B, Q, C, n, torch.float32, seed)
+        ref_fn = reference(preset, C, L)
+        out[preset] = (
+            f"L={L} Q={Q}",
+            preset,
+            {"logits": lg, "boxes": bx},
+            lambda crit, t, _tg=tg: crit(t["logits"], t["boxes"], _tg),
+            lambda t, _r=ref_fn, _tg=tg: _r(t["logits"], t["boxes"], _tg)[0],
+        )
+    out.update(families(B, C, n, L, Q, lw_layers=(3,), seed=seed))
+    return out
+
+
+def _saturate(tensors):
+    """A harder copy: every 7th logit set to ±30 (σ rounds to 0 or 1 in every float format) and one
+    predicted box per image of zero width and height."""
+    out = {}
+    for k, v in tensors.items():
+        v = v.detach().clone()
+        if k in ("outputs_class", "enc_logits", "logits"):
+            flat = v.view(-1)
+            flat[::7] = 30.0
+            flat[3::14] = -30.0
+        elif k in ("outputs_coord", "enc_boxes", "boxes"):
+            v[..., 0, 2:] = 0.0
+        out[k] = v.requires_grad_(tensors[k].requires_grad)
+    return out
+
+
+class _CdistUpcast:
+    """transformers' matchers call ``torch.cdist``, which has no float16/bfloat16 kernel on the CPU
+    (it has on CUDA): this context computes it in float32 and casts back, so the rest of the
+    reference runs in the half type as it would on a GPU."""
+
+    def __enter__(self):
+        self.original = torch.cdist
+        torch.cdist = lambda a, b, *x, **k: self.original(a.float(), b.float(), *x, **k).to(a.dtype)
+
+    def __exit__(self, *exc):
+        torch.cdist = self.original
+
+
+def _ref_half(ref, tensors, base, dt, upcast):
+    try:
+        if upcast:
+            with _CdistUpcast():
+                r = ref(_cast(tensors, dt))
+        else:
+            r = ref(_cast(tensors, dt))
+        r_val = float(r.detach())
+        if not math.isfinite(r_val):
+            return f"{str(r.dtype).split('.')[1]} {r_val}"
+        return f"{str(r.dtype).split('.')[1]} rel {abs(r_val - base) / abs(base):.2e}"
+    except Exception as err:  # noqa: BLE001 - the reference's own behaviour is the finding
+        return f"{type(err).__name__}: {str(err).splitlines()[0][:60]}"
+
+
+def run_half(args):
+    """float16 / bfloat16 model outputs (every float input cast) against the float32 result of the same
+    inputs: detloss's total and transformers' on the same half inputs (targets stay float32, as a
+    data loader gives them); random outputs, then saturated ones (:func:`_saturate`)."""
+    B = args.half_batch
+    print(
+        f"\n--half: |total(half inputs) - total(float32 inputs)| / |total(float32)|, B={B}, C=80, 20 "
+        "targets/img; 'grad ok': every gradient finite; transformers on the same half tensors as they are, "
+        "and with torch.cdist computed in float32 (CPU cdist has no half kernel; CUDA's has)"
+    )
+    print(f"{'case':<14}{'inputs':<11}{'dtype':<10}{'detloss rel':>12}{'grad ok':>8}  {'transformers':<62}cdist upcast")
+    for name, (_, preset, tensors, ours, ref) in half_families(B).items():
+        crit = DETRLoss(80, preset)
+        for kind in ("random", "saturated"):
+            ins = tensors if kind == "random" else _saturate(tensors)
+            base = float(ours(crit, ins).total.detach())
+            ref_base = float(ref(ins).detach())
+            for dt in (torch.float16, torch.bfloat16):
+                lo = _cast(ins, dt)
+                out = ours(crit, lo).total
+                grads = torch.autograd.grad(out, _grad_inputs(lo))
+                ok = all(bool(torch.isfinite(g).all()) for g in grads)
+                d = abs(float(out.detach()) - base) / abs(base)
+                plain = _ref_half(ref, ins, ref_base, dt, False)
+                up = _ref_half(ref, ins, ref_base, dt, True)
+                print(
+                    f"{name:<14}{kind:<11}{str(dt).split('.')[1]:<10}{d:>12.2e}{str(ok):>8}  {plain:<62}{up}",
+                    flush=True,
+                )
+            if not math.isfinite(ref_base):
+                print(f"{'':<14}{kind:<11}float32: transformers' own float32 total is {ref_base}")
 
 
 L_MATCHER_CALLS = 7  # transformers' matcher calls per step: the 6 layers and the encoder, one .cpu() each
