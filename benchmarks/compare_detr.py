@@ -784,7 +784,8 @@ def run_speed(args):
         f"C=80, 20 targets/img, {torch.get_num_threads()} threads, median of {args.repeats} interleaved "
         "rounds; detloss = DETRLoss (validate=True), nv = validate=False; ratio = transformers / detloss; "
         "syncs = DispatchCounter syncs (+ matcher cost transfers: detloss's to_host calls; transformers "
-        "one .cpu() per matched layer, not seen by the counter on the CPU)"
+        "one .cpu() per matched layer, not seen by the counter on the CPU); 'CPU time': the same rounds' "
+        "process CPU time (all threads; the time spent waiting for a core excluded)"
     )
     head = (
         f"{'family':<14}{'shape':<50}{'detloss':>9}{'nv':>9}{'transf.':>10}{'ratio':>7}{'nv':>7}"
@@ -803,12 +804,15 @@ def run_speed(args):
         for f in fns.values():
             f()  # warm-up
         times = {k: [] for k in fns}
+        cpu = {k: [] for k in fns}
         for _ in range(args.repeats):
             for k, f in fns.items():
-                t0 = time.perf_counter()
+                c0, t0 = time.process_time(), time.perf_counter()
                 f()
                 times[k].append(time.perf_counter() - t0)
+                cpu[k].append(time.process_time() - c0)
         med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+        med_cpu = {k: statistics.median(v) * 1e3 for k, v in cpu.items()}
         c_v = _count_sync(lambda: ours(crit_v, tensors).total)
         c_nv = _count_sync(lambda: ours(crit_nv, tensors).total)
         c_r = _count_sync(lambda: ref(tensors))
@@ -819,7 +823,13 @@ def run_speed(args):
             f"{f'{c_v[1]}+{c_v[2]}':>7}{f'{c_nv[1]}+{c_nv[2]}':>5}{c_r[1]:>8}",
             flush=True,
         )
-        rows.append((name, med, c_v, c_nv, c_r))
+        t = med_cpu["transformers"]
+        print(
+            f"{'  CPU time':<64}{med_cpu['detloss']:>9.1f}{med_cpu['nv']:>9.1f}{t:>10.1f}"
+            f"{t / med_cpu['detloss']:>6.1f}x{t / med_cpu['nv']:>6.1f}x",
+            flush=True,
+        )
+        rows.append((name, med, med_cpu, c_v, c_nv, c_r))
         if args.verbose:
             print(f"    transformers' syncs by op: {dict(c_r[3])}; detloss (validate=True): {dict(c_v[3])}")
             spread = {k: (min(v) * 1e3, max(v) * 1e3) for k, v in times.items()}
