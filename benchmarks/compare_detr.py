@@ -48,6 +48,7 @@ import statistics
 import sys
 import time
 
+import numpy as np
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -924,17 +925,44 @@ class _CdistUpcast:
         torch.cdist = self.original
 
 
+class _NonFiniteCosts:
+    """Counts the non-finite matching costs: transformers' matchers pass their cost through
+    ``torch.nan_to_num`` (NaN and ±inf → the dtype's max) before scipy; detloss's reach the host in
+    ``hungarian.to_host``."""
+
+    def __enter__(self):
+        self.n = 0
+        self.nan_to_num, self.to_host = torch.nan_to_num, hungarian.to_host
+
+        def nan_to_num(t, *a, **k):
+            self.n += int((~torch.isfinite(t)).sum())
+            return self.nan_to_num(t, *a, **k)
+
+        def to_host(*tensors):
+            out = self.to_host(*tensors)
+            self.n += sum(int((~np.isfinite(a)).sum()) for a in out if a.dtype.kind == "f")
+            return out
+
+        torch.nan_to_num, hungarian.to_host = nan_to_num, to_host
+        return self
+
+    def __exit__(self, *exc):
+        torch.nan_to_num, hungarian.to_host = self.nan_to_num, self.to_host
+
+
 def _ref_half(ref, tensors, base, dt, upcast):
     try:
-        if upcast:
-            with _CdistUpcast():
+        with _NonFiniteCosts() as bad:
+            if upcast:
+                with _CdistUpcast():
+                    r = ref(_cast(tensors, dt))
+            else:
                 r = ref(_cast(tensors, dt))
-        else:
-            r = ref(_cast(tensors, dt))
         r_val = float(r.detach())
+        costs = f", {bad.n} non-finite costs" if bad.n else ""
         if not math.isfinite(r_val):
-            return f"{str(r.dtype).split('.')[1]} {r_val}"
-        return f"{str(r.dtype).split('.')[1]} rel {abs(r_val - base) / abs(base):.2e}"
+            return f"{str(r.dtype).split('.')[1]} {r_val}{costs}"
+        return f"{str(r.dtype).split('.')[1]} rel {abs(r_val - base) / abs(base):.2e}{costs}"
     except Exception as err:  # noqa: BLE001 - the reference's own behaviour is the finding
         return f"{type(err).__name__}: {str(err).splitlines()[0][:60]}"
 
@@ -947,7 +975,9 @@ def run_half(args):
     print(
         f"\n--half: |total(half inputs) - total(float32 inputs)| / |total(float32)|, B={B}, C=80, 20 "
         "targets/img; 'grad ok': every gradient finite; transformers on the same half tensors as they are, "
-        "and with torch.cdist computed in float32 (CPU cdist has no half kernel; CUDA's has)"
+        "and with torch.cdist computed in float32 (CPU cdist has no half kernel; CUDA's has); non-finite "
+        "costs: entries of the matching cost that were NaN or inf before the matcher cleaned them (detloss: "
+        "asserted 0, at the host)"
     )
     print(f"{'case':<14}{'inputs':<11}{'dtype':<10}{'detloss rel':>12}{'grad ok':>8}  {'transformers':<62}cdist upcast")
     for name, (_, preset, tensors, ours, ref) in half_families(B).items():
@@ -958,7 +988,9 @@ def run_half(args):
             ref_base = float(ref(ins).detach())
             for dt in (torch.float16, torch.bfloat16):
                 lo = _cast(ins, dt)
-                out = ours(crit, lo).total
+                with _NonFiniteCosts() as bad:
+                    out = ours(crit, lo).total
+                assert bad.n == 0, f"detloss: {bad.n} non-finite costs"
                 grads = torch.autograd.grad(out, _grad_inputs(lo))
                 ok = all(bool(torch.isfinite(g).all()) for g in grads)
                 d = abs(float(out.detach()) - base) / abs(base)
