@@ -60,9 +60,17 @@ from detloss.profiling import DispatchCounter  # noqa: E402
 
 try:
     import transformers.loss.loss_d_fine as _dfine_mod
-    from transformers import DeformableDetrConfig, DetrConfig, DFineConfig, LwDetrConfig, RTDetrConfig
+    from transformers import (
+        DeformableDetrConfig,
+        Deimv2Config,
+        DetrConfig,
+        DFineConfig,
+        LwDetrConfig,
+        RTDetrConfig,
+    )
     from transformers.loss.loss_d_fine import DFineForObjectDetectionLoss
     from transformers.loss.loss_deformable_detr import DeformableDetrForObjectDetectionLoss
+    from transformers.loss.loss_deimv2 import Deimv2ForObjectDetectionLoss
     from transformers.loss.loss_for_object_detection import ForObjectDetectionLoss
     from transformers.loss.loss_lw_detr import LwDetrForObjectDetectionLoss
     from transformers.loss.loss_rt_detr import RTDetrForObjectDetectionLoss
@@ -364,9 +372,11 @@ def main():
     ap.add_argument("--half", action="store_true", help="only float16 / bfloat16 against float32")
     ap.add_argument("--batch", type=int, default=8, help="--speed's B")
     ap.add_argument("--half-batch", type=int, default=4, help="--half's B")
-    ap.add_argument("--families", default="", help="--speed: comma-separated subset of rtdetr,dfine,lwdetr")
+    ap.add_argument("--families", default="", help="--speed: comma-separated subset of rtdetr,dfine,deimv2,lwdetr")
     ap.add_argument("--profile", action="store_true", help="--speed: torch.profiler table of detloss")
     ap.add_argument("--verbose", action="store_true", help="--speed: sync ops and min/max times")
+    ap.add_argument("--skip-deimv2", action="store_true", help="leave out DEIMv2")
+    ap.add_argument("--only-deimv2", action="store_true", help="only DEIMv2")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     import transformers
@@ -378,6 +388,10 @@ def main():
             run_speed(args)
         if args.half:
             run_half(args)
+        return
+    if not args.skip_deimv2:
+        run_dfine(args, "deimv2")
+    if args.only_deimv2:
         return
     if not args.skip_dfine:
         run_dfine(args)
@@ -593,15 +607,33 @@ def make_dfine(B, L=6, Q=300, C=80, n=20, dtype=torch.float64, seed=0, full=Fals
     return (oc, ob, el, eb, corners.requires_grad_()), refs, labels, meta
 
 
-def dfine_fns(C, L):
-    config = DFineConfig(num_labels=C, decoder_layers=L)
+def _stable_argsort(*args, **kwargs):
+    return _argsort(*args, **{**kwargs, "stable": True})
+
+
+_argsort = torch.argsort
+
+
+def dfine_fns(C, L, preset="dfine"):
+    """D-FINE's or DEIMv2's loss function and ours. DEIMv2's union sorts its pairs by count with an
+    unstable sort (ties broken arbitrarily); for a comparison the reference runs with a stable sort,
+    which gives detloss's rule (the lowest target among equal counts)."""
+    if preset == "dfine":
+        config, loss_fn = DFineConfig(num_labels=C, decoder_layers=L), DFineForObjectDetectionLoss
+    else:
+        config, loss_fn = Deimv2Config(num_labels=C, decoder_layers=L), Deimv2ForObjectDetectionLoss
 
     def ref(inputs, refs, labels, meta):
         oc, ob, el, eb, corners = inputs
-        total, d, _ = DFineForObjectDetectionLoss(
-            oc[:, -1], labels, oc.device, ob[:, -1], config, oc, ob, enc_topk_logits=el, enc_topk_bboxes=eb,
-            denoising_meta_values=meta, predicted_corners=corners, initial_reference_points=refs,
-        )  # fmt: skip
+        torch.argsort = _stable_argsort
+        try:
+            total, d, _ = loss_fn(
+                oc[:, -1], labels, oc.device, ob[:, -1], config, oc, ob, enc_topk_logits=el,
+                enc_topk_bboxes=eb, denoising_meta_values=meta, predicted_corners=corners,
+                initial_reference_points=refs,
+            )  # fmt: skip
+        finally:
+            torch.argsort = _argsort
         return total, d
 
     def ours(crit, inputs, refs, targets, meta):
@@ -620,9 +652,9 @@ def dfine_fns(C, L):
     return ref, ours
 
 
-def compare_dfine(B_values=(2, 4, 8), L=6, Q=300, C=80, n=20):
-    ref, ours = dfine_fns(C, L)
-    crit = DETRLoss(C, "dfine")
+def compare_dfine(B_values=(2, 4, 8), L=6, Q=300, C=80, n=20, preset="dfine"):
+    ref, ours = dfine_fns(C, L, preset)
+    crit = DETRLoss(C, preset)
     worst = {}
     for B in B_values:
         inputs, refs, labels, meta = make_dfine(B, L, Q, C, n, seed=B)
@@ -643,11 +675,11 @@ def compare_dfine(B_values=(2, 4, 8), L=6, Q=300, C=80, n=20):
     return worst
 
 
-def speed_dfine(B, repeats, L=6, Q=300, C=80, n=20):
-    ref, ours = dfine_fns(C, L)
+def speed_dfine(B, repeats, L=6, Q=300, C=80, n=20, preset="dfine"):
+    ref, ours = dfine_fns(C, L, preset)
     inputs, refs, labels, meta = make_dfine(B, L, Q, C, n, dtype=torch.float32)
     targets = [{"boxes": t["boxes"], "labels": t["class_labels"]} for t in labels]
-    ours_v, ours_nv = DETRLoss(C, "dfine"), DETRLoss(C, "dfine", validate=False)
+    ours_v, ours_nv = DETRLoss(C, preset), DETRLoss(C, preset, validate=False)
     fns = {
         "ours": lambda: torch.autograd.grad(ours(ours_v, inputs, refs, targets, meta).total, inputs),
         "ours nv": lambda: torch.autograd.grad(ours(ours_nv, inputs, refs, targets, meta).total, inputs),
@@ -673,20 +705,21 @@ def speed_dfine(B, repeats, L=6, Q=300, C=80, n=20):
     return med, counts
 
 
-def run_dfine(args):
+def run_dfine(args, preset="dfine"):
+    name = {"dfine": "D-FINE", "deimv2": "DEIMv2"}[preset]
     if not args.skip_values:
         print(
-            "\nD-FINE step (float64, Q=300, L=6, C=80, 20 targets/img, last image 10, denoising, encoder; "
+            f"\n{name} step (float64, Q=300, L=6, C=80, 20 targets/img, last image 10, denoising, encoder; "
             "max rel err over B = 2, 4, 8)"
         )
-        w = compare_dfine()
+        w = compare_dfine(preset=preset)
         for k, v in w.items():
             print(f"  {k:<22}{v:>10.2e}" if k != "keys" else f"  {k:<22}{v:>10}")
     if args.skip_speed:
         return
-    print("\nD-FINE step, float32 fwd+bwd, median ms (interleaved); ops, syncs")
+    print(f"\n{name} step, float32 fwd+bwd, median ms (interleaved); ops, syncs")
     for B in (2, 8):
-        med, c = speed_dfine(B, args.repeats)
+        med, c = speed_dfine(B, args.repeats, preset=preset)
         t = med["transformers"]
         print(
             f"  B={B}: ours {med['ours']:.1f} nv {med['ours nv']:.1f} transformers {t:.1f} "
@@ -720,22 +753,24 @@ def families(B, C=80, n=20, L=6, Q=300, lw_layers=(3, 6), dtype=torch.float32, s
             lambda crit, t, _o=ours_s, _tg=targets, _m=meta: _o(crit, tuple(t.values()), _tg, _m),
             lambda t, _r=ref_s, _l=labels, _m=meta: _r(tuple(t.values()), _l, _m)[0],
         )
-    if wanted("dfine"):
-        ref_d, ours_d = dfine_fns(C, L)
+    for local in ("dfine", "deimv2"):
+        if not wanted(local):
+            continue
+        ref_d, ours_d = dfine_fns(C, L, local)
         (oc, ob, el, eb, co), refs, labels, meta = make_dfine(B, L, Q, C, n, dtype, seed, full=True)
         targets = [{"boxes": t["boxes"], "labels": t["class_labels"]} for t in labels]
         q_dn = meta["dn_num_split"][0]
         names = ("outputs_class", "outputs_coord", "enc_logits", "enc_boxes", "corners")
-        out["dfine"] = (
+        out[local] = (
             f"L={L} Q={Q}+{q_dn} dn (G={meta['dn_num_group']}), enc, corners 4x33",
-            "dfine",
+            local,
             dict(zip(names, (oc, ob, el, eb, co), strict=True)) | {"reference_points": refs},
-            lambda crit, t, _o=ours_d, _tg=targets, _m=meta: _o(
-                crit, tuple(t[k] for k in names), t["reference_points"], _tg, _m
+            lambda crit, t, _o=ours_d, _tg=targets, _m=meta, _n=names: _o(
+                crit, tuple(t[k] for k in _n), t["reference_points"], _tg, _m
             ),
-            lambda t, _r=ref_d, _l=labels, _m=meta: _r(tuple(t[k] for k in names), t["reference_points"], _l, _m)[
-                0
-            ],
+            lambda t, _r=ref_d, _l=labels, _m=meta, _n=names: _r(
+                tuple(t[k] for k in _n), t["reference_points"], _l, _m
+            )[0],
         )
     for lw_l in lw_layers:
         if not wanted("lwdetr"):

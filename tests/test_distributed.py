@@ -5,9 +5,11 @@ batch, through a tiny float64 model wrapped in DistributedDataParallel; DDP aver
 The parent runs the same model on the whole batch in one process and compares:
 
 - YOLOv3, YOLOv4, SSD (batch means, normalised by global counts): DDP gradient == single gradient.
-- DETRLoss (the box count N averaged over the ranks): the "deformable" and "rtdetr" presets, and the
-  box losses of "detr" (its class loss is a weighted mean over each rank's queries, as the
-  references, so it is run with ``cls=0``): DDP gradient == single gradient.
+- DETRLoss (the box count N averaged over the ranks): the "deformable", "rtdetr" and "lwdetr" (two
+  query groups) presets, the box losses of "detr" (its class loss is a weighted mean over each rank's
+  queries, as the references, so it is run with ``cls=0``), and "dfine" and "deimv2" (DEIMv2's union
+  normaliser averaged alike) without DDF (a mean over each rank's queries, ``ddf=0``): DDP gradient
+  == single gradient.
 - YOLOv5 and YOLOv8 (``total = (...) · B`` with the per-rank B): K · DDP gradient == single
   gradient, the factor YOLOv5's and ultralytics' trainers apply (``loss * WORLD_SIZE``).
 
@@ -37,7 +39,11 @@ DETR_CASES = {
     "DETR-deformable": {"preset": "deformable"},
     "DETR-rtdetr": {"preset": "rtdetr"},
     "DETR-boxes": {"preset": "detr", "cls": 0.0},
+    "DETR-lwdetr": {"preset": "lwdetr", "group_detr": 2},
+    "DETR-dfine": {"preset": "dfine", "ddf": 0.0},
+    "DETR-deimv2": {"preset": "deimv2", "ddf": 0.0},
 }
+LOCAL_BINS = 4  # D-FINE's corners: 4·(N + 1) logits per query
 QUERIES, LAYERS = 6, 2
 DDP_FACTOR = {
     "YOLOv3": 1.0,
@@ -78,16 +84,25 @@ class SSDHead(nn.Module):
 
 
 class DETRHeads(nn.Module):
-    """Per-query features (B, Q, F) -> (logits (L, B, Q, C′), boxes (L, B, Q, 4) cxcywh in (0, 1))."""
+    """Per-query features (B, Q, F) -> (logits (L, B, Q, C′), boxes (L, B, Q, 4) cxcywh in (0, 1)) and,
+    with ``local``, D-FINE's inputs: L + 1 outputs, ``corners`` (L, B, Q, 4·(N + 1)) and fixed
+    ``reference_points``."""
 
-    def __init__(self, width: int) -> None:
+    def __init__(self, width: int, local: bool = False) -> None:
         super().__init__()
-        self.cls = nn.ModuleList(nn.Linear(FEAT, width) for _ in range(LAYERS))
-        self.box = nn.ModuleList(nn.Linear(FEAT, 4) for _ in range(LAYERS))
+        outputs = LAYERS + local
+        self.cls = nn.ModuleList(nn.Linear(FEAT, width) for _ in range(outputs))
+        self.box = nn.ModuleList(nn.Linear(FEAT, 4) for _ in range(outputs))
+        self.corners = nn.ModuleList(nn.Linear(FEAT, 4 * (LOCAL_BINS + 1)) for _ in range(LAYERS * local))
 
-    def forward(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
         logits = torch.stack([f(feats) for f in self.cls])
-        return logits, torch.stack([f(feats).sigmoid() for f in self.box])
+        boxes = torch.stack([f(feats).sigmoid() for f in self.box])
+        if not self.corners:
+            return logits, boxes, {}
+        corners = torch.stack([f(feats) for f in self.corners])
+        refs = boxes[:LAYERS].detach() * 0.5 + 0.25
+        return logits, boxes, {"corners": corners, "reference_points": refs}
 
 
 class DETRCriterion(nn.Module):
@@ -108,7 +123,8 @@ class DETRCriterion(nn.Module):
             }
             for t in targets
         ]
-        return self.crit(*preds, norm)
+        logits, boxes, local = preds
+        return self.crit(logits, boxes, norm, **local)
 
 
 def priors() -> torch.Tensor:
@@ -144,9 +160,8 @@ def make(name: str, reduce: bool) -> tuple[nn.Module, nn.Module]:
     torch.manual_seed(1)
     if name in DETR_CASES:
         kw = DETR_CASES[name]
-        return DETRHeads(C + (kw["preset"] == "detr")).double(), DETRCriterion(
-            **kw, reduce_across_ranks=reduce
-        )
+        heads = DETRHeads(C + (kw["preset"] == "detr"), local=kw["preset"] in ("dfine", "deimv2"))
+        return heads.double(), DETRCriterion(**kw, reduce_across_ranks=reduce)
     if name == "SSD":
         return SSDHead().double(), SSDLoss(C, priors(), reduce_across_ranks=reduce)
     if name == "YOLOv8":  # anchor-free heads: 4 side distributions of V8_REG_MAX bins, then C classes
@@ -221,9 +236,12 @@ def test_ddp_matches_single_process_on_the_whole_batch(ddp_gradients, name):
     model, crit = make(name, reduce=True)  # no process group here: the option has no effect
     single, _ = gradients(name, model, crit, feats, targets, slice(None))
     averaged, _ = ddp_gradients[name, True]
+    # parameters (weights, biases) without gradient by design: DETR-boxes' (cls=0) two class heads;
+    # D-FINE's output L − 1 (its pairing skips it: class and box head) and last corners (the teacher,
+    # read by DDF only)
+    unused = {"DETR-boxes": 4, "DETR-dfine": 6, "DETR-deimv2": 6}.get(name, 0)
+    assert sum(bool(g.abs().max() == 0) for g in single) == unused
     for g_single, g_ddp in zip(single, averaged, strict=True):
-        # DETR-boxes (cls=0) leaves the class heads without gradient
-        assert g_single.abs().max() > 0 or name == "DETR-boxes"
         torch.testing.assert_close(DDP_FACTOR[name] * g_ddp, g_single, rtol=1e-10, atol=1e-12)
 
 

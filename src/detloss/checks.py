@@ -190,14 +190,15 @@ def check_dfine_local(
         ValueError: missing, or shapes that do not fit the logits, or N + 1 bins with N odd or <= 2.
     """
     if corners is None or refs is None:
-        raise ValueError(f"preset 'dfine' needs {names[0]} and {names[1]} with {prefix}logits")
+        raise ValueError(f"presets 'dfine' and 'deimv2' need {names[0]} and {names[1]} with {prefix}logits")
     corners, refs = check_tensor(names[0], corners), check_tensor(names[1], refs)
     for name, t in zip(names, (corners, refs), strict=True):
         if not t.is_floating_point():
             raise TypeError(f"{name} must have a floating dtype, got {t.dtype}")
     if logits.shape[0] < 2:
         raise ValueError(
-            f"preset 'dfine' needs {prefix}logits with L + 1 >= 2 entries, got {tuple(logits.shape)}"
+            f"presets 'dfine' and 'deimv2' need {prefix}logits with L + 1 >= 2 entries, "
+            f"got {tuple(logits.shape)}"
         )
     lead = (logits.shape[0] - 1,) + tuple(logits.shape[1:3])
     width = corners.shape[-1] if corners.dim() == 4 else 0

@@ -149,7 +149,7 @@ def _add_lab_commands(sub: argparse._SubParsersAction) -> None:
         "the chosen criterion, evaluate mAP@0.5 and mAP@0.5:0.95 (pycocotools) on a held-out split.",
     )
     p.add_argument("--criterion",
-                   choices=("yolov3", "yolov4", "yolov5", "yolov8", "yolo26", "ssd", "obb", "all"),
+                   choices=("yolov3", "yolov4", "yolov5", "yolov8", "yolo26", "rtdetr", "ssd", "obb", "all"),
                    default="yolov5",
                    help="criterion to train with (default yolov5; 'all' runs each in turn); obb: "
                    "YOLOv8OBBLoss on rotated shapes, DOTA-protocol rotated mAP")

@@ -183,8 +183,11 @@ def rotated_iou_loss(
 
 
 
-def _logits_and_targets(logits: Tensor, targets: Tensor, validate: bool) -> tuple[Tensor, Tensor]:
-    """Check logits and soft targets of one shape; half precision computed in float32.
+def _logits_and_targets(
+    logits: Tensor, targets: Tensor, validate: bool, name: str = "targets"
+) -> tuple[Tensor, Tensor]:
+    """Check logits and soft targets (the argument ``name``) of one shape; half precision computed in
+    float32.
 
     ``validate``: logits finite and targets in [0, 1] with one sum, one min/max pass and one host
     sync, on the probe sum(logits) + √min(t) + √(1 − max(t)): non-finite iff a logit is NaN/±Inf or
@@ -211,7 +214,7 @@ def _logits_and_targets(logits: Tensor, targets: Tensor, validate: bool) -> tupl
             bad = (~((t >= 0) & (t <= 1))).nonzero()
             if bad.numel():
                 idx = tuple(bad[0].tolist())
-                raise ValueError(f"targets must lie in [0, 1], got {t[idx].item()} at index {idx}")
+                raise ValueError(f"{name} must lie in [0, 1], got {t[idx].item()} at index {idx}")
     return x, t
 
 
@@ -389,7 +392,7 @@ def ia_bce_loss(
     check_tensor("iou", iou)
     check_broadcasts_to("positive", positive, logits.shape, "logits")
     check_broadcasts_to("iou", iou, logits.shape, "logits")
-    x, q = _logits_and_targets(logits, iou.expand(logits.shape), validate)
+    x, q = _logits_and_targets(logits, iou.expand(logits.shape), validate, "iou")
     pos = positive.to(torch.bool)
     p = torch.sigmoid(x)
     with torch.no_grad():
@@ -397,6 +400,56 @@ def ia_bce_loss(
     pos_weight = torch.where(pos, t, 0.0)
     neg_weight = torch.where(pos, 1.0 - t, p.clamp(min=torch.finfo(x.dtype).tiny) ** gamma)
     loss = -(pos_weight * F.logsigmoid(x) + neg_weight * F.logsigmoid(-x))
+    return weight_reduce(loss, weight, reduction, avg_factor)
+
+
+def mal_loss(
+    logits: Tensor,
+    positive: Tensor,
+    iou: Tensor,
+    alpha: float = 1.0,
+    gamma: float = 2.0,
+    *,
+    reduction: Reduction = "mean",
+    weight: Tensor | None = None,
+    avg_factor: float | Tensor | None = None,
+    validate: bool = True,
+) -> Tensor:
+    """Matching-aware loss (MAL; DEIM, Huang et al. 2025, as DEIMv2 trains it), elementwise, with
+    p = sigmoid(x)::
+
+        positive (a matched query's target class):
+            loss = BCE(p, IoU^γ) = −IoU^γ·log p − (1 − IoU^γ)·log(1 − p)
+        every other (query, class):
+            loss = −α·p̄^γ·log(1 − p)                (p̄ = p detached: a weight, no gradient)
+
+    transformers 5.24's ``Deimv2Loss.loss_labels_mal`` (γ = ``focal_loss_gamma``; α = ``mal_alpha``,
+    its ``None`` is α = 1). Unlike RT-DETR's varifocal loss the positive's target is IoU^γ and its
+    weight 1, whatever the IoU. Computed as ``F.binary_cross_entropy_with_logits`` (finite for any
+    finite logit). For γ = 0 the negatives' target stays 0 (the reference's (IoU·t)^0 sets it to 1).
+
+    Args:
+        logits: ``(*)`` raw scores; float16/bfloat16 are computed in float32.
+        positive: ``(*)`` bool (or 0/1), the matched (query, class) pairs.
+        iou: broadcastable to ``(*)``, values in [0, 1]: the IoU of each positive's predicted and
+            target box (read at the positives only; detached).
+        alpha: the negatives' weight in [0, 1]; gamma: the exponent >= 0 of the target and weight.
+        reduction, weight, avg_factor: see :func:`weight_reduce`.
+        validate: check logits are finite and IoUs lie in [0, 1] (one host sync).
+    """
+    check_number("alpha", alpha, low=0, high=1)
+    check_number("gamma", gamma, low=0)
+    check_tensor("logits", logits)
+    check_tensor("positive", positive)
+    check_tensor("iou", iou)
+    check_broadcasts_to("positive", positive, logits.shape, "logits")
+    check_broadcasts_to("iou", iou, logits.shape, "logits")
+    x, q = _logits_and_targets(logits, iou.expand(logits.shape), validate, "iou")
+    pos = positive.to(torch.bool)
+    with torch.no_grad():
+        target = torch.where(pos, q.detach() ** gamma, 0.0)
+        mal_weight = torch.where(pos, 1.0, alpha * torch.sigmoid(x) ** gamma)
+    loss = F.binary_cross_entropy_with_logits(x, target, weight=mal_weight, reduction="none")
     return weight_reduce(loss, weight, reduction, avg_factor)
 
 

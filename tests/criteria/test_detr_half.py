@@ -7,7 +7,7 @@ checked on what reaches the host (``detloss.assign.hungarian.to_host``) and on e
 (``scipy.optimize.linear_sum_assignment``) receives, with and without ``validate``. The harder inputs
 saturate a seventh of the logits at ±30 (σ rounds to exactly 0 or 1 in every float format, the
 references' ``log(p)``/``log(1 − p)`` are −inf there) and give one predicted box per image (and, for
-D-FINE, one reference point) zero width and height.
+D-FINE and DEIMv2, one reference point) zero width and height.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from tests.criteria.test_detr_entries import model_layout
 
 pytest.importorskip("scipy.optimize")  # detloss[detr]
 
-PRESETS = ("detr", "deformable", "rtdetr", "lwdetr", "dfine")
+PRESETS = ("detr", "deformable", "rtdetr", "lwdetr", "dfine", "deimv2")
 HALF = (torch.float16, torch.bfloat16)
 NB = 32  # D-FINE's bins
 C = 20
@@ -39,7 +39,8 @@ def make(preset, saturate=False, L=3, seed=0):
     Q = 13 * 16 if preset == "lwdetr" else 60
     width = C + 1 if preset == "detr" else C
     idx, q_dn = model_layout(COUNTS, GROUPS)
-    outs = L + 1 if preset == "dfine" else L
+    local = preset in ("dfine", "deimv2")  # D-FINE's and DEIMv2's corners and reference points
+    outs = L + 1 if local else L
 
     def logits(*lead):
         t = torch.randn(*lead, width, generator=g) * 2.5
@@ -51,7 +52,7 @@ def make(preset, saturate=False, L=3, seed=0):
 
     def boxes(*lead):
         t = torch.sigmoid(torch.randn(*lead, 4, generator=g))
-        if preset == "dfine":  # D-FINE's boxes spill outside [0, 1] (the loss clamps them)
+        if local:  # D-FINE's boxes spill outside [0, 1] (the loss clamps them)
             t = t * 1.2 - 0.1
         if saturate:
             t[..., 0, 2:] = 0.0  # query 0 of every image: zero width and height
@@ -61,7 +62,7 @@ def make(preset, saturate=False, L=3, seed=0):
     inp["enc_logits"], inp["enc_boxes"] = logits(B, Q), boxes(B, Q)
     if preset != "lwdetr":  # LW-DETR has no denoising queries
         inp["dn_logits"], inp["dn_boxes"] = logits(outs, B, q_dn), boxes(outs, B, q_dn)
-    if preset == "dfine":
+    if local:
         for pre, q in (("", Q), ("dn_", q_dn)):
             inp[pre + "corners"] = torch.randn(L, B, q, 4 * (NB + 1), generator=g) * 3
             refs = torch.rand(L, B, q, 4, generator=g) * 0.5 + 0.2
@@ -151,9 +152,9 @@ def test_half_outputs_within_two_percent_of_float32(preset, dtype, validate, sat
             continue
         assert t.grad is not None and t.grad.dtype == dtype, name
         assert torch.isfinite(t.grad).all(), f"non-finite gradient of {name}"
-    # matched entries: the decoder outputs and the encoder (D-FINE: its L + 1 outputs less one), each
+    # matched entries: the decoder outputs and the encoder (D-FINE, DEIMv2: L + 1 outputs less one), each
     # in 13 groups for LW-DETR
-    layers = inp["logits"].shape[0] - (1 if preset == "dfine" else 0)
+    layers = inp["logits"].shape[0] - (1 if preset in ("dfine", "deimv2") else 0)
     entries = (layers + 1) * (13 if preset == "lwdetr" else 1)
     assert_finite_costs(costs_seen, entries)
 
@@ -181,5 +182,5 @@ def test_saturated_float32_is_finite_and_costs_are_finite(preset, costs_seen):
     assert torch.isfinite(out.total)
     out.total.backward()
     assert all(torch.isfinite(t.grad).all() for t in inp.values() if t.requires_grad)
-    layers = inp["logits"].shape[0] - (1 if preset == "dfine" else 0)
+    layers = inp["logits"].shape[0] - (1 if preset in ("dfine", "deimv2") else 0)
     assert_finite_costs(costs_seen, (layers + 1) * (13 if preset == "lwdetr" else 1))

@@ -181,3 +181,32 @@ def test_yolo26_training_steps_its_schedule_and_lowers_the_loss():
     for d, e in zip(dets, expected, strict=True):
         assert all(torch.equal(d[k], e[k]) for k in ("boxes", "scores", "labels"))
     assert 0.0 <= D.coco_map(data.targets, dets, 3)["map50"] <= 1.0
+
+
+def test_rtdetr_queries_start_at_their_reference_boxes():
+    # raw box channels 0: σ(0 + σ⁻¹(ref)) = ref, the cell centre with sides of two strides; class
+    # channels 0: the 0.01 prior
+    outputs = [torch.zeros(1, 4 + 3, 64 // s, 64 // s) for s in D.STRIDES]
+    logits, boxes = D._set_preds(outputs, 64)
+    assert logits.shape == (1, 84, 3) and boxes.shape == (1, 84, 4)
+    torch.testing.assert_close(logits.sigmoid(), torch.full_like(logits, 0.01))
+    torch.testing.assert_close(boxes[0, 0], torch.tensor([4.0, 4.0, 16.0, 16.0]) / 64)  # stride 8, cell (0, 0)
+    torch.testing.assert_close(boxes[0, 9], torch.tensor([12.0, 12.0, 16.0, 16.0]) / 64)  # cell (1, 1)
+    torch.testing.assert_close(boxes[0, 64], torch.tensor([8.0, 8.0, 32.0, 32.0]) / 64)  # stride 16
+    det_boxes, scores = D._set_decode(outputs, 64)
+    torch.testing.assert_close(det_boxes[0, 0], torch.tensor([-4.0, -4.0, 12.0, 12.0]))
+
+
+def test_rtdetr_training_lowers_the_set_loss():
+    pytest.importorskip("scipy.optimize")
+    torch.manual_seed(0)
+    spec = D.CRITERIA["rtdetr"]
+    crit = D.build_criterion("rtdetr", 3, 64)
+    data = D.make_shapes(16, 64, seed=0)
+    model = D.TinyDetector(3, width=8, head_channels=spec.head_channels(3))
+    history = D.train(model, crit, spec, data, epochs=4, batch=8, lr=3e-3, seed=0, show_progress=False)
+    assert set(history) == {"total", "cls", "bbox", "giou"}
+    assert all(math.isfinite(v) for v in history["total"])
+    assert sum(history["total"][-2:]) < sum(history["total"][:2])
+    dets = D.detect(model, spec, data.images)
+    assert len(dets) == 16 and all(d["boxes"].shape[0] == 100 for d in dets)  # top 100 of 84·3

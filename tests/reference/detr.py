@@ -21,6 +21,7 @@ TABLE = {
     "deformable": ((2.0, 5.0, 2.0), (2.0, 5.0, 2.0), 0.25),
     "rtdetr": ((2.0, 5.0, 2.0), (1.0, 5.0, 2.0), 0.75),
     "lwdetr": ((2.0, 5.0, 2.0), (1.0, 5.0, 2.0), 0.25),  # Atten4Vis/LW-DETR
+    "deimv2": ((2.0, 5.0, 2.0), (1.0, 5.0, 2.0), 1.0),  # MAL's α: transformers' mal_alpha None
 }
 
 
@@ -66,13 +67,17 @@ def entry_terms(
     group_detr=1,
     focal_alpha=None,
     matches=None,
+    box_matches=None,
+    box_norm=None,
 ):
     """One entry (a decoder layer, the encoder proposals or a denoising layer): ([cls, bbox, giou] with
     gains, per-image shares) as plain floats. ``fixed``: per image a dict query → target (denoising:
     no matching); else scipy's matching of each image's cost block. ``n_norm``: the box count
     normaliser of this entry (N, or N·G for denoising). ``group_detr`` G ("lwdetr"): queries
     [g·S, (g + 1)·S), S = Q // G, are matched to all of the image's targets for each g on its own, the
-    box costs from the boxes rounded to float32 and summed in float32."""
+    box costs from the boxes rounded to float32 and summed in float32. ``box_matches``/``box_norm``
+    (DEIMv2's union): per image a dict query → target and the normaliser of the box terms, in place
+    of the entry's own matching and ``n_norm``."""
     from scipy.optimize import linear_sum_assignment  # detloss[detr]
 
     (cc, bc, gc), (cw, bw, gw), alpha = TABLE[preset]
@@ -124,7 +129,7 @@ def entry_terms(
             match = {int(r): int(c) for r, c in zip(rows, cols, strict=True)}
         if matches is not None:  # the caller reads each image's matching (D-FINE's local terms)
             matches.append(match)
-        for q, j in match.items():
+        for q, j in (match if box_matches is None else box_matches[image]).items():
             l1 = sum(abs(p[q][k] - tb[j][k]) for k in range(4))
             g = 1 - iou_and_giou(p[q], tb[j])[1]
             l1_sum, giou_sum = l1_sum + l1, giou_sum + g
@@ -143,7 +148,9 @@ def entry_terms(
             for c in range(num_classes):
                 t = 1.0 if (j is not None and lab[j] == c) else 0.0
                 s = sigmoid(x[q][c])
-                if preset == "lwdetr":  # IA-BCE
+                if preset == "deimv2":  # MAL: target IoU^γ, negatives weighted α·p^γ
+                    term = bce(x[q][c], iou**focal_gamma) if t else alpha * s**focal_gamma * bce(x[q][c], 0.0)
+                elif preset == "lwdetr":  # IA-BCE
                     if t:
                         quality = max(s**alpha * iou ** (1 - alpha), 0.01)
                         term = bce(x[q][c], quality)
@@ -160,8 +167,9 @@ def entry_terms(
                 cls_sum += term
                 cls_img[image] += term
     cls_norm = ce_weight if preset == "detr" else n_norm
-    terms = [cw * cls_sum / cls_norm, bw * l1_sum / n_norm, gw * giou_sum / n_norm]
-    shares = [cw * cls_img[b] / cls_norm + box_img[b] / n_norm for b in range(batch)]
+    b_norm = n_norm if box_norm is None else box_norm
+    terms = [cw * cls_sum / cls_norm, bw * l1_sum / b_norm, gw * giou_sum / b_norm]
+    shares = [cw * cls_img[b] / cls_norm + box_img[b] / b_norm for b in range(batch)]
     return terms, shares
 
 

@@ -78,15 +78,43 @@ def _sigmoid(x):
     return 1.0 / (1.0 + math.exp(-x))
 
 
+def union_of_matchings(per_entry):
+    """DEIMv2's dense one-to-one union of one image's matchings (``per_entry``: dicts query → target,
+    the main output's first): every pair counted, the distinct pairs in (query, target) order sorted by
+    count, most frequent first (a stable sort), then each query keeps its first pair."""
+    counts = {}
+    for match in per_entry:
+        for pair in match.items():
+            counts[pair] = counts.get(pair, 0) + 1
+    union = {}
+    for (q, j), _ in sorted(sorted(counts.items()), key=lambda item: -item[1]):
+        union.setdefault(q, j)
+    return union
+
+
 def loop_port_dfine(
-    logits, boxes, corners, refs, targets, num_classes, enc=None, dn=None, dn_positive_idx=None, dn_groups=1
+    logits,
+    boxes,
+    corners,
+    refs,
+    targets,
+    num_classes,
+    enc=None,
+    dn=None,
+    dn_positive_idx=None,
+    dn_groups=1,
+    preset="dfine",
 ):
     """transformers 5.24's D-FINE loss as loops: (total, {entry: [vfl, bbox, giou, fgl, ddf] with gains},
     per-image shares). ``logits``/``boxes`` ``(L + 1, B, Q, ·)`` (the pre-head output first), ``corners``
     /``refs`` ``(L, B, Q, ·)``; auxiliary entry k < L − 1 takes logits/boxes k with corners/refs k, the
     main entry (``layer_{L−1}``) logits/boxes L without FGL/DDF; the teacher: corners L − 1 with the
     main logits. ``dn`` = (logits ``(L + 1, …)``, boxes, corners ``(L, …)``, refs): dn entry k takes
-    logits/boxes/corners k, its teacher dn corners L − 1 with dn logits L. Gains 1/5/2/0.15/1.5."""
+    logits/boxes/corners k, its teacher dn corners L − 1 with dn logits L. Gains 1/5/2/0.15/1.5.
+
+    ``preset="deimv2"``: the class term is MAL, and the box and local terms of the matched entries
+    (main, auxiliary, encoder) use the union of their matchings (:func:`union_of_matchings`) with the
+    normaliser max(union size, 1); denoising keeps its fixed matches."""
     from tests.reference.detr import entry_terms, iou_and_giou
 
     tgt = [(t["boxes"].tolist(), t["labels"].tolist()) for t in targets]
@@ -112,10 +140,27 @@ def loop_port_dfine(
         dl, db, dc, dr = dn[0].tolist(), dn[1].clamp(0, 1).tolist(), dn[2].tolist(), dn[3].tolist()
         for k in range(len(dc)):
             jobs.append((f"dn_{k}", dl[k], db[k], dc[k], dr[k], n_boxes * dn_groups, fixed, dc[-1], dl[-1]))
+    kind = "rtdetr" if preset == "dfine" else "deimv2"
+    union, union_norm = None, None
+    if preset == "deimv2":  # every matched entry's matching first, main output first
+        found = {}
+        for name, a, b, *_, dn_fixed, _, _ in jobs:
+            if dn_fixed is None:
+                found[name] = []
+                entry_terms(kind, a, b, tgt, num_classes, 1.0, matches=found[name])
+        order = [f"layer_{num_layers - 1}"] + [n for n in found if n != f"layer_{num_layers - 1}"]
+        union = [union_of_matchings([found[n][i] for n in order]) for i in range(batch)]
+        union_norm = max(sum(len(u) for u in union), 1)
     entries, per_image = {}, [0.0] * batch
     for name, a, b, c, r, norm, fixed, tch, tch_logits in jobs:
         matches = []
-        terms, shares = entry_terms("rtdetr", a, b, tgt, num_classes, norm, fixed, matches=matches)
+        box_matches, box_norm = (union, union_norm) if fixed is None else (None, None)
+        terms, shares = entry_terms(
+            kind, a, b, tgt, num_classes, norm, fixed, matches=matches, box_matches=box_matches,
+            box_norm=box_norm,
+        )  # fmt: skip
+        if box_matches is not None:  # the local terms too
+            matches, norm = box_matches, box_norm
         fgl = ddf_value = 0.0
         if c is not None:
             fgl_img = [0.0] * batch

@@ -9,11 +9,13 @@ so no criterion loops over images or boxes in Python. One module per concept:
 - :mod:`.yolov5`: YOLOv5's neighbour-cell matches;
 - :mod:`.ssd`: SSD prior matching and hard negative mining;
 - :mod:`.hungarian`: one-to-one set matching for DETR-family criteria (scipy, optional);
+- :mod:`.dense`: DEIMv2's union of one-to-one matchings;
 - :mod:`.tal`: task-aligned assignment (YOLOv8 / YOLO11).
 """
 
 from .collisions import resolve_collisions
 from .darknet import YoloAssignment, best_iou_with, build_yolov3_targets, build_yolov4_targets
+from .dense import dense_one_to_one
 from .hungarian import hungarian_match, hungarian_match_all
 from .ssd import PRIOR_IGNORED, PRIOR_NEGATIVE, hard_negative_mask, match_priors
 from .tal import TaskAlignedAssignment, task_aligned_assign
@@ -40,6 +42,7 @@ __all__ = [
     "build_yolov3_targets",
     "build_yolov4_targets",
     "build_yolov5_targets",
+    "dense_one_to_one",
     "hard_negative_mask",
     "hungarian_match",
     "hungarian_match_all",

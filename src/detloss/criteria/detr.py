@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..assign.dense import dense_one_to_one
 from ..assign.hungarian import hungarian_match_all, require_scipy
 from ..assign.targets import PaddedTargets, pad_targets, raise_bad_target, targets_ok
 from ..boxes import convert
@@ -36,23 +37,25 @@ from ..checks import (
 from ..distributed import global_count
 from ..iou import compute_dtype, iou_xyxy
 from ..kernels import iou_forward
-from ..losses import ia_bce_loss, sigmoid_focal_loss
+from ..losses import ia_bce_loss, mal_loss, sigmoid_focal_loss
 from .dfine import ddf_loss, fgl_loss
 from .result import LossResult
 
-Preset = Literal["detr", "deformable", "rtdetr", "lwdetr", "dfine"]
+Preset = Literal["detr", "deformable", "rtdetr", "lwdetr", "dfine", "deimv2"]
 
 # preset → (class, bbox, giou) match costs, (cls, bbox, giou) loss gains, focal_alpha: the defaults
 # of the original repositories (facebookresearch/detr, fundamentalvision/Deformable-DETR, lyuwenyu/RT-DETR,
-# Atten4Vis/LW-DETR; transformers' LwDetrConfig has the same)
+# Atten4Vis/LW-DETR; transformers' LwDetrConfig has the same); DEIMv2's α is MAL's (``mal_alpha``, whose
+# default None means no α: 1)
 PRESETS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float], float | None]] = {
     "detr": ((1.0, 5.0, 2.0), (1.0, 5.0, 2.0), None),
     "deformable": ((2.0, 5.0, 2.0), (2.0, 5.0, 2.0), 0.25),
     "rtdetr": ((2.0, 5.0, 2.0), (1.0, 5.0, 2.0), 0.75),
     "lwdetr": ((2.0, 5.0, 2.0), (1.0, 5.0, 2.0), 0.25),
     "dfine": ((2.0, 5.0, 2.0), (1.0, 5.0, 2.0), 0.75),
+    "deimv2": ((2.0, 5.0, 2.0), (1.0, 5.0, 2.0), 1.0),
 }
-# D-FINE's FGL and DDF gains (transformers' DFineConfig weight_loss_fgl, weight_loss_ddf)
+# D-FINE's (and DEIMv2's) FGL and DDF gains (transformers' weight_loss_fgl, weight_loss_ddf)
 _DFINE_GAINS = (0.15, 1.5)
 # LW-DETR's query groups (transformers' LwDetrConfig.group_detr)
 _LWDETR_GROUPS = 13
@@ -69,7 +72,10 @@ _CLASS_KEY = {
     "rtdetr": "loss_vfl",
     "lwdetr": "loss_ce",
     "dfine": "loss_vfl",
+    "deimv2": "loss_mal",
 }
+# the presets with D-FINE's local terms (FGL, DDF) and its inputs (corners, reference points)
+_LOCAL = ("dfine", "deimv2")
 _TERMS = ("cls", "bbox", "giou")
 _DFINE_TERMS = _TERMS + ("fgl", "ddf")
 
@@ -107,7 +113,7 @@ class SetLossResult(LossResult):
           encoder ``…_enc`` (LW-DETR's key; DETR and Deformable have none), ``…_dn_{i}``.
           ``cardinality_error`` (a gradient-free count) is not computed.
         """
-        weighted = self.preset in ("rtdetr", "dfine")
+        weighted = self.preset in ("rtdetr",) + _LOCAL
         keys = (_CLASS_KEY[self.preset], "loss_bbox", "loss_giou", "loss_fgl", "loss_ddf")
         num_layers = len(self.layers)
         names = [f"layer_{i}" for i in range(num_layers)] + list(self.entries)
@@ -163,10 +169,19 @@ class DETRLoss(nn.Module):
       entry k < L − 1 takes outputs k with corners k, the main (last) output has no FGL/DDF, output
       L − 1 takes no part; the teacher is corners L − 1 with the main logits; boxes clamped to [0, 1].
       Denoising alike (``dn_logits`` L + 1 entries, ``dn_corners`` L; entry k < L with corners k).
+    - ``"deimv2"`` (DEIMv2; C′ = C): ``"dfine"``'s entries and terms with the class term
+      L_cls = MAL (:func:`detloss.mal_loss`: BCE(p, IoU^γ) at the matched class, −α·p̄^γ·log(1 − p)
+      elsewhere; α = ``focal_alpha``, default 1 as transformers' ``mal_alpha=None``), over N; and,
+      with ``dense_one_to_one`` (default), the dense one-to-one union
+      (:func:`detloss.assign.dense_one_to_one`): the box and local terms (L1, GIoU, FGL, DDF) of every
+      Hungarian entry use the union of the main output's, the auxiliary entries' and the encoder's
+      matchings, each query with the target it was matched to most often (the lowest target among
+      equal counts; transformers' unstable sort breaks such ties arbitrarily), over N_u = max(union
+      size, 1); the class term keeps each entry's own matching. Denoising keeps its fixed matches.
 
     Args:
         num_classes: C, the object classes (without no-object).
-        preset: ``"detr" | "deformable" | "rtdetr"``.
+        preset: ``"detr" | "deformable" | "rtdetr" | "lwdetr" | "dfine" | "deimv2"``.
         class_cost, bbox_cost, giou_cost: matching cost weights (transformers' names).
         cls, bbox, giou: loss gains, the keys of ``components`` (transformers' ``weight_dict`` of
             ``loss_ce``, ``loss_bbox``, ``loss_giou``).
@@ -179,8 +194,12 @@ class DETRLoss(nn.Module):
             size (:func:`detloss.distributed.global_count`, at least 1 before dividing).
         group_detr: G, the query groups of ``"lwdetr"`` (13, transformers' default; the criterion is
             always in transformers' training mode, G groups whatever the model's mode); 1 otherwise.
-        fgl, ddf: ``"dfine"``'s FGL and DDF gains (``weight_loss_fgl``, ``weight_loss_ddf``).
-        up, reg_scale: ``"dfine"``'s bin parameters (D-FINE's ``up`` 0.5, ``reg_scale`` 4.0).
+        fgl, ddf: ``"dfine"``'s and ``"deimv2"``'s FGL and DDF gains (``weight_loss_fgl``,
+            ``weight_loss_ddf``).
+        up, reg_scale: their bin parameters (D-FINE's ``up`` 0.5, ``reg_scale`` 4.0).
+        dense_one_to_one: ``"deimv2"``'s union of matchings for the box and local terms (True,
+            transformers' ``use_dense_one_to_one``); False matches each entry on its own (D-FINE's
+            rule with MAL). Only for ``"deimv2"``.
 
     Call:
         logits: ``(L, B, Q, C′)`` (or ``(B, Q, C′)`` for one layer), the last layer the final one.
@@ -201,8 +220,9 @@ class DETRLoss(nn.Module):
                 L_dn,l = cls·L_cls(σ_dn) + bbox·Σ_{g,j} ‖b_σ(g,j) − b_j‖₁ / (N·G)
                          + giou·Σ_{g,j} (1 − GIoU(b_σ(g,j), b_j)) / (N·G)
 
-        corners, reference_points: ``(L, B, Q, 4·(N + 1))``, ``(L, B, Q, 4)``: ``"dfine"`` only
-            (required there); dn_corners, dn_reference_points: the same of the denoising queries.
+        corners, reference_points: ``(L, B, Q, 4·(N + 1))``, ``(L, B, Q, 4)``: ``"dfine"`` and
+            ``"deimv2"`` only (required there); dn_corners, dn_reference_points: the same of the
+            denoising queries.
 
     Returns:
         :class:`SetLossResult`: ``total``, ``components`` ``{"cls", "bbox", "giou"}`` summed over the
@@ -239,6 +259,7 @@ class DETRLoss(nn.Module):
         ddf: float | None = None,
         up: float = 0.5,
         reg_scale: float = 4.0,
+        dense_one_to_one: bool | None = None,
     ) -> None:
         super().__init__()
         require_scipy()
@@ -273,13 +294,16 @@ class DETRLoss(nn.Module):
             raise ValueError(f"focal_alpha must lie in [0, 1], got {self.focal_alpha}")
         self.validate, self.reduce_across_ranks = bool(validate), bool(reduce_across_ranks)
         self.group_detr = check_query_groups(group_detr, preset, _LWDETR_GROUPS)
-        if preset == "dfine":
+        if preset in _LOCAL:
             self.gains["fgl"] = check_gain("fgl", _DFINE_GAINS[0] if fgl is None else fgl)
             self.gains["ddf"] = check_gain("ddf", _DFINE_GAINS[1] if ddf is None else ddf)
         elif fgl is not None or ddf is not None:
-            raise ValueError("fgl and ddf are the gains of preset 'dfine'")
+            raise ValueError("fgl and ddf are the gains of presets 'dfine' and 'deimv2'")
+        if dense_one_to_one is not None and preset != "deimv2":
+            raise ValueError("dense_one_to_one is an option of preset 'deimv2'")
+        self.dense_one_to_one = preset == "deimv2" and dense_one_to_one is not False
         self.up, self.reg_scale = float(up), float(reg_scale)
-        self.terms = _DFINE_TERMS if preset == "dfine" else _TERMS
+        self.terms = _DFINE_TERMS if preset in _LOCAL else _TERMS
         # float64, cast per call: eos_coef stays exact for float64 logits
         class_weight = torch.ones(num_classes + 1, dtype=torch.float64)
         class_weight[-1] = self.eos_coef
@@ -303,11 +327,11 @@ class DETRLoss(nn.Module):
         dn_reference_points: Tensor | None = None,
     ) -> SetLossResult:
         logits, boxes = self._check_preds(logits, boxes, targets)
-        dfine = self.preset == "dfine"
+        dfine = self.preset in _LOCAL
         if not dfine and not all(
             t is None for t in (corners, reference_points, dn_corners, dn_reference_points)
         ):
-            raise ValueError("corners and reference_points are inputs of preset 'dfine' only")
+            raise ValueError("corners and reference_points are inputs of presets 'dfine' and 'deimv2' only")
         if dfine:
             local = check_dfine_local(("corners", "reference_points"), corners, reference_points, logits, "")
         num_layers, batch, num_queries, _ = logits.shape
@@ -380,6 +404,11 @@ class DETRLoss(nn.Module):
             ex, eb = enc[0].to(dtype), enc[1].to(dtype)
             if ex.shape[2] == num_queries:
                 stacks = [(torch.cat((x, ex)), torch.cat((pred, eb)))]
+            elif self.dense_one_to_one:  # the union indexes one set of queries
+                raise ValueError(
+                    f"preset 'deimv2' with dense_one_to_one needs enc_logits with the decoder's "
+                    f"{num_queries} queries, got {ex.shape[2]}"
+                )
             else:
                 stacks.append((ex, eb))
         for name, (sx, _) in zip(("logits", "enc_logits"), stacks, strict=False):
@@ -398,15 +427,23 @@ class DETRLoss(nn.Module):
             slot_boxes, slot_labels = tgt_boxes.repeat(1, groups_q, 1), labels.repeat(1, groups_q)
         else:
             match_boxes, slot_boxes, slot_labels = num_boxes, tgt_boxes, labels
+        # DEIMv2: the box and local terms of every Hungarian entry on the union of their matchings,
+        # in query-slot form (slot q: query q and its most frequent target), normalised by its size
+        union = self._union(matches, tgt_boxes, num_queries) if self.dense_one_to_one else None
         terms = [
-            self._terms(sx, sp, m, slot_boxes, slot_labels, match_boxes)
+            self._terms(sx, sp, m, slot_boxes, slot_labels, match_boxes, union)
             for (sx, sp), m in zip(stacks, matches, strict=True)
         ]
         if dfine:  # FGL and DDF of the auxiliary entries; zeros for the main output and the encoder
             aux = num_layers - 1
             lc, lr = local[0].to(dtype), local[1].to(dtype)
+            match, match_tgt, match_n = (
+                (matches[0][:aux], tgt_boxes, num_boxes)
+                if union is None
+                else (union[0].expand(aux, -1, -1), union[1], union[2])
+            )
             loc = self._local(
-                pred[:aux], lc[:aux], lr[:aux], matches[0][:aux], tgt_boxes, lc[-1], teacher_logits, num_boxes
+                pred[:aux], lc[:aux], lr[:aux], match, match_tgt, lc[-1], teacher_logits, match_n
             )
             rest = sum(t.shape[0] for t in terms) - aux
             loc = torch.cat((loc, loc.new_zeros(rest, batch, 2)))
@@ -445,7 +482,14 @@ class DETRLoss(nn.Module):
         )
 
     def _terms(
-        self, x: Tensor, pred: Tensor, match: Tensor, tgt_boxes: Tensor, labels: Tensor, num_boxes: Tensor
+        self,
+        x: Tensor,
+        pred: Tensor,
+        match: Tensor,
+        tgt_boxes: Tensor,
+        labels: Tensor,
+        num_boxes: Tensor,
+        union: tuple[Tensor, Tensor, Tensor] | None = None,
     ) -> Tensor:
         """``(E, B, 3)``: each entry's and image's class, L1 and GIoU terms (no gains) over the batch's
         normalisers, given the matches.
@@ -456,22 +500,25 @@ class DETRLoss(nn.Module):
             tgt_boxes, labels: ``(B, K, 4)`` and ``(B, K)``, the target of each slot (a denoising
                 entry's slots are the targets repeated once per group).
             num_boxes: the normaliser of the box terms and of the focal class terms (N, or N·G).
+            union: DEIMv2's ``(match (B, Q), target boxes (B, Q, 4), normaliser)`` of the box terms,
+                when they do not use ``match``.
         """
         num_entries, batch, num_queries, _ = x.shape
         dtype = x.dtype
-        # the matched pairs, gathered by the match index (masks instead of ragged lists)
-        matched = match >= 0  # (E, B, K)
-        query = match.clamp(min=0)
-        pred_m = pred.gather(2, query[..., None].expand(-1, -1, -1, 4))  # (E, B, K, 4)
-        pred_xyxy, tgt_xyxy = convert(pred_m, "cxcywh", "xyxy"), convert(tgt_boxes, "cxcywh", "xyxy")
+        pairs = self._pairs(pred, match, tgt_boxes)
+        matched, _, pred_xyxy, tgt_xyxy = pairs
+        box_tgt, box_n = (tgt_boxes, num_boxes) if union is None else union[1:]
+        if union is not None:
+            pairs = self._pairs(pred, union[0].expand(num_entries, -1, -1), box_tgt)
         zero = x.new_zeros(())
-        l1 = torch.where(matched, (pred_m - tgt_boxes).abs().sum(-1), zero).sum(2) / num_boxes  # (E, B)
-        giou = iou_xyxy(pred_xyxy, tgt_xyxy, "giou", _TINY)
-        giou = torch.where(matched, 1.0 - giou, zero).sum(2) / num_boxes
+        b_matched, pred_m, b_pred, b_tgt = pairs
+        l1 = torch.where(b_matched, (pred_m - box_tgt).abs().sum(-1), zero).sum(2) / box_n  # (E, B)
+        giou = iou_xyxy(b_pred, b_tgt, "giou", _TINY)
+        giou = torch.where(b_matched, 1.0 - giou, zero).sum(2) / box_n
 
         # the class target of every query: the matched target's class, else C (no-object);
         # unmatched slots scatter into a spare slot Q that is dropped (order-free, no collisions)
-        slot = torch.where(matched, query, num_queries)  # (E, B, K)
+        slot = torch.where(matched, match, num_queries)  # (E, B, K)
         cls_target = x.new_full((num_entries, batch, num_queries + 1), self.num_classes, dtype=torch.long)
         cls_target = cls_target.scatter(2, slot, labels.expand_as(slot))[..., :num_queries]  # (E, B, Q)
         if self.preset == "detr":
@@ -483,27 +530,44 @@ class DETRLoss(nn.Module):
             if self.preset == "deformable":
                 cls = sigmoid_focal_loss(
                     x, onehot, self.focal_alpha, self.focal_gamma, reduction="none", validate=False
-                ).sum((2, 3))
+                )
             else:
                 with torch.no_grad():
                     iou = iou_xyxy(pred_xyxy, tgt_xyxy, "iou", _TINY)  # (E, B, K)
                     score = x.new_zeros(slot.shape[:2] + (num_queries + 1,)).scatter(2, slot, iou)
                 score = score[..., :num_queries, None]  # (E, B, Q, 1): each query's matched IoU
-                if self.preset == "lwdetr":
-                    cls = ia_bce_loss(
-                        x,
-                        onehot > 0,
-                        score,
-                        self.focal_alpha,
-                        self.focal_gamma,
-                        reduction="none",
-                        validate=False,
-                    ).sum((2, 3))
+                quality = {"lwdetr": ia_bce_loss, "deimv2": mal_loss}.get(self.preset)
+                if quality is not None:
+                    alpha, gamma = self.focal_alpha, self.focal_gamma
+                    cls = quality(x, onehot > 0, score, alpha, gamma, reduction="none", validate=False)
                 else:  # IoU at the matched class
                     cls = _rtdetr_varifocal(x, onehot, score * onehot, self.focal_alpha, self.focal_gamma)
-                    cls = cls.sum((2, 3))
-            cls = cls / num_boxes
+            cls = cls.sum((2, 3)) / num_boxes
         return torch.stack((cls, l1, giou), 2)
+
+    @staticmethod
+    def _pairs(pred: Tensor, match: Tensor, tgt_boxes: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The matched pairs, gathered by the match index (masks instead of ragged lists): whether each
+        slot is matched ``(E, B, K)``, its predicted box ``(E, B, K, 4)`` (query 0's when not), that
+        box and the target box as xyxy."""
+        matched = match >= 0
+        pred_m = pred.gather(2, match.clamp(min=0)[..., None].expand(-1, -1, -1, 4))
+        pred_xyxy, tgt_xyxy = convert(pred_m, "cxcywh", "xyxy"), convert(tgt_boxes, "cxcywh", "xyxy")
+        return matched, pred_m, pred_xyxy, tgt_xyxy
+
+    def _union(
+        self, matches: list[Tensor], tgt_boxes: Tensor, num_queries: int
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """DEIMv2's dense one-to-one union of every Hungarian entry's matching in query-slot form:
+        ``(B, Q)`` query q or −1, ``(B, Q, 4)`` its target box, the normaliser max(union size, 1)."""
+        member, row = dense_one_to_one(torch.cat(matches) if len(matches) > 1 else matches[0], num_queries)
+        query = torch.arange(num_queries, device=member.device)
+        if tgt_boxes.shape[1]:
+            boxes = tgt_boxes.gather(1, row[..., None].expand(-1, -1, 4))
+        else:  # no targets in the batch: nothing to gather, every query outside the union
+            boxes = tgt_boxes.new_zeros(row.shape + (4,))
+        size = member.sum().to(tgt_boxes.dtype)
+        return torch.where(member, query, -1), boxes, global_count(size, self.reduce_across_ranks, 1.0)
 
     def _local(
         self,

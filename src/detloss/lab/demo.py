@@ -6,6 +6,11 @@ YOLOv8; plus a one-to-one copy of that head for YOLO26) → the chosen criterion
 AdamW with a cosine schedule → decode + :func:`.model.select_detections` (NMS), or for YOLO26 the
 one-to-one head + :func:`.model.select_topk` (no NMS) → pycocotools COCOeval.
 
+``rtdetr`` trains :class:`detloss.criteria.DETRLoss` (preset ``"rtdetr"``: Hungarian matching, VFL, L1,
+GIoU) with every cell of the three scales as one query (a one-layer, decoder-free set predictor: 84
+queries on 64-pixel images), its box refined from the cell's reference box as RT-DETR refines its
+reference points, σ(z + σ⁻¹(ref)), and decoded without NMS like YOLO26.
+
 ``obb`` trains :class:`detloss.criteria.YOLOv8OBBLoss` on rotated rectangles and ellipses
 (:func:`.data.make_rotated_shapes`, xywhr targets) with a head of ``4·reg_max + C + 1`` channels (the
 angle as the YOLOv8/11 head gives it), rotated NMS on the exact rotated IoU
@@ -33,7 +38,8 @@ from torch import Tensor
 
 from .. import codecs
 from ..boxes import convert
-from ..criteria import SSDLoss, YOLOv3Loss, YOLOv4Loss, YOLOv5Loss, YOLOv8Loss, YOLOv8OBBLoss
+from ..criteria import DETRLoss, SSDLoss, YOLOv3Loss, YOLOv4Loss, YOLOv5Loss, YOLOv8Loss, YOLOv8OBBLoss
+from ..criteria.detr import SetLossResult
 from ..criteria.end_to_end import yolo26_loss
 from .data import CLASSES, ROTATED_CLASSES, ShapesData, canonical_xywhr, make_rotated_shapes, make_shapes
 from .evaluate import coco_map, rotated_map
@@ -190,6 +196,45 @@ def _yolo26_decode(outputs: dict[str, list[Tensor]], size: int) -> tuple[Tensor,
     return _yolo26_head_decode(outputs["one2one"], size)
 
 
+# RT-DETR's class-bias prior: every class starts at probability 0.01 (its head's bias initialisation)
+_SET_PRIOR = math.log(0.01 / 0.99)
+
+
+def _set_preds(outputs: list[Tensor], size: int) -> tuple[Tensor, Tensor]:
+    """Heads ``(B, 4 + C, H, W)`` → one decoder layer of queries, every cell of every scale:
+    ``logits (B, N, C)`` (with the 0.01 prior) and ``boxes (B, N, 4)`` cxcywh normalised, each the
+    refinement σ(z + σ⁻¹(ref)) of its cell's reference box (the cell centre, 2 strides wide)."""
+    logits, boxes = [], []
+    for out, stride in zip(outputs, STRIDES, strict=True):
+        b, _, h, w = out.shape
+        flat = out.flatten(2).transpose(1, 2)  # (B, H·W, 4 + C)
+        centres = (_grid(h, w, out).reshape(-1, 2) + 0.5) * stride
+        ref = torch.cat((centres, torch.full_like(centres, 2.0 * stride)), -1) / size
+        boxes.append(torch.sigmoid(flat[..., :4] + torch.logit(ref)))
+        logits.append(flat[..., 4:] + _SET_PRIOR)
+    return torch.cat(logits, 1), torch.cat(boxes, 1)
+
+
+def _set_decode(outputs: list[Tensor], size: int) -> tuple[Tensor, Tensor]:
+    logits, boxes = _set_preds(outputs, size)
+    return convert(boxes, "cxcywh", "xyxy") * size, logits.sigmoid()
+
+
+class SetCriterion:
+    """:class:`detloss.criteria.DETRLoss` on the lab's inputs: ``preds`` = (logits, boxes) of
+    :func:`_set_preds` and targets in xyxy pixels, handed on as cxcywh normalised to [0, 1]."""
+
+    def __init__(self, criterion: DETRLoss, size: int) -> None:
+        self.criterion, self.size = criterion, size
+
+    def __call__(self, preds: tuple[Tensor, Tensor], targets: list[dict[str, Tensor]]) -> SetLossResult:
+        norm = [
+            {"boxes": convert(t["boxes"], "xyxy", "cxcywh") / self.size, "labels": t["labels"]}
+            for t in targets
+        ]
+        return self.criterion(*preds, norm)
+
+
 def _obb_preds(outputs: list[Tensor], size: int) -> list[Tensor]:
     """The YOLOv8/11 OBB head's angle: the last channel z becomes θ = (σ(z) − ¼)·π ∈ [−π/4, 3π/4), the
     range of the canonical targets (docs/obb.md); the other channels pass raw."""
@@ -246,6 +291,13 @@ CRITERIA: dict[str, CriterionSpec] = {
         _yolo26_decode,
         head_channels=lambda c: 4 + c,  # reg_max = 1: four raw distances
         one2one=True,
+        select=select_topk,
+    ),
+    "rtdetr": CriterionSpec(
+        lambda c, size, epochs: SetCriterion(DETRLoss(c, "rtdetr"), size),
+        _set_preds,
+        _set_decode,
+        head_channels=lambda c: 4 + c,
         select=select_topk,
     ),
     "ssd": CriterionSpec(

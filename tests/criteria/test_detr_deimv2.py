@@ -1,0 +1,117 @@
+"""DETRLoss(preset="deimv2") against the loop port of transformers 5.24's DEIMv2 loss
+(tests/reference/dfine.py ``loop_port_dfine(preset="deimv2")``: MAL, and the box and local terms on the
+union of the matched entries' matchings, counted and walked most frequent first). The port shares no
+code with detloss; its union is written from the description of the original's, with a stable sort."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import detloss.assign.hungarian as hungarian
+from detloss.criteria import DETRLoss
+from detloss.profiling import DispatchCounter
+from tests.criteria.test_detr_dfine import call, make
+from tests.reference.dfine import loop_port_dfine
+
+pytest.importorskip("scipy.optimize")  # detloss[detr]
+
+
+def port(inp, targets, C=3, **kw):
+    return loop_port_dfine(
+        inp["logits"].detach(),
+        inp["boxes"].detach(),
+        inp["corners"].detach(),
+        inp["reference_points"],
+        targets,
+        C,
+        enc=(inp["enc_logits"].detach(), inp["enc_boxes"].detach()),
+        dn=tuple(inp[k].detach() for k in ("dn_logits", "dn_boxes", "dn_corners", "dn_reference_points")),
+        dn_positive_idx=inp["dn_meta"]["dn_positive_idx"],
+        dn_groups=inp["dn_meta"]["dn_num_group"],
+        **kw,
+    )
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_every_entry_matches_the_loop_port(seed):
+    inp, targets = make(L=4, Q=9, seed=seed)
+    out = call(DETRLoss(3, "deimv2"), inp, targets)
+    total, entries, per_image = port(inp, targets, preset="deimv2")
+    got = {f"layer_{i}": layer for i, layer in enumerate(out.layers)} | out.entries
+    assert list(got) == list(entries)
+    for name, want in entries.items():
+        have = torch.stack(list(got[name].values()))
+        torch.testing.assert_close(have, torch.tensor(want, dtype=torch.float64), rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(out.total, torch.tensor(total, dtype=torch.float64), rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(
+        out.per_image, torch.tensor(per_image, dtype=torch.float64), rtol=1e-9, atol=1e-12
+    )
+
+
+def test_the_union_changes_the_box_terms():
+    """The union is not the entry's own matching: with it off, every matched entry's box terms are
+    D-FINE's own-matching ones (the port with MAL but no union) and differ from the union's."""
+    inp, targets = make(L=4, Q=9, seed=5)
+    dense = call(DETRLoss(3, "deimv2"), inp, targets)
+    own = call(DETRLoss(3, "deimv2", dense_one_to_one=False), inp, targets)
+    torch.testing.assert_close(dense.components["cls"], own.components["cls"], rtol=1e-12, atol=0)
+    assert abs(float(dense.components["bbox"] - own.components["bbox"])) > 1e-6
+    # denoising has fixed matches either way
+    torch.testing.assert_close(
+        torch.stack(list(dense.entries["dn_0"].values())), torch.stack(list(own.entries["dn_0"].values()))
+    )
+
+
+def test_loss_dict_keys_and_weighting():
+    L = 3
+    inp, targets = make(L=L)
+    out = call(DETRLoss(3, "deimv2"), inp, targets)
+    d = out.loss_dict()
+    five = ("loss_mal", "loss_bbox", "loss_giou", "loss_fgl", "loss_ddf")
+    want = list(five[:3])
+    want += [f"{k}_aux_{i}" for i in range(L - 1) for k in five]
+    want += [f"{k}_aux_{L - 1}" for k in five[:3]]  # the encoder
+    want += [f"{k}_dn_{i}" for i in range(L) for k in five]
+    assert list(d) == want
+    torch.testing.assert_close(sum(d.values()), out.total, rtol=1e-12, atol=1e-12)
+
+
+def test_one_round_trip_and_no_sync(monkeypatch):
+    calls = []
+    original = hungarian.to_host
+    monkeypatch.setattr(hungarian, "to_host", lambda *ts: calls.append(len(ts)) or original(*ts))
+    inp, targets = make(L=3, B=4, Q=10, counts=(2, 0, 4, 1), dtype=torch.float32, seed=9)
+    with DispatchCounter() as c:
+        call(DETRLoss(3, "deimv2", validate=False), inp, targets).total.backward()
+    assert c.syncs == 0 and len(calls) == 1, c.sync_ops
+
+
+def test_no_targets_gives_finite_zero_box_terms():
+    inp, targets = make(counts=(0, 0, 0), seed=2)
+    out = call(DETRLoss(3, "deimv2"), inp, targets)
+    assert torch.isfinite(out.total)
+    assert float(out.components["bbox"]) == 0.0 and float(out.components["fgl"]) == 0.0
+    out.total.backward()
+    assert torch.isfinite(inp["logits"].grad).all()
+
+
+def test_half_precision_close_to_float32():
+    inp, targets = make(dtype=torch.float32, seed=4)
+    ref = call(DETRLoss(3, "deimv2"), inp, targets).total
+    half = {k: (v.detach().half() if isinstance(v, torch.Tensor) else v) for k, v in inp.items()}
+    out = call(DETRLoss(3, "deimv2"), half, targets).total
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, ref.detach(), rtol=0.02, atol=0)
+
+
+def test_options_and_input_checks():
+    inp, targets = make()
+    with pytest.raises(ValueError, match="dense_one_to_one"):
+        DETRLoss(3, "dfine", dense_one_to_one=True)
+    with pytest.raises(ValueError, match="corners"):
+        call(DETRLoss(3, "deimv2"), {k: v for k, v in inp.items() if k != "corners"}, targets)
+    short = inp | {"enc_logits": inp["enc_logits"][:, :5], "enc_boxes": inp["enc_boxes"][:, :5]}
+    with pytest.raises(ValueError, match="enc_logits"):
+        call(DETRLoss(3, "deimv2"), short, targets)
+    call(DETRLoss(3, "deimv2", dense_one_to_one=False), short, targets)  # no union: any Q_e
