@@ -372,7 +372,7 @@ def main():
     ap.add_argument("--half", action="store_true", help="only float16 / bfloat16 against float32")
     ap.add_argument("--batch", type=int, default=8, help="--speed's B")
     ap.add_argument("--half-batch", type=int, default=4, help="--half's B")
-    ap.add_argument("--families", default="", help="--speed: comma-separated subset of rtdetr,dfine,deimv2,lwdetr")
+    ap.add_argument("--families", default="", help="--speed, --half: a comma-separated subset of detr,deformable (--half),rtdetr,dfine,deimv2,lwdetr")
     ap.add_argument("--profile", action="store_true", help="--speed: torch.profiler table of detloss")
     ap.add_argument("--verbose", action="store_true", help="--speed: sync ops and min/max times")
     ap.add_argument("--skip-deimv2", action="store_true", help="leave out DEIMv2")
@@ -935,11 +935,13 @@ def _cast(tensors, dtype):
     return {k: v.detach().to(dtype).requires_grad_(v.requires_grad) for k, v in tensors.items()}
 
 
-def half_families(B, C=80, n=20, L=6, Q=300, seed=0):
+def half_families(B, C=80, n=20, L=6, Q=300, seed=0, which=None):
     """--half's cases: the "detr" and "deformable" presets (decoder layers only), and the model-shaped
-    RT-DETR, D-FINE and LW-DETR (L = 3) losses of :func:`families`."""
+    RT-DETR, D-FINE, DEIMv2 and LW-DETR (L = 3) losses of :func:`families`."""
     out = {}
     for preset in ("detr", "deformable"):
+        if which and preset not in which:
+            continue
         lg, bx, tg = make_inputs(preset, L, B, Q, C, n, torch.float32, seed)
         ref_fn = reference(preset, C, L)
         out[preset] = (
@@ -949,7 +951,7 @@ def half_families(B, C=80, n=20, L=6, Q=300, seed=0):
             lambda crit, t, _tg=tg: crit(t["logits"], t["boxes"], _tg),
             lambda t, _r=ref_fn, _tg=tg: _r(t["logits"], t["boxes"], _tg)[0],
         )
-    out.update(families(B, C, n, L, Q, lw_layers=(3,), seed=seed))
+    out.update(families(B, C, n, L, Q, lw_layers=(3,), seed=seed, which=which))
     return out
 
 
@@ -1037,7 +1039,8 @@ def run_half(args):
         "asserted 0, at the host)"
     )
     print(f"{'case':<14}{'inputs':<11}{'dtype':<10}{'detloss rel':>12}{'grad ok':>8}  {'transformers':<62}cdist upcast")
-    for name, (_, preset, tensors, ours, ref) in half_families(B).items():
+    which = args.families.split(",") if args.families else None
+    for name, (_, preset, tensors, ours, ref) in half_families(B, which=which).items():
         crit = DETRLoss(80, preset)
         for kind in ("random", "saturated"):
             ins = tensors if kind == "random" else _saturate(tensors)
