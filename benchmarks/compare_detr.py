@@ -225,9 +225,10 @@ def speed(preset, L, B, Q, C, n, repeats):
 def make_step(B, L=6, Q=300, C=80, n=20, dtype=torch.float64, seed=0, num_denoising=100, full=False):
     """Model-shaped outputs of an RT-DETR training step: ``outputs_class`` ``(B, L, Q_dn + Q, C)`` and
     ``outputs_coord`` (denoising queries first, as the decoder emits them), the encoder's top-k
-    ``(B, Q, ·)``, targets with n boxes per image (the last image n // 2 unless ``full``), and ``denoising_meta_values``
-    as ``get_contrastive_denoising_training_group`` builds it: G = num_denoising // max n groups of
-    2·max n queries, positives first, so ``dn_positive_idx[b] = [2·M·g + j for g, j < n_b]``."""
+    ``(B, Q, ·)``, targets with n boxes per image (the last image n // 2 unless ``full``), and
+    ``denoising_meta_values`` as ``get_contrastive_denoising_training_group`` builds it:
+    G = num_denoising // max n groups of 2·max n queries, positives first, so
+    ``dn_positive_idx[b] = [2·M·g + j for g, j < n_b]``."""
     g = torch.Generator().manual_seed(seed)
     counts = [n] * B
     if not full:
@@ -372,7 +373,11 @@ def main():
     ap.add_argument("--half", action="store_true", help="only float16 / bfloat16 against float32")
     ap.add_argument("--batch", type=int, default=8, help="--speed's B")
     ap.add_argument("--half-batch", type=int, default=4, help="--half's B")
-    ap.add_argument("--families", default="", help="--speed, --half: a comma-separated subset of detr,deformable (--half),rtdetr,dfine,deimv2,lwdetr")
+    ap.add_argument(
+        "--families",
+        default="",
+        help="--speed, --half: comma-separated, of rtdetr,dfine,deimv2,lwdetr (and detr,deformable: --half)",
+    )
     ap.add_argument("--profile", action="store_true", help="--speed: torch.profiler table of detloss")
     ap.add_argument("--verbose", action="store_true", help="--speed: sync ops and min/max times")
     ap.add_argument("--skip-deimv2", action="store_true", help="leave out DEIMv2")
@@ -828,51 +833,53 @@ def run_speed(args):
         f"{'ops':>6}{'transf.':>8}{'syncs':>7}{'nv':>5}{'transf.':>8}"
     )
     print(head)
-    rows = []
-    for name, (shape, preset, tensors, ours, ref) in fams.items():
-        crit_v, crit_nv = DETRLoss(80, preset), DETRLoss(80, preset, validate=False)
-        grads = _grad_inputs(tensors)
-        fns = {
-            "detloss": lambda: torch.autograd.grad(ours(crit_v, tensors).total, grads),
-            "nv": lambda: torch.autograd.grad(ours(crit_nv, tensors).total, grads),
-            "transformers": lambda: torch.autograd.grad(ref(tensors), grads),
-        }
-        for f in fns.values():
-            f()  # warm-up
-        times = {k: [] for k in fns}
-        cpu = {k: [] for k in fns}
-        for _ in range(args.repeats):
-            for k, f in fns.items():
-                c0, t0 = time.process_time(), time.perf_counter()
-                f()
-                times[k].append(time.perf_counter() - t0)
-                cpu[k].append(time.process_time() - c0)
-        med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
-        med_cpu = {k: statistics.median(v) * 1e3 for k, v in cpu.items()}
-        c_v = _count_sync(lambda: ours(crit_v, tensors).total)
-        c_nv = _count_sync(lambda: ours(crit_nv, tensors).total)
-        c_r = _count_sync(lambda: ref(tensors))
-        t = med["transformers"]
-        print(
-            f"{name:<14}{shape:<50}{med['detloss']:>9.1f}{med['nv']:>9.1f}{t:>10.1f}"
-            f"{t / med['detloss']:>6.1f}x{t / med['nv']:>6.1f}x{c_nv[0]:>6}{c_r[0]:>8}"
-            f"{f'{c_v[1]}+{c_v[2]}':>7}{f'{c_nv[1]}+{c_nv[2]}':>5}{c_r[1]:>8}",
-            flush=True,
-        )
-        t = med_cpu["transformers"]
-        print(
-            f"{'  CPU time':<64}{med_cpu['detloss']:>9.1f}{med_cpu['nv']:>9.1f}{t:>10.1f}"
-            f"{t / med_cpu['detloss']:>6.1f}x{t / med_cpu['nv']:>6.1f}x",
-            flush=True,
-        )
-        rows.append((name, med, med_cpu, c_v, c_nv, c_r))
-        if args.verbose:
-            print(f"    transformers' syncs by op: {dict(c_r[3])}; detloss (validate=True): {dict(c_v[3])}")
-            spread = {k: (min(v) * 1e3, max(v) * 1e3) for k, v in times.items()}
-            print("    min / max ms: " + ", ".join(f"{k} {a:.0f}/{b:.0f}" for k, (a, b) in spread.items()))
-        if args.profile:
-            profile_family(name, lambda: ours(crit_nv, tensors).total)
-    return rows
+    return [speed_family(args, name, *fam) for name, fam in fams.items()]
+
+
+def speed_family(args, name, shape, preset, tensors, ours, ref):
+    """One row of :func:`run_speed`."""
+    crit_v, crit_nv = DETRLoss(80, preset), DETRLoss(80, preset, validate=False)
+    grads = _grad_inputs(tensors)
+    fns = {
+        "detloss": lambda: torch.autograd.grad(ours(crit_v, tensors).total, grads),
+        "nv": lambda: torch.autograd.grad(ours(crit_nv, tensors).total, grads),
+        "transformers": lambda: torch.autograd.grad(ref(tensors), grads),
+    }
+    for f in fns.values():
+        f()  # warm-up
+    times = {k: [] for k in fns}
+    cpu = {k: [] for k in fns}
+    for _ in range(args.repeats):
+        for k, f in fns.items():
+            c0, t0 = time.process_time(), time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - t0)
+            cpu[k].append(time.process_time() - c0)
+    med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+    med_cpu = {k: statistics.median(v) * 1e3 for k, v in cpu.items()}
+    c_v = _count_sync(lambda: ours(crit_v, tensors).total)
+    c_nv = _count_sync(lambda: ours(crit_nv, tensors).total)
+    c_r = _count_sync(lambda: ref(tensors))
+    t = med["transformers"]
+    print(
+        f"{name:<14}{shape:<50}{med['detloss']:>9.1f}{med['nv']:>9.1f}{t:>10.1f}"
+        f"{t / med['detloss']:>6.1f}x{t / med['nv']:>6.1f}x{c_nv[0]:>6}{c_r[0]:>8}"
+        f"{f'{c_v[1]}+{c_v[2]}':>7}{f'{c_nv[1]}+{c_nv[2]}':>5}{c_r[1]:>8}",
+        flush=True,
+    )
+    t = med_cpu["transformers"]
+    print(
+        f"{'  CPU time':<64}{med_cpu['detloss']:>9.1f}{med_cpu['nv']:>9.1f}{t:>10.1f}"
+        f"{t / med_cpu['detloss']:>6.1f}x{t / med_cpu['nv']:>6.1f}x",
+        flush=True,
+    )
+    if args.verbose:
+        print(f"    transformers' syncs by op: {dict(c_r[3])}; detloss (validate=True): {dict(c_v[3])}")
+        spread = {k: (min(v) * 1e3, max(v) * 1e3) for k, v in times.items()}
+        print("    min / max ms: " + ", ".join(f"{k} {a:.0f}/{b:.0f}" for k, (a, b) in spread.items()))
+    if args.profile:
+        profile_family(name, lambda: ours(crit_nv, tensors).total)
+    return name, med, med_cpu, c_v, c_nv, c_r
 
 
 def profile_family(name, fn, top=14):
@@ -1038,7 +1045,10 @@ def run_half(args):
         "costs: entries of the matching cost that were NaN or inf before the matcher cleaned them (detloss: "
         "asserted 0, at the host)"
     )
-    print(f"{'case':<14}{'inputs':<11}{'dtype':<10}{'detloss rel':>12}{'grad ok':>8}  {'transformers':<62}cdist upcast")
+    print(
+        f"{'case':<14}{'inputs':<11}{'dtype':<10}{'detloss rel':>12}{'grad ok':>8}  {'transformers':<62}"
+        "cdist upcast"
+    )
     which = args.families.split(",") if args.families else None
     for name, (_, preset, tensors, ours, ref) in half_families(B, which=which).items():
         crit = DETRLoss(80, preset)
