@@ -37,6 +37,19 @@ matching, 2 threads, medians over interleaved rounds. Ops and syncs:
 :class:`detloss.profiling.DispatchCounter` over one forward + backward; host transfers = calls of
 the matcher's device → host copy
 (detloss: ``detloss.assign.hungarian.to_host``; transformers: one ``.cpu()`` per layer's matcher call).
+
+Two modes replace the above:
+
+- ``--speed [--threads T] [--repeats 5] [--verbose] [--profile] [--families rtdetr,dfine,deimv2,lwdetr]``:
+  one table of the model-shaped training losses at B = ``--batch`` (8): RT-DETR, D-FINE, DEIMv2
+  (L = 6, Q = 300, encoder entry, 5 denoising groups of 2·20 queries) and LW-DETR (13 × 300 queries,
+  L = 3 and 6), 80 classes, 20 targets in every image; forward + backward of detloss (validate True
+  and False) and of transformers' loss function, interleaved, medians of wall-clock and process CPU
+  time, ratio, aten ops and syncs of both (:func:`families`, :func:`speed_family`); ``--profile``:
+  where detloss's CPU time goes (:func:`profile_family`).
+- ``--half [--half-batch 4]``: float16 / bfloat16 model outputs of every preset against the float32
+  result, random and saturated (:func:`_saturate`), detloss's non-finite matching costs asserted to be
+  0; transformers on the same half tensors, as given and with its ``cdist`` in float32.
 """
 
 from __future__ import annotations
