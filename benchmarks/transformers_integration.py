@@ -3,18 +3,27 @@
     HF_HUB_OFFLINE=1 PYTHONPATH=src <side-venv>/bin/python benchmarks/transformers_integration.py
 
 transformers (Apache-2.0) is a peer here, never a dependency: this script runs only where it is
-installed (the side venv). For DETR, Deformable DETR, RT-DETR and RT-DETR v2, a small config (a tiny
-ResNet backbone, 3 decoder layers, 10 queries, 5 classes; RT-DETR with denoising) with random weights,
-in training mode: a forward with labels and a backward with the model's built-in loss, then the same
-(same seed, same inputs) after ``use_detloss(model)``. Values: float64 (the model cast), max relative
-error of the total, of every loss-dictionary key (same key set required) and of every parameter's
-gradient (max |Δ| over all parameters / max |g| over all parameters; and per parameter, the worst,
-over the parameters whose gradient is not zero up to roundoff: > 1e-10 · the largest, which leaves out
-the attention key biases, mathematically 0, ~1e-21 from either loss). Speed: float32, the loss function alone
-(forward + backward on the model's own outputs, captured from a training step), median ms over
-interleaved rounds, 2 threads; aten ops and host syncs (:class:`detloss.profiling.DispatchCounter`),
-and matcher host transfers (detloss: calls of ``detloss.assign.hungarian.to_host``; transformers:
-calls of its matcher, one ``.cpu()`` of the cost each).
+installed (the side venv). Small models with random weights, in training mode: for DETR, Deformable
+DETR, RT-DETR, RT-DETR v2, D-FINE and DEIMv2 a tiny ResNet backbone, 3 decoder layers, 10 queries, 5
+classes (RT-DETR, D-FINE and DEIMv2 with denoising); for LW-DETR and RF-DETR a tiny ViT / DINOv2
+backbone, 3 decoder layers and 3 query groups of 10 queries. A forward with labels and a backward with
+the model's built-in loss, then the same (same seed, same inputs) after ``use_detloss(model)``.
+
+Values: float64 (the model cast), max relative error of the total, of every loss-dictionary key (same
+key set required) and of every parameter's gradient (max |Δ| over all parameters / max |g| over all
+parameters; and per parameter, the worst, over the parameters whose gradient is not zero up to
+roundoff: > 1e-10 · the largest, which leaves out the attention key biases, mathematically 0, ~1e-21
+from either loss; in float32 > 1e-5 · the largest). transformers' D-FINE loss (and DEIMv2's, which
+extends it) fails for float64 inputs (``translate_gt`` writes float64 values into float32 tensors), so
+for their float64 rows its ``translate_gt`` gets its inputs rounded to float32 (as
+benchmarks/compare_detr.py does; the FGL targets then carry that rounding, ≈ 1e-8), and the rows
+``dfine f32`` and ``deimv2 f32`` compare the unpatched losses in float32.
+
+Speed: float32, the loss function alone (forward + backward on the model's own outputs, captured from
+a training step), median ms over interleaved rounds, 2 threads; aten ops and host syncs
+(:class:`detloss.profiling.DispatchCounter`), and matcher host transfers (detloss: calls of
+``detloss.assign.hungarian.to_host``; transformers: calls of its matcher, one ``.cpu()`` of the cost
+each).
 """
 
 from __future__ import annotations
@@ -34,12 +43,29 @@ from detloss.profiling import DispatchCounter  # noqa: E402
 
 try:
     import transformers as T
-    from transformers.loss import loss_deformable_detr, loss_for_object_detection, loss_rt_detr
+    from transformers.loss import (
+        loss_d_fine,
+        loss_deformable_detr,
+        loss_for_object_detection,
+        loss_lw_detr,
+        loss_rt_detr,
+    )
 except ImportError as err:  # a peer that is not installed is reported, not silently dropped
     print(f"transformers not available ({err}): nothing to compare")
     sys.exit(0)
 
 B, SIZE, C = 2, 64, 5
+_TRANSLATE_GT = loss_d_fine.translate_gt
+
+
+def float32_translate_gt(on: bool) -> None:
+    """transformers' D-FINE ``translate_gt`` with its distances (and ``up``) rounded to float32, so
+    that the float64 model runs (off: the original)."""
+    loss_d_fine.translate_gt = (
+        (lambda gt, bins, scale, up: _TRANSLATE_GT(gt.float(), bins, scale, up.float()))
+        if on
+        else _TRANSLATE_GT
+    )
 
 
 def backbone() -> T.ResNetConfig:
@@ -49,9 +75,28 @@ def backbone() -> T.ResNetConfig:
     )  # fmt: skip
 
 
+def build_lw(name: str):
+    """LW-DETR or RF-DETR: a tiny ViT / DINOv2 backbone, 3 decoder layers, 3 query groups of 10."""
+    small = dict(
+        num_labels=C, d_model=32, decoder_ffn_dim=32, decoder_layers=3, decoder_self_attention_heads=2,
+        decoder_cross_attention_heads=2, decoder_n_points=2, num_queries=10, group_detr=3,
+    )  # fmt: skip
+    vit = dict(image_size=SIZE, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, patch_size=8)
+    if name == "lwdetr":
+        backbone = T.LwDetrViTConfig(window_block_indices=[0], out_indices=[1, 2], num_windows=4, **vit)
+        config = T.LwDetrConfig(
+            backbone_config=backbone, projector_scale_factors=[1.0], c2f_num_blocks=1, **small
+        )
+        return T.LwDetrForObjectDetection(config)
+    backbone = T.RfDetrDinov2Config(out_indices=[1, 2], num_windows=2, **vit)
+    return T.RfDetrForObjectDetection(T.RfDetrConfig(backbone_config=backbone, intermediate_size=32, **small))
+
+
 def build(name: str):
     """A randomly initialised model (seed 0) of family ``name``."""
     torch.manual_seed(0)
+    if name in ("lwdetr", "rfdetr"):
+        return build_lw(name)
     small = {"num_labels": C, "d_model": 32, "encoder_layers": 1, "decoder_layers": 3, "num_queries": 10}
     small.update(encoder_ffn_dim=32, decoder_ffn_dim=32, backbone_config=backbone())
     if name == "detr":
@@ -64,13 +109,20 @@ def build(name: str):
             auxiliary_loss=True, encoder_n_points=2, decoder_n_points=2, **heads, **small
         )
         return T.DeformableDetrForObjectDetection(config)
+    rt = dict(encoder_hidden_dim=32, decoder_in_channels=[32] * 3, num_denoising=12, **small)
+    if name in ("dfine", "deimv2"):
+        heads = {"encoder_attention_heads": 2, "decoder_attention_heads": 2}
+        config_cls, model_cls = {
+            "dfine": (T.DFineConfig, T.DFineForObjectDetection),
+            "deimv2": (T.Deimv2Config, T.Deimv2ForObjectDetection),
+        }[name]
+        local = dict(encoder_in_channels=[16] * 3, max_num_bins=8, lqe_hidden_dim=8, decoder_n_points=2)
+        return model_cls(config_cls(**local, **heads, **rt))
     config_cls, model_cls = {
         "rtdetr": (T.RTDetrConfig, T.RTDetrForObjectDetection),
         "rtdetr_v2": (T.RTDetrV2Config, T.RTDetrV2ForObjectDetection),
     }[name]
-    return model_cls(
-        config_cls(encoder_hidden_dim=32, decoder_in_channels=[32] * 3, num_denoising=12, **small)
-    )
+    return model_cls(config_cls(**rt))
 
 
 def inputs(dtype: torch.dtype, seed: int = 1):
@@ -104,29 +156,30 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max().clamp(min=1e-300))
 
 
-def agreement(name: str) -> dict[str, object]:
-    model = build(name).train().to(torch.float64)
-    pixels, labels = inputs(torch.float64)
-    torch.set_default_dtype(torch.float64)  # the built-ins make their class weights in the default dtype
+def agreement(name: str, dtype: torch.dtype = torch.float64) -> dict[str, object]:
+    model = build(name).train().to(dtype)
+    pixels, labels = inputs(dtype)
+    torch.set_default_dtype(dtype)  # the built-ins make their class weights in the default dtype
+    float32_translate_gt(dtype == torch.float64)
     try:
         total_ref, dict_ref, grads_ref = step(model, pixels, labels)
         use_detloss(model)
         total, d, grads = step(model, pixels, labels)
     finally:
         torch.set_default_dtype(torch.float32)
+        float32_translate_gt(False)
     if set(d) != set(dict_ref):
         raise AssertionError(f"{name}: keys differ: {sorted(set(d) ^ set(dict_ref))}")
     if set(grads) != set(grads_ref):
         raise AssertionError(f"{name}: different parameters have gradients")
     top = max(float(g.abs().max()) for g in grads_ref.values())
+    zero = 1e-10 if dtype == torch.float64 else 1e-5  # roundoff-zero gradients: below ~100 ulp of the top
     return {
         "keys": len(d),
         "total": rel(total, total_ref),
         "every key": max(rel(d[k], dict_ref[k]) for k in d),
         "gradients": max(float((grads[k] - grads_ref[k]).abs().max()) for k in grads) / top,
-        "per param": max(
-            rel(grads[k], grads_ref[k]) for k in grads if grads_ref[k].abs().max() > 1e-10 * top
-        ),
+        "per param": max(rel(grads[k], grads_ref[k]) for k in grads if grads_ref[k].abs().max() > zero * top),
         "params": len(grads),
     }
 
@@ -158,7 +211,8 @@ def captured_call(name: str):
 MATCHERS = (
     loss_for_object_detection.HungarianMatcher,
     loss_deformable_detr.DeformableDetrHungarianMatcher,
-    loss_rt_detr.RTDetrHungarianMatcher,
+    loss_rt_detr.RTDetrHungarianMatcher,  # RT-DETR's, D-FINE's and DEIMv2's
+    loss_lw_detr.LwDetrHungarianMatcher,  # LW-DETR's and RF-DETR's
 )
 
 
@@ -211,18 +265,20 @@ def speed(name: str, repeats: int = 15):
 def main() -> None:
     torch.set_num_threads(2)
     print(f"torch {torch.__version__}, transformers {T.__version__}, {torch.get_num_threads()} threads")
-    names = ("detr", "deformable", "rtdetr", "rtdetr_v2")
+    names = ("detr", "deformable", "rtdetr", "rtdetr_v2", "dfine", "deimv2", "lwdetr", "rfdetr")
     print(
-        f"\nagreement, float64, B={B}, {SIZE}x{SIZE}, 3 decoder layers, 10 queries, {C} classes (max rel err)"
+        f"\nagreement, float64, B={B}, {SIZE}x{SIZE}, 3 decoder layers, 10 queries (LW-DETR, RF-DETR: "
+        f"3 groups of 10), {C} classes (max rel err)"
     )
     print(
         f"{'model':<12}{'keys':>6}{'total':>11}{'every key':>11}{'gradients':>11}{'per param':>11}"
         f"{'params':>8}"
     )
-    for name in names:
-        a = agreement(name)
+    rows = [(n, torch.float64) for n in names] + [(f"{n} f32", torch.float32) for n in ("dfine", "deimv2")]
+    for label, dtype in rows:
+        a = agreement(label.split()[0], dtype)
         print(
-            f"{name:<12}{a['keys']:>6}{a['total']:>11.1e}{a['every key']:>11.1e}{a['gradients']:>11.1e}"
+            f"{label:<12}{a['keys']:>6}{a['total']:>11.1e}{a['every key']:>11.1e}{a['gradients']:>11.1e}"
             f"{a['per param']:>11.1e}"
             f"{a['params']:>8}"
         )

@@ -190,7 +190,7 @@ def test_rtdetr_queries_start_at_their_reference_boxes():
     logits, boxes = D._set_preds(outputs, 64)
     assert logits.shape == (1, 84, 3) and boxes.shape == (1, 84, 4)
     torch.testing.assert_close(logits.sigmoid(), torch.full_like(logits, 0.01))
-    torch.testing.assert_close(boxes[0, 0], torch.tensor([4.0, 4.0, 16.0, 16.0]) / 64)  # stride 8, cell (0, 0)
+    torch.testing.assert_close(boxes[0, 0], torch.tensor([4.0, 4.0, 16.0, 16.0]) / 64)  # stride 8, (0, 0)
     torch.testing.assert_close(boxes[0, 9], torch.tensor([12.0, 12.0, 16.0, 16.0]) / 64)  # cell (1, 1)
     torch.testing.assert_close(boxes[0, 64], torch.tensor([8.0, 8.0, 32.0, 32.0]) / 64)  # stride 16
     det_boxes, scores = D._set_decode(outputs, 64)

@@ -12,7 +12,6 @@ everything else is one graph over entries and images.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -39,7 +38,7 @@ from ..iou import compute_dtype, iou_xyxy
 from ..kernels import iou_forward
 from ..losses import ia_bce_loss, mal_loss, sigmoid_focal_loss
 from .dfine import ddf_loss, fgl_loss
-from .result import LossResult
+from .set_result import SetLossResult
 
 Preset = Literal["detr", "deformable", "rtdetr", "lwdetr", "dfine", "deimv2"]
 
@@ -65,75 +64,10 @@ _LWDETR_GROUPS = 13
 _TINY = torch.finfo(torch.float32).tiny
 
 
-# the class term's key in transformers' loss dictionary, per preset
-_CLASS_KEY = {
-    "detr": "loss_ce",
-    "deformable": "loss_ce",
-    "rtdetr": "loss_vfl",
-    "lwdetr": "loss_ce",
-    "dfine": "loss_vfl",
-    "deimv2": "loss_mal",
-}
 # the presets with D-FINE's local terms (FGL, DDF) and its inputs (corners, reference points)
 _LOCAL = ("dfine", "deimv2")
 _TERMS = ("cls", "bbox", "giou")
 _DFINE_TERMS = _TERMS + ("fgl", "ddf")
-
-
-@dataclass
-class SetLossResult(LossResult):
-    """:class:`LossResult` plus the per-entry terms.
-
-    Attributes:
-        layers: per decoder layer, ``{"cls", "bbox", "giou"}`` (gains applied), in input layer order.
-        entries: the other entries, by name, in the same form: ``"enc"`` (encoder proposals) and
-            ``"dn_0"`` … ``"dn_{L_dn−1}"`` (denoising groups of each decoder layer), those given.
-        preset: the criterion's preset (names the keys of :meth:`loss_dict`).
-        unweighted: ``(E, 3)`` the same terms without the gains, rows in the order layers, ``entries``.
-
-    ``components`` are the sums over every layer and entry; ``total`` their sum.
-    """
-
-    layers: list[dict[str, Tensor]] = field(default_factory=list)
-    entries: dict[str, dict[str, Tensor]] = field(default_factory=dict)
-    preset: str = "detr"
-    unweighted: Tensor | None = field(default=None, repr=False)
-
-    def loss_dict(self) -> dict[str, Tensor]:
-        """The terms under transformers 5.24's loss-dictionary keys, in its order.
-
-        The last layer is unsuffixed (``loss_vfl``/``loss_ce``, ``loss_bbox``, ``loss_giou``), then:
-
-        - ``"rtdetr"`` (``RTDetrLoss``: weighted by ``weight_dict``, as ``components``): layer i < L − 1
-          ``…_aux_{i}``, the encoder ``…_aux_{L−1}`` (transformers appends it to the auxiliary
-          outputs), denoising layer i ``…_dn_{i}``; ``sum(d.values()) == total``.
-        - ``"detr"``, ``"deformable"``, ``"lwdetr"`` (``ForObjectDetectionLoss``,
-          ``DeformableDetrForObjectDetectionLoss``, ``LwDetrForObjectDetectionLoss``: unweighted,
-          transformers applies ``weight_dict`` outside the dictionary): layer i < L − 1 ``…_{i}``, the
-          encoder ``…_enc`` (LW-DETR's key; DETR and Deformable have none), ``…_dn_{i}``.
-          ``cardinality_error`` (a gradient-free count) is not computed.
-        """
-        weighted = self.preset in ("rtdetr",) + _LOCAL
-        keys = (_CLASS_KEY[self.preset], "loss_bbox", "loss_giou", "loss_fgl", "loss_ddf")
-        num_layers = len(self.layers)
-        names = [f"layer_{i}" for i in range(num_layers)] + list(self.entries)
-        rows = self.layers + list(self.entries.values())
-        raw = self.unweighted.unbind() if self.unweighted is not None and not weighted else None
-        suffix = {f"layer_{num_layers - 1}": ""}
-        aux = "_aux_" if weighted else "_"
-        suffix.update({f"layer_{i}": f"{aux}{i}" for i in range(num_layers - 1)})
-        suffix["enc"] = f"_aux_{num_layers - 1}" if weighted else "_enc"
-        out: dict[str, Tensor] = {}
-        order = [names[num_layers - 1]] + names[: num_layers - 1] + names[num_layers:]  # main first
-        # D-FINE: the main output and the encoder have no corners, so no FGL/DDF keys
-        plain = {names[num_layers - 1], "enc"}
-        for name in order:
-            e = names.index(name)
-            values = list(rows[e].values() if raw is None else raw[e].unbind())
-            values = values[:3] if name in plain else values
-            for key, value in zip(keys, values, strict=False):
-                out[key + suffix.get(name, f"_{name}")] = value
-        return out
 
 
 class DETRLoss(nn.Module):

@@ -11,14 +11,19 @@ One call::
 ``use_detloss`` sets ``model.loss_function`` (what the model's ``forward`` calls when it is given
 ``labels``) to a :class:`DetrLossFunction`: the same signature and return value as transformers 5.24's
 own loss functions, ``(loss, loss_dict, auxiliary_outputs)``, with the same values: the weighted total,
-the per-term dictionary under the same keys (unweighted, with ``cardinality_error``, for DETR and
-Deformable DETR; weighted for the RT-DETR family) and the same auxiliary outputs. The matching costs,
-gains and focal parameters are read from the config the model passes at each call.
+the per-term dictionary under the same keys (unweighted, with ``cardinality_error``, for DETR,
+Deformable DETR, LW-DETR and RF-DETR; weighted for the RT-DETR family, D-FINE and DEIMv2) and the same
+auxiliary outputs. The matching costs, gains and focal parameters are read from the config the model
+passes at each call.
 
 Models (by class name): ``DetrForObjectDetection`` (preset ``"detr"``),
 ``DeformableDetrForObjectDetection`` (``"deformable"``), ``RTDetrForObjectDetection`` and
 ``RTDetrV2ForObjectDetection`` (``"rtdetr"``: decoder layers, encoder proposals and, in training, the
-contrastive denoising groups).
+contrastive denoising groups), ``DFineForObjectDetection`` (``"dfine"``: RT-DETR's entries plus the
+FGL and DDF terms of the decoder's corner distributions), ``Deimv2ForObjectDetection``
+(``"deimv2"``: D-FINE's entries with MAL and the dense one-to-one union), ``LwDetrForObjectDetection`` and
+``RfDetrForObjectDetection`` (``"lwdetr"``: transformers computes RF-DETR's detection loss with
+LW-DETR's function; the query groups, IA-BCE and the encoder proposals).
 
 transformers (Apache-2.0) is never a dependency of detloss: this module does not import it.
 """
@@ -41,15 +46,15 @@ _PRESETS: dict[str, Preset] = {
     "DeformableDetrForObjectDetection": "deformable",
     "RTDetrForObjectDetection": "rtdetr",
     "RTDetrV2ForObjectDetection": "rtdetr",
+    "DFineForObjectDetection": "dfine",
+    "LwDetrForObjectDetection": "lwdetr",
+    "RfDetrForObjectDetection": "lwdetr",  # transformers maps it to LwDetrForObjectDetectionLoss
+    "Deimv2ForObjectDetection": "deimv2",
 }
 
-#: DETR-family models whose loss has no detloss preset yet.
-_NOT_YET = (
-    "DFineForObjectDetection",
-    "Deimv2ForObjectDetection",
-    "LwDetrForObjectDetection",
-    "RfDetrForObjectDetection",
-)
+#: DETR-family models whose loss has no detloss preset yet (RF-DETR's segmentation model adds
+#: mask costs and mask losses).
+_NOT_YET = ("RfDetrForInstanceSegmentation",)
 
 
 def preset_for(model: Any) -> Preset:
@@ -57,7 +62,7 @@ def preset_for(model: Any) -> Preset:
     name (or a base class's, so subclasses keep their family).
 
     Raises:
-        NotImplementedError: a DETR-family model (D-FINE, DEIMv2, LW-DETR, RF-DETR) whose preset does
+        NotImplementedError: a DETR-family model (RF-DETR's instance segmentation) whose preset does
             not exist yet.
         TypeError: any other model.
     """
@@ -74,11 +79,69 @@ def preset_for(model: Any) -> Preset:
     )
 
 
+_COSTS = {"class_cost": "class_cost", "bbox_cost": "bbox_cost", "giou_cost": "giou_cost"}
+_RTDETR_FIELDS = {
+    "class_cost": "matcher_class_cost",
+    "bbox_cost": "matcher_bbox_cost",
+    "giou_cost": "matcher_giou_cost",
+    "cost_alpha": "matcher_alpha",
+    "cost_gamma": "matcher_gamma",
+    "cls": "weight_loss_vfl",
+    "bbox": "weight_loss_bbox",
+    "giou": "weight_loss_giou",
+    "focal_alpha": "focal_loss_alpha",
+    "focal_gamma": "focal_loss_gamma",
+}
+#: per preset, each :class:`~detloss.criteria.DETRLoss` argument ← the config field transformers' loss
+#: reads for it (the arguments not listed are fixed in transformers: ``_FIXED``, or DETRLoss's defaults,
+#: which are transformers' constants: the matcher's α = 0.25, γ = 2 and the class loss's γ = 2 of
+#: DETR, Deformable DETR and LW-DETR)
+_CONFIG_FIELDS: dict[str, dict[str, str]] = {
+    "detr": _COSTS
+    | {"bbox": "bbox_loss_coefficient", "giou": "giou_loss_coefficient", "eos_coef": "eos_coefficient"},
+    "deformable": _COSTS
+    | {"bbox": "bbox_loss_coefficient", "giou": "giou_loss_coefficient", "focal_alpha": "focal_alpha"},
+    "rtdetr": _RTDETR_FIELDS,
+    "dfine": _RTDETR_FIELDS
+    | {"fgl": "weight_loss_fgl", "ddf": "weight_loss_ddf", "up": "up", "reg_scale": "reg_scale"},
+    "deimv2": {k: v for k, v in _RTDETR_FIELDS.items() if k not in ("cls", "focal_alpha")}
+    | {
+        "cls": "weight_loss_mal",
+        "focal_alpha": "mal_alpha",  # None: MAL without α, α = 1
+        "fgl": "weight_loss_fgl",
+        "ddf": "weight_loss_ddf",
+        "up": "up",
+        "reg_scale": "reg_scale",
+        "dense_one_to_one": "use_dense_one_to_one",
+    },
+    "lwdetr": _COSTS
+    | {
+        "cls": "class_loss_coefficient",
+        "bbox": "bbox_loss_coefficient",
+        "giou": "giou_loss_coefficient",
+        "focal_alpha": "focal_alpha",
+        "group_detr": "group_detr",
+    },
+}
+#: transformers' fixed values: DETR's and Deformable DETR's ``loss_ce`` weight 1
+_FIXED: dict[str, dict[str, float]] = {"detr": {"cls": 1.0}, "deformable": {"cls": 1.0}}
+
+
+def _config_value(config: Any, field: str, preset: str) -> Any:
+    try:
+        return getattr(config, field)
+    except AttributeError:
+        raise AttributeError(
+            f"config ({type(config).__name__}) has no {field!r}, which transformers' loss of preset "
+            f"{preset!r} reads"
+        ) from None
+
+
 def criterion_from_config(
     config: Any, preset: Preset, *, validate: bool = True, reduce_across_ranks: bool = False
 ) -> DETRLoss:
     """The :class:`~detloss.criteria.DETRLoss` that computes transformers' loss of ``preset`` for a
-    model with this config.
+    model with this config (``num_labels`` classes).
 
     - ``"detr"``, ``"deformable"``: matching costs ``class_cost``, ``bbox_cost``, ``giou_cost``; gains
       1 (transformers' fixed ``loss_ce`` weight), ``bbox_loss_coefficient``, ``giou_loss_coefficient``;
@@ -86,43 +149,38 @@ def criterion_from_config(
     - ``"rtdetr"``: ``matcher_class_cost``, ``matcher_bbox_cost``, ``matcher_giou_cost``,
       ``matcher_alpha``, ``matcher_gamma``; gains ``weight_loss_vfl``, ``weight_loss_bbox``,
       ``weight_loss_giou``; ``focal_loss_alpha``, ``focal_loss_gamma``. Needs ``use_focal_loss``.
+    - ``"dfine"``: ``"rtdetr"``'s fields plus the gains ``weight_loss_fgl``, ``weight_loss_ddf`` and
+      the bin parameters ``up`` and ``reg_scale`` (transformers' ``DFineLoss`` reads both from the
+      config, not from the decoder's ``up`` parameter); ``max_num_bins`` is checked against the
+      corners at each call. Needs ``use_focal_loss``.
+    - ``"deimv2"``: ``"dfine"``'s fields with the class gain ``weight_loss_mal`` and MAL's α
+      ``mal_alpha`` (None, transformers' default: no α, i.e. 1) instead of ``weight_loss_vfl`` and
+      ``focal_loss_alpha`` (MAL's γ is ``focal_loss_gamma``), and ``use_dense_one_to_one``.
+    - ``"lwdetr"`` (LW-DETR, RF-DETR): ``class_cost``, ``bbox_cost``, ``giou_cost``; gains
+      ``class_loss_coefficient``, ``bbox_loss_coefficient``, ``giou_loss_coefficient``;
+      ``focal_alpha`` (IA-BCE's α; its γ = 2 and the matcher's α = 0.25, γ = 2 are fixed);
+      ``group_detr`` (always G groups: transformers' criterion is a fresh module in training mode).
 
     ``validate`` and ``reduce_across_ranks`` are :class:`~detloss.criteria.DETRLoss`'s.
+
+    Raises:
+        ValueError: an unknown preset, or ``use_focal_loss=False`` (RT-DETR, D-FINE, DEIMv2).
+        AttributeError: the config lacks a field the preset reads (named).
     """
-    if preset == "rtdetr":
-        if not getattr(config, "use_focal_loss", True):
-            raise ValueError("config.use_focal_loss=False (a softmax matching cost) has no detloss preset")
-        return DETRLoss(
-            config.num_labels,
-            "rtdetr",
-            class_cost=config.matcher_class_cost,
-            bbox_cost=config.matcher_bbox_cost,
-            giou_cost=config.matcher_giou_cost,
-            cost_alpha=config.matcher_alpha,
-            cost_gamma=config.matcher_gamma,
-            cls=config.weight_loss_vfl,
-            bbox=config.weight_loss_bbox,
-            giou=config.weight_loss_giou,
-            focal_alpha=config.focal_loss_alpha,
-            focal_gamma=config.focal_loss_gamma,
-            validate=validate,
-            reduce_across_ranks=reduce_across_ranks,
-        )
-    if preset not in ("detr", "deformable"):
-        raise ValueError(f"preset must be 'detr', 'deformable' or 'rtdetr', got {preset!r}")
-    extra = {"eos_coef": config.eos_coefficient} if preset == "detr" else {"focal_alpha": config.focal_alpha}
+    if preset not in _CONFIG_FIELDS:
+        raise ValueError(f"preset must be one of {tuple(_CONFIG_FIELDS)}, got {preset!r}")
+    if preset in ("rtdetr", "dfine", "deimv2") and not getattr(config, "use_focal_loss", True):
+        raise ValueError("config.use_focal_loss=False (a softmax matching cost) has no detloss preset")
+    kwargs = {arg: _config_value(config, field, preset) for arg, field in _CONFIG_FIELDS[preset].items()}
+    if preset == "deimv2" and kwargs["focal_alpha"] is None:  # transformers: weight p^γ·(1 − t) + t
+        kwargs["focal_alpha"] = 1.0
     return DETRLoss(
-        config.num_labels,
+        _config_value(config, "num_labels", preset),
         preset,
-        class_cost=config.class_cost,
-        bbox_cost=config.bbox_cost,
-        giou_cost=config.giou_cost,
-        cls=1.0,
-        bbox=config.bbox_loss_coefficient,
-        giou=config.giou_loss_coefficient,
         validate=validate,
         reduce_across_ranks=reduce_across_ranks,
-        **extra,
+        **_FIXED.get(preset, {}),
+        **kwargs,
     )
 
 
@@ -131,22 +189,31 @@ def _aux(outputs_class: Tensor, outputs_coord: Tensor) -> list[dict[str, Tensor]
     return [{"logits": a, "pred_boxes": b} for a, b in zip(outputs_class, outputs_coord, strict=True)]
 
 
+def _distributed() -> bool:
+    """Whether a torch.distributed process group is up (transformers then averages DETR's, Deformable
+    DETR's and LW-DETR's box count over the ranks; RT-DETR's, D-FINE's and DEIMv2's it does not)."""
+    dist = torch.distributed
+    return dist.is_available() and dist.is_initialized()
+
+
 class DetrLossFunction:
     """A transformers DETR-family loss function backed by :class:`~detloss.criteria.DETRLoss`.
 
     Called as the model's ``forward`` calls ``self.loss_function``; returns ``(loss, loss_dict,
     auxiliary_outputs)`` as transformers 5.24's ``ForObjectDetectionLoss`` (``"detr"``),
-    ``DeformableDetrForObjectDetectionLoss`` (``"deformable"``) or ``RTDetrForObjectDetectionLoss``
-    (``"rtdetr"``) does. Not an ``nn.Module``, so assigning it to a model registers no submodule.
+    ``DeformableDetrForObjectDetectionLoss`` (``"deformable"``), ``RTDetrForObjectDetectionLoss``
+    (``"rtdetr"``), ``DFineForObjectDetectionLoss`` (``"dfine"``), ``Deimv2ForObjectDetectionLoss``
+    (``"deimv2"``) or ``LwDetrForObjectDetectionLoss`` (``"lwdetr"``, LW-DETR and RF-DETR) does. Not an
+    ``nn.Module``, so assigning it to a model registers no submodule.
 
     Args:
-        preset: ``"detr" | "deformable" | "rtdetr"``.
+        preset: ``"detr" | "deformable" | "rtdetr" | "dfine" | "deimv2" | "lwdetr"``.
         validate: :class:`~detloss.criteria.DETRLoss`'s input checks (one host synchronisation).
     """
 
     def __init__(self, preset: Preset, *, validate: bool = True) -> None:
-        if preset not in ("detr", "deformable", "rtdetr"):
-            raise ValueError(f"preset must be 'detr', 'deformable' or 'rtdetr', got {preset!r}")
+        if preset not in _CONFIG_FIELDS:
+            raise ValueError(f"preset must be one of {tuple(_CONFIG_FIELDS)}, got {preset!r}")
         self.preset, self.validate = preset, bool(validate)
 
     def __repr__(self) -> str:
@@ -164,20 +231,31 @@ class DetrLossFunction:
         enc_topk_logits: Tensor | None = None,
         enc_topk_bboxes: Tensor | None = None,
         denoising_meta_values: Mapping[str, Any] | None = None,
+        predicted_corners: Tensor | None = None,
+        initial_reference_points: Tensor | None = None,
+        *,
+        enc_outputs_class: Tensor | None = None,
+        enc_outputs_coord: Tensor | None = None,
         **kwargs: Any,
     ) -> tuple[Tensor, dict[str, Tensor], list[dict[str, Tensor]] | None]:
         """transformers' loss-function call (``device`` is unused: the inputs say where to compute;
-        other keyword arguments, e.g. RT-DETR's ``predicted_corners``, are not used by these losses).
+        other keyword arguments, e.g. the attention flags D-FINE and DEIMv2 forward, are not used).
 
         Args:
-            logits, pred_boxes: the final layer, ``(B, Q, C′)`` and ``(B, Q, 4)`` (RT-DETR in training:
-                denoising queries first, split by ``denoising_meta_values["dn_num_split"]``).
+            logits, pred_boxes: the final layer, ``(B, Q, C′)`` and ``(B, Q, 4)`` (RT-DETR, D-FINE, DEIMv2 in
+                training: denoising queries first, split by ``denoising_meta_values["dn_num_split"]``;
+                LW-DETR in training: G·Q queries, ``group_detr`` groups).
             labels: B dicts ``{"class_labels": (n,), "boxes": (n, 4) cxcywh normalised}``.
             config: the model's config (costs, gains, ``num_labels``, ``auxiliary_loss``).
-            outputs_class, outputs_coord: every decoder layer, ``(L, B, Q, ·)`` (DETR, Deformable) or
-                ``(B, L, Q, ·)`` (RT-DETR), used with ``config.auxiliary_loss``.
-            enc_topk_logits, enc_topk_bboxes: RT-DETR's encoder proposals ``(B, Q, ·)``.
-            denoising_meta_values: RT-DETR's denoising groups (training only).
+            outputs_class, outputs_coord: every decoder layer, ``(L, B, Q, ·)`` (DETR, Deformable,
+                LW-DETR) or ``(B, L, Q, ·)`` (RT-DETR; D-FINE, DEIMv2 ``(B, L + 1, Q, ·)``, the pre-head
+                prediction first), used with ``config.auxiliary_loss``.
+            enc_topk_logits, enc_topk_bboxes: the encoder proposals ``(B, Q_e, ·)``: RT-DETR's and
+                D-FINE's top-k; LW-DETR's ``enc_outputs_class`` / ``enc_outputs_coord`` (passed in
+                these positions by the model, or by those keywords), always part of its loss.
+            denoising_meta_values: RT-DETR's, D-FINE's and DEIMv2's denoising groups (training only).
+            predicted_corners, initial_reference_points: D-FINE's and DEIMv2's ``(B, L, Q, 4·(N + 1))`` corner
+                distributions and ``(B, L, Q, 4)`` reference points.
         """
         if not isinstance(labels, Sequence) or isinstance(labels, Mapping):
             raise TypeError(f"labels must be a list of dicts, got {type(labels).__name__}")
@@ -185,11 +263,18 @@ class DetrLossFunction:
             if "class_labels" not in t or "boxes" not in t:
                 raise KeyError(f"labels[{i}] must have the keys 'class_labels' and 'boxes', got {list(t)}")
         targets = [{"boxes": t["boxes"], "labels": t["class_labels"]} for t in labels]
+        enc_logits = enc_topk_logits if enc_topk_logits is not None else enc_outputs_class
+        enc_boxes = enc_topk_bboxes if enc_topk_bboxes is not None else enc_outputs_coord
         if self.preset == "rtdetr":
             criterion = criterion_from_config(config, "rtdetr", validate=self.validate)
             return self._rtdetr(
                 criterion, logits, pred_boxes, config, targets, outputs_class, outputs_coord,
-                enc_topk_logits, enc_topk_bboxes, denoising_meta_values,
+                enc_logits, enc_boxes, denoising_meta_values,
+            )  # fmt: skip
+        if self.preset in ("dfine", "deimv2"):
+            return self._dfine(
+                logits, pred_boxes, config, targets, outputs_class, outputs_coord, enc_logits, enc_boxes,
+                denoising_meta_values, predicted_corners, initial_reference_points,
             )  # fmt: skip
         aux = bool(config.auxiliary_loss)
         if aux and (outputs_class is None or outputs_coord is None):
@@ -197,38 +282,62 @@ class DetrLossFunction:
         # the final layer from logits / pred_boxes (what transformers' final term differentiates)
         layers_c = torch.cat((outputs_class[:-1], logits[None])) if aux else logits[None]
         layers_b = torch.cat((outputs_coord[:-1], pred_boxes[None])) if aux else pred_boxes[None]
-        # transformers averages DETR's and Deformable's box count over accelerate's processes (not
-        # RT-DETR's): the same over torch.distributed's
-        dist = torch.distributed
-        reduce = dist.is_available() and dist.is_initialized()
+        # transformers averages DETR's, Deformable's and LW-DETR's box count over accelerate's or
+        # torch.distributed's processes (not RT-DETR's): the same over torch.distributed's
         criterion = criterion_from_config(
-            config, self.preset, validate=self.validate, reduce_across_ranks=reduce
+            config, self.preset, validate=self.validate, reduce_across_ranks=_distributed()
         )
-        result = criterion(layers_c, layers_b, targets)
-        loss_dict = self._with_cardinality(result.loss_dict(), layers_c, targets)
         auxiliary_outputs = _aux(outputs_class[:-1], outputs_coord[:-1]) if aux else None
+        if self.preset == "lwdetr":
+            if enc_logits is None or enc_boxes is None:
+                raise ValueError(
+                    "LW-DETR's loss needs the encoder proposals (enc_outputs_class, enc_outputs_coord), "
+                    "got None"
+                )
+            if aux and layers_c.shape[0] != config.decoder_layers:
+                raise ValueError(
+                    f"outputs_class has {layers_c.shape[0]} decoder layers but config.decoder_layers is "
+                    f"{config.decoder_layers} (transformers weights the auxiliary keys of that many layers)"
+                )
+            result = criterion(layers_c, layers_b, targets, enc_logits=enc_logits, enc_boxes=enc_boxes)
+            entries = [layers_c, enc_logits[None]]
+        else:
+            result = criterion(layers_c, layers_b, targets)
+            entries = [layers_c]
+        loss_dict = self._with_cardinality(result.loss_dict(), entries, targets)
         return result.total, loss_dict, auxiliary_outputs
 
     def _with_cardinality(
-        self, terms: dict[str, Tensor], layers: Tensor, targets: list[dict[str, Tensor]]
+        self, terms: dict[str, Tensor], entries: list[Tensor], targets: list[dict[str, Tensor]]
     ) -> dict[str, Tensor]:
-        """transformers' DETR / Deformable dictionary: per layer its three terms, then
+        """transformers' DETR / Deformable / LW-DETR dictionary: per entry its three terms, then
         ``cardinality_error`` (the mean |predicted − true| count of non-empty queries; a log value
         without gradient): a query counts when its argmax is not no-object (DETR) or its highest
-        sigmoid exceeds 0.5 (Deformable)."""
+        sigmoid exceeds 0.5 (Deformable, LW-DETR).
+
+        Args:
+            terms: :meth:`~detloss.criteria.SetLossResult.loss_dict`'s unweighted terms.
+            entries: ``(E, B, Q, C′)`` logits, in :class:`~detloss.criteria.DETRLoss`'s entry order:
+                the decoder layers (the last the main output), then LW-DETR's encoder as ``(1, B, Q_e, C′)``.
+        """
         with torch.no_grad():
-            if self.preset == "detr":
-                found = layers.argmax(-1) != layers.shape[-1] - 1
-            else:
-                found = layers.max(-1).values > 0  # sigmoid > 0.5
-            lengths = torch.tensor([len(t["labels"]) for t in targets], device=layers.device)
-            errors = (found.sum(2).float() - lengths.float()).abs().mean(1).unbind()  # (L,)
-        num_layers = layers.shape[0]
+            errors: list[Tensor] = []
+            device = entries[0].device
+            lengths = torch.tensor([len(t["labels"]) for t in targets], device=device).float()
+            for logits in entries:
+                if self.preset == "detr":
+                    found = logits.argmax(-1) != logits.shape[-1] - 1
+                else:  # the highest probability, as transformers: sigmoid(max) > 0.5, rounded alike
+                    found = logits.max(-1).values.sigmoid() > 0.5
+                errors += (found.sum(2).float() - lengths).abs().mean(1).unbind()  # (E,)
+        num_layers = entries[0].shape[0]
+        suffixes = [f"_{i}" for i in range(num_layers - 1)] + [""] + (["_enc"] if len(entries) > 1 else [])
+        order = [num_layers - 1] + list(range(num_layers - 1)) + list(range(num_layers, len(errors)))
         out: dict[str, Tensor] = {}
-        for layer, suffix in [(num_layers - 1, "")] + [(i, f"_{i}") for i in range(num_layers - 1)]:
+        for e in order:
             for key in ("loss_ce", "loss_bbox", "loss_giou"):
-                out[key + suffix] = terms[key + suffix]
-            out["cardinality_error" + suffix] = errors[layer]
+                out[key + suffixes[e]] = terms[key + suffixes[e]]
+            out["cardinality_error" + suffixes[e]] = errors[e]
         return out
 
     @staticmethod
@@ -269,6 +378,102 @@ class DetrLossFunction:
         auxiliary_outputs = _aux(aux_c, aux_b) + [{"logits": enc_logits, "pred_boxes": enc_boxes}]
         return result.total, result.loss_dict(), auxiliary_outputs
 
+    def _dfine(
+        self,
+        logits: Tensor,
+        pred_boxes: Tensor,
+        config: Any,
+        targets: list[dict[str, Tensor]],
+        outputs_class: Tensor | None,
+        outputs_coord: Tensor | None,
+        enc_logits: Tensor | None,
+        enc_boxes: Tensor | None,
+        dn_meta: Mapping[str, Any] | None,
+        corners: Tensor | None,
+        refs: Tensor | None,
+    ) -> tuple[Tensor, dict[str, Tensor], list[dict[str, Tensor]] | None]:
+        """``DFineForObjectDetectionLoss`` (``"dfine"``) and ``Deimv2ForObjectDetectionLoss``
+        (``"deimv2"``): every box clamped to [0, 1]; with ``auxiliary_loss`` the denoising queries
+        dropped from the matched ones, the decoder's L + 1 outputs ``(B, L + 1, Q, ·)`` with its L
+        layers' corners, the encoder proposals and the denoising groups (FGL and DDF on the auxiliary
+        and denoising entries). In eval mode (one decoder output) the main output and the encoder
+        proposals, without FGL and DDF. Without ``auxiliary_loss`` the main output alone: D-FINE's
+        without its denoising queries, RT-DETR's three terms; DEIMv2's with them (transformers drops
+        them only with ``auxiliary_loss``), MAL and the boxes."""
+        num_dn = dn_meta["dn_num_split"][0] if dn_meta is not None else 0
+        aux = bool(config.auxiliary_loss)
+        if not aux and self.preset == "dfine":  # transformers: RT-DETR's terms of the clamped main output
+            criterion = criterion_from_config(config, "rtdetr", validate=self.validate)
+            result = criterion(logits[:, num_dn:], pred_boxes[:, num_dn:].clamp(0, 1), targets)
+            return result.total, result.loss_dict(), None
+        given = (outputs_class, outputs_coord, enc_logits, enc_boxes) if aux else ()
+        if any(t is None for t in given + (corners, refs)):
+            raise ValueError(
+                (
+                    "config.auxiliary_loss is set but outputs_class, outputs_coord, enc_topk_logits, "
+                    if aux
+                    else ""
+                )
+                + "predicted_corners or initial_reference_points is None"
+            )
+        if corners.shape[-1] != 4 * (config.max_num_bins + 1):
+            raise ValueError(
+                f"predicted_corners has {corners.shape[-1]} values per query but config.max_num_bins = "
+                f"{config.max_num_bins} needs 4·(max_num_bins + 1) = {4 * (config.max_num_bins + 1)}"
+            )
+        criterion = criterion_from_config(config, self.preset, validate=self.validate)
+        if not aux:
+            # DEIMv2 without auxiliary entries: the main output, all its queries; it also fills the
+            # slot L − 1 of the criterion's L + 1 outputs (which takes no part), beside the last
+            # layer's corners (no FGL / DDF without auxiliary entries)
+            co, rf = corners[:, -1:].transpose(0, 1), refs[:, -1:].transpose(0, 1)
+            result = criterion(
+                torch.stack((logits, logits)), torch.stack((pred_boxes, pred_boxes)), targets,
+                corners=co, reference_points=rf,
+            )  # fmt: skip
+            return result.total, result.loss_dict(), None
+        # eval mode: the decoder returns its evaluation layer alone (one output beside one layer's
+        # corners), so transformers' auxiliary entries are the encoder's alone; that output fills
+        # the slot L − 1 of the criterion's L + 1 outputs, which takes no part
+        one_output = outputs_class.shape[1] == corners.shape[1] == 1
+        if not one_output and outputs_class.shape[1] != corners.shape[1] + 1:
+            raise ValueError(
+                f"outputs_class must hold the decoder's L + 1 outputs beside predicted_corners' L layers, "
+                f"got {tuple(outputs_class.shape)} and {tuple(corners.shape)}"
+            )
+        k = num_dn
+        oc, ob, co, rf = outputs_class[:, :, k:], outputs_coord[:, :, k:], corners[:, :, k:], refs[:, :, k:]
+        head_c, head_b = (oc, ob) if one_output else (oc[:, :-1], ob[:, :-1])
+        # the final output from logits / pred_boxes (what transformers' final term differentiates)
+        layers_c = torch.cat((head_c.transpose(0, 1), logits[None, :, k:]))
+        layers_b = torch.cat((head_b.transpose(0, 1), pred_boxes[None, :, k:]))
+        dn: dict[str, Any] = {}
+        if dn_meta is not None:
+            if one_output:
+                raise ValueError("denoising_meta_values with one decoder output (eval mode) is not supported")
+            dn = {
+                "dn_logits": outputs_class[:, :, :k].transpose(0, 1),
+                "dn_boxes": outputs_coord[:, :, :k].transpose(0, 1),
+                "dn_corners": corners[:, :, :k].transpose(0, 1),
+                "dn_reference_points": refs[:, :, :k].transpose(0, 1),
+                "dn_meta": dn_meta,
+            }
+        result = criterion(
+            layers_c, layers_b, targets, enc_logits=enc_logits, enc_boxes=enc_boxes,
+            corners=co.transpose(0, 1), reference_points=rf.transpose(0, 1), **dn,
+        )  # fmt: skip
+        # transformers' auxiliary outputs: layer i < L − 1 with its corners and the teacher (the last
+        # layer's corners, the last output's logits), then the encoder proposals; boxes clamped
+        boxes = ob.clamp(0, 1)
+        teacher = {"teacher_corners": co[:, -1], "teacher_logits": oc[:, -1]}
+        auxiliary_outputs: list[dict[str, Tensor]] = [
+            {"logits": oc[:, i], "pred_boxes": boxes[:, i], "pred_corners": co[:, i], "ref_points": rf[:, i]}
+            | teacher
+            for i in range(co.shape[1] - 1)
+        ]
+        auxiliary_outputs.append({"logits": enc_logits, "pred_boxes": enc_boxes.clamp(0, 1)})
+        return result.total, result.loss_dict(), auxiliary_outputs
+
 
 def use_detloss(model: Any, *, validate: bool = True) -> Any:
     """Make a transformers DETR-family detection model compute its training loss with detloss.
@@ -279,12 +484,14 @@ def use_detloss(model: Any, *, validate: bool = True) -> Any:
 
     Args:
         model: a transformers ``DetrForObjectDetection``, ``DeformableDetrForObjectDetection``,
-            ``RTDetrForObjectDetection`` or ``RTDetrV2ForObjectDetection``.
+            ``RTDetrForObjectDetection``, ``RTDetrV2ForObjectDetection``, ``DFineForObjectDetection``,
+            ``Deimv2ForObjectDetection``, ``LwDetrForObjectDetection`` or ``RfDetrForObjectDetection``.
         validate: :class:`~detloss.criteria.DETRLoss`'s input checks (one host synchronisation per call).
 
     Raises:
-        NotImplementedError: D-FINE, DEIMv2, LW-DETR, RF-DETR (no preset yet).
+        NotImplementedError: RF-DETR's instance segmentation (no preset yet).
         TypeError: any other model.
+        ValueError: a config without a preset (RT-DETR, D-FINE or DEIMv2 with ``use_focal_loss=False``).
     """
     preset = preset_for(model)
     criterion_from_config(model.config, preset, validate=validate)  # a config it cannot use fails here

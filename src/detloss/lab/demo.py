@@ -38,8 +38,16 @@ from torch import Tensor
 
 from .. import codecs
 from ..boxes import convert
-from ..criteria import DETRLoss, SSDLoss, YOLOv3Loss, YOLOv4Loss, YOLOv5Loss, YOLOv8Loss, YOLOv8OBBLoss
-from ..criteria.detr import SetLossResult
+from ..criteria import (
+    DETRLoss,
+    SetLossResult,
+    SSDLoss,
+    YOLOv3Loss,
+    YOLOv4Loss,
+    YOLOv5Loss,
+    YOLOv8Loss,
+    YOLOv8OBBLoss,
+)
 from ..criteria.end_to_end import yolo26_loss
 from .data import CLASSES, ROTATED_CLASSES, ShapesData, canonical_xywhr, make_rotated_shapes, make_shapes
 from .evaluate import coco_map, rotated_map
