@@ -37,16 +37,31 @@ matching, 2 threads, medians over interleaved rounds. Ops and syncs:
 :class:`detloss.profiling.DispatchCounter` over one forward + backward; host transfers = calls of
 the matcher's device → host copy
 (detloss: ``detloss.assign.hungarian.to_host``; transformers: one ``.cpu()`` per layer's matcher call).
+
+Two modes replace the above:
+
+- ``--speed [--threads T] [--repeats 5] [--verbose] [--profile] [--families rtdetr,dfine,deimv2,lwdetr]``:
+  one table of the model-shaped training losses at B = ``--batch`` (8): RT-DETR, D-FINE, DEIMv2
+  (L = 6, Q = 300, encoder entry, 5 denoising groups of 2·20 queries) and LW-DETR (13 × 300 queries,
+  L = 3 and 6), 80 classes, 20 targets in every image; forward + backward of detloss (validate True
+  and False) and of transformers' loss function, interleaved, medians of wall-clock and process CPU
+  time, ratio, aten ops and syncs of both (:func:`families`, :func:`speed_family`); ``--profile``:
+  where detloss's CPU time goes (:func:`profile_family`).
+- ``--half [--half-batch 4]``: float16 / bfloat16 model outputs of every preset against the float32
+  result, random and saturated (:func:`_saturate`), detloss's non-finite matching costs asserted to be
+  0; transformers on the same half tensors, as given and with its ``cdist`` in float32.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import sys
 import time
 
+import numpy as np
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -220,15 +235,17 @@ def speed(preset, L, B, Q, C, n, repeats):
 
 
 # ----------------------------------------------------------------------------- the whole RT-DETR step
-def make_step(B, L=6, Q=300, C=80, n=20, dtype=torch.float64, seed=0, num_denoising=100):
+def make_step(B, L=6, Q=300, C=80, n=20, dtype=torch.float64, seed=0, num_denoising=100, full=False):
     """Model-shaped outputs of an RT-DETR training step: ``outputs_class`` ``(B, L, Q_dn + Q, C)`` and
     ``outputs_coord`` (denoising queries first, as the decoder emits them), the encoder's top-k
-    ``(B, Q, ·)``, targets with n boxes per image (one image with n // 2), and ``denoising_meta_values``
-    as ``get_contrastive_denoising_training_group`` builds it: G = num_denoising // max n groups of
-    2·max n queries, positives first, so ``dn_positive_idx[b] = [2·M·g + j for g, j < n_b]``."""
+    ``(B, Q, ·)``, targets with n boxes per image (the last image n // 2 unless ``full``), and
+    ``denoising_meta_values`` as ``get_contrastive_denoising_training_group`` builds it:
+    G = num_denoising // max n groups of 2·max n queries, positives first, so
+    ``dn_positive_idx[b] = [2·M·g + j for g, j < n_b]``."""
     g = torch.Generator().manual_seed(seed)
     counts = [n] * B
-    counts[-1] = n // 2
+    if not full:
+        counts[-1] = n // 2
     m = max(counts)
     groups = max(num_denoising // m, 1)
     q_dn = 2 * m * groups
@@ -365,6 +382,17 @@ def main():
     ap.add_argument("--only-lwdetr", action="store_true", help="only LW-DETR")
     ap.add_argument("--skip-dfine", action="store_true", help="leave out D-FINE")
     ap.add_argument("--only-dfine", action="store_true", help="only D-FINE")
+    ap.add_argument("--speed", action="store_true", help="only the speed table of the model-shaped losses")
+    ap.add_argument("--half", action="store_true", help="only float16 / bfloat16 against float32")
+    ap.add_argument("--batch", type=int, default=8, help="--speed's B")
+    ap.add_argument("--half-batch", type=int, default=4, help="--half's B")
+    ap.add_argument(
+        "--families",
+        default="",
+        help="--speed, --half: comma-separated, of rtdetr,dfine,deimv2,lwdetr (and detr,deformable: --half)",
+    )
+    ap.add_argument("--profile", action="store_true", help="--speed: torch.profiler table of detloss")
+    ap.add_argument("--verbose", action="store_true", help="--speed: sync ops and min/max times")
     ap.add_argument("--skip-deimv2", action="store_true", help="leave out DEIMv2")
     ap.add_argument("--only-deimv2", action="store_true", help="only DEIMv2")
     args = ap.parse_args()
@@ -373,6 +401,12 @@ def main():
 
     threads = torch.get_num_threads()
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, {threads} threads")
+    if args.speed or args.half:
+        if args.speed:
+            run_speed(args)
+        if args.half:
+            run_half(args)
+        return
     if not args.skip_deimv2:
         run_dfine(args, "deimv2")
     if args.only_deimv2:
@@ -448,7 +482,7 @@ def run_step(args):
 
 
 # ----------------------------------------------------------------------------- LW-DETR / RF-DETR
-def make_lw(B, L, G=13, Q=300, C=80, n=20, dtype=torch.float64, seed=0):
+def make_lw(B, L, G=13, Q=300, C=80, n=20, dtype=torch.float64, seed=0, full=False):
     """LW-DETR's training outputs: ``outputs_class`` ``(L, B, G·Q, C)`` / ``outputs_coord`` (the last
     layer is ``logits`` / ``pred_boxes``), the encoder's ``(B, G·Q, ·)``; n targets per image (the
     last image n // 2)."""
@@ -466,7 +500,7 @@ def make_lw(B, L, G=13, Q=300, C=80, n=20, dtype=torch.float64, seed=0):
     )
     labels = []
     for b in range(B):
-        k = n if b < B - 1 else n // 2
+        k = n if b < B - 1 or full else n // 2
         ctr = torch.rand(k, 2, generator=g, dtype=torch.float64) * 0.6 + 0.2
         wh = torch.rand(k, 2, generator=g, dtype=torch.float64) * 0.3 + 0.02
         labels.append(
@@ -577,11 +611,11 @@ def run_lw(args):
 NUM_BINS = 32
 
 
-def make_dfine(B, L=6, Q=300, C=80, n=20, dtype=torch.float64, seed=0):
+def make_dfine(B, L=6, Q=300, C=80, n=20, dtype=torch.float64, seed=0, full=False):
     """A D-FINE step: the RT-DETR step's tensors with L + 1 intermediate outputs (the pre-head first),
     ``predicted_corners`` ``(B, L, Q_dn + Q, 4·(N + 1))`` and ``initial_reference_points``; boxes spill
     a little outside [0, 1] (the loss clamps them)."""
-    (oc, ob, el, eb), labels, meta = make_step(B, L + 1, Q, C, n, dtype, seed)
+    (oc, ob, el, eb), labels, meta = make_step(B, L + 1, Q, C, n, dtype, seed, full=full)
     g = torch.Generator().manual_seed(seed + 100)
     q_all = oc.shape[2]
     with torch.no_grad():
@@ -710,6 +744,347 @@ def run_dfine(args, preset="dfine"):
             f"ratio {t / med['ours']:.1f}x (nv {t / med['ours nv']:.1f}x); ops {c['ours'][0]} vs "
             f"{c['transformers'][0]}; syncs {c['ours'][1]} vs {c['transformers'][1]}"
         )
+
+
+# ----------------------------------------------------------------------------- --speed and --half
+def families(B, C=80, n=20, L=6, Q=300, lw_layers=(3, 6), dtype=torch.float32, seed=0, which=None):
+    """The model-shaped training losses, float32 inputs built as the models emit them, n targets in
+    every image: name → (description, preset, tensors, ours(crit, tensors), ref(tensors)).
+
+    ``tensors`` are the model outputs (a dict of float tensors; those that need a gradient have one);
+    ``ours`` returns detloss's :class:`SetLossResult`, ``ref`` transformers' total."""
+    out = {}
+    want = set(which) if which else None
+
+    def wanted(name):
+        return want is None or name.split(" ")[0] in want
+
+    if wanted("rtdetr"):
+        ref_s, ours_s = step_fns(C, L)
+        (oc, ob, el, eb), labels, meta = make_step(B, L, Q, C, n, dtype, seed, full=True)
+        targets = [{"boxes": t["boxes"], "labels": t["class_labels"]} for t in labels]
+        q_dn = meta["dn_num_split"][0]
+        out["rtdetr"] = (
+            f"L={L} Q={Q}+{q_dn} dn (G={meta['dn_num_group']}), enc",
+            "rtdetr",
+            {"outputs_class": oc, "outputs_coord": ob, "enc_logits": el, "enc_boxes": eb},
+            lambda crit, t, _o=ours_s, _tg=targets, _m=meta: _o(crit, tuple(t.values()), _tg, _m),
+            lambda t, _r=ref_s, _l=labels, _m=meta: _r(tuple(t.values()), _l, _m)[0],
+        )
+    for local in ("dfine", "deimv2"):
+        if not wanted(local):
+            continue
+        ref_d, ours_d = dfine_fns(C, L, local)
+        (oc, ob, el, eb, co), refs, labels, meta = make_dfine(B, L, Q, C, n, dtype, seed, full=True)
+        targets = [{"boxes": t["boxes"], "labels": t["class_labels"]} for t in labels]
+        q_dn = meta["dn_num_split"][0]
+        names = ("outputs_class", "outputs_coord", "enc_logits", "enc_boxes", "corners")
+        out[local] = (
+            f"L={L} Q={Q}+{q_dn} dn (G={meta['dn_num_group']}), enc, corners 4x33",
+            local,
+            dict(zip(names, (oc, ob, el, eb, co), strict=True)) | {"reference_points": refs},
+            lambda crit, t, _o=ours_d, _tg=targets, _m=meta, _n=names: _o(
+                crit, tuple(t[k] for k in _n), t["reference_points"], _tg, _m
+            ),
+            lambda t, _r=ref_d, _l=labels, _m=meta, _n=names: _r(
+                tuple(t[k] for k in _n), t["reference_points"], _l, _m
+            )[0],
+        )
+    for lw_l in lw_layers:
+        if not wanted("lwdetr"):
+            break
+        ref_l, ours_l = lw_fns(C, lw_l)
+        (oc, ob, el, eb), labels = make_lw(B, lw_l, Q=Q, C=C, n=n, dtype=dtype, seed=seed, full=True)
+        targets = [{"boxes": t["boxes"], "labels": t["class_labels"]} for t in labels]
+        out[f"lwdetr L={lw_l}"] = (
+            f"L={lw_l} Q=13x{Q}={13 * Q}, enc" + (" (LwDetrConfig default L)" if lw_l == 3 else ""),
+            "lwdetr",
+            {"outputs_class": oc, "outputs_coord": ob, "enc_logits": el, "enc_boxes": eb},
+            lambda crit, t, _o=ours_l, _tg=targets: _o(crit, tuple(t.values()), _tg),
+            lambda t, _r=ref_l, _l=labels: _r(tuple(t.values()), _l)[0],
+        )
+    return out
+
+
+def _grad_inputs(tensors):
+    return tuple(t for t in tensors.values() if t.requires_grad)
+
+
+def _count_sync(fn):
+    """(aten ops, host syncs, matcher cost transfers) of one forward + backward."""
+    calls = {"n": 0}
+    original = hungarian.to_host
+
+    def counted(*t):
+        calls["n"] += 1
+        return original(*t)
+
+    hungarian.to_host = counted
+    try:
+        with DispatchCounter() as c:
+            fn().backward()
+    finally:
+        hungarian.to_host = original
+    return c.ops, c.syncs, calls["n"], c.sync_ops
+
+
+def run_speed(args):
+    """One table: forward + backward of each family's whole training loss, detloss against transformers,
+    medians of interleaved rounds; ops and syncs of one call of each."""
+    B = args.batch
+    fams = families(B, which=args.families.split(",") if args.families else None)
+    print(
+        f"\n--speed: float32 forward + backward (torch.autograd.grad w.r.t. every model output), B={B}, "
+        f"C=80, 20 targets/img, {torch.get_num_threads()} threads, median of {args.repeats} interleaved "
+        "rounds; detloss = DETRLoss (validate=True), nv = validate=False; ratio = transformers / detloss; "
+        "syncs = DispatchCounter syncs (+ matcher cost transfers: detloss's to_host calls; transformers "
+        "one .cpu() per matched layer, not seen by the counter on the CPU); 'CPU time': the same rounds' "
+        "process CPU time (all threads; the time spent waiting for a core excluded)"
+    )
+    head = (
+        f"{'family':<14}{'shape':<50}{'detloss':>9}{'nv':>9}{'transf.':>10}{'ratio':>7}{'nv':>7}"
+        f"{'ops':>6}{'transf.':>8}{'syncs':>7}{'nv':>5}{'transf.':>8}"
+    )
+    print(head)
+    return [speed_family(args, name, *fam) for name, fam in fams.items()]
+
+
+def speed_family(args, name, shape, preset, tensors, ours, ref):
+    """One row of :func:`run_speed`."""
+    crit_v, crit_nv = DETRLoss(80, preset), DETRLoss(80, preset, validate=False)
+    grads = _grad_inputs(tensors)
+    fns = {
+        "detloss": lambda: torch.autograd.grad(ours(crit_v, tensors).total, grads),
+        "nv": lambda: torch.autograd.grad(ours(crit_nv, tensors).total, grads),
+        "transformers": lambda: torch.autograd.grad(ref(tensors), grads),
+    }
+    for f in fns.values():
+        f()  # warm-up
+    times = {k: [] for k in fns}
+    cpu = {k: [] for k in fns}
+    for _ in range(args.repeats):
+        for k, f in fns.items():
+            c0, t0 = time.process_time(), time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - t0)
+            cpu[k].append(time.process_time() - c0)
+    med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+    med_cpu = {k: statistics.median(v) * 1e3 for k, v in cpu.items()}
+    c_v = _count_sync(lambda: ours(crit_v, tensors).total)
+    c_nv = _count_sync(lambda: ours(crit_nv, tensors).total)
+    c_r = _count_sync(lambda: ref(tensors))
+    t = med["transformers"]
+    print(
+        f"{name:<14}{shape:<50}{med['detloss']:>9.1f}{med['nv']:>9.1f}{t:>10.1f}"
+        f"{t / med['detloss']:>6.1f}x{t / med['nv']:>6.1f}x{c_nv[0]:>6}{c_r[0]:>8}"
+        f"{f'{c_v[1]}+{c_v[2]}':>7}{f'{c_nv[1]}+{c_nv[2]}':>5}{c_r[1]:>8}",
+        flush=True,
+    )
+    t = med_cpu["transformers"]
+    print(
+        f"{'  CPU time':<64}{med_cpu['detloss']:>9.1f}{med_cpu['nv']:>9.1f}{t:>10.1f}"
+        f"{t / med_cpu['detloss']:>6.1f}x{t / med_cpu['nv']:>6.1f}x",
+        flush=True,
+    )
+    if args.verbose:
+        print(f"    transformers' syncs by op: {dict(c_r[3])}; detloss (validate=True): {dict(c_v[3])}")
+        spread = {k: (min(v) * 1e3, max(v) * 1e3) for k, v in times.items()}
+        print("    min / max ms: " + ", ".join(f"{k} {a:.0f}/{b:.0f}" for k, (a, b) in spread.items()))
+    if args.profile:
+        profile_family(name, lambda: ours(crit_nv, tensors).total)
+    return name, med, med_cpu, c_v, c_nv, c_r
+
+
+def profile_family(name, fn, top=14):
+    """Where detloss's forward + backward goes: the process CPU time of its parts (forward: the input
+    checks, the matching costs, ``hungarian_match_all`` = transfer + scipy, the class/L1/GIoU terms,
+    D-FINE's FGL/DDF, the rest; then the backward), medians of 3 calls; and torch.profiler's self CPU
+    time per aten op of one call."""
+    from torch.profiler import ProfilerActivity, profile
+
+    import detloss.criteria.detr as detr_mod
+
+    parts = ("_check_values", "_cost", "_terms", "_local")
+    spent = {}
+
+    def timed(owner, attr, key):
+        original = getattr(owner, attr)
+
+        def wrapper(*a, **k):
+            c0 = time.process_time()
+            try:
+                return original(*a, **k)
+            finally:
+                spent[key] = spent.get(key, 0.0) + time.process_time() - c0
+
+        setattr(owner, attr, wrapper)
+        return original
+
+    saved = {p: timed(DETRLoss, p, p) for p in parts}
+    saved_match = timed(detr_mod, "hungarian_match_all", "hungarian_match_all")
+    runs = []
+    try:
+        for _ in range(3):
+            spent.clear()
+            c0 = time.process_time()
+            total = fn()
+            c1 = time.process_time()
+            total.backward()
+            c2 = time.process_time()
+            run = dict(spent)
+            run["forward, the rest"] = (c1 - c0) - sum(spent.values())
+            run["backward"] = c2 - c1
+            run["all"] = c2 - c0
+            runs.append(run)
+    finally:
+        for p, original in saved.items():
+            setattr(DETRLoss, p, original)
+        detr_mod.hungarian_match_all = saved_match
+    med = {k: statistics.median(r.get(k, 0.0) for r in runs) * 1e3 for k in runs[0]}
+    print(
+        f"    detloss (validate=False) {name}, CPU ms (median of 3): "
+        + ", ".join(f"{k} {v:.1f}" for k, v in med.items())
+    )
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn().backward()
+    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top, max_name_column_width=44)
+    print("\n".join("    " + line for line in table.splitlines()))
+
+
+def _cast(tensors, dtype):
+    return {k: v.detach().to(dtype).requires_grad_(v.requires_grad) for k, v in tensors.items()}
+
+
+def half_families(B, C=80, n=20, L=6, Q=300, seed=0, which=None):
+    """--half's cases: the "detr" and "deformable" presets (decoder layers only), and the model-shaped
+    RT-DETR, D-FINE, DEIMv2 and LW-DETR (L = 3) losses of :func:`families`."""
+    out = {}
+    for preset in ("detr", "deformable"):
+        if which and preset not in which:
+            continue
+        lg, bx, tg = make_inputs(preset, L, B, Q, C, n, torch.float32, seed)
+        ref_fn = reference(preset, C, L)
+        out[preset] = (
+            f"L={L} Q={Q}",
+            preset,
+            {"logits": lg, "boxes": bx},
+            lambda crit, t, _tg=tg: crit(t["logits"], t["boxes"], _tg),
+            lambda t, _r=ref_fn, _tg=tg: _r(t["logits"], t["boxes"], _tg)[0],
+        )
+    out.update(families(B, C, n, L, Q, lw_layers=(3,), seed=seed, which=which))
+    return out
+
+
+def _saturate(tensors):
+    """A harder copy: every 7th logit set to ±30 (σ rounds to 0 or 1 in every float format) and one
+    predicted box per image of zero width and height."""
+    out = {}
+    for k, v in tensors.items():
+        v = v.detach().clone()
+        if k in ("outputs_class", "enc_logits", "logits"):
+            flat = v.view(-1)
+            flat[::7] = 30.0
+            flat[3::14] = -30.0
+        elif k in ("outputs_coord", "enc_boxes", "boxes"):
+            v[..., 0, 2:] = 0.0
+        out[k] = v.requires_grad_(tensors[k].requires_grad)
+    return out
+
+
+class _CdistUpcast:
+    """transformers' matchers call ``torch.cdist``, which has no float16/bfloat16 kernel on the CPU
+    (it has on CUDA): this context computes it in float32 and casts back, so the rest of the
+    reference runs in the half type as it would on a GPU."""
+
+    def __enter__(self):
+        self.original = torch.cdist
+        torch.cdist = lambda a, b, *x, **k: self.original(a.float(), b.float(), *x, **k).to(a.dtype)
+
+    def __exit__(self, *exc):
+        torch.cdist = self.original
+
+
+class _NonFiniteCosts:
+    """Counts the non-finite matching costs: transformers' matchers pass their cost through
+    ``torch.nan_to_num`` (NaN and ±inf → the dtype's max) before scipy; detloss's reach the host in
+    ``hungarian.to_host``."""
+
+    def __enter__(self):
+        self.n = 0
+        self.nan_to_num, self.to_host = torch.nan_to_num, hungarian.to_host
+
+        def nan_to_num(t, *a, **k):
+            self.n += int((~torch.isfinite(t)).sum())
+            return self.nan_to_num(t, *a, **k)
+
+        def to_host(*tensors):
+            out = self.to_host(*tensors)
+            self.n += sum(int((~np.isfinite(a)).sum()) for a in out if a.dtype.kind == "f")
+            return out
+
+        torch.nan_to_num, hungarian.to_host = nan_to_num, to_host
+        return self
+
+    def __exit__(self, *exc):
+        torch.nan_to_num, hungarian.to_host = self.nan_to_num, self.to_host
+
+
+def _ref_half(ref, tensors, base, dt, upcast):
+    try:
+        with _NonFiniteCosts() as bad:
+            if upcast:
+                with _CdistUpcast():
+                    r = ref(_cast(tensors, dt))
+            else:
+                r = ref(_cast(tensors, dt))
+        r_val = float(r.detach())
+        costs = f", {bad.n} non-finite costs" if bad.n else ""
+        if not math.isfinite(r_val):
+            return f"{str(r.dtype).split('.')[1]} {r_val}{costs}"
+        return f"{str(r.dtype).split('.')[1]} rel {abs(r_val - base) / abs(base):.2e}{costs}"
+    except Exception as err:  # noqa: BLE001 - the reference's own behaviour is the finding
+        return f"{type(err).__name__}: {str(err).splitlines()[0][:60]}"
+
+
+def run_half(args):
+    """float16 / bfloat16 model outputs (every float input cast) against the float32 result of the same
+    inputs: detloss's total and transformers' on the same half inputs (targets stay float32, as a
+    data loader gives them); random outputs, then saturated ones (:func:`_saturate`)."""
+    B = args.half_batch
+    print(
+        f"\n--half: |total(half inputs) - total(float32 inputs)| / |total(float32)|, B={B}, C=80, 20 "
+        "targets/img; 'grad ok': every gradient finite; transformers on the same half tensors as they are, "
+        "and with torch.cdist computed in float32 (CPU cdist has no half kernel; CUDA's has); non-finite "
+        "costs: entries of the matching cost that were NaN or inf before the matcher cleaned them (detloss: "
+        "asserted 0, at the host)"
+    )
+    print(
+        f"{'case':<14}{'inputs':<11}{'dtype':<10}{'detloss rel':>12}{'grad ok':>8}  {'transformers':<62}"
+        "cdist upcast"
+    )
+    which = args.families.split(",") if args.families else None
+    for name, (_, preset, tensors, ours, ref) in half_families(B, which=which).items():
+        crit = DETRLoss(80, preset)
+        for kind in ("random", "saturated"):
+            ins = tensors if kind == "random" else _saturate(tensors)
+            base = float(ours(crit, ins).total.detach())
+            ref_base = float(ref(ins).detach())
+            for dt in (torch.float16, torch.bfloat16):
+                lo = _cast(ins, dt)
+                with _NonFiniteCosts() as bad:
+                    out = ours(crit, lo).total
+                assert bad.n == 0, f"detloss: {bad.n} non-finite costs"
+                grads = torch.autograd.grad(out, _grad_inputs(lo))
+                ok = all(bool(torch.isfinite(g).all()) for g in grads)
+                d = abs(float(out.detach()) - base) / abs(base)
+                plain = _ref_half(ref, ins, ref_base, dt, False)
+                up = _ref_half(ref, ins, ref_base, dt, True)
+                print(
+                    f"{name:<14}{kind:<11}{str(dt).split('.')[1]:<10}{d:>12.2e}{str(ok):>8}  {plain:<62}{up}",
+                    flush=True,
+                )
+            if not math.isfinite(ref_base):
+                print(f"{'':<14}{kind:<11}float32: transformers' own float32 total is {ref_base}")
 
 
 L_MATCHER_CALLS = 7  # transformers' matcher calls per step: the 6 layers and the encoder, one .cpu() each
