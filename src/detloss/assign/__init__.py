@@ -16,7 +16,7 @@ from .collisions import resolve_collisions
 from .darknet import YoloAssignment, best_iou_with, build_yolov3_targets, build_yolov4_targets
 from .hungarian import hungarian_match, hungarian_match_all
 from .ssd import PRIOR_IGNORED, PRIOR_NEGATIVE, hard_negative_mask, match_priors
-from .tal import TaskAlignedAssignment, task_aligned_assign
+from .tal import CandidateTable, TaskAlignedAssignment, candidate_table, task_aligned_assign
 from .targets import PaddedTargets, pad_targets
 from .yolov5 import (
     YOLOv5Candidates,
@@ -30,6 +30,7 @@ from .yolov5 import (
 __all__ = [
     "PRIOR_IGNORED",
     "PRIOR_NEGATIVE",
+    "CandidateTable",
     "PaddedTargets",
     "TaskAlignedAssignment",
     "YOLOv5Candidates",
@@ -40,6 +41,7 @@ __all__ = [
     "build_yolov3_targets",
     "build_yolov4_targets",
     "build_yolov5_targets",
+    "candidate_table",
     "hard_negative_mask",
     "hungarian_match",
     "hungarian_match_all",
