@@ -10,7 +10,8 @@ The parent runs the same model on the whole batch in one process and compares:
   queries, as the references, so it is run with ``cls=0``), and "dfine" and "deimv2" (DEIMv2's union
   normaliser averaged alike) without DDF (a mean over each rank's queries, ``ddf=0``): DDP gradient
   == single gradient.
-- YOLOv5 and YOLOv8 (``total = (...) · B`` with the per-rank B): K · DDP gradient == single
+- YOLOv5, YOLOv8 and YOLO26's end-to-end loss (``total = (...) · B`` with the per-rank B; both
+  branches of ``yolo26_loss`` with the option, weighted at a fixed epoch): K · DDP gradient == single
   gradient, the factor YOLOv5's and ultralytics' trainers apply (``loss * WORLD_SIZE``).
 
 The halves are deliberately unbalanced (2 + 0 boxes on rank 0, 3 + 1 on rank 1), so the negative
@@ -30,11 +31,17 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from detloss.criteria import DETRLoss, SSDLoss, YOLOv3Loss, YOLOv4Loss, YOLOv5Loss, YOLOv8Loss
+from detloss.criteria import DETRLoss, SSDLoss, YOLOv3Loss, YOLOv4Loss, YOLOv5Loss, YOLOv8Loss, yolo26_loss
 
 WORLD, BATCH, C, FEAT, SIZE = 2, 4, 3, 5, 64
 BOXES_PER_IMAGE = (2, 0, 3, 1)  # rank 0: images 0-1 (2 boxes), rank 1: images 2-3 (4 boxes)
-YOLO_GRIDS = {"YOLOv3": (8, 4, 2), "YOLOv4": (2, 4), "YOLOv5": (8, 4, 2), "YOLOv8": (8, 4, 2)}  # 64 px
+YOLO_GRIDS = {
+    "YOLOv3": (8, 4, 2),
+    "YOLOv4": (2, 4),
+    "YOLOv5": (8, 4, 2),
+    "YOLOv8": (8, 4, 2),
+    "YOLO26": (8, 4, 2),
+}  # 64 px
 DETR_CASES = {
     "DETR-deformable": {"preset": "deformable"},
     "DETR-rtdetr": {"preset": "rtdetr"},
@@ -50,9 +57,10 @@ DDP_FACTOR = {
     "YOLOv4": 1.0,
     "YOLOv5": float(WORLD),
     "YOLOv8": float(WORLD),
+    "YOLO26": float(WORLD),
     "SSD": 1.0,
 } | dict.fromkeys(DETR_CASES, 1.0)
-COUNTS_POSITIVES = ("YOLOv4", "YOLOv5", "YOLOv8", "SSD", *DETR_CASES)
+COUNTS_POSITIVES = ("YOLOv4", "YOLOv5", "YOLOv8", "YOLO26", "SSD", *DETR_CASES)
 V8_REG_MAX = 4
 # unequal halves (3 images on rank 0, 1 on rank 1): exact for the criteria whose every normaliser is
 # global (YOLOv5 keeps its per-rank objectness mean and · B, docs/reliability.md)
@@ -103,6 +111,29 @@ class DETRHeads(nn.Module):
         corners = torch.stack([f(feats) for f in self.corners])
         refs = boxes[:LAYERS].detach() * 0.5 + 0.25
         return logits, boxes, {"corners": corners, "reference_points": refs}
+
+
+class EndToEndHeads(nn.Module):
+    """Two sets of 1×1 heads on the same features, YOLO26's raw distances (reg_max = 1) and C classes:
+    ``{"one2many": …, "one2one": …}``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.one2many, self.one2one = YoloHeads(3, 4 + C), YoloHeads(3, 4 + C)
+
+    def forward(self, feats: list[torch.Tensor]) -> dict[str, list[torch.Tensor]]:
+        return {"one2many": self.one2many(feats), "one2one": self.one2one(feats)}
+
+
+class EndToEndCriterion(nn.Module):
+    """``yolo26_loss`` at a fixed epoch of its schedule (both weights non-zero)."""
+
+    def __init__(self, reduce: bool) -> None:
+        super().__init__()
+        self.crit = yolo26_loss(C, epochs=10, reduce_across_ranks=reduce)
+
+    def forward(self, preds, targets):
+        return self.crit(preds, targets, epoch=4)
 
 
 class DETRCriterion(nn.Module):
@@ -164,6 +195,8 @@ def make(name: str, reduce: bool) -> tuple[nn.Module, nn.Module]:
         return heads.double(), DETRCriterion(**kw, reduce_across_ranks=reduce)
     if name == "SSD":
         return SSDHead().double(), SSDLoss(C, priors(), reduce_across_ranks=reduce)
+    if name == "YOLO26":
+        return EndToEndHeads().double(), EndToEndCriterion(reduce)
     if name == "YOLOv8":  # anchor-free heads: 4 side distributions of V8_REG_MAX bins, then C classes
         model = YoloHeads(3, 4 * V8_REG_MAX + C).double()
         return model, YOLOv8Loss(C, reg_max=V8_REG_MAX, reduce_across_ranks=reduce)

@@ -287,3 +287,49 @@ def test_compile_fullgraph_matches_eager():
         torch.testing.assert_close(out.components[key], eager.components[key], rtol=1e-5, atol=1e-6)
     for a, b in zip(torch.autograd.grad(out.total, leaves), g_eager, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_shared_candidate_table_changes_nothing_and_saves_ops():
+    """Both branches read one candidate table (it does not depend on the predictions): the same
+    values and gradients as each branch making its own, with fewer ops than the two branches alone."""
+    crit, preds, targets, leaves = _bench(False)
+    padded = pad_targets(targets, 5, validate=False)
+    out = crit(preds, padded, epoch=3)
+    grads = torch.autograd.grad(out.total, leaves)
+    w_m, w_o = crit.weights(3)
+    with DispatchCounter() as alone:
+        own = [crit.one2many(preds["one2many"], padded), crit.one2one(preds["one2one"], padded)]
+    with DispatchCounter() as shared:
+        crit(preds, padded, epoch=3)
+    for name, res in zip(("one2many", "one2one"), own, strict=True):
+        for k, v in res.components.items():
+            torch.testing.assert_close(out.branches[name].components[k], v, rtol=0, atol=0)
+    total = w_m * own[0].total + w_o * own[1].total
+    torch.testing.assert_close(out.total, total, rtol=1e-6, atol=0)
+    for a, b in zip(grads, torch.autograd.grad(total, leaves), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    assert shared.ops < alone.ops - 20, (shared.ops, alone.ops)
+
+
+def test_task_aligned_assign_with_a_precomputed_candidate_table():
+    preds, targets = make_case(b=2, n=6, seed=3, reg_max=8)
+    crit = YOLOv8Loss(3, reg_max=8, topk=7)
+    sizes = [tuple(p.shape[2:]) for p in preds]
+    heads = crit.read_heads(preds, 2)
+    tables = crit.anchor_tables(sizes, D, torch.device("cpu"))
+    pts, st, pts_px, _ = tables
+    padded = pad_targets(targets, 3, dtype=D)
+    with torch.no_grad():
+        boxes = torch.cat(
+            [crit._decode(r, pts[s : s + r.shape[-1]], channels_first=True) for s, r in heads.box], 1
+        )
+    args = (heads.cls, boxes * st, pts_px, padded.boxes, padded.labels, padded.mask)
+    kw = dict(topk=7, min_side=16.0, logits=True, grid_sizes=sizes)
+    table = crit.candidate_table(padded, tables, sizes)
+    ref = task_aligned_assign(*args, **kw)
+    for _ in range(2):  # the table's block is made once and read again
+        out = task_aligned_assign(*args, candidates=table, **kw)
+        for f in ("foreground", "gt_index", "labels", "boxes", "scores"):
+            assert torch.equal(getattr(out, f), getattr(ref, f)), f
+    with pytest.raises(ValueError, match="candidates"):
+        task_aligned_assign(*args, candidates=table, rotated=True, topk=7)

@@ -18,7 +18,7 @@ from .darknet import YoloAssignment, best_iou_with, build_yolov3_targets, build_
 from .dense import dense_one_to_one
 from .hungarian import hungarian_match, hungarian_match_all
 from .ssd import PRIOR_IGNORED, PRIOR_NEGATIVE, hard_negative_mask, match_priors
-from .tal import TaskAlignedAssignment, task_aligned_assign
+from .tal import CandidateTable, TaskAlignedAssignment, candidate_table, task_aligned_assign
 from .targets import PaddedTargets, pad_targets
 from .yolov5 import (
     YOLOv5Candidates,
@@ -32,6 +32,7 @@ from .yolov5 import (
 __all__ = [
     "PRIOR_IGNORED",
     "PRIOR_NEGATIVE",
+    "CandidateTable",
     "PaddedTargets",
     "TaskAlignedAssignment",
     "YOLOv5Candidates",
@@ -42,6 +43,7 @@ __all__ = [
     "build_yolov3_targets",
     "build_yolov4_targets",
     "build_yolov5_targets",
+    "candidate_table",
     "dense_one_to_one",
     "hard_negative_mask",
     "hungarian_match",

@@ -98,13 +98,17 @@ def _power(x: Tensor, p: float) -> Tensor:
     return out
 
 
-class _Inside:
+class CandidateTable:
     """Which anchor centres lie strictly inside each valid box (widened to ``min_side``), per block
-    of boxes: ``blocks(size)`` yields ``(B, m, A)`` bool.
+    of boxes: ``blocks(size)`` yields ``(B, m, A)`` bool. It depends on the targets and the anchors
+    only, not on the predictions: criteria that assign the same targets on the same anchors (the two
+    branches of :class:`detloss.criteria.EndToEndLoss`) build it once (:func:`candidate_table`) and
+    pass it to :func:`task_aligned_assign` as ``candidates``.
 
     On grids the test factors: inside = (row inside) ∧ (column inside). The row and column tests
-    of every box, ``(B, M, H)`` and ``(B, M, W)`` per grid, are made once; a block is one outer
-    ``and`` per grid."""
+    of every box against the rows and columns of all grids at once, ``(B, M, ΣH)`` and ``(B, M, ΣW)``,
+    are made once; a block is one outer ``and`` per grid. A single block (all the boxes) is kept once
+    made, so that a second assignment reads it instead of making it again."""
 
     def __init__(
         self,
@@ -118,19 +122,36 @@ class _Inside:
         wh = boxes[..., 2:] - boxes[..., :2]
         if min_side > 0:  # YOLOv8 8.4.190: a side below the second stride is widened, for this test only
             wh = wh.clamp(min=min_side)
-        self.lt, self.rb = (c - wh / 2).unsqueeze(-2), (c + wh / 2).unsqueeze(-2)  # (B, M, 1, 2)
+        half = wh / 2
+        self.lt, self.rb = (c - half).unsqueeze(-2), (c + half).unsqueeze(-2)  # (B, M, 1, 2)
         self.valid = valid.unsqueeze(-1)
         self.points = anchor_points
+        self.num_boxes = boxes.shape[1]
         self.tables = []  # per grid: rows (B, M, H), columns (B, M, W) of the valid boxes
-        start = 0
-        for h, w in grid_sizes or ():
-            cols = _between(anchor_points[start : start + w, 0], self.lt[..., 0], self.rb[..., 0])
-            rows = _between(anchor_points[start : start + h * w : w, 1], self.lt[..., 1], self.rb[..., 1])
-            self.tables.append((rows, cols.logical_and_(self.valid)))
-            start += h * w
+        self._single: Tensor | None = None
+        if grid_sizes:
+            starts = [0]
+            for h, w in grid_sizes:
+                starts.append(starts[-1] + h * w)
+            xs = [anchor_points[s : s + w, 0] for s, (_, w) in zip(starts, grid_sizes, strict=False)]
+            ys = [anchor_points[s : s + h * w : w, 1] for s, (h, w) in zip(starts, grid_sizes, strict=False)]
+            cols = _between(torch.cat(xs) if len(xs) > 1 else xs[0], self.lt[..., 0], self.rb[..., 0])
+            rows = _between(torch.cat(ys) if len(ys) > 1 else ys[0], self.lt[..., 1], self.rb[..., 1])
+            cols.logical_and_(self.valid)
+            cols = cols.split([w for _, w in grid_sizes], -1)
+            rows = rows.split([h for h, _ in grid_sizes], -1)
+            self.tables = list(zip(rows, cols, strict=True))
 
     def blocks(self, size: int) -> Iterator[Tensor]:
-        """``(B, m, A)`` bool per block of ``size`` boxes, in order (the tables split once)."""
+        """``(B, m, A)`` bool per block of ``size`` boxes, in order (the tables split once); read-only."""
+        if size >= self.num_boxes:
+            if self._single is None:
+                self._single = next(self._blocks(size))
+            yield self._single
+            return
+        yield from self._blocks(size)
+
+    def _blocks(self, size: int) -> Iterator[Tensor]:
         if not self.tables:  # no grid: the full test per block
             lt, rb, valid = self.lt.split(size, 1), self.rb.split(size, 1), self.valid.split(size, 1)
             x, y = self.points.unbind(-1)
@@ -142,6 +163,20 @@ class _Inside:
         for i in range(len(split[0][0])):
             out = [(rows[i] & cols[i]).flatten(-2) for rows, cols in split]  # (B, m, H·W)
             yield out[0] if len(out) == 1 else torch.cat(out, -1)
+
+
+def candidate_table(
+    anchor_points: Tensor,
+    gt_boxes: Tensor,
+    gt_mask: Tensor,
+    *,
+    min_side: float = 0.0,
+    grid_sizes: Sequence[tuple[int, int]] | None = None,
+) -> CandidateTable:
+    """The candidate test of :func:`task_aligned_assign` (axis-aligned boxes) for these anchors and
+    targets, made once to be shared by several assignments of the same targets (``candidates=``);
+    the arguments are those of :func:`task_aligned_assign`."""
+    return CandidateTable(anchor_points, gt_boxes, gt_mask, min_side, grid_sizes)
 
 
 def _between(xy: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
@@ -232,6 +267,7 @@ def task_aligned_assign(
     logits: bool = False,
     grid_sizes: Sequence[tuple[int, int]] | None = None,
     rotated: bool = False,
+    candidates: CandidateTable | None = None,
 ) -> TaskAlignedAssignment:
     """Assign anchor points to padded ground-truth boxes by the task-aligned metric (module docstring).
 
@@ -262,6 +298,9 @@ def task_aligned_assign(
             after the other (as YOLOv8's), the candidate test is computed per row and column
             (axis-aligned boxes only).
         rotated: oriented boxes (module docstring): ProbIoU and the inclusive rotated candidate test.
+        candidates: the candidate test of these ``anchor_points``, ``gt_boxes``, ``gt_mask``,
+            ``min_side`` and ``grid_sizes``, made beforehand by :func:`candidate_table` (axis-aligned
+            boxes only): assignments of the same targets on the same anchors share it.
 
     Returns:
         :class:`TaskAlignedAssignment`. Images without boxes (or M = 0) get only background.
@@ -287,6 +326,8 @@ def task_aligned_assign(
     # the two parametrised steps, the candidate test and the pairwise similarity u:
     # pair(gt_block, pred) → (B, m, A); the boxes (B, M, ·) in the form pair reads, split per block
     if rotated:
+        if candidates is not None:
+            raise ValueError("candidates: the shared candidate table is the axis-aligned test's")
         pred = pred_boxes.unsqueeze(1)  # (B, 1, A, 5)
         inside = _InsideRotated(anchor_points, gt_boxes, gt_mask, min_side)
 
@@ -297,7 +338,9 @@ def task_aligned_assign(
             return boxes.unsqueeze(dim)
     else:
         pred = _planes(pred_boxes, 1)  # (2, B, 1, A) each
-        inside = _Inside(anchor_points, gt_boxes, gt_mask, min_side, grid_sizes)
+        if candidates is None:
+            candidates = CandidateTable(anchor_points, gt_boxes, gt_mask, min_side, grid_sizes)
+        inside = candidates
 
         def pair(gt: Corners, pr: Corners) -> Tensor:
             return _pairwise_ciou(pr, gt, iou_eps)
@@ -321,7 +364,7 @@ def task_aligned_assign(
 
     # blocks of boxes (a function of M only): bounded memory; every per-box table is split once
     block = max(1, PAIR_BLOCK // max(1, bsz * num_anchors))
-    candidates = inside.blocks(block)
+    cand_blocks = inside.blocks(block)
     gt_form = box_form(gt_boxes, 2)  # (B, M, 1, 5), or the planes (2, B, M, 1)
     if rotated:
         gt_planes = gt_form.split(block, 1)
@@ -330,8 +373,11 @@ def task_aligned_assign(
     gt_classes = gt_labels.unsqueeze(-1).expand(-1, -1, num_anchors)  # (B, M, A) view
     class_blocks = zip(*(lab.split(block, 1) for lab in _per_level(gt_classes, levels)), strict=True)
     box_ids = box_range.view(-1, 1).split(block)
+    # one block (all the boxes, at most PAIR_BLOCK pairs): its u and t are kept and read per anchor
+    # below instead of recomputed (with β = 0, t is not 0 where u is: recomputed)
+    pairs_kept = None
     for start, cand, gt, classes, ids in zip(
-        range(0, m_max, block), candidates, gt_planes, class_blocks, box_ids, strict=True
+        range(0, m_max, block), cand_blocks, gt_planes, class_blocks, box_ids, strict=True
     ):
         u = pair(gt, pred).mul_(cand)  # (B, m, A)
         s = score_pow(_class_scores(levels, classes))  # (B, m, A): s^α
@@ -345,18 +391,25 @@ def task_aligned_assign(
         better = u_max > best_u
         best_u = torch.where(better, u_max, best_u)
         best_box = torch.where(better, u_arg + start, best_box)
+        if block >= m_max and beta > 0:
+            pairs_kept = u, metric
 
     foreground = count > 0
     contested = count > 1
     gt_index = torch.where(contested, best_box, owner)
     boxes = gt_boxes.gather(1, gt_index.unsqueeze(-1).expand(-1, -1, size))  # (B, A, 4 | 5)
     labels = gt_labels.gather(1, gt_index)
-    # u and t of each anchor with its owner, recomputed per anchor (B, A) instead of kept per pair;
-    # a contested anchor's owner has u = best_u (box 0 with u = 0 may even be no candidate)
-    u = pair(box_form(boxes, 1), pred).squeeze(1)
-    u = torch.where(contested, best_u, u).mul_(foreground)
-    s = _class_scores(levels, _per_level(labels.unsqueeze(1), levels)).squeeze(1)
-    metric = score_pow(s).mul_(_power(u, beta))
+    if pairs_kept is not None:  # u and t of each anchor with its owner (a contested one's: best_u)
+        owner_row = gt_index.unsqueeze(1)
+        u, metric = (t.gather(1, owner_row).squeeze(1).mul_(foreground) for t in pairs_kept)
+        del pairs_kept
+    else:
+        # u and t of each anchor with its owner, recomputed per anchor (B, A) instead of kept per pair;
+        # a contested anchor's owner has u = best_u (box 0 with u = 0 may even be no candidate)
+        u = pair(box_form(boxes, 1), pred).squeeze(1)
+        u = torch.where(contested, best_u, u).mul_(foreground)
+        s = _class_scores(levels, _per_level(labels.unsqueeze(1), levels)).squeeze(1)
+        metric = score_pow(s).mul_(_power(u, beta))
     if topk2 is not None and topk2 != topk:
         foreground = _top_per_box(metric, gt_index, foreground, m_max, topk2)
         gt_index = gt_index * foreground  # background anchors point at box 0, as above

@@ -126,12 +126,18 @@ class EndToEndLoss(nn.Module):
             fmt=self.one2many.box_format,
         )
         tables = self.one2many.anchor_tables(heads_m.sizes, dtype, device)  # one table for both branches
-        out_m = self.one2many.loss(heads_m, padded, tables)
+        # the candidate test (which anchors lie in which box) does not depend on the predictions: made
+        # once for both branches (axis-aligned boxes, one min_side)
+        shared = {}
+        if not self.one2many.angled and self.one2many.min_side == self.one2one.min_side:
+            shared["candidates"] = self.one2many.candidate_table(padded, tables, heads_m.sizes)
+        out_m = self.one2many.loss(heads_m, padded, tables, **shared)
         if heads_o.tensors[0].dtype != dtype:  # a branch in another precision: its own copies
             dtype = heads_o.tensors[0].dtype
             padded = as_padded(padded, self.one2one.num_classes, dtype=dtype, device=device, validate=False)
             tables = self.one2one.anchor_tables(heads_o.sizes, dtype, device)
-        out_o = self.one2one.loss(heads_o, padded, tables)
+            shared = {}
+        out_o = self.one2one.loss(heads_o, padded, tables, **shared)
         if isinstance(epoch, Tensor):  # the weights in the loss's precision, whatever the epoch's dtype
             epoch = epoch.to(out_m.total.dtype)
         w_m, w_o = self.weights(epoch)

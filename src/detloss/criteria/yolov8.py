@@ -28,7 +28,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..assign import PaddedTargets, TaskAlignedAssignment, task_aligned_assign
+from ..assign import (
+    CandidateTable,
+    PaddedTargets,
+    TaskAlignedAssignment,
+    candidate_table,
+    task_aligned_assign,
+)
 from ..checks import check_eps, check_head_dict, check_heads, check_num_classes, check_number, positive_ints
 from ..codecs import distances_to_boxes, expected_distances
 from ..distributed import global_count
@@ -304,6 +310,18 @@ class YOLOv8Loss(nn.Module):
             (tuple(sizes), dtype, device), lambda: _anchor_tables(sizes, self.strides, dtype, device)
         )
 
+    def candidate_table(
+        self,
+        padded: PaddedTargets,
+        tables: tuple[Tensor, Tensor, Tensor, Tensor],
+        sizes: Sequence[tuple[int, int]],
+    ) -> CandidateTable:
+        """The assignment's candidate test of these targets on this layout
+        (:func:`detloss.assign.candidate_table` with this criterion's ``min_side``): it does not depend
+        on the predictions, so criteria of one ``min_side`` assigning the same targets on the same
+        anchors share it (:meth:`loss`'s ``candidates``)."""
+        return candidate_table(tables[2], padded.boxes, padded.mask, min_side=self.min_side, grid_sizes=sizes)
+
     def _assign(self, scores, pred_px, points_px, boxes, labels, mask, **options) -> TaskAlignedAssignment:
         """:func:`detloss.assign.task_aligned_assign` with this criterion's settings (``options``: the
         box family's own keywords)."""
@@ -326,10 +344,15 @@ class YOLOv8Loss(nn.Module):
         return self.loss(heads, padded, self.anchor_tables(heads.sizes, ref.dtype, ref.device))
 
     def loss(
-        self, heads: _Heads, padded: PaddedTargets, tables: tuple[Tensor, Tensor, Tensor, Tensor]
+        self,
+        heads: _Heads,
+        padded: PaddedTargets,
+        tables: tuple[Tensor, Tensor, Tensor, Tensor],
+        candidates: CandidateTable | None = None,
     ) -> LossResult:
         """The loss of checked heads (:meth:`read_heads`) on padded targets in the heads' dtype, with
-        the layout's anchor tables (:meth:`anchor_tables`)."""
+        the layout's anchor tables (:meth:`anchor_tables`) and, made beforehand for these targets, the
+        candidate test (:meth:`candidate_table`; else made here)."""
         points, stride, points_px, anchor_ids = tables
         bsz, r = heads.tensors[0].shape[0], self.reg_max
         h0, w0 = heads.sizes[0]
@@ -342,7 +365,16 @@ class YOLOv8Loss(nn.Module):
             ]
             pred_px = (decoded[0] if len(decoded) == 1 else torch.cat(decoded, 1)) * stride  # (B, A, 4)
             boxes, labels, mask = padded.boxes, padded.labels, padded.mask
-            a = self._assign(heads.cls, pred_px, points_px, boxes, labels, mask, grid_sizes=heads.sizes)
+            a = self._assign(
+                heads.cls,
+                pred_px,
+                points_px,
+                boxes,
+                labels,
+                mask,
+                grid_sizes=heads.sizes,
+                candidates=candidates,
+            )
             idx, used = positive_slots(a.foreground, padded.boxes.shape[1] * self.topk, anchor_ids)
         weight = a.scores  # (B, A): ŝ, the target score summed over the classes; 0 on background
         norm = global_count(weight.sum(), self.reduce_across_ranks, at_least=1.0)

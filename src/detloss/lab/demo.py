@@ -83,6 +83,10 @@ class CriterionSpec:
         rotated: oriented boxes: the data are :func:`.data.make_rotated_shapes` (xywhr targets, the
             classes :data:`.data.ROTATED_CLASSES`), decode gives ``(B, N, 5)`` xywhr and the metric is
             :func:`.evaluate.rotated_map` (DOTA) instead of COCO's.
+        box_bias: the initial bias of every head's first four channels (both copies with ``one2one``):
+            YOLO26's raw ltrb distances start at this many cells, as ultralytics' ``Detect.bias_init``
+            starts them at 2 (without it they start near 0: degenerate boxes whose CIoU, and so whose
+            alignment with every target, is ~0). None keeps the default initialisation.
     """
 
     build: Callable[[int, int, int], Any]
@@ -92,6 +96,7 @@ class CriterionSpec:
     one2one: bool = False
     select: Callable[[Tensor, Tensor], list[dict[str, Tensor]]] = select_detections
     rotated: bool = False
+    box_bias: float | None = None
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -300,6 +305,7 @@ CRITERIA: dict[str, CriterionSpec] = {
         head_channels=lambda c: 4 + c,  # reg_max = 1: four raw distances
         one2one=True,
         select=select_topk,
+        box_bias=2.0,  # ultralytics' Detect.bias_init: raw distances of 2 cells at the start
     ),
     "rtdetr": CriterionSpec(
         lambda c, size, epochs: SetCriterion(DETRLoss(c, "rtdetr"), size),
@@ -526,6 +532,8 @@ def run(
     model = TinyDetector(
         len(classes), num_anchors=3, width=width, head_channels=channels, one2one=spec.one2one
     )
+    if spec.box_bias is not None:
+        model.init_box_bias(spec.box_bias)
     before = spec.metric(test_set.targets, detect(model, spec, test_set.images))
     t1 = time.perf_counter()
     history = train(model, crit, spec, train_set, epochs, batch, lr, seed, show_progress)

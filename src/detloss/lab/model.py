@@ -57,6 +57,15 @@ class TinyDetector(nn.Module):
         self.heads = nn.ModuleList(nn.Conv2d(c, out, 1) for c in (2 * w, 3 * w, 4 * w))
         self.heads_o2o = copy.deepcopy(self.heads) if one2one else None
 
+    @torch.no_grad()
+    def init_box_bias(self, value: float, channels: int = 4) -> None:
+        """Set the bias of the first ``channels`` output channels of every head (the one-to-one copy
+        too) to ``value``: the raw box distances of a ``reg_max = 1`` head then start at ``value``
+        cells (ultralytics' ``Detect.bias_init`` uses 2)."""
+        for heads in (self.heads, self.heads_o2o):
+            for conv in heads or ():
+                conv.bias[:channels] = value
+
     def forward(self, x: Tensor) -> list[Tensor] | dict[str, list[Tensor]]:
         c3 = self.down3(self.stem(x))
         c4 = self.down4(c3)
