@@ -39,7 +39,7 @@ from torch import Tensor
 
 from ..kernels.geometry import Corners, corners
 from ..kernels.iou import ciou_grid
-from ..kernels.rotated import probiou, rotated_corners
+from ..kernels.rotated import ProbiouSides, probiou_grid, probiou_sides, rotated_corners, split_sides
 
 PAIR_BLOCK = 1 << 21  # (B, m_block, A) elements per block: 8 MB per float32 temporary
 INSIDE_EPS = 1e-9  # an anchor centre must lie more than this inside the box
@@ -161,27 +161,34 @@ class _InsideRotated:
             boxes = torch.cat((boxes[..., :2], boxes[..., 2:4].clamp(min=min_side), boxes[..., 4:]), -1)
         a, b, _, d = rotated_corners(boxes).unsqueeze(-2).unbind(-3)  # (B, M, 1, 2) each
         self.a, self.ab, self.ad = a, b - a, d - a
-        self.valid = valid.unsqueeze(-1)
+        # the squared edge lengths bound the projections; −1 on padding rows (no p satisfies
+        # 0 ≤ dot ≤ −1), which folds the validity into the test
+        self.lengths = [
+            torch.where(valid.unsqueeze(-1), edge.square().sum(-1), -1.0) for edge in (self.ab, self.ad)
+        ]
         self.points = anchor_points
 
     def blocks(self, size: int) -> Iterator[Tensor]:
         """``(B, m, A)`` bool per block of ``size`` boxes, in order."""
         x, y = self.points.unbind(-1)
-        for a, ab, ad, valid in zip(
-            *(t.split(size, 1) for t in (self.a, self.ab, self.ad, self.valid)), strict=True
+        for a, ab, ad, len_ab, len_ad in zip(
+            *(t.split(size, 1) for t in (self.a, self.ab, self.ad, *self.lengths)), strict=True
         ):
             px, py = x - a[..., 0], y - a[..., 1]  # (B, m, A)
-            inside = valid.expand_as(px).clone()
-            for edge in (ab, ad):
-                dot = px * edge[..., 0] + py * edge[..., 1]
-                inside.logical_and_(dot >= 0).logical_and_(dot <= edge.square().sum(-1))
+            inside = None
+            for edge, length in ((ab, len_ab), (ad, len_ad)):
+                dot = px * edge[..., 0]
+                dot += py * edge[..., 1]
+                test = (dot >= 0).logical_and_(dot <= length)
+                inside = test if inside is None else inside.logical_and_(test)
             yield inside
 
 
-def _pairwise_probiou(gt: Tensor, pred: Tensor, eps: float) -> Tensor:
-    """ProbIoU (floor 0) of broadcast xywhr boxes, clamped at 0, without gradient: ``(B, m, 1, 5)``
-    boxes against ``(B, 1, A, 5)`` predictions → ``(B, m, A)``."""
-    return probiou(gt, pred, eps).clamp_(min=0)
+def _pairwise_probiou(gt: ProbiouSides, pred: ProbiouSides, eps: float) -> Tensor:
+    """ProbIoU (floor 0) of broadcast xywhr boxes given by their per-box parts
+    (:func:`detloss.kernels.rotated.probiou_grid`), clamped at 0, without gradient: ``(B, m, 1)``
+    boxes against ``(B, 1, A)`` predictions → ``(B, m, A)``."""
+    return probiou_grid(gt, pred, eps).clamp_(min=0)
 
 
 def _class_scores(levels: Sequence[Tensor], labels: Sequence[Tensor]) -> Tensor:
@@ -286,15 +293,15 @@ def task_aligned_assign(
         )
     # the two parametrised steps, the candidate test and the pairwise similarity u:
     # pair(gt_block, pred) → (B, m, A); the boxes (B, M, ·) in the form pair reads, split per block
-    if rotated:
-        pred = pred_boxes.unsqueeze(1)  # (B, 1, A, 5)
+    if rotated:  # ProbIoU's per-box parts, made once per box and per anchor
+        pred = probiou_sides(pred_boxes.unsqueeze(1))  # (B, 1, A) each
         inside = _InsideRotated(anchor_points, gt_boxes, gt_mask, min_side)
 
-        def pair(gt: Tensor, pr: Tensor) -> Tensor:
+        def pair(gt: ProbiouSides, pr: ProbiouSides) -> Tensor:
             return _pairwise_probiou(gt, pr, iou_eps)
 
-        def box_form(boxes: Tensor, dim: int) -> Tensor:
-            return boxes.unsqueeze(dim)
+        def box_form(boxes: Tensor, dim: int) -> ProbiouSides:
+            return probiou_sides(boxes.unsqueeze(dim))
     else:
         pred = _planes(pred_boxes, 1)  # (2, B, 1, A) each
         inside = _Inside(anchor_points, gt_boxes, gt_mask, min_side, grid_sizes)
@@ -322,9 +329,10 @@ def task_aligned_assign(
     # blocks of boxes (a function of M only): bounded memory; every per-box table is split once
     block = max(1, PAIR_BLOCK // max(1, bsz * num_anchors))
     candidates = inside.blocks(block)
-    gt_form = box_form(gt_boxes, 2)  # (B, M, 1, 5), or the planes (2, B, M, 1)
+    gt_form = box_form(gt_boxes, 2)  # ProbIoU's parts (B, M, 1), or the planes (2, B, M, 1)
     if rotated:
-        gt_planes = gt_form.split(block, 1)
+        gt_planes = split_sides(gt_form, block, 1)
+        owner_u = torch.zeros_like(best_u)  # Σ of u(m, a) over the boxes m selecting a
     else:
         gt_planes = zip(*(plane.split(block, 2) for plane in gt_form), strict=True)
     gt_classes = gt_labels.unsqueeze(-1).expand(-1, -1, num_anchors)  # (B, M, A) view
@@ -341,6 +349,8 @@ def task_aligned_assign(
         flat_top = top.flatten(1)
         count.scatter_add_(1, flat_top, keep.flatten(1).long())
         owner.scatter_add_(1, flat_top, (keep * ids).flatten(1))
+        if rotated:  # u with the owner where count == 1: no second ProbIoU per anchor afterwards
+            owner_u.scatter_add_(1, flat_top, u.gather(-1, top).mul_(keep).flatten(1))
         u_max, u_arg = u.max(dim=1)  # (B, A); earlier blocks win ties (strict >)
         better = u_max > best_u
         best_u = torch.where(better, u_max, best_u)
@@ -353,7 +363,7 @@ def task_aligned_assign(
     labels = gt_labels.gather(1, gt_index)
     # u and t of each anchor with its owner, recomputed per anchor (B, A) instead of kept per pair;
     # a contested anchor's owner has u = best_u (box 0 with u = 0 may even be no candidate)
-    u = pair(box_form(boxes, 1), pred).squeeze(1)
+    u = owner_u if rotated else pair(box_form(boxes, 1), pred).squeeze(1)
     u = torch.where(contested, best_u, u).mul_(foreground)
     s = _class_scores(levels, _per_level(labels.unsqueeze(1), levels)).squeeze(1)
     metric = score_pow(s).mul_(_power(u, beta))
