@@ -17,14 +17,22 @@ from .checks import check_boxes, check_one_of
 
 BoxFormat = Literal["xyxy", "xywh", "cxcywh"]
 BOX_FORMATS: tuple[str, ...] = ("xyxy", "xywh", "cxcywh")
+RotatedBoxFormat = Literal["xywhr", "xyxyxyxy"]
+#: the oriented formats :func:`box_convert` hands to :func:`detloss.box_convert_rotated`
+ROTATED_FORMATS: tuple[str, ...] = ("xywhr", "xyxyxyxy")
 
 
-def box_convert(boxes: Tensor, in_fmt: BoxFormat, out_fmt: BoxFormat) -> Tensor:
-    """Convert boxes ``(..., 4)`` between ``"xyxy"``, ``"xywh"`` and ``"cxcywh"``.
+def box_convert(
+    boxes: Tensor, in_fmt: BoxFormat | RotatedBoxFormat, out_fmt: BoxFormat | RotatedBoxFormat
+) -> Tensor:
+    """Convert boxes ``(..., 4)`` between ``"xyxy"``, ``"xywh"`` and ``"cxcywh"``, or oriented boxes
+    between ``"xywhr"`` ``(..., 5)`` and ``"xyxyxyxy"`` ``(..., 8)`` (the 4 corners: this is then
+    :func:`detloss.box_convert_rotated`). An axis-aligned format does not convert to an oriented one.
 
     Args:
-        boxes: ``(..., 4)`` floating tensor.
-        in_fmt, out_fmt: one of ``"xyxy"``, ``"xywh"``, ``"cxcywh"``.
+        boxes: ``(..., 4)`` floating tensor (``(..., 5)`` / ``(..., 8)`` for the oriented formats).
+        in_fmt, out_fmt: one of ``"xyxy"``, ``"xywh"``, ``"cxcywh"``, or both of ``"xywhr"``,
+            ``"xyxyxyxy"``.
 
     Returns:
         ``(..., 4)`` tensor in ``out_fmt`` (the input itself when the formats are equal).
@@ -32,7 +40,19 @@ def box_convert(boxes: Tensor, in_fmt: BoxFormat, out_fmt: BoxFormat) -> Tensor:
     Example:
         >>> box_convert(torch.tensor([[1.0, 2.0, 4.0, 8.0]]), "xyxy", "cxcywh")
         tensor([[2.5000, 5.0000, 3.0000, 6.0000]])
+        >>> box_convert(torch.tensor([1.0, 2.0, 4.0, 2.0, 0.0]), "xywhr", "xyxyxyxy")
+        tensor([ 3.,  3.,  3.,  1., -1.,  1., -1.,  3.])
     """
+    if in_fmt in ROTATED_FORMATS or out_fmt in ROTATED_FORMATS:
+        from .rotated import box_convert_rotated  # .rotated imports this module (through .iou)
+
+        for name, fmt in (("in_fmt", in_fmt), ("out_fmt", out_fmt)):
+            if fmt not in ROTATED_FORMATS:
+                raise ValueError(
+                    f"{name} must be one of {ROTATED_FORMATS} when the other format is oriented "
+                    f"(an axis-aligned box does not convert to an oriented one), got {fmt!r}"
+                )
+        return box_convert_rotated(boxes, in_fmt, out_fmt)
     check_boxes("boxes", boxes)
     check_one_of("in_fmt", in_fmt, BOX_FORMATS)
     check_one_of("out_fmt", out_fmt, BOX_FORMATS)

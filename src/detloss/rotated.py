@@ -18,7 +18,16 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from .checks import check_box_pair, check_boxes, check_eps, check_number, check_one_of, check_tensor
+from .boxes import RotatedBoxFormat as RotatedBoxFormat
+from .checks import (
+    check_box_pair,
+    check_boxes,
+    check_eps,
+    check_finite,
+    check_number,
+    check_one_of,
+    check_tensor,
+)
 from .iou import compute_dtype
 from .kernels.rotated import ROTATED_KINDS as ROTATED_KINDS
 from .kernels.rotated import rotated_corners, rotated_similarity
@@ -33,7 +42,6 @@ __all__ = [
 ]
 
 RotatedKind = Literal["iou", "probiou", "kld", "gwd"]
-RotatedBoxFormat = Literal["xywhr", "xyxyxyxy"]
 #: the formats of :func:`box_convert_rotated` and the last dimension of each
 ROTATED_BOX_FORMATS: dict[str, int] = {"xywhr": 5, "xyxyxyxy": 8}
 
@@ -167,6 +175,7 @@ def box_convert_rotated(boxes: Tensor, in_fmt: RotatedBoxFormat, out_fmt: Rotate
         raise TypeError(f"boxes must have a floating dtype, got {boxes.dtype}")
     if boxes.dim() == 0 or boxes.shape[-1] != size:
         raise ValueError(f"boxes in {in_fmt!r} must have shape (..., {size}), got {tuple(boxes.shape)}")
+    check_finite("boxes", boxes)  # as box_convert: NaN/±Inf are a ValueError naming the index
     if in_fmt == out_fmt:
         return boxes
     if in_fmt == "xywhr":
