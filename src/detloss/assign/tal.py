@@ -23,7 +23,10 @@ With ``rotated=True`` (oriented boxes, xywhr; ultralytics' ``RotatedTaskAlignedA
 steps run with u = max(ProbIoU(box_m, pred_a), 0) (:func:`detloss.kernels.rotated.probiou`, floor 0)
 and candidate(m, a) = the anchor lies in the rotated rectangle, inclusive of its edges and without a
 margin: with a, b, d three consecutive corners, 0 ≤ (p − a)·(b − a) ≤ |b − a|² and
-0 ≤ (p − a)·(d − a) ≤ |d − a|² (sides below ``min_side`` widened first, as above).
+0 ≤ (p − a)·(d − a) ≤ |d − a|² (sides below ``min_side`` widened first, as above). The blocks' ProbIoU
+is :func:`detloss.kernels.rotated.probiou_grid` (the per-box and per-anchor parts made once per call,
+the grid's temporaries overwritten in place; probiou's values bit for bit), and the owner's u of an
+anchor selected once is kept from its block (a scatter of the selected u) instead of recomputed.
 
 Details and differences from ultralytics' ``TaskAlignedAssigner`` (8.4.190): docs/yolov8.md, and for
 the rotated one docs/obb.md.
