@@ -325,6 +325,8 @@ def task_aligned_assign(
     per_logit = m_max > levels[0].shape[1]
     if per_logit:
         levels = [lv.sigmoid().pow_(alpha) if logits else lv.pow(alpha) for lv in levels]
+    if rotated and len(levels) > 1:  # one gather per block of boxes instead of one per level and a cat
+        levels = [torch.cat(levels, -1)]
 
     def score_pow(s: Tensor) -> Tensor:  # s: gathered scores, a new tensor
         return s if per_logit else (s.sigmoid_() if logits else s).pow_(alpha)
