@@ -6,10 +6,13 @@ finite and inside the numeric domain (below), or a ``ValueError``/``TypeError`` 
 message; each test predicts from the generated input alone whether the call must fail.
 
 Numeric domain: the Gaussian similarities multiply four sides (``det Σ₁·det Σ₂ ∝ w₁h₁w₂h₂`` squared
-under a root), so the domain is ``|v| <= 1e8`` in float32 and ``|v| <= 1e70`` in float64 (zero-area,
+under a root), so the domain is ``|v| <= 1e6`` in float32 and ``|v| <= 1e70`` in float64 (zero-area,
 degenerate and huge boxes within it included); outside it an overflow is the correct float result
-and finiteness is not asserted. The codecs (:mod:`detloss.codecs`) are unchecked internals: they are
-fuzzed for finite values, gradients and round trips only.
+and finiteness is not asserted. Why not 1e8 in float32: ProbIoU's backward of
+``ln(D / (4·√(p₁q₁p₂q₂) + eps))`` is ``D / (…)²``, which overflows for a zero-area box against one of
+~1e7 px (D ≈ 1e26 over eps² = 1e-14), and the clamp of the Bhattacharyya distance multiplies it by
+0: a NaN gradient (found by this file; the forward is finite). The codecs (:mod:`detloss.codecs`)
+are unchecked internals: they are fuzzed for finite values, gradients and round trips only.
 """
 
 from __future__ import annotations
@@ -125,7 +128,7 @@ def rbox_problems(t: object, size: int = 5) -> set[type]:
 
 def in_rotated_domain(*ts: Tensor) -> bool:
     """Finite, and small enough that products of four sides cannot overflow the compute dtype."""
-    bound = 1e70 if compute(*ts) == F64 else 1e8
+    bound = 1e70 if compute(*ts) == F64 else 1e6
     return all(t.numel() == 0 or bool(t.double().abs().max() <= bound) for t in ts)
 
 
@@ -161,13 +164,15 @@ def finite_gradients(name: str, fn, *inputs: Tensor) -> None:
         assert g is None or bool(torch.isfinite(g).all()), f"{name}: non-finite gradient {g}"
 
 
-def check_similarity(name, out, b1, b2, kind):
-    """Finite in the domain and inside the kind's range [0, 1]."""
+def check_similarity(name, out, b1, b2, kind, eps):
+    """Finite in the domain and inside the kind's range: [0, 1], for probiou [1 − √(1 + eps), 1]
+    (ultralytics' eps placements: 1 − √(1 − exp(−B) + eps) is below 0 for a large eps)."""
     if not in_rotated_domain(b1, b2):
         return
     assert_finite(name, out)
     tol = out_tol(out.dtype)
-    assert bool(((out.double() >= -tol) & (out.double() <= 1 + tol)).all()), (name, kind, out)
+    lo = 1.0 - math.sqrt(1.0 + eps) if kind == "probiou" else 0.0
+    assert bool(((out.double() >= lo - tol) & (out.double() <= 1 + tol)).all()), (name, kind, out)
 
 
 # ----------------------------------------------------------------------------- similarities
@@ -186,7 +191,7 @@ def test_rotated_bbox_iou(tally, pair, kind, eps, floor, validate):
     assert out.shape == torch.broadcast_shapes(b1.shape, b2.shape)[:-1]
     assert out.dtype == torch.promote_types(b1.dtype, b2.dtype)
     if bool(torch.isfinite(b1).all() and torch.isfinite(b2).all()):
-        check_similarity("rotated_bbox_iou", out, b1, b2, kind)
+        check_similarity("rotated_bbox_iou", out, b1, b2, kind, eps)
         if in_rotated_domain(b1, b2) and b1.dtype in (F32, F64) and b2.dtype in (F32, F64):
             finite_gradients(
                 f"rotated_bbox_iou[{kind}]",
@@ -211,7 +216,7 @@ def test_rotated_box_iou(tally, b1, b2, kind, eps, floor):
     if out is None:
         return
     assert out.shape == (b1.shape[0], b2.shape[0])
-    check_similarity("rotated_box_iou", out, b1, b2, kind)
+    check_similarity("rotated_box_iou", out, b1, b2, kind, eps)
 
 
 REDUCTION = mostly(REDUCTIONS, ("avg", "", "MEAN"))
@@ -288,8 +293,10 @@ def test_box_convert_rotated(tally, inputs):
         scale = 1e-5 if boxes.dtype == F32 else 1e-12
         tol = scale * (1.0 + b[..., :4].abs().amax(-1))
         assert bool(((back[..., :2] - b[..., :2]).abs().amax(-1) <= tol * 4).all())
-        assert bool(((back[..., 2:4] - b[..., 2:4].abs()).abs().amax(-1) <= tol * 4).all())
+        assert bool(((back[..., 2] - b[..., 2].abs()).abs() <= tol * 4).all())
+        # h and θ only for a box of positive width (the corners of a zero-width box hold no h, θ)
         wide = (b[..., 2] > 1e-3 * (1 + b[..., :4].abs().amax(-1))) & (b[..., 4].abs() < 1e3)
+        assert bool(((back[..., 3] - b[..., 3]).abs()[wide] <= tol[wide] * 4).all())
         dtheta = wrap_angle(back[..., 4] - b[..., 4]).abs()
         assert bool((dtheta[wide] <= (1e-3 if boxes.dtype == F32 else 1e-9)).all())
 
