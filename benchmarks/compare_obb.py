@@ -2,7 +2,7 @@
 
 Run in the side venv (torch + ultralytics 8.4.190; never a dependency of detloss)::
 
-    PYTHONPATH=src <side-venv>/bin/python benchmarks/compare_obb.py [--skip-time]
+    PYTHONPATH=src <side-venv>/bin/python benchmarks/compare_obb.py [--skip-time | --speed | --memory]
 
 1. Agreement (float64, ``torch.set_default_dtype(torch.float64)`` so that ultralytics' own target and
    loss tensors are float64 too): relative error of the total and of every component, and of the
@@ -11,7 +11,16 @@ Run in the side venv (torch + ultralytics 8.4.190; never a dependency of detloss
    image without boxes.
 2. Time (float32, 2 threads, interleaved rounds, medians) of forward + backward and the aten ops and
    host syncs of one step (:class:`detloss.profiling.DispatchCounter`), at B = 8, 1024 px, C = 15,
-   30 boxes per image.
+   30 boxes per image; ``--speed`` runs only this (``--rounds``), with one-thread process CPU time
+   medians beside the two-thread wall times (the CPU time of a step is steadier than its wall time on
+   a loaded machine).
+3. ``--memory`` (alone): peak extra memory and forward + backward time at B = 2, 1024 px, C = 15,
+   1,500 boxes per image (sides 6–64 px, DOTA's dense scenes). Memory is measured as
+   ``compare_e2e.py --memory`` measures it: each implementation in a fresh subprocess, one warm-up
+   step, then the growth of the peak resident set (VmHWM, reset through ``/proc/self/clear_refs``)
+   over the resident set before the step, with glibc's mmap threshold at 16 KiB so that freed blocks
+   leave the resident set and cannot hide a later allocation. Times are medians of interleaved rounds
+   in this process (float32, 2 threads).
 
 ultralytics is AGPL-3.0: it is only called here.
 """
@@ -19,9 +28,14 @@ ultralytics is AGPL-3.0: it is only called here.
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import os
 import statistics
+import subprocess
+import sys
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import torch
@@ -209,10 +223,9 @@ def agreement_e2e(seeds=3):
     return rows
 
 
-def timing(rounds=7):
-    from detloss.profiling import DispatchCounter
-
-    torch.set_num_threads(2)
+def _speed_steps():
+    """The forward + backward closures timed by :func:`timing` (B = 8, 1024 px, C = 15, 30 boxes
+    per image, float32) and the heads they differentiate."""
     b, size, c, n = 8, 1024, 15, 30
     g = torch.Generator().manual_seed(0)
     preds = make_heads(b, size, c, 16, g, torch.float32)
@@ -226,27 +239,159 @@ def timing(rounds=7):
         "detloss (validate=True)": lambda: ours(preds, targets).total,
         "detloss (validate=False, padded)": lambda: ours_nv(preds, padded).total,
     }
+    return steps, preds
+
+
+def _interleaved(steps, preds, rounds, clock):
+    """Median of ``rounds`` interleaved forward + backward steps each (after one warm-up each)."""
     times: dict[str, list[float]] = {k: [] for k in steps}
     for fn in steps.values():
         torch.autograd.grad(fn(), preds)  # warm-up
     for _ in range(rounds):
         for k, fn in steps.items():
-            t0 = time.perf_counter()
+            t0 = clock()
             torch.autograd.grad(fn(), preds)
-            times[k].append(time.perf_counter() - t0)
+            times[k].append(clock() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def timing(rounds=7, cpu_time=False):
+    """Medians of the two-thread wall time (and with ``cpu_time`` of the one-thread process CPU
+    time) of every step of :func:`_speed_steps`, and each one's ``(ops, syncs, sync ops)``."""
+    from detloss.profiling import DispatchCounter
+
+    steps, preds = _speed_steps()
+    torch.set_num_threads(2)
+    wall = _interleaved(steps, preds, rounds, time.perf_counter)
+    cpu = None
+    if cpu_time:
+        torch.set_num_threads(1)
+        cpu = _interleaved(steps, preds, rounds, time.process_time)
+        torch.set_num_threads(2)
     counts = {}
     for k, fn in steps.items():
         with DispatchCounter() as cnt:
             torch.autograd.grad(fn(), preds)
         counts[k] = (cnt.ops, cnt.syncs, dict(cnt.sync_ops))
-    return {k: statistics.median(v) for k, v in times.items()}, counts
+    return wall, counts, cpu
+
+
+MEMORY_B, MEMORY_SIZE, MEMORY_C, MEMORY_N, MEMORY_SIDES = 2, 1024, 15, 1500, (6, 64)
+
+
+def _memory_step(impl, seed=0):
+    """One forward + backward (a closure) of ``impl`` ("ultralytics" or "detloss") at the memory
+    case: B = 2, 1024 px, C = 15, 1,500 boxes per image with sides in 6–64 px."""
+    b, size, c, n = MEMORY_B, MEMORY_SIZE, MEMORY_C, MEMORY_N
+    g = torch.Generator().manual_seed(seed)
+    preds = make_heads(b, size, c, 16, g, torch.float32)
+    targets = make_targets(b, size, c, n, *MEMORY_SIDES, g, torch.float32, tiny=1)
+    if impl == "ultralytics":
+        ul, batch = ultralytics_obb(c, 16), _batch(targets, size)
+
+        def total():
+            return ul(mapping(preds, 16, c), batch)[0].sum()
+    else:
+        ours = YOLOv8OBBLoss(c)
+
+        def total():
+            return ours(preds, targets).total
+
+    def step():
+        torch.autograd.grad(total(), preds)
+
+    return step
+
+
+def _status_kib(field_name):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1])
+    raise OSError(f"no {field_name} in /proc/self/status")
+
+
+def _memory_worker(impl):
+    """Peak extra resident memory (MB) of one step after a warm-up step."""
+    torch.set_num_threads(2)
+    step = _memory_step(impl)
+    step()  # warm-up: imports and the first-call allocations of these shapes
+    before = _status_kib("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:  # reset the peak mark (VmHWM) to the current RSS
+        f.write("5")
+    step()
+    return max(0, _status_kib("VmHWM") - before) / 1024.0
+
+
+def measure_memory(impl):
+    """:func:`_memory_worker` in a fresh Python process, so that no allocation of another run counts."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([p for p in sys.path if p] + [env.get("PYTHONPATH", "")])
+    env["MALLOC_MMAP_THRESHOLD_"] = "16384"  # freed blocks leave the resident set (module docstring)
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--memory-worker", json.dumps(impl)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def memory_and_time(rounds=5):
+    """``{impl: (peak extra MB, median fwd+bwd s)}`` at the memory case."""
+    torch.set_num_threads(2)
+    impls = ("ultralytics", "detloss")
+    steps = {impl: _memory_step(impl) for impl in impls}
+    times: dict[str, list[float]] = {impl: [] for impl in impls}
+    for step in steps.values():
+        step()  # warm-up
+    for _ in range(rounds):  # interleaved, so that a change of the machine's load hits both alike
+        for impl, step in steps.items():
+            t0 = time.perf_counter()
+            step()
+            times[impl].append(time.perf_counter() - t0)
+    del steps
+    return {impl: (measure_memory(impl), statistics.median(times[impl])) for impl in impls}
+
+
+def print_speed(rounds, cpu_time):
+    wall, counts, cpu = timing(rounds, cpu_time)
+    base = wall["ultralytics v8OBBLoss"]
+    print("OBB fwd+bwd, B=8, 1024 px, C=15, 30 boxes/image, float32 (medians of interleaved rounds)")
+    print("  wall time with 2 threads" + (", process CPU time with 1 thread" if cpu else ""))
+    for k, t in wall.items():
+        ops, syncs, which = counts[k]
+        line = f"  {k:34s} {t * 1e3:8.1f} ms  ×{base / t:4.2f}"
+        if cpu:
+            line += f"  cpu {cpu[k] * 1e3:8.1f} ms ×{cpu['ultralytics v8OBBLoss'] / cpu[k]:4.2f}"
+        print(line + f"  ops {ops:5d}  syncs {syncs} {which or ''}")
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--skip-time", action="store_true")
+    ap.add_argument("--speed", action="store_true", help="only the timing (wall and CPU time, ops, syncs)")
+    ap.add_argument("--memory", action="store_true", help="only peak memory and time, 1,500 boxes/image")
+    ap.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds (default 7)")
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--memory-worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.memory_worker:
+        print(_memory_worker(json.loads(args.memory_worker)))
+        return
+    if args.memory:
+        lo, hi = MEMORY_SIDES
+        print(
+            f"OBB fwd+bwd, B={MEMORY_B}, {MEMORY_SIZE} px, C={MEMORY_C}, {MEMORY_N} boxes/image "
+            f"(sides {lo}–{hi} px), float32, 2 threads: peak extra RSS (fresh process each), median time"
+        )
+        res = memory_and_time(args.rounds)
+        (mu, tu), (md, td) = res["ultralytics"], res["detloss"]
+        print(f"  ultralytics v8OBBLoss {mu:8.1f} MB  {tu * 1e3:8.1f} ms")
+        print(
+            f"  detloss YOLOv8OBBLoss {md:8.1f} MB  {td * 1e3:8.1f} ms   "
+            f"memory ×{md / mu:.3f}, time ×{td / tu:.2f} of ultralytics'"
+        )
+        return
+    if args.speed:
+        print_speed(args.rounds, cpu_time=True)
+        return
     print(
         "Agreement with ultralytics 8.4.190 v8OBBLoss and E2ELoss(v8OBBLoss) "
         "(float64; relative errors, worst over seeds)"
@@ -256,12 +401,8 @@ def main():
         print("    " + ", ".join(f"{k} {v:.1e}" for k, v in worst.items()))
     if args.skip_time:
         return
-    med, counts = timing()
-    base = med["ultralytics v8OBBLoss"]
-    print("\nOBB fwd+bwd, B=8, 1024 px, C=15, 30 boxes/image, float32, 2 threads (medians)")
-    for k, t in med.items():
-        ops, syncs, which = counts[k]
-        print(f"  {k:34s} {t * 1e3:8.1f} ms  ×{base / t:4.2f}  ops {ops:5d}  syncs {syncs} {which or ''}")
+    print()
+    print_speed(args.rounds, cpu_time=False)
 
 
 if __name__ == "__main__":

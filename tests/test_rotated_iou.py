@@ -400,3 +400,24 @@ def test_float32_slivers_agree_with_float64(kind):
     want = rotated_bbox_iou(t(*p), t(*q), kind)
     got = rotated_bbox_iou(t(*p, dtype=torch.float32), t(*q, dtype=torch.float32), kind)
     torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-6)
+
+
+def test_box_convert_delegates_the_oriented_formats():
+    p = t([1.0, 2.0, 4.0, 2.0, 0.5], [-3.0, 0.5, 1.0, 7.0, -2.0])
+    corners = detloss.box_convert(p, "xywhr", "xyxyxyxy")
+    assert torch.equal(corners, box_convert_rotated(p, "xywhr", "xyxyxyxy"))
+    assert torch.equal(detloss.box_convert(corners, "xyxyxyxy", "xywhr"),
+                       box_convert_rotated(corners, "xyxyxyxy", "xywhr"))
+    assert detloss.box_convert(p, "xywhr", "xywhr") is p
+    with pytest.raises(ValueError, match="out_fmt must be one of .* when the other format is oriented"):
+        detloss.box_convert(p, "xywhr", "xyxy")
+    with pytest.raises(ValueError, match="in_fmt must be one of"):
+        detloss.box_convert(torch.rand(2, 8), "cxcywh", "xyxyxyxy")
+    with pytest.raises(ValueError, match=r"boxes in 'xyxyxyxy' must have shape \(\.\.\., 8\)"):
+        detloss.box_convert(torch.rand(2, 4), "xyxyxyxy", "xywhr")
+    bad = p.clone()
+    bad[1, 2] = float("inf")
+    with pytest.raises(ValueError, match=r"boxes has a non-finite value \(inf\) at index \(1, 2\)"):
+        detloss.box_convert(bad, "xywhr", "xyxyxyxy")
+    with pytest.raises(ValueError, match=r"boxes has a non-finite value"):
+        box_convert_rotated(bad, "xywhr", "xyxyxyxy")

@@ -18,10 +18,19 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from .checks import check_box_pair, check_boxes, check_eps, check_number, check_one_of, check_tensor
+from .boxes import ROTATED_BOX_FORMATS as ROTATED_BOX_FORMATS
+from .boxes import RotatedBoxFormat as RotatedBoxFormat
+from .boxes import convert_rotated
+from .checks import (
+    check_box_pair,
+    check_boxes,
+    check_eps,
+    check_number,
+    check_one_of,
+)
 from .iou import compute_dtype
 from .kernels.rotated import ROTATED_KINDS as ROTATED_KINDS
-from .kernels.rotated import rotated_corners, rotated_similarity
+from .kernels.rotated import rotated_similarity
 
 __all__ = [
     "ROTATED_BOX_FORMATS",
@@ -33,9 +42,6 @@ __all__ = [
 ]
 
 RotatedKind = Literal["iou", "probiou", "kld", "gwd"]
-RotatedBoxFormat = Literal["xywhr", "xyxyxyxy"]
-#: the formats of :func:`box_convert_rotated` and the last dimension of each
-ROTATED_BOX_FORMATS: dict[str, int] = {"xywhr": 5, "xyxyxyxy": 8}
 
 
 def rotated_options(kind: str, eps: float, floor: float) -> None:
@@ -159,25 +165,4 @@ def box_convert_rotated(boxes: Tensor, in_fmt: RotatedBoxFormat, out_fmt: Rotate
         >>> box_convert_rotated(torch.tensor([1.0, 2.0, 4.0, 2.0, 0.0]), "xywhr", "xyxyxyxy")
         tensor([ 3.,  3.,  3.,  1., -1.,  1., -1.,  3.])
     """
-    check_tensor("boxes", boxes)
-    check_one_of("in_fmt", in_fmt, tuple(ROTATED_BOX_FORMATS))
-    check_one_of("out_fmt", out_fmt, tuple(ROTATED_BOX_FORMATS))
-    size = ROTATED_BOX_FORMATS[in_fmt]
-    if not boxes.is_floating_point():
-        raise TypeError(f"boxes must have a floating dtype, got {boxes.dtype}")
-    if boxes.dim() == 0 or boxes.shape[-1] != size:
-        raise ValueError(f"boxes in {in_fmt!r} must have shape (..., {size}), got {tuple(boxes.shape)}")
-    if in_fmt == out_fmt:
-        return boxes
-    if in_fmt == "xywhr":
-        return rotated_corners(boxes).flatten(-2)
-    p = boxes.unflatten(-1, (4, 2))
-    centre = p.mean(-2)
-    u = 0.25 * (p[..., 0, :] - p[..., 3, :] + p[..., 1, :] - p[..., 2, :])
-    v = 0.25 * (p[..., 0, :] - p[..., 1, :] + p[..., 3, :] - p[..., 2, :])
-    half_w = torch.linalg.vector_norm(u, dim=-1)
-    cross = u[..., 0] * v[..., 1] - u[..., 1] * v[..., 0]
-    tiny = torch.finfo(half_w.dtype).tiny
-    h = 2.0 * cross / half_w.clamp(min=tiny)
-    theta = torch.atan2(u[..., 1], u[..., 0])
-    return torch.cat((centre, (2.0 * half_w)[..., None], h[..., None], theta[..., None]), dim=-1)
+    return convert_rotated(boxes, in_fmt, out_fmt)
