@@ -193,6 +193,19 @@ def test_degenerate_boxes_give_finite_values_and_gradients(case, kind, dtype):
     assert torch.isfinite(b1.grad).all() and torch.isfinite(b2.grad).all()
 
 
+def test_probiou_zero_area_against_huge_box_has_finite_gradients():
+    # float32: a zero-area box against a ~1e7 px one. D ≈ 3e27 over y = 4·√(p₁q₁p₂q₂) + eps = eps: the
+    # backward of ln(D / y + eps) through D / y formed D / y² ≈ 1e41 = ∞, and the clamp of B at 100
+    # multiplied it by 0 (NaN); ln(D + eps·y) − ln y has the same value and finite gradients
+    a = torch.tensor([[0.0, 0.0, 0.0, 0.0, 0.3]], requires_grad=True)
+    b = torch.tensor([[5.0, 5.0, 1e7, 2e7, 0.1]], requires_grad=True)
+    value = detloss.rotated_bbox_iou(a, b, kind="probiou")
+    grads = torch.autograd.grad(value.sum(), (a, b))
+    assert float(value) == 0.0  # B clamped at 100: 1 − √(1 − e⁻¹⁰⁰ + eps) rounds to 0
+    assert all(bool(torch.isfinite(g).all()) for g in grads)
+    assert float(grads[1][0, 2]) <= 0.0  # a larger box only moves further away
+
+
 def test_degenerate_exact_iou_values():
     cases = {"identical": 1.0, "nested": 1 / 16, "touching": 0.0, "corner touching": 0.0,
              "zero area": 0.0, "zero width": 0.0, "90 degrees apart": 1 / 5, "swapped sides": 1.0,

@@ -109,7 +109,11 @@ def probiou(boxes1: Tensor, boxes2: Tensor, eps: float = 1e-7, floor: float = 0.
     t12 = 0.25 * (b * dx.square() + a * dy.square() - 2.0 * xy * dx * dy) / (det_s + eps)
     root = (_std(w1, 1 / 12, floor) * _std(h1, 1 / 12, floor)
             * _std(w2, 1 / 12, floor) * _std(h2, 1 / 12, floor))
-    t3 = 0.5 * torch.log(det_s / (4.0 * root + eps) + eps)
+    # ½·ln(det/y + eps) as ½·(ln(det + eps·y) − ln y), y = 4·root + eps: the same value, but the
+    # backward never forms det/y² (∞ in float32 for a zero-area box against a ~1e7 px one, then
+    # 0·∞ = NaN behind the clamp)
+    y = 4.0 * root + eps
+    t3 = 0.5 * (torch.log(det_s + eps * y) - torch.log(y))
     bd = (t12 + t3).clamp(eps, 100.0)
     return 1.0 - torch.sqrt(1.0 - torch.exp(-bd) + eps)
 
@@ -202,8 +206,9 @@ def probiou_grid(first: ProbiouSides, second: ProbiouSides, eps: float = 1e-7) -
     t12 = num.mul_(0.25).div_(torch.add(det, eps, out=xy))
     # t₃ = ½·ln(det / (4·√p₁√q₁√p₂√q₂ + eps) + eps)
     root = torch.mul(first.root, second.std_w, out=c).mul_(second.std_h)
-    t3 = det.div_(root.mul_(4.0).add_(eps)).add_(eps).log_().mul_(0.5)
-    del root, xy
+    y = root.mul_(4.0).add_(eps)
+    t3 = det.add_(torch.mul(y, eps, out=xy)).log_().sub_(y.log_()).mul_(0.5)
+    del root, xy, y
     # probiou clamps B to [eps, 100]; above 80, 1 − exp(−B) is 1 exactly in float32 and float64
     # alike (exp(−80) ≈ 1.8e-35 is below half an ulp of 1), so the values are the same with 80, but
     # exp(−B) stays a normal number: exp(−100) ≈ 3.7e-44 is a float32 subnormal, and most pairs of a
