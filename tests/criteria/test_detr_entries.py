@@ -309,12 +309,38 @@ def test_rtdetr_loss_dict_has_transformers_keys_and_weights():
     assert rel(sum(d.values()), float(out.total.detach())) < 1e-14
 
 
+def test_cardinality_error_by_hand():
+    # transformers' log value: per entry, the batch mean of |non-empty queries − targets|; "detr": a
+    # query whose argmax is not no-object (the last logit), the sigmoid presets: max σ above 0.5
+    targets = [
+        {"boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2]], dtype=torch.float64), "labels": torch.tensor([0])},
+        {"boxes": torch.zeros(0, 4, dtype=torch.float64), "labels": torch.zeros(0, dtype=torch.long)},
+    ]
+    boxes = torch.full((2, 2, 3, 4), 0.5, dtype=torch.float64)
+    boxes[..., 2:] = 0.2
+    detr = torch.zeros(2, 2, 3, 4, dtype=torch.float64)  # C = 3 + no-object
+    detr[..., 3] = 1.0  # every query no-object ...
+    detr[1, 0, :2, 0] = 2.0  # ... except two of image 0 in the last layer
+    detr[0, 1, 0, 1] = 2.0  # and one of image 1 in the first
+    d = DETRLoss(3, "detr")(detr, boxes, targets).loss_dict()
+    assert float(d["cardinality_error"]) == (abs(2 - 1) + abs(0 - 0)) / 2
+    assert float(d["cardinality_error_0"]) == (abs(0 - 1) + abs(1 - 0)) / 2
+    focal = torch.full((2, 2, 3, 3), -1.0, dtype=torch.float64)
+    focal[1, :, :, 2] = 0.5  # the last layer: every query of both images above 0.5
+    d = DETRLoss(3, "deformable")(focal, boxes, targets).loss_dict()
+    assert float(d["cardinality_error"]) == (abs(3 - 1) + abs(3 - 0)) / 2
+    assert float(d["cardinality_error_0"]) == (1 + 0) / 2
+    assert "cardinality_error" not in DETRLoss(3, "rtdetr")(focal, boxes, targets).loss_dict()
+
+
 def test_unweighted_presets_loss_dict():
     logits, boxes, targets, enc, dn, meta = make("deformable", L=2, seed=14)
     out = call(DETRLoss(3, "deformable"), logits, boxes, targets, enc, dn, meta)
     d = out.loss_dict()
-    assert list(d)[:6] == ["loss_ce", "loss_bbox", "loss_giou", "loss_ce_0", "loss_bbox_0", "loss_giou_0"]
-    assert "loss_giou_enc" in d and "loss_bbox_dn_1" in d
+    four = ("loss_ce", "loss_bbox", "loss_giou", "cardinality_error")
+    assert list(d)[:8] == [*four] + [k + "_0" for k in four]
+    assert "loss_giou_enc" in d and "cardinality_error_enc" in d
+    assert "loss_bbox_dn_1" in d and "cardinality_error_dn_1" not in d  # no cardinality for denoising
     # transformers' dictionary of these presets holds the terms before its weight_dict (bbox gain 5)
     assert rel(d["loss_bbox_dn_1"] * 5.0, float(out.entries["dn_1"]["bbox"].detach())) < 1e-14
 

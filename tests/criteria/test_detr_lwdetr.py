@@ -158,7 +158,7 @@ def test_loss_dict_has_transformers_keys_unweighted():
     logits, boxes, targets, enc = make(L=3, Q=9, seed=2)
     out = DETRLoss(3, "lwdetr", group_detr=3)(logits, boxes, targets, enc_logits=enc[0], enc_boxes=enc[1])
     d = out.loss_dict()
-    names = ("loss_ce", "loss_bbox", "loss_giou")
+    names = ("loss_ce", "loss_bbox", "loss_giou", "cardinality_error")
     want = list(names) + [k + f"_{i}" for i in range(2) for k in names] + [k + "_enc" for k in names]
     assert list(d) == want
     torch.testing.assert_close(d["loss_bbox_enc"] * 5.0, out.entries["enc"]["bbox"], rtol=1e-14, atol=0)

@@ -405,6 +405,9 @@ class DETRLoss(nn.Module):
         names = (["enc"] if enc is not None else []) + (
             [f"dn_{i}" for i in range(dn[0].shape[0])] if dn is not None else []
         )
+        cardinality = None
+        if self.preset in ("detr", "deformable", "lwdetr"):  # transformers' log value, per matched entry
+            cardinality = torch.cat([self._cardinality(sx, valid_tgt) for sx, _ in stacks])
         return SetLossResult(
             sums.sum(),
             dict(zip(self.terms, sums.unbind(), strict=True)),
@@ -413,6 +416,7 @@ class DETRLoss(nn.Module):
             entries=dict(zip(names, rows[num_layers:], strict=True)),
             preset=self.preset,
             unweighted=raw.sum(1),
+            cardinality=cardinality,
         )
 
     def _terms(
@@ -624,6 +628,17 @@ class DETRLoss(nn.Module):
             return match
         offset = torch.arange(groups, device=match.device)[:, None, None] * (num_queries // groups)
         return torch.where(match >= 0, match + offset, -1).transpose(1, 2).flatten(2)
+
+    @torch.no_grad()
+    def _cardinality(self, x: Tensor, mask: Tensor) -> Tensor:
+        """``(E,)`` float32: per entry the batch mean of |non-empty queries − real targets| per image, a
+        query non-empty when its argmax is not no-object (``"detr"``) or its highest σ is above 0.5
+        (σ of the maximum, as transformers rounds it)."""
+        if self.preset == "detr":
+            found = x.argmax(-1) != x.shape[-1] - 1
+        else:
+            found = x.amax(-1).sigmoid() > 0.5
+        return (found.sum(2).float() - mask.sum(1).float()).abs().mean(1)
 
     def _cross_entropy(self, x: Tensor, cls_target: Tensor) -> Tensor:
         """``(L, B)``: per layer and image, Σ_q w_t·CE over the image's queries / Σ w_t over the layer's

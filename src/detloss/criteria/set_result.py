@@ -31,6 +31,10 @@ class SetLossResult(LossResult):
             ``"dn_0"`` … ``"dn_{L_dn−1}"`` (denoising groups of each decoder layer), those given.
         preset: the criterion's preset (names the keys of :meth:`loss_dict`).
         unweighted: ``(E, 3)`` the same terms without the gains, rows in the order layers, ``entries``.
+        cardinality: ``(E_m,)`` float32, ``"detr"``, ``"deformable"``, ``"lwdetr"`` only: per matched
+            entry (the layers, then the encoder) transformers' ``cardinality_error``, the batch mean of
+            |non-empty queries − targets| per image, a query non-empty when its argmax is not no-object
+            (``"detr"``) or its highest σ exceeds 0.5; a log value without gradient.
 
     ``components`` are the sums over every layer and entry; ``total`` their sum.
     """
@@ -39,6 +43,7 @@ class SetLossResult(LossResult):
     entries: dict[str, dict[str, Tensor]] = field(default_factory=dict)
     preset: str = "detr"
     unweighted: Tensor | None = field(default=None, repr=False)
+    cardinality: Tensor | None = field(default=None, repr=False)
 
     def loss_dict(self) -> dict[str, Tensor]:
         """The terms under transformers 5.24's loss-dictionary keys, in its order.
@@ -53,8 +58,8 @@ class SetLossResult(LossResult):
         - ``"detr"``, ``"deformable"``, ``"lwdetr"`` (``ForObjectDetectionLoss``,
           ``DeformableDetrForObjectDetectionLoss``, ``LwDetrForObjectDetectionLoss``: unweighted,
           transformers applies ``weight_dict`` outside the dictionary): layer i < L − 1 ``…_{i}``, the
-          encoder ``…_enc`` (LW-DETR's key; DETR and Deformable have none), ``…_dn_{i}``.
-          ``cardinality_error`` (a gradient-free count) is not computed.
+          encoder ``…_enc`` (LW-DETR's key; DETR and Deformable have none), ``…_dn_{i}``; after each
+          layer's and the encoder's three terms its ``cardinality_error`` (:attr:`cardinality`).
         """
         weighted = self.preset in WEIGHTED
         keys = (CLASS_KEY[self.preset], "loss_bbox", "loss_giou", "loss_fgl", "loss_ddf")
@@ -76,4 +81,6 @@ class SetLossResult(LossResult):
             values = values[:3] if name in plain else values
             for key, value in zip(keys, values, strict=False):
                 out[key + suffix.get(name, f"_{name}")] = value
+            if self.cardinality is not None and e < self.cardinality.shape[0]:
+                out["cardinality_error" + suffix.get(name, f"_{name}")] = self.cardinality[e]
         return out

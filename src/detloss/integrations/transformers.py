@@ -300,45 +300,9 @@ class DetrLossFunction:
                     f"{config.decoder_layers} (transformers weights the auxiliary keys of that many layers)"
                 )
             result = criterion(layers_c, layers_b, targets, enc_logits=enc_logits, enc_boxes=enc_boxes)
-            entries = [layers_c, enc_logits[None]]
         else:
             result = criterion(layers_c, layers_b, targets)
-            entries = [layers_c]
-        loss_dict = self._with_cardinality(result.loss_dict(), entries, targets)
-        return result.total, loss_dict, auxiliary_outputs
-
-    def _with_cardinality(
-        self, terms: dict[str, Tensor], entries: list[Tensor], targets: list[dict[str, Tensor]]
-    ) -> dict[str, Tensor]:
-        """transformers' DETR / Deformable / LW-DETR dictionary: per entry its three terms, then
-        ``cardinality_error`` (the mean |predicted − true| count of non-empty queries; a log value
-        without gradient): a query counts when its argmax is not no-object (DETR) or its highest
-        sigmoid exceeds 0.5 (Deformable, LW-DETR).
-
-        Args:
-            terms: :meth:`~detloss.criteria.SetLossResult.loss_dict`'s unweighted terms.
-            entries: ``(E, B, Q, C′)`` logits, in :class:`~detloss.criteria.DETRLoss`'s entry order:
-                the decoder layers (the last the main output), then LW-DETR's encoder as ``(1, B, Q_e, C′)``.
-        """
-        with torch.no_grad():
-            errors: list[Tensor] = []
-            device = entries[0].device
-            lengths = torch.tensor([len(t["labels"]) for t in targets], device=device).float()
-            for logits in entries:
-                if self.preset == "detr":
-                    found = logits.argmax(-1) != logits.shape[-1] - 1
-                else:  # the highest probability, as transformers: sigmoid(max) > 0.5, rounded alike
-                    found = logits.max(-1).values.sigmoid() > 0.5
-                errors += (found.sum(2).float() - lengths).abs().mean(1).unbind()  # (E,)
-        num_layers = entries[0].shape[0]
-        suffixes = [f"_{i}" for i in range(num_layers - 1)] + [""] + (["_enc"] if len(entries) > 1 else [])
-        order = [num_layers - 1] + list(range(num_layers - 1)) + list(range(num_layers, len(errors)))
-        out: dict[str, Tensor] = {}
-        for e in order:
-            for key in ("loss_ce", "loss_bbox", "loss_giou"):
-                out[key + suffixes[e]] = terms[key + suffixes[e]]
-            out["cardinality_error" + suffixes[e]] = errors[e]
-        return out
+        return result.total, result.loss_dict(), auxiliary_outputs
 
     @staticmethod
     def _rtdetr(
