@@ -48,7 +48,6 @@ import functools
 import json
 import math
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -64,6 +63,7 @@ from torch import Tensor  # noqa: E402
 from torch.utils import benchmark  # noqa: E402
 
 import detloss  # noqa: E402
+from benchmarks.peak_memory import in_fresh_process, peak_extra_mb  # noqa: E402
 from detloss.assign import pad_targets  # noqa: E402
 from detloss.iou import IOU_KINDS  # noqa: E402
 from tests.cases import BATCH, BOXES_PER_IMAGE, CriterionCase, cases, count, fwd_bwd  # noqa: E402
@@ -296,30 +296,12 @@ def loss_rows(
 
 
 def measure_memory(case: str, n: int, impl: str, threads: int = 2, seed: int = 0) -> float | None:
-    """Peak extra memory (MB) of one forward + backward, in a fresh Python process (``None`` on failure)."""
-    args = json.dumps([case, n, impl, threads, seed])
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--memory-worker", args]
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([p for p in sys.path if p] + [env.get("PYTHONPATH", "")])
-    # glibc serves blocks >= 16 KiB by mmap and unmaps them on free, so the resident set follows the
-    # live tensors instead of keeping freed heap pages that a later allocation would reuse unseen
-    env["MALLOC_MMAP_THRESHOLD_"] = "16384"
+    """Peak extra memory (MB) of one forward + backward, in a fresh Python process
+    (:mod:`benchmarks.peak_memory`; ``None`` on failure)."""
     try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env, check=True)
-        return float(out.stdout.strip().splitlines()[-1])
+        return in_fresh_process(__file__, [case, n, impl, threads, seed])
     except (subprocess.SubprocessError, ValueError, IndexError):
         return None
-
-
-def _status_kib(field_name: str) -> int | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field_name + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
 
 
 def _memory_worker(case_name: str, n: int, impl: str, threads: int, seed: int) -> float:
@@ -329,18 +311,7 @@ def _memory_worker(case_name: str, n: int, impl: str, threads: int, seed: int) -
     if step is None:
         raise ValueError(f"{impl} is not available for {case_name}")
     fn = _grad_step(step, case.make_inputs(n, torch.Generator().manual_seed(seed)), impl == "ours+compile")
-    fn()  # warm-up at full size: imports, compilation, and the first-call allocations of a new shape
-    before = _status_kib("VmRSS")
-    try:  # reset the peak-RSS mark (VmHWM) to the current RSS (Linux >= 4.0)
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        fn()
-        peak = _status_kib("VmHWM")
-    except OSError:
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB; a lower bound
-        fn()
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return max(0, peak - before) / 1024.0
+    return peak_extra_mb(fn)
 
 
 def _fmt_ms(t: float | None) -> str:

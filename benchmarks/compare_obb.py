@@ -30,9 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -41,7 +39,10 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
-from detloss.assign import pad_targets
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
+
+from benchmarks.peak_memory import in_fresh_process, peak_extra_mb  # noqa: E402
+from detloss.assign import pad_targets  # noqa: E402
 from detloss.criteria import YOLOv8OBBLoss
 
 STRIDES = (8, 16, 32)
@@ -303,34 +304,15 @@ def _memory_step(impl, seed=0):
     return step
 
 
-def _status_kib(field_name):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field_name + ":"):
-                return int(line.split()[1])
-    raise OSError(f"no {field_name} in /proc/self/status")
-
-
 def _memory_worker(impl):
-    """Peak extra resident memory (MB) of one step after a warm-up step."""
+    """Peak extra resident memory (MB) of one step (:func:`benchmarks.peak_memory.peak_extra_mb`)."""
     torch.set_num_threads(2)
-    step = _memory_step(impl)
-    step()  # warm-up: imports and the first-call allocations of these shapes
-    before = _status_kib("VmRSS")
-    with open("/proc/self/clear_refs", "w") as f:  # reset the peak mark (VmHWM) to the current RSS
-        f.write("5")
-    step()
-    return max(0, _status_kib("VmHWM") - before) / 1024.0
+    return peak_extra_mb(_memory_step(impl))
 
 
 def measure_memory(impl):
-    """:func:`_memory_worker` in a fresh Python process, so that no allocation of another run counts."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([p for p in sys.path if p] + [env.get("PYTHONPATH", "")])
-    env["MALLOC_MMAP_THRESHOLD_"] = "16384"  # freed blocks leave the resident set (module docstring)
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--memory-worker", json.dumps(impl)]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env, check=True)
-    return float(out.stdout.strip().splitlines()[-1])
+    """:func:`_memory_worker` in a fresh Python process (:func:`benchmarks.peak_memory.in_fresh_process`)."""
+    return in_fresh_process(__file__, impl)
 
 
 def memory_and_time(rounds=5):
