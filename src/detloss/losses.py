@@ -351,6 +351,23 @@ def varifocal_loss(
     return weight_reduce(loss, weight, reduction, avg_factor)
 
 
+def _matched_quality_inputs(
+    logits: Tensor, positive: Tensor, iou: Tensor, alpha: float, gamma: float, validate: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The checked inputs of the losses whose positives are matched (query, class) pairs with an IoU
+    (:func:`ia_bce_loss`, :func:`mal_loss`): logits (float32 for half), the positives as bool and the
+    IoUs expanded to the logits' shape (``validate``: finite logits, IoUs in [0, 1], one sync)."""
+    check_number("alpha", alpha, low=0, high=1)
+    check_number("gamma", gamma, low=0)
+    check_tensor("logits", logits)
+    check_tensor("positive", positive)
+    check_tensor("iou", iou)
+    check_broadcasts_to("positive", positive, logits.shape, "logits")
+    check_broadcasts_to("iou", iou, logits.shape, "logits")
+    x, q = _logits_and_targets(logits, iou.expand(logits.shape), validate, "iou")
+    return x, positive.to(torch.bool), q
+
+
 def ia_bce_loss(
     logits: Tensor,
     positive: Tensor,
@@ -385,15 +402,7 @@ def ia_bce_loss(
         reduction, weight, avg_factor: see :func:`weight_reduce`.
         validate: check logits are finite and IoUs lie in [0, 1] (one host sync).
     """
-    check_number("alpha", alpha, low=0, high=1)
-    check_number("gamma", gamma, low=0)
-    check_tensor("logits", logits)
-    check_tensor("positive", positive)
-    check_tensor("iou", iou)
-    check_broadcasts_to("positive", positive, logits.shape, "logits")
-    check_broadcasts_to("iou", iou, logits.shape, "logits")
-    x, q = _logits_and_targets(logits, iou.expand(logits.shape), validate, "iou")
-    pos = positive.to(torch.bool)
+    x, pos, q = _matched_quality_inputs(logits, positive, iou, alpha, gamma, validate)
     p = torch.sigmoid(x)
     with torch.no_grad():
         t = (p**alpha * q ** (1.0 - alpha)).clamp(min=0.01)
@@ -437,15 +446,7 @@ def mal_loss(
         reduction, weight, avg_factor: see :func:`weight_reduce`.
         validate: check logits are finite and IoUs lie in [0, 1] (one host sync).
     """
-    check_number("alpha", alpha, low=0, high=1)
-    check_number("gamma", gamma, low=0)
-    check_tensor("logits", logits)
-    check_tensor("positive", positive)
-    check_tensor("iou", iou)
-    check_broadcasts_to("positive", positive, logits.shape, "logits")
-    check_broadcasts_to("iou", iou, logits.shape, "logits")
-    x, q = _logits_and_targets(logits, iou.expand(logits.shape), validate, "iou")
-    pos = positive.to(torch.bool)
+    x, pos, q = _matched_quality_inputs(logits, positive, iou, alpha, gamma, validate)
     with torch.no_grad():
         target = torch.where(pos, q.detach() ** gamma, 0.0)
         mal_weight = torch.where(pos, 1.0, alpha * torch.sigmoid(x) ** gamma)
