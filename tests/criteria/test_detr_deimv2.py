@@ -1,16 +1,16 @@
 """DETRLoss(preset="deimv2") against the loop port of transformers 5.24's DEIMv2 loss
 (tests/reference/dfine.py ``loop_port_dfine(preset="deimv2")``: MAL, and the box and local terms on the
 union of the matched entries' matchings, counted and walked most frequent first). The port shares no
-code with detloss; its union is written from the description of the original's, with a stable sort."""
+code with detloss; its union is written from the description of the original's, with a stable sort.
+The one round trip without syncs is tests/criteria/test_detr_dfine.py's (both presets), half
+precision tests/criteria/test_detr_half.py's (every preset)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-import detloss.assign.hungarian as hungarian
 from detloss.criteria import DETRLoss
-from detloss.profiling import DispatchCounter
 from tests.criteria.test_detr_dfine import call, make
 from tests.reference.dfine import loop_port_dfine
 
@@ -77,16 +77,6 @@ def test_loss_dict_keys_and_weighting():
     torch.testing.assert_close(sum(d.values()), out.total, rtol=1e-12, atol=1e-12)
 
 
-def test_one_round_trip_and_no_sync(monkeypatch):
-    calls = []
-    original = hungarian.to_host
-    monkeypatch.setattr(hungarian, "to_host", lambda *ts: calls.append(len(ts)) or original(*ts))
-    inp, targets = make(L=3, B=4, Q=10, counts=(2, 0, 4, 1), dtype=torch.float32, seed=9)
-    with DispatchCounter() as c:
-        call(DETRLoss(3, "deimv2", validate=False), inp, targets).total.backward()
-    assert c.syncs == 0 and len(calls) == 1, c.sync_ops
-
-
 def test_no_targets_gives_finite_zero_box_terms():
     inp, targets = make(counts=(0, 0, 0), seed=2)
     out = call(DETRLoss(3, "deimv2"), inp, targets)
@@ -94,15 +84,6 @@ def test_no_targets_gives_finite_zero_box_terms():
     assert float(out.components["bbox"]) == 0.0 and float(out.components["fgl"]) == 0.0
     out.total.backward()
     assert torch.isfinite(inp["logits"].grad).all()
-
-
-def test_half_precision_close_to_float32():
-    inp, targets = make(dtype=torch.float32, seed=4)
-    ref = call(DETRLoss(3, "deimv2"), inp, targets).total
-    half = {k: (v.detach().half() if isinstance(v, torch.Tensor) else v) for k, v in inp.items()}
-    out = call(DETRLoss(3, "deimv2"), half, targets).total
-    assert out.dtype == torch.float32
-    torch.testing.assert_close(out, ref.detach(), rtol=0.02, atol=0)
 
 
 def test_options_and_input_checks():

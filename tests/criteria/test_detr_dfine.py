@@ -128,17 +128,18 @@ def test_gradients_finite_differences():
     # benchmarks/compare_detr.py checks them against transformers
 
 
-def test_one_round_trip(monkeypatch):
+@pytest.mark.parametrize("preset", ["dfine", "deimv2"])
+def test_one_round_trip(monkeypatch, preset):
     calls = []
     original = hungarian.to_host
     monkeypatch.setattr(hungarian, "to_host", lambda *ts: calls.append(len(ts)) or original(*ts))
     inp, targets = make(L=3, B=4, Q=10, counts=(2, 0, 4, 1), dtype=torch.float32, seed=9)
     with DispatchCounter() as c:
-        call(DETRLoss(3, "dfine", validate=False), inp, targets).total.backward()
+        call(DETRLoss(3, preset, validate=False), inp, targets).total.backward()
     assert c.syncs == 0 and len(calls) == 1, c.sync_ops
     calls.clear()
     with DispatchCounter() as v:
-        call(DETRLoss(3, "dfine"), inp, targets).total.backward()
+        call(DETRLoss(3, preset), inp, targets).total.backward()
     assert v.syncs == 1 and len(calls) == 1, v.sync_ops
 
 
