@@ -89,12 +89,13 @@ def test_every_entry_matches_the_loop_port(seed):
     torch.testing.assert_close(out.per_image.sum(), out.total, rtol=1e-12, atol=1e-12)
 
 
-def test_loss_dict_keys_and_weighting():
+@pytest.mark.parametrize(("preset", "class_key"), [("dfine", "loss_vfl"), ("deimv2", "loss_mal")])
+def test_loss_dict_keys_and_weighting(preset, class_key):
     L = 3
     inp, targets = make(L=L)
-    out = call(DETRLoss(3, "dfine"), inp, targets)
+    out = call(DETRLoss(3, preset), inp, targets)
     d = out.loss_dict()
-    five = ("loss_vfl", "loss_bbox", "loss_giou", "loss_fgl", "loss_ddf")
+    five = (class_key, "loss_bbox", "loss_giou", "loss_fgl", "loss_ddf")
     want = list(five[:3])
     want += [f"{k}_aux_{i}" for i in range(L - 1) for k in five]
     want += [f"{k}_aux_{L - 1}" for k in five[:3]]  # the encoder
