@@ -1,5 +1,6 @@
-"""The rotated task-aligned assigner's grid: probiou_grid equals probiou bit for bit, and the
-assignment does not depend on the block size (the blocks are an execution detail)."""
+"""The rotated task-aligned assigner's grid: probiou_grid equals the matrix form of ProbIoU and
+probiou, is finite on slivers, and the assignment does not depend on the block size (the blocks are
+an execution detail)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import torch
 
 import detloss.assign.tal as tal
 from detloss.assign import task_aligned_assign
-from detloss.kernels.rotated import probiou, probiou_grid, probiou_sides, split_sides
+from detloss.kernels.rotated import gaussians, probiou, probiou_grid
+from tests.reference.yolov8_obb import naive_probiou
 
 
 def _boxes(g, b, n, dtype, scale=500.0):
@@ -21,29 +23,35 @@ def _boxes(g, b, n, dtype, scale=500.0):
     return out.to(dtype)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("floor", [0.0, 0.01])
-def test_probiou_grid_is_probiou_bit_for_bit(dtype, floor):
+def test_probiou_grid_is_the_matrix_form_and_probiou(floor):
     g = torch.Generator().manual_seed(0)
-    gt, pred = _boxes(g, 2, 9, dtype), _boxes(g, 2, 700, dtype)
+    gt, pred = _boxes(g, 2, 9, torch.float64), _boxes(g, 2, 700, torch.float64)
     gt[0, 0, 3] = 0.0  # a zero side
     pred[0, 3, 2:4] = 0.0  # a point
     gt[1, 1] = pred[1, 5]  # identical boxes
-    gt[1, 2, :2] = 1e5  # far from every prediction: B clamped, exp(−B) not subnormal
-    want = probiou(gt.unsqueeze(2), pred.unsqueeze(1), 1e-7, floor)
-    with torch.no_grad():
-        second = probiou_sides(pred.unsqueeze(1), floor)
-        parts = split_sides(probiou_sides(gt.unsqueeze(2), floor), 4, 1)
-        got = torch.cat([probiou_grid(first, second, 1e-7) for first in parts], 1)
-    assert torch.equal(got, want)
+    gt[1, 2, :2] = 1e5  # far from every prediction: B clamped
+    got = probiou_grid(gaussians(gt.unsqueeze(2), floor), gaussians(pred.unsqueeze(1), floor), 1e-7)
+    assert not got.requires_grad
+    # the matrix form of Llerena et al., written independently in the tests
+    want = naive_probiou(gt.unsqueeze(2), pred.unsqueeze(1), floor)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-13)
+    frame_relative = probiou(gt.unsqueeze(2), pred.unsqueeze(1), 1e-7, floor)
+    torch.testing.assert_close(got, frame_relative, rtol=1e-12, atol=1e-13)
+    assert got[1, 1, 5] > 0.999
 
 
-def test_probiou_grid_under_autograd_is_probiou():
-    g = torch.Generator().manual_seed(1)
-    gt, pred = _boxes(g, 1, 3, torch.float64), _boxes(g, 1, 5, torch.float64).requires_grad_()
-    got = probiou_grid(probiou_sides(gt.unsqueeze(2)), probiou_sides(pred.unsqueeze(1)))
-    assert got.requires_grad
-    assert torch.equal(got, probiou(gt.unsqueeze(2), pred.unsqueeze(1)))
+def test_probiou_grid_float32_is_finite_on_slivers():
+    """Two nearly parallel zero-height slivers: D = A·B − C² is rounding noise, some of it below 0;
+    the grid clamps it (no NaN) where the unclamped matrix form takes the log of a negative number."""
+    t = torch.linspace(0.0, math.pi, 181, dtype=torch.float64)
+    gt = torch.tensor([[300.0, 200.0, 250.0, 0.0, 0.3]], dtype=torch.float64).expand(181, 5).clone()
+    pred = torch.stack((torch.full_like(t, 300.2), torch.full_like(t, 200.1), torch.full_like(t, 240.0),
+                        torch.zeros_like(t), 0.3 + 1e-6 * t), -1)
+    got = probiou_grid(gaussians(gt.float()), gaussians(pred.float()))
+    assert naive_probiou(gt.float(), pred.float()).isnan().any()
+    assert torch.isfinite(got).all()
+    assert ((got >= -1e-6) & (got <= 1.0)).all()
 
 
 def test_rotated_assignment_does_not_depend_on_the_block(monkeypatch):

@@ -15,18 +15,18 @@ For every image b, box m (padded to M with a mask) and anchor point a::
                       (both maxima over the owner's positive anchors, after ``topk2``)
 
 Nothing of shape ``(B, M, A, ·)`` is built: the pairwise quantities are ``(B, m_block, A)`` blocks of
-boxes, each reduced (top-k over anchors, the running best box per anchor) before the next block, so
-the peak memory does not grow with the number of boxes. No host synchronisation, no data-dependent
-shape: the blocks depend on M only, the selections are order-free scatters.
+boxes, each reduced to its boxes' top-k anchors before the next block, so the peak memory does not
+grow with the number of boxes. The contests and the owners' u are then settled on the selected
+anchors only: u of every box with each of the ``M·k`` selected anchors, a ``(B, M, M·k)`` table, read
+per anchor at its first selecting slot. No host synchronisation, no data-dependent shape: the
+blocks depend on M only, the selections are order-free scatters.
 
 With ``rotated=True`` (oriented boxes, xywhr; ultralytics' ``RotatedTaskAlignedAssigner``) the same
-steps run with u = max(ProbIoU(box_m, pred_a), 0) (:func:`detloss.kernels.rotated.probiou`, floor 0)
+steps run with u = max(ProbIoU(box_m, pred_a), 0) (floor 0; in the image frame,
+:func:`detloss.kernels.rotated.probiou_grid`, the per-box and per-anchor parts made once per call)
 and candidate(m, a) = the anchor lies in the rotated rectangle, inclusive of its edges and without a
 margin: with a, b, d three consecutive corners, 0 ≤ (p − a)·(b − a) ≤ |b − a|² and
-0 ≤ (p − a)·(d − a) ≤ |d − a|² (sides below ``min_side`` widened first, as above). The blocks' ProbIoU
-is :func:`detloss.kernels.rotated.probiou_grid` (the per-box and per-anchor parts made once per call,
-the grid's temporaries overwritten in place; probiou's values bit for bit), and the owner's u of an
-anchor selected once is kept from its block (a scatter of the selected u) instead of recomputed.
+0 ≤ (p − a)·(d − a) ≤ |d − a|² (sides below ``min_side`` widened first, as above).
 
 Details and differences from ultralytics' ``TaskAlignedAssigner`` (8.4.190): docs/yolov8.md, and for
 the rotated one docs/obb.md.
@@ -42,14 +42,12 @@ from torch import Tensor
 
 from ..kernels.geometry import Corners, corners
 from ..kernels.iou import ciou_grid
-from ..kernels.rotated import ProbiouSides, probiou_grid, probiou_sides, rotated_corners, split_sides
+from ..kernels.rotated import Gaussians, gaussians, probiou_grid, rotated_corners
 
 PAIR_BLOCK = 1 << 21  # (B, m_block, A) elements per block: 8 MB per float32 temporary
-# The rotated grid on the CPU: ~80 elementwise ops per pair, each streaming its block through memory;
-# blocks of 512K pairs (2 MB per float32 temporary, ~8 alive) stay in the caches. One-thread CPU time
-# of YOLOv8OBBLoss's step (2026-12-07): B = 8, 1024 px, 30 boxes: 442 ms at 2M pairs, 377 ms at 512K,
-# 403 ms at 256K; B = 2, 1,500 boxes: 3.54 s, 2.85 s, 2.68 s. On a GPU (launches dominate, memory is
-# plentiful) the blocks stay PAIR_BLOCK: fewer blocks, fewer launches.
+# The rotated grid on the CPU: ~50 elementwise ops per pair, each streaming its block through memory;
+# blocks of 512K pairs (2 MB per float32 temporary) stay in the caches. On a GPU (launches dominate,
+# memory is plentiful) the blocks stay PAIR_BLOCK: fewer blocks, fewer launches.
 ROTATED_CPU_BLOCK = 1 << 19
 INSIDE_EPS = 1e-9  # an anchor centre must lie more than this inside the box
 
@@ -151,6 +149,13 @@ class CandidateTable:
             rows = rows.split([h for h, _ in grid_sizes], -1)
             self.tables = list(zip(rows, cols, strict=True))
 
+    def at(self, points: Tensor) -> Tensor:
+        """``(B, M, S)`` bool: the test of every box at the points ``(B, S, 2)`` (the same operations
+        as the blocks', so the same answers)."""
+        x, y = points.unsqueeze(1).unbind(-1)  # (B, 1, S)
+        inside = _between(x, self.lt[..., 0], self.rb[..., 0])
+        return inside.logical_and_(_between(y, self.lt[..., 1], self.rb[..., 1])).logical_and_(self.valid)
+
     def blocks(self, size: int) -> Iterator[Tensor]:
         """``(B, m, A)`` bool per block of ``size`` boxes, in order (the tables split once); read-only."""
         if size >= self.num_boxes:
@@ -189,63 +194,71 @@ def candidate_table(
 
 
 def _between(xy: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
-    """``(B, m, n)``: the anchor coordinates ``xy`` ``(n,)`` more than ``INSIDE_EPS`` inside the
-    boxes' extents ``(lo, hi)`` ``(B, m, 1)`` along one axis."""
+    """``(B, m, n)``: the anchor coordinates ``xy`` (``(n,)``, or ``(B, 1, n)``) more than
+    ``INSIDE_EPS`` inside the boxes' extents ``(lo, hi)`` ``(B, m, 1)`` along one axis."""
     return ((xy - lo) > INSIDE_EPS).logical_and_((hi - xy) > INSIDE_EPS)
 
 
 class _InsideRotated:
     """Which anchor points lie in each valid rotated box (xywhr, sides widened to ``min_side``),
-    edges included, per block of boxes: ``blocks(size)`` yields ``(B, m, A)`` bool. Each block's
-    test is the projections of ``p − a`` on the edges ``ab`` and ``ad`` (a, b, d: consecutive corners
-    of :func:`detloss.kernels.rotated.rotated_corners`), in ultralytics' order of operations."""
+    edges included: ``blocks(size)`` yields ``(B, m, A)`` bool per block of boxes, ``at(points)`` the
+    test of every box at given points. The test is the projections of ``p − a`` on the edges ``ab``
+    and ``ad`` (a, b, d: consecutive corners of :func:`detloss.kernels.rotated.rotated_corners`), in
+    ultralytics' order of operations."""
 
     def __init__(self, anchor_points: Tensor, boxes: Tensor, valid: Tensor, min_side: float) -> None:
         if min_side > 0:  # widened for this test only, as the axis-aligned one
             boxes = torch.cat((boxes[..., :2], boxes[..., 2:4].clamp(min=min_side), boxes[..., 4:]), -1)
         a, b, _, d = rotated_corners(boxes).unsqueeze(-2).unbind(-3)  # (B, M, 1, 2) each
-        self.a, self.ab, self.ad = a, b - a, d - a
         # the squared edge lengths bound the projections; −1 on padding rows (no p satisfies
         # 0 ≤ dot ≤ −1), which folds the validity into the test
-        self.lengths = [
-            torch.where(valid.unsqueeze(-1), edge.square().sum(-1), -1.0) for edge in (self.ab, self.ad)
-        ]
+        lengths = [torch.where(valid.unsqueeze(-1), edge.square().sum(-1), -1.0) for edge in (b - a, d - a)]
+        self.parts = (a, b - a, d - a, *lengths)
         self.points = anchor_points
+
+    @staticmethod
+    def _test(
+        x: Tensor, y: Tensor, a: Tensor, ab: Tensor, ad: Tensor, len_ab: Tensor, len_ad: Tensor
+    ) -> Tensor:
+        px, py = x - a[..., 0], y - a[..., 1]  # (B, m, n)
+        inside = None
+        for edge, length in ((ab, len_ab), (ad, len_ad)):
+            dot = px * edge[..., 0]
+            dot += py * edge[..., 1]
+            test = (dot >= 0).logical_and_(dot <= length)
+            inside = test if inside is None else inside.logical_and_(test)
+        return inside
+
+    def at(self, points: Tensor) -> Tensor:
+        """``(B, M, S)`` bool: the test of every box at the points ``(B, S, 2)``."""
+        return self._test(*points.unsqueeze(1).unbind(-1), *self.parts)
 
     def blocks(self, size: int) -> Iterator[Tensor]:
         """``(B, m, A)`` bool per block of ``size`` boxes, in order."""
         x, y = self.points.unbind(-1)
-        for a, ab, ad, len_ab, len_ad in zip(
-            *(t.split(size, 1) for t in (self.a, self.ab, self.ad, *self.lengths)), strict=True
-        ):
-            px, py = x - a[..., 0], y - a[..., 1]  # (B, m, A)
-            inside = None
-            for edge, length in ((ab, len_ab), (ad, len_ad)):
-                dot = px * edge[..., 0]
-                dot += py * edge[..., 1]
-                test = (dot >= 0).logical_and_(dot <= length)
-                inside = test if inside is None else inside.logical_and_(test)
-            yield inside
+        for part in zip(*(t.split(size, 1) for t in self.parts), strict=True):
+            yield self._test(x, y, *part)
 
 
-def _pairwise_probiou(gt: ProbiouSides, pred: ProbiouSides, eps: float) -> Tensor:
-    """ProbIoU (floor 0) of broadcast xywhr boxes given by their per-box parts
-    (:func:`detloss.kernels.rotated.probiou_grid`), clamped at 0, without gradient: ``(B, m, 1)``
-    boxes against ``(B, 1, A)`` predictions → ``(B, m, A)``."""
-    return probiou_grid(gt, pred, eps).clamp_(min=0)
-
-
-def _class_scores(levels: Sequence[Tensor], labels: Sequence[Tensor]) -> Tensor:
-    """``(B, m, A)``: every anchor's score of the classes ``labels``, read from the channels-first
-    class rows ``(B, C, A_l)`` of every level; ``labels`` holds one ``(B, m, A_l)`` index (an expanded
-    view) per level."""
-    out = [level.gather(1, lab) for level, lab in zip(levels, labels, strict=True)]
+def _class_scores(levels: Sequence[Tensor], labels: Tensor) -> Tensor:
+    """``(B, m, n)``: every anchor's score of the classes ``labels`` ``(B, m)``, read from the
+    channels-first class rows ``(B, C, A_l)`` of every level (``n = Σ A_l``); a single contiguous
+    table by copying its rows (``(B·C, A)``), else by one gather per level."""
+    if len(levels) == 1 and levels[0].is_contiguous():
+        table = levels[0]
+        bsz, num_classes, n = table.shape
+        rows = labels + torch.arange(bsz, device=labels.device).unsqueeze(1) * num_classes
+        return table.view(-1, n).index_select(0, rows.flatten()).view(bsz, -1, n)
+    out = [lv.gather(1, labels.unsqueeze(-1).expand(-1, -1, lv.shape[-1])) for lv in levels]
     return out[0] if len(out) == 1 else torch.cat(out, -1)
 
 
-def _per_level(labels: Tensor, levels: Sequence[Tensor]) -> list[Tensor]:
-    """``labels`` ``(B, m, A)`` cut along the anchors into the levels' ``(B, m, A_l)``."""
-    return list(labels.split([level.shape[-1] for level in levels], -1))
+def _anchor_scores(levels: Sequence[Tensor], labels: Tensor) -> Tensor:
+    """``(B, A)``: every anchor's score of its own class ``labels`` ``(B, A)``, read from the
+    channels-first class rows ``(B, C, A_l)`` of every level."""
+    parts = labels.split([lv.shape[-1] for lv in levels], -1)
+    out = [lv.gather(1, lab.unsqueeze(1)).squeeze(1) for lv, lab in zip(levels, parts, strict=True)]
+    return out[0] if len(out) == 1 else torch.cat(out, -1)
 
 
 def _top_per_box(metric: Tensor, gt_index: Tensor, foreground: Tensor, m_max: int, k: int) -> Tensor:
@@ -340,20 +353,22 @@ def task_aligned_assign(
             pred_boxes.new_zeros(bsz, num_anchors),
         )
     # the two parametrised steps, the candidate test and the pairwise similarity u:
-    # pair(gt_block, pred) → (B, m, A); the boxes (B, M, ·) in the form pair reads, split per block
-    if rotated:  # ProbIoU's per-box parts, made once per box and per anchor
+    # pair(gt, pred) → (B, m, n) of the boxes (B, m, 1) and predictions (B, 1, n) in the form
+    # form(boxes, dim) makes
+    if rotated:
         if candidates is not None:
             raise ValueError("candidates: the shared candidate table is the axis-aligned test's")
-        pred = probiou_sides(pred_boxes.unsqueeze(1))  # (B, 1, A) each
         inside = _InsideRotated(anchor_points, gt_boxes, gt_mask, min_side)
 
-        def pair(gt: ProbiouSides, pr: ProbiouSides) -> Tensor:
-            return _pairwise_probiou(gt, pr, iou_eps)
+        def pair(gt: Gaussians, pr: Gaussians) -> Tensor:
+            return probiou_grid(gt, pr, iou_eps).clamp_(min=0)
 
-        def box_form(boxes: Tensor, dim: int) -> ProbiouSides:
-            return probiou_sides(boxes.unsqueeze(dim))
+        def form(boxes: Tensor, dim: int) -> Gaussians:
+            return gaussians(boxes.unsqueeze(dim))
+
+        def split(parts: Gaussians, size: int) -> list[Gaussians]:
+            return [Gaussians(*p) for p in zip(*(t.split(size, 1) for t in parts), strict=True)]
     else:
-        pred = _planes(pred_boxes, 1)  # (2, B, 1, A) each
         if candidates is None:
             candidates = CandidateTable(anchor_points, gt_boxes, gt_mask, min_side, grid_sizes)
         inside = candidates
@@ -361,78 +376,66 @@ def task_aligned_assign(
         def pair(gt: Corners, pr: Corners) -> Tensor:
             return _pairwise_ciou(pr, gt, iou_eps)
 
-        def box_form(boxes: Tensor, dim: int) -> Corners:
+        def form(boxes: Tensor, dim: int) -> Corners:
             return _planes(boxes, dim)
 
-    box_range = torch.arange(m_max, device=dev)
+        def split(planes: Corners, size: int) -> list[Corners]:
+            return list(zip(*(plane.split(size, 2) for plane in planes), strict=True))
 
-    count = torch.zeros(bsz, num_anchors, dtype=torch.int64, device=dev)  # boxes selecting each anchor
-    owner = torch.zeros_like(count)  # Σ of their indices: the owner where count == 1
-    best_u = torch.zeros(bsz, num_anchors, dtype=dtype, device=dev)  # max over boxes of u(·, a)
-    best_box = torch.zeros_like(count)  # its first argmax
     # s^α = σ(x)^α: once per logit when there are more boxes than classes, else per gathered entry
     per_logit = m_max > levels[0].shape[1]
     if per_logit:
         levels = [lv.sigmoid().pow_(alpha) if logits else lv.pow(alpha) for lv in levels]
-    if rotated and len(levels) > 1:  # one gather per block of boxes instead of one per level and a cat
-        levels = [torch.cat(levels, -1)]
+        if rotated and len(levels) > 1:  # one row copy per block of boxes instead of a gather per level
+            levels = [torch.cat(levels, -1)]
 
     def score_pow(s: Tensor) -> Tensor:  # s: gathered scores, a new tensor
         return s if per_logit else (s.sigmoid_() if logits else s).pow_(alpha)
 
-    # blocks of boxes (a function of M only): bounded memory; every per-box table is split once
+    # 1. each box's top-k anchors by t, over all anchors as ultralytics does, in blocks of boxes (a
+    # function of M only: bounded memory); a selected non-candidate (t = 0) is dropped
     budget = ROTATED_CPU_BLOCK if rotated and dev.type == "cpu" else PAIR_BLOCK
     block = max(1, budget // max(1, bsz * num_anchors))
-    cand_blocks = inside.blocks(block)
-    gt_form = box_form(gt_boxes, 2)  # ProbIoU's parts (B, M, 1), or the planes (2, B, M, 1)
-    if rotated:
-        gt_planes = split_sides(gt_form, block, 1)
-        owner_u = torch.zeros_like(best_u)  # Σ of u(m, a) over the boxes m selecting a
-    else:
-        gt_planes = zip(*(plane.split(block, 2) for plane in gt_form), strict=True)
-    gt_classes = gt_labels.unsqueeze(-1).expand(-1, -1, num_anchors)  # (B, M, A) view
-    class_blocks = zip(*(lab.split(block, 1) for lab in _per_level(gt_classes, levels)), strict=True)
-    box_ids = box_range.view(-1, 1).split(block)
-    # one block (all the boxes, at most the block budget of pairs): its u and t are kept and read per anchor
-    # below instead of recomputed (with β = 0, t is not 0 where u is: recomputed)
-    pairs_kept, keep_pairs = None, block >= m_max and beta > 0
-    for start, cand, gt, classes, ids in zip(
-        range(0, m_max, block), cand_blocks, gt_planes, class_blocks, box_ids, strict=True
+    pred = form(pred_boxes, 1)  # (B, 1, A)
+    gt = form(gt_boxes, 2)  # (B, M, 1)
+    tops, kept = [], []
+    for cand, gt_block, labels in zip(
+        inside.blocks(block), split(gt, block), gt_labels.split(block, 1), strict=True
     ):
-        u = pair(gt, pred).mul_(cand)  # (B, m, A)
-        s = score_pow(_class_scores(levels, classes))  # (B, m, A): s^α
-        metric = s.mul_(_power(u, beta))  # 0 off the candidates (u = 0 there)
-        top = metric.topk(k, dim=-1).indices  # (B, m, k), over all anchors as ultralytics does
-        keep = cand.gather(-1, top)  # a selected non-candidate (metric 0) is dropped
-        flat_top = top.flatten(1)
-        count.scatter_add_(1, flat_top, keep.flatten(1).long())
-        owner.scatter_add_(1, flat_top, (keep * ids).flatten(1))
-        if keep_pairs:
-            pairs_kept = u, metric
-        elif rotated:  # u with the owner where count == 1: no second ProbIoU per anchor afterwards
-            owner_u.scatter_add_(1, flat_top, u.gather(-1, top).mul_(keep).flatten(1))
-        u_max, u_arg = u.max(dim=1)  # (B, A); earlier blocks win ties (strict >)
-        better = u_max > best_u
-        best_u = torch.where(better, u_max, best_u)
-        best_box = torch.where(better, u_arg + start, best_box)
+        u = pair(gt_block, pred).mul_(cand)  # (B, m, A); 0 off the candidates
+        metric = score_pow(_class_scores(levels, labels)).mul_(_power(u, beta))
+        top = metric.topk(k, dim=-1).indices  # (B, m, k)
+        tops.append(top)
+        kept.append(cand.gather(-1, top))
+    slots = torch.cat(tops, 1).flatten(1) if len(tops) > 1 else tops[0].flatten(1)  # (B, S), S = M·k
+    kept = torch.cat(kept, 1).flatten(1) if len(kept) > 1 else kept[0].flatten(1)
+    num_slots = slots.shape[1]
 
+    # 2. the boxes selecting each anchor: their count, and the sum of their indices (the owner where
+    # the count is 1)
+    box_of_slot = torch.arange(m_max, device=dev).repeat_interleave(k).expand(bsz, -1)  # (B, S)
+    count = torch.zeros(bsz, num_anchors, dtype=torch.int64, device=dev)
+    count.scatter_add_(1, slots, kept.long())
+    owner = torch.zeros_like(count).scatter_add_(1, slots, box_of_slot * kept)
     foreground = count > 0
-    contested = count > 1
-    gt_index = torch.where(contested, best_box, owner)
+
+    # 3. u of every box with every selected anchor, (B, M, S); each anchor reads the column of its
+    # first kept slot: the owner's u, or for a contested anchor the box of highest u over all
+    # boxes (the first on ties; box 0 when every u is 0)
+    if len(tops) == 1:  # one block: its u is all of them
+        u_slots = u.gather(2, slots.unsqueeze(1).expand(-1, m_max, -1))
+    else:
+        u_slots = pair(gt, form(pred_boxes.gather(1, slots.unsqueeze(-1).expand(-1, -1, size)), 1))
+        u_slots.mul_(inside.at(anchor_points[slots]))
+    best_box = u_slots.argmax(1)  # (B, S)
+    position = torch.arange(num_slots, device=dev).expand(bsz, -1)
+    first = torch.full_like(count, num_slots - 1)
+    first.scatter_reduce_(1, slots, torch.where(kept, position, num_slots - 1), "amin")  # (B, A)
+    gt_index = torch.where(count > 1, best_box.gather(1, first), owner)
+    u = u_slots.flatten(1).gather(1, gt_index * num_slots + first).mul_(foreground)
     boxes = gt_boxes.gather(1, gt_index.unsqueeze(-1).expand(-1, -1, size))  # (B, A, 4 | 5)
     labels = gt_labels.gather(1, gt_index)
-    if pairs_kept is not None:  # u and t of each anchor with its owner (a contested one's: best_u)
-        owner_row = gt_index.unsqueeze(1)
-        u, metric = (t.gather(1, owner_row).squeeze(1).mul_(foreground) for t in pairs_kept)
-        del pairs_kept
-    else:
-        # u and t of each anchor with its owner per anchor (B, A) instead of kept per pair: rotated, u
-        # summed from the blocks; else recomputed; a contested anchor's owner has u = best_u (box 0
-        # with u = 0 may even be no candidate)
-        u = owner_u if rotated else pair(box_form(boxes, 1), pred).squeeze(1)
-        u = torch.where(contested, best_u, u).mul_(foreground)
-        s = _class_scores(levels, _per_level(labels.unsqueeze(1), levels)).squeeze(1)
-        metric = score_pow(s).mul_(_power(u, beta))
+    metric = score_pow(_anchor_scores(levels, labels)).mul_(_power(u, beta))
     if topk2 is not None and topk2 != topk:
         foreground = _top_per_box(metric, gt_index, foreground, m_max, topk2)
         gt_index = gt_index * foreground  # background anchors point at box 0, as above

@@ -132,10 +132,14 @@ class _HeadTerms(torch.autograd.Function):
         for t, (start, segments, classes), loc in zip(heads, ctx.parts, ctx.local, strict=True):
             if classes is not None:
                 lab, sc = labels[:, start : start + t.shape[-1]], scores[:, start : start + t.shape[-1]]
-                grad = t.sigmoid()  # the segments' rows are overwritten below
-                grad[:, classes[0] : classes[1]].scatter_add_(1, lab.unsqueeze(1), -sc.unsqueeze(1)).mul_(
-                    grad_cls.view(-1, 1, 1)
-                )
+                rows = slice(*classes)
+                if segments:  # σ of the class rows only: every other row is a segment's, written below
+                    grad = torch.empty_like(t)
+                    grad[:, rows] = t[:, rows].sigmoid()
+                else:
+                    grad = t.sigmoid()
+                grad[:, rows].scatter_add_(1, lab.unsqueeze(1), -sc.unsqueeze(1))
+                grad[:, rows].mul_(grad_cls.view(-1, 1, 1))
             else:
                 grad = torch.empty_like(t)  # every row is a segment's
             if loc is not None:

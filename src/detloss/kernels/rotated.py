@@ -7,7 +7,9 @@ the relative angle ``φ = θ₂ − θ₁``. Then the first box is axis-aligned 
 exactly invariant to translating or rotating both boxes, and the Gaussian formulas need no matrix
 inverse or determinant: their entries are written out from ``diag(p₁, q₁)`` and
 ``R(φ)·diag(p₂, q₂)·R(φ)ᵀ``, sums of non-negative terms where the matrix forms subtract (a sliver's
-covariance has ``a·b − c² ≈ 0`` by cancellation, which makes the originals' NaN).
+covariance has ``a·b − c² ≈ 0`` by cancellation, which makes the originals' NaN). The one
+exception is :func:`probiou_grid`, the assigners' gradient-free ProbIoU of (box, anchor) grids, in
+the image frame as ultralytics computes it: fewer operations per pair, its determinant clamped.
 
 Everything is elementwise over broadcast shapes, sync-free (no data-dependent shape) and
 differentiable with plain autograd; the public, checked functions are in :mod:`detloss.rotated`.
@@ -23,12 +25,13 @@ from torch import Tensor
 
 __all__ = [
     "ROTATED_KINDS",
+    "Gaussians",
+    "gaussians",
     "gwd_similarity",
     "kld_similarity",
     "polygon_iou",
     "probiou",
     "probiou_grid",
-    "probiou_sides",
     "rotated_corners",
     "rotated_similarity",
 ]
@@ -118,102 +121,67 @@ def probiou(boxes1: Tensor, boxes2: Tensor, eps: float = 1e-7, floor: float = 0.
     return 1.0 - torch.sqrt(1.0 - torch.exp(-bd) + eps)
 
 
-class ProbiouSides(NamedTuple):
-    """The per-box parts of :func:`probiou` (each ``(...)``, the boxes' batch shape): the boxes, their
-    centre, angle and its cosine and sine, the variances ``p = w²/12 + floor``, ``q = h²/12 + floor``,
-    ``p·q``, ``p − q`` and ``√p·√q`` (as :func:`probiou` computes it)."""
+class Gaussians(NamedTuple):
+    """The per-box parts of ProbIoU in the image frame (each ``(...)``, the boxes' batch shape): the
+    centre ``x, y``, the covariance ``Σ = [[a, c], [c, b]] = R(θ)·diag(p, q)·R(θ)ᵀ`` with
+    ``p = w²/12 + floor``, ``q = h²/12 + floor``, and ``root = √p·√q = √det Σ``."""
 
-    boxes: Tensor
     x: Tensor
     y: Tensor
-    theta: Tensor
-    cos: Tensor
-    sin: Tensor
-    p: Tensor
-    q: Tensor
-    pq: Tensor
-    p_minus_q: Tensor
-    std_w: Tensor
-    std_h: Tensor
+    a: Tensor
+    b: Tensor
+    c: Tensor
     root: Tensor
-    floor: float
 
 
-def probiou_sides(boxes: Tensor, floor: float = 0.0) -> ProbiouSides:
-    """:class:`ProbiouSides` of xywhr boxes ``(..., 5)``, for :func:`probiou_grid`: made once per box
-    (and per anchor) instead of once per pair; ``split`` them along a dimension with
-    :func:`split_sides`."""
+def gaussians(boxes: Tensor, floor: float = 0.0) -> Gaussians:
+    """:class:`Gaussians` of xywhr boxes ``(..., 5)``, made once per box for :func:`probiou_grid`."""
     x, y, w, h, t = boxes.unbind(-1)
     p, q = w.square() / 12 + floor, h.square() / 12 + floor
-    std_w, std_h = _std(w, 1 / 12, floor), _std(h, 1 / 12, floor)
-    return ProbiouSides(
-        boxes, x, y, t, torch.cos(t), torch.sin(t), p, q, p * q, p - q, std_w, std_h, std_w * std_h,
-        floor,
+    cos, sin = torch.cos(t), torch.sin(t)
+    cos2, sin2 = cos.square(), sin.square()
+    root = _std(w, 1 / 12, floor) * _std(h, 1 / 12, floor)
+    return Gaussians(
+        x.contiguous(), y.contiguous(), p * cos2 + q * sin2, p * sin2 + q * cos2, (p - q) * cos * sin, root
     )
 
 
-def split_sides(sides: ProbiouSides, size: int, dim: int) -> list[ProbiouSides]:
-    """:class:`ProbiouSides` cut into blocks of ``size`` along ``dim`` (views)."""
-    parts = zip(*(t.split(size, dim) for t in sides[:-1]), strict=True)
-    return [ProbiouSides(*part, sides.floor) for part in parts]
+@torch.no_grad()
+def probiou_grid(first: Gaussians, second: Gaussians, eps: float = 1e-7) -> Tensor:
+    """ProbIoU of the broadcast pairs of two sets of boxes given by their :class:`Gaussians` (made
+    with the same ``floor``), without gradient: the assigners' ``(B, m, A)`` grids of (box, anchor)
+    pairs. :func:`probiou`'s formula and eps placements, written in the image frame as ultralytics
+    computes it, ``S = Σ₁ + Σ₂ = [[A, C], [C, B]]``, ``D = A·B − C²``::
 
+        B_d     = clamp(¼·(A·Δy² + B·Δx² − 2·C·Δx·Δy) / (D + eps) + ½·ln(D / (4·root₁·root₂ + eps) + eps),
+                        eps, 100)
+        probiou = 1 − √(1 − exp(−B_d) + eps)
 
-def probiou_grid(first: ProbiouSides, second: ProbiouSides, eps: float = 1e-7) -> Tensor:
-    """:func:`probiou` ``(boxes1, boxes2, eps, floor)`` of the broadcast pairs of two sets of boxes
-    given by their :class:`ProbiouSides` (made with the same ``floor``), without gradient: for the assigners'
-    ``(B, m, A)`` grids of (box, anchor) pairs. The same operations in the same order on the same
-    per-box parts, so the values are :func:`probiou`'s, bit for bit; but every per-box quantity
-    (cosine, sine, variances, their products) is made once per box or anchor instead of once per
-    pair, and each grid-sized temporary is overwritten once it is spent (about seven grid buffers
-    instead of ~60). Under autograd or compiled it is :func:`probiou` itself."""
-    if torch.compiler.is_compiling() or (
-        torch.is_grad_enabled() and (first.boxes.requires_grad or second.boxes.requires_grad)
-    ):
-        return probiou(first.boxes, second.boxes, eps, first.floor)
-    # _relative(boxes1, boxes2): the second centre in the first box's frame, the relative angle
-    ox = second.x - first.x
-    oy = second.y - first.y
-    dx = ox * first.cos
-    dx += oy * first.sin
-    dy = oy * first.cos
-    dy -= ox.mul_(first.sin)
-    del ox
-    s = oy
-    torch.sub(second.theta, first.theta, out=s)  # φ
-    c = torch.cos(s)
-    s.sin_()
-    # _rotated_second(p₂, q₂, cos φ, sin φ)
-    xy = c * second.p_minus_q
-    xy *= s
-    c.square_()  # cos² φ
-    s.square_()  # sin² φ
-    xx = c * second.p
-    tmp = s * second.q
-    xx += tmp
-    yy = torch.mul(s, second.p, out=tmp)
-    yy += c.mul_(second.q)
-    det = torch.add(first.pq, second.pq, out=s)  # p₁q₁ + p₂q₂ + p₁·yy + q₁·xx, in that order
-    det += torch.mul(yy, first.p, out=c)
-    det += torch.mul(xx, first.q, out=c)
-    a = xx.add_(first.p)
-    b = yy.add_(first.q)
-    # t₁₂ = ¼·(b·dx² + a·dy² − 2·xy·dx·dy) / (det + eps)
-    xy.mul_(2.0).mul_(dx).mul_(dy)
-    num = b.mul_(dx.square_())
-    num += a.mul_(dy.square_())
-    del a, dx, dy
-    num -= xy
-    t12 = num.mul_(0.25).div_(torch.add(det, eps, out=xy))
-    # t₃ = ½·ln(det / (4·√p₁√q₁√p₂√q₂ + eps) + eps)
-    root = torch.mul(first.root, second.std_w, out=c).mul_(second.std_h)
-    y = root.mul_(4.0).add_(eps)
-    t3 = det.add_(torch.mul(y, eps, out=xy)).log_().sub_(y.log_()).mul_(0.5)
-    del root, xy, y
-    # probiou clamps B to [eps, 100]; above 80, 1 − exp(−B) is 1 exactly in float32 and float64
-    # alike (exp(−80) ≈ 1.8e-35 is below half an ulp of 1), so the values are the same with 80, but
-    # exp(−B) stays a normal number: exp(−100) ≈ 3.7e-44 is a float32 subnormal, and most pairs of a
-    # grid (an anchor far from the box) would take the CPU's slow subnormal path (~20x per op)
-    bd = t12.add_(t3).clamp_(eps, min(100.0, _EXP_NORMAL))
+    About 30 grid-sized operations instead of the frame-relative form's ~55 (no per-pair cosine or
+    sine), each temporary overwritten once spent. Equal to :func:`probiou` up to rounding: ``D`` is
+    a difference here, clamped at 0 (two nearly parallel slivers give rounding noise instead of a
+    NaN); the assigners read it without gradient, and the losses' ProbIoU is :func:`probiou`."""
+    dx = first.x - second.x
+    dy = first.y - second.y
+    sa = first.a + second.a
+    sb = first.b + second.b
+    sc = first.c + second.c
+    det = sa * sb
+    det.addcmul_(sc, sc, value=-1.0).clamp_(min=0.0)
+    # t₁₂ = ¼·(A·Δy² + B·Δx² − 2·C·Δx·Δy) / (D + eps)
+    num = sb.mul_(dx.square())
+    num += sa.mul_(dy.square())
+    num -= sc.mul_(dx.mul_(dy)).mul_(2.0)
+    del sa, sc, dx, dy
+    t12 = num.div_(det + eps)
+    # t₃ = ½·ln(D / (4·root₁·root₂ + eps) + eps)
+    y = first.root * second.root
+    t3 = det.div_(y.mul_(4.0).add_(eps)).add_(eps).log_().mul_(0.5)
+    # above 80, 1 − exp(−B) is 1 exactly in float32 and float64 alike (exp(−80) ≈ 1.8e-35 is below
+    # half an ulp of 1), so clamping at 80 instead of 100 gives the same values, but exp(−B) stays a
+    # normal number: exp(−100) ≈ 3.7e-44 is a float32 subnormal, and most pairs of a grid (an anchor
+    # far from the box) would take the CPU's slow subnormal path (~20x per op)
+    bd = t3.add_(t12, alpha=0.25).clamp_(eps, min(100.0, _EXP_NORMAL))
     return bd.neg_().exp_().neg_().add_(1.0).add_(eps).sqrt_().neg_().add_(1.0)
 
 
