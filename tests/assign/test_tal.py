@@ -6,6 +6,7 @@ import torch
 
 import detloss
 from detloss.assign import tal
+from detloss.kernels.geometry import corners
 
 
 def random_boxes(shape: tuple[int, ...], gen: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
@@ -20,7 +21,7 @@ def test_pairwise_ciou_is_box_iou_ciou():
     gt = random_boxes((3, 7), gen, torch.float64)  # (B, M, 4)
     gt[0, 0] = pred[0, 3]  # one exact match, one nested box: CIoU 1 and a positive value
     gt[1, 0] = pred[1, 3] + torch.tensor([1.0, 1.0, -1.0, -1.0], dtype=torch.float64)
-    got = tal._pairwise_ciou(tal._planes(pred, 1), tal._planes(gt, 2), 1e-7)  # (B, M, A)
+    got = tal._pairwise_ciou(corners(pred.unsqueeze(1), 4), corners(gt.unsqueeze(2), 4), 1e-7)  # (B, M, A)
     assert got.shape == (3, 7, 50)
     for b in range(3):
         expected = detloss.box_iou(pred[b], gt[b], "ciou", eps=1e-7).clamp(min=0).T  # (M, A)
@@ -31,7 +32,7 @@ def test_pairwise_ciou_is_box_iou_ciou():
 def test_pairwise_ciou_of_identical_boxes_is_one_with_a_tiny_eps():
     """1 + eps rounds to 1 in float32 for eps < 6e-8: α_v = v / (v − iou + (1 + eps)) was 0/0."""
     boxes = torch.tensor([[[0.0, 0.0, 1.0, 1.0], [10.0, 20.0, 50.0, 30.0], [3.0, 3.0, 3.5, 9.0]]])
-    got = tal._pairwise_ciou(tal._planes(boxes, 1), tal._planes(boxes, 2), 1e-9)
+    got = tal._pairwise_ciou(corners(boxes.unsqueeze(1), 4), corners(boxes.unsqueeze(2), 4), 1e-9)
     assert torch.isfinite(got).all()
     torch.testing.assert_close(got.diagonal(dim1=1, dim2=2), torch.ones(1, 3), rtol=0, atol=0)
 

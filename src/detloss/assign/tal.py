@@ -15,11 +15,10 @@ For every image b, box m (padded to M with a mask) and anchor point a::
                       (both maxima over the owner's positive anchors, after ``topk2``)
 
 Nothing of shape ``(B, M, A, ·)`` is built: the pairwise quantities are ``(B, m_block, A)`` blocks of
-boxes, each reduced to its boxes' top-k anchors before the next block, so the peak memory does not
-grow with the number of boxes. The contests and the owners' u are then settled on the selected
-anchors only: u of every box with each of the ``M·k`` selected anchors, a ``(B, M, M·k)`` table, read
-per anchor at its first selecting slot. No host synchronisation, no data-dependent shape: the
-blocks depend on M only, the selections are order-free scatters.
+boxes, each reduced (top-k over anchors, the running best box per anchor, the selecting boxes' count,
+index sum and u sum per anchor) before the next block, so the peak memory does not grow with the
+number of boxes. No host synchronisation, no data-dependent shape: the blocks depend on M only, the
+selections are order-free scatters.
 
 With ``rotated=True`` (oriented boxes, xywhr; ultralytics' ``RotatedTaskAlignedAssigner``) the same
 steps run with u = max(ProbIoU(box_m, pred_a), 0) (floor 0; in the image frame,
@@ -71,13 +70,6 @@ class TaskAlignedAssignment:
     labels: Tensor
     boxes: Tensor
     scores: Tensor
-
-
-def _planes(boxes: Tensor, dim: int) -> Corners:
-    """Axis planes (:func:`detloss.kernels.geometry.corners`) of ``(B, n, 4)`` boxes with a unit
-    dimension inserted at ``dim`` (1: ``(2, B, 1, n)``, the anchors; 2: ``(2, B, n, 1)``, the boxes),
-    so that the two broadcast to the ``(B, m, A)`` grid; contiguous, made once per call."""
-    return corners(boxes.unsqueeze(dim), 4)
 
 
 def _pairwise_ciou(pred: Corners, gt: Corners, eps: float) -> Tensor:
@@ -149,12 +141,13 @@ class CandidateTable:
             rows = rows.split([h for h, _ in grid_sizes], -1)
             self.tables = list(zip(rows, cols, strict=True))
 
-    def at(self, points: Tensor) -> Tensor:
-        """``(B, M, S)`` bool: the test of every box at the points ``(B, S, 2)`` (the same operations
-        as the blocks', so the same answers)."""
-        x, y = points.unsqueeze(1).unbind(-1)  # (B, 1, S)
-        inside = _between(x, self.lt[..., 0], self.rb[..., 0])
-        return inside.logical_and_(_between(y, self.lt[..., 1], self.rb[..., 1])).logical_and_(self.valid)
+    def at(self, rows: Tensor, points: Tensor) -> Tensor:
+        """``(B, S, n)`` bool: the test of the boxes ``rows`` ``(B, S, n)`` at the points ``(B, S, 2)``
+        (the operations of the blocks', so their answers)."""
+        lt, rb, valid = (_take_rows(t, rows) for t in (self.lt, self.rb, self.valid))
+        x, y = points.unsqueeze(2).unbind(-1)  # (B, S, 1)
+        inside = _between(x, lt[..., 0], rb[..., 0])
+        return inside.logical_and_(_between(y, lt[..., 1], rb[..., 1])).logical_and_(valid)
 
     def blocks(self, size: int) -> Iterator[Tensor]:
         """``(B, m, A)`` bool per block of ``size`` boxes, in order (the tables split once); read-only."""
@@ -194,17 +187,16 @@ def candidate_table(
 
 
 def _between(xy: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
-    """``(B, m, n)``: the anchor coordinates ``xy`` (``(n,)``, or ``(B, 1, n)``) more than
-    ``INSIDE_EPS`` inside the boxes' extents ``(lo, hi)`` ``(B, m, 1)`` along one axis."""
+    """``(B, m, n)``: the anchor coordinates ``xy`` ``(n,)`` more than ``INSIDE_EPS`` inside the
+    boxes' extents ``(lo, hi)`` ``(B, m, 1)`` along one axis."""
     return ((xy - lo) > INSIDE_EPS).logical_and_((hi - xy) > INSIDE_EPS)
 
 
 class _InsideRotated:
     """Which anchor points lie in each valid rotated box (xywhr, sides widened to ``min_side``),
-    edges included: ``blocks(size)`` yields ``(B, m, A)`` bool per block of boxes, ``at(points)`` the
-    test of every box at given points. The test is the projections of ``p − a`` on the edges ``ab``
-    and ``ad`` (a, b, d: consecutive corners of :func:`detloss.kernels.rotated.rotated_corners`), in
-    ultralytics' order of operations."""
+    edges included: ``blocks(size)`` yields ``(B, m, A)`` bool per block of boxes. The test is the
+    projections of ``p − a`` on the edges ``ab`` and ``ad`` (a, b, d: consecutive corners of
+    :func:`detloss.kernels.rotated.rotated_corners`), in ultralytics' order of operations."""
 
     def __init__(self, anchor_points: Tensor, boxes: Tensor, valid: Tensor, min_side: float) -> None:
         if min_side > 0:  # widened for this test only, as the axis-aligned one
@@ -216,28 +208,39 @@ class _InsideRotated:
         self.parts = (a, b - a, d - a, *lengths)
         self.points = anchor_points
 
-    @staticmethod
-    def _test(
-        x: Tensor, y: Tensor, a: Tensor, ab: Tensor, ad: Tensor, len_ab: Tensor, len_ad: Tensor
-    ) -> Tensor:
-        px, py = x - a[..., 0], y - a[..., 1]  # (B, m, n)
-        inside = None
-        for edge, length in ((ab, len_ab), (ad, len_ad)):
-            dot = px * edge[..., 0]
-            dot += py * edge[..., 1]
-            test = (dot >= 0).logical_and_(dot <= length)
-            inside = test if inside is None else inside.logical_and_(test)
-        return inside
-
-    def at(self, points: Tensor) -> Tensor:
-        """``(B, M, S)`` bool: the test of every box at the points ``(B, S, 2)``."""
-        return self._test(*points.unsqueeze(1).unbind(-1), *self.parts)
+    def at(self, rows: Tensor, points: Tensor) -> Tensor:
+        """``(B, S, n)`` bool: the test of the boxes ``rows`` ``(B, S, n)`` at the points ``(B, S, 2)``."""
+        return _inside_rotated(*points.unsqueeze(2).unbind(-1), *(_take_rows(t, rows) for t in self.parts))
 
     def blocks(self, size: int) -> Iterator[Tensor]:
         """``(B, m, A)`` bool per block of ``size`` boxes, in order."""
         x, y = self.points.unbind(-1)
         for part in zip(*(t.split(size, 1) for t in self.parts), strict=True):
-            yield self._test(x, y, *part)
+            yield _inside_rotated(x, y, *part)
+
+
+def _inside_rotated(
+    x: Tensor, y: Tensor, a: Tensor, ab: Tensor, ad: Tensor, len_ab: Tensor, len_ad: Tensor
+) -> Tensor:
+    """The points ``(x, y)`` in the rotated rectangles of corner ``a``, edges ``ab``, ``ad`` (``(..., 2)``)
+    and squared edge lengths, broadcast: ``0 ≤ (p − a)·ab ≤ |ab|²`` and ``0 ≤ (p − a)·ad ≤ |ad|²``."""
+    px, py = x - a[..., 0], y - a[..., 1]
+    inside = None
+    for edge, length in ((ab, len_ab), (ad, len_ad)):
+        dot = px * edge[..., 0]
+        dot += py * edge[..., 1]
+        test = (dot >= 0).logical_and_(dot <= length)
+        inside = test if inside is None else inside.logical_and_(test)
+    return inside
+
+
+def _take_rows(table: Tensor, rows: Tensor) -> Tensor:
+    """A per-box table ``(B, M, 1, ...)`` (shaped for the grids) at the boxes ``rows`` ``(B, S, n)``
+    → ``(B, S, n, ...)``."""
+    table = table.squeeze(2)
+    rest = table.shape[2:]
+    index = rows.flatten(1).view(rows.shape[0], -1, *(1,) * len(rest)).expand(-1, -1, *rest)
+    return table.gather(1, index).view(*rows.shape, *rest)
 
 
 def _class_scores(levels: Sequence[Tensor], labels: Tensor) -> Tensor:
@@ -352,9 +355,8 @@ def task_aligned_assign(
             pred_boxes.new_zeros(bsz, num_anchors, size),
             pred_boxes.new_zeros(bsz, num_anchors),
         )
-    # the two parametrised steps, the candidate test and the pairwise similarity u:
-    # pair(gt, pred) → (B, m, n) of the boxes (B, m, 1) and predictions (B, 1, n) in the form
-    # form(boxes, dim) makes
+    # the two parametrised steps, the candidate test and the pairwise similarity u: pair(gt, pred)
+    # of broadcast boxes and predictions in the form form(boxes) makes of (..., 4 | 5) boxes
     if rotated:
         if candidates is not None:
             raise ValueError("candidates: the shared candidate table is the axis-aligned test's")
@@ -363,8 +365,8 @@ def task_aligned_assign(
         def pair(gt: Gaussians, pr: Gaussians) -> Tensor:
             return probiou_grid(gt, pr, iou_eps).clamp_(min=0)
 
-        def form(boxes: Tensor, dim: int) -> Gaussians:
-            return gaussians(boxes.unsqueeze(dim))
+        def form(boxes: Tensor) -> Gaussians:
+            return gaussians(boxes)
 
         def split(parts: Gaussians, size: int) -> list[Gaussians]:
             return [Gaussians(*p) for p in zip(*(t.split(size, 1) for t in parts), strict=True)]
@@ -376,8 +378,8 @@ def task_aligned_assign(
         def pair(gt: Corners, pr: Corners) -> Tensor:
             return _pairwise_ciou(pr, gt, iou_eps)
 
-        def form(boxes: Tensor, dim: int) -> Corners:
-            return _planes(boxes, dim)
+        def form(boxes: Tensor) -> Corners:
+            return corners(boxes, 4)  # (2, ...) planes
 
         def split(planes: Corners, size: int) -> list[Corners]:
             return list(zip(*(plane.split(size, 2) for plane in planes), strict=True))
@@ -392,47 +394,57 @@ def task_aligned_assign(
     def score_pow(s: Tensor) -> Tensor:  # s: gathered scores, a new tensor
         return s if per_logit else (s.sigmoid_() if logits else s).pow_(alpha)
 
-    # 1. each box's top-k anchors by t, over all anchors as ultralytics does, in blocks of boxes (a
-    # function of M only: bounded memory); a selected non-candidate (t = 0) is dropped
+    # blocks of boxes (a function of M only): bounded memory
     budget = ROTATED_CPU_BLOCK if rotated and dev.type == "cpu" else PAIR_BLOCK
     block = max(1, budget // max(1, bsz * num_anchors))
-    pred = form(pred_boxes, 1)  # (B, 1, A)
-    gt = form(gt_boxes, 2)  # (B, M, 1)
-    tops, kept = [], []
-    for cand, gt_block, labels in zip(
-        inside.blocks(block), split(gt, block), gt_labels.split(block, 1), strict=True
-    ):
-        u = pair(gt_block, pred).mul_(cand)  # (B, m, A); 0 off the candidates
+    pred = form(pred_boxes.unsqueeze(1))  # (B, 1, A)
+    count = torch.zeros(bsz, num_anchors, dtype=torch.int64, device=dev)  # boxes selecting each anchor
+    owner = torch.zeros_like(count)  # Σ of their indices: the owner where count == 1
+    owner_u = torch.zeros(bsz, num_anchors, dtype=dtype, device=dev)  # Σ of their u: the owner's u
+    best_u = torch.zeros_like(owner_u)  # max over all boxes of u(·, a)
+    best_block = torch.zeros_like(count)  # the first block reaching it
+    box_ids = torch.arange(m_max, device=dev).view(-1, 1).split(block)
+    tops = []
+    for i, (cand, gt, labels, ids) in enumerate(zip(
+        inside.blocks(block), split(form(gt_boxes.unsqueeze(2)), block), gt_labels.split(block, 1), box_ids,
+        strict=True,
+    )):
+        u = pair(gt, pred).mul_(cand)  # (B, m, A); 0 off the candidates
         metric = score_pow(_class_scores(levels, labels)).mul_(_power(u, beta))
-        top = metric.topk(k, dim=-1).indices  # (B, m, k)
-        tops.append(top)
-        kept.append(cand.gather(-1, top))
-    slots = torch.cat(tops, 1).flatten(1) if len(tops) > 1 else tops[0].flatten(1)  # (B, S), S = M·k
-    kept = torch.cat(kept, 1).flatten(1) if len(kept) > 1 else kept[0].flatten(1)
-    num_slots = slots.shape[1]
+        top = metric.topk(k, dim=-1).indices  # (B, m, k), over all anchors as ultralytics does
+        keep = cand.gather(-1, top)  # a selected non-candidate (t = 0) is dropped
+        flat_top = top.flatten(1)
+        count.scatter_add_(1, flat_top, keep.flatten(1).long())
+        owner.scatter_add_(1, flat_top, (keep * ids).flatten(1))
+        owner_u.scatter_add_(1, flat_top, u.gather(-1, top).mul_(keep).flatten(1))
+        tops.append(flat_top)
+        # where the block beats the earlier ones (strict: earlier blocks win ties)
+        u_max = u.amax(1)  # (B, A)
+        best_block.masked_fill_(u_max > best_u, i)
+        best_u = torch.maximum(best_u, u_max)
 
-    # 2. the boxes selecting each anchor: their count, and the sum of their indices (the owner where
-    # the count is 1)
-    box_of_slot = torch.arange(m_max, device=dev).repeat_interleave(k).expand(bsz, -1)  # (B, S)
-    count = torch.zeros(bsz, num_anchors, dtype=torch.int64, device=dev)
-    count.scatter_add_(1, slots, kept.long())
-    owner = torch.zeros_like(count).scatter_add_(1, slots, box_of_slot * kept)
-    foreground = count > 0
-
-    # 3. u of every box with every selected anchor, (B, M, S); each anchor reads the column of its
-    # first kept slot: the owner's u, or for a contested anchor the box of highest u over all
-    # boxes (the first on ties; box 0 when every u is 0)
-    if len(tops) == 1:  # one block: its u is all of them
-        u_slots = u.gather(2, slots.unsqueeze(1).expand(-1, m_max, -1))
+    # an anchor selected by several boxes goes to the box of highest u over all boxes (the first on
+    # ties; box 0 when every u is 0): the first box reaching best_u in its block, found at the
+    # selected anchors (slots) only, where u of the block's boxes is recomputed, (B, S, block)
+    slots = torch.cat(tops, 1)  # (B, S), S = M·k
+    if len(tops) == 1:  # one block: its u is at hand
+        rows = torch.arange(m_max, device=dev).expand(bsz, slots.shape[1], -1)
+        u_rows = u.gather(2, slots.unsqueeze(1).expand(-1, m_max, -1)).transpose(1, 2)
     else:
-        u_slots = pair(gt, form(pred_boxes.gather(1, slots.unsqueeze(-1).expand(-1, -1, size)), 1))
-        u_slots.mul_(inside.at(anchor_points[slots]))
-    best_box = u_slots.argmax(1)  # (B, S)
-    position = torch.arange(num_slots, device=dev).expand(bsz, -1)
-    first = torch.full_like(count, num_slots - 1)
-    first.scatter_reduce_(1, slots, torch.where(kept, position, num_slots - 1), "amin")  # (B, A)
-    gt_index = torch.where(count > 1, best_box.gather(1, first), owner)
-    u = u_slots.flatten(1).gather(1, gt_index * num_slots + first).mul_(foreground)
+        first_row = best_block.gather(1, slots).mul_(block).unsqueeze(-1)
+        # (a last, short block repeats its last box: a tie, after it)
+        rows = (first_row + torch.arange(block, device=dev)).clamp_(max=m_max - 1)
+        points = anchor_points.index_select(0, slots.flatten()).view(*slots.shape, 2)
+        pred_at = pred_boxes.gather(1, slots.unsqueeze(-1).expand(-1, -1, size)).unsqueeze(2)
+        gt_rows = _take_rows(gt_boxes.unsqueeze(2), rows)  # (B, S, block, 4 | 5)
+        u_rows = pair(form(gt_rows), form(pred_at)).mul_(inside.at(rows, points))
+    best_box = rows.gather(-1, u_rows.argmax(-1, keepdim=True)).squeeze(-1)  # (B, S)
+    # a slot per selecting box: the same answer (the amin settles rounding-level disagreements)
+    best_box = torch.full_like(count, m_max).scatter_reduce_(1, slots, best_box, "amin")
+    foreground = count > 0
+    contested = count > 1
+    gt_index = torch.where(contested, best_box, owner)
+    u = torch.where(contested, best_u, owner_u).mul_(foreground)
     boxes = gt_boxes.gather(1, gt_index.unsqueeze(-1).expand(-1, -1, size))  # (B, A, 4 | 5)
     labels = gt_labels.gather(1, gt_index)
     metric = score_pow(_anchor_scores(levels, labels)).mul_(_power(u, beta))
