@@ -327,13 +327,17 @@ def test_assigner_reads_per_level_class_rows_like_the_whole_tensor():
         task_aligned_assign(levels[:2], *args, logits=True)
 
 
-@pytest.mark.parametrize("beta", [1.0, 2.0, 6.0, 7.0, 2.5])
+@pytest.mark.parametrize("beta", [0.0, 1.0, 2.0, 6.0, 7.0, 2.5])
 def test_assigner_power_by_products_is_pow(beta):
-    """The metric's u^β by repeated squaring (integral β) equals ``torch.pow`` to rounding."""
-    from detloss.assign.tal import _power
+    """The metric's s·u^β by repeated squaring (integral β) equals ``s * torch.pow`` to rounding,
+    in place in s, u untouched."""
+    from detloss.assign.tal import _mul_power
 
-    u = torch.rand(1000, dtype=D)
-    torch.testing.assert_close(_power(u, beta), u**beta, rtol=4 * torch.finfo(D).eps * beta, atol=0)
+    u, s = torch.rand(1000, dtype=D), torch.rand(1000, dtype=D)
+    u0, want = u.clone(), s * u**beta
+    got = _mul_power(s, u, beta)
+    assert got is s and torch.equal(u, u0)
+    torch.testing.assert_close(got, want, rtol=4 * torch.finfo(D).eps * (beta + 1), atol=0)
 
 
 def test_second_backward_through_the_same_graph():

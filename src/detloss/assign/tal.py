@@ -81,20 +81,20 @@ def _pairwise_ciou(pred: Corners, gt: Corners, eps: float) -> Tensor:
     return ciou_grid(pred, gt, eps).clamp_(min=0)
 
 
-def _power(x: Tensor, p: float) -> Tensor:
-    """x^p without gradient (read-only: it may be x itself); an integral p by repeated squaring
-    (torch's pow is specialised for p ∈ {0.5, 2, 3, −1, …} only: x^6, the default β, took 20× the
-    time of its three products)."""
-    if p != int(p) or not 0 < p <= 64:
-        return x.pow(p)
-    n, base, out = int(p), x, None
+def _mul_power(s: Tensor, x: Tensor, p: float) -> Tensor:
+    """``s · x^p`` in place in ``s`` (returned), without gradient; ``x`` is read only. An integral
+    p by repeated squaring into one temporary (torch's pow is specialised for p ∈ {0.5, 2, 3, −1,
+    …} only: x^6, the default β, took 20× the time of its products); s·x² and then ·x⁴ for p = 6."""
+    if p != int(p) or not 0 <= p <= 64:
+        return s.mul_(x.pow(p))
+    n, base = int(p), x
     while n:
         if n & 1:
-            out = base if out is None else out * base
+            s.mul_(base)
         n >>= 1
         if n:
-            base = base * base
-    return out
+            base = base.square() if base is x else base.square_()
+    return s
 
 
 class CandidateTable:
@@ -194,7 +194,8 @@ def _between(xy: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
 
 class _InsideRotated:
     """Which anchor points lie in each valid rotated box (xywhr, sides widened to ``min_side``),
-    edges included: ``blocks(size)`` yields ``(B, m, A)`` bool per block of boxes. The test is the
+    edges included: ``blocks(size)`` yields ``(B, m, A)`` per block of boxes, 1 inside and 0 outside in
+    the points' dtype (:func:`_inside_rotated`). The test is the
     projections of ``p − a`` on the edges ``ab`` and ``ad`` (a, b, d: consecutive corners of
     :func:`detloss.kernels.rotated.rotated_corners`), in ultralytics' order of operations."""
 
@@ -209,11 +210,11 @@ class _InsideRotated:
         self.points = anchor_points
 
     def at(self, rows: Tensor, points: Tensor) -> Tensor:
-        """``(B, S, n)`` bool: the test of the boxes ``rows`` ``(B, S, n)`` at the points ``(B, S, 2)``."""
+        """``(B, S, n)``: the test of the boxes ``rows`` ``(B, S, n)`` at the points ``(B, S, 2)``."""
         return _inside_rotated(*points.unsqueeze(2).unbind(-1), *(_take_rows(t, rows) for t in self.parts))
 
     def blocks(self, size: int) -> Iterator[Tensor]:
-        """``(B, m, A)`` bool per block of ``size`` boxes, in order."""
+        """``(B, m, A)`` per block of ``size`` boxes, in order."""
         x, y = self.points.unbind(-1)
         for part in zip(*(t.split(size, 1) for t in self.parts), strict=True):
             yield _inside_rotated(x, y, *part)
@@ -222,16 +223,21 @@ class _InsideRotated:
 def _inside_rotated(
     x: Tensor, y: Tensor, a: Tensor, ab: Tensor, ad: Tensor, len_ab: Tensor, len_ad: Tensor
 ) -> Tensor:
-    """The points ``(x, y)`` in the rotated rectangles of corner ``a``, edges ``ab``, ``ad`` (``(..., 2)``)
-    and squared edge lengths, broadcast: ``0 ≤ (p − a)·ab ≤ |ab|²`` and ``0 ≤ (p − a)·ad ≤ |ad|²``."""
+    """1 where the points ``(x, y)`` lie in the rotated rectangles of corner ``a``, edges ``ab``,
+    ``ad`` (``(..., 2)``) and squared edge lengths, else 0 (broadcast, in the points' dtype):
+    ``0 ≤ (p − a)·ab ≤ |ab|²`` and ``0 ≤ (p − a)·ad ≤ |ad|²``, tested as
+    ``min(dot_ab, |ab|² − dot_ab, dot_ad, |ad|² − dot_ad) ≥ 0`` (the same answer: a difference of two
+    floats has the sign of the exact one) and read off by its sign, in place: four comparisons to
+    bool, their ``and`` and a product with a bool mask each cost the CPU several float operations."""
     px, py = x - a[..., 0], y - a[..., 1]
-    inside = None
-    for edge, length in ((ab, len_ab), (ad, len_ad)):
-        dot = px * edge[..., 0]
-        dot += py * edge[..., 1]
-        test = (dot >= 0).logical_and_(dot <= length)
-        inside = test if inside is None else inside.logical_and_(test)
-    return inside
+    dot = px * ab[..., 0]
+    dot += py * ab[..., 1]
+    margin = (len_ab - dot).clamp_(max=dot)
+    dot = px.mul_(ad[..., 0])
+    dot += py.mul_(ad[..., 1])
+    margin.clamp_(max=dot)
+    margin.clamp_(max=torch.sub(len_ad, dot, out=py))
+    return margin.sign_().add_(1.0).clamp_(max=1.0)  # sign −1 outside, 0 or 1 inside (−0 too)
 
 
 def _take_rows(table: Tensor, rows: Tensor) -> Tensor:
@@ -386,10 +392,11 @@ def task_aligned_assign(
 
     # s^α = σ(x)^α: once per logit when there are more boxes than classes, else per gathered entry
     per_logit = m_max > levels[0].shape[1]
-    if per_logit:
+    if per_logit and rotated and len(levels) > 1:  # one table: a row copy per block of boxes
+        table = torch.cat(levels, -1)  # instead of a gather per level, transformed in place
+        levels = [(table.sigmoid_() if logits else table).pow_(alpha)]
+    elif per_logit:
         levels = [lv.sigmoid().pow_(alpha) if logits else lv.pow(alpha) for lv in levels]
-        if rotated and len(levels) > 1:  # one row copy per block of boxes instead of a gather per level
-            levels = [torch.cat(levels, -1)]
 
     def score_pow(s: Tensor) -> Tensor:  # s: gathered scores, a new tensor
         return s if per_logit else (s.sigmoid_() if logits else s).pow_(alpha)
@@ -410,11 +417,11 @@ def task_aligned_assign(
         strict=True,
     )):
         u = pair(gt, pred).mul_(cand)  # (B, m, A); 0 off the candidates
-        metric = score_pow(_class_scores(levels, labels)).mul_(_power(u, beta))
+        metric = _mul_power(score_pow(_class_scores(levels, labels)), u, beta)
         top = metric.topk(k, dim=-1).indices  # (B, m, k), over all anchors as ultralytics does
-        keep = cand.gather(-1, top)  # a selected non-candidate (t = 0) is dropped
+        keep = cand.gather(-1, top).long()  # a selected non-candidate (t = 0) is dropped
         flat_top = top.flatten(1)
-        count.scatter_add_(1, flat_top, keep.flatten(1).long())
+        count.scatter_add_(1, flat_top, keep.flatten(1))
         owner.scatter_add_(1, flat_top, (keep * ids).flatten(1))
         owner_u.scatter_add_(1, flat_top, u.gather(-1, top).mul_(keep).flatten(1))
         tops.append(flat_top)
@@ -447,7 +454,7 @@ def task_aligned_assign(
     u = torch.where(contested, best_u, owner_u).mul_(foreground)
     boxes = gt_boxes.gather(1, gt_index.unsqueeze(-1).expand(-1, -1, size))  # (B, A, 4 | 5)
     labels = gt_labels.gather(1, gt_index)
-    metric = score_pow(_anchor_scores(levels, labels)).mul_(_power(u, beta))
+    metric = _mul_power(score_pow(_anchor_scores(levels, labels)), u, beta)
     if topk2 is not None and topk2 != topk:
         foreground = _top_per_box(metric, gt_index, foreground, m_max, topk2)
         gt_index = gt_index * foreground  # background anchors point at box 0, as above

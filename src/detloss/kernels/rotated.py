@@ -168,21 +168,22 @@ def probiou_grid(first: Gaussians, second: Gaussians, eps: float = 1e-7) -> Tens
     sc = first.c + second.c
     det = sa * sb
     det.addcmul_(sc, sc, value=-1.0).clamp_(min=0.0)
-    # t₁₂ = ¼·(A·Δy² + B·Δx² − 2·C·Δx·Δy) / (D + eps)
-    num = sb.mul_(dx.square())
-    num += sa.mul_(dy.square())
-    num -= sc.mul_(dx.mul_(dy)).mul_(2.0)
-    del sa, sc, dx, dy
-    t12 = num.div_(det + eps)
+    # t₁₂ = ¼·(A·Δy² + B·Δx² − 2·C·Δx·Δy) / (D + eps), its parts overwritten as they are spent
+    num = sc.mul_(dx).mul_(dy).mul_(-2.0)
+    num.addcmul_(sb, dx.square_())
+    num.addcmul_(sa, dy.square_())
+    t12 = num.div_(torch.add(det, eps, out=sa))
     # t₃ = ½·ln(D / (4·root₁·root₂ + eps) + eps)
-    y = first.root * second.root
-    t3 = det.div_(y.mul_(4.0).add_(eps)).add_(eps).log_().mul_(0.5)
-    # above 80, 1 − exp(−B) is 1 exactly in float32 and float64 alike (exp(−80) ≈ 1.8e-35 is below
-    # half an ulp of 1), so clamping at 80 instead of 100 gives the same values, but exp(−B) stays a
-    # normal number: exp(−100) ≈ 3.7e-44 is a float32 subnormal, and most pairs of a grid (an anchor
-    # far from the box) would take the CPU's slow subnormal path (~20x per op)
-    bd = t3.add_(t12, alpha=0.25).clamp_(eps, min(100.0, _EXP_NORMAL))
-    return bd.neg_().exp_().neg_().add_(1.0).add_(eps).sqrt_().neg_().add_(1.0)
+    y = torch.mul(first.root * 4.0, second.root, out=sb).add_(eps)
+    t3 = det.div_(y).add_(eps).log_()
+    del dx, dy, sa, sb, y
+    # −B = −(t₃ + t₁₂) clamped to [−80, −eps]: above 80, 1 − exp(−B) is 1 exactly in float32 and
+    # float64 alike (exp(−80) ≈ 1.8e-35 is below half an ulp of 1), so clamping at 80 instead of 100
+    # gives the same values, but exp(−B) stays a normal number: exp(−100) ≈ 3.7e-44 is a float32
+    # subnormal, and most pairs of a grid (an anchor far from the box) would take the CPU's slow
+    # subnormal path (~20x per op)
+    neg_bd = t3.mul_(-0.5).sub_(t12, alpha=0.25).clamp_(-min(100.0, _EXP_NORMAL), -eps)
+    return neg_bd.exp_().neg_().add_(1.0).add_(eps).sqrt_().neg_().add_(1.0)
 
 
 def _gd_variances(boxes: Tensor, floor: float) -> tuple[Tensor, Tensor]:
