@@ -170,9 +170,12 @@ def expected_distances(logits: Tensor, *, channels_first: bool = False) -> Tenso
     # the softmax's numerator and denominator apart, so that a strided head is read without a copy;
     # the shift is constant to autograd (the expectation does not depend on it)
     e = (logits - logits.detach().amax(bin_dim, keepdim=True)).exp_()
-    if channels_first:  # (n,) @ (..., 4, n, A) → (..., 4, A), the sides moved last
-        return (torch.matmul(bins, e) / e.sum(bin_dim)).transpose(-1, -2)
-    return e.matmul(bins) / e.sum(bin_dim)
+    weights = torch.stack((bins, torch.ones_like(bins)))  # (2, n): Σ i·e_i and Σ e_i, one pass over e
+    if channels_first:  # (2, n) @ (..., 4, n, A) → (..., 4, 2, A), the sides moved last
+        num, den = torch.matmul(weights, e).unbind(-2)
+        return (num / den).transpose(-1, -2)
+    num, den = torch.matmul(e, weights.T).unbind(-1)
+    return num / den
 
 
 def distances_to_boxes(distances: Tensor, anchor_points: Tensor) -> Tensor:

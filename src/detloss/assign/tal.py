@@ -129,13 +129,9 @@ class CandidateTable:
         self.tables = []  # per grid: rows (B, M, H), columns (B, M, W) of the valid boxes
         self._single: Tensor | None = None
         if grid_sizes:
-            starts = [0]
-            for h, w in grid_sizes:
-                starts.append(starts[-1] + h * w)
-            xs = [anchor_points[s : s + w, 0] for s, (_, w) in zip(starts, grid_sizes, strict=False)]
-            ys = [anchor_points[s : s + h * w : w, 1] for s, (h, w) in zip(starts, grid_sizes, strict=False)]
-            cols = _between(torch.cat(xs) if len(xs) > 1 else xs[0], self.lt[..., 0], self.rb[..., 0])
-            rows = _between(torch.cat(ys) if len(ys) > 1 else ys[0], self.lt[..., 1], self.rb[..., 1])
+            xs, ys = _grid_axes(anchor_points, grid_sizes)
+            cols = _between(xs, self.lt[..., 0], self.rb[..., 0])
+            rows = _between(ys, self.lt[..., 1], self.rb[..., 1])
             cols.logical_and_(self.valid)
             cols = cols.split([w for _, w in grid_sizes], -1)
             rows = rows.split([h for h, _ in grid_sizes], -1)
@@ -186,6 +182,17 @@ def candidate_table(
     return CandidateTable(anchor_points, gt_boxes, gt_mask, min_side, grid_sizes)
 
 
+def _grid_axes(anchor_points: Tensor, grid_sizes: Sequence[tuple[int, int]]) -> tuple[Tensor, Tensor]:
+    """The column x and row y coordinates of row-major anchor grids ``(H, W)`` laid one after the
+    other in ``anchor_points`` ``(A, 2)``: ``(ΣW,)`` and ``(ΣH,)``, grid after grid."""
+    xs, ys, start = [], [], 0
+    for h, w in grid_sizes:
+        xs.append(anchor_points[start : start + w, 0])
+        ys.append(anchor_points[start : start + h * w : w, 1])
+        start += h * w
+    return (torch.cat(xs), torch.cat(ys)) if len(xs) > 1 else (xs[0], ys[0])
+
+
 def _between(xy: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
     """``(B, m, n)``: the anchor coordinates ``xy`` ``(n,)`` more than ``INSIDE_EPS`` inside the
     boxes' extents ``(lo, hi)`` ``(B, m, 1)`` along one axis."""
@@ -195,11 +202,20 @@ def _between(xy: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
 class _InsideRotated:
     """Which anchor points lie in each valid rotated box (xywhr, sides widened to ``min_side``),
     edges included: ``blocks(size)`` yields ``(B, m, A)`` per block of boxes, 1 inside and 0 outside in
-    the points' dtype (:func:`_inside_rotated`). The test is the
-    projections of ``p − a`` on the edges ``ab`` and ``ad`` (a, b, d: consecutive corners of
-    :func:`detloss.kernels.rotated.rotated_corners`), in ultralytics' order of operations."""
+    the points' dtype. The test is the projections of ``p − a`` on the edges ``ab`` and ``ad`` (a, b, d:
+    consecutive corners of :func:`detloss.kernels.rotated.rotated_corners`), in ultralytics' order of
+    operations, ``(p_x − a_x)·e_x + (p_y − a_y)·e_y``: on grids of anchors (``grid_sizes``) its two
+    terms are made per column and per row, once, and a block's projections are their outer sums
+    (the same values, one grid-sized operation instead of five)."""
 
-    def __init__(self, anchor_points: Tensor, boxes: Tensor, valid: Tensor, min_side: float) -> None:
+    def __init__(
+        self,
+        anchor_points: Tensor,
+        boxes: Tensor,
+        valid: Tensor,
+        min_side: float,
+        grid_sizes: Sequence[tuple[int, int]] | None,
+    ) -> None:
         if min_side > 0:  # widened for this test only, as the axis-aligned one
             boxes = torch.cat((boxes[..., :2], boxes[..., 2:4].clamp(min=min_side), boxes[..., 4:]), -1)
         a, b, _, d = rotated_corners(boxes).unsqueeze(-2).unbind(-3)  # (B, M, 1, 2) each
@@ -208,6 +224,10 @@ class _InsideRotated:
         lengths = [torch.where(valid.unsqueeze(-1), edge.square().sum(-1), -1.0) for edge in (b - a, d - a)]
         self.parts = (a, b - a, d - a, *lengths)
         self.points = anchor_points
+        self.grid_sizes = grid_sizes
+        if grid_sizes:  # per edge: (x − a_x)·e_x per column (B, M, ΣW), (y − a_y)·e_y per row (B, M, ΣH)
+            xs, ys = _grid_axes(anchor_points, grid_sizes)
+            self.axes = [((xs - a[..., 0]) * e[..., 0], (ys - a[..., 1]) * e[..., 1]) for e in (b - a, d - a)]
 
     def at(self, rows: Tensor, points: Tensor) -> Tensor:
         """``(B, S, n)``: the test of the boxes ``rows`` ``(B, S, n)`` at the points ``(B, S, 2)``."""
@@ -215,9 +235,32 @@ class _InsideRotated:
 
     def blocks(self, size: int) -> Iterator[Tensor]:
         """``(B, m, A)`` per block of ``size`` boxes, in order."""
-        x, y = self.points.unbind(-1)
-        for part in zip(*(t.split(size, 1) for t in self.parts), strict=True):
-            yield _inside_rotated(x, y, *part)
+        lengths = [t.split(size, 1) for t in self.parts[3:]]
+        if not self.grid_sizes:
+            x, y = self.points.unbind(-1)
+            for part in zip(*(t.split(size, 1) for t in self.parts), strict=True):
+                yield _inside_rotated(x, y, *part)
+            return
+        axes = [(cols.split(size, 1), rows.split(size, 1)) for cols, rows in self.axes]
+        for i, len_ab, len_ad in zip(range(len(lengths[0])), *lengths, strict=True):
+            dots = [_outer_sums(cols[i], rows[i], self.grid_sizes) for cols, rows in axes]
+            yield _within(*dots, len_ab, len_ad)
+
+
+def _outer_sums(cols: Tensor, rows: Tensor, grid_sizes: Sequence[tuple[int, int]]) -> Tensor:
+    """``(B, m, Σ H·W)``: ``cols[..., x] + rows[..., y]`` over each grid's cells, row-major, grid
+    after grid, from ``cols`` ``(B, m, ΣW)`` and ``rows`` ``(B, m, ΣH)``."""
+    parts = zip(
+        cols.split([w for _, w in grid_sizes], -1), rows.split([h for h, _ in grid_sizes], -1), strict=True
+    )
+    if torch.compiler.is_compiling():  # dynamo takes no strided out=
+        return torch.cat([(c.unsqueeze(-2) + r.unsqueeze(-1)).flatten(-2) for c, r in parts], -1)
+    out = cols.new_empty(*cols.shape[:-1], sum(h * w for h, w in grid_sizes))
+    start = 0
+    for (c, r), (h, w) in zip(parts, grid_sizes, strict=True):  # each grid into its slice: no cat
+        torch.add(c.unsqueeze(-2), r.unsqueeze(-1), out=out[..., start : start + h * w].unflatten(-1, (h, w)))
+        start += h * w
+    return out
 
 
 def _inside_rotated(
@@ -225,18 +268,24 @@ def _inside_rotated(
 ) -> Tensor:
     """1 where the points ``(x, y)`` lie in the rotated rectangles of corner ``a``, edges ``ab``,
     ``ad`` (``(..., 2)``) and squared edge lengths, else 0 (broadcast, in the points' dtype):
-    ``0 ≤ (p − a)·ab ≤ |ab|²`` and ``0 ≤ (p − a)·ad ≤ |ad|²``, tested as
-    ``min(dot_ab, |ab|² − dot_ab, dot_ad, |ad|² − dot_ad) ≥ 0`` (the same answer: a difference of two
-    floats has the sign of the exact one) and read off by its sign, in place: four comparisons to
-    bool, their ``and`` and a product with a bool mask each cost the CPU several float operations."""
+    :func:`_within` of the projections ``(p − a)·ab`` and ``(p − a)·ad``."""
     px, py = x - a[..., 0], y - a[..., 1]
-    dot = px * ab[..., 0]
-    dot += py * ab[..., 1]
-    margin = (len_ab - dot).clamp_(max=dot)
-    dot = px.mul_(ad[..., 0])
-    dot += py.mul_(ad[..., 1])
-    margin.clamp_(max=dot)
-    margin.clamp_(max=torch.sub(len_ad, dot, out=py))
+    dot_ab = px * ab[..., 0]
+    dot_ab += py * ab[..., 1]
+    dot_ad = px.mul_(ad[..., 0])
+    dot_ad += py.mul_(ad[..., 1])
+    return _within(dot_ab, dot_ad, len_ab, len_ad)
+
+
+def _within(dot_ab: Tensor, dot_ad: Tensor, len_ab: Tensor, len_ad: Tensor) -> Tensor:
+    """1 where ``0 ≤ dot_ab ≤ len_ab`` and ``0 ≤ dot_ad ≤ len_ad``, else 0 (both dots overwritten),
+    tested as ``min(dot_ab, len_ab − dot_ab, dot_ad, len_ad − dot_ad) ≥ 0`` (the same answer: a
+    difference of two floats has the sign of the exact one) and read off by its sign, in place:
+    four comparisons to bool, their ``and`` and a product with a bool mask each cost the CPU
+    several float operations."""
+    margin = torch.sub(len_ab, dot_ab).clamp_(max=dot_ab)
+    margin.clamp_(max=dot_ad)
+    margin.clamp_(max=torch.sub(len_ad, dot_ad, out=dot_ab))
     return margin.sign_().add_(1.0).clamp_(max=1.0)  # sign −1 outside, 0 or 1 inside (−0 too)
 
 
@@ -333,8 +382,7 @@ def task_aligned_assign(
         logits: ``scores`` are logits. The sigmoid (and the power α) is applied to the entries the
             metric reads (the boxes' classes, ``B·M·A`` values) when M ≤ C, else once to all ``B·A·C``.
         grid_sizes: when ``anchor_points`` are the row-major cell centres of these (H, W) grids one
-            after the other (as YOLOv8's), the candidate test is computed per row and column
-            (axis-aligned boxes only).
+            after the other (as YOLOv8's), the candidate test is computed per row and column.
         rotated: oriented boxes (module docstring): ProbIoU and the inclusive rotated candidate test.
         candidates: the candidate test of these ``anchor_points``, ``gt_boxes``, ``gt_mask``,
             ``min_side`` and ``grid_sizes``, made beforehand by :func:`candidate_table` (axis-aligned
@@ -366,7 +414,7 @@ def task_aligned_assign(
     if rotated:
         if candidates is not None:
             raise ValueError("candidates: the shared candidate table is the axis-aligned test's")
-        inside = _InsideRotated(anchor_points, gt_boxes, gt_mask, min_side)
+        inside = _InsideRotated(anchor_points, gt_boxes, gt_mask, min_side, grid_sizes)
 
         def pair(gt: Gaussians, pr: Gaussians) -> Tensor:
             return probiou_grid(gt, pr, iou_eps).clamp_(min=0)

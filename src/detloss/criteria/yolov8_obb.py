@@ -133,7 +133,9 @@ class YOLOv8OBBLoss(YOLOv8Loss):
             theta = torch.cat([rows[:, 0] for _, rows in heads.angle], 1)  # (B, A)
             pred = decode_rotated_distances(dist, theta, points)  # (B, A, 5) grid units
             pred_px = torch.cat((pred[..., :4] * stride, pred[..., 4:]), -1)
-            a = self._assign(heads.cls, pred_px, points_px, gt, padded.labels, mask, rotated=True)
+            a = self._assign(
+                heads.cls, pred_px, points_px, gt, padded.labels, mask, rotated=True, grid_sizes=heads.sizes
+            )
             idx, used = positive_slots(a.foreground, gt.shape[1] * self.topk, anchor_ids)
         weight = a.scores  # (B, A): ŝ; 0 on background
         norm = global_count(weight.sum(), self.reduce_across_ranks, at_least=1.0)
