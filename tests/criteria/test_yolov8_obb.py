@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 
+import detloss.assign.tal as tal
 from detloss.assign import pad_targets, task_aligned_assign
 from detloss.criteria import YOLOv8OBBLoss
 from detloss.profiling import DispatchCounter
@@ -67,7 +68,14 @@ def test_matches_naive_port(seed):
     assert float(out.components["angle"]) > 0 and float(out.components["box"]) > 0
 
 
-def test_matches_naive_port_dense_and_empty_image():
+@pytest.mark.parametrize("one_box_per_block", [False, True])
+def test_matches_naive_port_dense_and_empty_image(one_box_per_block, monkeypatch):
+    """Dense overlapping boxes (anchors selected by several boxes); with one box per block of the
+    assigner, the contests are settled across blocks (the first block reaching the best u, its best
+    box found at the selected anchors)."""
+    if one_box_per_block:
+        monkeypatch.setattr(tal, "ROTATED_CPU_BLOCK", 1)
+        monkeypatch.setattr(tal, "PAIR_BLOCK", 1)
     preds, targets = make_case(b=3, n=12, nc=2, lo=2.5, hi=24.0, seed=3, empty=(1,))
     _check_against_naive(preds, targets, 2, (8, 16, 32), 8)
 
