@@ -69,8 +69,10 @@ def test_rotated_assignment_does_not_depend_on_the_block(monkeypatch):
     mask = torch.rand(b, m, generator=g) < 0.8
     scores = torch.randn(b, a, c, generator=g, dtype=torch.float64)
     runs = []
-    for budget in (1, 5 * b * a, 1 << 21):  # one box per block, five, all of them
+    # one box per block, five, all of them; the contests settled in the blocks or after them
+    for budget, ratio in ((1, 0), (1, 10**9), (5 * b * a, 0), (5 * b * a, 10**9), (1 << 21, 0)):
         monkeypatch.setattr(tal, "ROTATED_CPU_BLOCK", budget)
+        monkeypatch.setattr(tal, "LATER_RATIO", ratio)
         runs.append(task_aligned_assign(scores, pred, points, gt, labels, mask, rotated=True, logits=True,
                                         min_side=16.0))
     for other in runs[1:]:

@@ -89,13 +89,16 @@ def test_matches_naive_port_two_scales_reg_max_16():
     _check_against_naive(preds, targets, 3, (8, 16), 16)
 
 
-def test_box_blocks_do_not_change_the_result(monkeypatch):
-    """The assigner works on blocks of boxes; one box per block must give the same numbers."""
+@pytest.mark.parametrize("later", [False, True])
+def test_box_blocks_do_not_change_the_result(later, monkeypatch):
+    """The assigner works on blocks of boxes; one box per block must give the same numbers, the
+    contests settled in the blocks or after them."""
     preds, targets = make_case(b=2, n=20, lo=6, hi=30, seed=7)
     crit = YOLOv8Loss(3, reg_max=8)
     ref = crit(preds, targets)
     g_ref = torch.autograd.grad(ref.total, preds)
     monkeypatch.setattr(tal, "PAIR_BLOCK", 1)
+    monkeypatch.setattr(tal, "LATER_RATIO", 0 if later else 10**9)
     out = crit(preds, targets)
     for key in ref.components:
         torch.testing.assert_close(out.components[key], ref.components[key], rtol=0, atol=0)

@@ -68,14 +68,15 @@ def test_matches_naive_port(seed):
     assert float(out.components["angle"]) > 0 and float(out.components["box"]) > 0
 
 
-@pytest.mark.parametrize("one_box_per_block", [False, True])
-def test_matches_naive_port_dense_and_empty_image(one_box_per_block, monkeypatch):
+@pytest.mark.parametrize("blocks", ["one", "box per block", "box per block, settled later"])
+def test_matches_naive_port_dense_and_empty_image(blocks, monkeypatch):
     """Dense overlapping boxes (anchors selected by several boxes); with one box per block of the
-    assigner, the contests are settled across blocks (the first block reaching the best u, its best
-    box found at the selected anchors)."""
-    if one_box_per_block:
+    assigner, the contests are settled across blocks: in the blocks (a running best box), or after
+    them (the first block reaching the best u, its best box found at the selected anchors)."""
+    if blocks != "one":
         monkeypatch.setattr(tal, "ROTATED_CPU_BLOCK", 1)
         monkeypatch.setattr(tal, "PAIR_BLOCK", 1)
+        monkeypatch.setattr(tal, "LATER_RATIO", 0 if blocks.endswith("later") else 10**9)
     preds, targets = make_case(b=3, n=12, nc=2, lo=2.5, hi=24.0, seed=3, empty=(1,))
     _check_against_naive(preds, targets, 2, (8, 16, 32), 8)
 

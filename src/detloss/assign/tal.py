@@ -49,6 +49,9 @@ PAIR_BLOCK = 1 << 21  # (B, m_block, A) elements per block: 8 MB per float32 tem
 # memory is plentiful) the blocks stay PAIR_BLOCK: fewer blocks, fewer launches.
 ROTATED_CPU_BLOCK = 1 << 19
 INSIDE_EPS = 1e-9  # an anchor centre must lie more than this inside the box
+# The contests' best box is found after the blocks, at the selected anchors, when
+# LATER_RATIO · k · m_block ≤ A (task_aligned_assign)
+LATER_RATIO = 32
 
 
 @dataclass
@@ -452,12 +455,19 @@ def task_aligned_assign(
     # blocks of boxes (a function of M only): bounded memory
     budget = ROTATED_CPU_BLOCK if rotated and dev.type == "cpu" else PAIR_BLOCK
     block = max(1, budget // max(1, bsz * num_anchors))
+    n_blocks = -(-m_max // block)
+    # The best box of each anchor over all boxes (for the contests): a max with indices over a
+    # block's boxes costs the CPU ~20 elementwise ops per pair for a few boxes, ~7 for a hundred;
+    # where the selected anchors are few against a block (M·k·m_block ≪ M·A) the blocks keep only
+    # the best u and the first block reaching it, and the box inside that block is found afterwards
+    # at the selected anchors (a function of the shapes, not of the values)
+    later = n_blocks > 1 and LATER_RATIO * k * block <= num_anchors
     pred = form(pred_boxes.unsqueeze(1))  # (B, 1, A)
     count = torch.zeros(bsz, num_anchors, dtype=torch.int64, device=dev)  # boxes selecting each anchor
     owner = torch.zeros_like(count)  # Σ of their indices: the owner where count == 1
     owner_u = torch.zeros(bsz, num_anchors, dtype=dtype, device=dev)  # Σ of their u: the owner's u
     best_u = torch.zeros_like(owner_u)  # max over all boxes of u(·, a)
-    best_block = torch.zeros_like(count)  # the first block reaching it
+    best = torch.zeros_like(count)  # its first box, or with ``later`` the first block reaching it
     box_ids = torch.arange(m_max, device=dev).view(-1, 1).split(block)
     tops = []
     for i, (cand, gt, labels, ids) in enumerate(zip(
@@ -473,32 +483,39 @@ def task_aligned_assign(
         owner.scatter_add_(1, flat_top, (keep * ids).flatten(1))
         owner_u.scatter_add_(1, flat_top, u.gather(-1, top).mul_(keep).flatten(1))
         tops.append(flat_top)
+        if n_blocks == 1:  # u stays at hand
+            break
         # where the block beats the earlier ones (strict: earlier blocks win ties)
-        u_max = u.amax(1)  # (B, A)
-        best_block.masked_fill_(u_max > best_u, i)
+        if later:
+            u_max = u.amax(1)  # (B, A)
+            best.masked_fill_(u_max > best_u, i)
+        else:
+            u_max, u_arg = u.max(dim=1)  # the first box on ties
+            best = torch.where(u_max > best_u, u_arg + i * block, best)
         best_u = torch.maximum(best_u, u_max)
 
     # an anchor selected by several boxes goes to the box of highest u over all boxes (the first on
-    # ties; box 0 when every u is 0): the first box reaching best_u in its block, found at the
-    # selected anchors (slots) only, where u of the block's boxes is recomputed, (B, S, block)
-    slots = torch.cat(tops, 1)  # (B, S), S = M·k
-    if len(tops) == 1:  # one block: its u is at hand
-        rows = torch.arange(m_max, device=dev).expand(bsz, slots.shape[1], -1)
-        u_rows = u.gather(2, slots.unsqueeze(1).expand(-1, m_max, -1)).transpose(1, 2)
-    else:
-        first_row = best_block.gather(1, slots).mul_(block).unsqueeze(-1)
-        # (a last, short block repeats its last box: a tie, after it)
-        rows = (first_row + torch.arange(block, device=dev)).clamp_(max=m_max - 1)
-        points = anchor_points.index_select(0, slots.flatten()).view(*slots.shape, 2)
-        pred_at = pred_boxes.gather(1, slots.unsqueeze(-1).expand(-1, -1, size)).unsqueeze(2)
-        gt_rows = _take_rows(gt_boxes.unsqueeze(2), rows)  # (B, S, block, 4 | 5)
-        u_rows = pair(form(gt_rows), form(pred_at)).mul_(inside.at(rows, points))
-    best_box = rows.gather(-1, u_rows.argmax(-1, keepdim=True)).squeeze(-1)  # (B, S)
-    # a slot per selecting box: the same answer (the amin settles rounding-level disagreements)
-    best_box = torch.full_like(count, m_max).scatter_reduce_(1, slots, best_box, "amin")
+    # ties; box 0 when every u is 0)
+    slots = torch.cat(tops, 1)  # (B, S), S = M·k: the selected anchors
+    if n_blocks == 1 or later:  # the first best box at the slots, (B, S, m) → (B, S)
+        if n_blocks == 1:  # u of every box at hand
+            rows = torch.arange(m_max, device=dev).expand(bsz, slots.shape[1], -1)
+            u_rows = u.gather(2, slots.unsqueeze(1).expand(-1, m_max, -1)).transpose(1, 2)
+            best_u = u.amax(1)
+        else:  # u of the boxes of the first block reaching best_u, recomputed
+            first_row = best.gather(1, slots).mul_(block).unsqueeze(-1)
+            # (a last, short block repeats its last box: a tie, after it)
+            rows = (first_row + torch.arange(block, device=dev)).clamp_(max=m_max - 1)
+            points = anchor_points.index_select(0, slots.flatten()).view(*slots.shape, 2)
+            pred_at = pred_boxes.gather(1, slots.unsqueeze(-1).expand(-1, -1, size)).unsqueeze(2)
+            gt_rows = _take_rows(gt_boxes.unsqueeze(2), rows)  # (B, S, block, 4 | 5)
+            u_rows = pair(form(gt_rows), form(pred_at)).mul_(inside.at(rows, points))
+        best_at = rows.gather(-1, u_rows.argmax(-1, keepdim=True)).squeeze(-1)  # (B, S)
+        # a slot per selecting box: the same answer (the amin settles rounding-level disagreements)
+        best = torch.full_like(count, m_max).scatter_reduce_(1, slots, best_at, "amin")
     foreground = count > 0
     contested = count > 1
-    gt_index = torch.where(contested, best_box, owner)
+    gt_index = torch.where(contested, best, owner)
     u = torch.where(contested, best_u, owner_u).mul_(foreground)
     boxes = gt_boxes.gather(1, gt_index.unsqueeze(-1).expand(-1, -1, size))  # (B, A, 4 | 5)
     labels = gt_labels.gather(1, gt_index)
