@@ -238,12 +238,12 @@ class _InsideRotated:
 
     def blocks(self, size: int) -> Iterator[Tensor]:
         """``(B, m, A)`` per block of ``size`` boxes, in order."""
-        lengths = [t.split(size, 1) for t in self.parts[3:]]
         if not self.grid_sizes:
             x, y = self.points.unbind(-1)
             for part in zip(*(t.split(size, 1) for t in self.parts), strict=True):
                 yield _inside_rotated(x, y, *part)
             return
+        lengths = [t.split(size, 1) for t in self.parts[3:]]
         axes = [(cols.split(size, 1), rows.split(size, 1)) for cols, rows in self.axes]
         for i, len_ab, len_ad in zip(range(len(lengths[0])), *lengths, strict=True):
             dots = [_outer_sums(cols[i], rows[i], self.grid_sizes) for cols, rows in axes]
@@ -281,7 +281,7 @@ def _inside_rotated(
 
 
 def _within(dot_ab: Tensor, dot_ad: Tensor, len_ab: Tensor, len_ad: Tensor) -> Tensor:
-    """1 where ``0 ≤ dot_ab ≤ len_ab`` and ``0 ≤ dot_ad ≤ len_ad``, else 0 (both dots overwritten),
+    """1 where ``0 ≤ dot_ab ≤ len_ab`` and ``0 ≤ dot_ad ≤ len_ad``, else 0 (``dot_ab`` is overwritten),
     tested as ``min(dot_ab, len_ab − dot_ab, dot_ad, len_ad − dot_ad) ≥ 0`` (the same answer: a
     difference of two floats has the sign of the exact one) and read off by its sign, in place:
     four comparisons to bool, their ``and`` and a product with a bool mask each cost the CPU
