@@ -3,8 +3,10 @@ and that ``benchmarks/bench.py --criteria`` times.
 
 B = 16 images, :data:`BOXES_PER_IMAGE` boxes each by default: YOLOv3Loss and both YOLOv4Loss presets
 at 416 px with C = 80, YOLOv5Loss and YOLOv8Loss at 640 px with C = 80, SSDLoss on the 8732 SSD300
-priors with C = 20. A criterion added to the library gets one :class:`CriterionCase` in :func:`cases`
-and is counted, compiled and benchmarked.
+priors with C = 20, YOLO26's end-to-end loss at 640 px with C = 80; B = 8 at 1024 px with C = 15 (DOTA)
+for the oriented YOLOv8OBBLoss and YOLO26-OBB. A criterion added to the library gets one
+:class:`CriterionCase` in :func:`cases` and is counted, compiled and benchmarked (the DETR family's
+matching is its one host round trip by design: tests/criteria/test_detr.py counts it).
 """
 
 from __future__ import annotations
@@ -18,7 +20,16 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from detloss.criteria import SSDLoss, YOLOv3Loss, YOLOv4Loss, YOLOv5Loss, YOLOv8Loss
+from detloss.criteria import (
+    EndToEndLoss,
+    SSDLoss,
+    YOLOv3Loss,
+    YOLOv4Loss,
+    YOLOv5Loss,
+    YOLOv8Loss,
+    YOLOv8OBBLoss,
+    yolo26_loss,
+)
 from detloss.criteria.yolov4 import PRESETS
 from detloss.profiling import DispatchCounter
 
@@ -41,6 +52,16 @@ def yolo_targets(gen: torch.Generator, batch: int, size: int, counts: Sequence[i
         ctr = torch.rand(n, 2, generator=gen) * (size - 2) + 1
         boxes = torch.cat([ctr - wh / 2, ctr + wh / 2], -1).clamp(0, size)
         out.append({"boxes": boxes, "labels": torch.randint(0, c, (n,), generator=gen)})
+    return out
+
+
+def obb_targets(gen: torch.Generator, batch: int, size: int, counts: Sequence[int], c: int) -> Targets:
+    """:func:`yolo_targets` as xywhr boxes (w, h of the xyxy box, θ uniform in [−π/4, 3π/4))."""
+    out = []
+    for t in yolo_targets(gen, batch, size, counts, c):
+        xy, wh = (t["boxes"][:, :2] + t["boxes"][:, 2:]) / 2, t["boxes"][:, 2:] - t["boxes"][:, :2]
+        theta = torch.rand(len(xy), 1, generator=gen) * math.pi - math.pi / 4
+        out.append({"boxes": torch.cat([xy, wh, theta], -1), "labels": t["labels"]})
     return out
 
 
@@ -95,21 +116,43 @@ class CriterionCase:
     ops_target: int
 
 
-def yolo_inputs(size: int, strides: Sequence[int], channels: int, c: int, batch: int = BATCH) -> Inputs:
-    """Raw heads ``(batch, channels, size / s, size / s)`` per stride and ``c``-class targets in input
-    pixels."""
+def yolo_inputs(
+    size: int,
+    strides: Sequence[int],
+    channels: int,
+    c: int,
+    batch: int = BATCH,
+    branches: int = 1,
+    make_targets: Callable[..., Targets] = yolo_targets,
+) -> Inputs:
+    """Raw heads ``(batch, channels, size / s, size / s)`` per stride (``branches`` sets of them, one
+    after the other) and ``c``-class targets in input pixels from ``make_targets``."""
 
     def make(gen, counts, dtype=torch.float32, device="cpu"):
         preds = [
             (torch.randn(batch, channels, size // s, size // s, generator=gen) * 0.5)
             .to(dtype=dtype, device=device)
             .requires_grad_()
+            for _ in range(branches)
             for s in strides
         ]
-        targets = yolo_targets(gen, batch, size, counts, c)
+        targets = make_targets(gen, batch, size, counts, c)
         return preds, [{k: v.to(device) for k, v in t.items()} for t in targets]
 
     return make
+
+
+class EndToEndCall(nn.Module):
+    """:class:`EndToEndLoss` called as the other criteria, ``(preds, targets)``: the first half of
+    ``preds`` are the one-to-many heads, the second the one-to-one heads, at a fixed ``epoch``."""
+
+    def __init__(self, criterion: EndToEndLoss, epoch: float = 10.0) -> None:
+        super().__init__()
+        self.criterion, self.epoch = criterion, epoch
+
+    def forward(self, preds: Sequence[Tensor], targets: Targets):
+        half = len(preds) // 2
+        return self.criterion({"one2many": preds[:half], "one2one": preds[half:]}, targets, self.epoch)
 
 
 def ssd_inputs(num_priors: int, c: int, batch: int = BATCH) -> Inputs:
@@ -129,11 +172,12 @@ def ssd_inputs(num_priors: int, c: int, batch: int = BATCH) -> Inputs:
 
 @functools.cache
 def cases() -> tuple[CriterionCase, ...]:
-    """YOLOv3Loss, YOLOv4Loss "yolov4" and "tiny", YOLOv5Loss, YOLOv8Loss and SSDLoss at their
-    training sizes.
+    """YOLOv3Loss, YOLOv4Loss "yolov4" and "tiny", YOLOv5Loss, YOLOv8Loss, SSDLoss, YOLO26's
+    end-to-end loss, YOLOv8OBBLoss and YOLO26-OBB at their training sizes.
 
     ``ops_target`` is a regression bound a few percent above the measured count with ``per_image``
-    (339, 367, 359, 312, 547 and 115 ops, in this order).
+    (339, 367, 359, 312, 497, 115, 883, 1123 and 2162 ops, in this order; the oriented ones on the
+    CPU's smaller assigner blocks).
     """
     priors = ssd300_priors()
     v3, v4, tiny = (8, 16, 32), PRESETS["yolov4"][2], PRESETS["tiny"][2]
@@ -160,10 +204,28 @@ def cases() -> tuple[CriterionCase, ...]:
             "YOLOv8Loss 640",
             lambda v: YOLOv8Loss(80, validate=v),
             yolo_inputs(640, v3, 4 * 16 + 80, 80),  # 4·reg_max + C channels
-            570,
+            520,
         ),
         CriterionCase(
             "SSDLoss 8732", lambda v: SSDLoss(20, priors, validate=v), ssd_inputs(priors.shape[0], 20), 119
+        ),
+        CriterionCase(
+            "yolo26_loss 640",
+            lambda v: EndToEndCall(yolo26_loss(80, validate=v)),
+            yolo_inputs(640, v3, 4 + 80, 80, branches=2),  # reg_max = 1
+            920,
+        ),
+        CriterionCase(
+            "YOLOv8OBBLoss 1024",
+            lambda v: YOLOv8OBBLoss(15, validate=v),
+            yolo_inputs(1024, v3, 4 * 16 + 15 + 1, 15, batch=8, make_targets=obb_targets),
+            1170,
+        ),
+        CriterionCase(
+            "yolo26_loss obb 1024",
+            lambda v: EndToEndCall(yolo26_loss(15, task="obb", validate=v)),
+            yolo_inputs(1024, v3, 4 + 15 + 1, 15, batch=8, branches=2, make_targets=obb_targets),
+            2250,
         ),
     )
 

@@ -13,8 +13,10 @@ import torch
 import torch.fx.experimental._config  # noqa: F401  (use_duck_shape)
 
 import detloss
+from detloss.criteria import yolo26_loss
+from detloss.kernels.iou import IOU_KINDS
 from detloss.profiling import DispatchCounter
-from tests.cases import BOXES_PER_IMAGE, cases, count, fwd_bwd
+from tests.cases import BOXES_PER_IMAGE, EndToEndCall, cases, count, fwd_bwd, yolo_inputs
 
 CASES = cases()
 IDS = [c.name for c in CASES]
@@ -111,3 +113,53 @@ def test_default_path_launches(name, call, max_ops):
         torch.autograd.grad(call(x, t), x)
     assert c.ops <= max_ops, (c.ops, c.by_name.most_common(10))
     assert c.syncs == 1, c.sync_ops
+
+
+def _boxes(gen: torch.Generator, n: int) -> torch.Tensor:
+    xy = torch.rand(n, 2, generator=gen) * 60
+    return torch.cat((xy, xy + 1 + torch.rand(n, 2, generator=gen) * 20), -1)
+
+
+@pytest.mark.parametrize(
+    ("name", "call"),
+    [
+        *[
+            (kind, lambda p, t, k=kind, size=size: detloss.iou_loss(p, t, k, validate=False, **size))
+            for kind in IOU_KINDS
+            for size in [{"image_size": (100, 100)} if kind == "mpdiou" else {}]
+        ],
+        ("focal", lambda p, t: detloss.sigmoid_focal_loss(p, (t > 40).to(p.dtype), validate=False)),
+    ],
+)
+def test_fused_functions_twice_in_one_dynamic_graph(name, call):
+    """Each fused autograd Function applied twice in one graph traced with dynamic shapes (dynamo only:
+    the failure is in tracing). A float the Functions read from a module (a constant like 4/π²) is a
+    symbolic input there, which dynamo cannot lift into the second Function's graph; an end-to-end
+    loss's two branches apply the fused IoU twice."""
+    torch._dynamo.reset()
+    gen = torch.Generator().manual_seed(0)
+    t = _boxes(gen, 6)
+    p1, p2 = (t + torch.randn(6, 4, generator=gen)).requires_grad_(), _boxes(gen, 6).requires_grad_()
+
+    def twice(a, b, target):
+        return call(a, target) + call(b, target)
+
+    compiled = torch.compile(twice, fullgraph=True, dynamic=True, backend="eager")
+    got = torch.autograd.grad(compiled(p1, p2, t), (p1, p2))
+    want = torch.autograd.grad(twice(p1, p2, t), (p1, p2))
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_end_to_end_loss_traces_with_dynamic_shapes():
+    """YOLO26's loss (two YOLOv8Loss branches, CIoU each) as one dynamic graph (dynamo only; the
+    slow compile tests run inductor on the training sizes): the eager loss and gradients."""
+    torch._dynamo.reset()
+    crit = EndToEndCall(yolo26_loss(4, validate=False))
+    inputs = yolo_inputs(128, (8, 16, 32), 4 + 4, 4, batch=2, branches=2)
+    compiled = torch.compile(crit, fullgraph=True, dynamic=True, backend="eager")
+    gen = torch.Generator().manual_seed(1)
+    with torch.fx.experimental._config.patch(use_duck_shape=False):
+        for counts in ((5, 2), (7, 3)):
+            preds, targets = inputs(gen, counts)
+            _assert_same(fwd_bwd(compiled, preds, targets), fwd_bwd(crit, preds, targets))

@@ -9,7 +9,6 @@ the choice of execution path are in :mod:`.iou_function`.
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import torch
@@ -30,8 +29,21 @@ from .geometry import (
 )
 
 IOU_KINDS: tuple[str, ...] = ("iou", "giou", "diou", "ciou", "eiou", "siou", "wiou", "mpdiou")
-FOUR_OVER_PI2 = 4.0 / math.pi**2
-SIOU_THETA = 4.0  # shape-cost exponent of the SIoU paper
+
+
+# The IoU family's two constants are functions returning literals, not module-level floats: under
+# torch.compile(dynamic=True) dynamo makes a module-level float (or math.pi) a symbolic graph input,
+# which it cannot lift into the graph of a second autograd Function reading it ("lift_tracked_freevar_
+# to_input should not be called on root SubgraphTracer", the family of pytorch/pytorch#111031): a
+# criterion applying the fused IoU twice (an end-to-end loss's two branches) would not compile.
+def four_over_pi2() -> float:
+    """CIoU's aspect weight 4/π²."""
+    return 0.4052847345693511  # 4.0 / math.pi**2, the same float64
+
+
+def siou_theta() -> float:
+    """The shape-cost exponent θ of the SIoU paper."""
+    return 4.0
 
 
 class Modifiers(NamedTuple):
@@ -192,7 +204,7 @@ def _penalties(kind: str, p: Parts, eps: float, mods: Modifiers) -> list[Tensor]
         ex, ey = torch.exp(-gamma * (d / (c + eps)) ** 2).unbind(0)
         s1, s2 = ov.sides1, ov.sides2
         omega = (s1 - s2).abs() / (high(s1, s2) + eps)
-        sw, sh = ((1.0 - torch.exp(-omega)) ** SIOU_THETA).unbind(0)
+        sw, sh = ((1.0 - torch.exp(-omega)) ** siou_theta()).unbind(0)
         return [0.5 * (((2.0 - ex) - ey) + (sw + sh))]
     terms = [rho2.div_(sum_sq(c).add_(eps)) if reusable(d, c) else rho2 / (sum_sq(c) + eps)]
     if kind == "ciou":
@@ -223,9 +235,9 @@ def ciou_penalty(ov: Overlap, eps: float) -> Tensor:
     (w1, h1), (w2, h2) = ov.sides1.unbind(0), ov.sides2.unbind(0)
     diff = aspect(w2, h2 + eps) - aspect(w1, h1 + eps)
     if reusable(diff, ov.iou):
-        v = diff.square_().mul_(FOUR_OVER_PI2)
+        v = diff.square_().mul_(four_over_pi2())
         return ciou_alpha(v, ov.iou, eps).mul_(v)
-    v = FOUR_OVER_PI2 * diff * diff
+    v = four_over_pi2() * diff * diff
     return ciou_alpha(v, ov.iou, eps).detach() * v
 
 

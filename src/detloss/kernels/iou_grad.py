@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from .geometry import area, boxes_of, high, planes
-from .iou import FOUR_OVER_PI2, SIOU_THETA, Parts, aspect, ciou_alpha, iou_parts, sum_sq
+from .iou import Parts, aspect, ciou_alpha, four_over_pi2, iou_parts, siou_theta, sum_sq
 
 Need = tuple[bool, bool]  # whether each of the two boxes needs its gradient
 Grads = tuple[Tensor | None, Tensor | None]  # the two gradients, None where not needed
@@ -86,8 +86,8 @@ def parts_backward(
             (w1, h1), (w2, h2) = s1.unbind(0), s2.unbind(0)
             h1e, h2e = h1 + eps, h2 + eps
             diff = aspect(w2, h2e) - aspect(w1, h1e)
-            alpha = ciou_alpha(FOUR_OVER_PI2 * diff * diff, iou, eps)
-            g_diff = -g * alpha * (2.0 * FOUR_OVER_PI2) * diff
+            alpha = ciou_alpha(four_over_pi2() * diff * diff, iou, eps)
+            g_diff = -g * alpha * (2.0 * four_over_pi2()) * diff
             # d atan(w/(h+eps)) = ((h+eps)·dw − w·dh) / ((h+eps)² + w²)
             r1 = g_diff / (h1e * h1e + w1 * w1)
             g_s1 = planes(-r1 * h1e, r1 * w1)
@@ -154,7 +154,7 @@ def _siou_shape_grads(a: Tensor, b: Tensor, h: Tensor, eps: float) -> tuple[Tens
     diff = a - b
     omega = diff.abs() / m
     e = torch.exp(-omega)
-    g_omega = h * SIOU_THETA * (1.0 - e) ** (SIOU_THETA - 1.0) * e
+    g_omega = h * siou_theta() * (1.0 - e) ** (siou_theta() - 1.0) * e
     g_diff = g_omega * torch.sign(diff) / m
     g_m = -g_omega * omega / m
     ga_m = g_m.masked_fill(a <= b, 0.0)
