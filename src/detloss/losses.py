@@ -388,9 +388,9 @@ def ia_bce_loss(
         every other (query, class):
             loss = −p^γ · log(1 − p)                 (the gradient flows through p^γ)
 
-    transformers 5.24's ``LwDetrImageLoss.loss_labels`` (α = ``focal_alpha``, γ = 2). log p and
-    log(1 − p) are evaluated as ``logsigmoid(±x)``: finite where a saturated p (σ(x) rounded to 0 or
-    1) makes the reference's ``log`` ±inf. Plain autograd.
+    transformers 5.24's ``LwDetrImageLoss.loss_labels`` (α = ``focal_alpha``, γ = 2). log(1 − p) is
+    ``logsigmoid(−x)`` and log p = log(1 − p) + x (one log-sigmoid pass): finite where a saturated p
+    (σ(x) rounded to 0 or 1) makes the reference's ``log`` ±inf. Plain autograd.
 
     Args:
         logits: ``(*)`` raw scores; float16/bfloat16 are computed in float32.
@@ -405,10 +405,10 @@ def ia_bce_loss(
     x, pos, q = _matched_quality_inputs(logits, positive, iou, alpha, gamma, validate)
     p = torch.sigmoid(x)
     with torch.no_grad():
-        t = (p**alpha * q ** (1.0 - alpha)).clamp(min=0.01)
-    pos_weight = torch.where(pos, t, 0.0)
-    neg_weight = torch.where(pos, 1.0 - t, p.clamp(min=torch.finfo(x.dtype).tiny) ** gamma)
-    loss = -(pos_weight * F.logsigmoid(x) + neg_weight * F.logsigmoid(-x))
+        t = torch.where(pos, (p**alpha * q ** (1.0 - alpha)).clamp_(min=0.01), 0.0)
+    # one log-sigmoid: log p = log(1 − p) + x, so BCE(p, t) = −log(1 − p) − t·x at the positives
+    scale = torch.where(pos, 1.0, p.clamp(min=torch.finfo(x.dtype).tiny) ** gamma)
+    loss = -(scale * F.logsigmoid(-x) + t * x)
     return weight_reduce(loss, weight, reduction, avg_factor)
 
 
