@@ -163,3 +163,28 @@ def test_end_to_end_loss_traces_with_dynamic_shapes():
         for counts in ((5, 2), (7, 3)):
             preds, targets = inputs(gen, counts)
             _assert_same(fwd_bwd(compiled, preds, targets), fwd_bwd(crit, preds, targets))
+
+
+HALF_RTOL = {torch.float16: 1e-3, torch.bfloat16: 1e-2}  # tests/criteria/test_reliability.py's bounds
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize(
+    "case", [c for c in CASES if "yolo26" in c.name or "OBB" in c.name], ids=lambda c: c.name
+)
+def test_half_precision_heads(case, dtype):
+    """The end-to-end and oriented criteria (tests/criteria/test_reliability.py covers the others)
+    on float16 / bfloat16 heads: computed in float32 (the float32 loss of the same rounded values),
+    within the half tolerance of the unrounded loss, finite gradients in the heads' dtype."""
+    crit = case.build(False)
+    preds, targets = case.inputs(torch.Generator().manual_seed(4), (3, 0, 5, 1))
+    ref = crit(preds, targets).total
+    half = [p.detach().to(dtype).requires_grad_() for p in preds]
+    out = crit(half, targets).total
+    grads = torch.autograd.grad(out, half)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(
+        out, crit([p.detach().float() for p in half], targets).total, rtol=1e-5, atol=0
+    )
+    torch.testing.assert_close(out, ref, rtol=HALF_RTOL[dtype], atol=0)
+    assert all(g.dtype == dtype and torch.isfinite(g).all() for g in grads)
