@@ -17,11 +17,12 @@ Run in a side environment with ultralytics (never a dependency of detloss; AGPL-
    epochs 0 and 4 of 10. Then the time of the criterion's call and of a whole forward + loss +
    backward (medians of interleaved rounds).
 2. Training: ``model.train(...)`` on a synthetic YOLO-format data set (coloured rectangles on noise,
-   16 train / 8 val images, 3 classes) written to a temporary directory, 160 px, batch 4, CPU,
-   ``workers=0``, with ultralytics' own trainer and with ``DetlossDetectionTrainer``, each in its own
-   process: median step time (``on_train_batch_start`` → ``on_train_batch_end``, first step left
-   out), the process's peak resident memory, the last items and the validation mAP50-95 (detection
-   models only: the data set has no oriented boxes).
+   16 train / 8 val images, 3 classes; for the OBB models turned rectangles with the four corners as
+   labels, ultralytics' OBB format) written to a temporary directory, 160 px, batch 4, CPU,
+   ``workers=0``, with ultralytics' own trainer and with ``DetlossDetectionTrainer`` /
+   ``DetlossOBBTrainer``, each in its own process: median step time (``on_train_batch_start`` →
+   ``on_train_batch_end``, first step left out), the process's peak resident memory, the last items
+   and the validation mAP50-95.
 """
 
 from __future__ import annotations
@@ -165,10 +166,11 @@ def timing(name: str, rounds: int = 9) -> dict:
     return out
 
 
-def write_dataset(root: Path, n_train: int = 16, n_val: int = 8, seed: int = 0) -> Path:
-    """Coloured rectangles on noise: class k is colour k; YOLO labels; a data.yaml."""
+def write_dataset(root: Path, n_train: int = 16, n_val: int = 8, seed: int = 0, obb: bool = False) -> Path:
+    """Coloured rectangles on noise: class k is colour k; YOLO labels (with ``obb``, rectangles turned
+    by a random angle and labelled by their corners, ``k x1 y1 … x4 y4`` normalised); a data.yaml."""
     import numpy as np
-    from PIL import Image
+    from PIL import Image, ImageDraw
 
     rng = np.random.default_rng(seed)
     colours = np.array([[230, 40, 40], [40, 200, 60], [50, 80, 230]], dtype=np.uint8)
@@ -182,8 +184,18 @@ def write_dataset(root: Path, n_train: int = 16, n_val: int = 8, seed: int = 0) 
                 k = int(rng.integers(0, 3))
                 w, h = rng.integers(16, 64, 2)
                 x, y = rng.integers(0, SIZE - w), rng.integers(0, SIZE - h)
-                img[y : y + h, x : x + w] = colours[k]
-                box = ((x + w / 2) / SIZE, (y + h / 2) / SIZE, w / SIZE, h / SIZE)
+                if obb:  # the rectangle turned about its centre, kept inside the image
+                    t = rng.uniform(0, np.pi)
+                    half = np.array([[-w, -h], [w, -h], [w, h], [-w, h]]) / 2
+                    rot = np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
+                    pts = np.clip(half @ rot.T + (x + w / 2, y + h / 2), 0, SIZE - 1)
+                    drawn = Image.fromarray(img)
+                    ImageDraw.Draw(drawn).polygon([tuple(p) for p in pts], fill=tuple(colours[k].tolist()))
+                    img = np.asarray(drawn).copy()
+                    box = tuple((pts / SIZE).reshape(-1))
+                else:
+                    img[y : y + h, x : x + w] = colours[k]
+                    box = ((x + w / 2) / SIZE, (y + h / 2) / SIZE, w / SIZE, h / SIZE)
                 lines.append(f"{k} " + " ".join(f"{v:.6f}" for v in box))
             Image.fromarray(img).save(root / "images" / split / f"{i:03d}.png")
             (root / "labels" / split / f"{i:03d}.txt").write_text("\n".join(lines) + "\n")
@@ -199,7 +211,7 @@ def train_once(name: str, trainer: str, data: str, project: str, epochs: int) ->
 
     from ultralytics import YOLO
 
-    from detloss.integrations.ultralytics import DetlossDetectionTrainer
+    from detloss.integrations.ultralytics import DetlossDetectionTrainer, DetlossOBBTrainer
 
     torch.set_num_threads(2)
     model = YOLO(f"{name}.yaml", verbose=False)
@@ -207,7 +219,8 @@ def train_once(name: str, trainer: str, data: str, project: str, epochs: int) ->
     start: list[float] = []
     model.add_callback("on_train_batch_start", lambda tr: start.append(time.perf_counter()))
     model.add_callback("on_train_batch_end", lambda tr: steps.append(time.perf_counter() - start[-1]))
-    kwargs = {"trainer": DetlossDetectionTrainer} if trainer == "detloss" else {}
+    ours = DetlossOBBTrainer if name.endswith("-obb") else DetlossDetectionTrainer
+    kwargs = {"trainer": ours} if trainer == "detloss" else {}
     t0 = time.perf_counter()
     model.train(
         data=data, epochs=epochs, imgsz=SIZE, batch=BATCH, device="cpu", workers=0, plots=False, val=True,
@@ -222,7 +235,9 @@ def train_once(name: str, trainer: str, data: str, project: str, epochs: int) ->
         "step_ms": 1e3 * statistics.median(steps[1:] or steps), "wall_s": wall,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "items": {k: round(float(v), 4) for k, v in (tr.tloss or {}).items()},
-        "map50_95": float(tr.metrics.get("metrics/mAP50-95(B)", float("nan"))),
+        "map50_95": float(
+            next((v for k, v in tr.metrics.items() if k.startswith("metrics/mAP50-95")), float("nan"))
+        ),
     }
 
 
@@ -258,14 +273,14 @@ def main() -> None:
     if args.skip_train:
         return
     with tempfile.TemporaryDirectory() as tmp:
-        data = write_dataset(Path(tmp) / "data")
+        data = {False: write_dataset(Path(tmp) / "data"), True: write_dataset(Path(tmp) / "obb", obb=True)}
         env = {**os.environ, "YOLO_CONFIG_DIR": str(Path(tmp) / "config")}
         print(f"\ntraining: {args.epochs} epochs, 16 train / 8 val images, {SIZE} px, batch {BATCH}, CPU, "
               "each run in its own process")
-        for name in (m for m in args.models if not m.endswith("-obb")):  # a detection data set
+        for name in args.models:
             for trainer in ("ultralytics", "detloss"):
                 cmd = [sys.executable, __file__, "--epochs", str(args.epochs), "--train-one", name, trainer,
-                       str(data), str(Path(tmp) / "runs")]
+                       str(data[name.endswith("-obb")]), str(Path(tmp) / "runs")]
                 proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
                 line = next((s for s in proc.stdout.splitlines() if s.startswith("RESULT ")), None)
                 if line is None:

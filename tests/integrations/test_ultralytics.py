@@ -16,6 +16,7 @@ ultralytics = pytest.importorskip("ultralytics")
 
 from detloss.integrations.ultralytics import (  # noqa: E402
     DetlossDetectionTrainer,
+    DetlossOBBTrainer,
     UltralyticsCriterion,
     use_detloss,
 )
@@ -88,12 +89,33 @@ def test_obb_models_taken_segment_refused():
         use_detloss(ultralytics.YOLO("yolov8n-seg.yaml", verbose=False).model)
 
 
-def test_trainer_class_pickles_by_reference():
+def test_trainer_classes_pickle_by_reference():
     from ultralytics.models.yolo.detect import DetectionTrainer
+    from ultralytics.models.yolo.obb import OBBTrainer
 
-    assert issubclass(DetlossDetectionTrainer, DetectionTrainer)
-    assert DetlossDetectionTrainer.__module__ == "detloss.integrations.ultralytics"
-    assert pickle.loads(pickle.dumps(DetlossDetectionTrainer)) is DetlossDetectionTrainer
+    for cls, base in ((DetlossDetectionTrainer, DetectionTrainer), (DetlossOBBTrainer, OBBTrainer)):
+        assert issubclass(cls, base) and cls is not base
+        assert cls.__module__ == "detloss.integrations.ultralytics"
+        assert pickle.loads(pickle.dumps(cls)) is cls
+    assert not issubclass(DetlossDetectionTrainer, OBBTrainer)
+
+
+@pytest.mark.parametrize(
+    ("trainer", "cfg", "obb"),
+    [
+        (DetlossDetectionTrainer, "yolo11n.yaml", False),
+        (DetlossOBBTrainer, "yolo11n-obb.yaml", True),
+        (DetlossOBBTrainer, "yolo26n-obb.yaml", True),
+    ],
+)
+def test_trainer_get_model_installs_the_criterion(trainer, cfg, obb):
+    """The model a trainer class builds (what ultralytics pickles for its DDP workers) carries
+    detloss's criterion, of the model's kind; the OBB trainer builds ultralytics' OBBModel."""
+    self = trainer.__new__(trainer)  # get_model reads only the dataset's fields and args
+    self.data, self.args = {"nc": 5, "channels": 3, "names": {i: str(i) for i in range(5)}}, SimpleNamespace()
+    model = self.get_model(cfg=cfg, verbose=False)
+    assert isinstance(model.criterion, UltralyticsCriterion) and model.criterion.model is model
+    assert model.criterion.obb is obb and type(model).__name__ == ("OBBModel" if obb else "DetectionModel")
 
 
 def test_installed_on_trainer_model_and_ema_with_resumed_epoch():

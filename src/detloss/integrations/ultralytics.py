@@ -11,8 +11,9 @@ One call::
 or, to also survive ultralytics' DDP re-launch (which rebuilds the trainer from its class in a new
 process, where callbacks registered on the ``YOLO`` object are not re-run)::
 
-    from detloss.integrations.ultralytics import DetlossDetectionTrainer
+    from detloss.integrations.ultralytics import DetlossDetectionTrainer, DetlossOBBTrainer
     YOLO("yolo11n.yaml").train(trainer=DetlossDetectionTrainer, data="data.yaml", epochs=100)
+    YOLO("yolo11n-obb.yaml").train(trainer=DetlossOBBTrainer, data="dota8.yaml", epochs=100)
 
 The model's criterion (``model.criterion``, what ``DetectionModel.loss`` calls) becomes an
 :class:`UltralyticsCriterion`: YOLOv8 / YOLO11 detection heads train with
@@ -26,14 +27,15 @@ returns what ultralytics' criterion returns, with the same values: the loss vect
 the one-to-one branch's).
 
 ultralytics (AGPL-3.0) is never a dependency of detloss: importing this module does not import it;
-:func:`use_detloss` and ``DetlossDetectionTrainer`` import it when used. ``DetlossDetectionTrainer``
-subclasses ultralytics' ``DetectionTrainer``, so it is created on first access (module ``__getattr__``)
-and is not in ``__all__``.
+:func:`use_detloss` and the trainer classes import it when used. ``DetlossDetectionTrainer`` and
+``DetlossOBBTrainer`` subclass ultralytics' ``DetectionTrainer`` and ``OBBTrainer``, so they are
+created on first access (module ``__getattr__``) and are not in ``__all__``.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -47,7 +49,7 @@ from ..criteria.result import LossResult
 
 __all__ = ["MAX_BOXES_KEY", "UltralyticsCriterion", "batch_to_targets", "use_detloss"]
 
-#: The batch key under which ``DetlossDetectionTrainer`` hands the criterion the largest number of
+#: The batch key under which the trainer classes hand the criterion the largest number of
 #: boxes in one image, counted on the host before the batch moves to the device.
 MAX_BOXES_KEY = "detloss_max_boxes"
 
@@ -319,7 +321,8 @@ def use_detloss(model: Any) -> Any:
     ``model.loss(batch)`` is detloss's. On a ``YOLO`` object it does that for ``model.model`` and
     registers an ``on_pretrain_routine_end`` callback, because ``YOLO.train`` trains a model its trainer
     builds: the callback installs the criterion on the trainer's model and on its EMA (the validation
-    losses), with the epoch count of a resumed run. Under DDP use ``DetlossDetectionTrainer``.
+    losses), with the epoch count of a resumed run. Under DDP use ``DetlossDetectionTrainer``
+    (``DetlossOBBTrainer`` for oriented boxes).
 
     Raises:
         TypeError: ``model`` is not an ultralytics ``YOLO`` object or detection model.
@@ -352,18 +355,26 @@ def _max_boxes(batch_idx: Tensor) -> int:
     return int(torch.bincount(batch_idx.reshape(-1).long()).max()) if batch_idx.numel() else 0
 
 
-@functools.cache
-def _trainer_class() -> type:
-    """``DetlossDetectionTrainer``, created once (it subclasses ultralytics' ``DetectionTrainer``)."""
-    try:
-        from ultralytics.models.yolo.detect import DetectionTrainer
-    except ImportError as e:
-        raise ImportError(
-            "DetlossDetectionTrainer subclasses ultralytics' DetectionTrainer: pip install ultralytics"
-        ) from e
+#: detloss's trainer classes: name → (ultralytics module, the trainer it subclasses)
+_TRAINERS = {
+    "DetlossDetectionTrainer": ("ultralytics.models.yolo.detect", "DetectionTrainer"),
+    "DetlossOBBTrainer": ("ultralytics.models.yolo.obb", "OBBTrainer"),
+}
 
-    class DetlossDetectionTrainer(DetectionTrainer):
-        """ultralytics' ``DetectionTrainer`` training with detloss's criterion.
+
+@functools.cache
+def _trainer_class(name: str) -> type:
+    """``DetlossDetectionTrainer`` or ``DetlossOBBTrainer``, created once (each subclasses an
+    ultralytics trainer)."""
+    module, base_name = _TRAINERS[name]
+    try:
+        base = getattr(importlib.import_module(module), base_name)
+    except ImportError as e:
+        raise ImportError(f"{name} subclasses ultralytics' {base_name}: pip install ultralytics") from e
+
+    class Trainer(base):
+        """ultralytics' trainer (``DetectionTrainer`` or, for oriented boxes, ``OBBTrainer``) training
+        with detloss's criterion.
 
         ``get_model`` installs :class:`UltralyticsCriterion` on the model it builds (so the model
         ultralytics pickles for its DDP workers carries it, and a model rebuilt from a checkpoint gets
@@ -388,12 +399,12 @@ def _trainer_class() -> type:
             _install_on_trainer(self)
 
     # found by module path and name: ultralytics' DDP launch and pickling import it back from here
-    DetlossDetectionTrainer.__module__ = __name__
-    DetlossDetectionTrainer.__qualname__ = "DetlossDetectionTrainer"
-    return DetlossDetectionTrainer
+    Trainer.__module__ = __name__
+    Trainer.__name__ = Trainer.__qualname__ = name
+    return Trainer
 
 
 def __getattr__(name: str) -> Any:
-    if name == "DetlossDetectionTrainer":
-        return _trainer_class()
+    if name in _TRAINERS:
+        return _trainer_class(name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
