@@ -50,14 +50,17 @@ def test_gradient_is_bce_at_positives_and_through_p_squared_elsewhere():
     torch.testing.assert_close(grad, torch.tensor(want, dtype=torch.float64), rtol=1e-12, atol=1e-14)
 
 
-def test_gradcheck():
+@pytest.mark.parametrize("gamma", [2.0, 3.0, 1.0, 0.5, 0.0])
+def test_gradcheck(gamma):
     # t is a detached target: finite differences see it move with p unless it is constant, so the
-    # positives take IoU 0 (t = 0.01 whatever p); the gradient there is the value test's above
+    # positives take IoU 0 (t = 0.01 whatever p); the gradient there is the value test's above. The
+    # hand-derived derivative has a branch per γ (2, ≥ 1, < 1 with p clamped at float tiny)
     g = torch.Generator().manual_seed(1)
     x = torch.randn(6, 5, dtype=torch.float64, generator=g, requires_grad=True)
     positive = torch.rand(6, 5, generator=g) < 0.4
     iou = torch.zeros(6, 1, dtype=torch.float64)  # broadcast
-    assert torch.autograd.gradcheck(lambda v: ia_bce_loss(v, positive, iou, reduction="none"), (x,))
+    loss = lambda v: ia_bce_loss(v, positive, iou, 0.25, gamma, reduction="none")  # noqa: E731
+    assert torch.autograd.gradcheck(loss, (x,))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -98,3 +101,27 @@ def test_errors():
         ia_bce_loss(x, x > 0, x + 2)
     with pytest.raises(TypeError, match="positive"):
         ia_bce_loss(x, [True], x)
+
+
+@pytest.mark.parametrize("gamma", [2.0, 3.0, 1.0, 0.5])
+def test_fused_derivative_matches_autograd_of_the_formula(gamma):
+    """The kernel's hand-derived derivative against autograd of the plain formula (t detached), on
+    logits up to ±40 and IoUs in [0, 1]: the same gradient to float64 round-off."""
+    g = torch.Generator().manual_seed(2)
+    x = (torch.randn(40, 7, dtype=torch.float64, generator=g) * 12).clamp(-40, 40).requires_grad_()
+    positive = torch.rand(40, 7, generator=g) < 0.3
+    iou = torch.rand(40, 1, dtype=torch.float64, generator=g)
+    p = torch.sigmoid(x)
+    t = (p**0.25 * iou**0.75).clamp(min=0.01).detach()
+    m = p.clamp(min=torch.finfo(x.dtype).tiny) ** gamma
+    plain = torch.where(
+        positive,
+        -(t * torch.nn.functional.logsigmoid(x)) - (1 - t) * torch.nn.functional.logsigmoid(-x),
+        -m * torch.nn.functional.logsigmoid(-x),
+    )
+    weights = torch.rand(40, 7, dtype=torch.float64, generator=g)
+    (want,) = torch.autograd.grad((plain * weights).sum(), x)
+    out = ia_bce_loss(x, positive, iou, 0.25, gamma, reduction="none")
+    (got,) = torch.autograd.grad((out * weights).sum(), x)
+    torch.testing.assert_close(out, plain.detach(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)

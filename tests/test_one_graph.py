@@ -129,13 +129,14 @@ def _boxes(gen: torch.Generator, n: int) -> torch.Tensor:
             for size in [{"image_size": (100, 100)} if kind == "mpdiou" else {}]
         ],
         ("focal", lambda p, t: detloss.sigmoid_focal_loss(p, (t > 40).to(p.dtype), validate=False)),
+        ("ia_bce", lambda p, t: detloss.ia_bce_loss(p, t > 40, t / 100, validate=False)),
     ],
 )
 def test_fused_functions_twice_in_one_dynamic_graph(name, call):
-    """Each fused autograd Function applied twice in one graph traced with dynamic shapes (dynamo only:
-    the failure is in tracing). A float the Functions read from a module (a constant like 4/π²) is a
-    symbolic input there, which dynamo cannot lift into the second Function's graph; an end-to-end
-    loss's two branches apply the fused IoU twice."""
+    """Each fused autograd Function (IoU kinds, focal, IA-BCE) applied twice in one graph traced with
+    dynamic shapes (dynamo only: the failure is in tracing). A float the Functions read from a module
+    (a constant like 4/π²) is a symbolic input there, which dynamo cannot lift into the second
+    Function's graph; an end-to-end loss's two branches apply the fused IoU twice."""
     torch._dynamo.reset()
     gen = torch.Generator().manual_seed(0)
     t = _boxes(gen, 6)

@@ -31,7 +31,7 @@ from .checks import (
     finite_number,
 )
 from .iou import IoUKind, compute_dtype, prepare_iou
-from .kernels import fused_focal, fused_iou
+from .kernels import fused_focal, fused_ia_bce, fused_iou
 from .labels import smoothed
 from .rotated import RotatedKind, prepare_rotated, rotated_similarity
 
@@ -389,8 +389,9 @@ def ia_bce_loss(
             loss = −p^γ · log(1 − p)                 (the gradient flows through p^γ)
 
     transformers 5.24's ``LwDetrImageLoss.loss_labels`` (α = ``focal_alpha``, γ = 2). log(1 − p) is
-    ``logsigmoid(−x)`` and log p = log(1 − p) + x (one log-sigmoid pass): finite where a saturated p
-    (σ(x) rounded to 0 or 1) makes the reference's ``log`` ±inf. Plain autograd.
+    ``logsigmoid(−x)`` and log p = log(1 − p) + x: finite where a saturated p (σ(x) rounded to 0 or 1)
+    makes the reference's ``log`` ±inf. One fused kernel with a hand-derived derivative
+    (:mod:`detloss.kernels.ia_bce`; once differentiable).
 
     Args:
         logits: ``(*)`` raw scores; float16/bfloat16 are computed in float32.
@@ -403,13 +404,7 @@ def ia_bce_loss(
         validate: check logits are finite and IoUs lie in [0, 1] (one host sync).
     """
     x, pos, q = _matched_quality_inputs(logits, positive, iou, alpha, gamma, validate)
-    p = torch.sigmoid(x)
-    with torch.no_grad():
-        t = torch.where(pos, (p**alpha * q ** (1.0 - alpha)).clamp_(min=0.01), 0.0)
-    # one log-sigmoid: log p = log(1 − p) + x, so BCE(p, t) = −log(1 − p) − t·x at the positives
-    scale = torch.where(pos, 1.0, p.clamp(min=torch.finfo(x.dtype).tiny) ** gamma)
-    loss = -(scale * F.logsigmoid(-x) + t * x)
-    return weight_reduce(loss, weight, reduction, avg_factor)
+    return weight_reduce(fused_ia_bce(x, pos, q, alpha, gamma), weight, reduction, avg_factor)
 
 
 def mal_loss(

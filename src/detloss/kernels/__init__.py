@@ -1,4 +1,4 @@
-"""The fused kernels: one geometric core for the IoU family and the sigmoid focal loss.
+"""The fused kernels: one geometric core for the IoU family, the sigmoid focal loss and IA-BCE.
 
 Plain eager PyTorch keeps every intermediate of these formulas (intersection, union, enclosing box,
 centre offset, atan terms, sigmoid, ...) as a full-size tensor for the backward pass. Here each loss
@@ -11,6 +11,7 @@ One file per concept, the geometry once:
 - :mod:`.iou_grad`: the hand-derived backward of the plain kinds (:func:`iou_backward`);
 - :mod:`.iou_function`: the fused Function, its blocked runners and which path runs, :func:`fused_iou`;
 - :mod:`.focal`: the sigmoid focal loss, :func:`fused_focal`;
+- :mod:`.ia_bce`: LW-DETR's IoU-aware BCE, :func:`fused_ia_bce`;
 - :mod:`.runtime`: eager or ``torch.compile`` (:func:`set_compile`), and every measured size
   threshold that chooses among the execution paths.
 
@@ -19,6 +20,7 @@ against live in the tests (``tests/kernels/test_fused.py``), not in the package.
 """
 
 from .focal import focal_forward, focal_value_and_grad, fused_focal
+from .ia_bce import fused_ia_bce, ia_bce_value_and_grad
 from .iou import IOU_KINDS, PLAIN, Modifiers, iou_forward
 from .iou_function import fused_iou
 from .iou_grad import iou_backward
@@ -32,8 +34,10 @@ __all__ = [
     "focal_forward",
     "focal_value_and_grad",
     "fused_focal",
+    "fused_ia_bce",
     "fused_iou",
     "iou_backward",
+    "ia_bce_value_and_grad",
     "iou_forward",
     "set_compile",
 ]
