@@ -30,17 +30,19 @@ def _negative_weight(p: Tensor, gamma: float) -> tuple[Tensor, Tensor]:
 
 
 def ia_bce_value_and_grad(
-    x: Tensor, positive: Tensor, iou: Tensor, alpha: float, gamma: float
-) -> tuple[Tensor, Tensor]:
-    """IA-BCE of logits ``x`` at the ``positive`` (bool) pairs with their ``iou`` (broadcastable) and
-    its derivative d loss/dx, both of ``x``'s shape (the module docstring's formulas)."""
+    x: Tensor, positive: Tensor, iou: Tensor, alpha: float, gamma: float, need_grad: bool = True
+) -> tuple[Tensor, Tensor | None]:
+    """IA-BCE of logits ``x`` at the ``positive`` (bool) pairs with their ``iou`` (broadcastable) and,
+    with ``need_grad``, its derivative d loss/dx, both of ``x``'s shape (the module docstring's
+    formulas)."""
     p = torch.sigmoid(x)
     s = F.logsigmoid(-x).neg_()
     t = torch.where(positive, (p**alpha * iou ** (1.0 - alpha)).clamp_(min=0.01), 0.0)
     m, dm = _negative_weight(p, gamma)
     loss = torch.where(positive, s - t * x, m * s)
-    grad = torch.where(positive, p - t, torch.addcmul(m * p, s, dm))
-    return loss, grad
+    if not need_grad:
+        return loss, None
+    return loss, torch.where(positive, p - t, torch.addcmul(m * p, s, dm))
 
 
 class _FusedIABCE(torch.autograd.Function):
@@ -49,8 +51,9 @@ class _FusedIABCE(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, positive: Tensor, iou: Tensor, alpha: float, gamma: float) -> Tensor:
-        loss, grad = ia_bce_value_and_grad(x.detach(), positive, iou.detach(), alpha, gamma)
-        ctx.save_for_backward(grad if ctx.needs_input_grad[0] else None)
+        need = ctx.needs_input_grad[0]
+        loss, grad = ia_bce_value_and_grad(x.detach(), positive, iou.detach(), alpha, gamma, need)
+        ctx.save_for_backward(grad)
         return loss
 
     @staticmethod
