@@ -16,9 +16,10 @@ from torch.autograd.function import once_differentiable
 from . import runtime
 
 
-def _focal_factor(q: Tensor, gamma: float) -> tuple[Tensor, Tensor]:
-    """``(m, dm/dq)`` for m = q^γ; for γ < 1, q is clamped at float tiny (its derivative is infinite at
-    0), the clamp passing the gradient where q >= tiny as autograd does."""
+def power_and_derivative(q: Tensor, gamma: float) -> tuple[Tensor, Tensor]:
+    """``(m, dm/dq)`` for m = q^γ (the focal factor here, IA-BCE's negative weight in :mod:`.ia_bce`);
+    for γ < 1, q is clamped at float tiny (its derivative is infinite at 0), the clamp passing the
+    gradient where q >= tiny as autograd does."""
     if gamma == 2:  # the usual γ: q², 2q (``q ** 1.0`` would still copy q)
         return q * q, 2.0 * q
     if gamma >= 1:
@@ -47,7 +48,7 @@ def focal_forward(
     loss = F.binary_cross_entropy_with_logits(x, t, pos_weight=pw, reduction="none")
     if gamma != 0:
         q = torch.lerp(torch.sigmoid(x), torch.sigmoid(-x), t)
-        loss = loss * _focal_factor(q, gamma)[0]
+        loss = loss * power_and_derivative(q, gamma)[0]
     if alpha >= 0:
         loss = loss * _alpha_t(t, alpha)
     return loss.sum() if reduce else loss
@@ -74,7 +75,7 @@ def focal_value_and_grad(
     loss = bce
     if gamma != 0:
         q = torch.lerp(s, sm, t)
-        m, dm = _focal_factor(q, gamma)
+        m, dm = power_and_derivative(q, gamma)
         bdm = bce * dm
         dq_dx = torch.rsub(t, 1.0, alpha=2.0) * (s * sm)  # (1 − 2t)·s·s̄
         dl_dx = torch.addcmul(dl_dx * m, bdm, dq_dx)
